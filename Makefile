@@ -1,0 +1,55 @@
+# exchange-fabric build skeleton (GNU make).
+#
+#   make venv       create .venv and install the project editable, with test+perf extras
+#   make test       run pytest (PYTEST_ARGS='-k foo -x' to pass options)
+#   make run        replay the example session through exfab
+#   make bench      order-book benchmark
+#   make lint       ruff + mypy
+#   make clean      build artefacts and caches (keeps .venv); distclean removes .venv too
+
+PY ?= python3
+VENV = .venv
+VPY = $(VENV)/bin/python
+PIP = $(VPY) -m pip
+PYTEST_ARGS ?=
+PACKAGES = fabric tools nodes topology perf
+STAMP = $(VENV)/.installed
+
+.DEFAULT_GOAL := venv
+.PHONY: venv run test bench lint clean distclean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -e '.[test,perf]'
+	test -x $(VENV)/bin/exfab
+	touch $@
+
+venv: $(STAMP)
+
+run: venv
+	$(VENV)/bin/exfab replay --summary topology/examples/session.jsonl
+
+# pytest exits 5 when it collected no tests: that is a failure here, and says so.
+test: venv
+	$(VPY) -m pytest $(PYTEST_ARGS) || { rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: FAILED: pytest collected no tests (exit 5)" >&2; fi; \
+	  exit $$rc; }
+
+bench: venv
+	$(VPY) perf/bench_book.py
+
+lint: venv
+	test -x $(VENV)/bin/ruff || $(PIP) install ruff
+	test -x $(VENV)/bin/mypy || $(PIP) install mypy
+	$(VENV)/bin/ruff check $(PACKAGES)
+	$(VENV)/bin/mypy $(PACKAGES)
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . \( -path ./$(VENV) -o -path ./.git \) -prune -o \
+	  \( -type d -name __pycache__ -prune -exec rm -rf {} + \) -o \
+	  \( -type f \( -name '*.py[co]' -o -name '*.nbi' -o -name '*.nbc' \) -exec rm -f {} + \)
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""The library every node shares: messages, codec, books, instruments, client."""

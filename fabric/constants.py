@@ -1,0 +1,251 @@
+"""Constants, enums and array layouts of the matching hot path, in one place.
+
+Everything the compiled book kernels (:mod:`fabric.kernels`) and the reference
+book (:mod:`fabric.reference`) agree on lives here: the command and event row
+layouts, the order and level field indices, side/type/time-in-force codes and
+the reject and cancel reason codes.  Values are small integers so that numba
+can treat them as compile-time constants.
+
+Prices inside the engine are whole numbers of ticks (``int64``); quantities are
+whole shares (``int64``).  Decimal strings exist only at the edges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INT = np.int64
+
+# --------------------------------------------------------------------------
+# Sides, order types, time in force
+# --------------------------------------------------------------------------
+BUY = 0
+SELL = 1
+
+LIMIT = 0
+MARKET = 1
+
+GTC = 0
+DAY = 1
+IOC = 2
+FOK = 3
+
+SIDE_NAMES = ("buy", "sell")
+TYPE_NAMES = ("limit", "market")
+TIF_NAMES = ("GTC", "DAY", "IOC", "FOK")
+
+# --------------------------------------------------------------------------
+# Commands: one int64 row per command, used by the batch kernel.
+# --------------------------------------------------------------------------
+OP_NEW = 1
+OP_CANCEL = 2
+OP_REPLACE = 3
+OP_END_OF_DAY = 4
+
+C_OP = 0
+C_OID = 1  # engine-internal order id (dense, assigned by the engine)
+C_BROKER = 2  # engine-internal broker number
+C_SIDE = 3
+C_TYPE = 4
+C_TIF = 5
+C_PRICE = 6  # ticks; for a replace, NO_PRICE keeps the price
+C_QTY = 7  # total order quantity; for a replace, NO_QTY keeps it
+C_NFIELDS = 8
+
+NO_PRICE = -1
+NO_QTY = -1
+
+# --------------------------------------------------------------------------
+# Events: one int64 row per event in the kernel's output buffer.
+# Fields not meaningful for an event type are 0.
+#
+#   ACCEPTED   OID SIDE PRICE QTY LEAVES
+#   REJECTED   OID SIDE REASON OTHER=op code
+#   TRADE      OID=aggressor SIDE=aggressor side PRICE QTY LEAVES CUM (aggressor,
+#              after the fill) OTHER=resting oid OTHER_LEAVES OTHER_CUM (resting,
+#              after the fill); PRICE is the resting order's price
+#   CANCELLED  OID SIDE PRICE QTY=quantity taken out of the market LEAVES=0 CUM
+#              REASON=why (CXL_*)
+#   REPLACED   OID SIDE PRICE=new price QTY=new total quantity LEAVES CUM
+#              OTHER=1 when the order kept its time priority, else 0
+#   EXPIRED    OID SIDE PRICE QTY=quantity taken out of the market LEAVES=0 CUM
+# --------------------------------------------------------------------------
+EV_ACCEPTED = 1
+EV_REJECTED = 2
+EV_TRADE = 3
+EV_CANCELLED = 4
+EV_REPLACED = 5
+EV_EXPIRED = 6
+
+EVENT_NAMES = {
+    EV_ACCEPTED: "accepted",
+    EV_REJECTED: "rejected",
+    EV_TRADE: "trade",
+    EV_CANCELLED: "cancelled",
+    EV_REPLACED: "replaced",
+    EV_EXPIRED: "expired",
+}
+
+E_TYPE = 0
+E_OID = 1
+E_SIDE = 2
+E_PRICE = 3
+E_QTY = 4
+E_LEAVES = 5
+E_CUM = 6
+E_OTHER = 7
+E_OTHER_LEAVES = 8
+E_OTHER_CUM = 9
+E_REASON = 10
+E_NFIELDS = 11
+
+# --------------------------------------------------------------------------
+# Why an order left the market without a fill (E_REASON of EV_CANCELLED).
+# --------------------------------------------------------------------------
+CXL_REQUESTED = 1  # the broker asked
+CXL_IOC_REMAINDER = 2  # unfilled rest of an IOC or market order
+CXL_FOK_UNFILLABLE = 3  # a FOK order that could not fill in full at once
+
+CANCEL_REASON_NAMES = {
+    CXL_REQUESTED: "requested",
+    CXL_IOC_REMAINDER: "unfilled_ioc_remainder",
+    CXL_FOK_UNFILLABLE: "fok_not_fillable",
+}
+
+# --------------------------------------------------------------------------
+# Reject reasons.  The codes 1..99 may be raised by the kernel itself (which
+# re-checks what it can cheaply); 100 and up are raised at the edge only.
+# Names are the stable strings printed in events; docs/replay.md lists them.
+# --------------------------------------------------------------------------
+REJ_QTY_NOT_LOT_MULTIPLE = 1
+REJ_PRICE_OUT_OF_BAND = 2
+REJ_PRICE_NOT_POSITIVE = 3
+REJ_ORDER_CLOSED = 4
+REJ_BAD_TIF = 5
+REJ_PRICE_OFF_TICK = 6
+REJ_LADDER_SPAN = 7  # unbanded instrument: price too far from the rest of the book
+
+REJ_UNKNOWN_ORDER = 100
+REJ_DUPLICATE_OID = 101
+REJ_QTY_TOO_LARGE = 102
+REJ_PRICE_TOO_LARGE = 103
+REJ_MALFORMED = 110  # not JSON / not an object
+REJ_UNKNOWN_OP = 111
+REJ_MISSING_FIELD = 112
+REJ_BAD_FIELD = 113
+REJ_INSTRUMENT_EXISTS = 114
+REJ_BAD_INSTRUMENT = 115
+
+REJECT_NAMES = {
+    REJ_QTY_NOT_LOT_MULTIPLE: "qty_not_lot_multiple",
+    REJ_PRICE_OUT_OF_BAND: "price_out_of_band",
+    REJ_PRICE_NOT_POSITIVE: "price_not_positive",
+    REJ_ORDER_CLOSED: "order_closed",
+    REJ_BAD_TIF: "bad_time_in_force",
+    REJ_PRICE_OFF_TICK: "price_off_tick",
+    REJ_LADDER_SPAN: "price_too_far_from_book",
+    REJ_UNKNOWN_ORDER: "unknown_order",
+    REJ_DUPLICATE_OID: "duplicate_client_order_id",
+    REJ_QTY_TOO_LARGE: "qty_too_large",
+    REJ_PRICE_TOO_LARGE: "price_too_large",
+    REJ_MALFORMED: "malformed",
+    REJ_UNKNOWN_OP: "unknown_op",
+    REJ_MISSING_FIELD: "missing_field",
+    REJ_BAD_FIELD: "bad_field",
+    REJ_INSTRUMENT_EXISTS: "instrument_exists",
+    REJ_BAD_INSTRUMENT: "bad_instrument",
+}
+
+# Largest quantity and price (in ticks) the engine accepts: sums of quantities
+# over a whole book stay far inside int64.
+MAX_QTY = 10**12
+MAX_PRICE_TICKS = 10**12
+
+# --------------------------------------------------------------------------
+# Order slots: ords[slot, O_*], int64.  A slot is free when O_STATE == ST_FREE;
+# free slots are chained through O_NEXT starting at meta[M_FREE_HEAD].
+# --------------------------------------------------------------------------
+O_OID = 0
+O_BROKER = 1
+O_SIDE = 2
+O_TIF = 3
+O_PRICE = 4  # ticks
+O_QTY = 5  # total order quantity
+O_LEAVES = 6
+O_CUM = 7
+O_PREV = 8  # FIFO neighbours at the price level (slot numbers, -1 = none)
+O_NEXT = 9
+O_STATE = 10
+O_NFIELDS = 11
+
+ST_FREE = 0
+ST_RESTING = 1
+
+# --------------------------------------------------------------------------
+# Price levels: lvl[price_ticks - base, L_*], int64.  A level holds bids or
+# asks, never both (an uncrossed book has its bids below its asks).
+# --------------------------------------------------------------------------
+L_QTY = 0
+L_COUNT = 1
+L_HEAD = 2
+L_TAIL = 3
+L_NFIELDS = 4
+
+# --------------------------------------------------------------------------
+# Book metadata: meta[M_*], int64.
+# --------------------------------------------------------------------------
+M_BASE = 0  # price (ticks) of ladder row 0
+M_NLEVELS = 1  # ladder rows
+M_BAND_LO = 2  # lowest accepted price (ticks), or 1 when unbanded
+M_BAND_HI = 3  # highest accepted price (ticks), or MAX_PRICE_TICKS when unbanded
+M_LOT = 4
+M_BEST_BID = 5  # ticks, or NO_BID
+M_BEST_ASK = 6  # ticks, or NO_ASK
+M_FREE_HEAD = 7  # first free order slot, -1 when full
+M_RESTING = 8  # orders resting in the book
+M_NEED = 9  # why the kernel stopped early (NEED_*), 0 otherwise
+M_NEED_PRICE = 10  # the price that needs a wider ladder
+M_TRADES = 11  # trades matched so far (the book's trade counter)
+M_BANDED = 12  # 1 when the instrument has a price band
+M_SEEN_LO = 13  # lowest limit price ever accepted (unbanded books: the ladder span rule)
+M_SEEN_HI = 14  # highest; SEEN_HI < SEEN_LO means none yet
+M_MAX_ROWS = 15  # widest ladder an unbanded book may grow to
+M_NEV = 16  # events waiting in the output buffer (batch calls)
+M_NFIELDS = 24
+
+NO_BID = -1
+NO_ASK = MAX_PRICE_TICKS + 1
+
+# Reasons the kernel returned before finishing its input; the wrapper fixes
+# the cause (grows an array) and calls again from where it stopped.
+NEED_NOTHING = 0
+NEED_SLOTS = 1
+NEED_LADDER = 2
+NEED_EVENTS = 3
+NEED_OIDS = 4
+
+# --------------------------------------------------------------------------
+# One book's state lives in a single int64 buffer, so that a call from Python
+# unboxes one array instead of six.  buf[H_*] holds each region's offset and
+# size; the kernels cut zero-copy views out of it.
+# --------------------------------------------------------------------------
+H_META = 0  # offset of meta (M_NFIELDS)
+H_ORDS = 1  # offset of ords
+H_SLOTS = 2  # rows of ords
+H_LVL = 3  # offset of the ladder
+H_ROWS = 4  # ladder rows
+H_BITS = 5  # offset of the bitmap
+H_WORDS = 6  # bitmap words
+H_O2S = 7  # offset of o2s
+H_OIDS = 8  # length of o2s
+H_OUT = 9  # offset of the event buffer
+H_EVENTS = 10  # rows of the event buffer
+H_NFIELDS = 16
+
+# Sizes.
+WORD_BITS = 64
+DEFAULT_SLOTS = 1 << 12
+DEFAULT_EVENTS = 1 << 14
+# An unbanded ladder grows to cover the prices it sees, up to this many rows
+# (32 bytes each); an order further than that from the book is rejected.
+MAX_LADDER_ROWS = 1 << 24

@@ -1,0 +1,803 @@
+"""The order book's compiled kernels: plain ``@njit(cache=True)`` functions over arrays.
+
+State of one book (all ``int64``; layouts in :mod:`fabric.constants`):
+
+``ords``  (slots, O_NFIELDS)  one row per order slot; FIFO links per price level; free list
+``lvl``   (rows, L_NFIELDS)   the price ladder, row = price - meta[M_BASE]
+``bits``  (words,)            one bit per ladder row: the level holds orders
+``meta``  (M_NFIELDS,)        best bid/ask, band, lot, counters
+``o2s``   (max oid + 1,)      order id -> slot, -1 when not resting
+``out``   (events, E_NFIELDS) events written by the last call
+
+Every operation is O(1) except finding the next best price after the best level
+empties, which scans the bitmap 64 levels per word.  A kernel never half-applies
+a command: it checks capacity first, and when an array is too small it records
+why in ``meta[M_NEED]`` and returns ``-1`` without touching the book, so the
+caller can grow the array and call again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fabric.constants import (
+    BUY,
+    C_BROKER,
+    C_OID,
+    C_OP,
+    C_PRICE,
+    C_QTY,
+    C_SIDE,
+    C_TIF,
+    C_TYPE,
+    CXL_FOK_UNFILLABLE,
+    CXL_IOC_REMAINDER,
+    CXL_REQUESTED,
+    DAY,
+    E_CUM,
+    E_LEAVES,
+    E_NFIELDS,
+    E_OID,
+    E_OTHER,
+    E_OTHER_CUM,
+    E_OTHER_LEAVES,
+    E_PRICE,
+    E_QTY,
+    E_REASON,
+    E_SIDE,
+    E_TYPE,
+    EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_REJECTED,
+    EV_REPLACED,
+    EV_TRADE,
+    FOK,
+    H_BITS,
+    H_EVENTS,
+    H_LVL,
+    H_META,
+    H_O2S,
+    H_OIDS,
+    H_ORDS,
+    H_OUT,
+    H_ROWS,
+    H_SLOTS,
+    H_WORDS,
+    IOC,
+    L_COUNT,
+    L_HEAD,
+    L_NFIELDS,
+    L_QTY,
+    L_TAIL,
+    M_BAND_HI,
+    M_BAND_LO,
+    M_BANDED,
+    M_BASE,
+    M_BEST_ASK,
+    M_BEST_BID,
+    M_FREE_HEAD,
+    M_LOT,
+    M_MAX_ROWS,
+    M_NEED,
+    M_NEED_PRICE,
+    M_NEV,
+    M_NFIELDS,
+    M_NLEVELS,
+    M_RESTING,
+    M_SEEN_HI,
+    M_SEEN_LO,
+    M_TRADES,
+    MARKET,
+    NEED_EVENTS,
+    NEED_LADDER,
+    NEED_NOTHING,
+    NEED_OIDS,
+    NEED_SLOTS,
+    NO_ASK,
+    NO_BID,
+    NO_PRICE,
+    NO_QTY,
+    O_BROKER,
+    O_CUM,
+    O_LEAVES,
+    O_NEXT,
+    O_NFIELDS,
+    O_OID,
+    O_PREV,
+    O_PRICE,
+    O_QTY,
+    O_SIDE,
+    O_STATE,
+    O_TIF,
+    OP_CANCEL,
+    OP_END_OF_DAY,
+    OP_NEW,
+    OP_REPLACE,
+    REJ_BAD_TIF,
+    REJ_LADDER_SPAN,
+    REJ_ORDER_CLOSED,
+    REJ_PRICE_NOT_POSITIVE,
+    REJ_PRICE_OUT_OF_BAND,
+    REJ_QTY_NOT_LOT_MULTIPLE,
+    SELL,
+    ST_FREE,
+    ST_RESTING,
+)
+
+# --------------------------------------------------------------------------
+# Bitmap of non-empty ladder rows
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _msb(w: int) -> int:
+    # Index of the highest set bit of a non-zero int64 (bit 63 is the sign bit).
+    if w < 0:
+        return 63
+    n = 0
+    if w >> 32:
+        w >>= 32
+        n += 32
+    if w >> 16:
+        w >>= 16
+        n += 16
+    if w >> 8:
+        w >>= 8
+        n += 8
+    if w >> 4:
+        w >>= 4
+        n += 4
+    if w >> 2:
+        w >>= 2
+        n += 2
+    if w >> 1:
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _set_bit(bits: np.ndarray, row: int) -> None:
+    bits[row >> 6] |= np.int64(1) << (row & 63)
+
+
+@njit(cache=True, inline="always")
+def _clear_bit(bits: np.ndarray, row: int) -> None:
+    bits[row >> 6] &= ~(np.int64(1) << (row & 63))
+
+
+@njit(cache=True)
+def scan_down(bits: np.ndarray, row: int) -> int:
+    """Return the highest non-empty ladder row ``<= row``, or -1."""
+    if row < 0:
+        return -1
+    word = row >> 6
+    b = row & 63
+    mask = (np.int64(2) << b) - 1  # bits 0..b; wraps to all ones for b == 63
+    w = bits[word] & mask
+    while w == 0:
+        word -= 1
+        if word < 0:
+            return -1
+        w = bits[word]
+    return (word << 6) + _msb(w)
+
+
+@njit(cache=True)
+def scan_up(bits: np.ndarray, row: int, nrows: int) -> int:
+    """Return the lowest non-empty ladder row ``>= row``, or -1."""
+    if row >= nrows:
+        return -1
+    if row < 0:
+        row = 0
+    word = row >> 6
+    nwords = bits.shape[0]
+    mask = -(np.int64(1) << (row & 63))  # bits b..63
+    w = bits[word] & mask
+    while w == 0:
+        word += 1
+        if word >= nwords:
+            return -1
+        w = bits[word]
+    return (word << 6) + _msb(w & -w)
+
+
+# --------------------------------------------------------------------------
+# Levels and slots
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _emit(
+    out: np.ndarray,
+    n: int,
+    typ: int,
+    oid: int,
+    side: int,
+    price: int,
+    qty: int,
+    leaves: int,
+    cum: int,
+    other: int,
+    other_leaves: int,
+    other_cum: int,
+    reason: int,
+) -> int:
+    out[n, E_TYPE] = typ
+    out[n, E_OID] = oid
+    out[n, E_SIDE] = side
+    out[n, E_PRICE] = price
+    out[n, E_QTY] = qty
+    out[n, E_LEAVES] = leaves
+    out[n, E_CUM] = cum
+    out[n, E_OTHER] = other
+    out[n, E_OTHER_LEAVES] = other_leaves
+    out[n, E_OTHER_CUM] = other_cum
+    out[n, E_REASON] = reason
+    return n + 1
+
+
+@njit(cache=True, inline="always")
+def _push_back(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, slot: int) -> None:
+    # Append a slot (fields already set) at the back of its price level.
+    price = ords[slot, O_PRICE]
+    row = price - meta[M_BASE]
+    tail = lvl[row, L_TAIL]
+    ords[slot, O_NEXT] = -1
+    ords[slot, O_PREV] = tail
+    if lvl[row, L_COUNT] == 0:
+        lvl[row, L_HEAD] = slot
+        _set_bit(bits, row)
+    else:
+        ords[tail, O_NEXT] = slot
+    lvl[row, L_TAIL] = slot
+    lvl[row, L_COUNT] += 1
+    lvl[row, L_QTY] += ords[slot, O_LEAVES]
+    if ords[slot, O_SIDE] == BUY:
+        if price > meta[M_BEST_BID]:
+            meta[M_BEST_BID] = price
+    elif price < meta[M_BEST_ASK]:
+        meta[M_BEST_ASK] = price
+
+
+@njit(cache=True, inline="always")
+def _unlink(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, slot: int) -> None:
+    # Take a slot out of its level's FIFO; the slot itself stays allocated.
+    price = ords[slot, O_PRICE]
+    base = meta[M_BASE]
+    row = price - base
+    prev = ords[slot, O_PREV]
+    nxt = ords[slot, O_NEXT]
+    if prev >= 0:
+        ords[prev, O_NEXT] = nxt
+    else:
+        lvl[row, L_HEAD] = nxt
+    if nxt >= 0:
+        ords[nxt, O_PREV] = prev
+    else:
+        lvl[row, L_TAIL] = prev
+    lvl[row, L_QTY] -= ords[slot, O_LEAVES]
+    lvl[row, L_COUNT] -= 1
+    if lvl[row, L_COUNT] == 0:
+        lvl[row, L_HEAD] = -1
+        lvl[row, L_TAIL] = -1
+        _clear_bit(bits, row)
+        if ords[slot, O_SIDE] == BUY:
+            if meta[M_BEST_BID] == price:
+                r = scan_down(bits, row - 1)
+                meta[M_BEST_BID] = NO_BID if r < 0 else r + base
+        elif meta[M_BEST_ASK] == price:
+            r = scan_up(bits, row + 1, meta[M_NLEVELS])
+            meta[M_BEST_ASK] = NO_ASK if r < 0 else r + base
+
+
+@njit(cache=True, inline="always")
+def _free(ords: np.ndarray, meta: np.ndarray, o2s: np.ndarray, slot: int) -> None:
+    o2s[ords[slot, O_OID]] = -1
+    ords[slot, O_STATE] = ST_FREE
+    ords[slot, O_NEXT] = meta[M_FREE_HEAD]
+    meta[M_FREE_HEAD] = slot
+    meta[M_RESTING] -= 1
+
+
+@njit(cache=True, inline="always")
+def _rest(
+    ords: np.ndarray,
+    lvl: np.ndarray,
+    bits: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    oid: int,
+    broker: int,
+    side: int,
+    tif: int,
+    price: int,
+    qty: int,
+    leaves: int,
+    cum: int,
+) -> None:
+    # Put a new order's remainder in the book (a free slot is guaranteed by the caller).
+    slot = meta[M_FREE_HEAD]
+    meta[M_FREE_HEAD] = ords[slot, O_NEXT]
+    meta[M_RESTING] += 1
+    ords[slot, O_OID] = oid
+    ords[slot, O_BROKER] = broker
+    ords[slot, O_SIDE] = side
+    ords[slot, O_TIF] = tif
+    ords[slot, O_PRICE] = price
+    ords[slot, O_QTY] = qty
+    ords[slot, O_LEAVES] = leaves
+    ords[slot, O_CUM] = cum
+    ords[slot, O_STATE] = ST_RESTING
+    o2s[oid] = slot
+    _push_back(ords, lvl, bits, meta, slot)
+
+
+# --------------------------------------------------------------------------
+# Matching
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _crossing_qty(lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, is_market: bool, limit: int, want: int) -> int:
+    # Opposite quantity available at prices that cross `limit`; stops counting at `want`.
+    base = meta[M_BASE]
+    nrows = meta[M_NLEVELS]
+    avail = 0
+    if side == BUY:
+        p = meta[M_BEST_ASK]
+        while p != NO_ASK and (is_market or p <= limit) and avail < want:
+            avail += lvl[p - base, L_QTY]
+            r = scan_up(bits, p - base + 1, nrows)
+            p = NO_ASK if r < 0 else r + base
+    else:
+        p = meta[M_BEST_BID]
+        while p != NO_BID and (is_market or p >= limit) and avail < want:
+            avail += lvl[p - base, L_QTY]
+            r = scan_down(bits, p - base - 1)
+            p = NO_BID if r < 0 else r + base
+    return avail
+
+
+@njit(cache=True, inline="always")
+def _match(
+    ords: np.ndarray,
+    lvl: np.ndarray,
+    bits: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    out: np.ndarray,
+    n: int,
+    oid: int,
+    side: int,
+    is_market: bool,
+    limit: int,
+    leaves: int,
+    cum: int,
+) -> tuple[int, int, int]:
+    # Match an aggressor against the opposite side; return (events, leaves, cum).
+    base = meta[M_BASE]
+    while leaves > 0:
+        if side == BUY:
+            best = meta[M_BEST_ASK]
+            if best == NO_ASK or (not is_market and best > limit):
+                break
+        else:
+            best = meta[M_BEST_BID]
+            if best == NO_BID or (not is_market and best < limit):
+                break
+        row = best - base
+        slot = lvl[row, L_HEAD]
+        r_leaves = ords[slot, O_LEAVES]
+        fill = leaves if leaves < r_leaves else r_leaves
+        leaves -= fill
+        cum += fill
+        r_leaves -= fill
+        r_cum = ords[slot, O_CUM] + fill
+        ords[slot, O_LEAVES] = r_leaves
+        ords[slot, O_CUM] = r_cum
+        lvl[row, L_QTY] -= fill
+        meta[M_TRADES] += 1
+        n = _emit(out, n, EV_TRADE, oid, side, best, fill, leaves, cum, ords[slot, O_OID], r_leaves, r_cum, 0)
+        if r_leaves == 0:
+            _unlink(ords, lvl, bits, meta, slot)
+            _free(ords, meta, o2s, slot)
+    return n, leaves, cum
+
+
+# --------------------------------------------------------------------------
+# Commands
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _check_price(meta: np.ndarray, price: int) -> int:
+    # Reject reason for a limit price, or 0.  Runs before the book changes.
+    if price <= 0:
+        return REJ_PRICE_NOT_POSITIVE
+    if meta[M_BANDED]:
+        if price < meta[M_BAND_LO] or price > meta[M_BAND_HI]:
+            return REJ_PRICE_OUT_OF_BAND
+    elif meta[M_SEEN_HI] >= meta[M_SEEN_LO]:
+        lo = meta[M_SEEN_LO] if meta[M_SEEN_LO] < price else price
+        hi = meta[M_SEEN_HI] if meta[M_SEEN_HI] > price else price
+        if hi - lo + 1 > meta[M_MAX_ROWS]:
+            return REJ_LADDER_SPAN
+    return 0
+
+
+@njit(cache=True, inline="always")
+def _needs_ladder(meta: np.ndarray, price: int) -> bool:
+    row = price - meta[M_BASE]
+    if row < 0 or row >= meta[M_NLEVELS]:
+        meta[M_NEED] = NEED_LADDER
+        meta[M_NEED_PRICE] = price
+        return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def _see_price(meta: np.ndarray, price: int) -> None:
+    if meta[M_SEEN_HI] < meta[M_SEEN_LO]:
+        meta[M_SEEN_LO] = price
+        meta[M_SEEN_HI] = price
+    elif price < meta[M_SEEN_LO]:
+        meta[M_SEEN_LO] = price
+    elif price > meta[M_SEEN_HI]:
+        meta[M_SEEN_HI] = price
+
+
+@njit(cache=True)
+def _new(
+    ords: np.ndarray,
+    lvl: np.ndarray,
+    bits: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    out: np.ndarray,
+    n: int,
+    oid: int,
+    broker: int,
+    side: int,
+    otype: int,
+    tif: int,
+    price: int,
+    qty: int,
+) -> int:
+    is_market = otype == MARKET
+    reason = 0
+    if qty <= 0 or qty % meta[M_LOT] != 0:
+        reason = REJ_QTY_NOT_LOT_MULTIPLE
+    elif is_market and tif != IOC and tif != FOK:
+        reason = REJ_BAD_TIF
+    elif not is_market:
+        reason = _check_price(meta, price)
+    if reason != 0:
+        return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_NEW, 0, 0, reason)
+    if is_market:
+        price = 0
+    else:
+        rests = tif != IOC and tif != FOK
+        if rests and meta[M_FREE_HEAD] < 0:
+            meta[M_NEED] = NEED_SLOTS
+            return -1
+        if rests and _needs_ladder(meta, price):
+            return -1
+        _see_price(meta, price)
+    n = _emit(out, n, EV_ACCEPTED, oid, side, price, qty, qty, 0, 0, 0, 0, 0)
+    if tif == FOK and _crossing_qty(lvl, bits, meta, side, is_market, price, qty) < qty:
+        return _emit(out, n, EV_CANCELLED, oid, side, price, qty, 0, 0, 0, 0, 0, CXL_FOK_UNFILLABLE)
+    n, leaves, cum = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, is_market, price, qty, 0)
+    if leaves > 0:
+        if is_market or tif == IOC or tif == FOK:
+            n = _emit(out, n, EV_CANCELLED, oid, side, price, leaves, 0, cum, 0, 0, 0, CXL_IOC_REMAINDER)
+        else:
+            _rest(ords, lvl, bits, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum)
+    return n
+
+
+@njit(cache=True, inline="always")
+def _resting_slot(o2s: np.ndarray, oid: int) -> int:
+    if oid < 0 or oid >= o2s.shape[0]:
+        return -1
+    return o2s[oid]
+
+
+@njit(cache=True)
+def _cancel(
+    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int, oid: int
+) -> int:
+    slot = _resting_slot(o2s, oid)
+    if slot < 0:
+        return _emit(out, n, EV_REJECTED, oid, 0, 0, 0, 0, 0, OP_CANCEL, 0, 0, REJ_ORDER_CLOSED)
+    leaves = ords[slot, O_LEAVES]
+    n = _emit(
+        out, n, EV_CANCELLED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], leaves, 0, ords[slot, O_CUM], 0, 0, 0, CXL_REQUESTED
+    )
+    _unlink(ords, lvl, bits, meta, slot)
+    _free(ords, meta, o2s, slot)
+    return n
+
+
+@njit(cache=True)
+def _replace(
+    ords: np.ndarray,
+    lvl: np.ndarray,
+    bits: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    out: np.ndarray,
+    n: int,
+    oid: int,
+    price: int,
+    qty: int,
+) -> int:
+    slot = _resting_slot(o2s, oid)
+    if slot < 0:
+        return _emit(out, n, EV_REJECTED, oid, 0, 0, 0, 0, 0, OP_REPLACE, 0, 0, REJ_ORDER_CLOSED)
+    side = ords[slot, O_SIDE]
+    old_price = ords[slot, O_PRICE]
+    old_qty = ords[slot, O_QTY]
+    cum = ords[slot, O_CUM]
+    new_price = old_price if price == NO_PRICE else price
+    new_qty = old_qty if qty == NO_QTY else qty
+    if new_qty <= 0 or new_qty % meta[M_LOT] != 0:
+        reason = REJ_QTY_NOT_LOT_MULTIPLE
+    else:
+        reason = _check_price(meta, new_price)
+    if reason != 0:
+        return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_REPLACE, 0, 0, reason)
+    if new_qty > cum and _needs_ladder(meta, new_price):
+        return -1
+    _see_price(meta, new_price)
+
+    if new_qty <= cum:
+        # Cut down to what has already filled: the order is done.
+        n = _emit(out, n, EV_REPLACED, oid, side, new_price, new_qty, 0, cum, 0, 0, 0, 0)
+        _unlink(ords, lvl, bits, meta, slot)
+        _free(ords, meta, o2s, slot)
+        return n
+
+    if new_price == old_price and new_qty <= old_qty:
+        # Same price, quantity not up: keeps its place in the queue.
+        cut = old_qty - new_qty
+        leaves = ords[slot, O_LEAVES] - cut
+        ords[slot, O_QTY] = new_qty
+        ords[slot, O_LEAVES] = leaves
+        lvl[old_price - meta[M_BASE], L_QTY] -= cut
+        return _emit(out, n, EV_REPLACED, oid, side, new_price, new_qty, leaves, cum, 1, 0, 0, 0)
+
+    # Loses its place: out of the book, may trade as the aggressor, the rest
+    # goes to the back of its new level.
+    _unlink(ords, lvl, bits, meta, slot)
+    leaves = new_qty - cum
+    n = _emit(out, n, EV_REPLACED, oid, side, new_price, new_qty, leaves, cum, 0, 0, 0, 0)
+    n, leaves, cum = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, False, new_price, leaves, cum)
+    if leaves > 0:
+        ords[slot, O_PRICE] = new_price
+        ords[slot, O_QTY] = new_qty
+        ords[slot, O_LEAVES] = leaves
+        ords[slot, O_CUM] = cum
+        _push_back(ords, lvl, bits, meta, slot)
+    else:
+        _free(ords, meta, o2s, slot)
+    return n
+
+
+@njit(cache=True)
+def _end_of_day(
+    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int
+) -> int:
+    # Expire DAY orders in the order they were accepted (ascending order id).
+    for oid in range(o2s.shape[0]):
+        slot = o2s[oid]
+        if slot >= 0 and ords[slot, O_TIF] == DAY:
+            n = _emit(
+                out, n, EV_EXPIRED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], ords[slot, O_LEAVES], 0, ords[slot, O_CUM], 0, 0, 0, 0
+            )
+            _unlink(ords, lvl, bits, meta, slot)
+            _free(ords, meta, o2s, slot)
+    return n
+
+
+@njit(cache=True, inline="always")
+def apply(
+    ords: np.ndarray,
+    lvl: np.ndarray,
+    bits: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    out: np.ndarray,
+    n: int,
+    op: int,
+    oid: int,
+    broker: int,
+    side: int,
+    otype: int,
+    tif: int,
+    price: int,
+    qty: int,
+) -> int:
+    """Apply one command, writing its events to ``out`` from row ``n``.
+
+    Return the new number of events in ``out``, or -1 when an array must grow
+    first (``meta[M_NEED]`` says which); in that case nothing has changed.
+    ``oid`` of a new order must be below ``o2s.shape[0]``.
+    """
+    meta[M_NEED] = NEED_NOTHING
+    # One command emits at most one event per resting order plus three.
+    if out.shape[0] - n < meta[M_RESTING] + 3:
+        meta[M_NEED] = NEED_EVENTS
+        return -1
+    if op == OP_NEW:
+        if oid >= o2s.shape[0]:
+            meta[M_NEED] = NEED_OIDS
+            return -1
+        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty)
+    if op == OP_CANCEL:
+        return _cancel(ords, lvl, bits, meta, o2s, out, n, oid)
+    if op == OP_REPLACE:
+        return _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty)
+    if op == OP_END_OF_DAY:
+        return _end_of_day(ords, lvl, bits, meta, o2s, out, n)
+    return n
+
+
+@njit(cache=True)
+def run_batch(
+    ords: np.ndarray,
+    lvl: np.ndarray,
+    bits: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    out: np.ndarray,
+    cmds: np.ndarray,
+    start: int,
+) -> int:
+    """Apply ``cmds[start:]`` in order, appending events to ``out`` from ``meta[M_NEV]``.
+
+    Return the index of the first command not applied: ``cmds.shape[0]`` when
+    all were, otherwise ``meta[M_NEED]`` says what must grow before the call is
+    repeated from that index.  ``meta[M_NEV]`` holds the number of events in
+    ``out`` (the caller resets it after consuming them).
+    """
+    n = meta[M_NEV]
+    i = start
+    ncmds = cmds.shape[0]
+    while i < ncmds:
+        r = apply(
+            ords,
+            lvl,
+            bits,
+            meta,
+            o2s,
+            out,
+            n,
+            cmds[i, C_OP],
+            cmds[i, C_OID],
+            cmds[i, C_BROKER],
+            cmds[i, C_SIDE],
+            cmds[i, C_TYPE],
+            cmds[i, C_TIF],
+            cmds[i, C_PRICE],
+            cmds[i, C_QTY],
+        )
+        if r < 0:
+            break
+        n = r
+        i += 1
+    meta[M_NEV] = n
+    return i
+
+
+# --------------------------------------------------------------------------
+# The single-buffer entry points: what the wrapper calls.
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def views(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (ords, lvl, bits, meta, o2s, out): zero-copy views of a book buffer's regions."""
+    o = buf[H_ORDS]
+    ords = buf[o : o + buf[H_SLOTS] * O_NFIELDS].reshape((buf[H_SLOTS], O_NFIELDS))
+    o = buf[H_LVL]
+    lvl = buf[o : o + buf[H_ROWS] * L_NFIELDS].reshape((buf[H_ROWS], L_NFIELDS))
+    bits = buf[buf[H_BITS] : buf[H_BITS] + buf[H_WORDS]]
+    meta = buf[buf[H_META] : buf[H_META] + M_NFIELDS]
+    o2s = buf[buf[H_O2S] : buf[H_O2S] + buf[H_OIDS]]
+    o = buf[H_OUT]
+    out = buf[o : o + buf[H_EVENTS] * E_NFIELDS].reshape((buf[H_EVENTS], E_NFIELDS))
+    return ords, lvl, bits, meta, o2s, out
+
+
+@njit(cache=True)
+def apply_buf(buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int) -> int:
+    """Apply one command to the book in ``buf``; events from row 0 of its event region.
+
+    Return the number of events, or -1 when a region must grow (see :func:`apply`).
+    """
+    ords, lvl, bits, meta, o2s, out = views(buf)
+    return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty)
+
+
+@njit(cache=True)
+def run_batch_buf(buf: np.ndarray, cmds: np.ndarray, start: int) -> int:
+    """Apply ``cmds[start:]`` to the book in ``buf``: :func:`run_batch` over its regions."""
+    ords, lvl, bits, meta, o2s, out = views(buf)
+    return run_batch(ords, lvl, bits, meta, o2s, out, cmds, start)
+
+
+@njit(cache=True)
+def depth_buf(buf: np.ndarray, side: int, nmax: int, res: np.ndarray) -> int:
+    """:func:`depth` of the book in ``buf``."""
+    _, lvl, bits, meta, _, _ = views(buf)
+    return depth(lvl, bits, meta, side, nmax, res)
+
+
+@njit(cache=True)
+def checksum_buf(buf: np.ndarray) -> int:
+    """:func:`checksum` of the book in ``buf``."""
+    ords, lvl, bits, meta, _, _ = views(buf)
+    return checksum(ords, lvl, bits, meta)
+
+
+# --------------------------------------------------------------------------
+# Reading the book
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def depth(lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, nmax: int, res: np.ndarray) -> int:
+    """Write up to ``nmax`` levels of one side, best first, as (price, qty, count) rows of ``res``; return how many."""
+    base = meta[M_BASE]
+    k = 0
+    if side == BUY:
+        p = meta[M_BEST_BID]
+        while p != NO_BID and k < nmax:
+            row = p - base
+            res[k, 0] = p
+            res[k, 1] = lvl[row, L_QTY]
+            res[k, 2] = lvl[row, L_COUNT]
+            k += 1
+            r = scan_down(bits, row - 1)
+            p = NO_BID if r < 0 else r + base
+    else:
+        p = meta[M_BEST_ASK]
+        while p != NO_ASK and k < nmax:
+            row = p - base
+            res[k, 0] = p
+            res[k, 1] = lvl[row, L_QTY]
+            res[k, 2] = lvl[row, L_COUNT]
+            k += 1
+            r = scan_up(bits, row + 1, meta[M_NLEVELS])
+            p = NO_ASK if r < 0 else r + base
+    return k
+
+
+@njit(cache=True)
+def checksum(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray) -> int:
+    """Return a 64-bit FNV-1a hash of the book in priority order (both sides, every order)."""
+    h = np.uint64(14695981039346656037)
+    prime = np.uint64(1099511628211)
+    base = meta[M_BASE]
+    for side in (BUY, SELL):
+        if side == BUY:
+            p = meta[M_BEST_BID]
+        else:
+            p = meta[M_BEST_ASK]
+        while p != NO_BID and p != NO_ASK:
+            row = p - base
+            slot = lvl[row, L_HEAD]
+            while slot >= 0:
+                for f in (O_OID, O_BROKER, O_SIDE, O_TIF, O_PRICE, O_QTY, O_LEAVES, O_CUM):
+                    h = (h ^ np.uint64(ords[slot, f])) * prime
+                slot = ords[slot, O_NEXT]
+            if side == BUY:
+                r = scan_down(bits, row - 1)
+                p = NO_BID if r < 0 else r + base
+            else:
+                r = scan_up(bits, row + 1, meta[M_NLEVELS])
+                p = NO_ASK if r < 0 else r + base
+    return np.int64(h)
+

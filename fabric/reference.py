@@ -1,0 +1,475 @@
+"""A plain-Python reference order book: the oracle for the property tests.
+
+:class:`ReferenceBook` implements ``docs/book-semantics.md`` as directly as it
+can, with ordinary Python containers and no cleverness: one
+:class:`~sortedcontainers.SortedDict` per side mapping a price to the orders
+resting there (an insertion-ordered ``dict``, oldest first), and one ``dict``
+from order id to order record.  It is deliberately simple and deliberately
+independent of the compiled book (:mod:`fabric.kernels`, :mod:`fabric.book`),
+so that random sessions run through both must produce identical event lists
+and identical books; any difference is a bug in one of them.
+
+It is not meant to be fast and is not used by the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+from sortedcontainers import SortedDict
+
+from fabric.constants import (
+    BUY,
+    CXL_FOK_UNFILLABLE,
+    CXL_IOC_REMAINDER,
+    CXL_REQUESTED,
+    DAY,
+    EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_EXPIRED,
+    EV_REJECTED,
+    EV_REPLACED,
+    EV_TRADE,
+    FOK,
+    IOC,
+    LIMIT,
+    MARKET,
+    MAX_LADDER_ROWS,
+    NO_PRICE,
+    NO_QTY,
+    OP_CANCEL,
+    OP_NEW,
+    OP_REPLACE,
+    REJ_BAD_TIF,
+    REJ_LADDER_SPAN,
+    REJ_ORDER_CLOSED,
+    REJ_PRICE_NOT_POSITIVE,
+    REJ_PRICE_OUT_OF_BAND,
+    REJ_QTY_NOT_LOT_MULTIPLE,
+)
+
+__all__ = ["Event", "ReferenceBook"]
+
+#: One event row, laid out as the ``E_*`` indices of :mod:`fabric.constants`.
+Event = tuple[int, int, int, int, int, int, int, int, int, int, int]
+
+#: The orders resting at one price, oldest first (``dict`` keeps insertion order).
+_Level = dict[int, "_Order"]
+
+
+@dataclass(slots=True)
+class _Order:
+    """One order while it is being matched or rests in the book."""
+
+    oid: int
+    broker: int
+    side: int
+    tif: int
+    price: int  # ticks; 0 for a market order
+    qty: int  # total order quantity
+    leaves: int
+    cum: int
+
+
+def _row(
+    etype: int,
+    oid: int,
+    side: int = 0,
+    price: int = 0,
+    qty: int = 0,
+    leaves: int = 0,
+    cum: int = 0,
+    other: int = 0,
+    other_leaves: int = 0,
+    other_cum: int = 0,
+    reason: int = 0,
+) -> Event:
+    """Build one event row in ``E_*`` field order."""
+    return (etype, oid, side, price, qty, leaves, cum, other, other_leaves, other_cum, reason)
+
+
+class ReferenceBook:
+    """A price-time priority limit order book for one instrument, in plain Python.
+
+    Parameters
+    ----------
+    lot : int
+        Order quantities must be positive multiples of this.
+    band_lo, band_hi : int or None
+        Inclusive price band (ticks) of a banded book.  Give both or neither;
+        with neither the book is unbanded and the ladder-span rule applies.
+    max_ladder_rows : int
+        Unbanded books only: the widest span of limit prices, in ticks
+        counted inclusively, that the book accepts over its life.
+
+    Raises
+    ------
+    ValueError
+        If ``lot`` or ``max_ladder_rows`` is not positive, only one band bound
+        is given, or the band is empty or not positive.
+    """
+
+    def __init__(
+        self,
+        lot: int = 1,
+        band_lo: int | None = None,
+        band_hi: int | None = None,
+        max_ladder_rows: int = MAX_LADDER_ROWS,
+    ) -> None:
+        if lot <= 0:
+            raise ValueError(f"lot must be positive, got {lot}")
+        if max_ladder_rows <= 0:
+            raise ValueError(f"max_ladder_rows must be positive, got {max_ladder_rows}")
+        if (band_lo is None) != (band_hi is None):
+            raise ValueError("give both band_lo and band_hi, or neither")
+        if band_lo is not None and band_hi is not None and not 0 < band_lo <= band_hi:
+            raise ValueError(f"bad price band [{band_lo}, {band_hi}]")
+        self.lot = int(lot)
+        self.band_lo = None if band_lo is None else int(band_lo)
+        self.band_hi = None if band_hi is None else int(band_hi)
+        self.max_ladder_rows = int(max_ladder_rows)
+        # Per side: price -> orders at that price, oldest first.  BUY, SELL.
+        self._sides: tuple[SortedDict, SortedDict] = (SortedDict(), SortedDict())
+        # Every resting order, by oid.
+        self._orders: dict[int, _Order] = {}
+        # Lowest / highest limit price ever accepted (ladder-span rule).
+        self._seen_lo: int | None = None
+        self._seen_hi: int | None = None
+        self.trades = 0  # trades matched so far
+
+    @property
+    def banded(self) -> bool:
+        """Whether the book has a price band (else the ladder-span rule applies)."""
+        return self.band_lo is not None
+
+    # ------------------------------------------------------------------
+    # Commands
+    # ------------------------------------------------------------------
+    def new(
+        self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int
+    ) -> list[Event]:
+        """Enter a new order, match it, and rest or cancel what is left.
+
+        Parameters
+        ----------
+        oid : int
+            Order id, unique in this book and never reused.
+        broker : int
+            Broker number (kept with the order, not used in matching).
+        side : int
+            ``BUY`` or ``SELL``.
+        otype : int
+            ``LIMIT`` or ``MARKET``.
+        tif : int
+            ``GTC``, ``DAY``, ``IOC`` or ``FOK``.
+        price : int
+            Limit price in ticks; ignored for a market order.
+        qty : int
+            Order quantity in shares.
+
+        Returns
+        -------
+        list of Event
+            A reject; or the acceptance followed by the trades and, if any,
+            the cancel of the unfilled rest.
+        """
+        oid, broker, side, otype, tif = int(oid), int(broker), int(side), int(otype), int(tif)
+        price, qty = int(price), int(qty)
+
+        reason = self._qty_reject(qty)
+        if not reason and otype == MARKET and tif not in (IOC, FOK):
+            reason = REJ_BAD_TIF
+        if not reason and otype == LIMIT:
+            reason = self._price_reject(price)
+        if reason:
+            return [_row(EV_REJECTED, oid, side, other=OP_NEW, reason=reason)]
+
+        if otype == LIMIT:
+            self._see_price(price)
+            limit: int | None = price
+        else:
+            price = 0
+            limit = None
+        events: list[Event] = [_row(EV_ACCEPTED, oid, side, price, qty, qty)]
+        order = _Order(oid, broker, side, tif, price, qty, leaves=qty, cum=0)
+
+        if tif == FOK and self._crossing_leaves(side, limit) < qty:
+            events.append(_row(EV_CANCELLED, oid, side, price, qty, 0, 0, reason=CXL_FOK_UNFILLABLE))
+            return events
+
+        self._match(order, limit, events)
+
+        if order.leaves > 0:
+            if otype == MARKET or tif in (IOC, FOK):
+                events.append(
+                    _row(
+                        EV_CANCELLED,
+                        oid,
+                        side,
+                        price,
+                        order.leaves,
+                        0,
+                        order.cum,
+                        reason=CXL_IOC_REMAINDER,
+                    )
+                )
+            else:
+                self._rest(order)
+        return events
+
+    def cancel(self, oid: int) -> list[Event]:
+        """Take a resting order out of the book at the broker's request.
+
+        Parameters
+        ----------
+        oid : int
+            The order to cancel.
+
+        Returns
+        -------
+        list of Event
+            One ``EV_CANCELLED`` row, or an ``REJ_ORDER_CLOSED`` reject when the
+            order is not resting.
+        """
+        oid = int(oid)
+        order = self._orders.get(oid)
+        if order is None:
+            return [_row(EV_REJECTED, oid, 0, other=OP_CANCEL, reason=REJ_ORDER_CLOSED)]
+        self._unrest(order)
+        return [
+            _row(
+                EV_CANCELLED,
+                oid,
+                order.side,
+                order.price,
+                order.leaves,
+                0,
+                order.cum,
+                reason=CXL_REQUESTED,
+            )
+        ]
+
+    def replace(self, oid: int, price: int, qty: int) -> list[Event]:
+        """Change the price and/or total quantity of a resting order (FIX cancel/replace).
+
+        Parameters
+        ----------
+        oid : int
+            The order to change.
+        price : int
+            New limit price in ticks, or ``NO_PRICE`` to keep the price.
+        qty : int
+            New total order quantity (filled part included), or ``NO_QTY`` to
+            keep it.
+
+        Returns
+        -------
+        list of Event
+            A reject; or one ``EV_REPLACED`` row, followed by trades when the
+            order lost its place and now crosses the book.
+        """
+        oid, price, qty = int(oid), int(price), int(qty)
+        order = self._orders.get(oid)
+        if order is None:
+            return [_row(EV_REJECTED, oid, 0, other=OP_REPLACE, reason=REJ_ORDER_CLOSED)]
+
+        new_price = order.price if price == NO_PRICE else price
+        new_qty = order.qty if qty == NO_QTY else qty
+        reason = self._qty_reject(new_qty) or self._price_reject(new_price)
+        if reason:
+            return [_row(EV_REJECTED, oid, order.side, other=OP_REPLACE, reason=reason)]
+        self._see_price(new_price)
+
+        side, cum = order.side, order.cum
+        if new_qty <= cum:
+            # Nothing left to trade: the order ends.
+            self._unrest(order)
+            return [_row(EV_REPLACED, oid, side, new_price, new_qty, 0, cum, 0)]
+
+        if new_price == order.price and new_qty <= order.qty:
+            # Same price, not bigger: keeps its time priority.
+            order.leaves -= order.qty - new_qty
+            order.qty = new_qty
+            return [_row(EV_REPLACED, oid, side, new_price, new_qty, order.leaves, cum, 1)]
+
+        # Loses its place: out of its level, re-enters as an aggressor.
+        self._unrest(order)
+        order.price, order.qty, order.leaves = new_price, new_qty, new_qty - cum
+        events: list[Event] = [
+            _row(EV_REPLACED, oid, side, new_price, new_qty, order.leaves, cum, 0)
+        ]
+        self._match(order, new_price, events)
+        if order.leaves > 0:
+            self._rest(order)
+        return events
+
+    def end_of_day(self) -> list[Event]:
+        """Expire every resting DAY order, in ascending oid order; GTC orders stay.
+
+        Returns
+        -------
+        list of Event
+            One ``EV_EXPIRED`` row per expired order.
+        """
+        events: list[Event] = []
+        for oid in sorted(o.oid for o in self._orders.values() if o.tif == DAY):
+            order = self._orders[oid]
+            self._unrest(order)
+            events.append(
+                _row(EV_EXPIRED, oid, order.side, order.price, order.leaves, 0, order.cum)
+            )
+        return events
+
+    # ------------------------------------------------------------------
+    # Queries
+    # ------------------------------------------------------------------
+    def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]:
+        """Return the price levels of one side, best first.
+
+        Parameters
+        ----------
+        side : int
+            ``BUY`` (bids, highest first) or ``SELL`` (asks, lowest first).
+        n : int or None
+            At most this many levels; all of them when ``None``.
+
+        Returns
+        -------
+        list of tuple of int
+            ``(price, total leaves, number of orders)`` per level.
+        """
+        book = self._sides[side]
+        prices: Iterator[int] = reversed(book) if side == BUY else iter(book)
+        if n is not None:
+            prices = islice(prices, max(n, 0))
+        result: list[tuple[int, int, int]] = []
+        for p in prices:
+            level: _Level = book[p]
+            result.append((p, sum(o.leaves for o in level.values()), len(level)))
+        return result
+
+    def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
+        """Return ``(side, price, qty, leaves, cum)`` of a resting order, else ``None``.
+
+        Parameters
+        ----------
+        oid : int
+            The order to look up.
+        """
+        o = self._orders.get(int(oid))
+        if o is None:
+            return None
+        return (o.side, o.price, o.qty, o.leaves, o.cum)
+
+    def queue(self, side: int, price: int) -> list[int]:
+        """Return the oids resting at one price of one side, in time priority.
+
+        Parameters
+        ----------
+        side : int
+            ``BUY`` or ``SELL``.
+        price : int
+            Price in ticks.
+        """
+        level: _Level | None = self._sides[side].get(int(price))
+        return [] if level is None else list(level)
+
+    # ------------------------------------------------------------------
+    # Internals
+    # ------------------------------------------------------------------
+    def _qty_reject(self, qty: int) -> int:
+        """Check rule 1 (quantity); return the reject reason or 0."""
+        if qty <= 0 or qty % self.lot != 0:
+            return REJ_QTY_NOT_LOT_MULTIPLE
+        return 0
+
+    def _price_reject(self, price: int) -> int:
+        """Check rules 3-5 (limit price); return the reject reason or 0."""
+        if price <= 0:
+            return REJ_PRICE_NOT_POSITIVE
+        if self.band_lo is not None and self.band_hi is not None:
+            if not self.band_lo <= price <= self.band_hi:
+                return REJ_PRICE_OUT_OF_BAND
+        elif self._seen_lo is not None and self._seen_hi is not None:
+            span = max(self._seen_hi, price) - min(self._seen_lo, price) + 1
+            if span > self.max_ladder_rows:
+                return REJ_LADDER_SPAN
+        return 0
+
+    def _see_price(self, price: int) -> None:
+        """Widen the range of accepted limit prices to include ``price``."""
+        self._seen_lo = price if self._seen_lo is None else min(self._seen_lo, price)
+        self._seen_hi = price if self._seen_hi is None else max(self._seen_hi, price)
+
+    def _crossing_leaves(self, side: int, limit: int | None) -> int:
+        """Return the total leaves on the opposite side at prices ``limit`` crosses.
+
+        ``limit`` is ``None`` for a market order, which crosses every price.
+        """
+        opposite = self._sides[1 - side]
+        prices: Iterator[int]
+        if limit is None:
+            prices = iter(opposite)
+        elif side == BUY:
+            prices = opposite.irange(maximum=limit)
+        else:
+            prices = opposite.irange(minimum=limit)
+        return sum(o.leaves for p in prices for o in opposite[p].values())
+
+    def _match(self, aggr: _Order, limit: int | None, events: list[Event]) -> None:
+        """Fill ``aggr`` against the opposite side while it crosses, appending trades."""
+        opposite = self._sides[1 - aggr.side]
+        while aggr.leaves > 0 and opposite:
+            if aggr.side == BUY:
+                best = opposite.keys()[0]  # lowest ask
+                if limit is not None and best > limit:
+                    break
+            else:
+                best = opposite.keys()[-1]  # highest bid
+                if limit is not None and best < limit:
+                    break
+            level: _Level = opposite[best]
+            resting = next(iter(level.values()))
+            fill = min(aggr.leaves, resting.leaves)
+            aggr.leaves -= fill
+            aggr.cum += fill
+            resting.leaves -= fill
+            resting.cum += fill
+            self.trades += 1
+            events.append(
+                _row(
+                    EV_TRADE,
+                    aggr.oid,
+                    aggr.side,
+                    resting.price,
+                    fill,
+                    aggr.leaves,
+                    aggr.cum,
+                    resting.oid,
+                    resting.leaves,
+                    resting.cum,
+                )
+            )
+            if resting.leaves == 0:
+                self._unrest(resting)
+
+    def _rest(self, order: _Order) -> None:
+        """Put ``order`` at the back of its price level."""
+        book = self._sides[order.side]
+        level: _Level | None = book.get(order.price)
+        if level is None:
+            level = {}
+            book[order.price] = level
+        level[order.oid] = order
+        self._orders[order.oid] = order
+
+    def _unrest(self, order: _Order) -> None:
+        """Take a resting ``order`` out of its level and out of the book."""
+        book = self._sides[order.side]
+        level: _Level = book[order.price]
+        del level[order.oid]
+        if not level:
+            del book[order.price]
+        del self._orders[order.oid]

@@ -1,0 +1,1 @@
+"""One module per node kind: gateway, matcher, ticker, persistence."""

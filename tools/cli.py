@@ -1,0 +1,55 @@
+"""``exfab``: the exchange's command line.
+
+Each subcommand is a thin layer over a module that does the work, so that what
+the command line can do, a program can do too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from tools import replay
+
+    return replay.run(args.file, book=args.book, summary=args.summary)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of every ``exfab`` subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="exfab",
+        description="exchange-fabric: a stock exchange on a ZeroMQ fabric with compiled order books.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser(
+        "replay",
+        help="run a JSON Lines file of commands through the matching engine",
+        description="Read JSON Lines commands (see docs/replay.md) and write JSON Lines events in input order.",
+    )
+    p.add_argument("file", metavar="FILE", help="commands file, or - for standard input")
+    p.add_argument("--book", action="store_true", help="after the last command, print every symbol's book")
+    p.add_argument("--summary", action="store_true", help="print a readable summary of the session instead of events")
+    p.set_defaults(func=_cmd_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``exfab`` with ``argv`` (default: the process arguments); return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `exfab replay big.jsonl | head` is fine; do not print a traceback.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

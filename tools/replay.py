@@ -1,0 +1,372 @@
+"""``exfab replay``: run a file of JSON Lines commands through the matching engine.
+
+The command and event formats are a public interface, documented in
+``docs/replay.md``.  Every input line gives zero or more event lines, in input
+order; a line that cannot be understood gives a ``rejected`` event naming the
+reason, and the replay goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import IO, Any
+
+from fabric.constants import (
+    BUY,
+    DAY,
+    FOK,
+    GTC,
+    IOC,
+    LIMIT,
+    MARKET,
+    REJ_BAD_FIELD,
+    REJ_BAD_INSTRUMENT,
+    REJ_MALFORMED,
+    REJ_MISSING_FIELD,
+    REJ_UNKNOWN_OP,
+    REJECT_NAMES,
+    SELL,
+)
+from fabric.engine import Event, MatchingEngine
+from fabric.instruments import Instrument, InstrumentError, parse_decimal
+
+SIDES = {"buy": BUY, "sell": SELL}
+TYPES = {"limit": LIMIT, "market": MARKET}
+TIFS = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK}
+OPS = ("instrument", "new", "cancel", "replace", "end_of_day")
+
+
+class CommandError(ValueError):
+    """A command line that is not a valid command; ``code`` is a REJ_* reason."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def _str(cmd: dict[str, Any], name: str) -> str:
+    if name not in cmd:
+        raise CommandError(REJ_MISSING_FIELD, f"missing field '{name}'")
+    v = cmd[name]
+    if not isinstance(v, str) or not v:
+        raise CommandError(REJ_BAD_FIELD, f"field '{name}' must be a non-empty string, got {v!r}")
+    return v
+
+
+def _int(cmd: dict[str, Any], name: str, default: int | None = None) -> int:
+    if name not in cmd:
+        if default is not None:
+            return default
+        raise CommandError(REJ_MISSING_FIELD, f"missing field '{name}'")
+    v = cmd[name]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CommandError(REJ_BAD_FIELD, f"field '{name}' must be an integer, got {v!r}")
+    return v
+
+
+def _decimal(cmd: dict[str, Any], name: str) -> Decimal:
+    if name not in cmd:
+        raise CommandError(REJ_MISSING_FIELD, f"missing field '{name}'")
+    try:
+        return parse_decimal(cmd[name])
+    except ValueError as e:
+        raise CommandError(REJ_BAD_FIELD, f"field '{name}': {e}") from None
+
+
+def _choice(cmd: dict[str, Any], name: str, choices: dict[str, int], default: str | None = None) -> int:
+    if name not in cmd:
+        if default is not None:
+            return choices[default]
+        raise CommandError(REJ_MISSING_FIELD, f"missing field '{name}'")
+    v = cmd[name]
+    key = v.upper() if isinstance(v, str) and name == "tif" else v.lower() if isinstance(v, str) else v
+    if key not in choices:
+        raise CommandError(REJ_BAD_FIELD, f"field '{name}' must be one of {', '.join(choices)}, got {v!r}")
+    return choices[key]
+
+
+def _instrument(cmd: dict[str, Any]) -> Instrument:
+    symbol = _str(cmd, "symbol")
+    tick = _decimal(cmd, "tick") if "tick" in cmd else Decimal("0.01")
+    lot = _int(cmd, "lot", default=1)
+    ref = _decimal(cmd, "ref_price") if "ref_price" in cmd else None
+    band = _decimal(cmd, "band_pct") if "band_pct" in cmd and cmd["band_pct"] is not None else None
+    if band is not None and band == 0:
+        band = None  # a band of 0 % means no band, as on the BSE's no-filter scrips
+    try:
+        return Instrument(symbol, tick=tick, lot=lot, ref_price=ref, band_pct=band)
+    except InstrumentError as e:
+        raise CommandError(REJ_BAD_INSTRUMENT, str(e)) from None
+
+
+class Replayer:
+    """Apply replay-format commands (dicts) to a :class:`MatchingEngine`, in order."""
+
+    def __init__(self, engine: MatchingEngine | None = None) -> None:
+        self.engine = engine if engine is not None else MatchingEngine()
+
+    def apply(self, cmd: Any, line: int | None = None) -> list[Event]:
+        """Apply one command; return its events (a ``rejected`` event for a bad command)."""
+        try:
+            return self._apply(cmd)
+        except CommandError as e:
+            ev: Event = {"event": "rejected", "op": None, "oid": None, "broker": None, "symbol": None}
+            if isinstance(cmd, dict):
+                for k in ("op", "oid", "broker", "symbol"):
+                    v = cmd.get(k)
+                    ev[k] = v if isinstance(v, str) else None
+            ev["reason"] = REJECT_NAMES[e.code]
+            ev["text"] = str(e)
+            if line is not None:
+                ev["line"] = line
+            return [ev]
+
+    def _apply(self, cmd: Any) -> list[Event]:
+        if not isinstance(cmd, dict):
+            raise CommandError(REJ_MALFORMED, f"a command must be a JSON object, got {type(cmd).__name__}")
+        if "op" not in cmd:
+            raise CommandError(REJ_MISSING_FIELD, "missing field 'op'")
+        op = cmd["op"]
+        eng = self.engine
+        if op == "new":
+            oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
+            side = _choice(cmd, "side", SIDES)
+            otype = _choice(cmd, "type", TYPES)
+            qty = _int(cmd, "qty")
+            if otype == LIMIT:
+                price: Decimal | None = _decimal(cmd, "price")
+                tif = _choice(cmd, "tif", TIFS, default="GTC")
+            else:
+                if cmd.get("price") is not None:
+                    raise CommandError(REJ_BAD_FIELD, "a market order takes no price")
+                price = None
+                tif = _choice(cmd, "tif", TIFS, default="IOC")
+            return eng.new_order(symbol, broker, oid, side, otype, tif, price, qty)
+        if op == "cancel":
+            return eng.cancel(_str(cmd, "symbol"), _str(cmd, "broker"), _str(cmd, "oid"))
+        if op == "replace":
+            oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
+            price = _decimal(cmd, "price") if cmd.get("price") is not None else None
+            qty = _int(cmd, "qty") if cmd.get("qty") is not None else None
+            return eng.replace(symbol, broker, oid, price, qty)
+        if op == "end_of_day":
+            return eng.end_of_day()
+        if op == "instrument":
+            rej = eng.add_instrument(_instrument(cmd))
+            return [] if rej is None else [rej]
+        raise CommandError(REJ_UNKNOWN_OP, f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+
+    def apply_line(self, text: str, line: int | None = None) -> list[Event]:
+        """Parse one JSON Lines line and apply it; blank lines give no events."""
+        if not text.strip():
+            return []
+        try:
+            cmd = json.loads(text, parse_float=Decimal)
+        except ValueError as e:
+            ev: Event = {"event": "rejected", "op": None, "oid": None, "broker": None, "symbol": None,
+                         "reason": REJECT_NAMES[REJ_MALFORMED], "text": f"not JSON: {e}"}
+            if line is not None:
+                ev["line"] = line
+            return [ev]
+        return self.apply(cmd, line)
+
+    def books(self) -> list[Event]:
+        """Return one ``book`` event per symbol, in the order the symbols first appeared."""
+        return [self.engine.book_levels(s) for s in self.engine.books]
+
+
+# ---------------------------------------------------------------------------
+# Progress and summary
+# ---------------------------------------------------------------------------
+
+
+class Progress:
+    """Report progress on standard error for runs that last more than a moment."""
+
+    def __init__(self, total_bytes: int | None, stream: IO[str] = sys.stderr, every: float = 1.0) -> None:
+        self.total = total_bytes
+        self.stream = stream
+        self.every = every
+        self.start = time.monotonic()
+        self.last = self.start
+        self.shown = False
+
+    def update(self, lines: int, done_bytes: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        rate = lines / max(now - self.start, 1e-9)
+        pct = f" {100 * done_bytes / self.total:5.1f}%" if self.total else ""
+        self.stream.write(f"replay:{pct} {lines:,} commands, {rate:,.0f}/s\n")
+        self.stream.flush()
+        self.shown = True
+
+    def finish(self, lines: int) -> None:
+        if self.shown:
+            secs = time.monotonic() - self.start
+            self.stream.write(f"replay: done, {lines:,} commands in {secs:.1f} s ({lines / max(secs, 1e-9):,.0f}/s)\n")
+            self.stream.flush()
+
+
+@dataclass
+class SymbolStats:
+    """What a session did to one symbol, for the summary."""
+
+    trades: int = 0
+    volume: int = 0
+    turnover: Decimal = Decimal(0)
+    open: Decimal | None = None
+    high: Decimal | None = None
+    low: Decimal | None = None
+    last: Decimal | None = None
+
+
+@dataclass
+class Summary:
+    """Counts of a replay's events, for people."""
+
+    commands: int = 0
+    events: Counter[str] = field(default_factory=Counter)
+    rejects: Counter[str] = field(default_factory=Counter)
+    symbols: dict[str, SymbolStats] = field(default_factory=dict)
+
+    def add(self, ev: Event) -> None:
+        kind = ev["event"]
+        self.events[kind] += 1
+        if kind == "rejected":
+            self.rejects[ev["reason"]] += 1
+        elif kind == "trade":
+            st = self.symbols.setdefault(ev["symbol"], SymbolStats())
+            p = Decimal(ev["price"])
+            st.trades += 1
+            st.volume += ev["qty"]
+            st.turnover += p * ev["qty"]
+            st.open = p if st.open is None else st.open
+            st.high = p if st.high is None or p > st.high else st.high
+            st.low = p if st.low is None or p < st.low else st.low
+            st.last = p
+
+
+def print_summary(summary: Summary, replayer: Replayer, seconds: float, out: IO[str]) -> None:
+    """Print a readable account of the session: per-symbol trading, the book's top, and every outcome."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=out, width=None if out.isatty() else 132)
+    eng = replayer.engine
+    table = Table(title="Session summary by symbol", title_justify="left", header_style="bold")
+    table.add_column("symbol", justify="left")
+    for col in ("trades", "volume", "open", "high", "low", "last", "chg %", "VWAP", "bid", "ask", "resting"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for symbol, book in eng.books.items():
+        inst = eng.instruments[symbol]
+        st = summary.symbols.get(symbol, SymbolStats())
+        lv = eng.book_levels(symbol, 1)
+        bid = f"{lv['bids'][0][1]} @ {lv['bids'][0][0]}" if lv["bids"] else "-"
+        ask = f"{lv['asks'][0][1]} @ {lv['asks'][0][0]}" if lv["asks"] else "-"
+        q = inst.tick
+
+        def fmt(d: Decimal | None, q: Decimal = q) -> str:
+            return "-" if d is None else str(d.quantize(q))
+
+        vwap = (st.turnover / st.volume).quantize(q) if st.volume else None
+        chg = "-"
+        if st.last is not None and inst.ref_price:
+            pct = (st.last - inst.ref_price) * 100 / inst.ref_price
+            chg = f"[{'green' if pct >= 0 else 'red'}]{pct:+.2f}[/]"
+        resting = getattr(book, "resting", None)
+        table.add_row(symbol, f"{st.trades:,}", f"{st.volume:,}", fmt(st.open), fmt(st.high), fmt(st.low),
+                      fmt(st.last), chg, fmt(vwap), bid, ask, "-" if resting is None else f"{resting:,}")
+    console.print(table)
+    outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.events.items()))
+    console.print(f"{summary.commands:,} commands in {seconds:.2f} s "
+                  f"({summary.commands / max(seconds, 1e-9):,.0f} commands/s): {outcomes}")
+    if summary.rejects:
+        console.print("rejects by reason: " + ", ".join(f"{k} {v:,}" for k, v in summary.rejects.most_common()))
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+
+def _lines(src: IO[str]) -> Iterator[str]:
+    yield from src
+
+
+def run(
+    path: str,
+    *,
+    book: bool = False,
+    summary: bool = False,
+    out: IO[str] = sys.stdout,
+    err: IO[str] = sys.stderr,
+    progress_every: float = 1.0,
+) -> int:
+    """Replay ``path`` (``-`` for standard input) and write events (or a summary) to ``out``.
+
+    Returns
+    -------
+    int
+        The process exit status: 0, or 2 when the file cannot be read.
+    """
+    try:
+        src: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        err.write(f"exfab replay: cannot read {path}: {e.strerror}\n")
+        return 2
+    total = None if path == "-" else os.path.getsize(path)
+    replayer = Replayer()
+    progress = Progress(total, err, progress_every)
+    stats = Summary()
+    dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    write = out.write
+    start = time.perf_counter()
+    lineno = 0
+    done = 0
+    with src:
+        buf: list[str] = []
+        for text in _lines(src):
+            lineno += 1
+            done += len(text)
+            events = replayer.apply_line(text, lineno)
+            if summary:
+                for ev in events:
+                    stats.add(ev)
+            else:
+                buf.extend(dumps(ev) for ev in events)
+                if len(buf) >= 4096:
+                    buf.append("")
+                    write("\n".join(buf))
+                    buf.clear()
+            if lineno & 0x3FFF == 0:
+                progress.update(lineno, done)
+        if buf:
+            buf.append("")
+            write("\n".join(buf))
+    seconds = time.perf_counter() - start
+    stats.commands = lineno
+    progress.finish(lineno)
+    if summary:
+        print_summary(stats, replayer, seconds, out)
+    elif book:
+        write("".join(dumps(ev) + "\n" for ev in replayer.books()))
+    out.flush()
+    return 0
+
+
+def replay_lines(lines: Iterable[str], *, book: bool = False) -> list[Event]:
+    """Replay in memory: return every event of ``lines`` (and the books when ``book``)."""
+    r = Replayer()
+    events = [ev for i, text in enumerate(lines, 1) for ev in r.apply_line(text, i)]
+    if book:
+        events.extend(r.books())
+    return events

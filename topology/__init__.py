@@ -1,0 +1,1 @@
+"""Topology files, their checks, and the launcher."""
