@@ -47,6 +47,8 @@ class Instrument:
     band_lo: int | None = field(init=False, default=None)
     band_hi: int | None = field(init=False, default=None)
     _places: int = field(init=False, default=2, repr=False)
+    _scale: int = field(init=False, default=100, repr=False)
+    _tick_units: int = field(init=False, default=1, repr=False)
 
     def __post_init__(self) -> None:
         if not self.symbol or not isinstance(self.symbol, str):
@@ -59,6 +61,9 @@ class Instrument:
         # (rupees and paise): tick 0.05 -> 3500.05, tick 0.10 -> 1420.60.
         places = max(2, -self.tick.as_tuple().exponent)  # type: ignore[operator]
         object.__setattr__(self, "_places", places)
+        # A price in ticks prints through integers: units of 10**-places.
+        object.__setattr__(self, "_scale", 10**places)
+        object.__setattr__(self, "_tick_units", int(self.tick * 10**places))
         if self.band_pct is None:
             return
         if self.ref_price is None:
@@ -92,7 +97,9 @@ class Instrument:
 
     def to_price(self, ticks: int) -> str:
         """Return a price in ticks as a decimal string with the tick's decimals."""
-        return f"{Decimal(ticks) * self.tick:.{self._places}f}"
+        units = ticks * self._tick_units
+        scale = self._scale
+        return f"{units // scale}.{units % scale:0{self._places}d}"
 
     def band_text(self) -> str:
         """Return the band as ``"lo-hi"`` in prices, or ``"none"``."""

@@ -8,15 +8,16 @@ reason, and the replay goes on.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import IO, Any
+
+import msgspec
 
 from fabric.constants import (
     BUY,
@@ -106,6 +107,16 @@ def _instrument(cmd: dict[str, Any]) -> Instrument:
         raise CommandError(REJ_BAD_INSTRUMENT, str(e)) from None
 
 
+# Numbers with a fraction become Decimals, never floats: prices stay exact.
+_decode = msgspec.json.Decoder(float_hook=Decimal).decode
+_encode = msgspec.json.encode
+
+
+def dumps(event: Event) -> str:
+    """Return one event as a compact JSON line (no newline), fields in their documented order."""
+    return _encode(event).decode()
+
+
 class Replayer:
     """Apply replay-format commands (dicts) to a :class:`MatchingEngine`, in order."""
 
@@ -163,13 +174,13 @@ class Replayer:
             return [] if rej is None else [rej]
         raise CommandError(REJ_UNKNOWN_OP, f"unknown op {op!r}; expected one of {', '.join(OPS)}")
 
-    def apply_line(self, text: str, line: int | None = None) -> list[Event]:
+    def apply_line(self, text: str | bytes, line: int | None = None) -> list[Event]:
         """Parse one JSON Lines line and apply it; blank lines give no events."""
         if not text.strip():
             return []
         try:
-            cmd = json.loads(text, parse_float=Decimal)
-        except ValueError as e:
+            cmd = _decode(text)
+        except msgspec.DecodeError as e:
             ev: Event = {"event": "rejected", "op": None, "oid": None, "broker": None, "symbol": None,
                          "reason": REJECT_NAMES[REJ_MALFORMED], "text": f"not JSON: {e}"}
             if line is not None:
@@ -298,10 +309,6 @@ def print_summary(summary: Summary, replayer: Replayer, seconds: float, out: IO[
 # ---------------------------------------------------------------------------
 
 
-def _lines(src: IO[str]) -> Iterator[str]:
-    yield from src
-
-
 def run(
     path: str,
     *,
@@ -319,7 +326,7 @@ def run(
         The process exit status: 0, or 2 when the file cannot be read.
     """
     try:
-        src: IO[str] = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+        src: IO[bytes] = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     except OSError as e:
         err.write(f"exfab replay: cannot read {path}: {e.strerror}\n")
         return 2
@@ -327,14 +334,13 @@ def run(
     replayer = Replayer()
     progress = Progress(total, err, progress_every)
     stats = Summary()
-    dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-    write = out.write
+    write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
     start = time.perf_counter()
     lineno = 0
     done = 0
     with src:
-        buf: list[str] = []
-        for text in _lines(src):
+        buf: list[bytes] = []
+        for text in src:
             lineno += 1
             done += len(text)
             events = replayer.apply_line(text, lineno)
@@ -342,23 +348,24 @@ def run(
                 for ev in events:
                     stats.add(ev)
             else:
-                buf.extend(dumps(ev) for ev in events)
+                buf.extend(_encode(ev) for ev in events)
                 if len(buf) >= 4096:
-                    buf.append("")
-                    write("\n".join(buf))
+                    buf.append(b"")
+                    write(b"\n".join(buf))
                     buf.clear()
             if lineno & 0x3FFF == 0:
                 progress.update(lineno, done)
         if buf:
-            buf.append("")
-            write("\n".join(buf))
+            buf.append(b"")
+            write(b"\n".join(buf))
     seconds = time.perf_counter() - start
     stats.commands = lineno
     progress.finish(lineno)
     if summary:
+        out.flush()
         print_summary(stats, replayer, seconds, out)
     elif book:
-        write("".join(dumps(ev) + "\n" for ev in replayer.books()))
+        write(b"".join(_encode(ev) + b"\n" for ev in replayer.books()))
     out.flush()
     return 0
 
