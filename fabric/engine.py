@@ -95,13 +95,19 @@ def compiled_book(inst: Instrument) -> Book:
 
 @dataclass(slots=True)
 class _Order:
-    # What the engine remembers of an order it accepted for a book.
+    # What the engine remembers of an order it accepted, kept current from the
+    # book's events: enough to answer a status query or a retried `new`.
     symbol: str
     broker: str
     clid: str
     side: int
     otype: int
     tif: int
+    price: int = 0  # ticks; 0 for a market order
+    qty: int = 0
+    leaves: int = 0
+    cum: int = 0
+    state: str = "new"
 
 
 class MatchingEngine:
@@ -122,6 +128,7 @@ class MatchingEngine:
         self._broker_no: dict[str, int] = {}
         self._by_clid: dict[tuple[str, str], int] = {}
         self._orders: list[_Order] = []
+        self._terms: list[tuple[int, int]] = []  # (price ticks, qty) each order was accepted with
         self._trade_no: dict[str, int] = {}
 
     # ------------------------------------------------------------ instruments
@@ -183,6 +190,7 @@ class MatchingEngine:
             self._orders.pop()  # a rejected order does not use its client order id
         else:
             self._by_clid[(broker, clid)] = oid
+            self._terms.append((ticks, qty))
         return events
 
     def _lookup(self, op: str, symbol: str, broker: str, clid: str) -> tuple[int, Event | None]:
@@ -242,6 +250,40 @@ class MatchingEngine:
             "asks": [[inst.to_price(p), q, c] for p, q, c in book.depth(1, n)],
         }
 
+    def order_status(self, symbol: str, broker: str, clid: str) -> Event | None:
+        """Return the current state of a broker's order, or ``None`` if the broker has no such order on ``symbol``.
+
+        ``state`` is one of ``new`` (open, nothing filled), ``partially_filled``, ``filled``,
+        ``cancelled`` and ``expired``.
+        """
+        oid = self._by_clid.get((broker, clid), -1)
+        if oid < 0 or self._orders[oid].symbol != symbol:
+            return None
+        o = self._orders[oid]
+        inst = self.instruments[symbol]
+        ev: Event = {"event": "status", "symbol": symbol, "oid": clid, "broker": broker,
+                     "side": SIDE_NAMES[o.side], "type": TYPE_NAMES[o.otype], "tif": TIF_NAMES[o.tif]}
+        if o.otype != MARKET:
+            ev["price"] = inst.to_price(o.price)
+        ev.update(qty=o.qty, leaves_qty=o.leaves, cum_qty=o.cum, state=o.state)
+        return ev
+
+    def is_retry(self, symbol: str, broker: str, clid: str, side: int, otype: int, tif: int,
+                 price: Decimal | None, qty: int) -> bool:
+        """Tell whether a `new` order is a resend of the broker's accepted order with this id (same terms).
+
+        The engine's own state can differ from the terms sent (a replace changes price and quantity), so
+        the comparison is with the terms of the original acceptance, which the engine keeps.
+        """
+        oid = self._by_clid.get((broker, clid), -1)
+        if oid < 0:
+            return False
+        o = self._orders[oid]
+        terms = self._terms[oid]
+        inst = self.instruments.get(symbol)
+        ticks = inst.to_ticks(price) if inst is not None and price is not None else 0
+        return (o.symbol, o.side, o.otype, o.tif) == (symbol, side, otype, tif) and terms == (ticks, qty)
+
     def order_ref(self, oid: int) -> tuple[str, str, str]:
         """Return (symbol, broker, client order id) of an engine order id."""
         o = self._orders[oid]
@@ -281,6 +323,10 @@ class MatchingEngine:
             if typ == EV_TRADE:
                 self._trade_no[symbol] += 1
                 rest = orders[r[E_OTHER]]
+                o.leaves, o.cum = r[E_LEAVES], r[E_CUM]
+                o.state = "filled" if o.leaves == 0 else "partially_filled"
+                rest.leaves, rest.cum = r[E_OTHER_LEAVES], r[E_OTHER_CUM]
+                rest.state = "filled" if rest.leaves == 0 else "partially_filled"
                 buy, sell = (o, rest) if r[E_SIDE] == BUY else (rest, o)
                 events.append({
                     "event": "trade", "symbol": symbol, "trade_id": self._trade_no[symbol],
@@ -292,6 +338,7 @@ class MatchingEngine:
                     "resting_leaves_qty": r[E_OTHER_LEAVES], "resting_cum_qty": r[E_OTHER_CUM],
                 })
             elif typ == EV_ACCEPTED:
+                o.price, o.qty, o.leaves = r[E_PRICE], r[E_QTY], r[E_QTY]
                 ev = {"event": "accepted", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                       "side": SIDE_NAMES[o.side], "type": TYPE_NAMES[o.otype]}
                 if o.otype != MARKET:
@@ -300,13 +347,18 @@ class MatchingEngine:
                 ev["tif"] = TIF_NAMES[o.tif]
                 events.append(ev)
             elif typ == EV_CANCELLED:
+                o.leaves, o.state = 0, "cancelled"
                 events.append({"event": "cancelled", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                                "qty": r[E_QTY], "cum_qty": r[E_CUM], "reason": CANCEL_REASON_NAMES[r[E_REASON]]})
             elif typ == EV_REPLACED:
+                o.price, o.qty, o.leaves, o.cum = r[E_PRICE], r[E_QTY], r[E_LEAVES], r[E_CUM]
+                if o.leaves == 0:
+                    o.state = "filled"  # cut down to what had filled: done
                 events.append({"event": "replaced", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                                "price": to_price(r[E_PRICE]), "qty": r[E_QTY], "leaves_qty": r[E_LEAVES],
                                "cum_qty": r[E_CUM], "kept_priority": bool(r[E_OTHER])})
             elif typ == EV_EXPIRED:
+                o.leaves, o.state = 0, "expired"
                 events.append({"event": "expired", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                                "qty": r[E_QTY], "cum_qty": r[E_CUM], "_oid": r[E_OID]})
             elif typ == EV_REJECTED:
