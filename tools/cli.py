@@ -17,6 +17,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return replay.run(args.file, book=args.book, summary=args.summary)
 
 
+def _cmd_topology_check(args: argparse.Namespace) -> int:
+    from tools import topology_cmd
+
+    return topology_cmd.check_command(args.file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every ``exfab`` subcommand."""
     parser = argparse.ArgumentParser(
@@ -35,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--book", action="store_true", help="after the last command, print every symbol's book")
     p.add_argument("--summary", action="store_true", help="print a readable summary of the session instead of events")
     p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("topology", help="work with topology files")
+    tsub = p.add_subparsers(dest="topology_command", metavar="ACTION")
+    tsub.required = True
+    t = tsub.add_parser("check", help="explain every mistake in a topology file",
+                        description="Check a topology file and print every problem, or a one-line summary.")
+    t.add_argument("file", metavar="FILE", help="topology TOML file")
+    t.set_defaults(func=_cmd_topology_check)
     return parser
 
 
