@@ -23,6 +23,12 @@ def _cmd_topology_check(args: argparse.Namespace) -> int:
     return topology_cmd.check_command(args.file)
 
 
+def _cmd_journal_inspect(args: argparse.Namespace) -> int:
+    from tools import journal_cmd
+
+    return journal_cmd.inspect(args.file, commands=args.commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every ``exfab`` subcommand."""
     parser = argparse.ArgumentParser(
@@ -49,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Check a topology file and print every problem, or a one-line summary.")
     t.add_argument("file", metavar="FILE", help="topology TOML file")
     t.set_defaults(func=_cmd_topology_check)
+
+    p = sub.add_parser("journal", help="work with a matcher's journal")
+    jsub = p.add_subparsers(dest="journal_command", metavar="ACTION")
+    jsub.required = True
+    j = jsub.add_parser("inspect", help="print a journal as replay events (or its commands)",
+                        description="Run a journal's commands through a fresh engine and print the events as "
+                                    "exfab replay does, each with the seq of its input record. The file is only read.")
+    j.add_argument("file", metavar="FILE", help="journal file")
+    j.add_argument("--commands", action="store_true", help="print the journaled commands instead of events")
+    j.set_defaults(func=_cmd_journal_inspect)
     return parser
 
 

@@ -1,0 +1,112 @@
+"""``exfab journal inspect``: show what a matcher's journal holds, without touching it.
+
+By default the journal's commands run, in sequence order, through a fresh
+engine, and the events come out exactly as ``exfab replay`` prints them, each
+with one more field, ``"seq"``: the sequence number of the record that caused
+it.  With ``commands`` the records themselves come out, as replay commands with
+``"seq"`` (which ``exfab replay`` ignores, so the output replays as it is).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO, Any
+
+import msgspec
+
+from fabric.constants import REJ_MALFORMED, REJECT_NAMES
+from fabric.engine import Event
+from fabric.journal import JournalCorrupt, JournalError, JournalInfo, decode_command, journal_info, read_journal
+from tools.replay import Replayer, dumps
+
+# Decimals (JSON numbers with a fraction in the original command) go back out as numbers, not strings.
+_encode_command = msgspec.json.Encoder(decimal_format="number").encode
+_FLUSH_LINES = 4096
+
+
+def summary_line(info: JournalInfo) -> str:
+    """Return a one-line description of a journal: shard, records, sequence numbers, and a torn tail."""
+    text = f"journal {info.path}: shard {info.shard}, {info.records:,} records"
+    if info.records:
+        text += f", seq {info.first_seq}..{info.last_seq}"
+    if info.torn_bytes:
+        text += (f"; torn tail of {info.torn_bytes:,} bytes at offset {info.end:,} ({info.torn_reason}), "
+                 "which opening the journal would cut")
+    return text
+
+
+def _malformed(seq: int, error: ValueError) -> Event:
+    # What Replayer.apply gives for a line it cannot read, with the record's sequence number as the line.
+    return {"event": "rejected", "op": None, "oid": None, "broker": None, "symbol": None,
+            "reason": REJECT_NAMES[REJ_MALFORMED], "text": f"record {seq}: {error}", "line": seq}
+
+
+def inspect(path: str, *, commands: bool = False, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Print the journal at ``path`` as JSON Lines events (or, with ``commands``, commands) to ``out``.
+
+    The first line on ``err`` summarises the journal.  The file is only read:
+    a torn last record is reported, not cut.  A rejected event's ``"line"`` is
+    its record's sequence number.
+
+    Returns
+    -------
+    int
+        The process exit status: 0; 1 when the journal is corrupt; 2 when the
+        file cannot be read or is not a journal.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    try:
+        info = journal_info(path)
+    except OSError as e:
+        err.write(f"exfab journal inspect: cannot read {path}: {e.strerror}\n")
+        return 2
+    except JournalCorrupt as e:
+        err.write(f"exfab journal inspect: {e}\n")
+        return 1
+    except JournalError as e:
+        err.write(f"exfab journal inspect: {e}\n")
+        return 2
+    err.write(summary_line(info) + "\n")
+    err.flush()
+
+    replayer = Replayer()
+    lines: list[str] = []
+    try:
+        for seq, payload in read_journal(path):
+            # The file may have grown since it was summarised: print what the summary counted.
+            if seq > info.last_seq:
+                break
+            try:
+                cmd: dict[str, Any] | None = decode_command(payload)
+            except ValueError as e:
+                cmd = None
+                if commands:
+                    err.write(f"exfab journal inspect: record {seq} is not a command: {e}\n")
+                else:
+                    lines.append(_with_seq(_malformed(seq, e), seq))
+            if cmd is not None:
+                if commands:
+                    lines.append(_encode_command({**cmd, "seq": seq}).decode())
+                else:
+                    lines.extend(_with_seq(ev, seq) for ev in replayer.apply(cmd, seq))
+            if len(lines) >= _FLUSH_LINES:
+                out.write("\n".join(lines) + "\n")
+                lines.clear()
+    except JournalError as e:
+        if lines:
+            out.write("\n".join(lines) + "\n")
+        out.flush()
+        err.write(f"exfab journal inspect: {e}\n")
+        return 1
+    if lines:
+        out.write("\n".join(lines) + "\n")
+    out.flush()
+    return 0
+
+
+def _with_seq(event: Event, seq: int) -> str:
+    # A copy: the engine's events are not ours to change.
+    tagged = dict(event)
+    tagged["seq"] = seq
+    return dumps(tagged)
