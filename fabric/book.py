@@ -38,6 +38,7 @@ from fabric.constants import (
     L_COUNT,
     L_HEAD,
     L_NFIELDS,
+    L_QTY,
     L_TAIL,
     M_BAND_HI,
     M_BAND_LO,
@@ -309,6 +310,15 @@ class OrderBook:
         res = np.zeros((max(nmax, 0), 3), dtype=INT)
         k = kernels.depth_buf(self.buf, side, nmax, res)
         return [(int(p), int(q), int(c)) for p, q, c in res[:k]]
+
+    def level(self, side: int, price: int) -> tuple[int, int]:
+        """Return (total open quantity, orders) resting on ``side`` at ``price``; (0, 0) when none."""
+        row = price - int(self.meta[M_BASE])
+        if not 0 <= row < self.meta[M_NLEVELS] or self.lvl[row, L_COUNT] == 0:
+            return 0, 0
+        if self.ords[self.lvl[row, L_HEAD], O_SIDE] != side:
+            return 0, 0
+        return int(self.lvl[row, L_QTY]), int(self.lvl[row, L_COUNT])
 
     def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
         """Return (side, price, qty, leaves, cum) of a resting order, or ``None``."""

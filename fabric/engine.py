@@ -75,6 +75,7 @@ class Book(Protocol):
     def replace(self, oid: int, price: int, qty: int) -> Any: ...
     def end_of_day(self) -> Any: ...
     def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]: ...
+    def level(self, side: int, price: int) -> tuple[int, int]: ...
 
 
 BookFactory = Callable[[Instrument], Book]
@@ -130,6 +131,10 @@ class MatchingEngine:
         self._orders: list[_Order] = []
         self._terms: list[tuple[int, int]] = []  # (price ticks, qty) each order was accepted with
         self._trade_no: dict[str, int] = {}
+        # With `track_levels`, (symbol, side, price ticks) of every level the commands since the
+        # last drain may have changed: the matcher drains it to publish book level changes.
+        self.track_levels = False
+        self.touched: list[tuple[str, int, int]] = []
 
     # ------------------------------------------------------------ instruments
 
@@ -327,6 +332,8 @@ class MatchingEngine:
                 o.state = "filled" if o.leaves == 0 else "partially_filled"
                 rest.leaves, rest.cum = r[E_OTHER_LEAVES], r[E_OTHER_CUM]
                 rest.state = "filled" if rest.leaves == 0 else "partially_filled"
+                if self.track_levels:
+                    self.touched.append((symbol, rest.side, r[E_PRICE]))
                 buy, sell = (o, rest) if r[E_SIDE] == BUY else (rest, o)
                 events.append({
                     "event": "trade", "symbol": symbol, "trade_id": self._trade_no[symbol],
@@ -339,6 +346,8 @@ class MatchingEngine:
                 })
             elif typ == EV_ACCEPTED:
                 o.price, o.qty, o.leaves = r[E_PRICE], r[E_QTY], r[E_QTY]
+                if self.track_levels and o.otype != MARKET:
+                    self.touched.append((symbol, o.side, o.price))
                 ev = {"event": "accepted", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                       "side": SIDE_NAMES[o.side], "type": TYPE_NAMES[o.otype]}
                 if o.otype != MARKET:
@@ -348,9 +357,14 @@ class MatchingEngine:
                 events.append(ev)
             elif typ == EV_CANCELLED:
                 o.leaves, o.state = 0, "cancelled"
+                if self.track_levels:
+                    self.touched.append((symbol, o.side, o.price))
                 events.append({"event": "cancelled", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                                "qty": r[E_QTY], "cum_qty": r[E_CUM], "reason": CANCEL_REASON_NAMES[r[E_REASON]]})
             elif typ == EV_REPLACED:
+                if self.track_levels:
+                    self.touched.append((symbol, o.side, o.price))
+                    self.touched.append((symbol, o.side, r[E_PRICE]))
                 o.price, o.qty, o.leaves, o.cum = r[E_PRICE], r[E_QTY], r[E_LEAVES], r[E_CUM]
                 if o.leaves == 0:
                     o.state = "filled"  # cut down to what had filled: done
@@ -359,6 +373,8 @@ class MatchingEngine:
                                "cum_qty": r[E_CUM], "kept_priority": bool(r[E_OTHER])})
             elif typ == EV_EXPIRED:
                 o.leaves, o.state = 0, "expired"
+                if self.track_levels:
+                    self.touched.append((symbol, o.side, o.price))
                 events.append({"event": "expired", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                                "qty": r[E_QTY], "cum_qty": r[E_CUM], "_oid": r[E_OID]})
             elif typ == EV_REJECTED:

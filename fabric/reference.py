@@ -350,6 +350,13 @@ class ReferenceBook:
             result.append((p, sum(o.leaves for o in level.values()), len(level)))
         return result
 
+    def level(self, side: int, price: int) -> tuple[int, int]:
+        """Return (total leaves, orders) resting on ``side`` at ``price``; (0, 0) when none."""
+        level = self._sides[side].get(price)
+        if not level:
+            return 0, 0
+        return sum(o.leaves for o in level.values()), len(level)
+
     def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
         """Return ``(side, price, qty, leaves, cum)`` of a resting order, else ``None``.
 

@@ -1,0 +1,563 @@
+"""The broker's client: ``BrokerClient`` (synchronous) and ``AsyncBrokerClient`` (asyncio).
+
+Both speak the protocol of ``docs/protocol.md`` over a ZeroMQ DEALER socket to
+one of the exchange's gateways, and follow the same reliability rules (the
+ZeroMQ guide's Lazy Pirate):
+
+- every order gets a client order id (generated unless given), unique for the
+  broker over the whole day;
+- a command that gets no answer within ``timeout`` seconds is sent again,
+  with the same id, up to ``retries`` times; the exchange never executes a
+  resent ``new`` twice (it answers with the order's state);
+- the gateway is presumed dead when nothing (not even a heartbeat) has come
+  from it for three heartbeat intervals, or when the resends are used up; the
+  client then logs on to the next gateway of its list and resends what was
+  waiting.
+
+A command returns once its outcome is known: the execution reports it caused
+(``accepted`` or ``rejected``, the fills of its aggressive part, a cancel of an
+unfilled IOC rest...) followed by the gateway's ``order_status`` for the
+command, which says nothing more is coming for it now.  Every execution report
+received, including fills of resting orders that come later, also goes to the
+client's report stream (:meth:`BrokerClient.poll`).
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from fabric.protocol import (
+    Accepted,
+    Cancel,
+    Cancelled,
+    Error,
+    Expired,
+    Fill,
+    Heartbeat,
+    Logon,
+    LogonAck,
+    LogonReject,
+    Logout,
+    New,
+    OrderStatus,
+    ProtocolError,
+    Rejected,
+    Replace,
+    Replaced,
+    ServerMessage,
+    Status,
+    decode_server,
+    encode,
+)
+
+Report = Accepted | Rejected | Fill | Cancelled | Replaced | Expired
+
+
+class ExchangeUnavailable(ConnectionError):
+    """No gateway of the list answered."""
+
+
+class LogonRefused(PermissionError):
+    """A gateway refused the logon (``reason`` as in the protocol)."""
+
+    def __init__(self, reason: str, text: str) -> None:
+        super().__init__(f"{reason}: {text}")
+        self.reason = reason
+        self.text = text
+
+
+@dataclass
+class OrderResult:
+    """The outcome of one command.
+
+    Attributes
+    ----------
+    oid, symbol, op
+        The order and the command (``new``, ``cancel``, ``replace``, ``status``).
+    events
+        The execution reports of this command, in order.
+    status
+        The order's state once the command was done (``None`` when the command
+        was rejected before it reached a matcher).
+    resends
+        How many times the command was sent again.
+    """
+
+    oid: str
+    symbol: str
+    op: str
+    events: list[Report] = field(default_factory=list)
+    status: OrderStatus | None = None
+    error: Error | None = None
+    resends: int = 0
+
+    @property
+    def rejected(self) -> Rejected | None:
+        """The ``rejected`` report, if the command was refused."""
+        return next((e for e in self.events if isinstance(e, Rejected)), None)
+
+    @property
+    def accepted(self) -> bool:
+        """Whether the command was carried out (a ``new`` accepted, a cancel or replace done)."""
+        return self.rejected is None and self.error is None and self.status is not None and self.status.state not in (
+            "rejected", "unknown")
+
+    @property
+    def fills(self) -> list[Fill]:
+        """The fills of this command."""
+        return [e for e in self.events if isinstance(e, Fill)]
+
+    @property
+    def filled_qty(self) -> int:
+        """Quantity filled by this command."""
+        return sum(f.last_qty for f in self.fills)
+
+    @property
+    def state(self) -> str:
+        """The order's state after the command (``rejected`` when refused)."""
+        if self.status is not None:
+            return self.status.state
+        return "rejected"
+
+
+class _Waiter:
+    # Matches incoming messages to the command being waited for; shared by both clients.
+
+    def __init__(self, result: OrderResult) -> None:
+        self.result = result
+        self.done = False
+        self.relogon = False  # the gateway ended our session: log on again and resend
+
+    def feed(self, msg: ServerMessage) -> None:
+        r = self.result
+        if isinstance(msg, Logout) or (isinstance(msg, Rejected) and msg.reason == "not_logged_on"):
+            self.relogon = True
+        elif isinstance(msg, OrderStatus):
+            if msg.oid == r.oid and msg.op == r.op:
+                r.status = msg
+                self.done = True
+        elif isinstance(msg, Rejected):
+            if msg.oid == r.oid and msg.op == r.op:
+                r.events.append(msg)
+                # A reject from the gateway ends the command; one from the engine is followed by a status.
+                if msg.reason in _GATEWAY_REASONS:
+                    self.done = True
+        elif isinstance(msg, Error):
+            r.error = msg
+            self.done = True
+        elif isinstance(msg, Accepted | Fill | Cancelled | Replaced | Expired) and msg.oid == r.oid:
+            r.events.append(msg)
+
+
+# Rejects that come from the gateway itself (no order status follows them).
+_GATEWAY_REASONS = frozenset({
+    "malformed", "unsupported_version", "unknown_message_type", "missing_field", "bad_field", "message_too_large",
+    "not_logged_on", "unknown_symbol", "rate_limited", "order_value_too_large", "shard_unavailable", "auth_failed",
+})
+
+
+def _new(oid: str, symbol: str, side: str, qty: int, price: Decimal | str | None, tif: str | None,
+         otype: str | None) -> New:
+    kind = otype or ("market" if price is None else "limit")
+    return New(oid=oid, symbol=symbol, side=side, type=kind,  # type: ignore[arg-type]
+               price=None if price is None else str(price), qty=qty,
+               tif=tif or ("IOC" if kind == "market" else "GTC"))  # type: ignore[arg-type]
+
+
+class _Base:
+    # What both clients share: configuration, ids, the report stream.
+
+    def __init__(self, gateways: Sequence[str], broker: str, *, secret: str | None = None, heartbeat_ms: int = 5000,
+                 timeout: float = 2.0, retries: int = 2) -> None:
+        if not gateways:
+            raise ValueError("give at least one gateway endpoint")
+        self.gateways = list(gateways)
+        self.broker = broker
+        self.secret = secret
+        self.heartbeat_ms = heartbeat_ms
+        self.timeout = timeout
+        self.retries = retries
+        self.gateway_index = 0
+        self.reports: collections.deque[Report] = collections.deque()
+        self._prefix = f"{broker}-{secrets.token_hex(4)}-"
+        self._n = 0
+        self._last_rx = 0.0
+        self._last_tx = 0.0
+        self.failovers = 0
+
+    def next_oid(self) -> str:
+        """Return a new client order id, unique for this broker."""
+        self._n += 1
+        return f"{self._prefix}{self._n}"
+
+    @property
+    def endpoint(self) -> str:
+        """The gateway currently in use."""
+        return self.gateways[self.gateway_index]
+
+    def _take(self, body: bytes, waiter: _Waiter | None) -> ServerMessage | None:
+        self._last_rx = time.monotonic()
+        try:
+            msg = decode_server(body)
+        except ProtocolError:
+            return None
+        if isinstance(msg, Accepted | Rejected | Fill | Cancelled | Replaced | Expired):
+            self.reports.append(msg)
+        if waiter is not None:
+            waiter.feed(msg)
+        return msg
+
+    def _gateway_dead(self) -> bool:
+        return time.monotonic() - self._last_rx > 3 * self.heartbeat_ms / 1000.0
+
+
+class BrokerClient(_Base):
+    """A broker's synchronous connection to the exchange.
+
+    Parameters
+    ----------
+    gateways
+        Gateway endpoints (``tcp://host:port``) in the order to try them.
+    broker
+        The broker's id.
+    secret
+        The broker's secret, when the exchange asks for one.
+    heartbeat_ms
+        Heartbeat interval agreed at logon.
+    timeout
+        Seconds to wait for an answer before sending a command again.
+    retries
+        Resends on one gateway before moving to the next.
+
+    Examples
+    --------
+    >>> with BrokerClient(["tcp://127.0.0.1:7101"], "B1") as c:    # doctest: +SKIP
+    ...     r = c.buy("TCS", 10, "3500.05")
+    ...     r.state, [(f.price, f.last_qty) for f in r.fills]
+    """
+
+    def __init__(self, gateways: Sequence[str], broker: str, *, secret: str | None = None, heartbeat_ms: int = 5000,
+                 timeout: float = 2.0, retries: int = 2, ctx: zmq.Context | None = None) -> None:
+        super().__init__(gateways, broker, secret=secret, heartbeat_ms=heartbeat_ms, timeout=timeout, retries=retries)
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock: zmq.Socket | None = None
+
+    def __enter__(self) -> BrokerClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- connection
+
+    def connect(self) -> None:
+        """Log on to the first gateway that answers, starting with the current one.
+
+        Raises
+        ------
+        ExchangeUnavailable
+            When no gateway answered.
+        LogonRefused
+            When a gateway refused the broker.
+        """
+        for _ in range(len(self.gateways)):
+            if self._logon():
+                return
+            self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
+        raise ExchangeUnavailable(f"no gateway answered: {', '.join(self.gateways)}")
+
+    def _logon(self) -> bool:
+        if self.sock is not None:
+            self.sock.close(0)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self.sock = sock
+        sock.send(encode(Logon(broker=self.broker, secret=self.secret, heartbeat_ms=self.heartbeat_ms)))
+        self._last_tx = time.monotonic()
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1):
+                break
+            msg = self._take(sock.recv(), None)
+            if isinstance(msg, LogonAck):
+                return True
+            if isinstance(msg, LogonReject):
+                raise LogonRefused(msg.reason, msg.text)
+        return False
+
+    def _failover(self) -> None:
+        self.failovers += 1
+        self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
+        self.connect()
+
+    def close(self) -> None:
+        """Log out and close the connection."""
+        if self.sock is not None:
+            try:
+                self.sock.send(encode(Logout()), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.sock.close(0)
+            self.sock = None
+
+    # --------------------------------------------------------------- commands
+
+    def _send(self, msg: Any) -> None:
+        assert self.sock is not None, "connect() first"
+        self.sock.send(encode(msg))
+        self._last_tx = time.monotonic()
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
+            self._send(Heartbeat())
+
+    def _command(self, msg: New | Cancel | Replace | Status, op: str) -> OrderResult:
+        if self.sock is None:
+            self.connect()
+        result = OrderResult(oid=msg.oid, symbol=msg.symbol, op=op)
+        waiter = _Waiter(result)
+        tries = 0
+        self._send(msg)
+        deadline = time.monotonic() + self.timeout
+        while not waiter.done:
+            now = time.monotonic()
+            if waiter.relogon:
+                # The session was ended (idle too long, or the gateway restarted): a new one, same command.
+                waiter.relogon = False
+                self.connect()
+                self._send(msg)
+                deadline = time.monotonic() + self.timeout
+                continue
+            if now >= deadline or self._gateway_dead():
+                tries += 1
+                result.resends += 1
+                if tries > self.retries or self._gateway_dead():
+                    self._failover()
+                    tries = 0
+                self._send(msg)
+                deadline = time.monotonic() + self.timeout
+                continue
+            wait = min(deadline - now, self.heartbeat_ms / 1000.0)
+            assert self.sock is not None
+            if self.sock.poll(int(wait * 1000) + 1):
+                while not waiter.done:
+                    try:
+                        body = self.sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._take(body, waiter)
+            self._heartbeat()
+        if result.resends and op in ("cancel", "replace") and result.rejected is not None \
+                and result.rejected.reason == "order_closed":
+            # The first attempt may have done it: say what the order's state is now.
+            result.status = self.order_status(msg.oid, msg.symbol)
+        return result
+
+    def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
+            type: str | None = None, oid: str | None = None) -> OrderResult:
+        """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
+        return self._command(_new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type), "new")
+
+    def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
+             type: str | None = None, oid: str | None = None) -> OrderResult:
+        """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
+        return self._command(_new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type), "new")
+
+    def cancel(self, oid: str, symbol: str) -> OrderResult:
+        """Cancel the open order ``oid``."""
+        return self._command(Cancel(oid=oid, symbol=symbol), "cancel")
+
+    def replace(self, oid: str, symbol: str, price: Decimal | str | None = None, qty: int | None = None) -> OrderResult:
+        """Change an open order's price and/or total quantity (FIX cancel/replace)."""
+        return self._command(Replace(oid=oid, symbol=symbol, price=None if price is None else str(price), qty=qty),
+                             "replace")
+
+    def order_status(self, oid: str, symbol: str) -> OrderStatus:
+        """Return the state of order ``oid`` (``state`` is ``unknown`` for an order the exchange never accepted)."""
+        r = self._command(Status(oid=oid, symbol=symbol), "status")
+        if r.status is None:
+            raise ProtocolError(r.rejected.reason if r.rejected else "malformed",
+                                r.rejected.text if r.rejected else "no status")
+        return r.status
+
+    def submit(self, msg: New | Cancel | Replace) -> None:
+        """Send a command without waiting (load generators); answers arrive through :meth:`poll`."""
+        if self.sock is None:
+            self.connect()
+        self._send(msg)
+
+    def poll(self, timeout: float = 0.0) -> list[ServerMessage]:
+        """Receive what has arrived (waiting up to ``timeout`` seconds for the first); keep the session alive."""
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        out: list[ServerMessage] = []
+        if self.sock.poll(int(timeout * 1000)):
+            while True:
+                try:
+                    body = self.sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = self._take(body, None)
+                if msg is not None:
+                    out.append(msg)
+        self._heartbeat()
+        return out
+
+
+class AsyncBrokerClient(_Base):
+    """The asyncio twin of :class:`BrokerClient` (``zmq.asyncio``): the same methods, as coroutines.
+
+    Examples
+    --------
+    >>> async def main():                                        # doctest: +SKIP
+    ...     async with AsyncBrokerClient(["tcp://127.0.0.1:7101"], "B1") as c:
+    ...         r = await c.sell("INFY", 5, "1580.00", "IOC")
+    """
+
+    def __init__(self, gateways: Sequence[str], broker: str, *, secret: str | None = None, heartbeat_ms: int = 5000,
+                 timeout: float = 2.0, retries: int = 2, ctx: zmq.asyncio.Context | None = None) -> None:
+        super().__init__(gateways, broker, secret=secret, heartbeat_ms=heartbeat_ms, timeout=timeout, retries=retries)
+        self.ctx = ctx or zmq.asyncio.Context.instance()
+        self.sock: zmq.asyncio.Socket | None = None
+
+    async def __aenter__(self) -> AsyncBrokerClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    async def connect(self) -> None:
+        """Log on to the first gateway that answers (see :meth:`BrokerClient.connect`)."""
+        for _ in range(len(self.gateways)):
+            if await self._logon():
+                return
+            self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
+        raise ExchangeUnavailable(f"no gateway answered: {', '.join(self.gateways)}")
+
+    async def _logon(self) -> bool:
+        if self.sock is not None:
+            self.sock.close(0)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self.sock = sock
+        await sock.send(encode(Logon(broker=self.broker, secret=self.secret, heartbeat_ms=self.heartbeat_ms)))
+        self._last_tx = time.monotonic()
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not await sock.poll(int(left * 1000) + 1):
+                break
+            msg = self._take(await sock.recv(), None)
+            if isinstance(msg, LogonAck):
+                return True
+            if isinstance(msg, LogonReject):
+                raise LogonRefused(msg.reason, msg.text)
+        return False
+
+    def close(self) -> None:
+        """Close the connection (sending a logout if possible)."""
+        if self.sock is not None:
+            try:
+                self.sock.send(encode(Logout()), zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.sock.close(0)
+            self.sock = None
+
+    async def _send(self, msg: Any) -> None:
+        assert self.sock is not None, "connect() first"
+        await self.sock.send(encode(msg))
+        self._last_tx = time.monotonic()
+
+    async def _command(self, msg: New | Cancel | Replace | Status, op: str) -> OrderResult:
+        if self.sock is None:
+            await self.connect()
+        result = OrderResult(oid=msg.oid, symbol=msg.symbol, op=op)
+        waiter = _Waiter(result)
+        tries = 0
+        await self._send(msg)
+        deadline = time.monotonic() + self.timeout
+        while not waiter.done:
+            now = time.monotonic()
+            if waiter.relogon:
+                waiter.relogon = False
+                await self.connect()
+                await self._send(msg)
+                deadline = time.monotonic() + self.timeout
+                continue
+            if now >= deadline or self._gateway_dead():
+                tries += 1
+                result.resends += 1
+                if tries > self.retries or self._gateway_dead():
+                    self.failovers += 1
+                    self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
+                    await self.connect()
+                    tries = 0
+                await self._send(msg)
+                deadline = time.monotonic() + self.timeout
+                continue
+            assert self.sock is not None
+            wait = min(deadline - now, self.heartbeat_ms / 1000.0)
+            if await self.sock.poll(int(wait * 1000) + 1):
+                self._take(await self.sock.recv(), waiter)
+            if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
+                await self._send(Heartbeat())
+        return result
+
+    async def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
+                  type: str | None = None, oid: str | None = None) -> OrderResult:
+        """Buy ``qty`` of ``symbol`` (see :meth:`BrokerClient.buy`)."""
+        return await self._command(_new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type), "new")
+
+    async def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
+                   type: str | None = None, oid: str | None = None) -> OrderResult:
+        """Sell ``qty`` of ``symbol`` (see :meth:`BrokerClient.sell`)."""
+        return await self._command(_new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type), "new")
+
+    async def cancel(self, oid: str, symbol: str) -> OrderResult:
+        """Cancel the open order ``oid``."""
+        return await self._command(Cancel(oid=oid, symbol=symbol), "cancel")
+
+    async def replace(self, oid: str, symbol: str, price: Decimal | str | None = None,
+                      qty: int | None = None) -> OrderResult:
+        """Change an open order's price and/or total quantity."""
+        return await self._command(
+            Replace(oid=oid, symbol=symbol, price=None if price is None else str(price), qty=qty), "replace")
+
+    async def order_status(self, oid: str, symbol: str) -> OrderStatus:
+        """Return the state of order ``oid``."""
+        r = await self._command(Status(oid=oid, symbol=symbol), "status")
+        if r.status is None:
+            raise ProtocolError("malformed", "no status")
+        return r.status
+
+    async def next_report(self, timeout: float | None = None) -> Report | None:
+        """Return the next execution report of the stream (waiting up to ``timeout`` seconds), or ``None``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.reports:
+            assert self.sock is not None
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                return None
+            wait = self.heartbeat_ms if left is None else min(self.heartbeat_ms, int(left * 1000) + 1)
+            if await self.sock.poll(wait):
+                self._take(await self.sock.recv(), None)
+            if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
+                await self._send(Heartbeat())
+        return self.reports.popleft()
+
+
+__all__ = ["AsyncBrokerClient", "BrokerClient", "ExchangeUnavailable", "LogonRefused", "OrderResult"]

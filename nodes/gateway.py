@@ -1,0 +1,426 @@
+"""The gateway node: brokers' sessions, validation, routing by symbol, and their execution reports.
+
+Sockets:
+
+- ``front`` ROUTER, bound at the gateway's port: brokers' DEALERs, one frame
+  per message (the protocol of ``docs/protocol.md``);
+- one DEALER per shard to the shard's matcher (order commands and their
+  :class:`~fabric.protocol.CommandReply`);
+- one SUB to every shard's PUB, subscribed to execution reports only: every
+  report reaches every gateway, and each forwards those of the brokers logged
+  on to it (so a fill of a resting order reaches its broker whichever gateway
+  it uses);
+- one DEALER per shard to the matcher's recovery socket, for gaps.
+
+Each turn of the loop drains every socket, then keeps the sessions alive
+(heartbeats out when idle, sessions closed after three silent intervals).
+
+A command's outcome reaches the broker as its execution reports (``accepted``
+or ``rejected``, ``fill`` for each trade, ``cancelled``...), in the matcher's
+order; after the last of them the gateway sends an ``order_status`` with the
+command's ``op``: the order's state once the command is done, which tells a
+client that nothing more is coming for it now.  Execution reports are checked
+for gaps by their per-topic sequence number (``tseq``); a gap is filled from
+the matcher's replay service before anything after it is delivered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from fabric.protocol import (
+    BookLevel,
+    Cancel,
+    CommandReply,
+    Error,
+    ExecReport,
+    Heartbeat,
+    Logon,
+    LogonAck,
+    LogonReject,
+    Logout,
+    New,
+    OrderCommand,
+    OrderStatus,
+    ProtocolError,
+    Rejected,
+    Replace,
+    ReplayReply,
+    ReplayRequest,
+    Status,
+    Trade,
+    answer_for,
+    decode_client,
+    decode_internal,
+    decode_pub,
+    encode,
+    exec_topic,
+)
+from topology.load import load
+from topology.model import Topology
+
+log = logging.getLogger("exfab.gateway")
+
+MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message; up to this, a message gets a reason
+MAX_DRAIN = 4096  # messages taken from one socket per turn, so no socket starves the others
+
+
+@dataclass(slots=True)
+class Session:
+    """One broker's logged-on connection."""
+
+    ident: bytes
+    broker: str
+    heartbeat_ms: int
+    last_rx: float
+    last_tx: float
+
+
+@dataclass(slots=True)
+class _Pending:
+    # A command sent to a matcher, waiting for its CommandReply.
+    broker: str
+    op: str
+    oid: str
+    symbol: str
+    shard: int
+
+
+@dataclass(slots=True)
+class _ShardFeed:
+    # What the gateway knows of one shard's execution report stream.
+    next_tseq: int = 0  # 0: not yet seen anything
+    seen_seq: int = 0  # seq of the last report delivered
+    waiting: list[tuple[int, str, OrderStatus]] = field(default_factory=list)  # (last_seq, broker, status)
+    held: list[ExecReport] = field(default_factory=list)  # reports after a gap, until it is filled
+    replaying: bool = False
+
+
+class Gateway:
+    """A gateway of the topology: sessions, routing and the execution report stream."""
+
+    def __init__(self, topo: Topology, name: str, ctx: zmq.Context | None = None) -> None:
+        self.topo = topo
+        self.cfg = topo.gateway(name)
+        self.name = name
+        self.allowed = {b.id for b in topo.brokers}  # empty: any broker id may log on
+        self.ctx = ctx or zmq.Context.instance()
+        self.sessions: dict[bytes, Session] = {}
+        self.by_broker: dict[str, bytes] = {}
+        self.pending: dict[int, _Pending] = {}
+        self.req = 0
+        self.feeds = [_ShardFeed() for _ in topo.shards]
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._stop = False
+
+    # ----------------------------------------------------------------- sending
+
+    def _send(self, ident: bytes, msg: Any) -> None:
+        self.front.send_multipart((ident, encode(msg)))
+        s = self.sessions.get(ident)
+        if s is not None:
+            s.last_tx = time.monotonic()
+
+    def _send_broker(self, broker: str, msg: Any) -> None:
+        ident = self.by_broker.get(broker)
+        if ident is not None:
+            self._send(ident, msg)
+
+    # ---------------------------------------------------------------- brokers
+
+    def on_client(self, ident: bytes, body: bytes) -> None:
+        """Handle one message from a broker's connection."""
+        now = time.monotonic()
+        try:
+            msg = decode_client(body)
+        except ProtocolError as e:
+            self.counts["protocol_error"] += 1
+            self._send(ident, e.answer())
+            return
+        session = self.sessions.get(ident)
+        if session is not None:
+            session.last_rx = now
+        if isinstance(msg, Logon):
+            self._logon(ident, msg, now)
+            return
+        if session is None:
+            op = type(msg).__name__.lower()
+            if isinstance(msg, New | Cancel | Replace | Status):
+                self._send(ident, Rejected(op=_op(msg), oid=msg.oid, symbol=msg.symbol, reason="not_logged_on",
+                                           text="log on first"))
+            else:
+                self._send(ident, Error(reason="not_logged_on", text=f"log on before sending {op}"))
+            return
+        if isinstance(msg, Heartbeat):
+            self._send(ident, Heartbeat())
+            return
+        if isinstance(msg, Logout):
+            self._drop(ident, None)
+            self._send(ident, Logout())
+            return
+        # An order message: route it by symbol to its shard's matcher.
+        try:
+            shard = self.topo.shard_of(msg.symbol)
+        except KeyError:
+            self._send(ident, Rejected(op=_op(msg), oid=msg.oid, symbol=msg.symbol, reason="unknown_symbol",
+                                       text=f"{msg.symbol} is not traded on this exchange"))
+            return
+        shard_no = self.topo.shards.index(shard)
+        self.req += 1
+        self.pending[self.req] = _Pending(session.broker, _op(msg), msg.oid, msg.symbol, shard_no)
+        self.orders[shard_no].send(encode(OrderCommand(gateway=self.name, req=self.req, broker=session.broker, cmd=msg)))
+        self.counts["orders"] += 1
+
+    def _logon(self, ident: bytes, msg: Logon, now: float) -> None:
+        if ident in self.sessions:
+            self._send(ident, LogonReject(reason="already_logged_on", text="this connection is already logged on"))
+            return
+        if self.allowed and msg.broker not in self.allowed:
+            self._send(ident, LogonReject(reason="auth_failed", text=f"unknown broker {msg.broker}"))
+            return
+        old = self.by_broker.get(msg.broker)
+        if old is not None:
+            # The broker reconnected (a new socket): the newest connection wins.
+            self._drop(old, "already_logged_on")
+        self.sessions[ident] = Session(ident, msg.broker, msg.heartbeat_ms, now, now)
+        self.by_broker[msg.broker] = ident
+        self._send(ident, LogonAck(broker=msg.broker, heartbeat_ms=msg.heartbeat_ms))
+        log.info("broker %s logged on", msg.broker)
+
+    def _drop(self, ident: bytes, reason: str | None) -> None:
+        s = self.sessions.pop(ident, None)
+        if s is None:
+            return
+        if self.by_broker.get(s.broker) == ident:
+            del self.by_broker[s.broker]
+        if reason is not None:
+            self.front.send_multipart((ident, encode(Logout(reason=reason, text=f"session ended: {reason}"))))
+        log.info("broker %s session ended (%s)", s.broker, reason or "logout")
+
+    def keep_alive(self) -> None:
+        """Send heartbeats on idle sessions; end those silent for three intervals."""
+        now = time.monotonic()
+        for ident, s in list(self.sessions.items()):
+            interval = s.heartbeat_ms / 1000.0
+            if now - s.last_rx > 3 * interval:
+                self._drop(ident, "heartbeat_timeout")
+            elif now - s.last_tx >= interval:
+                self._send(ident, Heartbeat())
+
+    # ---------------------------------------------------------------- matchers
+
+    def on_reply(self, body: bytes) -> None:
+        """Handle a matcher's answer to one of our commands."""
+        try:
+            msg = decode_internal(body)
+        except ProtocolError as e:
+            log.warning("undecodable message from a matcher: %s", e)
+            return
+        if not isinstance(msg, CommandReply):
+            log.warning("unexpected %s on an order socket", type(msg).__name__)
+            return
+        p = self.pending.pop(msg.req, None)
+        if p is None:
+            return
+        if msg.reason is not None:
+            self._send_broker(p.broker, Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason=msg.reason,
+                                                 text=msg.text or msg.reason))
+            return
+        if msg.status is None:
+            return
+        feed = self.feeds[p.shard]
+        if msg.last_seq == 0 or feed.seen_seq >= msg.last_seq:
+            self._send_broker(p.broker, msg.status)
+        else:
+            feed.waiting.append((msg.last_seq, p.broker, msg.status))
+
+    def on_report(self, shard_no: int, body: bytes) -> None:
+        """Handle one execution report from a shard's PUB (in order, or hold it behind a gap)."""
+        try:
+            rep = decode_pub(body)
+        except ProtocolError as e:
+            log.warning("undecodable PUB message from shard %d: %s", shard_no, e)
+            return
+        feed = self.feeds[shard_no]
+        if feed.replaying:
+            feed.held.append(rep)  # type: ignore[arg-type]
+            return
+        if feed.next_tseq and rep.tseq > feed.next_tseq:
+            log.warning("shard %d: gap in execution reports, tseq %d..%d missing; asking for a replay",
+                        shard_no, feed.next_tseq, rep.tseq - 1)
+            feed.replaying = True
+            feed.held.append(rep)  # type: ignore[arg-type]
+            self.recovery[shard_no].send(encode(ReplayRequest(shard=shard_no, first=feed.seen_seq + 1,
+                                                              last=rep.seq - 1)))
+            return
+        self._deliver(shard_no, rep)  # type: ignore[arg-type]
+
+    def _deliver(self, shard_no: int, rep: ExecReport) -> None:
+        feed = self.feeds[shard_no]
+        if feed.next_tseq and rep.tseq < feed.next_tseq:
+            return  # already delivered (a replay overlapping the live stream)
+        feed.next_tseq = rep.tseq + 1
+        feed.seen_seq = rep.seq
+        self._send_broker(rep.broker, answer_for(rep))
+        if feed.waiting:
+            still = []
+            for last_seq, broker, status in feed.waiting:
+                if last_seq <= rep.seq:
+                    self._send_broker(broker, status)
+                else:
+                    still.append((last_seq, broker, status))
+            feed.waiting = still
+
+    def on_replay(self, shard_no: int, body: bytes) -> None:
+        """Deliver a replayed range, then what was held behind the gap."""
+        try:
+            msg = decode_internal(body)
+        except ProtocolError as e:
+            log.warning("undecodable replay reply from shard %d: %s", shard_no, e)
+            return
+        if not isinstance(msg, ReplayReply):
+            return
+        feed = self.feeds[shard_no]
+        if msg.reason is not None:
+            log.error("shard %d: replay %d..%d unavailable (%s); execution reports in it are lost to this "
+                      "gateway's brokers, who can ask for their orders' status", shard_no, msg.first, msg.last,
+                      msg.text)
+            feed.next_tseq = 0  # take the next report as the new start
+        for b in msg.msgs:
+            rep = decode_pub(b)
+            if isinstance(rep, Trade | BookLevel):
+                continue
+            self._deliver(shard_no, rep)  # type: ignore[arg-type]
+        if msg.done or msg.reason is not None:
+            feed.replaying = False
+            held, feed.held = feed.held, []
+            for rep in held:
+                self.on_report_decoded(shard_no, rep)
+
+    def on_report_decoded(self, shard_no: int, rep: ExecReport) -> None:
+        feed = self.feeds[shard_no]
+        if feed.next_tseq and rep.tseq > feed.next_tseq:
+            feed.replaying = True
+            feed.held.append(rep)
+            self.recovery[shard_no].send(encode(ReplayRequest(shard=shard_no, first=feed.seen_seq + 1,
+                                                              last=rep.seq - 1)))
+            return
+        self._deliver(shard_no, rep)
+
+    # -------------------------------------------------------------------- loop
+
+    def _guard(self, handler: Any, *args: Any) -> None:
+        # One message must never stop the gateway: a handler's bug is logged, the loop goes on.
+        try:
+            handler(*args)
+        except Exception:
+            log.exception("%s failed", getattr(handler, "__name__", handler))
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish its turn and exit."""
+        self._stop = True
+
+    def run(self, ready: Any = None) -> None:
+        """Bind and connect, then serve until :meth:`stop` (or SIGINT/SIGTERM)."""
+        ctx = self.ctx
+        self.front = ctx.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.front.setsockopt(zmq.LINGER, 0)
+        self.front.bind(self.cfg.endpoint.bind)
+        self.orders: list[zmq.Socket] = []
+        self.recovery: list[zmq.Socket] = []
+        self.sub = ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
+        for no, shard in enumerate(self.topo.shards):
+            replica = shard.replicas[0]  # single matchers; pairs choose their primary through ZooKeeper (later)
+            d = ctx.socket(zmq.DEALER)
+            d.setsockopt(zmq.LINGER, 0)
+            d.connect(replica.order.connect)
+            self.orders.append(d)
+            r = ctx.socket(zmq.DEALER)
+            r.setsockopt(zmq.LINGER, 0)
+            r.connect(replica.recovery.connect)
+            self.recovery.append(r)
+            self.sub.connect(replica.pub.connect)
+            self.sub.subscribe(exec_topic(no))
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.sub, zmq.POLLIN)
+        for s in (*self.orders, *self.recovery):
+            poller.register(s, zmq.POLLIN)
+        shard_of_topic = {exec_topic(no): no for no in range(len(self.topo.shards))}
+        if ready is not None:
+            ready()
+        last_keep_alive = time.monotonic()
+        try:
+            while not self._stop:
+                events = dict(poller.poll(50))
+                if self.sub in events:
+                    for _ in range(MAX_DRAIN):
+                        try:
+                            topic, body = self.sub.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._guard(self.on_report, shard_of_topic.get(topic, -1), body)
+                for no, d in enumerate(self.orders):
+                    if d in events:
+                        for _ in range(MAX_DRAIN):
+                            try:
+                                self._guard(self.on_reply, d.recv(zmq.NOBLOCK))
+                            except zmq.Again:
+                                break
+                for no, r in enumerate(self.recovery):
+                    if r in events:
+                        while True:
+                            try:
+                                self._guard(self.on_replay, no, r.recv(zmq.NOBLOCK))
+                            except zmq.Again:
+                                break
+                if self.front in events:
+                    for _ in range(MAX_DRAIN):
+                        try:
+                            frames = self.front.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._guard(self.on_client, frames[0], frames[-1])
+                now = time.monotonic()
+                if now - last_keep_alive >= 0.05:
+                    last_keep_alive = now
+                    self.keep_alive()
+        finally:
+            for s in (self.front, self.sub, *self.orders, *self.recovery):
+                s.close(0)
+            log.info("gateway %s stopped: %s", self.name, dict(self.counts))
+
+
+def _op(msg: New | Cancel | Replace | Status) -> str:
+    return {New: "new", Cancel: "cancel", Replace: "replace", Status: "status"}[type(msg)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one gateway: ``python -m nodes.gateway --topology FILE --id NAME``."""
+    ap = argparse.ArgumentParser(prog="exfab node gateway", description="Run one gateway of a topology.")
+    ap.add_argument("--topology", required=True, metavar="FILE")
+    ap.add_argument("--id", required=True, metavar="NAME", help="the gateway's name in the topology")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s gateway {args.id} %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    gw = Gateway(load(args.topology), args.id)
+    signal.signal(signal.SIGINT, gw.stop)
+    signal.signal(signal.SIGTERM, gw.stop)
+    gw.run(ready=lambda: print(f"READY gateway {args.id}", flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Start a whole topology on this machine as processes, and stop it cleanly.
+
+Each node runs as ``python -m nodes.<kind> --topology FILE --id NAME``, the same
+command a host of a real deployment runs (``exfab node KIND ...``; see
+``docs/deploy.md``).  A node prints ``READY <kind> <name>`` on its standard
+output once it serves; the launcher waits for that line, in start order
+(matchers first, so gateways find them), and stops everything in reverse order
+with SIGTERM, then SIGKILL for a node that does not stop in time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from topology.load import load
+from topology.model import GATEWAY, MATCHER, Topology
+
+# Node kinds this version can run; the ticker and persistence nodes come with their issues.
+RUNNABLE = (MATCHER, GATEWAY)
+
+
+class LaunchError(RuntimeError):
+    """A node did not start."""
+
+
+@dataclass
+class NodeProcess:
+    """One running node."""
+
+    kind: str
+    name: str
+    proc: subprocess.Popen[str]
+    log_path: Path
+    started: float = field(default_factory=time.monotonic)
+    ready_after: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``kind:name``."""
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process is still running."""
+        return self.proc.poll() is None
+
+
+class Launcher:
+    """Start, watch and stop the nodes of a topology.
+
+    Parameters
+    ----------
+    topology_path
+        The topology file.
+    workdir
+        The nodes' working directory: the topology's ``data_dir`` (journals,
+        stores) is relative to it. Node logs go to ``<data_dir>/logs``.
+    kinds
+        Which kinds of node to start.
+    """
+
+    def __init__(self, topology_path: str | os.PathLike[str], workdir: str | os.PathLike[str] = ".",
+                 kinds: Iterable[str] = RUNNABLE, extra_args: dict[str, list[str]] | None = None) -> None:
+        self.path = Path(topology_path).resolve()
+        self.topo: Topology = load(self.path)
+        self.workdir = Path(workdir).resolve()
+        self.kinds = tuple(kinds)
+        self.extra_args = extra_args or {}
+        self.nodes: list[NodeProcess] = []
+        self.log_dir = self.workdir / self.topo.data_dir / "logs"
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def start_node(self, kind: str, name: str, timeout: float = 120.0) -> NodeProcess:
+        """Start one node and wait until it says it is ready.
+
+        Raises
+        ------
+        LaunchError
+            When it exits or stays silent for ``timeout`` seconds (the first
+            start of a matcher compiles the order book kernels: give it time).
+        """
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{kind}-{name}.log"
+        cmd = [sys.executable, "-m", f"nodes.{kind}", "--topology", str(self.path), "--id", name,
+               *self.extra_args.get(kind, [])]
+        log_file = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(cmd, cwd=self.workdir, env=self._env(), stdout=subprocess.PIPE, stderr=log_file,
+                                text=True, start_new_session=True)
+        log_file.close()
+        node = NodeProcess(kind, name, proc, log_path)
+        line = _read_line(proc.stdout, timeout)  # type: ignore[arg-type]
+        if line is None or not line.startswith("READY"):
+            proc.kill()
+            proc.wait()
+            tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise LaunchError(f"{kind} {name} did not start (see {log_path}):\n{tail}")
+        node.ready_after = time.monotonic() - node.started
+        # Keep draining its standard output so it can never block on a full pipe.
+        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+        self.nodes = [n for n in self.nodes if not (n.kind == kind and n.name == name)] + [node]
+        return node
+
+    def start(self, progress: IO[str] | None = None) -> None:
+        """Start every node of the chosen kinds, in the topology's start order."""
+        try:
+            for node in self.topo.nodes():
+                if node.kind not in self.kinds:
+                    continue
+                if progress is not None:
+                    progress.write(f"starting {node.kind} {node.name}...\n")
+                    progress.flush()
+                self.start_node(node.kind, node.name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def node(self, kind: str, name: str) -> NodeProcess:
+        """Return the running node ``kind:name``."""
+        for n in self.nodes:
+            if n.kind == kind and n.name == name:
+                return n
+        raise KeyError(f"{kind} {name} is not running")
+
+    def kill(self, kind: str, name: str) -> None:
+        """Kill a node at once (``kill -9``): what a crash looks like."""
+        n = self.node(kind, name)
+        n.proc.send_signal(signal.SIGKILL)
+        n.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout`` s), last started first; return exit codes."""
+        for n in reversed(self.nodes):
+            if n.alive:
+                n.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int | None] = {}
+        for n in reversed(self.nodes):
+            try:
+                codes[n.label] = n.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                n.proc.kill()
+                codes[n.label] = n.proc.wait()
+        self.nodes = []
+        return codes
+
+    def __enter__(self) -> Launcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _read_line(stream: IO[str], timeout: float) -> str | None:
+    # Read one line with a timeout (a thread, since pipes have no portable timeout).
+    box: list[str] = []
+    t = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    return box[0].strip() if box and box[0] else None
+
+
+def _drain(stream: IO[str]) -> None:
+    for _ in stream:
+        pass
