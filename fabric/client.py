@@ -48,6 +48,8 @@ from fabric.protocol import (
     LogonReject,
     Logout,
     New,
+    OpenOrders,
+    Orders,
     OrderStatus,
     ProtocolError,
     Rejected,
@@ -390,6 +392,21 @@ class BrokerClient(_Base):
             raise ProtocolError(r.rejected.reason if r.rejected else "malformed",
                                 r.rejected.text if r.rejected else "no status")
         return r.status
+
+    def open_orders(self, symbol: str | None = None) -> list[OrderStatus]:
+        """Return the broker's open orders (of one symbol, or all)."""
+        if self.sock is None:
+            self.connect()
+        self._send(Orders(symbol=symbol))
+        deadline = time.monotonic() + self.timeout * (self.retries + 1)
+        assert self.sock is not None
+        while time.monotonic() < deadline:
+            if self.sock.poll(100):
+                msg = self._take(self.sock.recv(), None)
+                if isinstance(msg, OpenOrders):
+                    return list(msg.orders)
+            self._heartbeat()
+        raise ExchangeUnavailable(f"no answer to an orders query from {self.endpoint}")
 
     def submit(self, msg: New | Cancel | Replace) -> None:
         """Send a command without waiting (load generators); answers arrive through :meth:`poll`."""

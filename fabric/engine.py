@@ -273,6 +273,16 @@ class MatchingEngine:
         ev.update(qty=o.qty, leaves_qty=o.leaves, cum_qty=o.cum, state=o.state)
         return ev
 
+    def open_orders(self, broker: str, symbol: str | None = None) -> list[Event]:
+        """Return the status of every open order of ``broker`` (of one symbol, or all), oldest first."""
+        out = []
+        for o in self._orders:
+            if o.broker == broker and o.state in ("new", "partially_filled") and (symbol is None or o.symbol == symbol):
+                st = self.order_status(o.symbol, broker, o.clid)
+                if st is not None and st["state"] in ("new", "partially_filled"):
+                    out.append(st)
+        return out
+
     def is_retry(self, symbol: str, broker: str, clid: str, side: int, otype: int, tif: int,
                  price: Decimal | None, qty: int) -> bool:
         """Tell whether a `new` order is a resend of the broker's accepted order with this id (same terms).

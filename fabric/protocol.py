@@ -126,6 +126,8 @@ __all__ = [
     "SnapshotReply",
     "SnapshotRequest",
     "Status",
+    "Orders",
+    "OpenOrders",
     "Trade",
     "answer_for",
     "book_topic",
@@ -324,6 +326,12 @@ class Status(_ClientMsg, tag="status", frozen=True, kw_only=True):
     symbol: Symbol
 
 
+class Orders(_ClientMsg, tag="orders", frozen=True, kw_only=True):
+    """Ask for the broker's open orders (of one symbol, or all): answered with :class:`OpenOrders`."""
+
+    symbol: Symbol | None = None
+
+
 class Heartbeat(_ClientMsg, tag="heartbeat", frozen=True, kw_only=True):
     """Keep the session alive; sent by either side when it has sent nothing for one interval."""
 
@@ -446,6 +454,13 @@ class OrderStatus(_ServerMsg, tag="order_status", frozen=True, kw_only=True):
     leaves_qty: int = 0
     tif: Tif | None = None
     reason: str | None = None
+
+
+class OpenOrders(_ServerMsg, tag="open_orders", frozen=True, kw_only=True):
+    """The answer to ``orders``: every open order of the broker (``op`` of each is ``orders``), oldest first."""
+
+    symbol: str | None = None
+    orders: list[OrderStatus]
 
 
 class Error(_ServerMsg, tag="error", frozen=True, kw_only=True):
@@ -597,7 +612,7 @@ class OrderCommand(_InternalMsg, tag="order_cmd", frozen=True, kw_only=True):
     gateway: BrokerId
     req: Seq
     broker: BrokerId
-    cmd: New | Cancel | Replace | Status
+    cmd: New | Cancel | Replace | Status | Orders
 
 
 class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
@@ -606,7 +621,8 @@ class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
     ``in_seq`` is the sequence number the command got in the shard's journal
     (0 when refused unsequenced: then ``reason`` says why); ``first_seq`` ..
     ``last_seq`` the PUB messages it produced (0, 0 for none); ``status`` the
-    answer to a ``status`` command.
+    answer to a ``status`` command (and, for the others, the order's state
+    once the command was done); ``orders`` the answer to an ``orders`` command.
     """
 
     gateway: BrokerId
@@ -617,6 +633,7 @@ class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
     first_seq: Count = 0
     last_seq: Count = 0
     status: OrderStatus | None = None
+    orders: list[OrderStatus] | None = None
     reason: str | None = None
     text: str | None = None
 
@@ -674,9 +691,9 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     books: list[BookSnapshot]
 
 
-ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Heartbeat | Logout
+ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Orders | Heartbeat | Logout
 ServerMessage: TypeAlias = (LogonAck | LogonReject | Accepted | Rejected | Fill | Cancelled | Replaced | Expired
-                            | OrderStatus | Heartbeat | Logout | Error)
+                            | OrderStatus | OpenOrders | Heartbeat | Logout | Error)
 ExecAnswer: TypeAlias = Accepted | Rejected | Fill | Cancelled | Replaced | Expired
 ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired
 PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat
@@ -798,9 +815,9 @@ def _family(name: str, types: tuple[type[msgspec.Struct], ...], limit: int) -> _
     return _Family(name, msgspec.msgpack.Decoder(union).decode, limit, types)
 
 
-_CLIENT = _family("client", (Logon, New, Cancel, Replace, Status, Heartbeat, Logout), MAX_CLIENT_MESSAGE)
+_CLIENT = _family("client", (Logon, New, Cancel, Replace, Status, Orders, Heartbeat, Logout), MAX_CLIENT_MESSAGE)
 _SERVER = _family("server", (LogonAck, LogonReject, Accepted, Rejected, Fill, Cancelled, Replaced, Expired,
-                             OrderStatus, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
+                             OrderStatus, OpenOrders, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
 _PUB = _family("pub", (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired, Trade, BookLevel,
                        PubHeartbeat), MAX_CLIENT_MESSAGE)
 _INTERNAL = _family("internal", (OrderCommand, CommandReply, ReplayRequest, ReplayReply, SnapshotRequest,

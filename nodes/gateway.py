@@ -50,7 +50,9 @@ from fabric.protocol import (
     LogonReject,
     Logout,
     New,
+    OpenOrders,
     OrderCommand,
+    Orders,
     OrderStatus,
     ProtocolError,
     Rejected,
@@ -97,6 +99,15 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Query:
+    # An `orders` query fanned out to several shards.
+    broker: str
+    symbol: str | None
+    waiting: int
+    orders: list[OrderStatus] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _ShardFeed:
     # What the gateway knows of one shard's execution report stream.
     next_tseq: int = 0  # 0: not yet seen anything
@@ -118,6 +129,7 @@ class Gateway:
         self.sessions: dict[bytes, Session] = {}
         self.by_broker: dict[str, bytes] = {}
         self.pending: dict[int, _Pending] = {}
+        self.queries: dict[int, _Query] = {}
         self.req = 0
         self.feeds = [_ShardFeed() for _ in topo.shards]
         self.counts: collections.Counter[str] = collections.Counter()
@@ -168,6 +180,9 @@ class Gateway:
             self._drop(ident, None)
             self._send(ident, Logout())
             return
+        if isinstance(msg, Orders):
+            self._orders_query(session.broker, msg)
+            return
         # An order message: route it by symbol to its shard's matcher.
         try:
             shard = self.topo.shard_of(msg.symbol)
@@ -180,6 +195,22 @@ class Gateway:
         self.pending[self.req] = _Pending(session.broker, _op(msg), msg.oid, msg.symbol, shard_no)
         self.orders[shard_no].send(encode(OrderCommand(gateway=self.name, req=self.req, broker=session.broker, cmd=msg)))
         self.counts["orders"] += 1
+
+    def _orders_query(self, broker: str, msg: Orders) -> None:
+        # Ask every shard that may hold the broker's orders; answer once all have replied.
+        if msg.symbol is not None:
+            try:
+                shards = [self.topo.shards.index(self.topo.shard_of(msg.symbol))]
+            except KeyError:
+                self._send_broker(broker, OpenOrders(symbol=msg.symbol, orders=[]))
+                return
+        else:
+            shards = list(range(len(self.topo.shards)))
+        query = _Query(broker, msg.symbol, len(shards))
+        for no in shards:
+            self.req += 1
+            self.queries[self.req] = query
+            self.orders[no].send(encode(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=msg)))
 
     def _logon(self, ident: bytes, msg: Logon, now: float) -> None:
         if ident in self.sessions:
@@ -228,6 +259,13 @@ class Gateway:
             return
         if not isinstance(msg, CommandReply):
             log.warning("unexpected %s on an order socket", type(msg).__name__)
+            return
+        q = self.queries.pop(msg.req, None)
+        if q is not None:
+            q.orders.extend(msg.orders or [])
+            q.waiting -= 1
+            if q.waiting == 0:
+                self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
             return
         p = self.pending.pop(msg.req, None)
         if p is None:

@@ -56,6 +56,7 @@ from fabric.protocol import (
     ExReplaced,
     New,
     OrderCommand,
+    Orders,
     OrderStatus,
     ProtocolError,
     PubMessage,
@@ -267,9 +268,13 @@ class Matcher:
             rejected = op == "new" and bool(events) and events[0]["event"] == "rejected"  # type: ignore[index]
             return OrderStatus(op=op, oid=oid, symbol=symbol, state="rejected" if rejected else "unknown",
                                reason=events[0]["reason"] if rejected else None)  # type: ignore[index]
-        return OrderStatus(op=op, oid=oid, symbol=symbol, state=st["state"], side=st["side"], type=st["type"],
-                           price=st.get("price"), qty=st["qty"], cum_qty=st["cum_qty"], leaves_qty=st["leaves_qty"],
-                           tif=st["tif"])
+        return self._as_status(op, st)
+
+    @staticmethod
+    def _as_status(op: str, st: Event) -> OrderStatus:
+        return OrderStatus(op=op, oid=st["oid"], symbol=st["symbol"], state=st["state"], side=st["side"],
+                           type=st["type"], price=st.get("price"), qty=st["qty"], cum_qty=st["cum_qty"],
+                           leaves_qty=st["leaves_qty"], tif=st["tif"])
 
     def _reply(self, oc: OrderCommand, **kw: Any) -> bytes:
         return encode(CommandReply(gateway=oc.gateway, req=oc.req, shard=self.shard_no, epoch=self.epoch, **kw))
@@ -294,6 +299,11 @@ class Matcher:
                                                     text=f"the order socket takes order_cmd, not {type(oc).__name__}"))))
                 continue
             cmd = oc.cmd
+            if isinstance(cmd, Orders):
+                open_now = [self._as_status("orders", st) for st in self.engine.open_orders(oc.broker, cmd.symbol)
+                            if st["symbol"] in self.symbols]
+                replies.append((ident, self._reply(oc, orders=open_now)))
+                continue
             if cmd.symbol not in self.symbols:
                 replies.append((ident, self._reply(oc, reason="unknown_symbol",
                                                    text=f"{cmd.symbol} is not traded on shard {self.shard.name}")))
@@ -409,7 +419,10 @@ class Matcher:
                             batch.append(orders.recv_multipart(zmq.NOBLOCK))
                         except zmq.Again:
                             break
-                    self.handle_batch(batch, orders)
+                    try:
+                        self.handle_batch(batch, orders)
+                    except Exception:
+                        log.exception("a batch of %d order messages failed", len(batch))
                 if recovery in events:
                     while True:
                         try:

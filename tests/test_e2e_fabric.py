@@ -93,3 +93,16 @@ def test_resent_new_with_same_oid_executes_once(exchange: Launcher) -> None:
         assert again.status is not None and again.status.qty == 5
         book_qty = c.order_status("same-1", sym).leaves_qty
         assert book_qty == 5
+
+
+def test_open_orders_lists_only_open_orders_of_the_broker(exchange: Launcher) -> None:
+    g1, g2 = _gateways(exchange)
+    a_sym, b_sym = exchange.topo.shards[0].symbols[1], exchange.topo.shards[1].symbols[1]
+    with BrokerClient([g1], "B3") as c, BrokerClient([g2], "B4") as other:
+        keep_a = c.buy(a_sym, 3, _price(exchange, a_sym, 10))
+        keep_b = c.sell(b_sym, 2, _price(exchange, b_sym, 900))
+        gone = c.buy(a_sym, 1, _price(exchange, a_sym, 11))
+        c.cancel(gone.oid, a_sym)
+        other.buy(a_sym, 1, _price(exchange, a_sym, 12))
+        assert sorted(o.oid for o in c.open_orders()) == sorted([keep_a.oid, keep_b.oid])
+        assert [o.oid for o in c.open_orders(b_sym)] == [keep_b.oid]

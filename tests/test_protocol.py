@@ -72,6 +72,8 @@ SAMPLES: dict[str, list[Any]] = {
         Status(oid="o1", symbol="TCS"),
         Heartbeat(),
         Logout(),
+        p.Orders(),
+        p.Orders(symbol="TCS"),
     ],
     "server": [
         LogonAck(broker="B1", heartbeat_ms=2000),
@@ -91,6 +93,8 @@ SAMPLES: dict[str, list[Any]] = {
         Heartbeat(),
         Logout(reason="heartbeat_timeout", text="nothing received for 6000 ms"),
         Error(reason="malformed", text="a message must be a map, got array of 2"),
+        p.OpenOrders(orders=[OrderStatus(op="orders", oid="o1", symbol="TCS", state="new", side="buy", type="limit",
+                                         price="3500.05", qty=10, leaves_qty=10, tif="GTC")]),
     ],
     "pub": [
         ExAccepted(**SEQ, broker="B1", oid="o1", symbol="TCS", side="buy", type="limit", price="3500.05", qty=10,
