@@ -2,7 +2,7 @@
 #
 #   make venv       create .venv and install the project editable, with test+perf extras
 #   make test       run pytest (PYTEST_ARGS='-k foo -x' to pass options)
-#   make run        replay the example session through exfab
+#   make run        start the exchange (local topology) with simulated brokers; Ctrl-C stops it
 #   make bench      order-book benchmark
 #   make lint       ruff + mypy
 #   make clean      build artefacts and caches (keeps .venv); distclean removes .venv too
@@ -28,7 +28,7 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 run: venv
-	$(VENV)/bin/exfab replay --summary topology/examples/session.jsonl
+	$(VENV)/bin/exfab up --demo --fresh
 
 # pytest exits 5 when it collected no tests: that is a failure here, and says so.
 test: venv

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -27,6 +28,43 @@ def _cmd_journal_inspect(args: argparse.Namespace) -> int:
     from tools import journal_cmd
 
     return journal_cmd.inspect(args.file, commands=args.commands)
+
+
+DEFAULT_TOPOLOGY = "topology/examples/local.toml"
+
+
+def _default_topology() -> str:
+    # The example topology, found from a checkout or from the installed package.
+    if Path(DEFAULT_TOPOLOGY).exists():
+        return DEFAULT_TOPOLOGY
+    return str(Path(__file__).resolve().parents[1] / DEFAULT_TOPOLOGY)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from tools import up
+
+    return up.run(args.file or _default_topology(), demo=args.demo, duration=args.duration, rate=args.rate,
+                  fresh=args.fresh)
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"nodes.{args.kind}")
+    extra = ["--fsync", args.fsync] if args.kind == "matcher" and args.fsync else []
+    return int(module.main(["--topology", args.topology, "--id", args.id, *extra]))
+
+
+def _cmd_order(args: argparse.Namespace) -> int:
+    from tools import order_cmd
+
+    return order_cmd.order_command(args.action, args)
+
+
+def _cmd_orders(args: argparse.Namespace) -> int:
+    from tools import order_cmd
+
+    return order_cmd.orders_command(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +103,55 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("file", metavar="FILE", help="journal file")
     j.add_argument("--commands", action="store_true", help="print the journaled commands instead of events")
     j.set_defaults(func=_cmd_journal_inspect)
+
+    p = sub.add_parser("up", help="run every node of a topology on this machine",
+                       description="Start every node of a topology as processes, show their status and the market; "
+                                   "Ctrl-C stops them all.")
+    p.add_argument("file", nargs="?", metavar="FILE", help=f"topology file (default {DEFAULT_TOPOLOGY})")
+    p.add_argument("--demo", action="store_true", help="add simulated brokers trading every symbol")
+    p.add_argument("--rate", type=float, default=100.0, help="demo commands per second (default 100)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--fresh", action="store_true", help="start from empty journals (removes the data_dir first)")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("node", help="run one node of a topology (what each host of a deployment runs)",
+                       description="Run one node in the foreground; SIGTERM or Ctrl-C stops it cleanly.")
+    p.add_argument("kind", choices=("matcher", "gateway"), help="the node kind")
+    p.add_argument("--topology", required=True, metavar="FILE")
+    p.add_argument("--id", required=True, metavar="NAME", help="the node's name in the topology")
+    p.add_argument("--fsync", default=None, help="matcher journal policy: batch (default), interval:N (ms), none")
+    p.set_defaults(func=_cmd_node)
+
+    p = sub.add_parser("order", help="send one order command as a broker and print its outcome",
+                       description="Send buy, sell, cancel or replace; print the immediate outcome. Exit status 0 "
+                                   "unless the exchange could not be reached (2).")
+    osub = p.add_subparsers(dest="action", metavar="ACTION")
+    osub.required = True
+    for action in ("buy", "sell"):
+        o = osub.add_parser(action, help=f"{action} SYMBOL QTY [@ PRICE] (no price: a market order)")
+        o.add_argument("words", nargs="+", metavar="SYMBOL QTY [@ PRICE]")
+        o.add_argument("--tif", choices=("GTC", "DAY", "IOC", "FOK"), default=None)
+        o.add_argument("--oid", default=None, help="your client order id (default: generated)")
+    o = osub.add_parser("cancel", help="cancel OID")
+    o.add_argument("oid", metavar="OID")
+    o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")
+    o = osub.add_parser("replace", help="replace OID [--price P] [--qty Q] (qty: the new total)")
+    o.add_argument("oid", metavar="OID")
+    o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")
+    o.add_argument("--price", default=None)
+    o.add_argument("--qty", type=int, default=None)
+    for o in osub.choices.values():
+        o.add_argument("--broker", required=True, help="your broker id")
+        o.add_argument("--topology", default=_default_topology(), metavar="FILE")
+        o.add_argument("--json", action="store_true", help="one JSON object per execution report")
+    p.set_defaults(func=_cmd_order)
+
+    p = sub.add_parser("orders", help="list a broker's open orders")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--symbol", default=None)
+    p.add_argument("--topology", default=_default_topology(), metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_orders)
     return parser
 
 

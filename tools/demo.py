@@ -1,0 +1,146 @@
+"""Simulated brokers: a realistic flow of orders so that the demo's prices move.
+
+One process, one loop (like a node): ``--brokers`` broker sessions spread over
+the topology's gateways send, at ``--rate`` commands per second in total,
+mostly passive limit orders near each symbol's wandering mid price, some
+orders that cross the spread (IOC limits and market orders), and cancels of
+their own resting orders.  Answers are read as they come, to know which orders
+rest.  Run by ``exfab up --demo``, or alone:
+``python -m tools.demo --topology topology/examples/local.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fabric.client import BrokerClient
+from fabric.instruments import Instrument
+from fabric.protocol import Accepted, Cancel, Cancelled, Expired, Fill, New
+from topology.load import load
+
+
+@dataclass
+class _Market:
+    inst: Instrument
+    mid: float  # in ticks; the simulation's own belief, never a price on the wire
+    lo: int
+    hi: int
+
+    def step(self, rng: random.Random) -> None:
+        # A random walk pulled gently back towards the reference price.
+        ref = (self.lo + self.hi) / 2
+        self.mid += rng.gauss(0, 1.5) - 0.01 * (self.mid - ref)
+        self.mid = min(max(self.mid, self.lo + 20), self.hi - 20)
+
+
+@dataclass
+class _Broker:
+    client: BrokerClient
+    resting: dict[str, str] = field(default_factory=dict)  # oid -> symbol
+
+
+class Demo:
+    """The simulated brokers of a topology."""
+
+    def __init__(self, topology: str, brokers: int = 8, rate: float = 100.0, seed: int = 7) -> None:
+        self.topo = load(topology)
+        self.rng = random.Random(seed)
+        self.rate = rate
+        gws = [g.endpoint.connect for g in self.topo.gateways]
+        self.brokers = [_Broker(BrokerClient(gws[i % len(gws):] + gws[:i % len(gws)], f"DEMO{i + 1}", timeout=1.0))
+                        for i in range(brokers)]
+        self.markets = []
+        for inst in self.topo.instruments:
+            lo, hi = inst.band_lo or 1, inst.band_hi or 10**6
+            self.markets.append(_Market(inst, (lo + hi) / 2, lo, hi))
+        self.sent = 0
+        self._stop = False
+
+    def stop(self, *_: object) -> None:
+        """Finish the current step and exit."""
+        self._stop = True
+
+    def _order(self, b: _Broker) -> None:
+        rng = self.rng
+        m = rng.choice(self.markets)
+        m.step(rng)
+        sym = m.inst.symbol
+        roll = rng.random()
+        if roll < 0.15 and b.resting:
+            oid = rng.choice(list(b.resting))
+            b.client.submit(Cancel(oid=oid, symbol=b.resting.pop(oid)))
+            return
+        side = "buy" if rng.random() < 0.5 else "sell"
+        qty = rng.choice((1, 1, 2, 5, 10, 25, 50, 100)) * m.inst.lot
+        oid = b.client.next_oid()
+        if roll < 0.20:
+            b.client.submit(New(oid=oid, symbol=sym, side=side, type="market", qty=qty, tif="IOC"))
+            return
+        sign = 1 if side == "buy" else -1
+        if roll < 0.30:
+            ticks = round(m.mid) + sign * rng.randint(1, 4)  # crosses the spread
+            tif = "IOC"
+        else:
+            ticks = round(m.mid) - sign * (1 + int(rng.expovariate(0.35)))  # passive, near the touch
+            tif = "DAY" if rng.random() < 0.3 else "GTC"
+        ticks = min(max(ticks, m.lo), m.hi)
+        b.client.submit(New(oid=oid, symbol=sym, side=side, type="limit", price=m.inst.to_price(ticks), qty=qty,
+                            tif=tif))  # type: ignore[arg-type]
+
+    def _drain(self) -> None:
+        for b in self.brokers:
+            for msg in b.client.poll(0):
+                if isinstance(msg, Accepted) and msg.tif in ("GTC", "DAY"):
+                    b.resting[msg.oid] = msg.symbol
+                elif (isinstance(msg, Fill) and msg.leaves_qty == 0) or isinstance(msg, Cancelled | Expired):
+                    b.resting.pop(msg.oid, None)
+            if len(b.resting) > 60:  # keep the book a realistic size: cancel the oldest
+                oid = next(iter(b.resting))
+                b.client.submit(Cancel(oid=oid, symbol=b.resting.pop(oid)))
+
+    def run(self, duration: float | None = None, ready: bool = False) -> int:
+        """Trade until stopped (or for ``duration`` seconds); return the commands sent."""
+        for b in self.brokers:
+            b.client.connect()
+        if ready:
+            print("READY demo", flush=True)
+        start = time.monotonic()
+        interval = 1.0 / self.rate
+        next_at = start
+        while not self._stop and (duration is None or time.monotonic() - start < duration):
+            now = time.monotonic()
+            while next_at <= now:  # open loop: catch up on the schedule, never slow down the flow
+                self._order(self.rng.choice(self.brokers))
+                self.sent += 1
+                next_at += interval
+            self._drain()
+            time.sleep(min(max(0.0, next_at - time.monotonic()), 0.01))
+        for b in self.brokers:
+            b.client.close()
+        return self.sent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulated brokers: ``python -m tools.demo --topology FILE``."""
+    ap = argparse.ArgumentParser(prog="exfab demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--topology", default="topology/examples/local.toml", metavar="FILE")
+    ap.add_argument("--brokers", type=int, default=8)
+    ap.add_argument("--rate", type=float, default=100.0, help="commands per second, all brokers together")
+    ap.add_argument("--duration", type=float, default=None, help="seconds (default: until stopped)")
+    ap.add_argument("--id", default="demo", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    demo = Demo(args.topology, args.brokers, args.rate)
+    signal.signal(signal.SIGINT, demo.stop)
+    signal.signal(signal.SIGTERM, demo.stop)
+    demo.run(args.duration, ready=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""``exfab order`` and ``exfab orders``: a broker's orders from the command line.
+
+An order command logs on as the broker, sends one command, prints its
+immediate outcome (accepted or rejected, the fills of its aggressive part, the
+cancel of an unfilled IOC rest, the order's state) and exits.  Its exit status
+is 0 whatever the exchange answered, and 2 when the exchange could not be
+reached.
+
+``--json`` prints one JSON object per line: each execution report with an
+``event`` field named as in the replay format (``accepted``, ``rejected``,
+``trade`` for a fill, ``cancelled``, ``replaced``, ``expired``), then the
+order's ``status``; the other fields are those of ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import IO, Any
+
+import msgspec
+
+from fabric.client import BrokerClient, ExchangeUnavailable, LogonRefused, OrderResult
+from fabric.protocol import Accepted, Cancelled, Expired, Fill, OrderStatus, Rejected, Replaced
+from topology.load import load
+
+EVENT_NAMES = {Accepted: "accepted", Rejected: "rejected", Fill: "trade", Cancelled: "cancelled",
+               Replaced: "replaced", Expired: "expired", OrderStatus: "status"}
+
+
+def as_json(msg: Any) -> dict[str, Any]:
+    """Return a report as a JSON-ready dict: ``event`` first, then the protocol's fields."""
+    fields = {k: v for k, v in msgspec.structs.asdict(msg).items() if k != "v" and v is not None}
+    out: dict[str, Any] = {"event": EVENT_NAMES.get(type(msg), type(msg).__name__.lower())}
+    if isinstance(msg, Fill):
+        out["qty"] = msg.last_qty  # as a replay `trade` has it
+    out.update(fields)
+    return out
+
+
+def describe(msg: Any) -> str:
+    """Return one line for a person."""
+    if isinstance(msg, Accepted):
+        at = f"@ {msg.price}" if msg.price is not None else "at market"
+        return f"accepted   {msg.side} {msg.qty} {msg.symbol} {at} {msg.tif}   oid {msg.oid}"
+    if isinstance(msg, Rejected):
+        return f"REJECTED   {msg.op} {msg.oid or ''}: {msg.reason} ({msg.text})"
+    if isinstance(msg, Fill):
+        role = "aggressor" if msg.aggressor else "resting"
+        return (f"fill       {msg.side} {msg.last_qty} {msg.symbol} @ {msg.price}   cum {msg.cum_qty}, "
+                f"leaves {msg.leaves_qty}   trade {msg.trade_id} ({role})")
+    if isinstance(msg, Cancelled):
+        return f"cancelled  {msg.qty} {msg.symbol} ({msg.reason}), cum {msg.cum_qty}   oid {msg.oid}"
+    if isinstance(msg, Replaced):
+        kept = "kept its place" if msg.kept_priority else "back of the queue"
+        return (f"replaced   {msg.symbol} now {msg.qty} @ {msg.price}, leaves {msg.leaves_qty}, "
+                f"cum {msg.cum_qty} ({kept})   oid {msg.oid}")
+    if isinstance(msg, Expired):
+        return f"expired    {msg.qty} {msg.symbol}   oid {msg.oid}"
+    if isinstance(msg, OrderStatus):
+        if msg.state in ("rejected", "unknown"):
+            return f"status     {msg.state}"
+        price = f" @ {msg.price}" if msg.price else ""
+        return f"status     {msg.state}: {msg.side or ''} {msg.qty}{price}, cum {msg.cum_qty}, leaves {msg.leaves_qty}"
+    return str(msg)
+
+
+def _print_result(r: OrderResult, as_json_lines: bool, out: IO[str]) -> None:
+    msgs: list[Any] = list(r.events)
+    if r.status is not None:
+        msgs.append(r.status)
+    if r.error is not None:
+        msgs.append(r.error)
+    for m in msgs:
+        out.write((json.dumps(as_json(m)) if as_json_lines else describe(m)) + "\n")
+
+
+def _client(topology: str, broker: str) -> BrokerClient:
+    topo = load(topology)
+    return BrokerClient([g.endpoint.connect for g in topo.gateways], broker, timeout=2.0, retries=1)
+
+
+def parse_order_words(words: Sequence[str]) -> tuple[str, int, str | None]:
+    """Parse ``SYMBOL QTY [@ PRICE]`` (the ``@`` is optional); return (symbol, qty, price or None).
+
+    Raises
+    ------
+    ValueError
+        With a message for the user when the words do not fit.
+    """
+    rest = [w for w in words if w != "@"]
+    if len(rest) not in (2, 3):
+        raise ValueError("expected SYMBOL QTY [@ PRICE], e.g. TCS 10 @ 3500.05")
+    symbol, qty_text = rest[0], rest[1]
+    if not qty_text.isdigit():
+        raise ValueError(f"quantity must be a whole number, got {qty_text!r}")
+    price = rest[2] if len(rest) == 3 else None
+    if price is not None and price.startswith("@"):
+        price = price[1:]
+    return symbol, int(qty_text), price
+
+
+def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+    """Run ``exfab order ACTION ...``; return the exit status."""
+    try:
+        client = _client(args.topology, args.broker)
+        client.connect()
+    except (ExchangeUnavailable, LogonRefused) as e:
+        err.write(f"exfab order: cannot reach the exchange: {e}\n")
+        return 2
+    try:
+        if action in ("buy", "sell"):
+            try:
+                symbol, qty, price = parse_order_words(args.words)
+            except ValueError as e:
+                err.write(f"exfab order {action}: {e}\n")
+                return 64
+            send = client.buy if action == "buy" else client.sell
+            r = send(symbol, qty, price, args.tif, type=None if price is not None else "market", oid=args.oid)
+        else:
+            symbol = args.symbol or _find_symbol(client, args.oid)
+            if symbol is None:
+                msg = Rejected(op=action, oid=args.oid, reason="unknown_order",
+                               text=f"broker {args.broker} has no open order {args.oid} (give --symbol for a closed one)")
+                out.write((json.dumps(as_json(msg)) if args.json else describe(msg)) + "\n")
+                return 0
+            if action == "cancel":
+                r = client.cancel(args.oid, symbol)
+            else:
+                r = client.replace(args.oid, symbol, args.price, args.qty)
+        _print_result(r, args.json, out)
+        return 0
+    except ExchangeUnavailable as e:
+        err.write(f"exfab order: the exchange stopped answering: {e}\n")
+        return 2
+    finally:
+        client.close()
+
+
+def _find_symbol(client: BrokerClient, oid: str) -> str | None:
+    for o in client.open_orders():
+        if o.oid == oid:
+            return o.symbol
+    return None
+
+
+def orders_command(args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
+    """Run ``exfab orders --broker B``: print the broker's open orders; return the exit status."""
+    try:
+        client = _client(args.topology, args.broker)
+        client.connect()
+        orders = client.open_orders(args.symbol)
+    except (ExchangeUnavailable, LogonRefused) as e:
+        err.write(f"exfab orders: cannot reach the exchange: {e}\n")
+        return 2
+    client.close()
+    if args.json:
+        for o in orders:
+            out.write(json.dumps(as_json(o)) + "\n")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Open orders of {args.broker}", title_justify="left")
+    for col in ("oid", "symbol", "side", "price", "qty", "filled", "open", "tif", "state"):
+        table.add_column(col, justify="right" if col in ("price", "qty", "filled", "open") else "left")
+    for o in orders:
+        table.add_row(o.oid, o.symbol, o.side or "", o.price or "market", str(o.qty), str(o.cum_qty),
+                      str(o.leaves_qty), o.tif or "", o.state)
+    Console(file=out).print(table if orders else f"{args.broker} has no open orders")
+    return 0
