@@ -1,0 +1,253 @@
+"""Round-trip latency and throughput of a target, side by side with the floor.
+
+The floor (``perf/floor.py``) is a plain pyzmq echo over the exchange's hops
+and processes; every run measures it on this machine, at the same rates, so the
+exchange's figures always come with the figures of doing nothing.
+
+For each offered rate the open-loop driver (``perf/harness.py``) sends for
+``--duration`` seconds and measures each message's latency from its intended
+send time.  Then a closed loop keeps ``--window`` messages outstanding and
+counts completions per second: for the floor once with one message per call at
+every hop, once with the gateway batching what it drained into one message to
+the matcher.  The report (``report.json``, ``report.md``, ``latency.png``) goes
+to ``--out``.
+
+Usage::
+
+    python perf/latency.py                                  # floor, 10,000 msgs/s for 5 s, tcp
+    python perf/latency.py --sweep 2000,5000,10000,20000 --transport ipc
+    python perf/latency.py --target exchange --json         # once make_exchange_target is wired
+
+``--json`` prints one object: ``floor_p50_us``, ``floor_p99_us`` (at the first
+rate), ``floor_throughput_per_s`` (batched), ``floor_throughput_unbatched_per_s``
+and, for a target other than the floor, ``<kind>_p50_us``, ``<kind>_p99_us``
+for each of its completion kinds (``ack_p50_us`` ...) and ``throughput_per_s``.
+
+On a shared machine read ``others`` (``floor_others_cores`` in the JSON): the
+cores that processes outside the harness took during a run.  The floor alone
+keeps a 2-core machine busy at 10,000 msgs/s, so anything else running moves
+its figures a lot.  ``--floor-gateway batched`` sends the floor's open-loop runs
+through the batching gateway too, as the exchange's matcher will batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from perf.floor import FloorConfig  # noqa: E402
+from perf.harness import FloorTarget, LoadDriver, PipelinedResult, RunResult, Target, write_report  # noqa: E402
+
+DEFAULT_OUT = ROOT / "perf" / "reports" / "latency"
+
+
+# --------------------------------------------------------------------------- HOOK: the real exchange
+
+
+def make_exchange_target(args: argparse.Namespace) -> Target:
+    """HOOK -- return a :class:`perf.harness.Target` that drives the real exchange.
+
+    To be written when the gateway and matcher nodes exist.  The target should
+    start the topology (or connect to a running one) on ``args.transport``
+    loopback endpoints, send one new order per ``send(i)`` with ``i`` as its
+    client order id (or a field the acks echo), and report ``(i, "ack")`` for
+    each ack or reject and ``(i, "fill")`` for each fill from ``poll``, with
+    ``kinds = ("ack", "fill")`` (the ack is the primary kind: one per order).
+    Orders should come from ``perf.workload`` so that some rest and some trade.
+
+    Parameters
+    ----------
+    args
+        The parsed command line (``transport``, ``rate`` ... ).
+
+    Raises
+    ------
+    NotImplementedError
+        Until the exchange target is wired.
+    """
+    raise NotImplementedError("the exchange target is not wired yet: implement make_exchange_target in perf/latency.py")
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a list of rates: {text!r}") from exc
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError("rates must be positive")
+    return rates
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def build_parser(prog: str = "perf/latency.py") -> argparse.ArgumentParser:
+    """Return the command line's parser (``exfab perf`` may reuse it)."""
+    p = argparse.ArgumentParser(prog=prog, description="Round-trip latency and throughput against the floor.")
+    p.add_argument("--target", choices=("floor", "exchange"), default="floor", help="system under test")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=_positive, default=10_000.0, help="offered msgs/s (default 10000)")
+    load.add_argument("--sweep", type=_rates, metavar="R1,R2,...", help="offered rates, one run each")
+    p.add_argument("--duration", type=_positive, default=5.0, help="seconds per rate (default 5)")
+    p.add_argument("--warmup", type=float, default=0.5, help="seconds thrown away before each rate (default 0.5)")
+    p.add_argument("--drain", type=float, default=2.0, help="seconds to wait for late completions (default 2)")
+    p.add_argument("--transport", choices=("tcp", "ipc"), default="tcp", help="loopback transport (default tcp)")
+    p.add_argument("--window", type=int, default=1000, help="outstanding messages when pipelined (default 1000)")
+    p.add_argument("--throughput-duration", type=float, default=2.0,
+                   help="seconds per pipelined measurement; 0 skips them (default 2)")
+    p.add_argument("--batch-format", choices=("packed", "multipart"), default="packed",
+                   help="how the floor's batching gateway frames a batch (default packed: one msgpack frame)")
+    p.add_argument("--floor-gateway", choices=("unbatched", "batched"), default="unbatched",
+                   help="the floor gateway of the open-loop runs: one message per call (default) or batching")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"report folder (default {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    return p
+
+
+def measure(target: Target, rates: list[float], args: argparse.Namespace, *, latency: bool = True,
+            config: str = "") -> tuple[list[RunResult], PipelinedResult | None]:
+    """Start `target`, run each rate open loop (if `latency`), then pipelined (if asked); always stop it."""
+    target.start()
+    try:
+        driver = LoadDriver(target, progress=not args.quiet, drain=args.drain)
+        runs = [driver.run(rate, args.duration, warmup=args.warmup) for rate in rates] if latency else []
+        piped = None
+        if args.throughput_duration > 0:
+            piped = driver.pipelined(args.throughput_duration, args.window, config=config)
+        return runs, piped
+    finally:
+        target.stop()
+
+
+def _summary(prefix: str, run: RunResult, kinds: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        p = run.percentiles(kind)
+        name = prefix or kind
+        for key in ("p50", "p90", "p99", "p99.9", "max"):
+            out[f"{name}_{key.replace('.', '')}_us"] = p[key] if p["count"] else None
+    return out
+
+
+def main(argv: list[str] | None = None, *, prog: str = "perf/latency.py") -> int:
+    """Run the floor (and the target), write the report, print the figures; return the exit status.
+
+    Parameters
+    ----------
+    argv
+        The options (``sys.argv[1:]`` when None).
+    prog
+        The command's name in help and in the report's reproduction line (e.g. ``exfab perf``).
+
+    Returns
+    -------
+    int
+        0 on success, 2 when the target cannot be made, 130 on Ctrl-C (every process is stopped first).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    try:
+        return _main(args, argv, prog)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+
+
+def _main(args: argparse.Namespace, argv: list[str], prog: str) -> int:
+    rates: list[float] = args.sweep or [args.rate]
+    base = FloorConfig(transport=args.transport, batch_format=args.batch_format)
+
+    target: Target | None = None
+    if args.target == "exchange":
+        try:
+            target = make_exchange_target(args)
+        except NotImplementedError as exc:
+            sys.stderr.write(f"{prog}: {exc}\n")
+            return 2
+
+    batched_config = replace(base, batched=True)
+    batched_label = f"batched ({args.batch_format})"
+    if args.floor_gateway == "batched":  # the open-loop runs go through the batching gateway
+        floor_runs, batched = measure(FloorTarget(batched_config), rates, args, config=batched_label)
+        _, unbatched = measure(FloorTarget(base), rates, args, latency=False, config="unbatched")
+    else:
+        floor_runs, unbatched = measure(FloorTarget(base), rates, args, config="unbatched")
+        _, batched = measure(FloorTarget(batched_config), rates, args, latency=False, config=batched_label)
+    throughput = [t for t in (unbatched, batched) if t is not None]
+    runs, piped = floor_runs, None
+    if target is not None:
+        runs, piped = measure(target, rates, args, config="")
+        if piped is not None:
+            throughput.append(piped)
+
+    extra: dict[str, Any] = {
+        "command": f"{'python ' if prog.endswith('.py') else ''}{prog} {shlex.join(argv)}".rstrip(),
+        "transport": args.transport,
+        "floor_gateway": args.floor_gateway,
+        "throughput": [vars(t) for t in throughput],
+    }
+    paths = write_report(runs, args.out, floor=floor_runs if target is not None else None, extra=extra)
+
+    out: dict[str, Any] = {
+        "target": args.target,
+        "transport": args.transport,
+        "rate_per_s": rates[0],
+        "duration_s": args.duration,
+        **_summary("floor", floor_runs[0], ("echo",)),
+        "floor_achieved_per_s": round(floor_runs[0].achieved_per_s, 1),
+        "floor_lost": floor_runs[0].lost,
+        "floor_others_cores": floor_runs[0].cpu.get("others_cores"),
+        "floor_throughput_per_s": round(batched.msgs_per_s, 1) if batched else None,
+        "floor_throughput_unbatched_per_s": round(unbatched.msgs_per_s, 1) if unbatched else None,
+    }
+    if target is not None:
+        out.update(_summary("", runs[0], runs[0].kinds))
+        out["achieved_per_s"] = round(runs[0].achieved_per_s, 1)
+        out["lost"] = runs[0].lost
+        out["others_cores"] = runs[0].cpu.get("others_cores")
+        out["throughput_per_s"] = round(piped.msgs_per_s, 1) if piped else None
+    out["runs"] = [{"target": r.target, "offered_per_s": r.offered_per_s, "achieved_per_s": round(r.achieved_per_s, 1),
+                    "sent": r.sent, "completed": r.completed, **_summary("", r, r.kinds)}
+                   for r in [*runs, *(floor_runs if target is not None else [])]]
+    out["report"] = str(paths["md"])
+
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"{'target':<9} {'kind':<5} {'offered/s':>10} {'achieved/s':>10} {'lost':>6} {'others':>6} {'p50':>8} "
+          f"{'p90':>8} {'p99':>8} {'p99.9':>8} {'max':>8}   (us, from intended send time, {args.transport})")
+    for r in [*runs, *(floor_runs if target is not None else [])]:
+        for kind in r.kinds:
+            p = r.percentiles(kind)
+            keys = ("p50", "p90", "p99", "p99.9", "max")
+            cells = " ".join(f"{p[k]:>8,.0f}" if p["count"] else f"{'-':>8}" for k in keys)
+            others = f"{r.cpu['others_cores']:.1f}" if "others_cores" in r.cpu else "-"
+            print(f"{r.target:<9} {kind:<5} {r.offered_per_s:>10,.0f} {r.achieved_per_s:>10,.0f} {r.lost:>6} "
+                  f"{others:>6} {cells}")
+    print("others: cores that processes outside the harness used during the run (above 0.2: disturbed figures)")
+    for t in throughput:
+        print(f"pipelined {t.target} {t.config or ''}, window {t.window}: {t.msgs_per_s:,.0f} msgs/s")
+    print(f"report: {paths['md']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
