@@ -218,6 +218,15 @@ class _Base:
             waiter.feed(msg)
         return msg
 
+    def _take_all(self, frames: list[bytes], waiter: _Waiter | None) -> list[ServerMessage]:
+        # A message from the gateway carries one protocol message per frame.
+        out = []
+        for body in frames:
+            msg = self._take(body, waiter)
+            if msg is not None:
+                out.append(msg)
+        return out
+
     def _gateway_dead(self) -> bool:
         return time.monotonic() - self._last_rx > 3 * self.heartbeat_ms / 1000.0
 
@@ -291,11 +300,11 @@ class BrokerClient(_Base):
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(int(left * 1000) + 1):
                 break
-            msg = self._take(sock.recv(), None)
-            if isinstance(msg, LogonAck):
-                return True
-            if isinstance(msg, LogonReject):
-                raise LogonRefused(msg.reason, msg.text)
+            for msg in self._take_all(sock.recv_multipart(), None):
+                if isinstance(msg, LogonAck):
+                    return True
+                if isinstance(msg, LogonReject):
+                    raise LogonRefused(msg.reason, msg.text)
         return False
 
     def _failover(self) -> None:
@@ -355,10 +364,10 @@ class BrokerClient(_Base):
             if self.sock.poll(int(wait * 1000) + 1):
                 while not waiter.done:
                     try:
-                        body = self.sock.recv(zmq.NOBLOCK)
+                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._take(body, waiter)
+                    self._take_all(frames, waiter)
             self._heartbeat()
         if result.resends and op in ("cancel", "replace") and result.rejected is not None \
                 and result.rejected.reason == "order_closed":
@@ -402,9 +411,9 @@ class BrokerClient(_Base):
         assert self.sock is not None
         while time.monotonic() < deadline:
             if self.sock.poll(100):
-                msg = self._take(self.sock.recv(), None)
-                if isinstance(msg, OpenOrders):
-                    return list(msg.orders)
+                for msg in self._take_all(self.sock.recv_multipart(), None):
+                    if isinstance(msg, OpenOrders):
+                        return list(msg.orders)
             self._heartbeat()
         raise ExchangeUnavailable(f"no answer to an orders query from {self.endpoint}")
 
@@ -423,12 +432,10 @@ class BrokerClient(_Base):
         if self.sock.poll(int(timeout * 1000)):
             while True:
                 try:
-                    body = self.sock.recv(zmq.NOBLOCK)
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                msg = self._take(body, None)
-                if msg is not None:
-                    out.append(msg)
+                out.extend(self._take_all(frames, None))
         self._heartbeat()
         return out
 
@@ -477,11 +484,11 @@ class AsyncBrokerClient(_Base):
         while (left := deadline - time.monotonic()) > 0:
             if not await sock.poll(int(left * 1000) + 1):
                 break
-            msg = self._take(await sock.recv(), None)
-            if isinstance(msg, LogonAck):
-                return True
-            if isinstance(msg, LogonReject):
-                raise LogonRefused(msg.reason, msg.text)
+            for msg in self._take_all(await sock.recv_multipart(), None):
+                if isinstance(msg, LogonAck):
+                    return True
+                if isinstance(msg, LogonReject):
+                    raise LogonRefused(msg.reason, msg.text)
         return False
 
     def close(self) -> None:
@@ -529,7 +536,7 @@ class AsyncBrokerClient(_Base):
             assert self.sock is not None
             wait = min(deadline - now, self.heartbeat_ms / 1000.0)
             if await self.sock.poll(int(wait * 1000) + 1):
-                self._take(await self.sock.recv(), waiter)
+                self._take_all(await self.sock.recv_multipart(), waiter)
             if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
                 await self._send(Heartbeat())
         return result
@@ -571,7 +578,7 @@ class AsyncBrokerClient(_Base):
                 return None
             wait = self.heartbeat_ms if left is None else min(self.heartbeat_ms, int(left * 1000) + 1)
             if await self.sock.poll(wait):
-                self._take(await self.sock.recv(), None)
+                self._take_all(await self.sock.recv_multipart(), None)
             if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
                 await self._send(Heartbeat())
         return self.reports.popleft()

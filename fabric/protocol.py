@@ -117,6 +117,10 @@ __all__ = [
     "ProtocolError",
     "PubHeartbeat",
     "PubMessage",
+    "PubBundle",
+    "OrderBatch",
+    "ReplyBatch",
+    "iter_pub",
     "Rejected",
     "Replace",
     "Replaced",
@@ -593,6 +597,19 @@ class PubHeartbeat(_PubMsg, tag="heartbeat", frozen=True, kw_only=True):
     """
 
 
+class PubBundle(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="bundle", tag_field="t"):
+    """Several PUB messages of one topic in one body, in ``seq`` order: ``msgs`` are their bodies.
+
+    A matcher publishes what one batch of input produced on a topic as one
+    bundle (or a lone message): one ZeroMQ message instead of many, which is
+    what keeps the stream fast.  The bundle itself carries no sequence numbers;
+    each message in it does.  :func:`iter_pub` expands bundles.
+    """
+
+    v: Literal[1] = 1
+    msgs: list[bytes]
+
+
 # ==========================================================================
 # Gateway <-> matcher (strict)
 # ==========================================================================
@@ -636,6 +653,18 @@ class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
     orders: list[OrderStatus] | None = None
     reason: str | None = None
     text: str | None = None
+
+
+class OrderBatch(_InternalMsg, tag="order_batch", frozen=True, kw_only=True):
+    """Several :class:`OrderCommand` in one message, handled in order (what a gateway drained in one turn)."""
+
+    cmds: list[OrderCommand]
+
+
+class ReplyBatch(_InternalMsg, tag="reply_batch", frozen=True, kw_only=True):
+    """Several :class:`CommandReply` in one message, in the order of the commands."""
+
+    replies: list[CommandReply]
 
 
 class ReplayRequest(_InternalMsg, tag="replay_request", frozen=True, kw_only=True):
@@ -696,9 +725,9 @@ ServerMessage: TypeAlias = (LogonAck | LogonReject | Accepted | Rejected | Fill 
                             | OrderStatus | OpenOrders | Heartbeat | Logout | Error)
 ExecAnswer: TypeAlias = Accepted | Rejected | Fill | Cancelled | Replaced | Expired
 ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired
-PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat
-InternalMessage: TypeAlias = (OrderCommand | CommandReply | ReplayRequest | ReplayReply | SnapshotRequest
-                              | SnapshotReply)
+PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | PubBundle
+InternalMessage: TypeAlias = (OrderCommand | CommandReply | OrderBatch | ReplyBatch | ReplayRequest | ReplayReply
+                              | SnapshotRequest | SnapshotReply)
 Message: TypeAlias = ClientMessage | ServerMessage | PubMessage | InternalMessage
 
 # The ops a broken message is answered ``rejected`` for (others get ``error``).
@@ -819,8 +848,8 @@ _CLIENT = _family("client", (Logon, New, Cancel, Replace, Status, Orders, Heartb
 _SERVER = _family("server", (LogonAck, LogonReject, Accepted, Rejected, Fill, Cancelled, Replaced, Expired,
                              OrderStatus, OpenOrders, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
 _PUB = _family("pub", (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired, Trade, BookLevel,
-                       PubHeartbeat), MAX_CLIENT_MESSAGE)
-_INTERNAL = _family("internal", (OrderCommand, CommandReply, ReplayRequest, ReplayReply, SnapshotRequest,
+                       PubHeartbeat, PubBundle), MAX_INTERNAL_MESSAGE)
+_INTERNAL = _family("internal", (OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest, ReplayReply, SnapshotRequest,
                                  SnapshotReply), MAX_INTERNAL_MESSAGE)
 
 
@@ -884,6 +913,10 @@ def _post_ok(msg: Any) -> bool:
     cls = type(msg)
     if cls is OrderCommand:
         return _post_ok(msg.cmd)
+    if cls is OrderBatch:
+        return all(_post_ok(c.cmd) for c in msg.cmds)
+    if cls is ReplyBatch:
+        return all(r.status is None or _post_ok(r.status) for r in msg.replies)
     if cls is CommandReply:
         return msg.status is None or _post_ok(msg.status)
     if cls is ReplayRequest:
@@ -920,7 +953,7 @@ def _decode(data: Buffer, fam: _Family) -> Any:
 
 _POST_CHECKED: Final = frozenset(
     [cls for fam in (_CLIENT, _SERVER, _PUB, _INTERNAL) for cls in fam.types if "price" in cls.__struct_fields__]
-    + [OrderCommand, CommandReply, ReplayRequest])
+    + [OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest])
 _decode_client = _CLIENT.decode
 
 
@@ -958,6 +991,20 @@ def decode_server(data: Buffer) -> ServerMessage:
 def decode_pub(body: Buffer) -> PubMessage:
     """Return the PUB message in a body frame (unknown fields ignored); raise :class:`ProtocolError`."""
     return _decode(body, _PUB)
+
+
+def iter_pub(body: Buffer) -> list[PubMessage]:
+    """Return the PUB messages in a body frame: the messages of a bundle, or the one message.
+
+    Raises
+    ------
+    ProtocolError
+        When the body, or a message in the bundle, is not a PUB message.
+    """
+    msg = _decode(body, _PUB)
+    if type(msg) is PubBundle:
+        return [_decode(b, _PUB) for b in msg.msgs]
+    return [msg]
 
 
 def decode_internal(data: Buffer) -> InternalMessage:

@@ -6,10 +6,10 @@ Sockets:
   per message (the protocol of ``docs/protocol.md``);
 - one DEALER per shard to the shard's matcher (order commands and their
   :class:`~fabric.protocol.CommandReply`);
-- one SUB to every shard's PUB, subscribed to execution reports only: every
-  report reaches every gateway, and each forwards those of the brokers logged
-  on to it (so a fill of a resting order reaches its broker whichever gateway
-  it uses);
+- one SUB to every shard's PUB, subscribed to execution reports and
+  heartbeats only: every report reaches every gateway, and each forwards those
+  of the brokers logged on to it (so a fill of a resting order reaches its
+  broker whichever gateway it uses);
 - one DEALER per shard to the matcher's recovery socket, for gaps.
 
 Each turn of the loop drains every socket, then keeps the sessions alive
@@ -20,8 +20,13 @@ or ``rejected``, ``fill`` for each trade, ``cancelled``...), in the matcher's
 order; after the last of them the gateway sends an ``order_status`` with the
 command's ``op``: the order's state once the command is done, which tells a
 client that nothing more is coming for it now.  Execution reports are checked
-for gaps by their per-topic sequence number (``tseq``); a gap is filled from
-the matcher's replay service before anything after it is delivered.
+for gaps by their per-topic sequence number (``tseq``), and by the shard's
+heartbeats (which carry its last ``seq``: every command's last message is an
+execution report, so a heartbeat beyond the last report seen means reports
+were lost); a gap is filled from the matcher's replay service before anything
+after it is delivered.  Until a shard's first report arrives (a gateway just
+started, or a matcher restarted before the SUB reconnected), the reports of
+the commands it waits for are the ones it must not miss.
 """
 
 from __future__ import annotations
@@ -51,22 +56,27 @@ from fabric.protocol import (
     Logout,
     New,
     OpenOrders,
+    OrderBatch,
     OrderCommand,
     Orders,
     OrderStatus,
     ProtocolError,
+    PubHeartbeat,
     Rejected,
     Replace,
     ReplayReply,
     ReplayRequest,
+    ReplyBatch,
     Status,
     Trade,
     answer_for,
     decode_client,
     decode_internal,
     decode_pub,
+    iter_pub,
     encode,
     exec_topic,
+    heartbeat_topic,
 )
 from topology.load import load
 from topology.model import Topology
@@ -75,6 +85,7 @@ log = logging.getLogger("exfab.gateway")
 
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message; up to this, a message gets a reason
 MAX_DRAIN = 4096  # messages taken from one socket per turn, so no socket starves the others
+REPLAY_TIMEOUT_S = 2.0  # a replay request unanswered this long is sent again (the matcher may have restarted)
 
 
 @dataclass(slots=True)
@@ -110,11 +121,14 @@ class _Query:
 @dataclass(slots=True)
 class _ShardFeed:
     # What the gateway knows of one shard's execution report stream.
-    next_tseq: int = 0  # 0: not yet seen anything
-    seen_seq: int = 0  # seq of the last report delivered
-    waiting: list[tuple[int, str, OrderStatus]] = field(default_factory=list)  # (last_seq, broker, status)
+    next_tseq: int = 0  # 0: not yet seen anything (or lost track: a replay was unavailable)
+    seen_seq: int = 0  # seq of the last report delivered (or of the last message replayed)
+    # Order statuses to send once the command's reports are delivered: (first_seq, last_seq, broker, status).
+    waiting: list[tuple[int, int, str, OrderStatus]] = field(default_factory=list)
     held: list[ExecReport] = field(default_factory=list)  # reports after a gap, until it is filled
     replaying: bool = False
+    replay: ReplayRequest | None = None  # the request outstanding
+    replay_sent: float = 0.0
 
 
 class Gateway:
@@ -132,16 +146,31 @@ class Gateway:
         self.queries: dict[int, _Query] = {}
         self.req = 0
         self.feeds = [_ShardFeed() for _ in topo.shards]
+        self.outq: dict[bytes, list[bytes]] = {}  # answers to brokers queued this turn
+        self.cmdq: list[list[OrderCommand]] = [[] for _ in topo.shards]  # commands for each shard this turn
         self.counts: collections.Counter[str] = collections.Counter()
         self._stop = False
 
     # ----------------------------------------------------------------- sending
 
     def _send(self, ident: bytes, msg: Any) -> None:
-        self.front.send_multipart((ident, encode(msg)))
-        s = self.sessions.get(ident)
-        if s is not None:
-            s.last_tx = time.monotonic()
+        # Queued, and sent at the end of the turn: all of a broker's answers of one turn in one
+        # ZeroMQ message, one frame each (docs/protocol.md, section 2).
+        self.outq.setdefault(ident, []).append(encode(msg))
+
+    def flush(self) -> None:
+        """Send what this turn queued: to each broker one message, to each matcher one batch."""
+        now = time.monotonic()
+        for ident, frames in self.outq.items():
+            self.front.send_multipart((ident, *frames))
+            s = self.sessions.get(ident)
+            if s is not None:
+                s.last_tx = now
+        self.outq = {}
+        for no, cmds in enumerate(self.cmdq):
+            if cmds:
+                self.orders[no].send(encode(cmds[0] if len(cmds) == 1 else OrderBatch(cmds=cmds)))
+                self.cmdq[no] = []
 
     def _send_broker(self, broker: str, msg: Any) -> None:
         ident = self.by_broker.get(broker)
@@ -193,7 +222,7 @@ class Gateway:
         shard_no = self.topo.shards.index(shard)
         self.req += 1
         self.pending[self.req] = _Pending(session.broker, _op(msg), msg.oid, msg.symbol, shard_no)
-        self.orders[shard_no].send(encode(OrderCommand(gateway=self.name, req=self.req, broker=session.broker, cmd=msg)))
+        self.cmdq[shard_no].append(OrderCommand(gateway=self.name, req=self.req, broker=session.broker, cmd=msg))
         self.counts["orders"] += 1
 
     def _orders_query(self, broker: str, msg: Orders) -> None:
@@ -210,7 +239,7 @@ class Gateway:
         for no in shards:
             self.req += 1
             self.queries[self.req] = query
-            self.orders[no].send(encode(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=msg)))
+            self.cmdq[no].append(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=msg))
 
     def _logon(self, ident: bytes, msg: Logon, now: float) -> None:
         if ident in self.sessions:
@@ -235,7 +264,7 @@ class Gateway:
         if self.by_broker.get(s.broker) == ident:
             del self.by_broker[s.broker]
         if reason is not None:
-            self.front.send_multipart((ident, encode(Logout(reason=reason, text=f"session ended: {reason}"))))
+            self.outq.setdefault(ident, []).append(encode(Logout(reason=reason, text=f"session ended: {reason}")))
         log.info("broker %s session ended (%s)", s.broker, reason or "logout")
 
     def keep_alive(self) -> None:
@@ -257,9 +286,16 @@ class Gateway:
         except ProtocolError as e:
             log.warning("undecodable message from a matcher: %s", e)
             return
-        if not isinstance(msg, CommandReply):
+        if isinstance(msg, ReplyBatch):
+            for reply in msg.replies:
+                self.on_command_reply(reply)
+        elif isinstance(msg, CommandReply):
+            self.on_command_reply(msg)
+        else:
             log.warning("unexpected %s on an order socket", type(msg).__name__)
-            return
+
+    def on_command_reply(self, msg: CommandReply) -> None:
+        """Handle a matcher's answer to one command: answer the broker now, or after the command's reports."""
         q = self.queries.pop(msg.req, None)
         if q is not None:
             q.orders.extend(msg.orders or [])
@@ -280,28 +316,65 @@ class Gateway:
         if msg.last_seq == 0 or feed.seen_seq >= msg.last_seq:
             self._send_broker(p.broker, msg.status)
         else:
-            feed.waiting.append((msg.last_seq, p.broker, msg.status))
+            feed.waiting.append((msg.first_seq, msg.last_seq, p.broker, msg.status))
 
     def on_report(self, shard_no: int, body: bytes) -> None:
-        """Handle one execution report from a shard's PUB (in order, or hold it behind a gap)."""
+        """Handle one message from a shard's PUB: an execution report (in order, or held behind a gap), a heartbeat."""
         try:
-            rep = decode_pub(body)
+            msgs = iter_pub(body)  # one message, or the messages of a bundle
         except ProtocolError as e:
             log.warning("undecodable PUB message from shard %d: %s", shard_no, e)
             return
+        for rep in msgs:
+            if isinstance(rep, PubHeartbeat):
+                self.on_heartbeat(shard_no, rep)
+                continue
+            feed = self.feeds[shard_no]
+            if feed.replaying:
+                feed.held.append(rep)  # type: ignore[arg-type]
+                continue
+            self.on_report_decoded(shard_no, rep)  # type: ignore[arg-type]
+
+    def on_heartbeat(self, shard_no: int, hb: PubHeartbeat) -> None:
+        """Ask for a replay when the shard's last ``seq`` is beyond the last report delivered."""
         feed = self.feeds[shard_no]
-        if feed.replaying:
-            feed.held.append(rep)  # type: ignore[arg-type]
+        if feed.replaying or hb.seq <= feed.seen_seq:
             return
-        if feed.next_tseq and rep.tseq > feed.next_tseq:
-            log.warning("shard %d: gap in execution reports, tseq %d..%d missing; asking for a replay",
-                        shard_no, feed.next_tseq, rep.tseq - 1)
-            feed.replaying = True
-            feed.held.append(rep)  # type: ignore[arg-type]
-            self.recovery[shard_no].send(encode(ReplayRequest(shard=shard_no, first=feed.seen_seq + 1,
-                                                              last=rep.seq - 1)))
+        first = self._first_missing(feed, hb.seq + 1, None)
+        if first is not None:
+            log.warning("shard %d: heartbeat at seq %d, last report seen %d; asking for a replay",
+                        shard_no, hb.seq, feed.seen_seq)
+            self._replay(shard_no, first, hb.seq)
+
+    def on_report_decoded(self, shard_no: int, rep: ExecReport) -> None:
+        """Deliver one execution report, or hold it and ask for what is missing before it."""
+        feed = self.feeds[shard_no]
+        first = self._first_missing(feed, rep.seq, rep.tseq)
+        if first is not None:
+            log.warning("shard %d: gap in execution reports before seq %d (tseq %d, expected %d); asking for %d..%d",
+                        shard_no, rep.seq, rep.tseq, feed.next_tseq, first, rep.seq - 1)
+            feed.held.append(rep)
+            self._replay(shard_no, first, rep.seq - 1)
             return
-        self._deliver(shard_no, rep)  # type: ignore[arg-type]
+        self._deliver(shard_no, rep)
+
+    @staticmethod
+    def _first_missing(feed: _ShardFeed, seq: int, tseq: int | None) -> int | None:
+        # The first seq of the messages lost before message `seq` (of report number `tseq`; None for a
+        # heartbeat's seq + 1), or None when nothing that matters is missing.
+        if feed.next_tseq:
+            lost = seq > feed.seen_seq + 1 if tseq is None else tseq > feed.next_tseq
+            return feed.seen_seq + 1 if lost else None
+        # Nothing to count from: what must not be missed are the reports of the commands waited for.
+        first = min((w[0] for w in feed.waiting), default=seq)
+        return first if first < seq else None
+
+    def _replay(self, shard_no: int, first: int, last: int) -> None:
+        feed = self.feeds[shard_no]
+        feed.replaying = True
+        feed.replay = ReplayRequest(shard=shard_no, first=first, last=last)
+        feed.replay_sent = time.monotonic()
+        self.recovery[shard_no].send(encode(feed.replay))
 
     def _deliver(self, shard_no: int, rep: ExecReport) -> None:
         feed = self.feeds[shard_no]
@@ -310,13 +383,17 @@ class Gateway:
         feed.next_tseq = rep.tseq + 1
         feed.seen_seq = rep.seq
         self._send_broker(rep.broker, answer_for(rep))
+        self._release(feed, rep.seq)
+
+    def _release(self, feed: _ShardFeed, seq: int) -> None:
+        # Send the statuses of the commands whose reports are all delivered (or lost for good) up to `seq`.
         if feed.waiting:
             still = []
-            for last_seq, broker, status in feed.waiting:
-                if last_seq <= rep.seq:
-                    self._send_broker(broker, status)
+            for w in feed.waiting:
+                if w[1] <= seq:
+                    self._send_broker(w[2], w[3])
                 else:
-                    still.append((last_seq, broker, status))
+                    still.append(w)
             feed.waiting = still
 
     def on_replay(self, shard_no: int, body: bytes) -> None:
@@ -334,26 +411,32 @@ class Gateway:
                       "gateway's brokers, who can ask for their orders' status", shard_no, msg.first, msg.last,
                       msg.text)
             feed.next_tseq = 0  # take the next report as the new start
+            self._release(feed, msg.last)
         for b in msg.msgs:
             rep = decode_pub(b)
             if isinstance(rep, Trade | BookLevel):
                 continue
             self._deliver(shard_no, rep)  # type: ignore[arg-type]
+        feed.seen_seq = max(feed.seen_seq, msg.last)  # what is not a report in the range is not ours to deliver
         if msg.done or msg.reason is not None:
             feed.replaying = False
+            feed.replay = None
             held, feed.held = feed.held, []
-            for rep in held:
+            for i, rep in enumerate(held):
                 self.on_report_decoded(shard_no, rep)
+                if feed.replaying:  # another gap: hold the rest again
+                    feed.held.extend(held[i + 1:])
+                    break
 
-    def on_report_decoded(self, shard_no: int, rep: ExecReport) -> None:
-        feed = self.feeds[shard_no]
-        if feed.next_tseq and rep.tseq > feed.next_tseq:
-            feed.replaying = True
-            feed.held.append(rep)
-            self.recovery[shard_no].send(encode(ReplayRequest(shard=shard_no, first=feed.seen_seq + 1,
-                                                              last=rep.seq - 1)))
-            return
-        self._deliver(shard_no, rep)
+    def retry_replays(self) -> None:
+        """Send again a replay request left unanswered (the matcher restarted, or the request was lost)."""
+        now = time.monotonic()
+        for no, feed in enumerate(self.feeds):
+            if feed.replay is not None and now - feed.replay_sent >= REPLAY_TIMEOUT_S:
+                log.warning("shard %d: no answer to replay %d..%d; asking again", no, feed.replay.first,
+                            feed.replay.last)
+                feed.replay_sent = now
+                self.recovery[no].send(encode(feed.replay))
 
     # -------------------------------------------------------------------- loop
 
@@ -391,12 +474,14 @@ class Gateway:
             self.recovery.append(r)
             self.sub.connect(replica.pub.connect)
             self.sub.subscribe(exec_topic(no))
+            self.sub.subscribe(heartbeat_topic(no))
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
         for s in (*self.orders, *self.recovery):
             poller.register(s, zmq.POLLIN)
-        shard_of_topic = {exec_topic(no): no for no in range(len(self.topo.shards))}
+        shard_of_topic = {topic(no): no for no in range(len(self.topo.shards)) for topic in (exec_topic,
+                                                                                              heartbeat_topic)}
         if ready is not None:
             ready()
         last_keep_alive = time.monotonic()
@@ -430,11 +515,18 @@ class Gateway:
                             frames = self.front.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._guard(self.on_client, frames[0], frames[-1])
+                        if len(frames) != 2:
+                            self.counts["protocol_error"] += 1
+                            self._send(frames[0], Error(reason="malformed", text=f"a message is one frame, got "
+                                                                                   f"{len(frames) - 1}"))
+                            continue
+                        self._guard(self.on_client, frames[0], frames[1])
                 now = time.monotonic()
                 if now - last_keep_alive >= 0.05:
                     last_keep_alive = now
                     self.keep_alive()
+                    self.retry_replays()
+                self._guard(self.flush)  # this turn's answers and commands, batched
         finally:
             for s in (self.front, self.sub, *self.orders, *self.recovery):
                 s.close(0)

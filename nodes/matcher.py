@@ -13,7 +13,10 @@ Each turn of the loop:
    execution reports;
 5. answer each gateway with a :class:`~fabric.protocol.CommandReply` naming
    the journal sequence number and the range of PUB messages it produced;
-6. serve replay (a range of PUB messages again) and snapshot requests.
+6. serve replay (a range of PUB messages again) and snapshot requests;
+7. when nothing has been published for ``HEARTBEAT_S``, publish a heartbeat
+   carrying the last ``seq``, so a subscriber that lost the last messages
+   learns of it without waiting for the next one.
 
 Nothing is published or answered before the journal holds the command, so a
 restart (crash-only: ``kill -9`` is a normal way to stop) replays the journal
@@ -41,6 +44,7 @@ import zmq
 from fabric.book import warm_up
 from fabric.constants import BUY, SELL
 from fabric.engine import Event
+from fabric.instruments import Instrument
 from fabric.journal import Journal, decode_command, encode_command, read_journal
 from fabric.protocol import (
     BookLevel,
@@ -55,14 +59,18 @@ from fabric.protocol import (
     ExRejected,
     ExReplaced,
     New,
+    OrderBatch,
     OrderCommand,
     Orders,
     OrderStatus,
     ProtocolError,
+    PubBundle,
+    PubHeartbeat,
     PubMessage,
     Replace,
     ReplayReply,
     ReplayRequest,
+    ReplyBatch,
     SnapshotReply,
     SnapshotRequest,
     Status,
@@ -71,12 +79,12 @@ from fabric.protocol import (
     decode_internal,
     encode,
     exec_topic,
+    heartbeat_topic,
     trade_topic,
 )
-from fabric.instruments import Instrument
+from tools.replay import Replayer
 from topology.load import load
 from topology.model import Topology
-from tools.replay import Replayer
 
 log = logging.getLogger("exfab.matcher")
 
@@ -84,6 +92,7 @@ MAX_BATCH = 1024  # order messages drained per turn: bounds the latency a burst 
 RING = 2_000_000  # PUB messages kept in memory for replay requests
 REPLAY_CHUNK = 2_000  # PUB messages per replay reply
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message (ours stay far below)
+HEARTBEAT_S = 1.0  # PUB heartbeat after this long without publishing (docs/protocol.md, section 8)
 SIDE = {BUY: "buy", SELL: "sell"}
 
 
@@ -98,6 +107,8 @@ class Outbox:
         self.tseq: dict[bytes, int] = collections.defaultdict(int)
         self.ring: collections.deque[bytes] = collections.deque(maxlen=RING)
         self.ring_first = 1  # seq of ring[0]
+        self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
+        self.last_sent = time.monotonic()
 
     def send(self, cls: type[PubMessage], topic: bytes, ts: int, fields: dict[str, Any]) -> int:
         """Sequence one message, publish it (when live) and keep it; return its ``seq``."""
@@ -109,8 +120,25 @@ class Outbox:
             self.ring_first += 1
         self.ring.append(body)
         if self.pub is not None:
-            self.pub.send_multipart((topic, body), copy=False)
+            self.pending.setdefault(topic, []).append(body)
         return self.seq
+
+    def flush(self) -> None:
+        """Publish what was sequenced since the last flush: per topic, one message or one bundle."""
+        if self.pub is None or not self.pending:
+            return
+        send = self.pub.send_multipart
+        for topic, bodies in self.pending.items():
+            send((topic, bodies[0] if len(bodies) == 1 else encode(PubBundle(msgs=bodies))))
+        self.pending = {}
+        self.last_sent = time.monotonic()
+
+    def heartbeat(self) -> None:
+        """Publish a heartbeat: the last ``seq`` again, with ``tseq`` 0 (it takes no number of its own)."""
+        assert self.pub is not None
+        msg = PubHeartbeat(shard=self.shard_no, seq=self.seq, tseq=0, epoch=self.epoch, ts=time.time_ns())
+        self.pub.send_multipart((heartbeat_topic(self.shard_no), encode(msg)))
+        self.last_sent = time.monotonic()
 
     def range(self, first: int, last: int) -> list[bytes] | None:
         """Return the bodies of messages ``first`` .. ``last``, or ``None`` if they are not all kept."""
@@ -143,7 +171,8 @@ class Matcher:
         self.journal_path = Path(jdir) / f"{self.shard.name}.journal"
         self.journal = Journal.open(self.journal_path, shard=self.shard.name, fsync=fsync)
         if self.journal.recovered_bytes:
-            log.warning("journal %s: cut a torn last record (%d bytes)", self.journal_path, self.journal.recovered_bytes)
+            log.warning("journal %s: cut a torn last record (%d bytes)", self.journal_path,
+                        self.journal.recovered_bytes)
         self.ctx = ctx or zmq.Context.instance()
         self.outbox = Outbox(self.shard_no, self.epoch, None)
         self._stop = False
@@ -170,8 +199,7 @@ class Matcher:
 
     def _apply(self, cmd: dict[str, Any], ts: int) -> tuple[int, int, list[Event]]:
         # Apply one journaled command; publish its outcomes; return (first_seq, last_seq, events).
-        # A resend that reached the journal (in the same batch as its original) changes nothing,
-        # live and in a replay of the journal alike.
+        # A resend that reached the journal anyway changes nothing, live and in a replay of the journal alike.
         try:
             if cmd.get("op") == "new" and self._is_retry(cmd["broker"], cmd):
                 return self.outbox.seq + 1, self.outbox.seq, []
@@ -276,46 +304,80 @@ class Matcher:
                            type=st["type"], price=st.get("price"), qty=st["qty"], cum_qty=st["cum_qty"],
                            leaves_qty=st["leaves_qty"], tif=st["tif"])
 
-    def _reply(self, oc: OrderCommand, **kw: Any) -> bytes:
-        return encode(CommandReply(gateway=oc.gateway, req=oc.req, shard=self.shard_no, epoch=self.epoch, **kw))
+    def _reply(self, oc: OrderCommand, **kw: Any) -> CommandReply:
+        return CommandReply(gateway=oc.gateway, req=oc.req, shard=self.shard_no, epoch=self.epoch, **kw)
 
     def handle_batch(self, frames: list[list[bytes]], orders: zmq.Socket) -> None:
-        """Journal, apply and answer one drained batch of order messages."""
-        work: list[tuple[bytes, OrderCommand, dict[str, Any], int]] = []
-        replies: list[tuple[bytes, bytes]] = []
+        """Journal, apply and answer one drained batch of order messages (lone commands or batches)."""
+        replies: dict[bytes, list[Any]] = {}
+        commands: list[tuple[bytes, OrderCommand]] = []
         for msg in frames:
             ident, body = msg[0], msg[-1]
+            if len(msg) != 2:
+                replies.setdefault(ident, []).append(Error(reason="malformed",
+                                                           text=f"a message is one frame, got {len(msg) - 1}"))
+                continue
             try:
-                oc = decode_internal(body)
+                decoded = decode_internal(body)
             except ProtocolError as e:
-                replies.append((ident, encode(Error(reason=e.reason, text=e.text, field=e.field))))
+                replies.setdefault(ident, []).append(Error(reason=e.reason, text=e.text, field=e.field))
                 continue
             except Exception as e:  # never let one message stop the shard
                 log.exception("undecodable order message")
-                replies.append((ident, encode(Error(reason="malformed", text=f"cannot decode: {e}"))))
+                replies.setdefault(ident, []).append(Error(reason="malformed", text=f"cannot decode: {e}"))
                 continue
-            if not isinstance(oc, OrderCommand):
-                replies.append((ident, encode(Error(reason="unknown_message_type",
-                                                    text=f"the order socket takes order_cmd, not {type(oc).__name__}"))))
-                continue
+            if isinstance(decoded, OrderBatch):
+                commands.extend((ident, oc) for oc in decoded.cmds)
+            elif isinstance(decoded, OrderCommand):
+                commands.append((ident, decoded))
+            else:
+                replies.setdefault(ident, []).append(Error(
+                    reason="unknown_message_type",
+                    text=f"the order socket takes order_cmd and order_batch, not {type(decoded).__name__}"))
+        while commands:
+            commands = self._handle_round(commands, replies)
+        self.outbox.flush()  # the batch's PUB messages: per topic, one message or one bundle
+        for ident, answers in replies.items():
+            if len(answers) == 1 or any(isinstance(a, Error) for a in answers):
+                for a in answers:
+                    orders.send_multipart((ident, encode(a)))
+            else:
+                orders.send_multipart((ident, encode(ReplyBatch(replies=answers))))
+
+    def _handle_round(self, commands: list[tuple[bytes, OrderCommand]],
+                      replies: dict[bytes, list[Any]]) -> list[tuple[bytes, OrderCommand]]:
+        # Journal, apply and answer the commands up to the first `new` that repeats a (broker, oid) of this
+        # round; return it and the commands after it for the next round. A resend of a `new` (a gateway
+        # resending after a failover, messages queued while the matcher was down) then meets the engine with
+        # its original applied: it is answered from the engine's memory and stays out of the journal.
+        work: list[tuple[bytes, OrderCommand, dict[str, Any], int]] = []
+        news: set[tuple[str, str]] = set()
+        rest: list[tuple[bytes, OrderCommand]] = []
+        for i, (ident, oc) in enumerate(commands):
+            answers = replies.setdefault(ident, [])
             cmd = oc.cmd
             if isinstance(cmd, Orders):
                 open_now = [self._as_status("orders", st) for st in self.engine.open_orders(oc.broker, cmd.symbol)
                             if st["symbol"] in self.symbols]
-                replies.append((ident, self._reply(oc, orders=open_now)))
+                answers.append(self._reply(oc, orders=open_now))
                 continue
             if cmd.symbol not in self.symbols:
-                replies.append((ident, self._reply(oc, reason="unknown_symbol",
-                                                   text=f"{cmd.symbol} is not traded on shard {self.shard.name}")))
+                answers.append(self._reply(oc, reason="unknown_symbol",
+                                           text=f"{cmd.symbol} is not traded on shard {self.shard.name}"))
                 continue
             if isinstance(cmd, Status):
-                replies.append((ident, self._reply(oc, status=self._status("status", oc.broker, cmd.oid, cmd.symbol))))
+                answers.append(self._reply(oc, status=self._status("status", oc.broker, cmd.oid, cmd.symbol)))
                 continue
             rec = self._as_replay(oc.broker, cmd)
-            if isinstance(cmd, New) and self._is_retry(oc.broker, rec):
-                # A resend of an order already accepted: answer its state, never execute it twice.
-                replies.append((ident, self._reply(oc, status=self._status("new", oc.broker, cmd.oid, cmd.symbol))))
-                continue
+            if isinstance(cmd, New):
+                if (oc.broker, cmd.oid) in news:
+                    rest = commands[i:]
+                    break
+                news.add((oc.broker, cmd.oid))
+                if self._is_retry(oc.broker, rec):
+                    # A resend of an order already accepted: answer its state, never execute it twice.
+                    answers.append(self._reply(oc, status=self._status("new", oc.broker, cmd.oid, cmd.symbol)))
+                    continue
             ts = time.time_ns()
             rec["ts"] = ts
             rec["gw"] = oc.gateway
@@ -327,13 +389,17 @@ class Matcher:
         for ident, oc, rec, in_seq in work:
             first, last, events = self._apply(rec, rec["ts"])
             status = self._status(rec["op"], oc.broker, rec["oid"], rec["symbol"], events)
-            replies.append((ident, self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
-                                               last_seq=last if last >= first else 0, status=status)))
-        for ident, body in replies:
-            orders.send_multipart((ident, body))
+            replies[ident].append(self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
+                                              last_seq=last if last >= first else 0, status=status))
+        return rest
 
-    def handle_recovery(self, ident: bytes, body: bytes, sock: zmq.Socket) -> None:
-        """Answer one replay or snapshot request."""
+    def handle_recovery(self, msg: list[bytes], sock: zmq.Socket) -> None:
+        """Answer one replay or snapshot request (``msg``: the ROUTER's frames, identity first)."""
+        ident, body = msg[0], msg[-1]
+        if len(msg) != 2:
+            sock.send_multipart((ident, encode(Error(reason="malformed", text=f"a message is one frame, got "
+                                                                                f"{len(msg) - 1}"))))
+            return
         try:
             req = decode_internal(body)
         except ProtocolError as e:
@@ -430,9 +496,11 @@ class Matcher:
                         except zmq.Again:
                             break
                         try:
-                            self.handle_recovery(msg[0], msg[-1], recovery)
+                            self.handle_recovery(msg, recovery)
                         except Exception:
                             log.exception("recovery request failed")
+                if time.monotonic() - self.outbox.last_sent >= HEARTBEAT_S:
+                    self.outbox.heartbeat()
         finally:
             self.journal.close()
             for s in (orders, recovery, pub):

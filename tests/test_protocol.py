@@ -111,6 +111,8 @@ SAMPLES: dict[str, list[Any]] = {
               buy_oid="o1", sell_broker="B2", sell_oid="o2"),
         BookLevel(**SEQ, symbol="TCS", side="buy", price="3500.05", qty=0, count=0),
         p.PubHeartbeat(**dict(SEQ, tseq=0)),
+        p.PubBundle(msgs=[p.encode(ExAccepted(**SEQ, broker="B1", oid="o1", symbol="TCS", side="buy", type="limit",
+                                              price="3500.05", qty=10, tif="GTC"))]),
     ],
     "internal": [
         OrderCommand(gateway="gw1", req=17, broker="B1", cmd=NEW),
@@ -127,6 +129,9 @@ SAMPLES: dict[str, list[Any]] = {
         SnapshotReply(shard=3, seq=44, epoch=2, exec_tseq=30, books=[
             BookSnapshot(symbol="TCS", bids=[("3500.00", 15, 2), ("3499.95", 1, 1)], asks=[("3500.50", 2, 1)],
                          trade_id=9, book_tseq=12, trade_tseq=9)]),
+        p.OrderBatch(cmds=[OrderCommand(gateway="gw1", req=7, broker="B1", cmd=NEW)]),
+        p.ReplyBatch(replies=[CommandReply(gateway="gw1", req=7, shard=0, epoch=0, in_seq=3, first_seq=4,
+                                           last_seq=6)]),
     ],
 }
 

@@ -29,7 +29,7 @@ from fabric.protocol import (
     SnapshotRequest,
     Trade,
     decode_internal,
-    decode_pub,
+    iter_pub,
     encode,
 )
 from topology.launcher import Launcher, LaunchError, _read_line
@@ -104,21 +104,25 @@ class MarketView:
             except zmq.Again:
                 return n
             try:
-                msg = decode_pub(body)
+                msgs = iter_pub(body)
             except ProtocolError:
                 continue
-            n += 1
-            if isinstance(msg, Trade):
-                q = self.quotes[msg.symbol]
-                q.last = Decimal(msg.price)
-                q.volume += msg.qty
-                q.trades += 1
-            elif isinstance(msg, BookLevel) and msg.seq > self.after.get(msg.shard, 0):
-                book = self.quotes[msg.symbol].bids if msg.side == "buy" else self.quotes[msg.symbol].asks
-                if msg.qty:
-                    book[Decimal(msg.price)] = msg.qty
-                else:
-                    book.pop(Decimal(msg.price), None)
+            for msg in msgs:
+                n += 1
+                self._apply(msg)
+
+    def _apply(self, msg: Any) -> None:
+        if isinstance(msg, Trade):
+            q = self.quotes[msg.symbol]
+            q.last = Decimal(msg.price)
+            q.volume += msg.qty
+            q.trades += 1
+        elif isinstance(msg, BookLevel) and msg.seq > self.after.get(msg.shard, 0):
+            book = self.quotes[msg.symbol].bids if msg.side == "buy" else self.quotes[msg.symbol].asks
+            if msg.qty:
+                book[Decimal(msg.price)] = msg.qty
+            else:
+                book.pop(Decimal(msg.price), None)
 
     def table(self) -> Any:
         """Return a rich table of the market."""
