@@ -112,26 +112,25 @@ __all__ = [
     "Logout",
     "Message",
     "New",
+    "OpenOrders",
+    "OrderBatch",
     "OrderCommand",
     "OrderStatus",
+    "Orders",
     "ProtocolError",
+    "PubBundle",
     "PubHeartbeat",
     "PubMessage",
-    "PubBundle",
-    "OrderBatch",
-    "ReplyBatch",
-    "iter_pub",
     "Rejected",
     "Replace",
     "Replaced",
     "ReplayReply",
     "ReplayRequest",
+    "ReplyBatch",
     "ServerMessage",
     "SnapshotReply",
     "SnapshotRequest",
     "Status",
-    "Orders",
-    "OpenOrders",
     "Trade",
     "answer_for",
     "book_topic",
@@ -145,6 +144,7 @@ __all__ = [
     "encode_pub",
     "exec_topic",
     "heartbeat_topic",
+    "iter_pub",
     "price_decimal",
     "split_topic",
     "topic_of",
@@ -639,7 +639,10 @@ class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
     (0 when refused unsequenced: then ``reason`` says why); ``first_seq`` ..
     ``last_seq`` the PUB messages it produced (0, 0 for none); ``status`` the
     answer to a ``status`` command (and, for the others, the order's state
-    once the command was done); ``orders`` the answer to an ``orders`` command.
+    once the command was done); ``orders`` the answer to an ``orders`` command;
+    ``reports`` the bodies of the execution reports the command produced,
+    exactly as published, so the gateway answers its broker without waiting
+    for the PUB stream.
     """
 
     gateway: BrokerId
@@ -651,6 +654,7 @@ class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
     last_seq: Count = 0
     status: OrderStatus | None = None
     orders: list[OrderStatus] | None = None
+    reports: list[bytes] | None = None
     reason: str | None = None
     text: str | None = None
 
@@ -849,7 +853,8 @@ _SERVER = _family("server", (LogonAck, LogonReject, Accepted, Rejected, Fill, Ca
                              OrderStatus, OpenOrders, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
 _PUB = _family("pub", (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired, Trade, BookLevel,
                        PubHeartbeat, PubBundle), MAX_INTERNAL_MESSAGE)
-_INTERNAL = _family("internal", (OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest, ReplayReply, SnapshotRequest,
+_INTERNAL = _family("internal", (OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest, ReplayReply,
+                                 SnapshotRequest,
                                  SnapshotReply), MAX_INTERNAL_MESSAGE)
 
 
@@ -918,7 +923,8 @@ def _post_ok(msg: Any) -> bool:
     if cls is ReplyBatch:
         return all(r.status is None or _post_ok(r.status) for r in msg.replies)
     if cls is CommandReply:
-        return msg.status is None or _post_ok(msg.status)
+        return (msg.status is None or _post_ok(msg.status)) and all(
+            _post_ok(o) for o in msg.orders or ())
     if cls is ReplayRequest:
         return msg.first <= msg.last
     price = getattr(msg, "price", None)  # Cancel and Status carry none

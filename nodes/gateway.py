@@ -73,10 +73,10 @@ from fabric.protocol import (
     decode_client,
     decode_internal,
     decode_pub,
-    iter_pub,
     encode,
     exec_topic,
     heartbeat_topic,
+    iter_pub,
 )
 from topology.load import load
 from topology.model import Topology
@@ -85,6 +85,7 @@ log = logging.getLogger("exfab.gateway")
 
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message; up to this, a message gets a reason
 MAX_DRAIN = 4096  # messages taken from one socket per turn, so no socket starves the others
+MAX_REMEMBERED = 100_000  # recent report seqs remembered to deliver each report once over two paths
 REPLAY_TIMEOUT_S = 2.0  # a replay request unanswered this long is sent again (the matcher may have restarted)
 
 
@@ -129,6 +130,10 @@ class _ShardFeed:
     replaying: bool = False
     replay: ReplayRequest | None = None  # the request outstanding
     replay_sent: float = 0.0
+    # Reports delivered from a matcher's reply, whose PUB copies are still to come (and be skipped),
+    # and reports delivered from the stream, in case a reply still carries them: recent seqs only.
+    by_reply: set[int] = field(default_factory=set)
+    by_pub: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
 
 
 class Gateway:
@@ -313,6 +318,18 @@ class Gateway:
         if msg.status is None:
             return
         feed = self.feeds[p.shard]
+        if msg.reports is not None:
+            # The short path: the command's reports came with the reply; deliver them, then the status.
+            for body in msg.reports:
+                rep = decode_pub(body)
+                if rep.seq in feed.by_pub:
+                    continue  # the stream was faster
+                feed.by_reply.add(rep.seq)
+                self._send_broker(rep.broker, answer_for(rep))  # type: ignore[arg-type, union-attr]
+            if len(feed.by_reply) > MAX_REMEMBERED:
+                feed.by_reply = {q for q in feed.by_reply if q > feed.seen_seq}
+            self._send_broker(p.broker, msg.status)
+            return
         if msg.last_seq == 0 or feed.seen_seq >= msg.last_seq:
             self._send_broker(p.broker, msg.status)
         else:
@@ -382,7 +399,13 @@ class Gateway:
             return  # already delivered (a replay overlapping the live stream)
         feed.next_tseq = rep.tseq + 1
         feed.seen_seq = rep.seq
-        self._send_broker(rep.broker, answer_for(rep))
+        if rep.seq in feed.by_reply:
+            feed.by_reply.discard(rep.seq)  # delivered already, with its command's reply
+        elif rep.broker in self.by_broker:
+            self._send_broker(rep.broker, answer_for(rep))
+            feed.by_pub[rep.seq] = None
+            if len(feed.by_pub) > MAX_REMEMBERED:
+                feed.by_pub.popitem(last=False)
         self._release(feed, rep.seq)
 
     def _release(self, feed: _ShardFeed, seq: int) -> None:
@@ -488,6 +511,15 @@ class Gateway:
         try:
             while not self._stop:
                 events = dict(poller.poll(50))
+                # Replies before the stream: a reply carries its command's reports (the short path), and
+                # reading it first keeps each order's answers in the order the matcher produced them.
+                for d in self.orders:
+                    if d in events:
+                        for _ in range(MAX_DRAIN):
+                            try:
+                                self._guard(self.on_reply, d.recv(zmq.NOBLOCK))
+                            except zmq.Again:
+                                break
                 if self.sub in events:
                     for _ in range(MAX_DRAIN):
                         try:
@@ -495,13 +527,6 @@ class Gateway:
                         except zmq.Again:
                             break
                         self._guard(self.on_report, shard_of_topic.get(topic, -1), body)
-                for no, d in enumerate(self.orders):
-                    if d in events:
-                        for _ in range(MAX_DRAIN):
-                            try:
-                                self._guard(self.on_reply, d.recv(zmq.NOBLOCK))
-                            except zmq.Again:
-                                break
                 for no, r in enumerate(self.recovery):
                     if r in events:
                         while True:

@@ -42,7 +42,7 @@ from typing import Any
 import zmq
 
 from fabric.book import warm_up
-from fabric.constants import BUY, SELL
+from fabric.constants import BUY, DAY, FOK, GTC, IOC, LIMIT, MARKET, SELL
 from fabric.engine import Event
 from fabric.instruments import Instrument
 from fabric.journal import Journal, decode_command, encode_command, read_journal
@@ -94,6 +94,9 @@ REPLAY_CHUNK = 2_000  # PUB messages per replay reply
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message (ours stay far below)
 HEARTBEAT_S = 1.0  # PUB heartbeat after this long without publishing (docs/protocol.md, section 8)
 SIDE = {BUY: "buy", SELL: "sell"}
+_SIDES = {"buy": BUY, "sell": SELL}
+_TYPES = {"limit": LIMIT, "market": MARKET}
+_TIFS = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK}
 
 
 class Outbox:
@@ -175,6 +178,7 @@ class Matcher:
                         self.journal.recovered_bytes)
         self.ctx = ctx or zmq.Context.instance()
         self.outbox = Outbox(self.shard_no, self.epoch, None)
+        self.last_reports = 0  # execution reports the last applied command published
         self._stop = False
 
     # ---------------------------------------------------------------- recovery
@@ -211,8 +215,25 @@ class Matcher:
             self.engine.touched.clear()
             return self.outbox.seq + 1, self.outbox.seq, []
 
+    def _engine_call(self, cmd: dict[str, Any]) -> list[Event]:
+        # The engine call for a journaled command. Its fields were validated by the protocol decoder
+        # before the command was journaled, so it goes to the engine directly (the replay format's
+        # parser would check them all again).
+        eng = self.engine
+        op = cmd["op"]
+        price = cmd.get("price")
+        if op == "new":
+            return eng.new_order(cmd["symbol"], cmd["broker"], cmd["oid"], _SIDES[cmd["side"]], _TYPES[cmd["type"]],
+                                 _TIFS[cmd["tif"]], None if price is None else Decimal(price), cmd["qty"])
+        if op == "cancel":
+            return eng.cancel(cmd["symbol"], cmd["broker"], cmd["oid"])
+        if op == "replace":
+            return eng.replace(cmd["symbol"], cmd["broker"], cmd["oid"], None if price is None else Decimal(price),
+                               cmd.get("qty"))
+        return self.replayer.apply(cmd)  # anything else: the general path
+
     def _apply_events(self, cmd: dict[str, Any], ts: int) -> tuple[int, int, list[Event]]:
-        events = self.replayer.apply(cmd)
+        events = self._engine_call(cmd)
         out = self.outbox
         first = out.seq + 1
         execs: list[tuple[type[PubMessage], dict[str, Any]]] = []
@@ -250,6 +271,7 @@ class Matcher:
         topic = exec_topic(self.shard_no)
         for cls, fields in execs:
             out.send(cls, topic, ts, fields)
+        self.last_reports = len(execs)
         return first, out.seq, events
 
     def _publish_levels(self, ts: int) -> None:
@@ -336,13 +358,15 @@ class Matcher:
                     text=f"the order socket takes order_cmd and order_batch, not {type(decoded).__name__}"))
         while commands:
             commands = self._handle_round(commands, replies)
-        self.outbox.flush()  # the batch's PUB messages: per topic, one message or one bundle
+        # Replies first (they carry their commands' reports: the acknowledgement's short path), then the
+        # batch's PUB messages, per topic one message or one bundle.
         for ident, answers in replies.items():
             if len(answers) == 1 or any(isinstance(a, Error) for a in answers):
                 for a in answers:
                     orders.send_multipart((ident, encode(a)))
             else:
                 orders.send_multipart((ident, encode(ReplyBatch(replies=answers))))
+        self.outbox.flush()
 
     def _handle_round(self, commands: list[tuple[bytes, OrderCommand]],
                       replies: dict[bytes, list[Any]]) -> list[tuple[bytes, OrderCommand]]:
@@ -387,10 +411,14 @@ class Matcher:
         if work:
             self.journal.commit()  # durable before anything is published or acknowledged
         for ident, oc, rec, in_seq in work:
+            self.last_reports = 0
             first, last, events = self._apply(rec, rec["ts"])
             status = self._status(rec["op"], oc.broker, rec["oid"], rec["symbol"], events)
+            # The command's execution reports are the last `last_reports` messages it published.
+            n = self.last_reports
+            reports = [self.outbox.ring[i - self.outbox.ring_first] for i in range(last - n + 1, last + 1)] if n else []
             replies[ident].append(self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
-                                              last_seq=last if last >= first else 0, status=status))
+                                              last_seq=last if last >= first else 0, status=status, reports=reports))
         return rest
 
     def handle_recovery(self, msg: list[bytes], sock: zmq.Socket) -> None:

@@ -54,27 +54,18 @@ DEFAULT_OUT = ROOT / "perf" / "reports" / "latency"
 
 
 def make_exchange_target(args: argparse.Namespace) -> Target:
-    """HOOK -- return a :class:`perf.harness.Target` that drives the real exchange.
-
-    To be written when the gateway and matcher nodes exist.  The target should
-    start the topology (or connect to a running one) on ``args.transport``
-    loopback endpoints, send one new order per ``send(i)`` with ``i`` as its
-    client order id (or a field the acks echo), and report ``(i, "ack")`` for
-    each ack or reject and ``(i, "fill")`` for each fill from ``poll``, with
-    ``kinds = ("ack", "fill")`` (the ack is the primary kind: one per order).
-    Orders should come from ``perf.workload`` so that some rest and some trade.
+    """Return the real exchange as a :class:`perf.harness.Target` (see :mod:`perf.exchange_target`).
 
     Parameters
     ----------
     args
-        The parsed command line (``transport``, ``rate`` ... ).
-
-    Raises
-    ------
-    NotImplementedError
-        Until the exchange target is wired.
+        The parsed command line: ``brokers`` and ``fsync`` are used.
     """
-    raise NotImplementedError("the exchange target is not wired yet: implement make_exchange_target in perf/latency.py")
+    if args.transport != "tcp":
+        raise SystemExit("the exchange's topology uses tcp endpoints; --transport ipc applies to the floor only")
+    from perf.exchange_target import ExchangeTarget
+
+    return ExchangeTarget(brokers=args.brokers, fsync=args.fsync)
 
 
 # --------------------------------------------------------------------------- runs
@@ -117,6 +108,8 @@ def build_parser(prog: str = "perf/latency.py") -> argparse.ArgumentParser:
                    help="the floor gateway of the open-loop runs: one message per call (default) or batching")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT,
                    help=f"report folder (default {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--brokers", type=int, default=8, help="simulated brokers of the exchange target (default 8)")
+    p.add_argument("--fsync", default="batch", help="the matchers' journal fsync policy (default batch)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p

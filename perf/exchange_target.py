@@ -1,0 +1,171 @@
+"""The real exchange as a :class:`perf.harness.Target`: orders through a gateway to a matcher.
+
+``start`` runs the local topology (``topology/examples/local.toml``) on free
+ports in a scratch folder, logs on ``brokers`` simulated brokers (raw DEALER
+sockets speaking the protocol, no client library in the way) to one gateway,
+and prepares a realistic command stream from :mod:`perf.workload` for one
+symbol of the first shard: passive limit orders near the touch, cancels and
+replaces of open orders, orders that cross.  Message ``i`` is command ``i`` of
+that stream; its ``ack`` is the first answer to it (``accepted`` or
+``rejected`` for a new order, ``cancelled`` or ``rejected`` for a cancel,
+``replaced`` or ``rejected`` for a replace) and its ``fill`` the first fill of
+the order it sent, when that order traded on arrival.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import zmq
+
+from fabric.constants import (
+    BUY,
+    MARKET,
+    NO_PRICE,
+    NO_QTY,
+    OP_CANCEL,
+    OP_NEW,
+    TIF_NAMES,
+)
+from fabric.protocol import (
+    Accepted,
+    Cancel,
+    Cancelled,
+    Fill,
+    Logon,
+    LogonAck,
+    New,
+    Rejected,
+    Replace,
+    Replaced,
+    decode_server,
+    encode,
+)
+from perf.workload import generate
+from topology.launcher import Launcher
+from topology.ports import topology_on_free_ports
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / "topology" / "examples" / "local.toml"
+
+
+class ExchangeTarget:
+    """Drive the exchange's order path; completions ``ack`` (one per command) and ``fill``."""
+
+    name = "exchange"
+    kinds = ("ack", "fill")
+
+    def __init__(self, brokers: int = 8, fsync: str = "batch", commands: int = 2_000_000, seed: int = 1) -> None:
+        self.n_brokers = brokers
+        self.fsync = fsync
+        self.n_commands = commands
+        self.seed = seed
+        self.launcher: Launcher | None = None
+        self.tmp: str | None = None
+        self.socks: list[zmq.Socket] = []
+        self.ctx = zmq.Context.instance()
+
+    def start(self) -> None:
+        """Start the topology, log the brokers on, and prepare the command stream."""
+        self.tmp = tempfile.mkdtemp(prefix="exfab-perf-")
+        path = topology_on_free_ports(LOCAL, Path(self.tmp))
+        self.launcher = Launcher(path, workdir=self.tmp, extra_args={"matcher": ["--fsync", self.fsync]})
+        self.launcher.start()
+        topo = self.launcher.topo
+        self.symbol = topo.shards[0].symbols[0]
+        inst = topo.instrument(self.symbol)
+        lo, hi = inst.band_lo or 1, inst.band_hi or 10**7
+        self.cmds = generate(self.n_commands, self.seed, mid=(lo + hi) // 2, lot=inst.lot, band=(lo, hi)).tolist()
+        self.to_price = inst.to_price
+        endpoint = topo.gateways[0].endpoint.connect
+        self.poller = zmq.Poller()
+        for b in range(self.n_brokers):
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(endpoint)
+            s.send(encode(Logon(broker=f"PERF{b}", heartbeat_ms=60_000)))
+            if not s.poll(10_000) or not isinstance(decode_server(s.recv_multipart()[0]), LogonAck):
+                raise RuntimeError(f"broker PERF{b} could not log on to {endpoint}")
+            self.socks.append(s)
+            self.poller.register(s, zmq.POLLIN)
+        self.owner: dict[int, int] = {}  # order -> broker socket
+        self.pending: dict[tuple[str, str], int] = {}  # (op, oid) -> message waiting for its ack
+        self.aggressive: dict[str, int] = {}  # oid -> message whose first fill is still to come
+
+    def send(self, i: int) -> None:
+        """Send command ``i`` of the stream."""
+        op, oid, broker, side, otype, tif, price, qty = self.cmds[i % len(self.cmds)]
+        if i >= len(self.cmds):
+            oid += (i // len(self.cmds)) * 10_000_000  # past the stream's end: fresh order ids
+        key = f"h{oid}"
+        if op == OP_NEW:
+            b = broker % self.n_brokers
+            self.owner[oid] = b
+            msg = New(oid=key, symbol=self.symbol, side="buy" if side == BUY else "sell",
+                      type="market" if otype == MARKET else "limit",
+                      price=None if otype == MARKET else self.to_price(price), qty=qty,
+                      tif=TIF_NAMES[tif])  # type: ignore[arg-type]
+            self.pending[("new", key)] = i
+            self.aggressive[key] = i
+        elif op == OP_CANCEL:
+            b = self.owner.get(oid, 0)
+            msg = Cancel(oid=key, symbol=self.symbol)
+            self.pending[("cancel", key)] = i
+        else:
+            b = self.owner.get(oid, 0)
+            msg = Replace(oid=key, symbol=self.symbol, price=None if price == NO_PRICE else self.to_price(price),
+                          qty=None if qty == NO_QTY else qty)
+            self.pending[("replace", key)] = i
+            self.aggressive[key] = i
+        self.socks[b].send(encode(msg))
+
+    def poll(self, timeout: float) -> list[tuple[int, str]]:
+        """Return the completions that arrived within ``timeout`` seconds."""
+        out: list[tuple[int, str]] = []
+        ready = self.poller.poll(timeout * 1000)
+        for sock, _ in ready:
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                for body in frames:
+                    self._completion(decode_server(body), out)
+        return out
+
+    def _completion(self, msg: object, out: list[tuple[int, str]]) -> None:
+        pending = self.pending
+        if isinstance(msg, Accepted):
+            i = pending.pop(("new", msg.oid), None)
+        elif isinstance(msg, Rejected):
+            i = pending.pop((msg.op, msg.oid or ""), None)
+            self.aggressive.pop(msg.oid or "", None)
+        elif isinstance(msg, Cancelled):
+            i = pending.pop(("cancel", msg.oid), None) if msg.reason == "requested" else None
+            self.aggressive.pop(msg.oid, None)
+        elif isinstance(msg, Replaced):
+            i = pending.pop(("replace", msg.oid), None)
+        elif isinstance(msg, Fill):
+            i = self.aggressive.pop(msg.oid, None) if msg.aggressor else None
+            if i is not None:
+                out.append((i, "fill"))
+            return
+        else:
+            return
+        if i is not None:
+            out.append((i, "ack"))
+
+    def stop(self) -> None:
+        """Close the brokers' sockets and stop the exchange."""
+        for s in self.socks:
+            s.close(0)
+        self.socks = []
+        if self.launcher is not None:
+            self.launcher.stop()
+            self.launcher = None
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
