@@ -14,6 +14,7 @@ the order it sent, when that order traded on arrival.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,6 +46,7 @@ from fabric.protocol import (
 )
 from perf.workload import generate
 from topology.launcher import Launcher
+from topology.load import load
 from topology.ports import topology_on_free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,23 +59,29 @@ class ExchangeTarget:
     name = "exchange"
     kinds = ("ack", "fill")
 
-    def __init__(self, brokers: int = 8, fsync: str = "batch", commands: int = 2_000_000, seed: int = 1) -> None:
+    def __init__(self, brokers: int = 8, fsync: str = "batch", commands: int = 2_000_000, seed: int = 1,
+                 topology: str | None = None) -> None:
+        self.topology = topology  # an exchange already running; None: start one on free ports
         self.n_brokers = brokers
         self.fsync = fsync
         self.n_commands = commands
         self.seed = seed
         self.launcher: Launcher | None = None
+        self.run = secrets.token_hex(3)  # order ids unique across runs against one running exchange
         self.tmp: str | None = None
         self.socks: list[zmq.Socket] = []
         self.ctx = zmq.Context.instance()
 
     def start(self) -> None:
-        """Start the topology, log the brokers on, and prepare the command stream."""
-        self.tmp = tempfile.mkdtemp(prefix="exfab-perf-")
-        path = topology_on_free_ports(LOCAL, Path(self.tmp))
-        self.launcher = Launcher(path, workdir=self.tmp, extra_args={"matcher": ["--fsync", self.fsync]})
-        self.launcher.start()
-        topo = self.launcher.topo
+        """Start the topology (or connect to the running one), log the brokers on, prepare the command stream."""
+        if self.topology is not None:
+            topo = load(self.topology)
+        else:
+            self.tmp = tempfile.mkdtemp(prefix="exfab-perf-")
+            path = topology_on_free_ports(LOCAL, Path(self.tmp))
+            self.launcher = Launcher(path, workdir=self.tmp, extra_args={"matcher": ["--fsync", self.fsync]})
+            self.launcher.start()
+            topo = self.launcher.topo
         self.symbol = topo.shards[0].symbols[0]
         inst = topo.instrument(self.symbol)
         lo, hi = inst.band_lo or 1, inst.band_hi or 10**7
@@ -85,9 +93,9 @@ class ExchangeTarget:
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.connect(endpoint)
-            s.send(encode(Logon(broker=f"PERF{b}", heartbeat_ms=60_000)))
+            s.send(encode(Logon(broker=f"PERF{b}-{self.seed}", heartbeat_ms=60_000)))
             if not s.poll(10_000) or not isinstance(decode_server(s.recv_multipart()[0]), LogonAck):
-                raise RuntimeError(f"broker PERF{b} could not log on to {endpoint}")
+                raise RuntimeError(f"broker PERF{b}-{self.seed} could not log on to {endpoint}")
             self.socks.append(s)
             self.poller.register(s, zmq.POLLIN)
         self.owner: dict[int, int] = {}  # order -> broker socket
@@ -99,7 +107,7 @@ class ExchangeTarget:
         op, oid, broker, side, otype, tif, price, qty = self.cmds[i % len(self.cmds)]
         if i >= len(self.cmds):
             oid += (i // len(self.cmds)) * 10_000_000  # past the stream's end: fresh order ids
-        key = f"h{oid}"
+        key = f"h{self.run}-{oid}"
         if op == OP_NEW:
             b = broker % self.n_brokers
             self.owner[oid] = b

@@ -65,7 +65,7 @@ def make_exchange_target(args: argparse.Namespace) -> Target:
         raise SystemExit("the exchange's topology uses tcp endpoints; --transport ipc applies to the floor only")
     from perf.exchange_target import ExchangeTarget
 
-    return ExchangeTarget(brokers=args.brokers, fsync=args.fsync)
+    return ExchangeTarget(brokers=args.brokers, fsync=args.fsync, topology=args.topology)
 
 
 # --------------------------------------------------------------------------- runs
@@ -110,6 +110,8 @@ def build_parser(prog: str = "perf/latency.py") -> argparse.ArgumentParser:
                    help=f"report folder (default {DEFAULT_OUT.relative_to(ROOT)})")
     p.add_argument("--brokers", type=int, default=8, help="simulated brokers of the exchange target (default 8)")
     p.add_argument("--fsync", default="batch", help="the matchers' journal fsync policy (default batch)")
+    p.add_argument("--topology", default=None, metavar="FILE",
+                   help="drive the exchange already running with this topology (default: start one on free ports)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p

@@ -67,6 +67,18 @@ def _cmd_orders(args: argparse.Namespace) -> int:
     return order_cmd.orders_command(args)
 
 
+def _cmd_perf(args: argparse.Namespace) -> int:
+    return _perf(list(args.rest))
+
+
+def _perf(rest: list[str]) -> int:
+    from perf import latency
+
+    if not any(a == "--target" or a.startswith("--target=") for a in rest):
+        rest = ["--target", "exchange", *rest]
+    return latency.main(rest, prog="exfab perf")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of every ``exfab`` subcommand."""
     parser = argparse.ArgumentParser(
@@ -146,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         o.add_argument("--json", action="store_true", help="one JSON object per execution report")
     p.set_defaults(func=_cmd_order)
 
+    p = sub.add_parser("perf", help="latency and throughput of the exchange against the pyzmq floor",
+                       description="Drive the exchange open loop at a rate (or a sweep), measure the same against "
+                                   "the plain pyzmq floor, and write a report. Options: exfab perf --help.",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_perf)
+
     p = sub.add_parser("orders", help="list a broker's open orders")
     p.add_argument("--broker", required=True)
     p.add_argument("--symbol", default=None)
@@ -157,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``exfab`` with ``argv`` (default: the process arguments); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["perf"]:  # its options are the harness's own (exfab perf --help)
+        return _perf(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
