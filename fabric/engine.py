@@ -174,7 +174,8 @@ class MatchingEngine:
             return [self._reject("new", clid, broker, symbol, REJ_DUPLICATE_OID,
                                  f"client order id {clid} already used by broker {broker}")]
         if qty > MAX_QTY:
-            return [self._reject("new", clid, broker, symbol, REJ_QTY_TOO_LARGE, f"qty {qty} exceeds the maximum {MAX_QTY}")]
+            return [self._reject("new", clid, broker, symbol, REJ_QTY_TOO_LARGE,
+                                 f"qty {qty} exceeds the maximum {MAX_QTY}")]
         ticks = 0
         if otype != MARKET:
             assert price is not None
@@ -226,10 +227,12 @@ class MatchingEngine:
                 return [self._reject("replace", clid, broker, symbol, REJ_PRICE_OFF_TICK,
                                      f"price {price} is not a multiple of the tick size {inst.tick}")]
             if t > MAX_PRICE_TICKS:
-                return [self._reject("replace", clid, broker, symbol, REJ_PRICE_TOO_LARGE, f"price {price} is too large")]
+                return [self._reject("replace", clid, broker, symbol, REJ_PRICE_TOO_LARGE,
+                                     f"price {price} is too large")]
             ticks = t
         if qty is not None and qty > MAX_QTY:
-            return [self._reject("replace", clid, broker, symbol, REJ_QTY_TOO_LARGE, f"qty {qty} exceeds the maximum {MAX_QTY}")]
+            return [self._reject("replace", clid, broker, symbol, REJ_QTY_TOO_LARGE,
+                                 f"qty {qty} exceeds the maximum {MAX_QTY}")]
         rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty))
         return self._events(inst, rows, price=price, qty=qty)
 

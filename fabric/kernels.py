@@ -340,7 +340,9 @@ def _rest(
 
 
 @njit(cache=True, inline="always")
-def _crossing_qty(lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, is_market: bool, limit: int, want: int) -> int:
+def _crossing_qty(
+    lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, is_market: bool, limit: int, want: int
+) -> int:
     # Opposite quantity available at prices that cross `limit`; stops counting at `want`.
     base = meta[M_BASE]
     nrows = meta[M_NLEVELS]
@@ -490,7 +492,7 @@ def _new(
         return _emit(out, n, EV_CANCELLED, oid, side, price, qty, 0, 0, 0, 0, 0, CXL_FOK_UNFILLABLE)
     n, leaves, cum = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, is_market, price, qty, 0)
     if leaves > 0:
-        if is_market or tif == IOC or tif == FOK:
+        if is_market or tif in (IOC, FOK):
             n = _emit(out, n, EV_CANCELLED, oid, side, price, leaves, 0, cum, 0, 0, 0, CXL_IOC_REMAINDER)
         else:
             _rest(ords, lvl, bits, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum)
@@ -506,14 +508,22 @@ def _resting_slot(o2s: np.ndarray, oid: int) -> int:
 
 @njit(cache=True)
 def _cancel(
-    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int, oid: int
+    ords: np.ndarray,
+    lvl: np.ndarray,
+    bits: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    out: np.ndarray,
+    n: int,
+    oid: int,
 ) -> int:
     slot = _resting_slot(o2s, oid)
     if slot < 0:
         return _emit(out, n, EV_REJECTED, oid, 0, 0, 0, 0, 0, OP_CANCEL, 0, 0, REJ_ORDER_CLOSED)
     leaves = ords[slot, O_LEAVES]
     n = _emit(
-        out, n, EV_CANCELLED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], leaves, 0, ords[slot, O_CUM], 0, 0, 0, CXL_REQUESTED
+        out, n, EV_CANCELLED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], leaves, 0, ords[slot, O_CUM],
+        0, 0, 0, CXL_REQUESTED
     )
     _unlink(ords, lvl, bits, meta, slot)
     _free(ords, meta, o2s, slot)
@@ -594,7 +604,8 @@ def _end_of_day(
         slot = o2s[oid]
         if slot >= 0 and ords[slot, O_TIF] == DAY:
             n = _emit(
-                out, n, EV_EXPIRED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], ords[slot, O_LEAVES], 0, ords[slot, O_CUM], 0, 0, 0, 0
+                out, n, EV_EXPIRED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], ords[slot, O_LEAVES], 0,
+                ords[slot, O_CUM], 0, 0, 0, 0
             )
             _unlink(ords, lvl, bits, meta, slot)
             _free(ords, meta, o2s, slot)
@@ -712,7 +723,9 @@ def views(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 
 @njit(cache=True)
-def apply_buf(buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int) -> int:
+def apply_buf(
+    buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int
+) -> int:
     """Apply one command to the book in ``buf``; events from row 0 of its event region.
 
     Return the number of events, or -1 when a region must grow (see :func:`apply`).

@@ -122,7 +122,8 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
             symbol = args.symbol or _find_symbol(client, args.oid)
             if symbol is None:
                 msg = Rejected(op=action, oid=args.oid, reason="unknown_order",
-                               text=f"broker {args.broker} has no open order {args.oid} (give --symbol for a closed one)")
+                               text=f"broker {args.broker} has no open order {args.oid} "
+                                    "(give --symbol for a closed one)")
                 out.write((json.dumps(as_json(msg)) if args.json else describe(msg)) + "\n")
                 return 0
             if action == "cancel":

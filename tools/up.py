@@ -29,8 +29,8 @@ from fabric.protocol import (
     SnapshotRequest,
     Trade,
     decode_internal,
-    iter_pub,
     encode,
+    iter_pub,
 )
 from topology.launcher import Launcher, LaunchError, _read_line
 from topology.model import Topology
