@@ -25,6 +25,7 @@ client's report stream (:meth:`BrokerClient.poll`).
 from __future__ import annotations
 
 import collections
+import contextlib
 import secrets
 import time
 from collections.abc import Sequence
@@ -315,10 +316,8 @@ class BrokerClient(_Base):
     def close(self) -> None:
         """Log out and close the connection."""
         if self.sock is not None:
-            try:
+            with contextlib.suppress(zmq.ZMQError):  # closing anyway
                 self.sock.send(encode(Logout()), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
             self.sock.close(0)
             self.sock = None
 
@@ -328,6 +327,15 @@ class BrokerClient(_Base):
         assert self.sock is not None, "connect() first"
         self.sock.send(encode(msg))
         self._last_tx = time.monotonic()
+
+    def _read_waiting(self, waiter: _Waiter | None) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._take_all(frames, waiter)
 
     def _heartbeat(self) -> None:
         if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
@@ -339,6 +347,12 @@ class BrokerClient(_Base):
         result = OrderResult(oid=msg.oid, symbol=msg.symbol, op=op)
         waiter = _Waiter(result)
         tries = 0
+        # What arrived while the caller was away (heartbeats, a logout after a long idle spell): read it
+        # first, so that silence is judged on what the gateway really sent.
+        self._read_waiting(waiter)
+        if waiter.relogon:
+            waiter.relogon = False
+            self.connect()
         self._send(msg)
         deadline = time.monotonic() + self.timeout
         while not waiter.done:
@@ -494,10 +508,8 @@ class AsyncBrokerClient(_Base):
     def close(self) -> None:
         """Close the connection (sending a logout if possible)."""
         if self.sock is not None:
-            try:
+            with contextlib.suppress(zmq.ZMQError):  # closing anyway
                 self.sock.send(encode(Logout()), zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
             self.sock.close(0)
             self.sock = None
 

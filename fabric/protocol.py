@@ -776,6 +776,8 @@ def topic_of(msg: PubMessage) -> bytes:
         return trade_topic(msg.symbol)
     if isinstance(msg, PubHeartbeat):
         return heartbeat_topic(msg.shard)
+    if isinstance(msg, PubBundle):
+        raise ValueError("a bundle has the topic of the messages in it")
     return exec_topic(msg.shard)
 
 

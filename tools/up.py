@@ -184,7 +184,8 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
         if data.exists():
             console.print(f"--fresh: removing {data} (journals and logs of earlier runs)")
             shutil.rmtree(data)
-    console.print(f"starting {len(launcher.topo.nodes())} nodes of {topology} "
+    runnable = [n for n in launcher.topo.nodes() if n.kind in launcher.kinds]
+    console.print(f"starting {len(runnable)} nodes of {topology} "
                   "(the first start compiles the order book: about 20 s)...")
     try:
         launcher.start(progress=sys.stderr)
