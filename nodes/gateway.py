@@ -134,6 +134,9 @@ class _ShardFeed:
     # and reports delivered from the stream, in case a reply still carries them: recent seqs only.
     by_reply: set[int] = field(default_factory=set)
     by_pub: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
+    # While nothing came from the stream: the seq of the first report a reply delivered. The stream
+    # must not lose what follows it, but its first report (whatever its tseq) cannot say so.
+    first_known: int = 0
 
 
 class Gateway:
@@ -325,6 +328,8 @@ class Gateway:
                 if rep.seq in feed.by_pub:
                     continue  # the stream was faster
                 feed.by_reply.add(rep.seq)
+                if not feed.next_tseq and not feed.first_known:
+                    feed.first_known = rep.seq
                 self._send_broker(rep.broker, answer_for(rep))  # type: ignore[arg-type, union-attr]
             if len(feed.by_reply) > MAX_REMEMBERED:
                 feed.by_reply = {q for q in feed.by_reply if q > feed.seen_seq}
@@ -382,8 +387,10 @@ class Gateway:
         if feed.next_tseq:
             lost = seq > feed.seen_seq + 1 if tseq is None else tseq > feed.next_tseq
             return feed.seen_seq + 1 if lost else None
-        # Nothing to count from: what must not be missed are the reports of the commands waited for.
-        first = min((w[0] for w in feed.waiting), default=seq)
+        # Nothing to count from: what must not be missed are the reports of the commands waited for, and
+        # what followed the reports delivered with replies.
+        first = min([w[0] for w in feed.waiting] + ([feed.first_known] if feed.first_known else []), default=seq)
+        first = max(first, feed.seen_seq + 1)
         return first if first < seq else None
 
     def _replay(self, shard_no: int, first: int, last: int) -> None:
@@ -434,6 +441,7 @@ class Gateway:
                       "gateway's brokers, who can ask for their orders' status", shard_no, msg.first, msg.last,
                       msg.text)
             feed.next_tseq = 0  # take the next report as the new start
+            feed.first_known = 0
             self._release(feed, msg.last)
         for b in msg.msgs:
             rep = decode_pub(b)

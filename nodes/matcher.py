@@ -176,6 +176,12 @@ class Matcher:
         if self.journal.recovered_bytes:
             log.warning("journal %s: cut a torn last record (%d bytes)", self.journal_path,
                         self.journal.recovered_bytes)
+        if self.journal.last_seq == 0:
+            # A new journal starts with the shard's instruments: ticks and bands decide rejects, so the
+            # journal replays on its own (`exfab journal inspect`) to what this matcher did.
+            for inst in self.instruments.values():
+                self.journal.append(encode_command(_instrument_record(inst)))
+            self.journal.commit()
         self.ctx = ctx or zmq.Context.instance()
         self.outbox = Outbox(self.shard_no, self.epoch, None)
         self.last_reports = 0  # execution reports the last applied command published
@@ -188,6 +194,12 @@ class Matcher:
         n = 0
         for _seq, payload in read_journal(self.journal_path):
             cmd = decode_command(payload)
+            if cmd.get("op") == "instrument":  # the engine has the topology's instruments already
+                inst = self.instruments.get(cmd.get("symbol", ""))
+                if inst is None or _instrument_record(inst) != cmd:
+                    log.warning("journal %s: instrument %r is not the topology's; replaying with the topology's",
+                                self.journal_path, cmd)
+                continue
             self._apply(cmd, int(cmd.get("ts", 0)))
             n += 1
         return n
@@ -534,6 +546,16 @@ class Matcher:
             for s in (orders, recovery, pub):
                 s.close(0)
             log.info("matcher %s: stopped at seq %d, checksum %016x", self.name, self.outbox.seq, self.checksum())
+
+
+def _instrument_record(inst: Instrument) -> dict[str, Any]:
+    # An instrument as a journal record: the replay format's `instrument` command.
+    rec: dict[str, Any] = {"op": "instrument", "symbol": inst.symbol, "tick": str(inst.tick), "lot": inst.lot}
+    if inst.ref_price is not None:
+        rec["ref_price"] = str(inst.ref_price)
+    if inst.band_pct is not None:
+        rec["band_pct"] = str(inst.band_pct)
+    return rec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
