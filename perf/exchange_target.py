@@ -14,6 +14,7 @@ the order it sent, when that order traded on arrival.
 
 from __future__ import annotations
 
+import collections
 import secrets
 import shutil
 import tempfile
@@ -99,7 +100,9 @@ class ExchangeTarget:
             self.socks.append(s)
             self.poller.register(s, zmq.POLLIN)
         self.owner: dict[int, int] = {}  # order -> broker socket
-        self.pending: dict[tuple[str, str], int] = {}  # (op, oid) -> message waiting for its ack
+        # (op, oid) -> messages waiting for their ack, oldest first: an order's answers come in order,
+        # and two replaces of one order may be in flight at once.
+        self.pending: dict[tuple[str, str], collections.deque[int]] = collections.defaultdict(collections.deque)
         self.aggressive: dict[str, int] = {}  # oid -> message whose first fill is still to come
 
     def send(self, i: int) -> None:
@@ -115,17 +118,17 @@ class ExchangeTarget:
                       type="market" if otype == MARKET else "limit",
                       price=None if otype == MARKET else self.to_price(price), qty=qty,
                       tif=TIF_NAMES[tif])  # type: ignore[arg-type]
-            self.pending[("new", key)] = i
+            self.pending[("new", key)].append(i)
             self.aggressive[key] = i
         elif op == OP_CANCEL:
             b = self.owner.get(oid, 0)
             msg = Cancel(oid=key, symbol=self.symbol)
-            self.pending[("cancel", key)] = i
+            self.pending[("cancel", key)].append(i)
         else:
             b = self.owner.get(oid, 0)
             msg = Replace(oid=key, symbol=self.symbol, price=None if price == NO_PRICE else self.to_price(price),
                           qty=None if qty == NO_QTY else qty)
-            self.pending[("replace", key)] = i
+            self.pending[("replace", key)].append(i)
             self.aggressive[key] = i
         self.socks[b].send(encode(msg))
 
@@ -143,18 +146,26 @@ class ExchangeTarget:
                     self._completion(decode_server(body), out)
         return out
 
+    def _take(self, op: str, oid: str) -> int | None:
+        waiting = self.pending.get((op, oid))
+        if not waiting:
+            return None
+        i = waiting.popleft()
+        if not waiting:
+            del self.pending[(op, oid)]
+        return i
+
     def _completion(self, msg: object, out: list[tuple[int, str]]) -> None:
-        pending = self.pending
         if isinstance(msg, Accepted):
-            i = pending.pop(("new", msg.oid), None)
+            i = self._take("new", msg.oid)
         elif isinstance(msg, Rejected):
-            i = pending.pop((msg.op, msg.oid or ""), None)
+            i = self._take(msg.op, msg.oid or "")
             self.aggressive.pop(msg.oid or "", None)
         elif isinstance(msg, Cancelled):
-            i = pending.pop(("cancel", msg.oid), None) if msg.reason == "requested" else None
+            i = self._take("cancel", msg.oid) if msg.reason == "requested" else None
             self.aggressive.pop(msg.oid, None)
         elif isinstance(msg, Replaced):
-            i = pending.pop(("replace", msg.oid), None)
+            i = self._take("replace", msg.oid)
         elif isinstance(msg, Fill):
             i = self.aggressive.pop(msg.oid, None) if msg.aggressor else None
             if i is not None:

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from fabric.client import BrokerClient
 from fabric.protocol import Fill
-from tests.helpers import topology_on_free_ports
+from tests.helpers import gateway_endpoints
 from topology.launcher import Launcher
 
-ROOT = Path(__file__).resolve().parents[1]
-LOCAL = ROOT / "topology" / "examples" / "local.toml"
-
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def exchange(tmp_path: Path) -> Iterator[Launcher]:
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp_path), workdir=tmp_path)
-    launcher.start()
-    try:
-        yield launcher
-    finally:
-        launcher.stop()
-
-
-def _gateways(ex: Launcher) -> list[str]:
-    return [g.endpoint.connect for g in ex.topo.gateways]
 
 
 def _price(ex: Launcher, symbol: str, ticks_above_low: int) -> str:
@@ -40,7 +19,7 @@ def _price(ex: Launcher, symbol: str, ticks_above_low: int) -> str:
 
 
 def test_brokers_on_two_gateways_trade_symbols_on_two_shards(exchange: Launcher) -> None:
-    g1, g2 = _gateways(exchange)
+    g1, g2 = gateway_endpoints(exchange)
     a_sym = exchange.topo.shards[0].symbols[0]
     b_sym = exchange.topo.shards[1].symbols[0]
     with BrokerClient([g1], "B1") as b1, BrokerClient([g2], "B2") as b2:
@@ -71,7 +50,7 @@ def _wait_reports(client: BrokerClient, n: int, timeout: float = 5.0) -> list[ob
 
 
 def test_rejects_reach_the_broker_with_reasons(exchange: Launcher) -> None:
-    (g1, _) = _gateways(exchange)
+    (g1, _) = gateway_endpoints(exchange)
     sym = exchange.topo.shards[0].symbols[0]
     with BrokerClient([g1], "B1") as c:
         r = c.buy(sym, 10, "1.03")
@@ -83,7 +62,7 @@ def test_rejects_reach_the_broker_with_reasons(exchange: Launcher) -> None:
 
 
 def test_resent_new_with_same_oid_executes_once(exchange: Launcher) -> None:
-    (g1, _) = _gateways(exchange)
+    (g1, _) = gateway_endpoints(exchange)
     sym = exchange.topo.shards[1].symbols[0]
     px = _price(exchange, sym, 50)
     with BrokerClient([g1], "B7") as c:
@@ -96,7 +75,7 @@ def test_resent_new_with_same_oid_executes_once(exchange: Launcher) -> None:
 
 
 def test_open_orders_lists_only_open_orders_of_the_broker(exchange: Launcher) -> None:
-    g1, g2 = _gateways(exchange)
+    g1, g2 = gateway_endpoints(exchange)
     a_sym, b_sym = exchange.topo.shards[0].symbols[1], exchange.topo.shards[1].symbols[1]
     with BrokerClient([g1], "B3") as c, BrokerClient([g2], "B4") as other:
         keep_a = c.buy(a_sym, 3, _price(exchange, a_sym, 10))

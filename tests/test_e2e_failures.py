@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,30 +50,15 @@ from fabric.protocol import (
     iter_pub,
 )
 from nodes.gateway import Gateway
-from tests.helpers import topology_on_free_ports
+from tests.helpers import gateway_endpoints
 from topology.launcher import Launcher
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCAL = ROOT / "topology" / "examples" / "local.toml"
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def exchange(tmp_path: Path) -> Iterator[Launcher]:
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp_path), workdir=tmp_path)
-    launcher.start()
-    try:
-        yield launcher
-    finally:
-        launcher.stop()
-
-
 # ------------------------------------------------------------------ helpers
-
-
-def _gateways(ex: Launcher) -> list[str]:
-    return [g.endpoint.connect for g in ex.topo.gateways]
 
 
 def _price(ex: Launcher, symbol: str, ticks_from_ref: int) -> str:
@@ -243,7 +228,7 @@ def _trade_mix(ex: Launcher, desks: list[_Desk], symbols: list[str], n: int, see
 
 @pytest.mark.timeout(120)
 def test_matcher_killed_and_restarted_recovers_books_orders_and_keeps_trading(exchange: Launcher) -> None:
-    g1, g2 = _gateways(exchange)
+    g1, g2 = gateway_endpoints(exchange)
     shard = exchange.topo.shards[0]
     mix, probe = list(shard.symbols[:3]), shard.symbols[3]
     with BrokerClient([g1], "B1") as c1, BrokerClient([g2], "B2") as c2:
@@ -303,7 +288,7 @@ def test_matcher_killed_and_restarted_recovers_books_orders_and_keeps_trading(ex
 
 @pytest.mark.timeout(120)
 def test_new_sent_while_matcher_down_is_accepted_once_after_restart(exchange: Launcher) -> None:
-    g1, _ = _gateways(exchange)
+    g1, _ = gateway_endpoints(exchange)
     shard = exchange.topo.shards[1]
     sym = shard.symbols[0]
     px = _price(exchange, sym, -3)
@@ -349,7 +334,7 @@ def test_new_sent_while_matcher_down_is_accepted_once_after_restart(exchange: La
 
 @pytest.mark.timeout(120)
 def test_gateway_killed_under_client_fails_over_without_doubling_orders(exchange: Launcher) -> None:
-    g1, g2 = _gateways(exchange)
+    g1, g2 = gateway_endpoints(exchange)
     shard = exchange.topo.shards[0]
     sym = shard.symbols[1]
     px, low = _price(exchange, sym, -2), _price(exchange, sym, -5)
@@ -442,7 +427,7 @@ _NEW = {"t": "new", "v": 1, "oid": "bad-1", "symbol": "TCS", "side": "buy", "typ
 
 @pytest.mark.timeout(120)
 def test_bad_input_on_every_socket_is_refused_by_reason_and_every_node_keeps_running(exchange: Launcher) -> None:
-    g1, g2 = _gateways(exchange)
+    g1, g2 = gateway_endpoints(exchange)
     shard = exchange.topo.shards[0]
     replica = shard.replicas[0]
 
@@ -541,7 +526,7 @@ def _pub_bodies(frame: bytes) -> list[bytes]:
 
 @pytest.mark.timeout(120)
 def test_matcher_stream_is_contiguous_and_replay_returns_the_same_bytes(exchange: Launcher) -> None:
-    g1, g2 = _gateways(exchange)
+    g1, g2 = gateway_endpoints(exchange)
     shard = exchange.topo.shards[0]
     replica = shard.replicas[0]
     sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
@@ -616,7 +601,7 @@ def test_gateway_that_loses_reports_recovers_them_by_replay(exchange: Launcher) 
     # (the gateway has then seen nothing of the stream: a slow joiner) and trades 1, 2 (trade 3 reveals
     # the gap); trade 5 (trade 6 reveals it by its tseq); trades 7, 8 (nothing follows: the heartbeat).
     # The first replay reply is lost too (as when the matcher dies before answering): the gateway asks again.
-    g1, g2 = _gateways(exchange)
+    g1, g2 = gateway_endpoints(exchange)
     shard = exchange.topo.shards[0]
     sym = shard.symbols[2]
     px = _price(exchange, sym, 3)

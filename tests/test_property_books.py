@@ -57,7 +57,8 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
             market = kind == "new_mkt"
             tif = draw(st.sampled_from([IOC, FOK] if market and draw(st.booleans()) else [GTC, GTC, DAY, IOC, FOK]))
             price = 0 if market else draw(st.integers(max(plo - 2, -1), phi + 2) | st.integers(mid - 3, mid + 3))
-            qty = draw(st.sampled_from([lot, 2 * lot, 3 * lot, 7 * lot, lot + 1, 0, -lot]) if lot > 1 else st.integers(-1, 25))
+            lots = st.sampled_from([lot, 2 * lot, 3 * lot, 7 * lot, lot + 1, 0, -lot])
+            qty = draw(lots if lot > 1 else st.integers(-1, 25))
             cmds.append((OP_NEW, next_oid, draw(st.integers(0, 3)), side, MARKET if market else LIMIT, tif, price, qty))
             next_oid += 1
         elif kind == "cancel":
@@ -147,7 +148,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
             cmd = {"op": kind, "oid": oid, "broker": broker, "symbol": symbol}
             if kind == "replace":
                 if draw(st.booleans()):
-                    cmd["price"] = draw(st.sampled_from(["0.85", "0.90", "0.95", "1.00", "1.05", "1.10", "1.90", "2.00"]))
+                    prices = ["0.85", "0.90", "0.95", "1.00", "1.05", "1.10", "1.90", "2.00"]
+                    cmd["price"] = draw(st.sampled_from(prices))
                 if draw(st.booleans()):
                     cmd["qty"] = draw(st.sampled_from([0, 5, 10, 15, 3]))
         elif kind == "eod":
