@@ -14,6 +14,9 @@ book, so copy what you keep.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from fabric import kernels
@@ -86,13 +89,13 @@ from fabric.constants import (
 )
 
 
-def _entry_point(dispatcher: object) -> object:
+def _entry_point(dispatcher: Any) -> Callable[..., int]:
     # The compiled function for int64 arrays and ints, called without numba's
     # per-call type dispatch (about 250 ns less per call).  Falls back to the
     # dispatcher itself if numba ever changes this attribute.
     try:
-        overloads = dispatcher.overloads  # type: ignore[attr-defined]
-        return overloads[dispatcher.signatures[0]].entry_point  # type: ignore[attr-defined]
+        overloads = dispatcher.overloads
+        return overloads[dispatcher.signatures[0]].entry_point
     except (AttributeError, IndexError, KeyError):
         return dispatcher
 
@@ -150,6 +153,8 @@ class OrderBook:
             meta[M_BASE] = 1
             rows = 0
         self.buf = np.zeros(H_NFIELDS, dtype=INT)
+        # Views of the buffer's regions, re-pointed whenever the buffer is re-laid.
+        self.ords = self.lvl = self.bits = self.meta = self.o2s = self.out = np.zeros(0, dtype=INT)
         self._layout(meta, max(slots, 1), rows, int(meta[M_BASE]), 1024, max(events, 4))
         self._apply = _entry_point(kernels.apply_buf)
 

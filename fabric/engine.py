@@ -85,7 +85,7 @@ def _rows(book: Book, result: Any) -> list[list[int]]:
     # The compiled book returns a count of rows in its event buffer; the
     # reference book returns the rows themselves.
     if isinstance(result, int):
-        return book.out[:result].tolist()  # type: ignore[attr-defined, no-any-return]
+        return book.out[:result].tolist()  # type: ignore[attr-defined]
     return list(result)
 
 
@@ -361,7 +361,7 @@ class MatchingEngine:
                 o.price, o.qty, o.leaves = r[E_PRICE], r[E_QTY], r[E_QTY]
                 if self.track_levels and o.otype != MARKET:
                     self.touched.append((symbol, o.side, o.price))
-                ev = {"event": "accepted", "symbol": symbol, "oid": o.clid, "broker": o.broker,
+                ev: Event = {"event": "accepted", "symbol": symbol, "oid": o.clid, "broker": o.broker,
                       "side": SIDE_NAMES[o.side], "type": TYPE_NAMES[o.otype]}
                 if o.otype != MARKET:
                     ev["price"] = to_price(r[E_PRICE])

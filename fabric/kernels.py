@@ -812,5 +812,5 @@ def checksum(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarr
             else:
                 r = scan_up(bits, row + 1, meta[M_NLEVELS])
                 p = NO_ASK if r < 0 else r + base
-    return np.int64(h)
+    return np.int64(h)  # type: ignore[return-value]  # numba's int64 is the caller's int
 

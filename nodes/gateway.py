@@ -48,7 +48,13 @@ from fabric.protocol import (
     Cancel,
     CommandReply,
     Error,
+    ExAccepted,
+    ExCancelled,
     ExecReport,
+    ExExpired,
+    ExFill,
+    ExRejected,
+    ExReplaced,
     Heartbeat,
     Logon,
     LogonAck,
@@ -85,6 +91,7 @@ log = logging.getLogger("exfab.gateway")
 
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message; up to this, a message gets a reason
 MAX_DRAIN = 4096  # messages taken from one socket per turn, so no socket starves the others
+_EXEC_REPORTS = (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired)
 MAX_REMEMBERED = 100_000  # recent report seqs remembered to deliver each report once over two paths
 REPLAY_TIMEOUT_S = 2.0  # a replay request unanswered this long is sent again (the matcher may have restarted)
 
@@ -325,12 +332,14 @@ class Gateway:
             # The short path: the command's reports came with the reply; deliver them, then the status.
             for body in msg.reports:
                 rep = decode_pub(body)
+                if not isinstance(rep, _EXEC_REPORTS):
+                    continue  # a reply carries execution reports only
                 if rep.seq in feed.by_pub:
                     continue  # the stream was faster
                 feed.by_reply.add(rep.seq)
                 if not feed.next_tseq and not feed.first_known:
                     feed.first_known = rep.seq
-                self._send_broker(rep.broker, answer_for(rep))  # type: ignore[arg-type, union-attr]
+                self._send_broker(rep.broker, answer_for(rep))
             if len(feed.by_reply) > MAX_REMEMBERED:
                 feed.by_reply = {q for q in feed.by_reply if q > feed.seen_seq}
             self._send_broker(p.broker, msg.status)

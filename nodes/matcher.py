@@ -117,7 +117,8 @@ class Outbox:
         """Sequence one message, publish it (when live) and keep it; return its ``seq``."""
         self.seq += 1
         self.tseq[topic] += 1
-        msg = cls(shard=self.shard_no, seq=self.seq, tseq=self.tseq[topic], epoch=self.epoch, ts=ts, **fields)
+        msg = cls(shard=self.shard_no, seq=self.seq, tseq=self.tseq[topic], epoch=self.epoch, ts=ts,  # type: ignore[call-arg]
+                  **fields)
         body = encode(msg)
         if len(self.ring) == self.ring.maxlen:
             self.ring_first += 1
@@ -519,7 +520,7 @@ class Matcher:
             while not self._stop:
                 events = dict(poller.poll(100))
                 if orders in events:
-                    batch = []
+                    batch: list[list[bytes]] = []
                     while len(batch) < MAX_BATCH:
                         try:
                             batch.append(orders.recv_multipart(zmq.NOBLOCK))

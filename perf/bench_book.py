@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # clock starts, as our rows are (see perf/liquibook_peer.py).
         _say("(d) Liquibook with a Python on_fill listener, and without...")
 
-        def best(**kw: Any) -> dict[str, Any]:
+        def best(**kw: Any) -> Any:
             return max((run_liquibook(cmds, **kw) for _ in range(args.repeat)), key=lambda r: r["cmds_per_s"])
 
         lb = best(with_callback=True, precreate=True)

@@ -58,7 +58,7 @@ class ExchangeTarget:
     """Drive the exchange's order path; completions ``ack`` (one per command) and ``fill``."""
 
     name = "exchange"
-    kinds = ("ack", "fill")
+    kinds: tuple[str, ...] = ("ack", "fill")
 
     def __init__(self, brokers: int = 8, fsync: str = "batch", commands: int = 2_000_000, seed: int = 1,
                  topology: str | None = None) -> None:
@@ -71,7 +71,7 @@ class ExchangeTarget:
         self.run = secrets.token_hex(3)  # order ids unique across runs against one running exchange
         self.tmp: str | None = None
         self.socks: list[zmq.Socket] = []
-        self.ctx = zmq.Context.instance()
+        self.ctx: zmq.Context = zmq.Context.instance()
 
     def start(self) -> None:
         """Start the topology (or connect to the running one), log the brokers on, prepare the command stream."""
@@ -111,6 +111,7 @@ class ExchangeTarget:
         if i >= len(self.cmds):
             oid += (i // len(self.cmds)) * 10_000_000  # past the stream's end: fresh order ids
         key = f"h{self.run}-{oid}"
+        msg: New | Cancel | Replace
         if op == OP_NEW:
             b = broker % self.n_brokers
             self.owner[oid] = b
@@ -135,7 +136,7 @@ class ExchangeTarget:
     def poll(self, timeout: float) -> list[tuple[int, str]]:
         """Return the completions that arrived within ``timeout`` seconds."""
         out: list[tuple[int, str]] = []
-        ready = self.poller.poll(timeout * 1000)
+        ready = self.poller.poll(int(timeout * 1000))
         for sock, _ in ready:
             while True:
                 try:

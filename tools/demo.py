@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from fabric.client import BrokerClient
 from fabric.instruments import Instrument
@@ -76,7 +77,7 @@ class Demo:
             oid = rng.choice(list(b.resting))
             b.client.submit(Cancel(oid=oid, symbol=b.resting.pop(oid)))
             return
-        side = "buy" if rng.random() < 0.5 else "sell"
+        side: Literal["buy", "sell"] = "buy" if rng.random() < 0.5 else "sell"
         qty = rng.choice((1, 1, 2, 5, 10, 25, 50, 100)) * m.inst.lot
         oid = b.client.next_oid()
         if roll < 0.20:

@@ -25,7 +25,7 @@ from fabric.client import BrokerClient, ExchangeUnavailable, LogonRefused, Order
 from fabric.protocol import Accepted, Cancelled, Expired, Fill, OrderStatus, Rejected, Replaced
 from topology.load import load
 
-EVENT_NAMES = {Accepted: "accepted", Rejected: "rejected", Fill: "trade", Cancelled: "cancelled",
+EVENT_NAMES: dict[type, str] = {Accepted: "accepted", Rejected: "rejected", Fill: "trade", Cancelled: "cancelled",
                Replaced: "replaced", Expired: "expired", OrderStatus: "status"}
 
 
@@ -119,17 +119,17 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
             send = client.buy if action == "buy" else client.sell
             r = send(symbol, qty, price, args.tif, type=None if price is not None else "market", oid=args.oid)
         else:
-            symbol = args.symbol or _find_symbol(client, args.oid)
-            if symbol is None:
+            found = args.symbol or _find_symbol(client, args.oid)
+            if found is None:
                 msg = Rejected(op=action, oid=args.oid, reason="unknown_order",
                                text=f"broker {args.broker} has no open order {args.oid} "
                                     "(give --symbol for a closed one)")
                 out.write((json.dumps(as_json(msg)) if args.json else describe(msg)) + "\n")
                 return 0
             if action == "cancel":
-                r = client.cancel(args.oid, symbol)
+                r = client.cancel(args.oid, found)
             else:
-                r = client.replace(args.oid, symbol, args.price, args.qty)
+                r = client.replace(args.oid, found, args.price, args.qty)
         _print_result(r, args.json, out)
         return 0
     except ExchangeUnavailable as e:

@@ -164,9 +164,9 @@ class Replayer:
             return eng.cancel(_str(cmd, "symbol"), _str(cmd, "broker"), _str(cmd, "oid"))
         if op == "replace":
             oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
-            price = _decimal(cmd, "price") if cmd.get("price") is not None else None
-            qty = _int(cmd, "qty") if cmd.get("qty") is not None else None
-            return eng.replace(symbol, broker, oid, price, qty)
+            new_price = _decimal(cmd, "price") if cmd.get("price") is not None else None
+            new_qty = _int(cmd, "qty") if cmd.get("qty") is not None else None
+            return eng.replace(symbol, broker, oid, new_price, new_qty)
         if op == "end_of_day":
             return eng.end_of_day()
         if op == "instrument":
