@@ -24,6 +24,7 @@ client's report stream (:meth:`BrokerClient.poll`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import secrets
@@ -469,6 +470,8 @@ class AsyncBrokerClient(_Base):
         super().__init__(gateways, broker, secret=secret, heartbeat_ms=heartbeat_ms, timeout=timeout, retries=retries)
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None
+        # Commands take turns on the one socket: each reads answers until its own command is done.
+        self._turn = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncBrokerClient:
         await self.connect()
@@ -519,6 +522,10 @@ class AsyncBrokerClient(_Base):
         self._last_tx = time.monotonic()
 
     async def _command(self, msg: New | Cancel | Replace | Status, op: str) -> OrderResult:
+        async with self._turn:
+            return await self._command_now(msg, op)
+
+    async def _command_now(self, msg: New | Cancel | Replace | Status, op: str) -> OrderResult:
         if self.sock is None:
             await self.connect()
         result = OrderResult(oid=msg.oid, symbol=msg.symbol, op=op)

@@ -85,3 +85,20 @@ def test_open_orders_lists_only_open_orders_of_the_broker(exchange: Launcher) ->
         other.buy(a_sym, 1, _price(exchange, a_sym, 12))
         assert sorted(o.oid for o in c.open_orders()) == sorted([keep_a.oid, keep_b.oid])
         assert [o.oid for o in c.open_orders(b_sym)] == [keep_b.oid]
+
+
+def test_async_client_commands_at_once_each_get_their_own_outcome(exchange: Launcher) -> None:
+    import asyncio
+
+    from fabric.client import AsyncBrokerClient
+
+    g1, _ = gateway_endpoints(exchange)
+    sym = exchange.topo.shards[0].symbols[3]
+
+    async def main() -> list[object]:
+        async with AsyncBrokerClient([g1], "B9") as c:
+            return list(await asyncio.gather(*(c.buy(sym, q, _price(exchange, sym, 20 + q)) for q in range(1, 6))))
+
+    results = asyncio.run(main())
+    assert [(r.state, r.status.qty) for r in results] == [("new", q) for q in range(1, 6)]  # type: ignore[attr-defined]
+    assert all(r.resends == 0 for r in results)  # type: ignore[attr-defined]
