@@ -1,0 +1,368 @@
+"""Per-symbol market state built from the matchers' trade and book feeds: a pure library, no sockets.
+
+The ticker node keeps one :class:`MarketState` and feeds it every ``Trade`` and
+``BookLevel`` it receives (after :func:`fabric.protocol.iter_pub` has expanded
+bundles).  For each symbol a :class:`SymbolState` holds the last trade, change
+against the reference price, open/high/low, volume, turnover, VWAP, the best
+bid and ask, five levels of depth per side (price, quantity, orders, as the BSE
+shows them), a bounded tape of recent trades, and OHLCV bars of one second and
+one minute.
+
+Gaps are detected per topic by ``tseq`` (``docs/protocol.md``, "Detecting a
+gap"): for each symbol the last ``tseq`` of its ``T`` and ``B`` topics is kept;
+a message at or below it is a duplicate and ignored (replaying a range twice
+never counts a trade twice); a message above the next expected one is applied,
+and the gap is recorded in :attr:`MarketState.gaps` for the caller to repair
+(replay or snapshot).  Baselines start at 0 (a fresh shard's first message is
+``tseq`` 1) or at a snapshot's ``book_tseq``/``trade_tseq``
+(:meth:`MarketState.apply_snapshot`).
+
+Prices are :class:`~decimal.Decimal` inside and decimal strings in the JSON
+views (:meth:`MarketState.snapshot`, :meth:`MarketState.ticks`); change percent
+is rounded there to 2 places and VWAP to 4.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final, Literal
+
+from fabric.instruments import Instrument
+from fabric.protocol import BookLevel, BookSnapshot, Trade
+
+__all__ = [
+    "BAR_HISTORY",
+    "DEPTH",
+    "INTERVALS",
+    "TAPE_LEN",
+    "Bar",
+    "BarSeries",
+    "MarketState",
+    "SymbolState",
+    "TapeEntry",
+]
+
+DEPTH: Final = 5  # levels per side in the depth view, as the BSE shows
+TAPE_LEN: Final = 50  # recent trades kept per symbol
+BAR_HISTORY: Final = 1_000  # finished bars kept per symbol and interval
+INTERVALS: Final[dict[str, int]] = {"1s": 1_000_000_000, "1m": 60_000_000_000}  # bar lengths in ns
+
+_PCT_PLACES: Final = Decimal("0.01")
+_VWAP_PLACES: Final = Decimal("0.0001")
+
+Kind = Literal["trade", "book"]
+
+
+@dataclass
+class Bar:
+    """One OHLCV bar; ``start`` is its first nanosecond, a multiple of the interval."""
+
+    start: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: int = 0
+    trades: int = 0
+
+    def add(self, price: Decimal, qty: int) -> None:
+        """Fold one trade into the bar."""
+        if price > self.high:
+            self.high = price
+        if price < self.low:
+            self.low = price
+        self.close = price
+        self.volume += qty
+        self.trades += 1
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the bar as a JSON-ready dict (prices as strings)."""
+        return {"start": self.start, "open": str(self.open), "high": str(self.high), "low": str(self.low),
+                "close": str(self.close), "volume": self.volume, "trades": self.trades}
+
+
+@dataclass
+class BarSeries:
+    """The bars of one interval: the current bar and a bounded history of finished ones, oldest first."""
+
+    interval: int
+    history: deque[Bar] = field(default_factory=lambda: deque(maxlen=BAR_HISTORY))
+    current: Bar | None = None
+
+    def add(self, ts: int, price: Decimal, qty: int) -> None:
+        """Fold a trade at ``ts`` (ns) into its bar, closing the current bar when ``ts`` is past it.
+
+        A trade stamped before the current bar's start (clocks of two replicas
+        after a failover) is folded into the current bar: bars never reopen.
+        """
+        start = ts - ts % self.interval
+        cur = self.current
+        if cur is None or start > cur.start:
+            if cur is not None:
+                self.history.append(cur)
+            cur = self.current = Bar(start=start, open=price, high=price, low=price, close=price)
+        cur.add(price, qty)
+
+    def bars(self) -> list[Bar]:
+        """Return the finished bars and the current one, oldest first."""
+        out = list(self.history)
+        if self.current is not None:
+            out.append(self.current)
+        return out
+
+
+@dataclass(frozen=True)
+class TapeEntry:
+    """One trade on the tape."""
+
+    trade_id: int
+    ts: int
+    price: Decimal
+    qty: int
+    aggressor: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the trade as a JSON-ready dict (price as a string)."""
+        return {"trade_id": self.trade_id, "ts": self.ts, "price": str(self.price), "qty": self.qty,
+                "aggressor": self.aggressor}
+
+
+@dataclass
+class SymbolState:
+    """What the market knows of one symbol: last trade, session statistics, depth, tape and bars.
+
+    Parameters
+    ----------
+    symbol
+        The symbol.
+    ref_price
+        The reference price (previous close) change is measured against; ``None`` for none.
+    """
+
+    symbol: str
+    ref_price: Decimal | None = None
+    last: Decimal | None = None
+    last_qty: int = 0
+    last_ts: int = 0
+    open: Decimal | None = None
+    high: Decimal | None = None
+    low: Decimal | None = None
+    volume: int = 0
+    turnover: Decimal = Decimal(0)
+    trades: int = 0
+    trade_id: int = 0
+    bids: dict[Decimal, tuple[int, int]] = field(default_factory=dict)  # price -> (qty, orders)
+    asks: dict[Decimal, tuple[int, int]] = field(default_factory=dict)
+    tape: deque[TapeEntry] = field(default_factory=lambda: deque(maxlen=TAPE_LEN))
+    bars: dict[str, BarSeries] = field(default_factory=lambda: {k: BarSeries(v) for k, v in INTERVALS.items()})
+
+    @property
+    def change(self) -> Decimal | None:
+        """Return the last price minus the reference price, or ``None`` without both."""
+        if self.last is None or self.ref_price is None:
+            return None
+        return self.last - self.ref_price
+
+    @property
+    def change_pct(self) -> Decimal | None:
+        """Return the change in percent of the reference price (unrounded), or ``None``."""
+        if self.last is None or not self.ref_price:
+            return None
+        return (self.last - self.ref_price) * 100 / self.ref_price
+
+    @property
+    def vwap(self) -> Decimal | None:
+        """Return the volume-weighted average price (unrounded), or ``None`` before the first trade."""
+        if not self.volume:
+            return None
+        return self.turnover / self.volume
+
+    def best_bid(self) -> tuple[Decimal, int] | None:
+        """Return the best bid's price and quantity, or ``None`` for an empty side."""
+        if not self.bids:
+            return None
+        p = max(self.bids)
+        return p, self.bids[p][0]
+
+    def best_ask(self) -> tuple[Decimal, int] | None:
+        """Return the best ask's price and quantity, or ``None`` for an empty side."""
+        if not self.asks:
+            return None
+        p = min(self.asks)
+        return p, self.asks[p][0]
+
+    def depth(self, side: str, n: int = DEPTH) -> list[tuple[Decimal, int, int]]:
+        """Return the best ``n`` levels of ``side`` ("buy" or "sell"), best first, as (price, qty, orders)."""
+        book = self.bids if side == "buy" else self.asks
+        prices = sorted(book, reverse=side == "buy")[:n]
+        return [(p, *book[p]) for p in prices]
+
+    def add_trade(self, msg: Trade) -> None:
+        """Fold one trade into the statistics, the tape and the bars."""
+        price = Decimal(msg.price)
+        qty = msg.qty
+        self.last, self.last_qty, self.last_ts = price, qty, msg.ts
+        if self.open is None:
+            self.open = price
+        if self.high is None or price > self.high:
+            self.high = price
+        if self.low is None or price < self.low:
+            self.low = price
+        self.volume += qty
+        self.turnover += price * qty
+        self.trades += 1
+        self.trade_id = max(self.trade_id, msg.trade_id)
+        self.tape.append(TapeEntry(msg.trade_id, msg.ts, price, qty, msg.aggressor))
+        for series in self.bars.values():
+            series.add(msg.ts, price, qty)
+
+    def set_level(self, side: str, price: Decimal, qty: int, count: int) -> None:
+        """Set a level's quantity and order count; quantity 0 removes the level."""
+        book = self.bids if side == "buy" else self.asks
+        if qty > 0:
+            book[price] = (qty, count)
+        else:
+            book.pop(price, None)
+
+
+def _s(d: Decimal | None) -> str | None:
+    return None if d is None else str(d)
+
+
+def _q(d: Decimal | None, places: Decimal) -> str | None:
+    return None if d is None else str(d.quantize(places))
+
+
+class MarketState:
+    """Every symbol's :class:`SymbolState`, kept from ``Trade`` and ``BookLevel`` messages with gap detection.
+
+    Parameters
+    ----------
+    instruments
+        The instruments traded; their ``ref_price`` is the base of change.  A
+        message for a symbol not among them gets a state without a reference price.
+
+    Attributes
+    ----------
+    symbols
+        The state per symbol.
+    gaps
+        Every gap seen, in order: (symbol, "trade" or "book", expected tseq, received tseq).
+    duplicates
+        How many messages were ignored because their tseq was at or below the last one.
+    """
+
+    def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
+        self.symbols: dict[str, SymbolState] = {i.symbol: SymbolState(i.symbol, i.ref_price) for i in instruments}
+        self.gaps: list[tuple[str, str, int, int]] = []
+        self.duplicates = 0
+        self._tseq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> last tseq applied
+
+    def state(self, symbol: str) -> SymbolState:
+        """Return the state of ``symbol``, creating an empty one for a symbol not seen yet."""
+        st = self.symbols.get(symbol)
+        if st is None:
+            st = self.symbols[symbol] = SymbolState(symbol)
+        return st
+
+    def last_tseq(self, symbol: str, kind: Kind) -> int:
+        """Return the last ``tseq`` applied on ``symbol``'s trade or book topic (0 before any)."""
+        return self._tseq.get((kind, symbol), 0)
+
+    def _accept(self, symbol: str, kind: Kind, tseq: int) -> bool:
+        key = (kind, symbol)
+        last = self._tseq.get(key, 0)
+        if tseq <= last:
+            self.duplicates += 1
+            return False
+        if tseq != last + 1:
+            self.gaps.append((symbol, kind, last + 1, tseq))
+        self._tseq[key] = tseq
+        return True
+
+    def apply(self, msg: object) -> None:
+        """Apply one PUB message: a ``Trade`` or ``BookLevel``; ignore any other message and duplicates.
+
+        A message whose ``tseq`` skips ahead is applied and its gap appended to
+        :attr:`gaps`; nothing is raised.
+        """
+        if isinstance(msg, Trade):
+            if self._accept(msg.symbol, "trade", msg.tseq):
+                self.state(msg.symbol).add_trade(msg)
+        elif isinstance(msg, BookLevel):
+            if self._accept(msg.symbol, "book", msg.tseq):
+                self.state(msg.symbol).set_level(msg.side, Decimal(msg.price), msg.qty, msg.count)
+
+    def apply_snapshot(self, snap: BookSnapshot) -> None:
+        """Replace a symbol's levels with a snapshot's and take its ``tseq`` baselines and ``trade_id``.
+
+        Messages at or below the snapshot's ``book_tseq``/``trade_tseq`` are
+        then ignored as duplicates; later ones apply on top.  Session statistics
+        (volume, OHLC, bars) are kept: the snapshot does not carry them.
+        """
+        st = self.state(snap.symbol)
+        st.bids = {Decimal(p): (qty, n) for p, qty, n in snap.bids if qty > 0}
+        st.asks = {Decimal(p): (qty, n) for p, qty, n in snap.asks if qty > 0}
+        st.trade_id = snap.trade_id
+        self._tseq[("book", snap.symbol)] = snap.book_tseq
+        self._tseq[("trade", snap.symbol)] = snap.trade_tseq
+
+    def snapshot(self, symbol: str) -> dict[str, Any]:
+        """Return everything known of ``symbol`` as a JSON-ready dict (prices as strings, ``None`` as null).
+
+        Raises
+        ------
+        KeyError
+            When the symbol is unknown.
+        """
+        st = self.symbols[symbol]
+        bid, ask = st.best_bid(), st.best_ask()
+        return {
+            "symbol": symbol,
+            "ref_price": _s(st.ref_price),
+            "last": _s(st.last),
+            "last_qty": st.last_qty,
+            "last_ts": st.last_ts,
+            "change": _s(st.change),
+            "change_pct": _q(st.change_pct, _PCT_PLACES),
+            "open": _s(st.open),
+            "high": _s(st.high),
+            "low": _s(st.low),
+            "volume": st.volume,
+            "turnover": str(st.turnover),
+            "vwap": _q(st.vwap, _VWAP_PLACES),
+            "trades": st.trades,
+            "trade_id": st.trade_id,
+            "bid": None if bid is None else str(bid[0]),
+            "bid_qty": None if bid is None else bid[1],
+            "ask": None if ask is None else str(ask[0]),
+            "ask_qty": None if ask is None else ask[1],
+            "bids": [[str(p), q, n] for p, q, n in st.depth("buy")],
+            "asks": [[str(p), q, n] for p, q, n in st.depth("sell")],
+            "tape": [t.to_json() for t in st.tape],
+            "bars": {k: [b.to_json() for b in s.bars()] for k, s in st.bars.items()},
+            "trade_tseq": self.last_tseq(symbol, "trade"),
+            "book_tseq": self.last_tseq(symbol, "book"),
+        }
+
+    def ticks(self, symbol: str) -> dict[str, Any]:
+        """Return a compact tick of ``symbol``: last, change percent, volume, best bid and ask.
+
+        Raises
+        ------
+        KeyError
+            When the symbol is unknown.
+        """
+        st = self.symbols[symbol]
+        bid, ask = st.best_bid(), st.best_ask()
+        return {
+            "symbol": symbol,
+            "last": _s(st.last),
+            "change_pct": _q(st.change_pct, _PCT_PLACES),
+            "volume": st.volume,
+            "bid": None if bid is None else str(bid[0]),
+            "ask": None if ask is None else str(ask[0]),
+        }
