@@ -216,10 +216,9 @@ class Matcher:
 
     def _apply(self, cmd: dict[str, Any], ts: int) -> tuple[int, int, list[Event]]:
         # Apply one journaled command; publish its outcomes; return (first_seq, last_seq, events).
-        # A resend that reached the journal anyway changes nothing, live and in a replay of the journal alike.
+        # Resends never reach the journal (_handle_round answers them from memory), so a journaled
+        # command is always applied: live and in a replay of the journal alike.
         try:
-            if cmd.get("op") == "new" and self._is_retry(cmd["broker"], cmd):
-                return self.outbox.seq + 1, self.outbox.seq, []
             return self._apply_events(cmd, ts)
         except Exception:
             # A bug, not bad input (that was refused before the journal). The same command fails
