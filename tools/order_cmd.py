@@ -169,5 +169,6 @@ def orders_command(args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stde
     for o in orders:
         table.add_row(o.oid, o.symbol, o.side or "", o.price or "market", str(o.qty), str(o.cum_qty),
                       str(o.leaves_qty), o.tif or "", o.state)
-    Console(file=out).print(table if orders else f"{args.broker} has no open orders")
+    console = Console(file=out, width=None if out.isatty() else 120)
+    console.print(table if orders else f"{args.broker} has no open orders")
     return 0
