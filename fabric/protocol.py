@@ -30,7 +30,7 @@ message; looking the price up in a set of prices already seen costs 0.05 us).  T
 (:func:`decode_client_plain`, :func:`encode_plain`) does the same with
 ``msgpack.unpackb``/``packb`` and hand-written checks compiled from the same
 Struct annotations, and gives the same messages and the same errors.
-``perf/bench_codec.py --repeat 9`` timed both on the gateway's hot path, with a
+``perf/bench_codec.py --repeat 5`` timed both on the gateway's hot path, with a
 third variant, every check of a ``new`` written out inline (the best a
 hand-written decoder does), on the 2-core reference machine (Python 3.11.7,
 msgspec 0.22.0, msgpack 1.2.4), messages per second:
@@ -38,12 +38,12 @@ msgspec 0.22.0, msgpack 1.2.4), messages per second:
 ============================  ========  ========  ==============  ===============
 path                          msgspec   plain     plain, inlined  msgspec / best
 ============================  ========  ========  ==============  ===============
-decode + validate a ``new``   1.73 M    0.16 M    0.27 M          6.5x
-encode a ``fill``             3.53 M    0.28 M    0.83 M          4.3x
-refuse a bad ``new``          0.09 M    0.11 M    0.22 M          0.4x
+decode + validate a ``new``   1.82 M    0.17 M    0.29 M          6.3x
+encode a ``fill``             3.53 M    0.28 M    0.84 M          4.2x
+refuse a bad ``new``          0.09 M    0.12 M    0.22 M          0.4x
 ============================  ========  ========  ==============  ===============
 
-msgspec won, 6.5 times faster than the best plain decoder and 4.3 times than
+msgspec won, 6.3 times faster than the best plain decoder and 4.2 times than
 the best plain encoder, and is THE codec.  Its errors are terse and depend on
 which field it meets first, so when the msgspec path refuses a message the
 plain decoder runs on the same bytes to name the reason and the field: both
