@@ -131,8 +131,6 @@ class _ShardFeed:
     # What the gateway knows of one shard's execution report stream.
     next_tseq: int = 0  # 0: not yet seen anything (or lost track: a replay was unavailable)
     seen_seq: int = 0  # seq of the last report delivered (or of the last message replayed)
-    # Order statuses to send once the command's reports are delivered: (first_seq, last_seq, broker, status).
-    waiting: list[tuple[int, int, str, OrderStatus]] = field(default_factory=list)
     held: list[ExecReport] = field(default_factory=list)  # reports after a gap, until it is filled
     replaying: bool = False
     replay: ReplayRequest | None = None  # the request outstanding
@@ -310,7 +308,7 @@ class Gateway:
             log.warning("unexpected %s on an order socket", type(msg).__name__)
 
     def on_command_reply(self, msg: CommandReply) -> None:
-        """Handle a matcher's answer to one command: answer the broker now, or after the command's reports."""
+        """Handle a matcher's answer to one command: its reports (if any), then the order's status."""
         q = self.queries.pop(msg.req, None)
         if q is not None:
             q.orders.extend(msg.orders or [])
@@ -342,12 +340,7 @@ class Gateway:
                 self._send_broker(rep.broker, answer_for(rep))
             if len(feed.by_reply) > MAX_REMEMBERED:
                 feed.by_reply = {q for q in feed.by_reply if q > feed.seen_seq}
-            self._send_broker(p.broker, msg.status)
-            return
-        if msg.last_seq == 0 or feed.seen_seq >= msg.last_seq:
-            self._send_broker(p.broker, msg.status)
-        else:
-            feed.waiting.append((msg.first_seq, msg.last_seq, p.broker, msg.status))
+        self._send_broker(p.broker, msg.status)
 
     def on_report(self, shard_no: int, body: bytes) -> None:
         """Handle one message from a shard's PUB: an execution report (in order, or held behind a gap), a heartbeat."""
@@ -396,9 +389,9 @@ class Gateway:
         if feed.next_tseq:
             lost = seq > feed.seen_seq + 1 if tseq is None else tseq > feed.next_tseq
             return feed.seen_seq + 1 if lost else None
-        # Nothing to count from: what must not be missed are the reports of the commands waited for, and
-        # what followed the reports delivered with replies.
-        first = min([w[0] for w in feed.waiting] + ([feed.first_known] if feed.first_known else []), default=seq)
+        # Nothing to count from: what must not be missed is what followed the reports delivered with
+        # replies.
+        first = feed.first_known or seq
         first = max(first, feed.seen_seq + 1)
         return first if first < seq else None
 
@@ -422,18 +415,7 @@ class Gateway:
             feed.by_pub[rep.seq] = None
             if len(feed.by_pub) > MAX_REMEMBERED:
                 feed.by_pub.popitem(last=False)
-        self._release(feed, rep.seq)
 
-    def _release(self, feed: _ShardFeed, seq: int) -> None:
-        # Send the statuses of the commands whose reports are all delivered (or lost for good) up to `seq`.
-        if feed.waiting:
-            still = []
-            for w in feed.waiting:
-                if w[1] <= seq:
-                    self._send_broker(w[2], w[3])
-                else:
-                    still.append(w)
-            feed.waiting = still
 
     def on_replay(self, shard_no: int, body: bytes) -> None:
         """Deliver a replayed range, then what was held behind the gap."""
@@ -451,7 +433,6 @@ class Gateway:
                       msg.text)
             feed.next_tseq = 0  # take the next report as the new start
             feed.first_known = 0
-            self._release(feed, msg.last)
         for b in msg.msgs:
             rep = decode_pub(b)
             if isinstance(rep, Trade | BookLevel):
