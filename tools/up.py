@@ -32,7 +32,7 @@ from fabric.protocol import (
     encode,
     iter_pub,
 )
-from topology.launcher import Launcher, LaunchError, _read_line
+from topology.launcher import Launcher, LaunchError, read_line
 from topology.model import Topology
 
 
@@ -202,7 +202,7 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
                 [sys.executable, "-m", "tools.demo", "--topology", str(launcher.path), "--rate", str(rate)],
                 stdout=subprocess.PIPE, stderr=open(launcher.log_dir / "demo.log", "a"),  # noqa: SIM115
                 text=True, env=env, start_new_session=True)
-            if _read_line(demo_proc.stdout, 30) is None:  # type: ignore[arg-type]
+            if read_line(demo_proc.stdout, 30) is None:  # type: ignore[arg-type]
                 console.print("[red]the demo brokers did not start[/] (see the demo log)")
             else:
                 console.print(f"demo brokers trading ({rate:g} commands/s); Ctrl-C stops everything")

@@ -103,7 +103,7 @@ class Launcher:
                                 text=True, start_new_session=True)
         log_file.close()
         node = NodeProcess(kind, name, proc, log_path)
-        line = _read_line(proc.stdout, timeout)  # type: ignore[arg-type]
+        line = read_line(proc.stdout, timeout)  # type: ignore[arg-type]
         if line is None or not line.startswith("READY"):
             proc.kill()
             proc.wait()
@@ -166,8 +166,11 @@ class Launcher:
         self.stop()
 
 
-def _read_line(stream: IO[str], timeout: float) -> str | None:
-    # Read one line with a timeout (a thread, since pipes have no portable timeout).
+def read_line(stream: IO[str], timeout: float) -> str | None:
+    """Return one line of ``stream`` (stripped), or ``None`` after ``timeout`` seconds or at its end.
+
+    A thread does the reading, since pipes have no portable timeout.
+    """
     box: list[str] = []
     t = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
     t.start()
