@@ -283,18 +283,29 @@ class MarketState:
         self._tseq[key] = tseq
         return True
 
-    def apply(self, msg: object) -> None:
+    def apply(self, msg: object) -> bool:
         """Apply one PUB message: a ``Trade`` or ``BookLevel``; ignore any other message and duplicates.
 
         A message whose ``tseq`` skips ahead is applied and its gap appended to
-        :attr:`gaps`; nothing is raised.
+        :attr:`gaps`; nothing is raised.  Return whether the message changed the state.
         """
         if isinstance(msg, Trade):
             if self._accept(msg.symbol, "trade", msg.tseq):
                 self.state(msg.symbol).add_trade(msg)
+                return True
         elif isinstance(msg, BookLevel):
             if self._accept(msg.symbol, "book", msg.tseq):
                 self.state(msg.symbol).set_level(msg.side, Decimal(msg.price), msg.qty, msg.count)
+                return True
+        return False
+
+    def reset(self, symbols: Iterable[str]) -> None:
+        """Forget everything of ``symbols`` (a shard started over with a new journal); keep their reference prices."""
+        for sym in symbols:
+            old = self.symbols.get(sym)
+            self.symbols[sym] = SymbolState(sym, None if old is None else old.ref_price)
+            self._tseq.pop(("trade", sym), None)
+            self._tseq.pop(("book", sym), None)
 
     def apply_snapshot(self, snap: BookSnapshot) -> None:
         """Replace a symbol's levels with a snapshot's and take its ``tseq`` baselines and ``trade_id``.

@@ -180,7 +180,8 @@ def test_endpoints_connect_by_host_and_bind_loopback_or_all() -> None:
 
 
 def test_nodes_list_matchers_first_then_persistence_ticker_gateways() -> None:
-    extra = '[ticker]\nhost = "127.0.0.1"\npub_port = 7180\nhttp_port = 7181\n[persistence]\nhost = "127.0.0.1"\n'
+    extra = ('[ticker]\nhost = "127.0.0.1"\npub_port = 7180\nsnapshot_port = 7182\nhttp_port = 7181\n'
+             '[persistence]\nhost = "127.0.0.1"\n')
     topo = loads(_text(extra=extra))
     assert topo.nodes() == [
         Node("matcher", "A", "127.0.0.1"),
@@ -192,7 +193,7 @@ def test_nodes_list_matchers_first_then_persistence_ticker_gateways() -> None:
     assert topo.nodes()[0].label == "matcher:A"
     assert topo.ticker is not None and topo.ticker.http_url == "http://127.0.0.1:7181/"
     ports = sorted(p.port for p in topo.all_ports())
-    assert ports == [7101, 7110, 7111, 7112, 7120, 7121, 7122, 7180, 7181]
+    assert ports == [7101, 7110, 7111, 7112, 7120, 7121, 7122, 7180, 7181, 7182]
 
 
 def test_nodes_filtered_by_host_give_that_machines_processes() -> None:

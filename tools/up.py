@@ -156,6 +156,9 @@ def status_table(launcher: Launcher) -> Any:
         if n.kind == "matcher":
             _, rep = launcher.topo.replica(n.name)
             where = f"orders {rep.order.connect}, feed {rep.pub.connect}"
+        elif n.kind == "ticker" and launcher.topo.ticker is not None:
+            tk = launcher.topo.ticker
+            where = f"page {tk.http_url}, feed {tk.pub.connect}, snapshots {tk.snapshot.connect}"
         else:
             where = launcher.topo.gateway(n.name).endpoint.connect
         t.add_row(n.label, str(n.proc.pid), where, f"{n.ready_after or 0:.1f} s",
@@ -209,6 +212,10 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
         else:
             console.print("the exchange is up; Ctrl-C stops it")
         console.print(f"gateways for brokers: {', '.join(g.endpoint.connect for g in launcher.topo.gateways)}")
+        if launcher.topo.ticker is not None:
+            t = launcher.topo.ticker
+            console.print(f"[bold]live prices: {t.http_url}[/]  (open it in a browser; feed {t.pub.connect}, "
+                          f"`exfab watch` in another terminal)")
         start = time.monotonic()
         if console.is_terminal:
             with Live(view.table(), console=console, refresh_per_second=4) as live:

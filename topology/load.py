@@ -45,8 +45,9 @@ A topology file is TOML.  Every table and key, with its default::
 
     [ticker]                            # optional: the market data node
     host = "127.0.0.1"
-    pub_port = 7180                     # PUB: last prices, bars, depth
-    http_port = 7181                    # the price page and its WebSocket
+    pub_port = 7180                     # PUB: last prices, bars, depth (docs/market-data.md)
+    snapshot_port = 7182                # ROUTER: snapshots for the feed's subscribers (the Clone pattern)
+    http_port = 7181                    # the price page, its WebSocket and /history
 
     [persistence]                       # optional: the node that writes orders and trades
     host = "127.0.0.1"
@@ -124,7 +125,7 @@ _SHARD_KEYS = ("name", "symbols", "replicas", "host", *_MATCHER_PORTS)
 _REPLICA_KEYS = ("name", "host", *_MATCHER_PORTS)
 _GATEWAY_KEYS = ("name", "host", "port")
 _BROKER_KEYS = ("id", "name")
-_TICKER_KEYS = ("host", "pub_port", "http_port")
+_TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port")
 _PERSISTENCE_KEYS = ("host",)
 _STORES_KEYS = tuple(STORE_KINDS)
 _ZOOKEEPER_KEYS = ("hosts", "root")
@@ -728,10 +729,11 @@ class _Builder:
         self.keys(tbl, "ticker", _TICKER_KEYS)
         host = self.host(tbl, "host", "ticker")
         pub = self.port(tbl, "pub_port", "ticker", host)
+        snap = self.port(tbl, "snapshot_port", "ticker", host)
         http = self.port(tbl, "http_port", "ticker", host)
-        if host is None or pub is None or http is None:
+        if host is None or pub is None or snap is None or http is None:
             return None
-        return Ticker(host, pub, http)
+        return Ticker(host, pub, http, snap)
 
     def persistence(self, data: dict[str, Any]) -> Persistence | None:
         tbl = self.table(data, "persistence")

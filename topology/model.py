@@ -220,12 +220,20 @@ class Ticker:
     pub_port
         Its PUB of last prices, bars and depth.
     http_port
-        Its HTTP server: the price page and its WebSocket.
+        Its HTTP server: the price page, its WebSocket and ``/history``.
+    snapshot_port
+        Its ROUTER answering snapshot requests of the feed's subscribers.
     """
 
     host: str
     pub_port: int
     http_port: int
+    snapshot_port: int
+
+    @property
+    def snapshot(self) -> Endpoint:
+        """The snapshot service (ROUTER) of the feed."""
+        return Endpoint(self.host, self.snapshot_port)
 
     @property
     def pub(self) -> Endpoint:
@@ -490,6 +498,7 @@ class Topology:
         if self.ticker is not None:
             node = Node(TICKER, TICKER, self.ticker.host)
             out.append(PortUse(self.ticker.host, self.ticker.pub_port, node, "pub_port"))
+            out.append(PortUse(self.ticker.host, self.ticker.snapshot_port, node, "snapshot_port"))
             out.append(PortUse(self.ticker.host, self.ticker.http_port, node, "http_port"))
         return out
 

@@ -1,0 +1,260 @@
+"""What the ticker publishes: sequenced quote, depth and bars objects built from a :class:`MarketState`.
+
+:class:`MarketFeed` wraps a :class:`~fabric.marketstate.MarketState`.  The ticker
+applies the matchers' ``Trade`` and ``BookLevel`` messages to it
+(:meth:`MarketFeed.apply`), and once per turn of its loop takes what changed
+(:meth:`MarketFeed.take`): for every symbol touched since the last turn, at most
+one ``quote``, one ``depth`` and one ``bars`` object, each numbered by its
+topic's ``seq``.  That is the ticker's own conflation: under load a turn covers
+many trades and publishes the latest state once, with the turn's trades in the
+quote's ``prints`` and every bar they touched in ``bars``.  The objects and
+topics are specified in ``docs/market-data.md``; this module is their one
+implementation (the ZeroMQ feed, the WebSocket and the snapshot service all
+send what it builds).
+
+No sockets here: the ticker node and the benchmark drive it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Final
+
+from fabric.instruments import Instrument
+from fabric.marketstate import _PCT_PLACES, _VWAP_PLACES, DEPTH, Bar, MarketState, SymbolState, TapeEntry
+from fabric.protocol import BookLevel, BookSnapshot, Trade
+
+__all__ = [
+    "FEED_VERSION",
+    "HEARTBEAT_TOPIC",
+    "KINDS",
+    "FeedTurn",
+    "MarketFeed",
+    "feed_topic",
+    "split_feed_topic",
+]
+
+FEED_VERSION: Final = 1
+KINDS: Final = ("quote", "depth", "bars")
+_PREFIX: Final = {"quote": b"q", "depth": b"d", "bars": b"b"}
+_KIND_OF: Final = {v[0]: k for k, v in _PREFIX.items()}
+HEARTBEAT_TOPIC: Final = b"h\x00"
+
+
+def feed_topic(kind: str, symbol: str) -> bytes:
+    """Return the topic frame of ``kind`` ("quote", "depth" or "bars") for ``symbol``: ``b"qTCS\\0"``."""
+    return _PREFIX[kind] + symbol.encode() + b"\x00"
+
+
+def split_feed_topic(topic: bytes) -> tuple[str, str]:
+    """Return (kind, symbol) of a feed topic frame; ``("heartbeat", "")`` for the heartbeat topic.
+
+    Raises
+    ------
+    ValueError
+        When the frame is not a feed topic.
+    """
+    if topic == HEARTBEAT_TOPIC:
+        return "heartbeat", ""
+    kind = _KIND_OF.get(topic[0]) if topic else None
+    if kind is None or len(topic) < 3 or topic[-1] != 0:
+        raise ValueError(f"not a feed topic: {topic!r}")
+    return kind, topic[1:-1].decode()
+
+
+def _s(d: Decimal | None) -> str | None:
+    return None if d is None else str(d)
+
+
+def _bar(b: Bar) -> dict[str, Any]:
+    return {"start": b.start, "open": str(b.open), "high": str(b.high), "low": str(b.low), "close": str(b.close),
+            "volume": b.volume, "trades": b.trades}
+
+
+def _print(t: TapeEntry) -> dict[str, Any]:
+    return {"trade_id": t.trade_id, "ts": t.ts, "price": str(t.price), "qty": t.qty, "aggressor": t.aggressor}
+
+
+@dataclass
+class FeedTurn:
+    """What one :meth:`MarketFeed.take` produced.
+
+    Attributes
+    ----------
+    messages
+        ``(kind, symbol, object)`` in publishing order: per symbol its quote, then depth, then bars.
+    trades
+        ``(symbol, trade)`` of every trade applied since the last turn, in order (the history's ticks).
+    bars
+        ``(symbol, interval, bar)`` of every bar those trades touched (the history's bars).
+    """
+
+    messages: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    trades: list[tuple[str, TapeEntry]] = field(default_factory=list)
+    bars: list[tuple[str, str, Bar]] = field(default_factory=list)
+
+
+class MarketFeed:
+    """A :class:`MarketState` and the sequenced objects the ticker publishes from it.
+
+    Parameters
+    ----------
+    instruments
+        The instruments traded: their symbols and reference prices.
+    """
+
+    def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
+        self.state = MarketState(instruments)
+        self.seq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> seq of its last message
+        self._prints: dict[str, list[TapeEntry]] = {}  # trades since the symbol's last quote
+        self._first_ts: dict[str, int] = {}  # ts of the first trade since the symbol's last bars
+        self._book: set[str] = set()  # symbols whose levels changed since the last turn
+        self._depth: dict[str, tuple[Any, Any]] = {}  # last published depth per symbol
+        self._top: dict[str, tuple[Any, Any]] = {}  # last published best bid/ask per symbol
+
+    @property
+    def symbols(self) -> list[str]:
+        """Every symbol known, sorted."""
+        return sorted(self.state.symbols)
+
+    def apply(self, msg: object) -> bool:
+        """Apply one matcher message (``Trade`` or ``BookLevel``; others ignored); return whether it changed state."""
+        if not self.state.apply(msg):
+            return False
+        if type(msg) is Trade:
+            sym = msg.symbol
+            st = self.state.symbols[sym]
+            self._prints.setdefault(sym, []).append(st.tape[-1])
+            self._first_ts.setdefault(sym, msg.ts)
+        elif type(msg) is BookLevel:
+            self._book.add(msg.symbol)
+        return True
+
+    def apply_snapshot(self, book: BookSnapshot) -> None:
+        """Take a symbol's levels and ``tseq`` baselines from a matcher's snapshot (when a replay is not possible)."""
+        self.state.apply_snapshot(book)
+        self._book.add(book.symbol)
+
+    def reset(self, symbols: Iterable[str]) -> None:
+        """Forget the market state of ``symbols`` (their shard started over); their topics' ``seq`` go on."""
+        syms = list(symbols)
+        self.state.reset(syms)
+        for sym in syms:
+            self._prints.pop(sym, None)
+            self._first_ts.pop(sym, None)
+            self._book.add(sym)
+            self._prints[sym] = []  # publish the emptied quote too
+
+    @property
+    def dirty(self) -> bool:
+        """Whether anything changed since the last :meth:`take`."""
+        return bool(self._prints or self._book)
+
+    def take(self, now: int | None = None) -> FeedTurn:
+        """Return the objects to publish for what changed since the last call, each with its topic's next ``seq``."""
+        ts = time.time_ns() if now is None else now
+        turn = FeedTurn()
+        out = turn.messages
+        prints, self._prints = self._prints, {}
+        first_ts, self._first_ts = self._first_ts, {}
+        book, self._book = self._book, set()
+        for sym in sorted(prints.keys() | book):
+            st = self.state.symbols[sym]
+            new = prints.get(sym, [])
+            top = (st.best_bid(), st.best_ask())
+            if new or self._top.get(sym) != top:
+                self._top[sym] = top
+                out.append(("quote", sym, self._quote(sym, st, new, ts)))
+            if sym in book:
+                depth = (st.depth("buy"), st.depth("sell"))
+                if self._depth.get(sym) != depth:
+                    self._depth[sym] = depth
+                    out.append(("depth", sym, self._depth_obj(sym, depth, ts)))
+            if new:
+                turn.trades.extend((sym, t) for t in new)
+                changed = self._changed_bars(st, first_ts[sym])
+                turn.bars.extend((sym, iv, b) for iv, bars in changed.items() for b in bars)
+                out.append(("bars", sym, self._bars_obj(sym, changed, ts)))
+        return turn
+
+    def heartbeat(self, now: int | None = None) -> dict[str, Any]:
+        """Return a heartbeat object."""
+        return {"t": "heartbeat", "v": FEED_VERSION, "ts": time.time_ns() if now is None else now}
+
+    # ----------------------------------------------------------------- objects
+
+    def _next(self, kind: str, sym: str) -> int:
+        key = (kind, sym)
+        n = self.seq.get(key, 0) + 1
+        self.seq[key] = n
+        return n
+
+    def _quote(self, sym: str, st: SymbolState, prints: list[TapeEntry], ts: int, seq: int | None = None
+               ) -> dict[str, Any]:
+        bid, ask = st.best_bid(), st.best_ask()
+        pct, vwap = st.change_pct, st.vwap
+        return {
+            "t": "quote", "v": FEED_VERSION, "symbol": sym,
+            "seq": self._next("quote", sym) if seq is None else seq, "ts": ts,
+            "ref_price": _s(st.ref_price), "last": _s(st.last), "last_qty": st.last_qty, "last_ts": st.last_ts,
+            "change": _s(st.change), "change_pct": None if pct is None else str(pct.quantize(_PCT_PLACES)),
+            "open": _s(st.open), "high": _s(st.high), "low": _s(st.low), "volume": st.volume,
+            "turnover": str(st.turnover), "vwap": None if vwap is None else str(vwap.quantize(_VWAP_PLACES)),
+            "trades": st.trades, "trade_id": st.trade_id,
+            "bid": None if bid is None else str(bid[0]), "bid_qty": None if bid is None else bid[1],
+            "ask": None if ask is None else str(ask[0]), "ask_qty": None if ask is None else ask[1],
+            "prints": [_print(t) for t in prints],
+        }
+
+    def _depth_obj(self, sym: str, depth: tuple[Any, Any], ts: int, seq: int | None = None) -> dict[str, Any]:
+        bids, asks = depth
+        return {"t": "depth", "v": FEED_VERSION, "symbol": sym,
+                "seq": self._next("depth", sym) if seq is None else seq, "ts": ts,
+                "bids": [[str(p), q, n] for p, q, n in bids], "asks": [[str(p), q, n] for p, q, n in asks]}
+
+    def _bars_obj(self, sym: str, bars: dict[str, list[Bar]], ts: int, seq: int | None = None) -> dict[str, Any]:
+        return {"t": "bars", "v": FEED_VERSION, "symbol": sym,
+                "seq": self._next("bars", sym) if seq is None else seq, "ts": ts,
+                "bars": {iv: [_bar(b) for b in lst] for iv, lst in bars.items()}}
+
+    @staticmethod
+    def _changed_bars(st: SymbolState, first_ts: int) -> dict[str, list[Bar]]:
+        # The bars from the one holding the turn's first trade up to the open one (trades stamped before the
+        # open bar's start were folded into it, so the open bar always counts).
+        out: dict[str, list[Bar]] = {}
+        for iv, series in st.bars.items():
+            cur = series.current
+            if cur is None:
+                continue
+            since = min(first_ts - first_ts % series.interval, cur.start)
+            lst = [cur]
+            for b in reversed(series.history):
+                if b.start < since:
+                    break
+                lst.append(b)
+            lst.reverse()
+            out[iv] = lst
+        return out
+
+    def snapshot(self, symbol: str, now: int | None = None) -> dict[str, Any]:
+        """Return ``{"quote", "depth", "bars"}`` of ``symbol``: its whole state, each with its topic's last ``seq``.
+
+        The quote's ``prints`` is the tape (the last 50 trades); ``bars`` every bar kept in memory.
+
+        Raises
+        ------
+        KeyError
+            When the symbol is unknown.
+        """
+        ts = time.time_ns() if now is None else now
+        st = self.state.symbols[symbol]
+        return {
+            "quote": self._quote(symbol, st, list(st.tape), ts, self.seq.get(("quote", symbol), 0)),
+            "depth": self._depth_obj(symbol, (st.depth("buy", DEPTH), st.depth("sell", DEPTH)), ts,
+                                     self.seq.get(("depth", symbol), 0)),
+            "bars": self._bars_obj(symbol, {iv: s.bars() for iv, s in st.bars.items()}, ts,
+                                   self.seq.get(("bars", symbol), 0)),
+        }

@@ -1,0 +1,149 @@
+"""MarketFeed: what the ticker publishes per turn, sequenced per topic, and the WebSocket conflation rules."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from fabric.feed import HEARTBEAT_TOPIC, MarketFeed, feed_topic, split_feed_topic
+from fabric.instruments import Instrument
+from fabric.protocol import BookLevel, BookSnapshot, Trade
+from nodes.ticker import WebClient, _merge
+
+S = 1_000_000_000
+T0 = 1_764_000_000 * S  # a whole minute
+
+
+def _inst(symbol: str = "TCS", ref: str = "100.00") -> Instrument:
+    return Instrument(symbol, tick=Decimal("0.05"), ref_price=Decimal(ref))
+
+
+def trade(tseq: int, price: str, qty: int, ts: int, symbol: str = "TCS", aggressor: str = "buy") -> Trade:
+    return Trade(shard=0, seq=tseq, tseq=tseq, epoch=0, ts=ts, symbol=symbol, trade_id=tseq, price=price, qty=qty,
+                 aggressor=aggressor, buy_broker="B1", buy_oid="o1", sell_broker="B2", sell_oid="o2")  # type: ignore[arg-type]
+
+
+def level(tseq: int, side: str, price: str, qty: int, count: int = 1, symbol: str = "TCS") -> BookLevel:
+    return BookLevel(shard=0, seq=tseq, tseq=tseq, epoch=0, ts=T0, symbol=symbol, side=side,  # type: ignore[arg-type]
+                     price=price, qty=qty, count=count)
+
+
+def kinds(turn_msgs: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, int]]:
+    return [(k, s, o["seq"]) for k, s, o in turn_msgs]
+
+
+def test_topics_round_trip_and_refuse_strangers() -> None:
+    assert feed_topic("quote", "TCS") == b"qTCS\x00"
+    assert split_feed_topic(b"dINFY\x00") == ("depth", "INFY")
+    assert split_feed_topic(HEARTBEAT_TOPIC) == ("heartbeat", "")
+    for bad in (b"", b"xTCS\x00", b"qTCS", b"q\x00"):
+        with pytest.raises(ValueError):
+            split_feed_topic(bad)
+
+
+def test_a_turn_publishes_one_quote_depth_and_bars_per_symbol_with_every_trade_in_prints() -> None:
+    f = MarketFeed([_inst()])
+    assert not f.dirty and f.take(T0).messages == []
+    f.apply(level(1, "sell", "100.50", 30))
+    for i, (px, q) in enumerate((("100.50", 10), ("100.50", 5), ("100.50", 1)), start=1):
+        f.apply(trade(i, px, q, T0 + i * 100_000_000))
+    f.apply(level(2, "sell", "100.50", 14))
+    turn = f.take(T0 + S)
+    assert kinds(turn.messages) == [("quote", "TCS", 1), ("depth", "TCS", 1), ("bars", "TCS", 1)]
+    quote = turn.messages[0][2]
+    assert [p["qty"] for p in quote["prints"]] == [10, 5, 1]
+    assert quote["volume"] == 16 and quote["last"] == "100.50" and quote["change_pct"] == "0.50"
+    assert quote["ask"] == "100.50" and quote["ask_qty"] == 14 and quote["bid"] is None
+    assert turn.messages[1][2]["asks"] == [["100.50", 14, 1]]
+    bars = turn.messages[2][2]["bars"]
+    assert [(b["start"], b["volume"], b["trades"]) for b in bars["1s"]] == [(T0, 16, 3)]
+    assert [(b["start"], b["volume"]) for b in bars["1m"]] == [(T0, 16)]
+    assert [(s, t.trade_id) for s, t in turn.trades] == [("TCS", 1), ("TCS", 2), ("TCS", 3)]
+    assert [(s, iv) for s, iv, _ in turn.bars] == [("TCS", "1s"), ("TCS", "1m")]
+    assert not f.dirty
+
+
+def test_seq_counts_per_topic_and_unchanged_depth_is_not_republished() -> None:
+    f = MarketFeed([_inst(), _inst("INFY", "1500.00")])
+    f.apply(level(1, "buy", "99.00", 10))
+    f.take(T0)
+    f.apply(level(2, "buy", "98.00", 10))  # below the best: depth changes, the quote (best bid) does not
+    turn = f.take(T0)
+    assert kinds(turn.messages) == [("depth", "TCS", 2)]
+    f.apply(trade(1, "1500.00", 3, T0, symbol="INFY"))
+    turn = f.take(T0)
+    assert kinds(turn.messages) == [("quote", "INFY", 1), ("bars", "INFY", 1)]
+    # a change to a level beyond the fifth leaves the top five as they were: no depth message
+    for i, px in enumerate(("97.00", "96.00", "95.00", "94.00"), start=3):
+        f.apply(level(i, "buy", px, 10))
+    f.take(T0)
+    f.apply(level(7, "buy", "90.00", 10))
+    assert f.take(T0).messages == []
+
+
+def test_bars_carry_the_bar_a_turn_closed_and_the_open_one() -> None:
+    f = MarketFeed([_inst()])
+    f.apply(trade(1, "100.00", 1, T0 + 100))
+    f.take(T0)
+    f.apply(trade(2, "101.00", 2, T0 + 200))  # same second
+    f.apply(trade(3, "102.00", 3, T0 + 2 * S))  # two seconds later: the first second closes
+    bars = f.take(T0).messages[-1][2]["bars"]
+    assert [(b["start"], b["close"], b["volume"]) for b in bars["1s"]] == [(T0, "101.00", 3), (T0 + 2 * S, "102.00", 3)]
+    assert [(b["start"], b["volume"], b["trades"]) for b in bars["1m"]] == [(T0, 6, 3)]
+
+
+def test_duplicates_are_not_applied_and_snapshots_carry_the_last_seq() -> None:
+    f = MarketFeed([_inst()])
+    t = trade(1, "100.00", 4, T0)
+    assert f.apply(t) and not f.apply(t)
+    f.take(T0)
+    snap = f.snapshot("TCS", T0)
+    assert snap["quote"]["seq"] == 1 and snap["quote"]["volume"] == 4 and len(snap["quote"]["prints"]) == 1
+    assert snap["depth"]["seq"] == 0 and snap["bars"]["seq"] == 1
+    with pytest.raises(KeyError):
+        f.snapshot("NOPE")
+
+
+def test_a_matcher_snapshot_sets_the_books_and_a_reset_forgets_the_day() -> None:
+    f = MarketFeed([_inst()])
+    f.apply(trade(1, "100.00", 4, T0))
+    f.apply_snapshot(BookSnapshot(symbol="TCS", bids=[("99.95", 10, 2)], asks=[("100.05", 5, 1)], trade_id=9,
+                                  book_tseq=40, trade_tseq=9))
+    turn = f.take(T0)
+    assert turn.messages[1][2]["bids"] == [["99.95", 10, 2]]
+    assert not f.apply(level(40, "buy", "99.95", 1)), "at or below the snapshot's tseq: already in it"
+    assert f.apply(level(41, "buy", "99.95", 1))
+    f.reset(["TCS"])
+    f.take(T0)
+    snap = f.snapshot("TCS", T0)
+    assert snap["quote"]["volume"] == 0 and snap["depth"]["bids"] == [] and snap["quote"]["ref_price"] == "100.00"
+    assert f.apply(trade(1, "100.00", 1, T0)), "after a reset the shard's numbering starts again"
+
+
+def test_a_slow_websocket_client_gets_the_latest_state_with_every_print_and_bar() -> None:
+    q1 = {"t": "quote", "seq": 1, "last": "1", "prints": [{"trade_id": 1}]}
+    q2 = {"t": "quote", "seq": 2, "last": "2", "prints": [{"trade_id": 2}, {"trade_id": 3}]}
+    assert _merge("quote", q1, q2) == {"t": "quote", "seq": 2, "last": "2",
+                                       "prints": [{"trade_id": 1}, {"trade_id": 2}, {"trade_id": 3}]}
+    b1 = {"t": "bars", "seq": 1, "bars": {"1s": [{"start": 1, "close": "1"}, {"start": 2, "close": "2"}]}}
+    b2 = {"t": "bars", "seq": 2, "bars": {"1s": [{"start": 2, "close": "3"}, {"start": 3, "close": "4"}],
+                                          "1m": [{"start": 0, "close": "4"}]}}
+    merged = _merge("bars", b1, b2)
+    assert merged["seq"] == 2
+    assert merged["bars"]["1s"] == [{"start": 1, "close": "1"}, {"start": 2, "close": "3"}, {"start": 3, "close": "4"}]
+    assert merged["bars"]["1m"] == [{"start": 0, "close": "4"}]
+    assert _merge("depth", {"seq": 1}, {"seq": 2}) == {"seq": 2}
+    long = {"t": "quote", "seq": 3, "prints": [{"trade_id": i} for i in range(10, 60)]}
+    assert len(_merge("quote", q2, long)["prints"]) == 50
+
+    c = WebClient(ws=None)  # type: ignore[arg-type]
+    c.all_channels = frozenset({"quote"})
+    c.post(("quote", "TCS"), q1, b"{}")
+    c.post(("quote", "TCS"), q2, b"{}")
+    c.post(("heartbeat", ""), {"t": "heartbeat"}, None)
+    assert list(c.box) == [("quote", "TCS"), ("heartbeat", "")] and c.conflated == 1
+    obj, body = c.box[("quote", "TCS")]
+    assert body is None and [p["trade_id"] for p in obj["prints"]] == [1, 2, 3]
+    assert c.wants("quote", "TCS") and not c.wants("depth", "TCS")
