@@ -11,7 +11,8 @@ thread of its own into the store the topology's ``[stores] history`` names
 
 Both stores keep the same contract (:class:`HistoryStore`): writing a bar whose
 ``(symbol, interval, start)`` is already stored replaces it, and so does writing a
-tick whose ``(symbol, trade_id)`` is; reads return the records of a half-open time
+tick whose ``(symbol, trade_id, ts)`` is (trade ids start again at 1 with each new journal, a new
+trading day, so the id alone is not a key); reads return the records of a half-open time
 range ``[start_ns, end_ns)``, oldest first.  Stored intervals are ``1s`` and ``1m``;
 ``5m``, ``15m``, ``1h`` and ``1d`` bars are made from ``1m`` bars when read
 (:func:`aggregate`, :func:`query_bars`), aligned on UTC (the epoch).
@@ -363,7 +364,7 @@ class HistoryStore(abc.ABC):
     """Where ticks and bars are kept.
 
     Writes are upserts: a bar replaces the stored bar of the same ``(symbol,
-    interval, start)``, a tick the stored tick of the same ``(symbol, trade_id)``.
+    interval, start)``, a tick the stored tick of the same ``(symbol, trade_id, ts)``.
     Reads return the records of ``[start_ns, end_ns)``, oldest first; an unknown
     symbol has none.  Methods raise :class:`HistoryError` when they fail, and
     :class:`StoreUnavailable` when the store cannot be reached.  A store may be
@@ -376,7 +377,7 @@ class HistoryStore(abc.ABC):
 
     @abc.abstractmethod
     def write_ticks(self, ticks: Sequence[TickRecord]) -> None:
-        """Store ``ticks``, replacing stored ticks of the same ``(symbol, trade_id)``."""
+        """Store ``ticks``, replacing stored ticks of the same ``(symbol, trade_id, ts)``."""
 
     @abc.abstractmethod
     def bars(self, symbol: str, interval: str, start_ns: int, end_ns: int) -> list[BarRecord]:
@@ -384,7 +385,7 @@ class HistoryStore(abc.ABC):
 
     @abc.abstractmethod
     def ticks(self, symbol: str, start_ns: int, end_ns: int) -> list[TickRecord]:
-        """Return the stored ticks of ``symbol`` with ``start_ns <= ts < end_ns`` in ``trade_id`` order."""
+        """Return the stored ticks of ``symbol`` with ``start_ns <= ts < end_ns`` in (``ts``, ``trade_id``) order."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -408,11 +409,11 @@ def _dedupe_bars(bars: Sequence[BarRecord]) -> list[BarRecord]:
 
 
 def _dedupe_ticks(ticks: Sequence[TickRecord]) -> list[TickRecord]:
-    latest: dict[tuple[str, int], TickRecord] = {}
+    latest: dict[tuple[str, int, int], TickRecord] = {}
     for t in ticks:
         if not isinstance(t, TickRecord):
             raise HistoryError(f"not a TickRecord: {t!r}")
-        latest[(t.symbol, t.trade_id)] = t
+        latest[(t.symbol, t.trade_id, t.ts)] = t
     return list(latest.values())
 
 
@@ -443,9 +444,8 @@ CREATE TABLE IF NOT EXISTS ticks (
     price     TEXT    NOT NULL,
     qty       INTEGER NOT NULL,
     aggressor TEXT    NOT NULL,
-    PRIMARY KEY (symbol, trade_id)
+    PRIMARY KEY (symbol, ts, trade_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ticks_by_time ON ticks (symbol, ts);
 """
 
 
@@ -545,7 +545,7 @@ class SQLiteHistory(HistoryStore):
             try:
                 rows = db.execute(
                     "SELECT trade_id, ts, price, qty, aggressor FROM ticks "
-                    "WHERE symbol = ? AND ts >= ? AND ts < ? ORDER BY trade_id",
+                    "WHERE symbol = ? AND ts >= ? AND ts < ? ORDER BY ts, trade_id",
                     (symbol, _clamp(start_ns), _clamp(end_ns))).fetchall()
             except sqlite3.Error as e:
                 raise self._fail(f"cannot read {symbol} ticks", e) from e
@@ -818,14 +818,14 @@ class InfluxHistory(HistoryStore):
             if "database not found" in str(e):
                 return []
             raise
-        latest: dict[int, TickRecord] = {}
+        latest: dict[tuple[int, int], TickRecord] = {}  # (ts, trade_id): a day's ids start again at 1
         try:
             for p in points:
                 ts = int(p["ts"])
                 if start <= ts < end:
                     tid = int(p["trade_id"])
-                    latest[tid] = TickRecord(symbol, tid, ts, _price(p["price"], p["dp"]), int(p["qty"]),
-                                             p["aggressor"])
+                    latest[(ts, tid)] = TickRecord(symbol, tid, ts, _price(p["price"], p["dp"]), int(p["qty"]),
+                                                   p["aggressor"])
         except (KeyError, TypeError, ValueError, InvalidOperation) as e:
             raise HistoryError(f"InfluxDB {self.url}: bad stored {symbol} tick: {e!r}") from e
         return [latest[k] for k in sorted(latest)]
@@ -870,7 +870,7 @@ def open_history(kind: str, *, sqlite_path: str | Path | None = None, url: str |
 # ---------------------------------------------------------------------------
 
 _BarKey = tuple[str, str, int]
-_TickKey = tuple[str, int]
+_TickKey = tuple[str, int, int]
 
 
 class HistoryWriter:
@@ -947,7 +947,7 @@ class HistoryWriter:
         self._add(self._bars, [((b.symbol, b.interval, b.start), b) for b in items])
 
     def add_ticks(self, ticks: Iterable[TickRecord]) -> None:
-        """Queue ``ticks`` for writing; a queued tick of the same ``(symbol, trade_id)`` is replaced.
+        """Queue ``ticks`` for writing; a queued tick of the same ``(symbol, trade_id, ts)`` is replaced.
 
         Raises
         ------
@@ -960,7 +960,7 @@ class HistoryWriter:
         for t in items:
             if not isinstance(t, TickRecord):
                 raise TypeError(f"not a TickRecord: {t!r}")
-        self._add(self._ticks, [((t.symbol, t.trade_id), t) for t in items])
+        self._add(self._ticks, [((t.symbol, t.trade_id, t.ts), t) for t in items])
 
     def _add(self, queue: dict[Any, tuple[int, Any]], items: list[tuple[Any, Any]]) -> None:
         if not items:

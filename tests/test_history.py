@@ -570,3 +570,13 @@ def test_writer_keeps_points_while_influxd_is_stopped_and_writes_them_all_when_i
         store.close()
     finally:
         server.stop()
+
+
+def test_trade_ids_of_another_day_do_not_replace_the_first_days_ticks(store: HistoryStore) -> None:
+    # Each trading day starts a new journal, whose trade ids start again at 1.
+    day = 86_400 * SEC
+    first = [tick(1, T0, "3500.00"), tick(2, T0 + SEC, "3500.05")]
+    second = [tick(1, T0 + day, "3600.00"), tick(2, T0 + day + SEC, "3600.05")]
+    store.write_ticks(first)
+    store.write_ticks(second)
+    assert store.ticks("TCS", T0, T0 + 2 * day) == first + second
