@@ -67,6 +67,12 @@ def _cmd_orders(args: argparse.Namespace) -> int:
     return order_cmd.orders_command(args)
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from tools import watch
+
+    return watch.run(args.symbols, args.topology, once=args.once, as_json=args.json, timeout=args.timeout)
+
+
 def _cmd_perf(args: argparse.Namespace) -> int:
     return _perf(list(args.rest))
 
@@ -128,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("node", help="run one node of a topology (what each host of a deployment runs)",
                        description="Run one node in the foreground; SIGTERM or Ctrl-C stops it cleanly.")
-    p.add_argument("kind", choices=("matcher", "gateway"), help="the node kind")
+    p.add_argument("kind", choices=("matcher", "gateway", "ticker"), help="the node kind")
     p.add_argument("--topology", required=True, metavar="FILE")
     p.add_argument("--id", required=True, metavar="NAME", help="the node's name in the topology")
     p.add_argument("--fsync", default=None, help="matcher journal policy: batch (default), interval:N (ms), none")
@@ -171,6 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default=_default_topology(), metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_orders)
+
+    p = sub.add_parser("watch", help="the ticker's quotes as a live table",
+                       description="Follow the ticker's market data feed (a snapshot, then every update) and show "
+                                   "each symbol's last price, change, best bid and ask, volume, VWAP, high, low and "
+                                   "trades; Ctrl-C ends it. Exit status 2 for an unknown symbol, or with --once when "
+                                   "the ticker does not answer.")
+    p.add_argument("symbols", nargs="*", metavar="SYMBOL", help="the symbols to show (default: every symbol)")
+    p.add_argument("--topology", default=_default_topology(), metavar="FILE",
+                   help=f"topology file (default {DEFAULT_TOPOLOGY})")
+    p.add_argument("--once", action="store_true", help="print the table once, after the snapshot, and exit")
+    p.add_argument("--json", action="store_true", help="quotes as JSON objects, one a line (with --once: the current "
+                                                       "ones; without: every update until Ctrl-C)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="with --once: give up after S seconds without the ticker's snapshot (default 5)")
+    p.set_defaults(func=_cmd_watch)
     return parser
 
 

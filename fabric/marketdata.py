@@ -1,0 +1,850 @@
+"""The market data client: a live, exact copy of the ticker's quotes, depth, bars and tape.
+
+:class:`MarketDataClient` reads the ticker's ZeroMQ feed (``docs/market-data.md``,
+sections 2, 3 and 5) with the Clone pattern of the ZeroMQ guide:
+
+1. a SUB socket subscribes to the topics of the symbols asked for (``qTCS\\0``,
+   ``dTCS\\0``, ``bTCS\\0``), or to the kind prefixes (``q``, ``d``, ``b``) for
+   every symbol, and to the heartbeat ``h\\0``; what arrives is held;
+2. a DEALER asks the ticker's snapshot socket (a ROUTER) for the symbols' whole
+   state, each object carrying the ``seq`` of the last message of its topic;
+3. the held messages, then the later ones, whose ``seq`` is above the last
+   applied of their topic are applied in order.
+
+Per topic the ``seq`` counts from 1 without gaps, so the client knows when it
+missed something:
+
+- a message whose ``seq`` is more than one above the last applied of its topic
+  means messages were lost (the ticker's high-water mark dropped them, section
+  5): the gap is counted, a snapshot of that symbol is asked for, and its
+  messages are held from then on, while the other symbols go on; when the
+  snapshot comes, the held messages above its ``seq`` are applied.  The message
+  that showed the gap (and anything held before it) is not kept: it came before
+  the request was sent, so the ticker's answer already has it;
+- a message at or one below the last applied ``seq`` is a duplicate and is
+  ignored (so is anything at or below a snapshot's ``seq``: the feed delivers,
+  after a snapshot, what was published before it);
+- a message more than one *below* the last applied ``seq`` means the ticker
+  started over (its ``seq`` counts from 1 again): the symbol is taken afresh
+  from a snapshot (``stats.resets``);
+- whenever the SUB's connection to the ticker drops (a socket monitor tells),
+  a restarted ticker's numbers mean nothing against the old ones: every symbol
+  is taken afresh from a snapshot once the connection is back (``stats.reconnects``),
+  and what the lost connection left unread is dropped.  This, not the ``seq``
+  rule above, is what catches a restart in practice: a ticker process cannot
+  restart without its TCP connections dropping.  (A restart the client could
+  not see, behind a proxy, that brings a topic's ``seq`` back to exactly the
+  last applied or one below, would be taken for duplicates until the next
+  message shows a gap.)
+
+A snapshot request is sent only once the SUB is connected and has received
+something (the ticker's heartbeat comes every second), so that the subscriptions
+are in place at the ticker before it takes the snapshot; after
+:data:`SUB_GRACE` seconds connected it is sent anyway.  A request unanswered
+within ``timeout`` seconds is given up (the DEALER is replaced, so a late answer
+is never mistaken for the next one) and sent again after a growing pause; while
+the ticker is not running the client simply waits for it, holding nothing.  A
+malformed message or answer is logged and counted (``stats.malformed``), never
+raised.
+
+Everything happens in the caller's thread, in :meth:`MarketDataClient.poll`: a
+``zmq.Poller`` over the SUB, the DEALER and the SUB's monitor; no background
+thread.
+
+Examples
+--------
+>>> with MarketDataClient.from_topology("topology/examples/local.toml", ["TCS"]) as md:  # doctest: +SKIP
+...     md.wait_ready(5)
+...     for u in md.poll(1.0):
+...         if u.kind == "quote":
+...             print(u.symbol, u.data["last"], md.tape(u.symbol)[-1:])
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, NamedTuple
+
+import msgpack
+import zmq
+
+from topology.model import Topology
+
+__all__ = [
+    "HEARTBEAT_TOPIC",
+    "KINDS",
+    "MarketDataClient",
+    "Stats",
+    "Update",
+    "topic_of",
+]
+
+log = logging.getLogger(__name__)
+
+KINDS: Final = ("quote", "depth", "bars")
+HEARTBEAT_TOPIC: Final = b"h\x00"
+_PREFIX: Final = {"quote": b"q", "depth": b"d", "bars": b"b"}
+_KIND_OF: Final = {v[0]: k for k, v in _PREFIX.items()}
+
+TAPE_LEN: Final = 50  # prints kept per symbol (what a snapshot's quote carries)
+BARS_KEPT: Final = 1000  # bars kept per symbol and interval (what the ticker keeps)
+HELD_MAX: Final = 100_000  # messages held per symbol while its snapshot is awaited (older ones are dropped)
+SUB_GRACE: Final = 1.5  # seconds connected after which a snapshot is asked for even if nothing came yet
+BACKOFF_FIRST: Final = 0.2  # pause after a first unanswered snapshot request, doubling up to BACKOFF_MAX
+BACKOFF_MAX: Final = 5.0
+DRAIN_BATCH: Final = 10_000  # feed messages read per turn before the other sockets get a look
+
+
+def topic_of(kind: str, symbol: str) -> bytes:
+    """Return the feed topic of ``kind`` ("quote", "depth" or "bars") for ``symbol``: ``b"qTCS\\0"``."""
+    return _PREFIX[kind] + symbol.encode() + b"\x00"
+
+
+class Update(NamedTuple):
+    """One change of the client's state, as :meth:`MarketDataClient.poll` returns them.
+
+    Attributes
+    ----------
+    kind
+        ``"quote"``, ``"depth"``, ``"bars"`` or ``"heartbeat"``.
+    symbol
+        The symbol (``None`` for a heartbeat).
+    data
+        The object as the ticker sent it (``docs/market-data.md``, section 2): a
+        ``quote`` whole, a ``depth`` whole, a ``bars`` with the bars that changed.
+    snapshot
+        Whether it came from a snapshot (then a ``bars`` object holds every bar).
+    """
+
+    kind: str
+    symbol: str | None
+    data: dict[str, Any]
+    snapshot: bool = False
+
+
+@dataclass
+class Stats:
+    """What the client has seen.
+
+    Attributes
+    ----------
+    messages
+        Feed messages received (heartbeats included).
+    applied
+        Feed messages applied to the state.
+    gaps
+        Times a topic's ``seq`` skipped ahead (messages lost): each led to a snapshot.
+    duplicates
+        Messages ignored because their ``seq`` was already applied.
+    resets
+        Times a topic's ``seq`` went back by more than one (the ticker started over).
+    reconnects
+        Times the connection to the ticker's feed dropped and came back.
+    snapshots
+        Snapshot answers applied.
+    snapshot_requests
+        Snapshot requests sent (the first, after gaps, and again after timeouts).
+    snapshot_timeouts
+        Snapshot requests unanswered within the timeout.
+    malformed
+        Messages and answers that were not what the spec says (logged, ignored).
+    errors
+        ``error`` answers of the snapshot socket.
+    last_heartbeat
+        The ``ts`` of the ticker's last heartbeat (nanoseconds since the epoch), or ``None``.
+    last_heartbeat_at
+        When it arrived, by this machine's clock (``time.time()``), or ``None``.
+    """
+
+    messages: int = 0
+    applied: int = 0
+    gaps: int = 0
+    duplicates: int = 0
+    resets: int = 0
+    reconnects: int = 0
+    snapshots: int = 0
+    snapshot_requests: int = 0
+    snapshot_timeouts: int = 0
+    malformed: int = 0
+    errors: int = 0
+    last_heartbeat: int | None = None
+    last_heartbeat_at: float | None = None
+
+
+@dataclass
+class _Symbol:
+    """One symbol's state."""
+
+    symbol: str
+    quote: dict[str, Any] | None = None
+    depth: dict[str, Any] | None = None
+    bars: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # interval -> start -> bar
+    tape: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=TAPE_LEN))
+    seq: dict[str, int] = field(default_factory=dict)  # kind -> seq of the last message applied
+    fresh: set[str] = field(default_factory=set)  # kinds with no live message applied since the snapshot
+    synced: bool = False  # a snapshot was applied and no other is awaited
+    held: collections.deque[tuple[str, dict[str, Any]]] = field(
+        default_factory=lambda: collections.deque(maxlen=HELD_MAX))
+
+
+class _Malformed(ValueError):
+    """A message that is not what the spec says."""
+
+
+_ALL: Final = "*"  # the in-flight request asked for every symbol (of the client)
+
+
+class MarketDataClient:
+    """A live copy of the ticker's market data, kept exact by the Clone pattern (see the module's docstring).
+
+    Parameters
+    ----------
+    pub
+        The ticker's feed (PUB) address, e.g. ``"tcp://127.0.0.1:7180"``.
+    snapshot
+        The ticker's snapshot (ROUTER) address, e.g. ``"tcp://127.0.0.1:7182"``.
+    symbols
+        The symbols to follow; ``None`` for every symbol the ticker has.
+    kinds
+        Which objects to follow: any of ``"quote"``, ``"depth"``, ``"bars"``.
+    ctx
+        The ZeroMQ context (default: the process's shared one).
+    timeout
+        Seconds to wait for a snapshot answer before asking again.
+
+    Attributes
+    ----------
+    pub, snapshot
+        The addresses given.
+    requested
+        The symbols asked for, or ``None`` for every symbol.
+    kinds
+        The kinds followed.
+    stats
+        What was seen: messages, gaps, snapshots, the last heartbeat... (:class:`Stats`).
+    unknown
+        The symbols asked for that the ticker said it does not know (they get no state).
+
+    Examples
+    --------
+    >>> md = MarketDataClient("tcp://127.0.0.1:7180", "tcp://127.0.0.1:7182", ["TCS", "INFY"])  # doctest: +SKIP
+    >>> md.wait_ready(5.0)                                                                      # doctest: +SKIP
+    True
+    >>> md.quote("TCS")["last"]                                                                 # doctest: +SKIP
+    '3512.35'
+    >>> md.close()                                                                              # doctest: +SKIP
+    """
+
+    def __init__(self, pub: str, snapshot: str, symbols: Iterable[str] | None = None,
+                 kinds: Iterable[str] = KINDS, *, ctx: zmq.Context[Any] | None = None, timeout: float = 2.0) -> None:
+        self.pub = pub
+        self.snapshot = snapshot
+        self.kinds: tuple[str, ...] = tuple(dict.fromkeys(kinds))
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad or not self.kinds:
+            raise ValueError(f"kinds must be some of {', '.join(KINDS)}, got {list(kinds)!r}")
+        self.requested: tuple[str, ...] | None = None if symbols is None else tuple(dict.fromkeys(symbols))
+        if self.requested is not None:
+            for s in self.requested:
+                if not s or "\x00" in s:
+                    raise ValueError(f"not a symbol: {s!r}")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.timeout = timeout
+        self.stats = Stats()
+        self.unknown: set[str] = set()  # symbols the ticker said it does not know
+        self._states: dict[str, _Symbol] = {s: _Symbol(s) for s in self.requested or ()}
+        self._need: set[str] = set()  # symbols to ask a snapshot of
+        self._need_all = True  # ask for every symbol of the client (the first request, and after a reconnect)
+        self._inflight: set[str] | str | None = None  # symbols of the request awaiting its answer, or _ALL
+        self._inflight_deadline = 0.0
+        self._attempt = 0  # consecutive unanswered requests
+        self._next_request_at = 0.0
+        self._snapshotted = False  # a snapshot answer was applied since the client started or reconnected
+        self._connected = False
+        self._ever_connected = False
+        self._connected_at = 0.0
+        self._heard = False  # something came on the feed since it (re)connected: the subscriptions are in place
+        self._backlog: list[Update] = []  # updates produced by wait_ready, for the next poll
+        self._closed = False
+
+        self.ctx: zmq.Context[Any] = ctx or zmq.Context.instance()
+        self._sub = self.ctx.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.RCVHWM, 100_000)
+        self._monitor: zmq.Socket[Any] | None = None
+        if pub.startswith(("tcp://", "ipc://")):
+            self._monitor = self._sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        else:  # inproc and the like: no connection events; take the connection as made
+            self._on_connected(time.monotonic())
+        if self.requested is None:
+            for kind in self.kinds:
+                self._sub.subscribe(_PREFIX[kind])
+        else:
+            for sym in self.requested:
+                for kind in self.kinds:
+                    self._sub.subscribe(topic_of(kind, sym))
+        self._sub.subscribe(HEARTBEAT_TOPIC)  # last: once it is heard, the subscriptions before it are in place
+        self._sub.connect(pub)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sub, zmq.POLLIN)
+        if self._monitor is not None:
+            self._poller.register(self._monitor, zmq.POLLIN)
+        self._dealer: zmq.Socket[Any] | None = None
+        self._new_dealer()
+
+    @classmethod
+    def from_topology(cls, topo_or_path: Topology | str | os.PathLike[str], symbols: Iterable[str] | None = None,
+                      **kwargs: Any) -> MarketDataClient:
+        """Return a client of the ticker of a topology (a :class:`Topology`, or the path of its file).
+
+        ``kwargs`` are those of the constructor (``kinds``, ``ctx``, ``timeout``).
+
+        Raises
+        ------
+        ValueError
+            When the topology has no ``[ticker]``.
+        topology.load.TopologyError
+            When the file cannot be read or has mistakes.
+        """
+        if isinstance(topo_or_path, Topology):
+            topo = topo_or_path
+        else:
+            from topology.load import load
+
+            topo = load(os.fspath(topo_or_path))
+        if topo.ticker is None:
+            raise ValueError(f"topology {topo.name!r} has no [ticker]")
+        return cls(topo.ticker.pub.connect, topo.ticker.snapshot.connect, symbols, **kwargs)
+
+    # ---------------------------------------------------------------- the state
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols followed: those asked for, or every symbol the ticker has sent (without the unknown ones)."""
+        return tuple(s for s in self._states if s not in self.unknown)
+
+    def quote(self, symbol: str) -> dict[str, Any] | None:
+        """Return the symbol's last ``quote`` object, or ``None`` when none came yet."""
+        st = self._states.get(symbol)
+        return None if st is None else st.quote
+
+    def depth(self, symbol: str) -> dict[str, Any] | None:
+        """Return the symbol's last ``depth`` object, or ``None`` when none came yet."""
+        st = self._states.get(symbol)
+        return None if st is None else st.depth
+
+    def bars(self, symbol: str, interval: str = "1m") -> list[dict[str, Any]]:
+        """Return the symbol's bars of ``interval`` (``"1s"``, ``"1m"``), oldest first; the last one may be open."""
+        st = self._states.get(symbol)
+        if st is None:
+            return []
+        per = st.bars.get(interval, {})
+        return [per[k] for k in sorted(per)]
+
+    def tape(self, symbol: str) -> list[dict[str, Any]]:
+        """Return the symbol's last trades (at most 50), oldest first: ``{trade_id, ts, price, qty, aggressor}``."""
+        st = self._states.get(symbol)
+        return [] if st is None else list(st.tape)
+
+    def seq(self, symbol: str, kind: str) -> int:
+        """Return the ``seq`` of the last ``kind`` message applied for ``symbol`` (0 when none)."""
+        st = self._states.get(symbol)
+        return 0 if st is None else st.seq.get(kind, 0)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the state is exact: a snapshot was applied, and none is awaited."""
+        return (self._snapshotted and self._inflight is None and not self._need and not self._need_all
+                and all(st.synced for s, st in self._states.items() if s not in self.unknown))
+
+    @property
+    def connected(self) -> bool:
+        """Whether the feed's connection to the ticker is up."""
+        return self._connected
+
+    @property
+    def state(self) -> str:
+        """``"waiting"`` (the ticker was never reached), ``"syncing"`` (a snapshot is awaited), ``"live"``,
+        ``"reconnecting"`` (the connection dropped) or ``"closed"``."""
+        if self._closed:
+            return "closed"
+        if not self._connected:
+            return "reconnecting" if self._ever_connected else "waiting"
+        return "live" if self.ready else "syncing"
+
+    # ----------------------------------------------------------------- the loop
+
+    def poll(self, timeout: float = 0.0) -> list[Update]:
+        """Receive and apply what has arrived, waiting up to ``timeout`` seconds for a first update.
+
+        Returns
+        -------
+        list of Update
+            The changes, in the order applied (heartbeats included).
+        """
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        out, self._backlog = self._backlog, []
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            now = time.monotonic()
+            self._timers(now)
+            if out:
+                # Read what is already waiting, without blocking, and return.
+                self._turn(0, out)
+                return out
+            left = deadline - now
+            if left <= 0:
+                self._turn(0, out)
+                return out
+            wake = self._next_timer(now)
+            wait = left if wake is None else min(left, max(0.0, wake - now))
+            self._turn(int(wait * 1000) + (1 if wait > 0 else 0), out)
+
+    def updates(self, idle: float | None = None) -> Iterator[Update]:
+        """Yield updates as they come; stop after ``idle`` seconds without any (``None``: never)."""
+        while True:
+            batch = self.poll(1.0 if idle is None else idle)
+            if not batch and idle is not None:
+                return
+            yield from batch
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Poll until the state is exact (:attr:`ready`) or ``timeout`` seconds passed; return :attr:`ready`.
+
+        The updates received meanwhile are kept for the next :meth:`poll`.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            got = self.poll(min(left, 0.1))
+            self._backlog.extend(got)
+        return self.ready
+
+    def _turn(self, wait_ms: int, out: list[Update]) -> None:
+        """Poll the sockets once (up to ``wait_ms``) and handle what is ready: monitor, feed, then snapshots."""
+        events = dict(self._poller.poll(wait_ms))
+        now = time.monotonic()
+        if self._monitor is not None and events.get(self._monitor):
+            self._read_monitor(now)
+        if events.get(self._sub):
+            self._read_feed(out)
+        if self._dealer is not None and events.get(self._dealer):
+            self._read_answers(out)
+        self._timers(time.monotonic())
+
+    def _next_timer(self, now: float) -> float | None:
+        """When something must be done even if nothing arrives: a request's deadline, a pause's end, the grace."""
+        if self._inflight is not None:
+            return self._inflight_deadline
+        if (self._need or self._need_all) and self._connected:
+            at = self._next_request_at
+            if not self._heard:
+                at = max(at, self._connected_at + SUB_GRACE)
+            return at
+        return None
+
+    def _timers(self, now: float) -> None:
+        if self._inflight is not None and now >= self._inflight_deadline:
+            self.stats.snapshot_timeouts += 1
+            self._attempt += 1
+            pause = min(BACKOFF_FIRST * 2 ** (self._attempt - 1), BACKOFF_MAX)
+            log.warning("no snapshot from %s within %.1f s (attempt %d); asking again in %.1f s",
+                        self.snapshot, self.timeout, self._attempt, pause)
+            self._requeue_inflight()
+            self._new_dealer()  # a late answer to the old request must not be taken for the next one's
+            self._next_request_at = now + pause
+        self._maybe_request(now)
+
+    def _requeue_inflight(self) -> None:
+        if self._inflight == _ALL:
+            self._need_all = True
+        elif isinstance(self._inflight, set):
+            self._need |= self._inflight
+        self._inflight = None
+
+    # ------------------------------------------------------------ the sockets
+
+    def _new_dealer(self) -> None:
+        if self._dealer is not None:
+            with contextlib.suppress(KeyError):
+                self._poller.unregister(self._dealer)
+            self._dealer.close(0)
+        d = self.ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(self.snapshot)
+        self._dealer = d
+        self._poller.register(d, zmq.POLLIN)
+
+    def _on_connected(self, now: float) -> None:
+        self._connected = True
+        self._ever_connected = True
+        self._connected_at = now
+        self._heard = False
+
+    def _read_monitor(self, now: float) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        assert self._monitor is not None
+        while True:
+            try:
+                ev = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except (zmq.ZMQError, ValueError, KeyError):  # a monitor message we cannot read: not worth stopping for
+                return
+            if ev["event"] == zmq.EVENT_CONNECTED:
+                log.info("connected to the ticker's feed at %s", self.pub)
+                self._on_connected(now)
+            elif ev["event"] == zmq.EVENT_DISCONNECTED and self._connected:
+                log.warning("lost the ticker's feed at %s; every symbol will be taken afresh", self.pub)
+                self._connected = False
+                self._discard_feed()
+                self.stats.reconnects += 1
+                self._resync_all()
+
+    def _discard_feed(self) -> None:
+        """Drop what the lost connection left in the SUB: its ``seq`` mean nothing to a restarted ticker.
+
+        Its messages are all queued by the time the connection is known lost (they came before the
+        end of the TCP stream); a new connection's come after the reconnect interval.
+        """
+        n = 0
+        while True:
+            try:
+                self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+        self.stats.messages += n
+        if n:
+            log.info("dropped %d messages of the lost connection", n)
+
+    def _resync_all(self) -> None:
+        """Forget the sequence of every symbol: hold what comes, and ask a snapshot of everything."""
+        for st in self._states.values():
+            st.synced = False
+            st.held.clear()  # the old ticker's messages; the new one's numbers start over
+            st.fresh.clear()
+        self._need.clear()
+        self._need_all = True
+        self._inflight = None
+        self._snapshotted = False
+        self._attempt = 0
+        self._next_request_at = 0.0
+        self._new_dealer()
+
+    def _maybe_request(self, now: float) -> None:
+        if self._inflight is not None or not (self._need or self._need_all) or now < self._next_request_at:
+            return
+        if not self._connected or (not self._heard and now - self._connected_at < SUB_GRACE):
+            return  # the subscriptions may not be at the ticker yet: its snapshot could miss what follows
+        symbols: list[str] | None
+        if self._need_all:
+            inflight: set[str] | str = _ALL
+            symbols = None if self.requested is None else [s for s in self.requested if s not in self.unknown]
+            if symbols == []:  # every symbol asked for is unknown: nothing to ask
+                self._need_all = False
+                self._snapshotted = True
+                return
+        else:
+            inflight = set(self._need)
+            symbols = sorted(self._need)
+        assert self._dealer is not None
+        try:
+            self._dealer.send(msgpack.packb({"t": "snapshot_request", "v": 1, "symbols": symbols}), zmq.NOBLOCK)
+        except zmq.Again:  # cannot happen on a fresh DEALER; try again later rather than block
+            self._next_request_at = now + BACKOFF_FIRST
+            return
+        self.stats.snapshot_requests += 1
+        self._inflight = inflight
+        self._inflight_deadline = now + self.timeout
+        self._need.clear()
+        self._need_all = False
+
+    # --------------------------------------------------------------- the feed
+
+    def _read_feed(self, out: list[Update]) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.stats.messages += 1
+            self._heard = True
+            try:
+                self._on_feed(frames, out)
+            except _Malformed as e:
+                self.stats.malformed += 1
+                log.warning("malformed feed message ignored: %s", e)
+
+    def _on_feed(self, frames: list[bytes], out: list[Update]) -> None:
+        if len(frames) != 2:
+            raise _Malformed(f"{len(frames)} frames, not 2 (topic, body)")
+        topic, body = frames
+        if topic == HEARTBEAT_TOPIC:
+            msg = _unpack(body)
+            ts = msg.get("ts")
+            if not _is_int(ts):
+                raise _Malformed(f"heartbeat without an integer ts: {msg!r:.200}")
+            self.stats.last_heartbeat = ts
+            self.stats.last_heartbeat_at = time.time()
+            out.append(Update("heartbeat", None, msg))
+            return
+        kind = _KIND_OF.get(topic[0]) if topic else None
+        if kind is None or len(topic) < 3 or topic[-1] != 0:
+            raise _Malformed(f"not a feed topic: {topic[:60]!r}")
+        try:
+            sym = topic[1:-1].decode()
+        except UnicodeDecodeError:
+            raise _Malformed(f"topic is not UTF-8: {topic[:60]!r}") from None
+        msg = _unpack(body)
+        _check(kind, sym, msg)
+        if kind not in self.kinds:
+            return
+        st = self._states.get(sym)
+        if st is None:
+            if self.requested is not None:
+                return  # not one of ours (a subscription prefix cannot match another symbol: topics end in NUL)
+            if sym in self.unknown:
+                return
+            st = self._states[sym] = _Symbol(sym)
+            if self._snapshotted and not self._need_all and self._inflight != _ALL:
+                self._need.add(sym)  # a symbol the first snapshot did not have
+        if not st.synced:
+            st.held.append((kind, msg))
+            return
+        self._apply_live(st, kind, msg, out)
+
+    def _apply_live(self, st: _Symbol, kind: str, msg: dict[str, Any], out: list[Update]) -> None:
+        seq: int = msg["seq"]
+        last = st.seq.get(kind, 0)
+        if seq == last + 1:
+            st.fresh.discard(kind)
+            self._apply(st, kind, msg, out)
+        elif seq > last + 1:
+            self.stats.gaps += 1
+            log.info("%s %s: seq %d after %d (%d lost); asking a snapshot", kind, st.symbol, seq, last,
+                     seq - last - 1)
+            self._resync(st)  # the snapshot, asked for after this message came, has it: no need to hold it
+        elif kind in st.fresh or seq >= last - 1:
+            # Published before the snapshot (the feed delivers it after the answer), or a duplicate.
+            if kind not in st.fresh:
+                self.stats.duplicates += 1
+        else:
+            self.stats.resets += 1
+            log.warning("%s %s: seq %d after %d (the ticker started over?); asking a snapshot", kind, st.symbol,
+                        seq, last)
+            self._resync(st)
+
+    def _resync(self, st: _Symbol) -> None:
+        """Ask a new snapshot of a symbol; drop what is held (the snapshot, asked for after it came, has it)."""
+        st.synced = False
+        st.held.clear()
+        st.fresh.clear()
+        self._need.add(st.symbol)
+
+    def _apply(self, st: _Symbol, kind: str, msg: dict[str, Any], out: list[Update], snapshot: bool = False) -> None:
+        st.seq[kind] = msg["seq"]
+        if kind == "quote":
+            st.quote = msg
+            prints = [p for p in msg.get("prints") or () if isinstance(p, dict) and "trade_id" in p]
+            if snapshot:
+                st.tape.clear()  # a snapshot's prints are the whole tape
+            elif msg.get("trades") == 0 or (
+                    st.tape and _is_int(msg.get("trade_id")) and _is_int(st.tape[-1].get("trade_id"))
+                    and msg["trade_id"] < st.tape[-1]["trade_id"]):
+                st.tape.clear()  # the symbol's session started over (its shard's new journal)
+            on_tape = {p.get("trade_id") for p in st.tape}
+            for p in prints:
+                if p["trade_id"] not in on_tape:
+                    st.tape.append(p)
+                    on_tape.add(p["trade_id"])
+        elif kind == "depth":
+            st.depth = msg
+        else:
+            if snapshot:
+                st.bars = {}
+            for interval, bars in msg["bars"].items():
+                per = st.bars.setdefault(interval, {})
+                for b in bars:
+                    per[b["start"]] = b
+                if len(per) > BARS_KEPT:
+                    for k in sorted(per)[:len(per) - BARS_KEPT]:
+                        del per[k]
+        if not snapshot:
+            self.stats.applied += 1
+        out.append(Update(kind, st.symbol, msg, snapshot))
+
+    # ----------------------------------------------------------- the snapshots
+
+    def _read_answers(self, out: list[Update]) -> None:
+        assert self._dealer is not None
+        while True:
+            try:
+                frames = self._dealer.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._on_answer(frames[-1], out)
+            except _Malformed as e:
+                self.stats.malformed += 1
+                log.warning("malformed snapshot answer from %s: %s", self.snapshot, e)
+                self._fail_request()
+
+    def _fail_request(self) -> None:
+        """The in-flight request got an answer that cannot be used: ask again after a pause."""
+        self._attempt += 1
+        self._requeue_inflight()
+        self._next_request_at = time.monotonic() + min(BACKOFF_FIRST * 2 ** (self._attempt - 1), BACKOFF_MAX)
+
+    def _on_answer(self, body: bytes, out: list[Update]) -> None:
+        msg = _unpack(body)
+        if msg.get("t") == "error":
+            self.stats.errors += 1
+            log.error("the ticker's snapshot socket %s answered an error: %s: %s", self.snapshot,
+                      msg.get("reason"), msg.get("text"))
+            self._fail_request()
+            return
+        syms = msg.get("symbols")
+        if msg.get("t") != "snapshot" or not isinstance(syms, dict):
+            raise _Malformed(f"not a snapshot: {msg!r:.200}")
+        unknown = msg.get("unknown") or []
+        if not isinstance(unknown, list):
+            raise _Malformed(f"unknown is not a list: {unknown!r:.200}")
+        # Check every symbol's objects before changing anything.
+        good: dict[str, dict[str, Any]] = {}
+        for sym, objs in syms.items():
+            try:
+                if not isinstance(sym, str) or not isinstance(objs, dict):
+                    raise _Malformed(f"{sym!r:.60}: not a symbol's objects")
+                for kind in self.kinds:
+                    obj = objs.get(kind)
+                    if not isinstance(obj, dict):
+                        raise _Malformed(f"{sym}: no {kind} object")
+                    _check(kind, sym, obj, seq_from=0)
+            except _Malformed as e:
+                self.stats.malformed += 1
+                log.warning("malformed snapshot of %r ignored: %s", sym, e)
+                continue
+            good[sym] = objs
+        asked, self._inflight = self._inflight, None
+        self._attempt = 0
+        self.stats.snapshots += 1
+        self._snapshotted = True
+        for sym in unknown:
+            if isinstance(sym, str) and sym not in self.unknown:
+                log.warning("the ticker does not know the symbol %r", sym)
+                self.unknown.add(sym)
+                self._need.discard(sym)
+                st = self._states.get(sym)
+                if st is not None:
+                    st.held.clear()
+        for sym, objs in good.items():
+            st = self._states.get(sym)
+            if st is None:
+                if self.requested is not None:
+                    continue  # not asked for
+                st = self._states[sym] = _Symbol(sym)
+            if st.synced:
+                continue  # its state is exact already: this answer may be older than what was applied
+            self._apply_snapshot(st, objs, out)
+        # A symbol asked for but absent from the answer (or its part malformed): ask again.
+        if isinstance(asked, set):
+            missing = {s for s in asked if s not in self.unknown and not self._states[s].synced}
+        else:
+            missing = {s for s, st in self._states.items() if s not in self.unknown and not st.synced}
+        if missing:
+            self._need |= missing
+            self._next_request_at = time.monotonic() + BACKOFF_FIRST
+
+    def _apply_snapshot(self, st: _Symbol, objs: dict[str, Any], out: list[Update]) -> None:
+        for kind in self.kinds:
+            obj = objs[kind]
+            self._apply(st, kind, obj, out, snapshot=True)
+        st.synced = True
+        st.fresh = set(self.kinds)
+        self._need.discard(st.symbol)
+        # Then what was held, in arrival order: what the snapshot already has is ignored as stale.
+        held = list(st.held)
+        st.held.clear()
+        for kind, msg in held:
+            if msg["seq"] <= st.seq.get(kind, 0):
+                continue
+            self._apply_live(st, kind, msg, out)
+            if not st.synced:  # a gap among the held messages: the next snapshot has the rest
+                return
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Close the sockets (the context is left alone)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sub.disable_monitor()
+            self._monitor.close(0)
+        if self._dealer is not None:
+            self._dealer.close(0)
+        self._sub.close(0)
+
+    def __enter__(self) -> MarketDataClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"MarketDataClient({self.pub!r}, {self.snapshot!r}, "
+                f"{'all symbols' if self.requested is None else list(self.requested)!r}, {self.state})")
+
+
+# ------------------------------------------------------------------ checking
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _unpack(body: bytes) -> dict[str, Any]:
+    try:
+        msg = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several kinds (ExtraData, FormatError, ValueError...)
+        raise _Malformed(f"not msgpack: {type(e).__name__}: {e}") from None
+    if not isinstance(msg, dict):
+        raise _Malformed(f"not a map: {msg!r:.200}")
+    return msg
+
+
+def _check(kind: str, sym: str, msg: dict[str, Any], seq_from: int = 1) -> None:
+    """Raise :class:`_Malformed` unless ``msg`` is a ``kind`` object of ``sym`` with what the client uses."""
+    seq = msg.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < seq_from:
+        raise _Malformed(f"{kind} {sym}: seq {seq!r:.40} is not an integer >= {seq_from}")
+    if msg.get("symbol", sym) != sym:
+        raise _Malformed(f"{kind} {sym}: the body is of {msg.get('symbol')!r:.60}")
+    if kind == "quote":
+        prints = msg.get("prints")
+        if prints is not None and not (isinstance(prints, list) and all(isinstance(p, dict) for p in prints)):
+            raise _Malformed(f"quote {sym}: prints is not a list of objects")
+    elif kind == "depth":
+        for side in ("bids", "asks"):
+            if not isinstance(msg.get(side, []), list):
+                raise _Malformed(f"depth {sym}: {side} is not a list")
+    else:
+        bars = msg.get("bars")
+        if not isinstance(bars, dict) or not all(
+                isinstance(iv, str) and isinstance(lst, list)
+                and all(isinstance(b, dict) and _is_int(b.get("start")) for b in lst) for iv, lst in bars.items()):
+            raise _Malformed(f"bars {sym}: bars is not {{interval: [bar with an integer start, ...]}}")
