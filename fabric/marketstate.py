@@ -40,6 +40,7 @@ __all__ = [
     "TAPE_LEN",
     "Bar",
     "BarSeries",
+    "Kind",
     "MarketState",
     "SymbolState",
     "TapeEntry",

@@ -592,9 +592,14 @@ class BookLevel(_PubMsg, tag="book", frozen=True, kw_only=True):
 class PubHeartbeat(_PubMsg, tag="heartbeat", frozen=True, kw_only=True):
     """The shard is alive and its last message was ``seq`` (not a new number); ``tseq`` is 0.
 
-    Sent when the shard has published nothing for one heartbeat interval, so a
-    subscriber notices a lost last message without waiting for the next one.
+    Sent once per heartbeat interval whatever the traffic, so a subscriber
+    notices a lost last message without waiting for the next one.  ``tseqs``
+    holds the last ``tseq`` of every topic the shard has published on, keyed by
+    the topic frame without its NUL (``"TTCS"``, ``"BTCS"``, ``"X0"``): a
+    subscriber to some topics learns of a lost last message of a quiet topic.
     """
+
+    tseqs: dict[str, int] = {}
 
 
 class PubBundle(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="bundle", tag_field="t"):
@@ -1156,6 +1161,17 @@ def _compile(ti: Any, name: str = "", or_nil: str = "") -> tuple[_Check, str]:
             return [item(e, f"{path}[{i}]") for i, e in enumerate(x)]
 
         return check_list, expected
+    if isinstance(ti, inspect.DictType):
+        key, key_expected = _compile(ti.key_type)
+        value, value_expected = _compile(ti.value_type)
+        expected = f"a map of {key_expected} to {value_expected}{or_nil}"
+
+        def check_dict(x: Any, path: str) -> Any:
+            if type(x) is not dict:
+                raise _bad(path, expected, x)
+            return {key(k, f"{path} key"): value(v, f"{path}[{k!r}]") for k, v in x.items()}
+
+        return check_dict, expected
     if isinstance(ti, inspect.TupleType):
         items = [_compile(t)[0] for t in ti.item_types]
         expected = f"an array of {len(items)}{or_nil}"

@@ -14,9 +14,10 @@ Each turn of the loop:
 5. answer each gateway with a :class:`~fabric.protocol.CommandReply` naming
    the journal sequence number and the range of PUB messages it produced;
 6. serve replay (a range of PUB messages again) and snapshot requests;
-7. when nothing has been published for ``HEARTBEAT_S``, publish a heartbeat
-   carrying the last ``seq``, so a subscriber that lost the last messages
-   learns of it without waiting for the next one.
+7. every ``HEARTBEAT_S``, publish a heartbeat carrying the last ``seq`` and
+   every topic's last ``tseq``, so a subscriber that lost the last messages
+   (of the shard, or of a quiet topic) learns of it without waiting for the
+   next one.
 
 Nothing is published or answered before the journal holds the command, so a
 restart (crash-only: ``kill -9`` is a normal way to stop) replays the journal
@@ -92,7 +93,7 @@ MAX_BATCH = 1024  # order messages drained per turn: bounds the latency a burst 
 RING = 2_000_000  # PUB messages kept in memory for replay requests
 REPLAY_CHUNK = 2_000  # PUB messages per replay reply
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message (ours stay far below)
-HEARTBEAT_S = 1.0  # PUB heartbeat after this long without publishing (docs/protocol.md, section 8)
+HEARTBEAT_S = 1.0  # PUB heartbeat period, whatever the traffic (docs/protocol.md, section 8)
 SIDE = {BUY: "buy", SELL: "sell"}
 _SIDES = {"buy": BUY, "sell": SELL}
 _TYPES = {"limit": LIMIT, "market": MARKET}
@@ -111,7 +112,7 @@ class Outbox:
         self.ring: collections.deque[bytes] = collections.deque(maxlen=RING)
         self.ring_first = 1  # seq of ring[0]
         self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
-        self.last_sent = time.monotonic()
+        self.last_heartbeat = time.monotonic()
 
     def send(self, cls: type[PubMessage], topic: bytes, ts: int, fields: dict[str, Any]) -> int:
         """Sequence one message, publish it (when live) and keep it; return its ``seq``."""
@@ -135,14 +136,19 @@ class Outbox:
         for topic, bodies in self.pending.items():
             send((topic, bodies[0] if len(bodies) == 1 else encode(PubBundle(msgs=bodies))))
         self.pending = {}
-        self.last_sent = time.monotonic()
 
     def heartbeat(self) -> None:
-        """Publish a heartbeat: the last ``seq`` again, with ``tseq`` 0 (it takes no number of its own)."""
+        """Publish a heartbeat: the last ``seq`` again, with ``tseq`` 0 (it takes no number of its own).
+
+        It also names every topic's last ``tseq``, so a subscriber of some topics sees a lost last message
+        of a quiet topic (``docs/protocol.md``, section 8).
+        """
         assert self.pub is not None
-        msg = PubHeartbeat(shard=self.shard_no, seq=self.seq, tseq=0, epoch=self.epoch, ts=time.time_ns())
+        tseqs = {topic[:-1].decode(): n for topic, n in self.tseq.items()}
+        msg = PubHeartbeat(shard=self.shard_no, seq=self.seq, tseq=0, epoch=self.epoch, ts=time.time_ns(),
+                           tseqs=tseqs)
         self.pub.send_multipart((heartbeat_topic(self.shard_no), encode(msg)))
-        self.last_sent = time.monotonic()
+        self.last_heartbeat = time.monotonic()
 
     def range(self, first: int, last: int) -> list[bytes] | None:
         """Return the bodies of messages ``first`` .. ``last``, or ``None`` if they are not all kept."""
@@ -539,7 +545,7 @@ class Matcher:
                             self.handle_recovery(msg, recovery)
                         except Exception:
                             log.exception("recovery request failed")
-                if time.monotonic() - self.outbox.last_sent >= HEARTBEAT_S:
+                if time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
                     self.outbox.heartbeat()
         finally:
             self.journal.close()

@@ -2,18 +2,19 @@
 
 One asyncio loop does everything, in this order of priority:
 
-- **ingest**: drain the SUB socket connected to every matcher's PUB (every
-  topic), up to ``MAX_TURN`` ZeroMQ messages a turn; follow each shard's
-  ``seq`` (contiguous over everything the shard publishes) and apply its trades
-  and book changes to a :class:`~fabric.feed.MarketFeed`;
+- **ingest**: drain the SUB socket connected to every matcher's PUB (topics
+  ``T``, ``B`` and ``H``), up to ``MAX_TURN`` ZeroMQ messages a turn, and apply
+  each topic's trades and book changes in their ``tseq`` order to a
+  :class:`~fabric.feed.MarketFeed`;
 - **publish**: at the end of the turn, take what changed (per symbol at most one
   quote, one depth and one bars object) and send it on the ticker's PUB, to the
   WebSocket clients' mailboxes, and to the history writer;
-- **recover**: a shard whose ``seq`` skips (or whose heartbeat names a ``seq``
-  not seen) is held: its new messages wait while the missing range is replayed
-  from the matcher's recovery socket, then they are applied in order.  At start
-  every shard is replayed from ``seq`` 1, so a late or restarted ticker rebuilds
-  the whole day;
+- **recover**: a topic whose ``tseq`` skips, or which a heartbeat shows behind
+  (heartbeats name every topic's last ``tseq``), holds its shard: the shard's
+  new messages wait while the missing ``seq`` range is replayed from the
+  matcher's recovery socket, then they are applied in order.  At start every
+  shard is replayed from ``seq`` 1, so a late or restarted ticker rebuilds the
+  whole day;
 - **serve**: snapshot requests on the snapshot ROUTER (the Clone pattern), and
   one HTTP port for the live page, ``/history``, ``/snapshot`` and the
   WebSocket (``/ws``).
@@ -60,9 +61,11 @@ from fabric.history import (
     interval_ns,
     open_history,
 )
-from fabric.marketstate import INTERVALS, TAPE_LEN
+from fabric.marketstate import INTERVALS, TAPE_LEN, Kind
 from fabric.protocol import (
-    EXEC,
+    BOOK,
+    HEARTBEAT,
+    TRADE,
     BookLevel,
     PubHeartbeat,
     ReplayReply,
@@ -80,17 +83,6 @@ from topology.model import Topology
 
 log = logging.getLogger("exfab.ticker")
 
-class _Head(msgspec.Struct, frozen=True, gc=False):
-    """The numbers of a PUB message (or the bodies of a bundle), decoded without the rest."""
-
-    t: str
-    shard: int = -1
-    seq: int = 0
-    msgs: list[bytes] = []
-
-
-_head = msgspec.msgpack.Decoder(_Head).decode
-
 MAX_TURN: Final = 4096  # ZeroMQ messages applied per turn before publishing (a message may be a bundle)
 HEARTBEAT_S: Final = 1.0  # feed and WebSocket heartbeat period
 REQUEST_TIMEOUT_S: Final = 2.0  # a matcher's answer to a replay or snapshot request
@@ -102,6 +94,7 @@ DAY_NS: Final = 86_400 * 1_000_000_000
 _json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder()
+_KINDS: Final[dict[str, Kind]] = {"T": "trade", "B": "book"}  # heartbeat topic keys -> MarketState kinds
 
 
 # ==========================================================================
@@ -115,8 +108,12 @@ class ShardLink:
 
     Attributes
     ----------
-    seen
-        Every message of the shard up to this ``seq`` has been applied or replayed.
+    high
+        The highest ``seq`` seen from the shard (a heartbeat below it: the shard started over).
+    floor
+        Nothing at or below this ``seq`` can be missing (the start of day was replayed up to it).
+    topic_seq
+        Per (kind, symbol), the ``seq`` of the topic's last message applied: a gap lies after it.
     syncing
         A replay is under way: new messages are held until it is done.
     held
@@ -127,7 +124,9 @@ class ShardLink:
     name: str
     symbols: list[str]
     recovery_addr: str
-    seen: int = 0
+    high: int = 0
+    floor: int = 0
+    topic_seq: dict[tuple[str, str], int] = field(default_factory=dict)
     syncing: bool = False
     synced_once: bool = False
     held: list[Any] = field(default_factory=list)
@@ -171,34 +170,50 @@ class Ticker:
     def _check(self, link: ShardLink, msg: Any) -> tuple[int, int] | None:
         """Apply one live message of ``link``; return the ``seq`` range to replay first when it shows a gap.
 
-        ``msg`` is a ``Trade``, ``BookLevel`` or ``PubHeartbeat``, or a :class:`_Head` (an execution
-        report, of which only the numbers matter here).
+        Trades and book changes apply in their topic's order (``tseq``): the matcher publishes a batch
+        topic by topic, so across topics ``seq`` arrives out of order, and within a topic never.  A
+        topic's lost messages lie between the ``seq`` of its last message applied and the new one's.
+        A heartbeat names every topic's last ``tseq``: a topic behind it lost its last messages.
         """
-        if type(msg) is PubHeartbeat:
-            if msg.seq < link.seen:
-                log.warning("shard %s: heartbeat at seq %d, below the %d already seen: the shard started over with "
-                            "a new journal; rebuilding its symbols", link.name, msg.seq, link.seen)
-                self.feed.reset(link.symbols)
-                link.seen = 0
-                return 1, msg.seq
-            if msg.seq > link.seen:
+        t = type(msg)
+        if t is Trade or t is BookLevel:
+            kind: Kind = "trade" if t is Trade else "book"
+            sym = msg.symbol
+            last = self.feed.state.last_tseq(sym, kind)
+            if msg.tseq <= last:
+                self.stats["duplicates"] += 1
+                return None
+            if msg.tseq != last + 1:
                 self.stats["gaps"] += 1
-                log.warning("shard %s: heartbeat at seq %d after %d; replaying the lost tail", link.name, msg.seq,
-                            link.seen)
-                return link.seen + 1, msg.seq
-            return None
-        seq = msg.seq
-        if seq <= link.seen:
-            self.stats["duplicates"] += 1
-            return None
-        if seq != link.seen + 1:
-            self.stats["gaps"] += 1
-            log.warning("shard %s: seq %d after %d; replaying seq %d..%d", link.name, seq, link.seen, link.seen + 1,
-                        seq - 1)
-            return link.seen + 1, seq - 1
-        link.seen = seq
-        if type(msg) is not _Head:
+                first = max(link.topic_seq.get((kind, sym), 0), link.floor) + 1
+                log.warning("shard %s: %s %s tseq %d after %d; replaying seq %d..%d", link.name, sym, kind,
+                            msg.tseq, last, first, msg.seq - 1)
+                return first, msg.seq - 1
             self.feed.apply(msg)
+            link.topic_seq[(kind, sym)] = msg.seq
+            if msg.seq > link.high:
+                link.high = msg.seq
+        elif t is PubHeartbeat:
+            if msg.seq < link.high:
+                log.warning("shard %s: heartbeat at seq %d, below the %d already seen: the shard started over with "
+                            "a new journal; rebuilding its symbols", link.name, msg.seq, link.high)
+                self.feed.reset(link.symbols)
+                link.topic_seq.clear()
+                link.high = link.floor = 0
+                return 1, msg.seq
+            link.high = msg.seq
+            first = 0
+            state = self.feed.state
+            for key, n in msg.tseqs.items():
+                k = _KINDS.get(key[:1])
+                if k is not None and n > state.last_tseq(key[1:], k):
+                    f = max(link.topic_seq.get((k, key[1:]), 0), link.floor) + 1
+                    first = f if not first else min(first, f)
+            if first:
+                self.stats["gaps"] += 1
+                log.warning("shard %s: heartbeat at seq %d shows lost messages; replaying seq %d..%d", link.name,
+                            msg.seq, first, msg.seq)
+                return first, msg.seq
         return None
 
     def _on_message(self, link: ShardLink, msg: Any) -> None:
@@ -213,29 +228,33 @@ class Ticker:
             self._spawn(self._sync(link, *gap))
 
     def ingest(self, frames: list[list[bytes]]) -> None:
-        """Apply a drained batch of ``[topic, body]`` messages from the matchers (bad ones are logged, skipped).
-
-        Trades and book changes are decoded whole; execution reports only as far as their ``shard`` and
-        ``seq`` (:class:`_Head`): the ticker follows every message's number to see gaps in the shard's
-        sequence, but uses only trades and book changes.
-        """
+        """Apply a drained batch of ``[topic, body]`` messages from the matchers (bad ones are logged, skipped)."""
         links = self.links
         n = len(links)
         for topic, body in frames:
             try:
-                if topic[:1] == EXEC:
-                    head = _head(body)
-                    msgs: list[Any] = [_head(b) for b in head.msgs] if head.t == "bundle" else [head]
-                else:
-                    msgs = iter_pub(body)
+                msgs = iter_pub(body)
             except Exception as e:
                 log.error("undecodable message on %r: %s", topic[:40], e)
                 continue
             self.stats["messages"] += len(msgs)
             for msg in msgs:
-                no = msg.shard
+                no = msg.shard  # type: ignore[union-attr]  # iter_pub expands bundles
                 if 0 <= no < n:
                     self._on_message(links[no], msg)
+
+    def _apply_replayed(self, link: ShardLink, msg: Any) -> bool:
+        # A replayed message applies when it is its topic's next one; others are duplicates (or belong to a
+        # gap of their own, which that topic's next live message or heartbeat shows).
+        t = type(msg)
+        if t is not Trade and t is not BookLevel:
+            return False
+        kind: Kind = "trade" if t is Trade else "book"
+        if msg.tseq != self.feed.state.last_tseq(msg.symbol, kind) + 1:
+            return False
+        self.feed.apply(msg)
+        link.topic_seq[(kind, msg.symbol)] = msg.seq
+        return True
 
     async def _sync(self, link: ShardLink, first: int, last: int) -> None:
         # Replay first..last into the feed, then apply what was held meanwhile; again on a new gap.
@@ -243,7 +262,7 @@ class Ticker:
             while True:
                 if last >= first:
                     await self._replay(link, first, last)
-                link.seen = max(link.seen, last)
+                link.high = max(link.high, last)
                 pending, link.held = link.held, []
                 gap = None
                 for i, msg in enumerate(pending):
@@ -285,10 +304,8 @@ class Ticker:
                 await self._from_snapshot(link)
                 return
             for body in rep.msgs:
-                msg = decode_pub(body)
-                if type(msg) is Trade or type(msg) is BookLevel:
-                    if self.feed.apply(msg):
-                        applied += 1
+                if self._apply_replayed(link, decode_pub(body)):
+                    applied += 1
         log.info("shard %s: replayed seq %d..%d (%d trades and book changes applied)", link.name, first, last,
                  applied)
 
@@ -304,7 +321,7 @@ class Ticker:
         if isinstance(snap, SnapshotReply):
             for book in snap.books:
                 self.feed.apply_snapshot(book)
-            link.seen = max(link.seen, snap.seq)
+            link.floor = link.high = max(link.high, snap.seq)
 
     async def _ask(self, link: ShardLink, body: bytes, *, many: bool) -> list[Any]:
         """Send one request to the shard's recovery socket; return its answer(s); raise TimeoutError.
@@ -349,6 +366,7 @@ class Ticker:
         else:
             return
         t0 = time.monotonic()
+        link.floor = snap.seq  # after the replay of 1..seq below, nothing before it can be missing
         await self._sync(link, 1, snap.seq)
         link.synced_once = True
         log.info("shard %s: rebuilt from seq 1..%d in %.2f s", link.name, snap.seq, time.monotonic() - t0)
@@ -451,7 +469,8 @@ class Ticker:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.RCVHWM, 0)  # never drop here: the matcher's own HWM bounds what waits for us
         sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")  # everything: trades and books to use, execution reports to count
+        for prefix in (TRADE, BOOK, HEARTBEAT):
+            sub.setsockopt(zmq.SUBSCRIBE, prefix)
         for addr in self._pubs:
             sub.connect(addr)
         loop = asyncio.get_running_loop()
@@ -746,7 +765,7 @@ class WebHub:
             if path == "/stats":
                 return _json_response({**self.ticker.stats, "ws_clients": len(self.clients),
                                        "history_pending": self.ticker.writer.pending(),
-                                       "shards": {ln.name: {"seen": ln.seen, "syncing": ln.syncing,
+                                       "shards": {ln.name: {"seen": ln.high, "syncing": ln.syncing,
                                                             "replays": ln.replays,
                                                             "unrecoverable": ln.unrecoverable}
                                                   for ln in self.ticker.links}})
