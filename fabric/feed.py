@@ -133,6 +133,21 @@ class MarketFeed:
             self._book.add(msg.symbol)
         return True
 
+    def trade(self, msg: Trade) -> None:
+        """Apply a trade known to be the next of its topic (the caller checked its ``tseq``: the ticker's path)."""
+        sym = msg.symbol
+        self.state.trade(msg)
+        prints = self._prints.get(sym)
+        if prints is None:
+            prints = self._prints[sym] = []
+            self._first_ts[sym] = msg.ts
+        prints.append(self.state.symbols[sym].tape[-1])
+
+    def level(self, msg: BookLevel) -> None:
+        """Apply a book level change known to be the next of its topic (the caller checked its ``tseq``)."""
+        self.state.level(msg)
+        self._book.add(msg.symbol)
+
     def apply_snapshot(self, book: BookSnapshot) -> None:
         """Take a symbol's levels and ``tseq`` baselines from a matcher's snapshot (when a replay is not possible)."""
         self.state.apply_snapshot(book)

@@ -44,6 +44,7 @@ __all__ = [
     "MarketState",
     "SymbolState",
     "TapeEntry",
+    "price_of",
 ]
 
 DEPTH: Final = 5  # levels per side in the depth view, as the BSE shows
@@ -203,7 +204,7 @@ class SymbolState:
 
     def add_trade(self, msg: Trade) -> None:
         """Fold one trade into the statistics, the tape and the bars."""
-        price = Decimal(msg.price)
+        price = price_of(msg.price)
         qty = msg.qty
         self.last, self.last_qty, self.last_ts = price, qty, msg.ts
         if self.open is None:
@@ -227,6 +228,20 @@ class SymbolState:
             book[price] = (qty, count)
         else:
             book.pop(price, None)
+
+
+_DECIMALS: dict[str, Decimal] = {}  # wire price -> Decimal: prices repeat, and building a Decimal costs more
+_DECIMALS_MAX: Final = 200_000
+
+
+def price_of(text: str) -> Decimal:
+    """Return the Decimal of a wire price (cached: a market trades again and again at the same prices)."""
+    d = _DECIMALS.get(text)
+    if d is None:
+        if len(_DECIMALS) >= _DECIMALS_MAX:
+            _DECIMALS.clear()
+        d = _DECIMALS[text] = Decimal(text)
+    return d
 
 
 def _s(d: Decimal | None) -> str | None:
@@ -254,13 +269,15 @@ class MarketState:
         Every gap seen, in order: (symbol, "trade" or "book", expected tseq, received tseq).
     duplicates
         How many messages were ignored because their tseq was at or below the last one.
+    tseq
+        The last ``tseq`` applied per (kind, symbol), kind ``"trade"`` or ``"book"`` (read it, do not change it).
     """
 
     def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
         self.symbols: dict[str, SymbolState] = {i.symbol: SymbolState(i.symbol, i.ref_price) for i in instruments}
         self.gaps: list[tuple[str, str, int, int]] = []
         self.duplicates = 0
-        self._tseq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> last tseq applied
+        self.tseq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> last tseq applied
 
     def state(self, symbol: str) -> SymbolState:
         """Return the state of ``symbol``, creating an empty one for a symbol not seen yet."""
@@ -271,17 +288,17 @@ class MarketState:
 
     def last_tseq(self, symbol: str, kind: Kind) -> int:
         """Return the last ``tseq`` applied on ``symbol``'s trade or book topic (0 before any)."""
-        return self._tseq.get((kind, symbol), 0)
+        return self.tseq.get((kind, symbol), 0)
 
     def _accept(self, symbol: str, kind: Kind, tseq: int) -> bool:
         key = (kind, symbol)
-        last = self._tseq.get(key, 0)
+        last = self.tseq.get(key, 0)
         if tseq <= last:
             self.duplicates += 1
             return False
         if tseq != last + 1:
             self.gaps.append((symbol, kind, last + 1, tseq))
-        self._tseq[key] = tseq
+        self.tseq[key] = tseq
         return True
 
     def apply(self, msg: object) -> bool:
@@ -296,7 +313,7 @@ class MarketState:
                 return True
         elif isinstance(msg, BookLevel):
             if self._accept(msg.symbol, "book", msg.tseq):
-                self.state(msg.symbol).set_level(msg.side, Decimal(msg.price), msg.qty, msg.count)
+                self.state(msg.symbol).set_level(msg.side, price_of(msg.price), msg.qty, msg.count)
                 return True
         return False
 
@@ -305,8 +322,24 @@ class MarketState:
         for sym in symbols:
             old = self.symbols.get(sym)
             self.symbols[sym] = SymbolState(sym, None if old is None else old.ref_price)
-            self._tseq.pop(("trade", sym), None)
-            self._tseq.pop(("book", sym), None)
+            self.tseq.pop(("trade", sym), None)
+            self.tseq.pop(("book", sym), None)
+
+    def trade(self, msg: Trade) -> None:
+        """Apply a trade known to be the next of its topic (the caller checked its ``tseq``)."""
+        self.tseq[("trade", msg.symbol)] = msg.tseq
+        st = self.symbols.get(msg.symbol) or self.state(msg.symbol)
+        st.add_trade(msg)
+
+    def level(self, msg: BookLevel) -> None:
+        """Apply a book level change known to be the next of its topic (the caller checked its ``tseq``)."""
+        self.tseq[("book", msg.symbol)] = msg.tseq
+        st = self.symbols.get(msg.symbol) or self.state(msg.symbol)
+        book = st.bids if msg.side == "buy" else st.asks
+        if msg.qty > 0:
+            book[price_of(msg.price)] = (msg.qty, msg.count)
+        else:
+            book.pop(price_of(msg.price), None)
 
     def apply_snapshot(self, snap: BookSnapshot) -> None:
         """Replace a symbol's levels with a snapshot's and take its ``tseq`` baselines and ``trade_id``.
@@ -319,8 +352,8 @@ class MarketState:
         st.bids = {Decimal(p): (qty, n) for p, qty, n in snap.bids if qty > 0}
         st.asks = {Decimal(p): (qty, n) for p, qty, n in snap.asks if qty > 0}
         st.trade_id = snap.trade_id
-        self._tseq[("book", snap.symbol)] = snap.book_tseq
-        self._tseq[("trade", snap.symbol)] = snap.trade_tseq
+        self.tseq[("book", snap.symbol)] = snap.book_tseq
+        self.tseq[("trade", snap.symbol)] = snap.trade_tseq
 
     def snapshot(self, symbol: str) -> dict[str, Any]:
         """Return everything known of ``symbol`` as a JSON-ready dict (prices as strings, ``None`` as null).

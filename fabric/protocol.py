@@ -145,6 +145,7 @@ __all__ = [
     "exec_topic",
     "heartbeat_topic",
     "iter_pub",
+    "iter_pub_typed",
     "price_decimal",
     "split_topic",
     "topic_of",
@@ -1017,6 +1018,20 @@ def iter_pub(body: Buffer) -> list[PubMessage]:
     msg = _decode(body, _PUB)
     if type(msg) is PubBundle:
         return [_decode(b, _PUB) for b in msg.msgs]
+    return [msg]
+
+
+def iter_pub_typed(body: Buffer) -> list[PubMessage]:
+    """Return the PUB messages in a body frame, checked for types only, not for the price pattern.
+
+    For a node reading its own matchers' stream at full rate (the ticker): the
+    matcher wrote every price from its engine.  Anything that is not a PUB
+    message still raises (msgspec's ``DecodeError`` or ``ValidationError``).
+    """
+    msg = _PUB.decode(body)
+    if type(msg) is PubBundle:
+        dec = _PUB.decode
+        return [dec(b) for b in msg.msgs]
     return [msg]
 
 

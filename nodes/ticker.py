@@ -76,7 +76,7 @@ from fabric.protocol import (
     decode_internal,
     decode_pub,
     encode,
-    iter_pub,
+    iter_pub_typed,
 )
 from topology.load import load
 from topology.model import Topology
@@ -154,6 +154,7 @@ class Ticker:
         instruments = [i for s in topo.shards for i in topo.instruments_of(s)]
         self.instruments = {i.symbol: i for i in instruments}
         self.feed = MarketFeed(instruments)
+        self._tseqs = self.feed.state.tseq  # (kind, symbol) -> last tseq applied: read on every message
         self.links = [ShardLink(no, s.name, list(s.symbols), s.replicas[0].recovery.connect)
                       for no, s in enumerate(topo.shards)]
         self._pubs = [s.replicas[0].pub.connect for s in topo.shards]
@@ -179,7 +180,7 @@ class Ticker:
         if t is Trade or t is BookLevel:
             kind: Kind = "trade" if t is Trade else "book"
             sym = msg.symbol
-            last = self.feed.state.last_tseq(sym, kind)
+            last = self._tseqs.get((kind, sym), 0)
             if msg.tseq <= last:
                 self.stats["duplicates"] += 1
                 return None
@@ -189,7 +190,10 @@ class Ticker:
                 log.warning("shard %s: %s %s tseq %d after %d; replaying seq %d..%d", link.name, sym, kind,
                             msg.tseq, last, first, msg.seq - 1)
                 return first, msg.seq - 1
-            self.feed.apply(msg)
+            if t is Trade:
+                self.feed.trade(msg)
+            else:
+                self.feed.level(msg)
             link.topic_seq[(kind, sym)] = msg.seq
             if msg.seq > link.high:
                 link.high = msg.seq
@@ -216,16 +220,12 @@ class Ticker:
                 return first, msg.seq
         return None
 
-    def _on_message(self, link: ShardLink, msg: Any) -> None:
-        if link.syncing:
+    def _hold(self, link: ShardLink, msg: Any, gap: tuple[int, int]) -> None:
+        # Hold the shard's messages from ``msg`` on while ``gap`` is replayed.
+        link.syncing = True
+        if type(msg) is not PubHeartbeat:
             link.held.append(msg)
-            return
-        gap = self._check(link, msg)
-        if gap is not None:
-            link.syncing = True
-            if type(msg) is not PubHeartbeat:
-                link.held.append(msg)
-            self._spawn(self._sync(link, *gap))
+        self._spawn(self._sync(link, *gap))
 
     def ingest(self, frames: list[list[bytes]]) -> None:
         """Apply a drained batch of ``[topic, body]`` messages from the matchers (bad ones are logged, skipped)."""
@@ -233,15 +233,21 @@ class Ticker:
         n = len(links)
         for topic, body in frames:
             try:
-                msgs = iter_pub(body)
+                msgs = iter_pub_typed(body)
             except Exception as e:
                 log.error("undecodable message on %r: %s", topic[:40], e)
                 continue
             self.stats["messages"] += len(msgs)
             for msg in msgs:
-                no = msg.shard  # type: ignore[union-attr]  # iter_pub expands bundles
+                no = msg.shard  # type: ignore[union-attr]  # iter_pub_typed expands bundles
                 if 0 <= no < n:
-                    self._on_message(links[no], msg)
+                    link = links[no]
+                    if link.syncing:
+                        link.held.append(msg)
+                    else:
+                        gap = self._check(link, msg)
+                        if gap is not None:
+                            self._hold(link, msg, gap)
 
     def _apply_replayed(self, link: ShardLink, msg: Any) -> bool:
         # A replayed message applies when it is its topic's next one; others are duplicates (or belong to a
