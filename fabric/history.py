@@ -873,6 +873,24 @@ _BarKey = tuple[str, str, int]
 _TickKey = tuple[str, int, int]
 
 
+def _take_into(queue: dict[Any, tuple[int, Any]], out: list[tuple[int, Any]], room: int) -> int:
+    # Move the first `room` entries of `queue` (oldest first) to `out`; return the room left.  The queue is
+    # rebuilt rather than popped from the front: a dict popped from the front keeps the holes, and every
+    # later look at its first entry walks over them.
+    if room <= 0 or not queue:
+        return room
+    if len(queue) <= room:
+        out.extend(queue.values())
+        room -= len(queue)
+        queue.clear()
+        return room
+    items = list(queue.items())
+    out.extend(v for _, v in items[:room])
+    queue.clear()
+    queue.update(items[room:])
+    return 0
+
+
 class HistoryWriter:
     """Writes bars and ticks to a store in batches, on a daemon thread; keeps them while the store is down.
 
@@ -1044,13 +1062,8 @@ class HistoryWriter:
 
     def _take(self) -> None:
         # Move up to `batch` points from the queues to the in-flight lists (under the lock).
-        room = self.batch
-        while self._bars and room:
-            self._inflight_bars.append(self._bars.pop(next(iter(self._bars))))
-            room -= 1
-        while self._ticks and room:
-            self._inflight_ticks.append(self._ticks.pop(next(iter(self._ticks))))
-            room -= 1
+        room = _take_into(self._bars, self._inflight_bars, self.batch)
+        _take_into(self._ticks, self._inflight_ticks, room)
         if not self._bars and not self._ticks:
             self._first_at = None  # else the points left are due no later than the ones taken
 
