@@ -385,6 +385,7 @@ class Ticker:
             return
         turn = self.feed.take()
         send = self._pub.send_multipart
+        self.web.changed({sym for _, sym, _ in turn.messages})
         for kind, sym, obj in turn.messages:
             send((feed_topic(kind, sym), _msgpack.encode(obj)), zmq.NOBLOCK)
             self.web.publish(kind, sym, obj)
@@ -618,6 +619,7 @@ class WebHub:
         self.clients: set[WebClient] = set()
         self.static = _load_static()
         self._error_no = 0
+        self._snapshots: dict[str, tuple[dict[str, Any], bytes]] = {}
 
     # -------------------------------------------------------------- updates
 
@@ -655,6 +657,20 @@ class WebHub:
     def snapshot_obj(self, symbol: str) -> dict[str, Any]:
         """The WebSocket's ``snapshot`` of one symbol."""
         return {"t": "snapshot", "symbol": symbol, **self.ticker.feed.snapshot(symbol)}
+
+    def _snapshot_for_client(self, symbol: str) -> tuple[dict[str, Any], bytes]:
+        # A symbol's snapshot, built and encoded once until the symbol next changes: clients connecting
+        # together (a page reloaded by many, a reconnect after a ticker restart) share it.
+        hit = self._snapshots.get(symbol)
+        if hit is None:
+            obj = self.snapshot_obj(symbol)
+            hit = self._snapshots[symbol] = (obj, _json.encode(obj))
+        return hit
+
+    def changed(self, symbols: set[str]) -> None:
+        """Forget the cached snapshots of ``symbols`` (the ticker published something new of them)."""
+        for sym in symbols:
+            self._snapshots.pop(sym, None)
 
     # ------------------------------------------------------------ WebSocket
 
@@ -740,7 +756,7 @@ class WebHub:
             else:
                 c.subs.update({s: frozenset(chans) for s in names})
         for s in names:
-            c.post(("snapshot", s), self.snapshot_obj(s), None)
+            c.post(("snapshot", s), *self._snapshot_for_client(s))
 
     # ----------------------------------------------------------------- HTTP
 
