@@ -20,11 +20,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Final
 
 from fabric.instruments import Instrument
-from fabric.marketstate import _PCT_PLACES, _VWAP_PLACES, DEPTH, Bar, MarketState, SymbolState, TapeEntry
+from fabric.marketstate import DEPTH, Bar, MarketState, SymbolState, TapeEntry
 from fabric.protocol import BookLevel, BookSnapshot, Trade
 
 __all__ = [
@@ -63,19 +62,6 @@ def split_feed_topic(topic: bytes) -> tuple[str, str]:
     if kind is None or len(topic) < 3 or topic[-1] != 0:
         raise ValueError(f"not a feed topic: {topic!r}")
     return kind, topic[1:-1].decode()
-
-
-def _s(d: Decimal | None) -> str | None:
-    return None if d is None else str(d)
-
-
-def _bar(b: Bar) -> dict[str, Any]:
-    return {"start": b.start, "open": str(b.open), "high": str(b.high), "low": str(b.low), "close": str(b.close),
-            "volume": b.volume, "trades": b.trades}
-
-
-def _print(t: TapeEntry) -> dict[str, Any]:
-    return {"trade_id": t.trade_id, "ts": t.ts, "price": str(t.price), "qty": t.qty, "aggressor": t.aggressor}
 
 
 @dataclass
@@ -125,28 +111,26 @@ class MarketFeed:
         if not self.state.apply(msg):
             return False
         if type(msg) is Trade:
-            sym = msg.symbol
-            st = self.state.symbols[sym]
-            self._prints.setdefault(sym, []).append(st.tape[-1])
-            self._first_ts.setdefault(sym, msg.ts)
+            self._traded(msg)
         elif type(msg) is BookLevel:
             self._book.add(msg.symbol)
         return True
 
     def trade(self, msg: Trade) -> None:
         """Apply a trade known to be the next of its topic (the caller checked its ``tseq``: the ticker's path)."""
-        sym = msg.symbol
         self.state.trade(msg)
-        prints = self._prints.get(sym)
-        if prints is None:
-            prints = self._prints[sym] = []
-            self._first_ts[sym] = msg.ts
-        prints.append(self.state.symbols[sym].tape[-1])
+        self._traded(msg)
 
     def level(self, msg: BookLevel) -> None:
         """Apply a book level change known to be the next of its topic (the caller checked its ``tseq``)."""
         self.state.level(msg)
         self._book.add(msg.symbol)
+
+    def _traded(self, msg: Trade) -> None:
+        # Remember an applied trade for the next turn: the quote's prints and the first bar it touched.
+        sym = msg.symbol
+        self._prints.setdefault(sym, []).append(self.state.symbols[sym].tape[-1])
+        self._first_ts.setdefault(sym, msg.ts)
 
     def apply_snapshot(self, book: BookSnapshot) -> None:
         """Take a symbol's levels and ``tseq`` baselines from a matcher's snapshot (when a replay is not possible)."""
@@ -209,19 +193,11 @@ class MarketFeed:
 
     def _quote(self, sym: str, st: SymbolState, prints: list[TapeEntry], ts: int, seq: int | None = None
                ) -> dict[str, Any]:
-        bid, ask = st.best_bid(), st.best_ask()
-        pct, vwap = st.change_pct, st.vwap
         return {
             "t": "quote", "v": FEED_VERSION, "symbol": sym,
             "seq": self._next("quote", sym) if seq is None else seq, "ts": ts,
-            "ref_price": _s(st.ref_price), "last": _s(st.last), "last_qty": st.last_qty, "last_ts": st.last_ts,
-            "change": _s(st.change), "change_pct": None if pct is None else str(pct.quantize(_PCT_PLACES)),
-            "open": _s(st.open), "high": _s(st.high), "low": _s(st.low), "volume": st.volume,
-            "turnover": str(st.turnover), "vwap": None if vwap is None else str(vwap.quantize(_VWAP_PLACES)),
-            "trades": st.trades, "trade_id": st.trade_id,
-            "bid": None if bid is None else str(bid[0]), "bid_qty": None if bid is None else bid[1],
-            "ask": None if ask is None else str(ask[0]), "ask_qty": None if ask is None else ask[1],
-            "prints": [_print(t) for t in prints],
+            **st.quote_fields(),
+            "prints": [t.to_json() for t in prints],
         }
 
     def _depth_obj(self, sym: str, depth: tuple[Any, Any], ts: int, seq: int | None = None) -> dict[str, Any]:
@@ -233,7 +209,7 @@ class MarketFeed:
     def _bars_obj(self, sym: str, bars: dict[str, list[Bar]], ts: int, seq: int | None = None) -> dict[str, Any]:
         return {"t": "bars", "v": FEED_VERSION, "symbol": sym,
                 "seq": self._next("bars", sym) if seq is None else seq, "ts": ts,
-                "bars": {iv: [_bar(b) for b in lst] for iv, lst in bars.items()}}
+                "bars": {iv: [b.to_json() for b in lst] for iv, lst in bars.items()}}
 
     @staticmethod
     def _changed_bars(st: SymbolState, first_ts: int) -> dict[str, list[Bar]]:

@@ -221,6 +221,34 @@ class SymbolState:
         for series in self.bars.values():
             series.add(msg.ts, price, qty)
 
+    def quote_fields(self) -> dict[str, Any]:
+        """Return the symbol's statistics and best prices as JSON-ready fields (prices as strings, ``None`` as null).
+
+        The fields of the ticker's ``quote`` object (``docs/market-data.md``, section 2) and of
+        :meth:`MarketState.snapshot`; change percent is rounded to 2 places and VWAP to 4.
+        """
+        bid, ask = self.best_bid(), self.best_ask()
+        return {
+            "ref_price": _s(self.ref_price),
+            "last": _s(self.last),
+            "last_qty": self.last_qty,
+            "last_ts": self.last_ts,
+            "change": _s(self.change),
+            "change_pct": _q(self.change_pct, _PCT_PLACES),
+            "open": _s(self.open),
+            "high": _s(self.high),
+            "low": _s(self.low),
+            "volume": self.volume,
+            "turnover": str(self.turnover),
+            "vwap": _q(self.vwap, _VWAP_PLACES),
+            "trades": self.trades,
+            "trade_id": self.trade_id,
+            "bid": None if bid is None else str(bid[0]),
+            "bid_qty": None if bid is None else bid[1],
+            "ask": None if ask is None else str(ask[0]),
+            "ask_qty": None if ask is None else ask[1],
+        }
+
     def set_level(self, side: str, price: Decimal, qty: int, count: int) -> None:
         """Set a level's quantity and order count; quantity 0 removes the level."""
         book = self.bids if side == "buy" else self.asks
@@ -335,11 +363,7 @@ class MarketState:
         """Apply a book level change known to be the next of its topic (the caller checked its ``tseq``)."""
         self.tseq[("book", msg.symbol)] = msg.tseq
         st = self.symbols.get(msg.symbol) or self.state(msg.symbol)
-        book = st.bids if msg.side == "buy" else st.asks
-        if msg.qty > 0:
-            book[price_of(msg.price)] = (msg.qty, msg.count)
-        else:
-            book.pop(price_of(msg.price), None)
+        st.set_level(msg.side, price_of(msg.price), msg.qty, msg.count)
 
     def apply_snapshot(self, snap: BookSnapshot) -> None:
         """Replace a symbol's levels with a snapshot's and take its ``tseq`` baselines and ``trade_id``.
@@ -364,27 +388,9 @@ class MarketState:
             When the symbol is unknown.
         """
         st = self.symbols[symbol]
-        bid, ask = st.best_bid(), st.best_ask()
         return {
             "symbol": symbol,
-            "ref_price": _s(st.ref_price),
-            "last": _s(st.last),
-            "last_qty": st.last_qty,
-            "last_ts": st.last_ts,
-            "change": _s(st.change),
-            "change_pct": _q(st.change_pct, _PCT_PLACES),
-            "open": _s(st.open),
-            "high": _s(st.high),
-            "low": _s(st.low),
-            "volume": st.volume,
-            "turnover": str(st.turnover),
-            "vwap": _q(st.vwap, _VWAP_PLACES),
-            "trades": st.trades,
-            "trade_id": st.trade_id,
-            "bid": None if bid is None else str(bid[0]),
-            "bid_qty": None if bid is None else bid[1],
-            "ask": None if ask is None else str(ask[0]),
-            "ask_qty": None if ask is None else ask[1],
+            **st.quote_fields(),
             "bids": [[str(p), q, n] for p, q, n in st.depth("buy")],
             "asks": [[str(p), q, n] for p, q, n in st.depth("sell")],
             "tape": [t.to_json() for t in st.tape],
@@ -401,13 +407,5 @@ class MarketState:
         KeyError
             When the symbol is unknown.
         """
-        st = self.symbols[symbol]
-        bid, ask = st.best_bid(), st.best_ask()
-        return {
-            "symbol": symbol,
-            "last": _s(st.last),
-            "change_pct": _q(st.change_pct, _PCT_PLACES),
-            "volume": st.volume,
-            "bid": None if bid is None else str(bid[0]),
-            "ask": None if ask is None else str(ask[0]),
-        }
+        q = self.symbols[symbol].quote_fields()
+        return {"symbol": symbol, **{k: q[k] for k in ("last", "change_pct", "volume", "bid", "ask")}}

@@ -147,3 +147,13 @@ def test_a_slow_websocket_client_gets_the_latest_state_with_every_print_and_bar(
     obj, body = c.box[("quote", "TCS")]
     assert body is None and [p["trade_id"] for p in obj["prints"]] == [1, 2, 3]
     assert c.wants("quote", "TCS") and not c.wants("depth", "TCS")
+
+
+def test_the_tickers_path_after_a_reset_publishes_the_new_days_first_trade() -> None:
+    f = MarketFeed([_inst()])
+    f.trade(trade(1, "100.00", 4, T0))
+    f.take(T0)
+    f.reset(["TCS"])
+    f.trade(trade(1, "101.00", 2, T0 + S))  # the ticker checked the tseq: a new journal starts at 1
+    quote = f.take(T0 + S).messages[0][2]
+    assert quote["volume"] == 2 and [p["price"] for p in quote["prints"]] == ["101.00"]
