@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from fabric.marketstate import INTERVALS as STORED_INTERVAL_NS
@@ -871,6 +871,16 @@ def open_history(kind: str, *, sqlite_path: str | Path | None = None, url: str |
 
 _BarKey = tuple[str, str, int]
 _TickKey = tuple[str, int, int]
+_R = TypeVar("_R", BarRecord, TickRecord)
+
+
+def _records(items: Iterable[Any], cls: type[_R]) -> list[_R]:
+    # The items as a list, every one checked to be a `cls` before any is queued.
+    out = list(items)
+    for r in out:
+        if not isinstance(r, cls):
+            raise TypeError(f"not a {cls.__name__}: {r!r}")
+    return out
 
 
 def _take_into(queue: dict[Any, tuple[int, Any]], out: list[tuple[int, Any]], room: int) -> int:
@@ -958,10 +968,7 @@ class HistoryWriter:
         RuntimeError
             After :meth:`close`.
         """
-        items = list(bars)
-        for b in items:
-            if not isinstance(b, BarRecord):
-                raise TypeError(f"not a BarRecord: {b!r}")
+        items = _records(bars, BarRecord)
         self._add(self._bars, [((b.symbol, b.interval, b.start), b) for b in items])
 
     def add_ticks(self, ticks: Iterable[TickRecord]) -> None:
@@ -974,10 +981,7 @@ class HistoryWriter:
         RuntimeError
             After :meth:`close`.
         """
-        items = list(ticks)
-        for t in items:
-            if not isinstance(t, TickRecord):
-                raise TypeError(f"not a TickRecord: {t!r}")
+        items = _records(ticks, TickRecord)
         self._add(self._ticks, [((t.symbol, t.trade_id, t.ts), t) for t in items])
 
     def _add(self, queue: dict[Any, tuple[int, Any]], items: list[tuple[Any, Any]]) -> None:
