@@ -90,8 +90,9 @@ class OrderResult:
     events
         The execution reports of this command, in order.
     status
-        The order's state once the command was done (``None`` when the command
-        was rejected before it reached a matcher).
+        The command's closing ``order_status``: the order's state once the
+        command was done (after a refusal too: a refused ``new`` is
+        ``rejected``). ``None`` only when the gateway answered ``error``.
     resends
         How many times the command was sent again.
     """
@@ -142,19 +143,22 @@ class _Waiter:
         self.relogon = False  # the gateway ended our session: log on again and resend
 
     def feed(self, msg: ServerMessage) -> None:
+        # Every command ends with one `order_status` of its op (docs/protocol.md, section 6); a `rejected`
+        # comes before it. A refusal for want of a session is followed by one too, but the command is then
+        # sent again on a new session, so that status does not end it.
         r = self.result
-        if isinstance(msg, Logout) or (isinstance(msg, Rejected) and msg.reason == "not_logged_on"):
+        if isinstance(msg, Logout):
             self.relogon = True
         elif isinstance(msg, OrderStatus):
             if msg.oid == r.oid and msg.op == r.op:
-                r.status = msg
-                self.done = True
-        elif isinstance(msg, Rejected):
-            if msg.oid == r.oid and msg.op == r.op:
-                r.events.append(msg)
-                # A reject from the gateway ends the command; one from the engine is followed by a status.
-                if msg.reason in _GATEWAY_REASONS:
+                if msg.reason == "not_logged_on":
+                    self.relogon = True
+                else:
+                    r.status = msg
                     self.done = True
+        elif isinstance(msg, Rejected):
+            if msg.oid == r.oid and msg.op == r.op and msg.reason != "not_logged_on":
+                r.events.append(msg)
         elif isinstance(msg, Error):
             r.error = msg
             self.done = True
@@ -162,11 +166,13 @@ class _Waiter:
             r.events.append(msg)
 
 
-# Rejects that come from the gateway itself (no order status follows them).
-_GATEWAY_REASONS = frozenset({
-    "malformed", "unsupported_version", "unknown_message_type", "missing_field", "bad_field", "message_too_large",
-    "not_logged_on", "unknown_symbol", "rate_limited", "order_value_too_large", "shard_unavailable", "auth_failed",
-})
+def _status_of(r: OrderResult) -> OrderStatus:
+    # The answer to a `status` command, or the refusal as an exception.
+    if r.rejected is not None:
+        raise ProtocolError(r.rejected.reason, r.rejected.text, r.rejected.field)
+    if r.error is not None or r.status is None:
+        raise ProtocolError(r.error.reason if r.error else "malformed", r.error.text if r.error else "no status")
+    return r.status
 
 
 def _new(oid: str, symbol: str, side: str, qty: int, price: Decimal | str | None, tif: str | None,
@@ -384,10 +390,6 @@ class BrokerClient(_Base):
                         break
                     self._take_all(frames, waiter)
             self._heartbeat()
-        if result.resends and op in ("cancel", "replace") and result.rejected is not None \
-                and result.rejected.reason == "order_closed":
-            # The first attempt may have done it: say what the order's state is now.
-            result.status = self.order_status(msg.oid, msg.symbol)
         return result
 
     def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
@@ -411,11 +413,7 @@ class BrokerClient(_Base):
 
     def order_status(self, oid: str, symbol: str) -> OrderStatus:
         """Return the state of order ``oid`` (``state`` is ``unknown`` for an order the exchange never accepted)."""
-        r = self._command(Status(oid=oid, symbol=symbol), "status")
-        if r.status is None:
-            raise ProtocolError(r.rejected.reason if r.rejected else "malformed",
-                                r.rejected.text if r.rejected else "no status")
-        return r.status
+        return _status_of(self._command(Status(oid=oid, symbol=symbol), "status"))
 
     def open_orders(self, symbol: str | None = None) -> list[OrderStatus]:
         """Return the broker's open orders (of one symbol, or all)."""
@@ -582,10 +580,7 @@ class AsyncBrokerClient(_Base):
 
     async def order_status(self, oid: str, symbol: str) -> OrderStatus:
         """Return the state of order ``oid``."""
-        r = await self._command(Status(oid=oid, symbol=symbol), "status")
-        if r.status is None:
-            raise ProtocolError("malformed", "no status")
-        return r.status
+        return _status_of(await self._command(Status(oid=oid, symbol=symbol), "status"))
 
     async def next_report(self, timeout: float | None = None) -> Report | None:
         """Return the next execution report of the stream (waiting up to ``timeout`` seconds), or ``None``."""

@@ -109,6 +109,7 @@ class _Order:
     leaves: int = 0
     cum: int = 0
     state: str = "new"
+    reason: str | None = None  # why a cancelled order was cancelled
 
 
 class MatchingEngine:
@@ -262,7 +263,8 @@ class MatchingEngine:
         """Return the current state of a broker's order, or ``None`` if the broker has no such order on ``symbol``.
 
         ``state`` is one of ``new`` (open, nothing filled), ``partially_filled``, ``filled``,
-        ``cancelled`` and ``expired``.
+        ``cancelled`` and ``expired``; ``reason`` is the cancel reason of a ``cancelled`` order
+        (``requested``, ``unfilled_ioc_remainder``, ``fok_not_fillable``) and ``None`` otherwise.
         """
         oid = self._by_clid.get((broker, clid), -1)
         if oid < 0 or self._orders[oid].symbol != symbol:
@@ -273,7 +275,7 @@ class MatchingEngine:
                      "side": SIDE_NAMES[o.side], "type": TYPE_NAMES[o.otype], "tif": TIF_NAMES[o.tif]}
         if o.otype != MARKET:
             ev["price"] = inst.to_price(o.price)
-        ev.update(qty=o.qty, leaves_qty=o.leaves, cum_qty=o.cum, state=o.state)
+        ev.update(qty=o.qty, leaves_qty=o.leaves, cum_qty=o.cum, state=o.state, reason=o.reason)
         return ev
 
     def open_orders(self, broker: str, symbol: str | None = None) -> list[Event]:
@@ -369,11 +371,11 @@ class MatchingEngine:
                 ev["tif"] = TIF_NAMES[o.tif]
                 events.append(ev)
             elif typ == EV_CANCELLED:
-                o.leaves, o.state = 0, "cancelled"
+                o.leaves, o.state, o.reason = 0, "cancelled", CANCEL_REASON_NAMES[r[E_REASON]]
                 if self.track_levels:
                     self.touched.append((symbol, o.side, o.price))
                 events.append({"event": "cancelled", "symbol": symbol, "oid": o.clid, "broker": o.broker,
-                               "qty": r[E_QTY], "cum_qty": r[E_CUM], "reason": CANCEL_REASON_NAMES[r[E_REASON]]})
+                               "qty": r[E_QTY], "cum_qty": r[E_CUM], "reason": o.reason})
             elif typ == EV_REPLACED:
                 if self.track_levels:
                     self.touched.append((symbol, o.side, o.price))

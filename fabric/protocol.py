@@ -146,7 +146,9 @@ __all__ = [
     "heartbeat_topic",
     "iter_pub",
     "iter_pub_typed",
+    "op_of",
     "price_decimal",
+    "refused_status",
     "split_topic",
     "topic_of",
     "trade_topic",
@@ -449,7 +451,7 @@ class OrderStatus(_ServerMsg, tag="order_status", frozen=True, kw_only=True):
 
     op: str
     oid: str
-    symbol: str
+    symbol: str | None  # None only when a refused command's symbol could not be read
     state: OrderState
     side: Side | None = None
     type: OrderType | None = None
@@ -742,6 +744,21 @@ Message: TypeAlias = ClientMessage | ServerMessage | PubMessage | InternalMessag
 
 # The ops a broken message is answered ``rejected`` for (others get ``error``).
 ANSWER_OPS: Final = frozenset({"new", "cancel", "replace", "status"})
+
+
+def op_of(msg: New | Cancel | Replace | Status) -> str:
+    """Return the ``op`` that answers name ``msg`` by: its message type (``"new"``, ``"cancel"``...)."""
+    return type(msg).__struct_config__.tag  # type: ignore[return-value]
+
+
+def refused_status(op: str, oid: str, symbol: str | None, reason: str) -> OrderStatus:
+    """Return the ``order_status`` that closes a command refused before any matcher looked at its order.
+
+    A refused ``new`` created no order (``rejected``); for the other ops the
+    exchange did not look the order up (``unknown``). ``reason`` is the
+    refusal's (``docs/protocol.md``, section 6).
+    """
+    return OrderStatus(op=op, oid=oid, symbol=symbol, state="rejected" if op == "new" else "unknown", reason=reason)
 
 # ==========================================================================
 # Encoding
@@ -1296,7 +1313,9 @@ def _decode_plain(data: Buffer, fam: _Family) -> Any:
     try:
         raw = msgpack.unpackb(data, **_UNPACK_OPTS)
     except Exception as exc:  # ExtraData, FormatError, StackError, UnicodeDecodeError, TypeError, ValueError
-        raise ProtocolError(MALFORMED, f"not one msgpack document: {type(exc).__name__}: {exc}"[:200]) from None
+        # Some of msgpack's errors carry no text (FormatError on a reserved type byte): say what the bytes were.
+        detail = str(exc) or f"cannot be read as msgpack (starts with {bytes(data[:8]).hex(' ')})"
+        raise ProtocolError(MALFORMED, f"not one msgpack document: {type(exc).__name__}: {detail}"[:200]) from None
     msg = _decode_raw(raw, _PLAIN[fam.name])
     if type(msg) in _CROSS_CHECKED:
         _check(msg)

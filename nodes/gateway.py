@@ -41,9 +41,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
 
 from fabric.protocol import (
+    ANSWER_OPS,
     BookLevel,
     Cancel,
     CommandReply,
@@ -83,6 +85,8 @@ from fabric.protocol import (
     exec_topic,
     heartbeat_topic,
     iter_pub,
+    op_of,
+    refused_status,
 )
 from topology.load import load
 from topology.model import Topology
@@ -115,6 +119,7 @@ class _Pending:
     oid: str
     symbol: str
     shard: int
+    refusal: Rejected | None = None  # the gateway refused the command and asked for the order's state instead
 
 
 @dataclass(slots=True)
@@ -158,6 +163,7 @@ class Gateway:
         self.pending: dict[int, _Pending] = {}
         self.queries: dict[int, _Query] = {}
         self.req = 0
+        self.shard_no = {sym: no for no, shard in enumerate(topo.shards) for sym in shard.symbols}
         self.feeds = [_ShardFeed() for _ in topo.shards]
         self.outq: dict[bytes, list[bytes]] = {}  # answers to brokers queued this turn
         self.cmdq: list[list[OrderCommand]] = [[] for _ in topo.shards]  # commands for each shard this turn
@@ -195,25 +201,27 @@ class Gateway:
     def on_client(self, ident: bytes, body: bytes) -> None:
         """Handle one message from a broker's connection."""
         now = time.monotonic()
+        session = self.sessions.get(ident)
+        if session is not None:
+            session.last_rx = now  # anything a broker sends shows it is alive, a message we refuse included
         try:
             msg = decode_client(body)
         except ProtocolError as e:
             self.counts["protocol_error"] += 1
-            self._send(ident, e.answer())
+            if e.op in ANSWER_OPS and e.oid is not None:
+                self._refuse(ident, session, e.op, e.oid, e.symbol, e.reason, e.text, e.field)
+            else:
+                self._send(ident, e.answer())
             return
-        session = self.sessions.get(ident)
-        if session is not None:
-            session.last_rx = now
         if isinstance(msg, Logon):
             self._logon(ident, msg, now)
             return
         if session is None:
-            op = type(msg).__name__.lower()
             if isinstance(msg, New | Cancel | Replace | Status):
-                self._send(ident, Rejected(op=_op(msg), oid=msg.oid, symbol=msg.symbol, reason="not_logged_on",
-                                           text="log on first"))
+                self._refuse(ident, None, op_of(msg), msg.oid, msg.symbol, "not_logged_on", "log on first")
             else:
-                self._send(ident, Error(reason="not_logged_on", text=f"log on before sending {op}"))
+                self._send(ident, Error(reason="not_logged_on",
+                                        text=f"log on before sending {type(msg).__struct_config__.tag}"))
             return
         if isinstance(msg, Heartbeat):
             self._send(ident, Heartbeat())
@@ -226,26 +234,41 @@ class Gateway:
             self._orders_query(session.broker, msg)
             return
         # An order message: route it by symbol to its shard's matcher.
-        try:
-            shard = self.topo.shard_of(msg.symbol)
-        except KeyError:
-            self._send(ident, Rejected(op=_op(msg), oid=msg.oid, symbol=msg.symbol, reason="unknown_symbol",
-                                       text=f"{msg.symbol} is not traded on this exchange"))
+        shard_no = self.shard_no.get(msg.symbol)
+        if shard_no is None:
+            self._refuse(ident, session, op_of(msg), msg.oid, msg.symbol, "unknown_symbol",
+                         f"{msg.symbol} is not traded on this exchange")
             return
-        shard_no = self.topo.shards.index(shard)
-        self.req += 1
-        self.pending[self.req] = _Pending(session.broker, _op(msg), msg.oid, msg.symbol, shard_no)
-        self.cmdq[shard_no].append(OrderCommand(gateway=self.name, req=self.req, broker=session.broker, cmd=msg))
+        self._route(session.broker, shard_no, msg, _Pending(session.broker, op_of(msg), msg.oid, msg.symbol, shard_no))
         self.counts["orders"] += 1
+
+    def _route(self, broker: str, shard_no: int, cmd: New | Cancel | Replace | Status, pending: _Pending) -> None:
+        self.req += 1
+        self.pending[self.req] = pending
+        self.cmdq[shard_no].append(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=cmd))
+
+    def _refuse(self, ident: bytes, session: Session | None, op: str, oid: str, symbol: str | None, reason: str,
+                text: str, field: str | None = None) -> None:
+        # Refuse an order message the gateway cannot pass on: `rejected`, then the command's closing
+        # `order_status` (docs/protocol.md, section 6). When the order's shard is known, its matcher is asked
+        # for the order's state in the refused command's place: the answer is exact, and it keeps its place
+        # behind the order's earlier commands still in flight.
+        refusal = Rejected(op=op, oid=oid, symbol=symbol, reason=reason, text=text, field=field)
+        shard_no = None if session is None or symbol is None else self.shard_no.get(symbol)
+        if session is not None and symbol is not None and shard_no is not None:
+            self._route(session.broker, shard_no, Status(oid=oid, symbol=symbol),
+                        _Pending(session.broker, op, oid, symbol, shard_no, refusal))
+            return
+        self._send(ident, refusal)
+        self._send(ident, refused_status(op, oid, symbol, reason))
 
     def _orders_query(self, broker: str, msg: Orders) -> None:
         # Ask every shard that may hold the broker's orders; answer once all have replied.
         if msg.symbol is not None:
-            try:
-                shards = [self.topo.shards.index(self.topo.shard_of(msg.symbol))]
-            except KeyError:
+            if msg.symbol not in self.shard_no:
                 self._send_broker(broker, OpenOrders(symbol=msg.symbol, orders=[]))
                 return
+            shards = [self.shard_no[msg.symbol]]
         else:
             shards = list(range(len(self.topo.shards)))
         query = _Query(broker, msg.symbol, len(shards))
@@ -319,9 +342,17 @@ class Gateway:
         p = self.pending.pop(msg.req, None)
         if p is None:
             return
+        if p.refusal is not None:
+            self._send_broker(p.broker, p.refusal)
+            st = msg.status
+            if st is None or st.state == "unknown":
+                st = refused_status(p.op, p.oid, p.symbol, p.refusal.reason)
+            self._send_broker(p.broker, msgspec.structs.replace(st, op=p.op))
+            return
         if msg.reason is not None:
-            self._send_broker(p.broker, Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason=msg.reason,
-                                                 text=msg.text or msg.reason))
+            text = msg.text or msg.reason
+            self._send_broker(p.broker, Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason=msg.reason, text=text))
+            self._send_broker(p.broker, refused_status(p.op, p.oid, p.symbol, msg.reason))
             return
         if msg.status is None:
             return
@@ -540,6 +571,8 @@ class Gateway:
                             break
                         if len(frames) != 2:
                             self.counts["protocol_error"] += 1
+                            if (sess := self.sessions.get(frames[0])) is not None:
+                                sess.last_rx = time.monotonic()  # a refused message still shows the broker alive
                             self._send(frames[0], Error(reason="malformed", text=f"a message is one frame, got "
                                                                                    f"{len(frames) - 1}"))
                             continue
@@ -554,10 +587,6 @@ class Gateway:
             for s in (self.front, self.sub, *self.orders, *self.recovery):
                 s.close(0)
             log.info("gateway %s stopped: %s", self.name, dict(self.counts))
-
-
-def _op(msg: New | Cancel | Replace | Status) -> str:
-    return {New: "new", Cancel: "cancel", Replace: "replace", Status: "status"}[type(msg)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,6 +82,7 @@ from fabric.protocol import (
     encode,
     exec_topic,
     heartbeat_topic,
+    op_of,
     trade_topic,
 )
 from tools.replay import Replayer
@@ -344,7 +345,7 @@ class Matcher:
     def _as_status(op: str, st: Event) -> OrderStatus:
         return OrderStatus(op=op, oid=st["oid"], symbol=st["symbol"], state=st["state"], side=st["side"],
                            type=st["type"], price=st.get("price"), qty=st["qty"], cum_qty=st["cum_qty"],
-                           leaves_qty=st["leaves_qty"], tif=st["tif"])
+                           leaves_qty=st["leaves_qty"], tif=st["tif"], reason=st["reason"])
 
     def _reply(self, oc: OrderCommand, **kw: Any) -> CommandReply:
         return CommandReply(gateway=oc.gateway, req=oc.req, shard=self.shard_no, epoch=self.epoch, **kw)
@@ -394,52 +395,60 @@ class Matcher:
         # round; return it and the commands after it for the next round. A resend of a `new` (a gateway
         # resending after a failover, messages queued while the matcher was down) then meets the engine with
         # its original applied: it is answered from the engine's memory and stays out of the journal.
-        work: list[tuple[bytes, OrderCommand, dict[str, Any], int]] = []
+        #
+        # Every command is answered in its place: a query (`status`, `orders`, a resent `new`) is answered
+        # once the commands before it are applied, so a `status` sent after a `new` sees the order, and the
+        # answers for one order leave in the order its commands came (docs/protocol.md, section 6).
+        steps: list[tuple[bytes, OrderCommand, dict[str, Any] | None, int]] = []
         news: set[tuple[str, str]] = set()
         rest: list[tuple[bytes, OrderCommand]] = []
         for i, (ident, oc) in enumerate(commands):
-            answers = replies.setdefault(ident, [])
             cmd = oc.cmd
-            if isinstance(cmd, Orders):
-                open_now = [self._as_status("orders", st) for st in self.engine.open_orders(oc.broker, cmd.symbol)
-                            if st["symbol"] in self.symbols]
-                answers.append(self._reply(oc, orders=open_now))
-                continue
-            if cmd.symbol not in self.symbols:
-                answers.append(self._reply(oc, reason="unknown_symbol",
-                                           text=f"{cmd.symbol} is not traded on shard {self.shard.name}"))
-                continue
-            if isinstance(cmd, Status):
-                answers.append(self._reply(oc, status=self._status("status", oc.broker, cmd.oid, cmd.symbol)))
-                continue
-            rec = self._as_replay(oc.broker, cmd)
-            if isinstance(cmd, New):
-                if (oc.broker, cmd.oid) in news:
-                    rest = commands[i:]
-                    break
-                news.add((oc.broker, cmd.oid))
-                if self._is_retry(oc.broker, rec):
-                    # A resend of an order already accepted: answer its state, never execute it twice.
-                    answers.append(self._reply(oc, status=self._status("new", oc.broker, cmd.oid, cmd.symbol)))
-                    continue
-            ts = time.time_ns()
-            rec["ts"] = ts
-            rec["gw"] = oc.gateway
-            rec["req"] = oc.req
-            in_seq = self.journal.append(encode_command(rec))
-            work.append((ident, oc, rec, in_seq))
-        if work:
+            rec: dict[str, Any] | None = None
+            in_seq = 0
+            if not isinstance(cmd, Orders | Status) and cmd.symbol in self.symbols:
+                rec = self._as_replay(oc.broker, cmd)
+                if isinstance(cmd, New):
+                    if (oc.broker, cmd.oid) in news:
+                        rest = commands[i:]
+                        break
+                    news.add((oc.broker, cmd.oid))
+                    if self._is_retry(oc.broker, rec):
+                        rec = None  # a resend of an order already accepted: answered, never executed twice
+                if rec is not None:
+                    rec["ts"] = time.time_ns()
+                    rec["gw"] = oc.gateway
+                    rec["req"] = oc.req
+                    in_seq = self.journal.append(encode_command(rec))
+            steps.append((ident, oc, rec, in_seq))
+        if any(rec is not None for _, _, rec, _ in steps):
             self.journal.commit()  # durable before anything is published or acknowledged
-        for ident, oc, rec, in_seq in work:
-            self.last_reports = 0
-            first, last, events = self._apply(rec, rec["ts"])
-            status = self._status(rec["op"], oc.broker, rec["oid"], rec["symbol"], events)
-            # The command's execution reports are the last `last_reports` messages it published.
-            n = self.last_reports
-            reports = [self.outbox.ring[i - self.outbox.ring_first] for i in range(last - n + 1, last + 1)] if n else []
-            replies[ident].append(self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
-                                              last_seq=last if last >= first else 0, status=status, reports=reports))
+        for ident, oc, rec, in_seq in steps:
+            replies.setdefault(ident, []).append(self._answer(oc) if rec is None else self._execute(oc, rec, in_seq))
         return rest
+
+    def _answer(self, oc: OrderCommand) -> CommandReply:
+        # The reply to a command that changes nothing: a query, a resent `new`, a symbol of another shard.
+        cmd = oc.cmd
+        if isinstance(cmd, Orders):
+            return self._reply(oc, orders=[self._as_status("orders", st)
+                                           for st in self.engine.open_orders(oc.broker, cmd.symbol)
+                                           if st["symbol"] in self.symbols])
+        if cmd.symbol not in self.symbols:
+            return self._reply(oc, reason="unknown_symbol",
+                               text=f"{cmd.symbol} is not traded on shard {self.shard.name}")
+        return self._reply(oc, status=self._status(op_of(cmd), oc.broker, cmd.oid, cmd.symbol))
+
+    def _execute(self, oc: OrderCommand, rec: dict[str, Any], in_seq: int) -> CommandReply:
+        # Apply one journaled command and return its reply, with the execution reports it published.
+        self.last_reports = 0
+        first, last, events = self._apply(rec, rec["ts"])
+        status = self._status(rec["op"], oc.broker, rec["oid"], rec["symbol"], events)
+        # The command's execution reports are the last `last_reports` messages it published.
+        n = self.last_reports
+        reports = [self.outbox.ring[i - self.outbox.ring_first] for i in range(last - n + 1, last + 1)] if n else []
+        return self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
+                           last_seq=last if last >= first else 0, status=status, reports=reports)
 
     def handle_recovery(self, msg: list[bytes], sock: zmq.Socket) -> None:
         """Answer one replay or snapshot request (``msg``: the ROUTER's frames, identity first)."""

@@ -39,6 +39,7 @@ from fabric.protocol import (
     ProtocolError,
     PubBundle,
     PubHeartbeat,
+    Rejected,
     ReplayReply,
     ReplayRequest,
     SnapshotReply,
@@ -396,8 +397,17 @@ class _Raw:
         return [self.decode(f) for f in self.sock.recv_multipart()]
 
     def reason(self, *frames: bytes) -> tuple[str, str, str | None]:
-        """Send, and return the single answer's (type, reason, field)."""
-        (ans,) = self.ask(*frames)
+        """Send, and return the answer's (type, reason, field).
+
+        The answer is one message, or a ``rejected`` and the command's closing ``order_status``, which must
+        name the same op, order and reason.
+        """
+        ans, *closing = self.ask(*frames)
+        if isinstance(ans, Rejected):
+            (st,) = closing
+            assert isinstance(st, OrderStatus) and (st.op, st.oid, st.reason) == (ans.op, ans.oid, ans.reason), st
+        else:
+            assert not closing, closing
         return type(ans).__name__, ans.reason, getattr(ans, "field", None)
 
     def silent(self, *frames: bytes, wait: float = 0.5) -> bool:

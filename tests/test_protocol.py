@@ -554,3 +554,12 @@ def test_protocol_doc_lists_every_reason_and_message_type() -> None:
 def test_order_command_round_trips_every_command_kind(cmd: object) -> None:
     msg = OrderCommand(gateway="g", req=1, broker="B", cmd=cmd)  # type: ignore[arg-type]
     assert p.decode_internal(p.encode(msg)) == msg
+
+
+@pytest.mark.parametrize("data", [b"\xc1", b"\xc1 not msgpack", b"\xd4"])
+def test_undecodable_bytes_refusal_names_the_complaint_never_an_empty_text(data: bytes) -> None:
+    with pytest.raises(ProtocolError) as e:
+        p.decode_client(data)
+    assert e.value.reason == "malformed"
+    assert not e.value.text.rstrip().endswith(":"), e.value.text
+    assert e.value.text.split(": ", 2)[-1].strip()
