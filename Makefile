@@ -2,9 +2,11 @@
 #
 #   make venv       create .venv and install the project editable, with test+perf extras
 #   make test       run pytest (PYTEST_ARGS='-k foo -x' to pass options)
-#   make run        start the exchange (local topology) with simulated brokers; Ctrl-C stops it
+#   make run        start the exchange (local topology) with simulated brokers; Ctrl-C stops it.
+#                   --fresh: it wipes .exfab/local first (an empty market every time);
+#                   .venv/bin/exfab up --demo keeps the journals
 #   make bench      order-book benchmark
-#   make lint       ruff + mypy
+#   make lint       ruff + mypy, at the versions pinned in setup.cfg's lint extra
 #   make clean      build artefacts and caches (keeps .venv); distclean removes .venv too
 
 PY ?= python3
@@ -14,6 +16,7 @@ PIP = $(VPY) -m pip
 PYTEST_ARGS ?=
 PACKAGES = fabric tools nodes topology perf
 STAMP = $(VENV)/.installed
+LINT_STAMP = $(VENV)/.lint-installed
 
 .DEFAULT_GOAL := venv
 .PHONY: venv run test bench lint clean distclean
@@ -39,9 +42,14 @@ test: venv
 bench: venv
 	$(VPY) perf/bench_book.py
 
-lint: venv
-	test -x $(VENV)/bin/ruff || $(PIP) install ruff
-	test -x $(VENV)/bin/mypy || $(PIP) install mypy
+# The lint extra pins ruff and mypy (setup.cfg); changing a pin reinstalls them.
+$(LINT_STAMP): $(STAMP) setup.cfg pyproject.toml
+	$(PIP) install -e '.[lint]'
+	touch $@
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff --version
+	$(VENV)/bin/mypy --version
 	$(VENV)/bin/ruff check $(PACKAGES)
 	$(VENV)/bin/mypy $(PACKAGES)
 

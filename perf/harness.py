@@ -23,7 +23,7 @@ Usage (the command line is ``perf/latency.py``)::
 
     target = FloorTarget(FloorConfig(transport="ipc"))
     results = sweep(target, [2_000, 5_000, 10_000], duration=5.0)
-    write_report(results, "perf/reports/latency")
+    write_report(results, ".exfab/perf/latency")     # exfab perf's default folder (git ignores .exfab/)
 """
 
 from __future__ import annotations

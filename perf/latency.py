@@ -10,7 +10,10 @@ send time.  Then a closed loop keeps ``--window`` messages outstanding and
 counts completions per second: for the floor once with one message per call at
 every hop, once with the gateway batching what it drained into one message to
 the matcher.  The report (``report.json``, ``report.md``, ``latency.png``) goes
-to ``--out``.
+to ``--out``; by default to ``.exfab/perf/latency/`` under the current directory
+(a working folder that ``.gitignore`` leaves out), so that measuring never
+changes the reports checked in under ``perf/reports/``: name one of those with
+``--out`` to refresh it on purpose.
 
 Usage::
 
@@ -47,7 +50,22 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 from perf.floor import FloorConfig  # noqa: E402
 from perf.harness import FloorTarget, LoadDriver, PipelinedResult, RunResult, Target, write_report  # noqa: E402
 
-DEFAULT_OUT = ROOT / "perf" / "reports" / "latency"
+# Relative to the current directory: a scratch folder, never the tracked perf/reports/ (see report_dir).
+DEFAULT_OUT = Path(".exfab") / "perf" / "latency"
+
+
+def report_dir(out: str | Path | None, cwd: str | Path | None = None) -> Path:
+    """Return the report folder: ``out`` when the command line named one, else :data:`DEFAULT_OUT` under ``cwd``.
+
+    Parameters
+    ----------
+    out
+        The ``--out`` option (``None`` when not given); a relative path is relative to ``cwd``.
+    cwd
+        The directory the command runs in (default: the current directory).
+    """
+    base = Path.cwd() if cwd is None else Path(cwd)
+    return base / (DEFAULT_OUT if out is None else Path(out))
 
 
 # --------------------------------------------------------------------------- HOOK: the real exchange
@@ -106,8 +124,9 @@ def build_parser(prog: str = "perf/latency.py") -> argparse.ArgumentParser:
                    help="how the floor's batching gateway frames a batch (default packed: one msgpack frame)")
     p.add_argument("--floor-gateway", choices=("unbatched", "batched"), default="unbatched",
                    help="the floor gateway of the open-loop runs: one message per call (default) or batching")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"report folder (default {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help=f"report folder (default {DEFAULT_OUT}/ under the current directory; the checkout's "
+                        ".gitignore leaves .exfab/ out)")
     p.add_argument("--brokers", type=int, default=8, help="simulated brokers of the exchange target (default 8)")
     p.add_argument("--fsync", default="batch", help="the matchers' journal fsync policy (default batch)")
     p.add_argument("--topology", default=None, metavar="FILE",
@@ -199,7 +218,7 @@ def _main(args: argparse.Namespace, argv: list[str], prog: str) -> int:
         "floor_gateway": args.floor_gateway,
         "throughput": [vars(t) for t in throughput],
     }
-    paths = write_report(runs, args.out, floor=floor_runs if target is not None else None, extra=extra)
+    paths = write_report(runs, report_dir(args.out), floor=floor_runs if target is not None else None, extra=extra)
 
     out: dict[str, Any] = {
         "target": args.target,

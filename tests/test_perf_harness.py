@@ -11,7 +11,9 @@ import pytest
 
 from perf.floor import Floor, FloorConfig, connect_client, make_order, order_seq
 from perf.harness import LoadDriver, RunResult, Target, write_report
-from perf.latency import main
+from perf.latency import DEFAULT_OUT, build_parser, main, report_dir
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class EchoTarget:
@@ -115,3 +117,27 @@ def test_latency_cli_floor_counts_add_up(tmp_path: Path, capsys: pytest.CaptureF
     assert echo["p50"] <= echo["p99"] <= echo["max"]
     assert [t["config"] for t in doc["throughput"]] == ["unbatched", "batched (packed)"]
     assert multiprocessing.active_children() == []
+
+
+def test_default_report_dir_is_an_ignored_scratch_folder_not_the_tracked_reports(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracked = (ROOT / "perf" / "reports").resolve()
+    for prog in ("perf/latency.py", "exfab perf"):
+        args = build_parser(prog).parse_args([])
+        assert args.out is None  # no --out: report_dir decides
+        for cwd in (ROOT, tmp_path):
+            monkeypatch.chdir(cwd)
+            out = report_dir(args.out).resolve()
+            assert out == (cwd / ".exfab" / "perf" / "latency").resolve()
+            assert not out.is_relative_to(tracked), out
+            assert report_dir(args.out, cwd=cwd) == cwd / DEFAULT_OUT
+    # .exfab/ is the checkout's ignored working folder (journals, logs, and now perf reports).
+    assert DEFAULT_OUT.parts[0] == ".exfab"
+    assert ".exfab/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_report_dir_keeps_an_explicit_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert report_dir(build_parser().parse_args(["--out", str(tmp_path / "r")]).out) == tmp_path / "r"
+    assert report_dir(build_parser().parse_args(["--out", "perf/reports/latency"]).out) == (
+        tmp_path / "perf" / "reports" / "latency")  # relative to where it runs, as before

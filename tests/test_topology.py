@@ -469,7 +469,8 @@ def test_missing_file_is_one_problem(tmp_path: Path) -> None:
 def test_check_command_prints_summary_and_exits_zero() -> None:
     out = io.StringIO()
     assert check_command(EXAMPLES / "local.toml", out=out) == 0
-    assert out.getvalue() == ("OK: 12 instruments on 2 shards, 2 gateways, ticker, persistence, 1 host; "
+    assert out.getvalue() == ("OK: 12 instruments on 2 shards, 2 gateways, ticker, "
+                              "persistence (planned: not run by this version), 1 host; "
                               "stores: recent=embedded, orders=sqlite, history=sqlite\n")
 
 

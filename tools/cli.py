@@ -32,6 +32,19 @@ def _cmd_journal_inspect(args: argparse.Namespace) -> int:
 
 DEFAULT_TOPOLOGY = "topology/examples/local.toml"
 
+# The epilog of `exfab order --help`: tools/order_cmd.py's EXIT_* codes (not imported here, to keep
+# every exfab command's start light).
+ORDER_EXIT_STATUS = """\
+exit status:
+  0  the exchange carried the command out: a new order accepted (whether it
+     rested, traded, or, as an IOC or FOK, was cancelled at once for what did
+     not trade), a cancel or replace done
+  1  the exchange rejected the command (a REJECTED line, or "rejected" with
+     --json), or refused the broker's logon
+  2  usage error: bad options or words, or an unreadable --topology file
+  3  the exchange could not be reached, or stopped answering before the
+     outcome (the command may have been carried out: exfab orders tells)"""
+
 
 def _default_topology() -> str:
     # The example topology, found from a checkout or from the installed package.
@@ -126,10 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start every node of a topology as processes, show their status and the market; "
                                    "Ctrl-C stops them all.")
     p.add_argument("file", nargs="?", metavar="FILE", help=f"topology file (default {DEFAULT_TOPOLOGY})")
-    p.add_argument("--demo", action="store_true", help="add simulated brokers trading every symbol")
+    p.add_argument("--demo", action="store_true",
+                   help="add simulated brokers trading every symbol (without it: a quiet exchange)")
     p.add_argument("--rate", type=float, default=100.0, help="demo commands per second (default 100)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--fresh", action="store_true", help="start from empty journals (removes the data_dir first)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start from an empty market: delete the data_dir first (journals, price history, logs); "
+                        "without it the matchers replay their journals")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("node", help="run one node of a topology (what each host of a deployment runs)",
@@ -140,20 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync", default=None, help="matcher journal policy: batch (default), interval:N (ms), none")
     p.set_defaults(func=_cmd_node)
 
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the epilog's lines
     p = sub.add_parser("order", help="send one order command as a broker and print its outcome",
-                       description="Send buy, sell, cancel or replace; print the immediate outcome. Exit status 0 "
-                                   "unless the exchange could not be reached (2).")
+                       description="Send buy, sell, cancel or replace; print the immediate outcome. The exit status "
+                                   "says whether the exchange carried the command out (below).",
+                       formatter_class=raw, epilog=ORDER_EXIT_STATUS)
     osub = p.add_subparsers(dest="action", metavar="ACTION")
     osub.required = True
     for action in ("buy", "sell"):
-        o = osub.add_parser(action, help=f"{action} SYMBOL QTY [@ PRICE] (no price: a market order)")
+        o = osub.add_parser(action, help=f"{action} SYMBOL QTY [@ PRICE] (no price: a market order)",
+                            formatter_class=raw, epilog=ORDER_EXIT_STATUS)
         o.add_argument("words", nargs="+", metavar="SYMBOL QTY [@ PRICE]")
         o.add_argument("--tif", choices=("GTC", "DAY", "IOC", "FOK"), default=None)
         o.add_argument("--oid", default=None, help="your client order id (default: generated)")
-    o = osub.add_parser("cancel", help="cancel OID")
+    o = osub.add_parser("cancel", help="cancel OID", formatter_class=raw, epilog=ORDER_EXIT_STATUS)
     o.add_argument("oid", metavar="OID")
     o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")
-    o = osub.add_parser("replace", help="replace OID [--price P] [--qty Q] (qty: the new total)")
+    o = osub.add_parser("replace", help="replace OID [--price P] [--qty Q] (qty: the new total)",
+                        formatter_class=raw, epilog=ORDER_EXIT_STATUS)
     o.add_argument("oid", metavar="OID")
     o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")
     o.add_argument("--price", default=None)
@@ -171,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_perf)
 
-    p = sub.add_parser("orders", help="list a broker's open orders")
+    p = sub.add_parser("orders", help="list a broker's open orders",
+                       description="List a broker's open orders. Exit status 0; 1 when the exchange refuses the "
+                                   "broker's logon, 2 for a usage error, 3 when the exchange cannot be reached.")
     p.add_argument("--broker", required=True)
     p.add_argument("--symbol", default=None)
     p.add_argument("--topology", default=_default_topology(), metavar="FILE")

@@ -3,8 +3,10 @@
 An order command logs on as the broker, sends one command, prints its
 immediate outcome (accepted or rejected, the fills of its aggressive part, the
 cancel of an unfilled IOC rest, the order's state) and exits.  Its exit status
-is 0 whatever the exchange answered, and 2 when the exchange could not be
-reached.
+(``EXIT_*`` below; ``exfab order --help`` lists them too) tells a script what
+happened: 0 when the exchange carried the command out, 1 when it rejected it,
+2 for a usage error (argparse's own code), 3 when the exchange could not be
+reached or stopped answering.
 
 ``--json`` prints one JSON object per line: each execution report with an
 ``event`` field named as in the replay format (``accepted``, ``rejected``,
@@ -23,7 +25,13 @@ import msgspec
 
 from fabric.client import BrokerClient, ExchangeUnavailable, LogonRefused, OrderResult
 from fabric.protocol import Accepted, Cancelled, Expired, Fill, OrderStatus, Rejected, Replaced
-from topology.load import load
+from topology.load import TopologyError, load
+
+EXIT_OK = 0  # the exchange carried the command out
+EXIT_REJECTED = 1  # the exchange refused the command (or the broker's logon)
+EXIT_USAGE = 2  # the command line is wrong: argparse's code, also for SYMBOL QTY [@ PRICE] and --topology
+EXIT_UNREACHABLE = 3  # no gateway answered, or the exchange stopped answering before the outcome
+# tools/cli.py's ORDER_EXIT_STATUS (the epilog of `exfab order --help`) explains these codes to users.
 
 EVENT_NAMES: dict[type, str] = {Accepted: "accepted", Rejected: "rejected", Fill: "trade", Cancelled: "cancelled",
                Replaced: "replaced", Expired: "expired", OrderStatus: "status"}
@@ -102,20 +110,28 @@ def parse_order_words(words: Sequence[str]) -> tuple[str, int, str | None]:
 
 
 def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
-    """Run ``exfab order ACTION ...``; return the exit status."""
+    """Run ``exfab order ACTION ...``; return the exit status (an ``EXIT_*`` code)."""
+    if action in ("buy", "sell"):
+        try:
+            symbol, qty, price = parse_order_words(args.words)
+        except ValueError as e:
+            err.write(f"exfab order {action}: error: {e}\n")
+            return EXIT_USAGE
     try:
         client = _client(args.topology, args.broker)
-        client.connect()
-    except (ExchangeUnavailable, LogonRefused) as e:
-        err.write(f"exfab order: cannot reach the exchange: {e}\n")
-        return 2
+    except TopologyError as e:
+        err.write(f"exfab order: error: {e}\n")
+        return EXIT_USAGE
     try:
+        try:
+            client.connect()
+        except LogonRefused as e:
+            err.write(f"exfab order: the exchange refused the logon of {args.broker}: {e}\n")
+            return EXIT_REJECTED
+        except ExchangeUnavailable as e:
+            err.write(f"exfab order: cannot reach the exchange: {e}\n")
+            return EXIT_UNREACHABLE
         if action in ("buy", "sell"):
-            try:
-                symbol, qty, price = parse_order_words(args.words)
-            except ValueError as e:
-                err.write(f"exfab order {action}: {e}\n")
-                return 64
             send = client.buy if action == "buy" else client.sell
             r = send(symbol, qty, price, args.tif, type=None if price is not None else "market", oid=args.oid)
         else:
@@ -125,16 +141,16 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
                                text=f"broker {args.broker} has no open order {args.oid} "
                                     "(give --symbol for a closed one)")
                 out.write((json.dumps(as_json(msg)) if args.json else describe(msg)) + "\n")
-                return 0
+                return EXIT_REJECTED
             if action == "cancel":
                 r = client.cancel(args.oid, found)
             else:
                 r = client.replace(args.oid, found, args.price, args.qty)
         _print_result(r, args.json, out)
-        return 0
+        return EXIT_OK if r.accepted else EXIT_REJECTED
     except ExchangeUnavailable as e:
         err.write(f"exfab order: the exchange stopped answering: {e}\n")
-        return 2
+        return EXIT_UNREACHABLE
     finally:
         client.close()
 
@@ -150,12 +166,20 @@ def orders_command(args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stde
     """Run ``exfab orders --broker B``: print the broker's open orders; return the exit status."""
     try:
         client = _client(args.topology, args.broker)
+    except TopologyError as e:
+        err.write(f"exfab orders: error: {e}\n")
+        return EXIT_USAGE
+    try:
         client.connect()
         orders = client.open_orders(args.symbol)
-    except (ExchangeUnavailable, LogonRefused) as e:
+    except LogonRefused as e:
+        err.write(f"exfab orders: the exchange refused the logon of {args.broker}: {e}\n")
+        return EXIT_REJECTED
+    except ExchangeUnavailable as e:
         err.write(f"exfab orders: cannot reach the exchange: {e}\n")
-        return 2
-    client.close()
+        return EXIT_UNREACHABLE
+    finally:
+        client.close()
     if args.json:
         for o in orders:
             out.write(json.dumps(as_json(o)) + "\n")

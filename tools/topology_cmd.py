@@ -12,7 +12,11 @@ from topology.model import Topology
 
 
 def summary(topology: Topology) -> str:
-    """Return a one-line account of a topology: instruments, shards, nodes and stores."""
+    """Return a one-line account of a topology: instruments, shards, nodes and stores.
+
+    It describes the file; a ``[persistence]`` node is marked as planned, since
+    this version does not run one (``topology.launcher.RUNNABLE``).
+    """
     pairs = sum(1 for s in topology.shards if s.paired)
     n_shards = len(topology.shards)
     if pairs == n_shards:
@@ -29,7 +33,7 @@ def summary(topology: Topology) -> str:
     if topology.ticker is not None:
         parts.append("ticker")
     if topology.persistence is not None:
-        parts.append("persistence")
+        parts.append("persistence (planned: not run by this version)")
     if topology.zookeeper is not None:
         n = len(topology.zookeeper.hosts)
         parts.append(f"{n} ZooKeeper server{_s(n)}")

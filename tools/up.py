@@ -2,9 +2,13 @@
 
 Starts every node (matchers first), prints a status table and the address of the
 live price page, and with ``--demo`` adds the simulated brokers of
-:mod:`tools.demo`.  While it runs it shows the market as ``exfab watch`` does,
-from the ticker's feed (in a terminal, a live table; otherwise a summary line
-every few seconds).  Ctrl-C (or SIGTERM) stops everything cleanly.
+:mod:`tools.demo`; without it the exchange stays quiet, for orders of one's own
+(``exfab order``).  ``--fresh`` first deletes the topology's ``data_dir``
+(journals, price history, logs): an empty market.  Without it each matcher
+replays its journal and the market comes back as it was.  While it runs it
+shows the market as ``exfab watch`` does, from the ticker's feed (in a
+terminal, a live table; otherwise a summary line every few seconds).  Ctrl-C
+(or SIGTERM) stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
     if fresh:
         data = Path(launcher.topo.data_dir)
         if data.exists():
-            console.print(f"--fresh: removing {data} (journals and logs of earlier runs)")
+            console.print(f"--fresh: removing {data} (the journals, price history and logs of earlier runs)")
             shutil.rmtree(data)
     runnable = [n for n in launcher.topo.nodes() if n.kind in launcher.kinds]
     console.print(f"starting {len(runnable)} nodes of {topology} "

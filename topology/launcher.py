@@ -24,7 +24,8 @@ from typing import IO
 from topology.load import load
 from topology.model import GATEWAY, MATCHER, TICKER, Topology
 
-# Node kinds this version can run; the persistence node comes with its issue.
+# Node kinds this version can run. A topology may also declare [persistence]: that node is planned,
+# and no version runs it yet, so it is left out here (and by `exfab up`).
 RUNNABLE = (MATCHER, TICKER, GATEWAY)
 
 

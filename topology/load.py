@@ -49,15 +49,16 @@ A topology file is TOML.  Every table and key, with its default::
     snapshot_port = 7182                # ROUTER: snapshots for the feed's subscribers (the Clone pattern)
     http_port = 7181                    # the price page, its WebSocket and /history
 
-    [persistence]                       # optional: the node that writes orders and trades
-    host = "127.0.0.1"
+    [persistence]                       # optional: the node that will write orders and trades (planned:
+    host = "127.0.0.1"                  # checked, but this version runs no persistence node)
 
     [stores]                            # optional; the defaults need nothing installed
-    recent = "embedded"                 # or "redis": needs [redis]
-    orders = "sqlite"                   # or "cassandra": needs [cassandra]
-    history = "sqlite"                  # or "influxdb": needs [influxdb]
+    recent = "embedded"                 # or "redis": needs [redis]          (both for the planned
+    orders = "sqlite"                   # or "cassandra": needs [cassandra]   persistence node)
+    history = "sqlite"                  # the ticker's price history, <data_dir>/history.sqlite3; or
+                                        # "influxdb": needs [influxdb] and an InfluxDB 1.x server
 
-    [zookeeper]
+    [zookeeper]                         # for the planned primary/secondary election (not used yet)
     hosts = ["ex-a.internal:2181"]      # host:port of every server
     root = "/exfab/local"               # default /exfab/<name>
     [redis]
