@@ -12,6 +12,11 @@ topics are specified in ``docs/market-data.md``; this module is their one
 implementation (the ZeroMQ feed, the WebSocket and the snapshot service all
 send what it builds).
 
+Every time in nanoseconds since the epoch (``ts``, ``last_ts``, a print's
+``ts``, a bar's ``start``) is an integer, and beside it, under the same name
+with ``_ns`` appended, its exact decimal text: those integers exceed 2**53,
+which JavaScript's ``JSON.parse`` (and most msgpack decoders' default) rounds.
+
 No sockets here: the ticker node and the benchmark drive it.
 """
 
@@ -181,7 +186,8 @@ class MarketFeed:
 
     def heartbeat(self, now: int | None = None) -> dict[str, Any]:
         """Return a heartbeat object."""
-        return {"t": "heartbeat", "v": FEED_VERSION, "ts": time.time_ns() if now is None else now}
+        ts = time.time_ns() if now is None else now
+        return {"t": "heartbeat", "v": FEED_VERSION, "ts": ts, "ts_ns": str(ts)}
 
     # ----------------------------------------------------------------- objects
 
@@ -195,7 +201,7 @@ class MarketFeed:
                ) -> dict[str, Any]:
         return {
             "t": "quote", "v": FEED_VERSION, "symbol": sym,
-            "seq": self._next("quote", sym) if seq is None else seq, "ts": ts,
+            "seq": self._next("quote", sym) if seq is None else seq, "ts": ts, "ts_ns": str(ts),
             **st.quote_fields(),
             "prints": [t.to_json() for t in prints],
         }
@@ -203,12 +209,12 @@ class MarketFeed:
     def _depth_obj(self, sym: str, depth: tuple[Any, Any], ts: int, seq: int | None = None) -> dict[str, Any]:
         bids, asks = depth
         return {"t": "depth", "v": FEED_VERSION, "symbol": sym,
-                "seq": self._next("depth", sym) if seq is None else seq, "ts": ts,
+                "seq": self._next("depth", sym) if seq is None else seq, "ts": ts, "ts_ns": str(ts),
                 "bids": [[str(p), q, n] for p, q, n in bids], "asks": [[str(p), q, n] for p, q, n in asks]}
 
     def _bars_obj(self, sym: str, bars: dict[str, list[Bar]], ts: int, seq: int | None = None) -> dict[str, Any]:
         return {"t": "bars", "v": FEED_VERSION, "symbol": sym,
-                "seq": self._next("bars", sym) if seq is None else seq, "ts": ts,
+                "seq": self._next("bars", sym) if seq is None else seq, "ts": ts, "ts_ns": str(ts),
                 "bars": {iv: [b.to_json() for b in lst] for iv, lst in bars.items()}}
 
     @staticmethod

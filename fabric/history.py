@@ -235,9 +235,12 @@ class BarRecord:
         return max(_places(self.open), _places(self.high), _places(self.low), _places(self.close))
 
     def to_json(self) -> dict[str, Any]:
-        """Return the bar as ``/history`` shows it: ``start``, prices as strings, ``volume``, ``trades``."""
-        return {"start": self.start, "open": str(self.open), "high": str(self.high), "low": str(self.low),
-                "close": str(self.close), "volume": self.volume, "trades": self.trades}
+        """Return the bar as ``/history`` shows it: ``start``, ``start_ns``, prices as strings, ``volume``, ``trades``.
+
+        ``start_ns`` is ``start`` as exact decimal text: JavaScript's numbers round integers above 2**53.
+        """
+        return {"start": self.start, "start_ns": str(self.start), "open": str(self.open), "high": str(self.high),
+                "low": str(self.low), "close": str(self.close), "volume": self.volume, "trades": self.trades}
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,9 +293,12 @@ class TickRecord:
         return cls(symbol, entry.trade_id, entry.ts, entry.price, entry.qty, aggressor)
 
     def to_json(self) -> dict[str, Any]:
-        """Return the trade as a JSON-ready dict (price as a string), as a ``quote``'s ``prints`` show it."""
-        return {"trade_id": self.trade_id, "ts": self.ts, "price": str(self.price), "qty": self.qty,
-                "aggressor": self.aggressor}
+        """Return the trade as a JSON-ready dict (price as a string), as a ``quote``'s ``prints`` show it.
+
+        ``ts_ns`` is ``ts`` as exact decimal text: JavaScript's numbers round integers above 2**53.
+        """
+        return {"trade_id": self.trade_id, "ts": self.ts, "ts_ns": str(self.ts), "price": str(self.price),
+                "qty": self.qty, "aggressor": self.aggressor}
 
 
 # ---------------------------------------------------------------------------

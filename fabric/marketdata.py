@@ -349,7 +349,10 @@ class MarketDataClient:
         return [per[k] for k in sorted(per)]
 
     def tape(self, symbol: str) -> list[dict[str, Any]]:
-        """Return the symbol's last trades (at most 50), oldest first: ``{trade_id, ts, price, qty, aggressor}``."""
+        """Return the symbol's last trades (at most 50), oldest first.
+
+        Each is ``{trade_id, ts, ts_ns, price, qty, aggressor}``, as the ticker's ``prints`` carry it.
+        """
         st = self._states.get(symbol)
         return [] if st is None else list(st.tape)
 

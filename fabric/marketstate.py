@@ -19,7 +19,11 @@ and the gap is recorded in :attr:`MarketState.gaps` for the caller to repair
 
 Prices are :class:`~decimal.Decimal` inside and decimal strings in the JSON
 views (:meth:`MarketState.snapshot`, :meth:`MarketState.ticks`); change percent
-is rounded there to 2 places and VWAP to 4.
+is rounded there to 2 places and VWAP to 4.  A time in nanoseconds since the
+epoch is an integer there, with its exact decimal text beside it under the same
+name with ``_ns`` appended (``ts`` and ``ts_ns``, ``start`` and ``start_ns``):
+such integers exceed 2**53, which JavaScript's ``JSON.parse`` rounds
+(``docs/market-data.md``, section 2).
 """
 
 from __future__ import annotations
@@ -81,9 +85,9 @@ class Bar:
         self.trades += 1
 
     def to_json(self) -> dict[str, Any]:
-        """Return the bar as a JSON-ready dict (prices as strings)."""
-        return {"start": self.start, "open": str(self.open), "high": str(self.high), "low": str(self.low),
-                "close": str(self.close), "volume": self.volume, "trades": self.trades}
+        """Return the bar as a JSON-ready dict (prices as strings; ``start_ns`` is ``start`` as exact text)."""
+        return {"start": self.start, "start_ns": str(self.start), "open": str(self.open), "high": str(self.high),
+                "low": str(self.low), "close": str(self.close), "volume": self.volume, "trades": self.trades}
 
 
 @dataclass
@@ -127,9 +131,9 @@ class TapeEntry:
     aggressor: str
 
     def to_json(self) -> dict[str, Any]:
-        """Return the trade as a JSON-ready dict (price as a string)."""
-        return {"trade_id": self.trade_id, "ts": self.ts, "price": str(self.price), "qty": self.qty,
-                "aggressor": self.aggressor}
+        """Return the trade as a JSON-ready dict (price as a string; ``ts_ns`` is ``ts`` as exact text)."""
+        return {"trade_id": self.trade_id, "ts": self.ts, "ts_ns": str(self.ts), "price": str(self.price),
+                "qty": self.qty, "aggressor": self.aggressor}
 
 
 @dataclass
@@ -225,7 +229,8 @@ class SymbolState:
         """Return the symbol's statistics and best prices as JSON-ready fields (prices as strings, ``None`` as null).
 
         The fields of the ticker's ``quote`` object (``docs/market-data.md``, section 2) and of
-        :meth:`MarketState.snapshot`; change percent is rounded to 2 places and VWAP to 4.
+        :meth:`MarketState.snapshot`; change percent is rounded to 2 places and VWAP to 4, and
+        ``last_ts_ns`` is ``last_ts`` as exact decimal text.
         """
         bid, ask = self.best_bid(), self.best_ask()
         return {
@@ -233,6 +238,7 @@ class SymbolState:
             "last": _s(self.last),
             "last_qty": self.last_qty,
             "last_ts": self.last_ts,
+            "last_ts_ns": str(self.last_ts),
             "change": _s(self.change),
             "change_pct": _q(self.change_pct, _PCT_PLACES),
             "open": _s(self.open),

@@ -33,6 +33,7 @@ import datetime as dt
 import http
 import logging
 import mimetypes
+import re
 import signal
 import sys
 import time
@@ -61,6 +62,7 @@ from fabric.history import (
     interval_ns,
     open_history,
 )
+from fabric.instruments import Instrument
 from fabric.marketstate import INTERVALS, TAPE_LEN, Kind
 from fabric.protocol import (
     BOOK,
@@ -398,7 +400,7 @@ class Ticker:
     # ---------------------------------------------------------------- snapshot
 
     def snapshot_reply(self, body: bytes) -> dict[str, Any]:
-        """Answer one snapshot request body (docs/market-data.md, section 3)."""
+        """Answer one snapshot request body (docs/market-data.md, section 3): a ``snapshot`` or an ``error``."""
         try:
             req = _unpack.decode(body)
             if not isinstance(req, dict) or req.get("t") != "snapshot_request":
@@ -410,16 +412,20 @@ class Ticker:
             return {"t": "error", "v": 1, "reason": "malformed", "text": str(e)[:200]}
         known = self.feed.state.symbols
         names = sorted(known) if symbols is None else symbols
-        return {"t": "snapshot", "v": 1, "ts": time.time_ns(),
+        ts = time.time_ns()
+        return {"t": "snapshot", "v": 1, "ts": ts, "ts_ns": str(ts),
                 "symbols": {s: self.feed.snapshot(s) for s in names if s in known},
                 "unknown": [s for s in names if s not in known]}
 
     async def _serve_snapshots(self, sock: zmq.asyncio.Socket) -> None:
+        # A request is [peer identity (added by the ROUTER), envelope frames..., body]: the answer goes back with
+        # the same envelope, so a REQ peer (whose envelope is one empty delimiter frame) gets its answer as well
+        # as a DEALER sending the body alone.
         while True:
             frames = await sock.recv_multipart()
             if len(frames) < 2:
                 continue
-            await sock.send_multipart((frames[0], _msgpack.encode(self.snapshot_reply(frames[-1]))))
+            await sock.send_multipart((*frames[:-1], _msgpack.encode(self.snapshot_reply(frames[-1]))))
 
     # -------------------------------------------------------------------- loop
 
@@ -649,10 +655,14 @@ class WebHub:
                 "symbols": self.symbols()}
 
     def symbols(self) -> list[dict[str, Any]]:
-        """The instruments, as the ``hello`` message lists them."""
-        return [{"symbol": i.symbol, "ref_price": None if i.ref_price is None else str(i.ref_price),
-                 "tick": str(i.tick), "lot": i.lot} for i in sorted(self.ticker.instruments.values(),
-                                                                     key=lambda i: i.symbol)]
+        """The instruments, as the ``hello`` message and ``GET /symbols`` list them, sorted by symbol.
+
+        Each is ``{symbol, ref_price, tick, lot, band_pct, band_low, band_high}``: decimal text, ``lot`` an
+        integer; the band's limits are the lowest and highest limit prices the matcher accepts, the band
+        rounded inwards to whole ticks by the instrument itself; the three band fields are null for an
+        instrument without a band.
+        """
+        return [_instrument_json(i) for i in sorted(self.ticker.instruments.values(), key=lambda i: i.symbol)]
 
     def snapshot_obj(self, symbol: str) -> dict[str, Any]:
         """The WebSocket's ``snapshot`` of one symbol."""
@@ -712,7 +722,8 @@ class WebHub:
             return
         op = req["op"]
         if op == "ping":
-            c.post(("pong", str(req.get("id"))), {"t": "pong", "id": req.get("id"), "ts": time.time_ns()}, None)
+            ts = time.time_ns()
+            c.post(("pong", str(req.get("id"))), {"t": "pong", "id": req.get("id"), "ts": ts, "ts_ns": str(ts)}, None)
             return
         if op not in ("subscribe", "unsubscribe", "snapshot"):
             self._error(c, "unknown_op", f"unknown op {op!r}: subscribe, unsubscribe, snapshot or ping")
@@ -814,12 +825,37 @@ class WebHub:
             bars = await asyncio.to_thread(self.ticker.history, symbol, interval, start, end)
         except HistoryError as e:
             return _error_response(503, "history_unavailable", str(e)[:300])
-        return _json_response({"symbol": symbol, "interval": interval, "from": start, "to": end, "bars": bars})
+        return _json_response({"symbol": symbol, "interval": interval, "from": start, "from_ns": str(start),
+                               "to": end, "to_ns": str(end), "bars": bars})
+
+
+def _instrument_json(i: Instrument) -> dict[str, Any]:
+    # The band as the matcher applies it: the instrument's own limits in ticks (rounded inwards when it was
+    # made), printed by its own to_price, never recomputed here from band_pct.
+    out: dict[str, Any] = {"symbol": i.symbol, "ref_price": None if i.ref_price is None else str(i.ref_price),
+                           "tick": str(i.tick), "lot": i.lot, "band_pct": None, "band_low": None, "band_high": None}
+    if i.band_pct is not None and i.band_lo is not None and i.band_hi is not None:
+        out.update(band_pct=str(i.band_pct), band_low=i.to_price(i.band_lo), band_high=i.to_price(i.band_hi))
+    return out
+
+
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_NS_TEXT: Final = re.compile(r"-?[0-9]+")
 
 
 def _parse_time(s: str) -> int:
-    """Return nanoseconds since the epoch from an integer or an ISO 8601 time (UTC when no offset is given)."""
-    if s.lstrip("-").isdigit():
+    """Return nanoseconds since the epoch from decimal text or an ISO 8601 time (UTC when no offset is given).
+
+    Decimal text (ASCII digits, optionally after a ``-``) is taken exactly, so a JavaScript client sends a
+    ``from_ns``/``to_ns`` it was given unchanged; an ISO 8601 time counts to the microsecond (further digits
+    are dropped).
+
+    Raises
+    ------
+    ValueError
+        When ``s`` is neither.
+    """
+    if _NS_TEXT.fullmatch(s):
         return int(s)
     try:
         t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
@@ -827,7 +863,9 @@ def _parse_time(s: str) -> int:
         raise ValueError(f"not a time: {s!r} (nanoseconds since the epoch, or ISO 8601)") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1_000
+    # Integer arithmetic, exact for any time (int(t.timestamp()) would round a time before 1970 towards zero).
+    d = t - _EPOCH
+    return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
 
 
 def _response(status: int, body: bytes, ctype: str, cache: str = "no-cache") -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import pytest
 
 from fabric.feed import HEARTBEAT_TOPIC, MarketFeed, feed_topic, split_feed_topic
@@ -157,3 +158,29 @@ def test_the_tickers_path_after_a_reset_publishes_the_new_days_first_trade() -> 
     f.trade(trade(1, "101.00", 2, T0 + S))  # the ticker checked the tseq: a new journal starts at 1
     quote = f.take(T0 + S).messages[0][2]
     assert quote["volume"] == 2 and [p["price"] for p in quote["prints"]] == ["101.00"]
+
+
+def test_every_time_has_its_exact_text_beside_it() -> None:
+    # docs/market-data.md, section 2: JavaScript rounds integers above 2**53; F_ns is the time F as exact text.
+    from tests.test_ticker import exact_times
+
+    f = MarketFeed([_inst()])
+    at, now = T0 + 1_234_567_891, T0 + 3 * S + 7  # odd nanoseconds: no double holds them
+    assert float(at) != at and float(now) != now
+    f.apply(level(1, "sell", "100.50", 30))
+    f.apply(trade(1, "100.50", 10, at))
+    turn = f.take(now)
+    assert [k for k, _, _ in turn.messages] == ["quote", "depth", "bars"]
+    for _, _, obj in turn.messages:
+        assert obj["ts_ns"] == str(now)
+        exact_times(msgspec.msgpack.decode(msgspec.msgpack.encode(obj)))  # on the ZeroMQ feed too
+    quote, bars = turn.messages[0][2], turn.messages[2][2]["bars"]
+    assert (quote["last_ts"], quote["last_ts_ns"]) == (at, str(at))
+    assert [(p["ts"], p["ts_ns"]) for p in quote["prints"]] == [(at, str(at))]
+    assert [(b["start"], b["start_ns"]) for b in bars["1s"]] == [(T0 + S, str(T0 + S))]
+    assert [(b["start"], b["start_ns"]) for b in bars["1m"]] == [(T0, str(T0))]
+    assert f.heartbeat(now) == {"t": "heartbeat", "v": 1, "ts": now, "ts_ns": str(now)}
+    seen = exact_times(f.snapshot("TCS", now))
+    assert seen == {"ts": 3 + 1, "last_ts": 1, "start": 2}  # quote, depth, bars and the print; the quote; two bars
+    before = MarketFeed([_inst()]).snapshot("TCS", now)["quote"]
+    assert (before["last_ts"], before["last_ts_ns"]) == (0, "0"), "before the first trade"

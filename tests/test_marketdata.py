@@ -643,7 +643,7 @@ def wait_trades(md: MarketDataClient, counts: dict[str, int], timeout: float = 1
 
 
 def assert_same_state(a: MarketDataClient, b: MarketDataClient, sym: str) -> None:
-    """Two clients agree on ``sym`` (the quote but for ``ts`` and ``prints``, which a snapshot sets apart).
+    """Two clients agree on ``sym`` (the quote but for ``ts``, ``ts_ns`` and ``prints``, which a snapshot sets apart).
 
     Both are run until they have applied the same ``seq`` of each topic (the ticker may publish a last quote of
     the book's change after the one a test waited for).
@@ -654,7 +654,7 @@ def assert_same_state(a: MarketDataClient, b: MarketDataClient, sym: str) -> Non
 
     pump(a, None, level)
     def strip(o: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if o is None else {k: v for k, v in o.items() if k not in ("ts", "prints")}
+        return None if o is None else {k: v for k, v in o.items() if k not in ("ts", "ts_ns", "prints")}
 
     assert strip(a.quote(sym)) == strip(b.quote(sym))
     assert strip(a.depth(sym)) == strip(b.depth(sym))
@@ -811,8 +811,8 @@ def test_watch_ticker_unreachable_exit_2(tmp_path: Path) -> None:
 
 def test_watch_topology_without_ticker_exit_2(tmp_path: Path) -> None:
     text = LOCAL.read_text()
-    start = text.index("[ticker]")
-    end = text.index("[persistence]")
+    start = text.index("\n[ticker]\n") + 1  # the tables, not a comment naming them
+    end = text.index("\n[persistence]\n") + 1
     path = tmp_path / "noticker.toml"
     path.write_text(text[:start] + text[end:])
     r = exfab("watch", "--once", "--topology", str(path))

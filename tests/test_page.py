@@ -147,9 +147,9 @@ def browser(chromium_path: str) -> Iterator[Any]:
 class Page:
     """A browser page on the live page, collecting the page's script errors."""
 
-    def __init__(self, browser: Any, base_url: str) -> None:
+    def __init__(self, browser: Any, base_url: str, viewport: dict[str, int] | None = None) -> None:
         self.base_url = base_url
-        self.page = browser.new_page(viewport=VIEWPORT)
+        self.page = browser.new_page(viewport=viewport or VIEWPORT)
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
         self.page.on("console", lambda m: self.errors.append(f"console.error: {m.text}") if m.type == "error" else None)
@@ -303,13 +303,96 @@ def test_selection_and_interval_follow_clicks_and_survive_a_reload(page: Page, l
         _wait(f"the {iv} chart", partial(page.js, drawn), timeout=30)
 
 
+def _time_axis_labels(page: Page) -> list[str]:
+    """The chart's time-axis tick labels, left to right, as drawn."""
+    labels: list[str] = page.js(
+        "() => Array.from(document.querySelectorAll('#chart .xtick text'), t => t.textContent)")
+    return labels
+
+
+def _distinct(labels: list[str]) -> bool:
+    return len(labels) >= 2 and len(set(labels)) == len(labels)
+
+
+def _redrawn(page: Page, draws: int) -> bool:
+    """Whether the chart was drawn again since it had been drawn ``draws`` times."""
+    return bool(page.js("() => exfab.chart.draws") > draws)
+
+
+@pytest.mark.timeout(240)
+def test_time_axis_labels_are_distinct_at_every_interval_and_zoom(page: Page, live_exchange: LiveExchange) -> None:
+    page.open("#TCS")
+    for iv in ("1m", "5m", "1s"):  # 1m first: a young day has one or two minute bars, Plotly ticks them 30 s apart
+        page.page.click(f'button[data-interval="{iv}"]')
+        drawn = f"() => exfab.chart.interval === '{iv}' && document.getElementById('chart').data[0].x.length > 0"
+        _wait(f"the {iv} chart", partial(page.js, drawn), timeout=30)
+        for _ in range(3):  # live updates redraw the chart: the labels stay distinct through them
+            draws = page.js("() => exfab.chart.draws")
+            _wait("a live redraw", partial(_redrawn, page, draws))
+            labels = _time_axis_labels(page)
+            assert _distinct(labels), (iv, labels)
+    # Zoomed from a second and a half (ticks a fraction of a second apart) to three years (ticks a year apart).
+    for span_ms in (1_500, 90_000, 20 * 60_000, 10 * 3_600_000, 3 * 86_400_000, 60 * 86_400_000,
+                    3 * 365 * 86_400_000):
+        labels = page.js("""async (span) => {
+            const gd = document.getElementById('chart');
+            const end = Date.now();
+            await Plotly.relayout(gd, {'xaxis.range': [end - span, end]});
+            return Array.from(gd.querySelectorAll('.xtick text'), t => t.textContent);
+        }""", span_ms)
+        assert _distinct(labels), (span_ms, labels)
+
+
+_LEGEND = """() => {
+    const el = document.getElementById('chart-ohlc');
+    const gd = document.getElementById('chart');
+    const r = el.getBoundingClientRect(), panel = el.closest('.chart-panel').getBoundingClientRect();
+    const d = gd.data[0], n = d.x.length;
+    return {
+        shown: !el.hidden && getComputedStyle(el).display !== 'none' && r.width > 0 && r.height > 0 &&
+               r.left >= panel.left && r.right <= panel.right && r.top >= panel.top && r.bottom <= panel.bottom,
+        clipped: el.scrollWidth > el.clientWidth,
+        above_plot: r.bottom <= gd.getBoundingClientRect().top + gd._fullLayout._size.t + 1,
+        labels: Array.from(el.querySelectorAll('b'), b => b.textContent),
+        values: Array.from(el.querySelectorAll('span'), s => Number(s.textContent.replace(/,/g, ''))),
+        last_bar: n ? [d.open[n - 1], d.high[n - 1], d.low[n - 1], d.close[n - 1], gd.data[1].y[n - 1]] : null,
+    };
+}"""
+
+
+@pytest.mark.timeout(240)
+def test_the_ohlc_legend_stays_whole_through_live_updates(browser: Any, live_exchange: LiveExchange) -> None:
+    # 1200 px wide, a long symbol with four-digit prices: the chart panel's header is at its fullest there,
+    # and a legend sharing it was squeezed away as prices, changes and volumes grew.
+    page = Page(browser, live_exchange.base_url, viewport={"width": 1200, "height": 800})
+    try:
+        page.open("#BHARTIARTL")
+        page.page.click('button[data-interval="1s"]')  # a bar a second: the legend's values change often
+        _wait("the 1s chart", lambda: page.js(
+            "() => exfab.chart.interval === '1s' && document.getElementById('chart').data[0].x.length > 0"), timeout=30)
+        seen = set()
+        for _ in range(6):
+            draws = page.js("() => exfab.chart.draws")
+            _wait("a live redraw", partial(_redrawn, page, draws), timeout=30)
+            # The legend is drawn in the frame after the chart: it shows the chart's last bar once both are in.
+            legend = _wait("the legend to show the chart's last bar", lambda: (
+                lg if (lg := page.js(_LEGEND))["values"] == lg["last_bar"] else None), timeout=5, every=0.05)
+            assert legend["shown"] and not legend["clipped"] and legend["above_plot"], legend
+            assert legend["labels"] == ["O", "H", "L", "C", "V"], legend
+            seen.add(tuple(legend["values"]))
+        assert len(seen) > 1, "the legend followed the live bars"
+        assert not page.errors, "the page logged errors:\n" + "\n".join(page.errors)
+    finally:
+        page.close()
+
+
 @pytest.mark.timeout(240)
 def test_screenshot(page: Page, live_exchange: LiveExchange, tmp_path: Path) -> None:
     page.open("#TCS")
     page.page.click('button[data-interval="1s"]')
     # Let the chart fill a little and the tape grow: the screenshot shows the page at work.
     _wait("a dozen one-second bars", lambda: page.js(
-        "() => exfab.chart.interval === '1s' && document.getElementById('chart').data[0].x.length >= 12"), timeout=60)
+        "() => exfab.chart.interval === '1s' && exfab.chart.bars >= 12"), timeout=60)
     time.sleep(1.0)
     png = page.page.screenshot()
     (tmp_path / "live-page.png").write_bytes(png)

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import msgspec
 import pytest
 import zmq
@@ -72,7 +73,7 @@ def _wait_for(cond: Any, timeout: float = 15.0, what: str = "condition") -> Any:
 
 def _matcher_books(ex: Launcher) -> dict[str, tuple[list[list[Any]], list[list[Any]]]]:
     """Every symbol's five best levels per side, straight from the matchers' snapshots."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     out = {}
     for no, shard in enumerate(ex.topo.shards):
         s = ctx.socket(zmq.DEALER)
@@ -106,8 +107,52 @@ def _strip(snap: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(snap))
     for part in ("quote", "depth", "bars"):
         out[part].pop("ts", None)
+        out[part].pop("ts_ns", None)
         out[part].pop("seq", None)
     return out
+
+
+NS_FIELDS = ("ts", "last_ts", "start", "from", "to")  # docs/market-data.md, section 2: each has its F_ns
+JS_EXACT = 2**53  # the largest integer below which every integer is a double (a JavaScript number)
+
+
+def exact_times(obj: Any, js: Any = None, seen: dict[str, int] | None = None) -> dict[str, int]:
+    """Check that every nanosecond time in ``obj`` has its exact text; return how many of each were checked.
+
+    ``obj`` is a decoded JSON or msgpack object; ``js`` is the same text as JavaScript's ``JSON.parse`` reads it
+    (every number a double: ``json.loads(text, parse_int=float)``).  Every integer field ``F`` of
+    :data:`NS_FIELDS` must have ``F_ns`` equal to its decimal text, and that text must give the integer exactly
+    when read from ``js``; every ``F_ns`` must have its ``F``; and no other integer may exceed 2**53 (a time
+    without its exact form).  ``seen["rounded"]`` counts the times a double could not hold exactly.
+    """
+    seen = {} if seen is None else seen
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            jv: Any = js[k] if js is not None else None
+            if k in NS_FIELDS and isinstance(v, int) and not isinstance(v, bool):
+                assert obj.get(f"{k}_ns") == str(v), (k, v, obj.get(f"{k}_ns"))
+                if js is not None:
+                    assert int(js[f"{k}_ns"]) == v, "the text form survives JSON.parse exactly"
+                    if int(jv) != v:
+                        seen["rounded"] = seen.get("rounded", 0) + 1
+                seen[k] = seen.get(k, 0) + 1
+            elif k.endswith("_ns") and k[:-3] in NS_FIELDS:
+                assert k[:-3] in obj, f"{k} without {k[:-3]}"
+            elif isinstance(v, int) and not isinstance(v, bool):
+                assert abs(v) < JS_EXACT, f"{k} = {v}: an integer beyond 2**53 without an exact text form"
+            else:
+                exact_times(v, jv, seen)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            exact_times(v, js[i] if js is not None else None, seen)
+    return seen
+
+
+def exact_json(text: str | bytes, seen: dict[str, int] | None = None) -> Any:
+    """Parse JSON the ticker sent, check its times with :func:`exact_times`, and return it."""
+    obj = json.loads(text)
+    exact_times(obj, json.loads(text, parse_int=float), seen)
+    return obj
 
 
 # ------------------------------------------------------- the ticker process
@@ -158,7 +203,7 @@ def test_ticker_goes_on_through_a_matcher_restart_without_doubling(exchange: Lau
     books = _matcher_books(ex)
     _wait_for(lambda: _agrees(_get(f"{base}snapshot?symbol={sym}"), all_trades, books[sym]), what="exact after")
     stats = _get(f"{base}stats")
-    assert stats["duplicates"] == 0 or stats["trades"] == sum(len(v) for v in (first, second) for v in v.values())
+    assert stats["duplicates"] == 0 or stats["trades"] == sum(len(t) for d in (first, second) for t in d.values())
 
 
 def test_snapshot_socket_and_feed_follow_the_clone_pattern(exchange: Launcher) -> None:
@@ -166,7 +211,7 @@ def test_snapshot_socket_and_feed_follow_the_clone_pattern(exchange: Launcher) -
     tk = ex.topo.ticker
     assert tk is not None
     sym = ex.topo.shards[1].symbols[0]
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[Any] = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, feed_topic("quote", sym))
@@ -181,7 +226,7 @@ def test_snapshot_socket_and_feed_follow_the_clone_pattern(exchange: Launcher) -
     assert snap["t"] == "snapshot" and snap["unknown"] == ["NOPE"] and set(snap["symbols"]) == {sym}
     seq0 = snap["symbols"][sym]["quote"]["seq"]
     trades = _trade_flow(ex, [sym], 5)
-    got = []
+    got: list[dict[str, Any]] = []
     deadline = time.monotonic() + 10
     while sum(len(m["prints"]) for m in got) < len(trades[sym]) and time.monotonic() < deadline:
         if sub.poll(200):
@@ -198,6 +243,92 @@ def test_snapshot_socket_and_feed_follow_the_clone_pattern(exchange: Launcher) -
     err = msgspec.msgpack.decode(dealer.recv())
     assert err["t"] == "error" and err["reason"] == "malformed"
     for s in (sub, dealer):
+        s.close(0)
+
+
+def answer_of(s: zmq.Socket[bytes], body: bytes) -> bytes:
+    """Send one request on a DEALER and return its answer's body."""
+    s.send(body)
+    assert s.poll(5000), "no answer within 5 s"
+    return s.recv()
+
+
+def test_snapshot_socket_as_the_doc_describes_it(exchange: Launcher) -> None:
+    # docs/market-data.md, section 3, "The snapshot socket": raw pyzmq and msgpack, nothing of exchange-fabric's.
+    ex = exchange
+    tk = ex.topo.ticker
+    assert tk is not None
+    sym, other = ex.topo.shards[0].symbols[0], ex.topo.shards[1].symbols[0]
+    trades = _trade_flow(ex, [sym], 6)
+    addr = f"tcp://127.0.0.1:{tk.snapshot_port}"
+    ctx: zmq.Context[Any] = zmq.Context.instance()
+
+    def sock(kind: int) -> zmq.Socket[bytes]:
+        s: zmq.Socket[bytes] = ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(addr)
+        return s
+
+    def answer(s: zmq.Socket[bytes]) -> list[bytes]:
+        assert s.poll(5000), "no answer within 5 s"
+        return s.recv_multipart()
+
+    request = msgpack.packb({"t": "snapshot_request", "v": 1, "symbols": [sym, "NOPE", other]})
+    assert request == bytes.fromhex("83a174b0") + b"snapshot_request" + bytes.fromhex("a17601a7") + b"symbols" + \
+        bytes.fromhex("93") + b"".join(bytes([0xA0 + len(n)]) + n.encode() for n in (sym, "NOPE", other))
+
+    # A DEALER sends [body] and gets [answer]: one frame, one msgpack map, no end marker.
+    dealer = sock(zmq.DEALER)
+    dealer.send(request)
+    frames = answer(dealer)
+    assert len(frames) == 1
+    snap = msgpack.unpackb(frames[0])
+    assert snap["t"] == "snapshot" and snap["v"] == 1 and snap["ts_ns"] == str(snap["ts"])
+    assert list(snap["symbols"]) == [sym, other], "the known symbols, in the order asked"
+    assert snap["unknown"] == ["NOPE"]
+    assert not dealer.poll(300), "one answer per request"
+    objs = snap["symbols"][sym]
+    assert {k: (o["t"], o["v"], o["symbol"]) for k, o in objs.items()} == {
+        "quote": ("quote", 1, sym), "depth": ("depth", 1, sym), "bars": ("bars", 1, sym)}
+    _wait_for(lambda: _get(f"{tk.http_url}snapshot?symbol={sym}")["quote"]["trades"] == len(trades[sym]))
+    dealer.send(request)
+    objs = msgpack.unpackb(answer(dealer)[0])["symbols"][sym]
+    q = objs["quote"]
+    assert q["seq"] >= 1 and q["trades"] == len(trades[sym]) and len(q["prints"]) == len(trades[sym])
+    assert [(Decimal(p["price"]), p["qty"]) for p in q["prints"]] == trades[sym]
+    assert set(objs["bars"]["bars"]) == {"1s", "1m"} and len(objs["depth"]["bids"]) <= 5
+    assert sum(b["volume"] for b in objs["bars"]["bars"]["1m"]) == q["volume"]
+    assert exact_times(msgpack.unpackb(answer_of(dealer, request)))["start"] >= 2
+
+    # The envelope comes back: a DEALER speaking like REQ, and a REQ socket itself.
+    dealer.send_multipart([b"", request])
+    frames = answer(dealer)
+    assert frames[0] == b"" and len(frames) == 2 and msgpack.unpackb(frames[1])["t"] == "snapshot"
+    req = sock(zmq.REQ)
+    for _ in range(2):  # REQ: send, receive, send again
+        req.send(msgpack.packb({"t": "snapshot_request", "v": 1}))  # symbols absent: every symbol
+        every = msgpack.unpackb(answer(req)[0])
+        assert list(every["symbols"]) == sorted(ex.topo.symbols) and every["unknown"] == []
+    dealer.send(msgpack.packb({"t": "snapshot_request", "v": 1, "symbols": None}))
+    assert list(msgpack.unpackb(answer(dealer)[0])["symbols"]) == sorted(ex.topo.symbols)
+
+    # Malformed requests: an error with the same envelope, and the connection goes on.
+    for body in (b"\xc1garbage", request + b"\x00", msgpack.packb([1, 2]), msgpack.packb({"t": "snapshot"}),
+                 msgpack.packb({"t": b"snapshot_request"}),  # bin, not str
+                 msgpack.packb({"t": "snapshot_request", "symbols": "TCS"}),
+                 msgpack.packb({"t": "snapshot_request", "symbols": [1]})):
+        dealer.send(body)
+        err = msgpack.unpackb(answer(dealer)[0])
+        assert err["t"] == "error" and err["v"] == 1 and err["reason"] == "malformed", (body, err)
+        assert isinstance(err["text"], str) and 0 < len(err["text"]) <= 200
+    dealer.send_multipart([b"", b"\xc1"])
+    frames = answer(dealer)
+    assert frames[0] == b"" and msgpack.unpackb(frames[1])["reason"] == "malformed"
+    req.send(b"\xc1")
+    assert msgpack.unpackb(answer(req)[0])["reason"] == "malformed"
+    dealer.send(request)
+    assert msgpack.unpackb(answer(dealer)[0])["t"] == "snapshot", "still serving"
+    for s in (dealer, req):
         s.close(0)
 
 

@@ -7,7 +7,6 @@ bars ``/history`` serves afterwards can only come from the store.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import urllib.request
@@ -19,7 +18,7 @@ import pytest
 
 from tests.helpers import LOCAL, topology_on_free_ports
 from tests.servers import InfluxServer, start_influxd
-from tests.test_ticker import _trade_flow
+from tests.test_ticker import _trade_flow, exact_json
 from topology.launcher import Launcher
 from topology.model import TICKER
 
@@ -46,8 +45,9 @@ def _topology(tmp_path: Path, store: str, influx: InfluxServer | None) -> Path:
 
 
 def _get(url: str) -> Any:
+    # Every answer is checked for the exact text of its times (docs/market-data.md, section 2).
     with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read())
+        return exact_json(r.read())
 
 
 @pytest.mark.parametrize("store", ["sqlite", pytest.param("influxdb", marks=pytest.mark.server("influxdb"))])

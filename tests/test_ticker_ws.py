@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import re
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.test_ticker import _trade_flow
+from fabric.client import BrokerClient
+from tests.helpers import LOCAL, gateway_endpoints, topology_on_free_ports
+from tests.test_ticker import JS_EXACT, NS_FIELDS, _trade_flow, exact_json
 from topology.launcher import Launcher
 
 pytestmark = pytest.mark.e2e
@@ -112,3 +119,116 @@ def test_a_client_that_does_not_read_slows_nobody_and_catches_up_whole(exchange:
             assert seen[-50:] == trades[sym][-50:]
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ bands and exact times
+
+
+def _get_text(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        body: bytes = r.read()
+        return body
+
+
+def _set_band(text: str, symbol: str, band: str | None) -> str:
+    """Return topology ``text`` with ``symbol``'s ``band_pct`` set to ``band`` (``None``: the line removed)."""
+    block = re.compile(rf'(symbol = "{symbol}"\n(?:[a-z_]+ = [^\n]*\n)*?)band_pct = "[^"]*"\n')
+    assert block.search(text), f"{symbol} has a band_pct in {LOCAL.name}"
+    return block.sub(lambda m: m.group(1) + ("" if band is None else f'band_pct = "{band}"\n'), text, count=1)
+
+
+@pytest.fixture
+def banded_exchange(tmp_path: Path) -> Iterator[Launcher]:
+    """The local topology with ITC unbanded and AXISBANK's band a 3.33 % that does not fall on whole ticks."""
+    path = topology_on_free_ports(LOCAL, tmp_path)
+    path.write_text(_set_band(_set_band(path.read_text(), "ITC", None), "AXISBANK", "3.33"))
+    launcher = Launcher(path, workdir=tmp_path)
+    launcher.start()
+    try:
+        yield launcher
+    finally:
+        launcher.stop()
+
+
+def test_hello_and_symbols_give_each_instrument_its_band(banded_exchange: Launcher) -> None:
+    ex = banded_exchange
+    tk = ex.topo.ticker
+    assert tk is not None
+
+    async def hello() -> dict[str, Any]:
+        async with connect(tk.ws_url) as ws:
+            msg: dict[str, Any] = json.loads(await ws.recv())
+            return msg
+
+    msg = asyncio.run(hello())
+    assert msg["t"] == "hello" and msg["v"] == 1 and msg["exchange"] == ex.topo.name and msg["heartbeat_s"] == 1.0
+    listed = json.loads(_get_text(f"{tk.http_url}symbols"))
+    assert listed == msg["symbols"], "GET /symbols is the hello's list"
+    by_sym = {s["symbol"]: s for s in listed}
+    assert list(by_sym) == sorted(ex.topo.symbols)
+    for s in listed:
+        assert list(s) == ["symbol", "ref_price", "tick", "lot", "band_pct", "band_low", "band_high"]
+        inst = ex.topo.instrument(s["symbol"])
+        assert (s["ref_price"], s["tick"], s["lot"]) == (str(inst.ref_price), str(inst.tick), inst.lot)
+    # The band as the matcher applies it: ref_price * (1 -/+ band_pct / 100), rounded inwards to whole ticks.
+    assert (by_sym["TCS"]["band_pct"], by_sym["TCS"]["band_low"], by_sym["TCS"]["band_high"]) == (
+        "10", "3150.00", "3850.00")
+    assert (by_sym["AXISBANK"]["band_pct"], by_sym["AXISBANK"]["band_low"], by_sym["AXISBANK"]["band_high"]) == (
+        "3.33", "1111.75", "1188.25")  # 1111.705 and 1188.295, inwards to the 0.05 tick
+    assert (by_sym["ITC"]["band_pct"], by_sym["ITC"]["band_low"], by_sym["ITC"]["band_high"]) == (None, None, None)
+    assert by_sym["ITC"]["ref_price"] == "430.00"
+
+    # They are the matcher's limits: a buy at either limit is accepted, one tick outside is rejected.
+    ax = by_sym["AXISBANK"]
+    tick = Decimal(ax["tick"])
+    with BrokerClient(gateway_endpoints(ex)[:1], "BANDS") as b:
+        for price in (ax["band_low"], ax["band_high"]):
+            assert b.buy("AXISBANK", 1, price).accepted, price
+        for price, order in ((Decimal(ax["band_low"]) - tick, b.buy), (Decimal(ax["band_high"]) + tick, b.sell)):
+            r = order("AXISBANK", 1, price)
+            assert r.rejected is not None and r.rejected.reason == "price_out_of_band", (price, r)
+
+
+def test_every_nanosecond_time_in_json_has_its_exact_text(exchange: Launcher) -> None:
+    # docs/market-data.md, section 2: each time F (ns) has F_ns, its decimal text, exact in JavaScript too.
+    tk = exchange.topo.ticker
+    assert tk is not None
+    sym = exchange.topo.shards[0].symbols[0]
+    seen: dict[str, int] = {}
+    kinds: set[str] = set()
+
+    async def scenario() -> None:
+        async with connect(tk.ws_url) as ws:
+            exact_json(await ws.recv(), seen)  # hello: no times, and no integer beyond 2**53
+            await ws.send(json.dumps({"op": "subscribe", "symbols": [sym]}))
+            trades = await asyncio.to_thread(_trade_flow, exchange, [sym], 8)
+            await ws.send(json.dumps({"op": "ping", "id": 1}))
+            deadline = time.monotonic() + 15
+            while not {"snapshot", "quote", "depth", "bars", "heartbeat", "pong"} <= kinds or \
+                    seen.get("last_ts", 0) < 2 or seen.get("ts", 0) < len(trades[sym]):
+                assert time.monotonic() < deadline, f"got {sorted(kinds)}, {seen}"
+                msg = exact_json(await asyncio.wait_for(ws.recv(), 5), seen)
+                kinds.add(msg["t"])
+
+    asyncio.run(scenario())
+    assert seen.get("rounded", 0) > 0, "JSON.parse rounds some of the integer times: the text forms matter"
+
+    base = tk.http_url
+    exact_json(_get_text(f"{base}snapshot?symbol={sym}"), seen)
+    exact_json(_get_text(f"{base}symbols"), seen)
+    exact_json(_get_text(f"{base}stats"), seen)
+    # /history: from and to as decimal text (an odd one: no double holds it) and as ISO 8601.
+    to = (time.time_ns() + 60_000_000_000) | 1
+    assert to > JS_EXACT and float(to) != to
+    since = dt.datetime.now(dt.UTC).replace(microsecond=123456) - dt.timedelta(hours=1)
+    since_ns = (int(since.timestamp()) * 1_000_000 + since.microsecond) * 1_000
+    for iv in ("1s", "1m", "5m"):
+        for frm, want_from in ((str(to - 3_600_000_000_007), to - 3_600_000_000_007),
+                               (since.isoformat(), since_ns), (since.replace(tzinfo=None).isoformat(), since_ns)):
+            query = urllib.parse.urlencode({"symbol": sym, "interval": iv, "from": frm, "to": str(to)})
+            raw = _get_text(f"{base}history?{query}")
+            h = exact_json(raw, seen)
+            assert (h["from"], h["from_ns"], h["to"], h["to_ns"]) == (want_from, str(want_from), to, str(to))
+            assert json.loads(raw, parse_int=float)["to"] != to, "as a JavaScript number, to is rounded"
+            assert h["bars"] and all(b["start_ns"] == str(b["start"]) for b in h["bars"])
+    assert all(seen.get(f, 0) > 0 for f in NS_FIELDS), seen

@@ -8,6 +8,10 @@
  * the DOM is brought up to date from the model in one requestAnimationFrame per
  * frame, touching only what changed. The chart is redrawn with Plotly.react at
  * most CHART_MIN_MS apart.
+ *
+ * Times: every nanosecond time the ticker sends (ts, start, ...) is above 2^53, so
+ * JSON.parse rounds the integer; the exact decimal text beside it (ts_ns, start_ns,
+ * docs/market-data.md section 2) is what the page reads, through BigInt.
  */
 "use strict";
 
@@ -20,8 +24,10 @@
   const BACKOFF_MAX_MS = 5000;
   const BANNER_MS = 10000;
   const NS_PER = { "1s": 1e9, "1m": 6e10, "5m": 3e11 };
+  const NS_1M = 60000000000n, NS_5M = 300000000000n, NS_PER_MS = 1000000n;
   const LIVE_CAP = { "1s": 3600, "1m": 2000 };   // bars kept per symbol and interval in memory
   const CHART_CAP = { "1s": 300, "1m": 240, "5m": 288 };   // bars drawn: 5 min, 4 h, 24 h
+  const CHART_MIN_BARS = 30;   // the time axis spans at least this many intervals
   const HISTORY_1S_WINDOW_MS = 10 * 60 * 1000;    // 1s history: the last ten minutes
   const FIELDS = ["last", "change", "change_pct", "bid", "bid_qty", "ask", "ask_qty",
                   "volume", "vwap", "high", "low"];
@@ -31,6 +37,18 @@
     bg: "#0f141b", grid: "#1a212b", axis: "#2a3340", text: "#8592a3", ref: "#b8c2d0", spike: "#59657a",
   };
   const FONT = "Inter, 'Segoe UI', Roboto, 'Helvetica Neue', 'Liberation Sans', Arial, sans-serif";
+  /* Time-axis labels as precise as the spacing of the ticks Plotly picks, whatever the interval and zoom
+     (one fixed "%H:%M" printed 21:21 21:21 21:22 21:22 when Plotly put ticks 30 s apart). Each stop's
+     dtickrange is that spacing in ms (or months, "M1"), both ends included; the first match wins. */
+  const TIME_TICKS = [
+    { dtickrange: [null, 999], value: "%H:%M:%S.%L" },
+    { dtickrange: [1000, 59999], value: "%H:%M:%S" },
+    { dtickrange: [60000, 3599999], value: "%H:%M" },
+    { dtickrange: [3600000, 86399999], value: "%a %H:%M" },
+    { dtickrange: [86400000, 2000000000], value: "%d %b" },   // 1 to 14 days
+    { dtickrange: ["M1", "M11"], value: "%b %Y" },
+    { dtickrange: ["M12", null], value: "%Y" },
+  ];
 
   // ---------------------------------------------------------------- helpers
   const $ = (id) => document.getElementById(id);
@@ -46,15 +64,27 @@
     const i = s.indexOf(".");
     return i < 0 ? 0 : s.length - i - 1;
   }
-  function timeOfNs(ns, withMs) {
-    const ms = Math.floor(Number(ns) / 1e6);
+  /* The exact nanosecond text of time field `f` of `o` (`f_ns`), or, from an older ticker without it,
+     the integer's text (rounded by JSON.parse above 2^53). */
+  function nsText(o, f) {
+    const t = o[f + "_ns"];
+    return typeof t === "string" ? t : String(o[f]);
+  }
+  /* Milliseconds since the epoch (floored) of time field `f` of `o`, exact: from its text, through BigInt. */
+  function msOf(o, f) {
+    let ns;
+    try { ns = BigInt(nsText(o, f)); } catch (_) { return Math.floor(Number(o[f]) / 1e6); }
+    const ms = ns / NS_PER_MS;
+    return Number(ns < 0n && ns % NS_PER_MS !== 0n ? ms - 1n : ms);
+  }
+  function timeOfMs(ms, withMs) {
     const d = new Date(ms);
     const t = pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + ":" + pad2(d.getSeconds());
     return withMs ? t + "." + pad3(d.getMilliseconds()) : t;
   }
   /* Plotly dates are naive: give it local wall-clock time as a string. */
-  function plotlyTime(ns) {
-    const d = new Date(Math.floor(Number(ns) / 1e6));
+  function plotlyTime(ms) {
+    const d = new Date(ms);
     return d.getFullYear() + "-" + pad2(d.getMonth() + 1) + "-" + pad2(d.getDate()) + " " +
       pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + ":" + pad2(d.getSeconds()) + "." + pad3(d.getMilliseconds());
   }
@@ -100,7 +130,7 @@
     interval: "1m",
     connected: false,
     heartbeatS: 1.0,
-    lastHeartbeatNs: null,
+    lastHeartbeatMs: null,
     lastHeartbeatAt: 0,   // performance.now() of the last heartbeat
     updates: 0,
     helloCount: 0,
@@ -391,7 +421,7 @@
     tr.className = (p.aggressor === "buy" ? "buy" : p.aggressor === "sell" ? "sell" : "") + (isNew ? " new" : "");
     const t = document.createElement("td");
     t.className = "l time";
-    t.textContent = timeOfNs(p.ts, true);
+    t.textContent = timeOfMs(msOf(p, "ts"), true);
     const pr = document.createElement("td");
     pr.className = "price";
     pr.textContent = p.price;
@@ -459,32 +489,32 @@
   function capBars(store, cap) {
     const keys = Object.keys(store);
     if (keys.length <= cap * 1.1) return;
-    keys.sort((x, y) => Number(x) - Number(y));
+    keys.sort((x, y) => { const a = BigInt(x), b = BigInt(y); return a < b ? -1 : a > b ? 1 : 0; });
     for (let i = 0; i < keys.length - cap; i++) delete store[keys[i]];
   }
-  /* Upsert a symbol's bars; returns {interval: [bars]} actually stored. */
+  /* Upsert a symbol's bars, keyed by the exact text of their start. */
   function putBars(sym, barsByIv) {
     const b = symBars(sym);
     for (const iv of Object.keys(barsByIv || {})) {
       const list = barsByIv[iv];
       if (!Array.isArray(list)) continue;
       const store = b[iv] || (b[iv] = {});
-      for (const bar of list) store[String(bar.start)] = bar;
+      for (const bar of list) store[nsText(bar, "start")] = bar;
       if (LIVE_CAP[iv]) capBars(store, LIVE_CAP[iv]);
     }
     if (sym === state.selected) chartLive(barsByIv);
   }
 
-  /* The 5m bar of bucket `start`, folded from the 1m bars we hold. */
+  /* The 5m bar of bucket `start` (a BigInt, ns), folded from the 1m bars we hold. */
   function fold5m(sym, start) {
     const m = symBars(sym)["1m"];
     let out = null;
-    for (let k = 0; k < 5; k++) {
-      const bar = m[String(start + k * NS_PER["1m"])];
+    for (let k = 0n; k < 5n; k++) {
+      const bar = m[String(start + k * NS_1M)];
       if (!bar) continue;
       if (!out) {
-        out = { start, open: bar.open, high: bar.high, low: bar.low, close: bar.close,
-                volume: bar.volume, trades: bar.trades || 0 };
+        out = { start: Number(start), start_ns: String(start), open: bar.open, high: bar.high, low: bar.low,
+                close: bar.close, volume: bar.volume, trades: bar.trades || 0 };
       } else {
         if (Number(bar.high) > Number(out.high)) out.high = bar.high;
         if (Number(bar.low) < Number(out.low)) out.low = bar.low;
@@ -495,7 +525,11 @@
     }
     return out;
   }
-  const bucket5m = (start) => Math.floor(start / NS_PER["5m"]) * NS_PER["5m"];
+  /* The start (BigInt, ns) of the 5m bucket of a 1m bar's exact start text. */
+  function bucket5m(text) {
+    const s = BigInt(text), r = s % NS_5M;
+    return s - (r < 0n ? r + NS_5M : r);
+  }
 
   // ---------------------------------------------------------------- chart
   const chart = {
@@ -503,13 +537,15 @@
     dirty: false, timer: null, lastDraw: 0, cost: 0, revision: 0, lastBar: null, plotted: false,
   };
 
+  /* The chart's series: bars keyed by their start in ms (exact: bars start on whole seconds, below 2^53). */
   function chartPut(bar) {
+    const key = msOf(bar, "start");
     if (chart.interval === "5m") {
-      const old = chart.map.get(bar.start);
+      const old = chart.map.get(key);
       // A bucket folded from fewer 1m bars than the history holds must not hide the history's.
       if (old && (old.trades || 0) > (bar.trades || 0)) return;
     }
-    chart.map.set(bar.start, bar);
+    chart.map.set(key, bar);
   }
 
   /* Fold live bars of the selected symbol into the chart's series. */
@@ -519,7 +555,7 @@
     if (iv === "5m") {
       const list = barsByIv && barsByIv["1m"];
       if (!list || !list.length) return;
-      const buckets = new Set(list.map((b) => bucket5m(Number(b.start))));
+      const buckets = new Set(list.map((b) => bucket5m(nsText(b, "start"))));
       for (const s of buckets) { const f = fold5m(chart.symbol, s); if (f) chartPut(f); }
     } else {
       const list = barsByIv && barsByIv[iv];
@@ -534,7 +570,7 @@
     const sym = chart.symbol, iv = chart.interval;
     const b = symBars(sym);
     if (iv === "5m") {
-      const buckets = new Set(Object.keys(b["1m"]).map((k) => bucket5m(Number(k))));
+      const buckets = new Set(Object.keys(b["1m"]).map((k) => bucket5m(k)));
       for (const s of buckets) { const f = fold5m(sym, s); if (f) chartPut(f); }
     } else {
       for (const k of Object.keys(b[iv] || {})) chartPut(b[iv][k]);
@@ -566,7 +602,7 @@
         if (req !== chart.req) return;
         const live = chart.map;
         chart.map = new Map();
-        for (const b of h.bars || []) chart.map.set(b.start, b);
+        for (const b of h.bars || []) chart.map.set(msOf(b, "start"), b);
         for (const b of live.values()) chartPut(b);   // live bars are newer: they win
         chart.loading = false;
         scheduleChart(true);
@@ -594,7 +630,7 @@
     }, wait);
   }
 
-  function chartLayout(sym, iv, ref, lastClose, lastUp) {
+  function chartLayout(sym, iv, ref, lastClose, lastUp, xrange) {
     const info = state.info[sym] || {};
     const dp = decimals(info.tick || ref || "0.05");
     const shapes = [], annotations = [];
@@ -620,16 +656,16 @@
     return {
       paper_bgcolor: COLORS.bg, plot_bgcolor: COLORS.bg,
       font: { family: FONT, size: 11, color: COLORS.text },
-      margin: { l: 6, r: 64, t: 6, b: 26 },
+      margin: { l: 6, r: 64, t: 24, b: 26 },   // t: the strip of the O/H/L/C/V legend (#chart-ohlc)
       showlegend: false, dragmode: "pan", hovermode: "x",
       hoverlabel: { bgcolor: "#161c25", bordercolor: "#2f3a49", font: { family: FONT, size: 11, color: "#dfe6ee" } },
       uirevision: sym + "/" + iv, datarevision: ++chart.revision,
       xaxis: Object.assign({}, axisCommon, {
         type: "date", anchor: "y2", rangeslider: { visible: false }, showspikes: true, spikemode: "across",
         spikesnap: "cursor", spikecolor: COLORS.spike, spikethickness: 1, spikedash: "dot",
-        tickformat: iv === "1s" ? "%H:%M:%S" : "%H:%M", hoverformat: iv === "1s" ? "%H:%M:%S" : "%H:%M",
+        tickformatstops: TIME_TICKS, tickformat: "", hoverformat: iv === "1s" ? "%H:%M:%S" : "%H:%M",
         showline: true,
-      }),
+      }, xrange ? { range: xrange, autorange: false } : { autorange: true }),
       yaxis: Object.assign({}, axisCommon, {
         domain: [0.25, 1], side: "right", tickformat: "." + dp + "f", hoverformat: "." + dp + "f",
         showspikes: true, spikemode: "across", spikesnap: "cursor", spikecolor: COLORS.spike,
@@ -657,14 +693,24 @@
     let keys = Array.from(chart.map.keys()).sort((a, b) => a - b);
     if (keys.length > CHART_CAP[iv]) keys = keys.slice(keys.length - CHART_CAP[iv]);
     const n = keys.length;
-    const x = new Array(n), o = new Array(n), h = new Array(n), l = new Array(n), c = new Array(n);
-    const v = new Array(n), vc = new Array(n);
+    const ivMs = NS_PER[iv] / 1e6;
+    // Plotly makes a candle as wide as the smallest gap between the trace's x values (1 ms for a lone bar,
+    // ten minutes for two bars ten minutes apart), and a candlestick has no width of its own: an empty slot
+    // one interval before the first bar keeps every candle one interval wide. The arrays start with it.
+    const pad = n ? 1 : 0, m = n + pad;
+    const x = new Array(m), o = new Array(m), h = new Array(m), l = new Array(m), c = new Array(m);
+    const v = new Array(m), vc = new Array(m);
+    if (pad) {
+      x[0] = plotlyTime(keys[0] - ivMs);
+      o[0] = h[0] = l[0] = c[0] = v[0] = null;
+      vc[0] = COLORS.upVol;
+    }
     for (let i = 0; i < n; i++) {
-      const b = chart.map.get(keys[i]);
-      x[i] = plotlyTime(b.start);
-      o[i] = Number(b.open); h[i] = Number(b.high); l[i] = Number(b.low); c[i] = Number(b.close);
-      v[i] = b.volume;
-      vc[i] = c[i] >= o[i] ? COLORS.upVol : COLORS.downVol;
+      const b = chart.map.get(keys[i]), j = i + pad;
+      x[j] = plotlyTime(keys[i]);
+      o[j] = Number(b.open); h[j] = Number(b.high); l[j] = Number(b.low); c[j] = Number(b.close);
+      v[j] = b.volume;
+      vc[j] = c[j] >= o[j] ? COLORS.upVol : COLORS.downVol;
     }
     const last = n ? chart.map.get(keys[n - 1]) : null;
     chart.lastBar = last;
@@ -679,11 +725,21 @@
         whiskerwidth: 0, hoverinfo: "x+y",
       },
       {
-        type: "bar", name: "Volume", x, y: v, xaxis: "x", yaxis: "y2", marker: { color: vc, line: { width: 0 } },
+        type: "bar", name: "Volume", x, y: v, width: 0.7 * ivMs,   // as wide as a candle's body
+        xaxis: "x", yaxis: "y2", marker: { color: vc, line: { width: 0 } },
         hovertemplate: "Vol %{y:,}<extra></extra>",
       },
     ];
-    const layout = chartLayout(sym, iv, ref, last ? last.close : null, last ? Number(last.close) >= Number(last.open) : true);
+    // The time range is the page's, not Plotly's autorange: around one or two bars that spans a millisecond,
+    // with ticks 0.2 ms apart. The bars drawn and half an interval either side, at least CHART_MIN_BARS
+    // intervals wide, the newest bar on the right. (A user's zoom or pan is kept: uirevision.)
+    let xrange = null;
+    if (n) {
+      const x1 = keys[n - 1] + ivMs / 2;
+      xrange = [plotlyTime(Math.min(keys[0] - ivMs / 2, x1 - CHART_MIN_BARS * ivMs)), plotlyTime(x1)];
+    }
+    const layout = chartLayout(sym, iv, ref, last ? last.close : null,
+                               last ? Number(last.close) >= Number(last.open) : true, xrange);
     const config = { displayModeBar: false, responsive: true, scrollZoom: true, displaylogo: false };
     const t0 = performance.now();
     Plotly.react(el.chart, traces, layout, config);
@@ -781,7 +837,7 @@
       case "depth": applyDepth(msg.symbol, msg, false); break;
       case "bars": putBars(msg.symbol, msg.bars); break;
       case "heartbeat":
-        state.lastHeartbeatNs = msg.ts;
+        state.lastHeartbeatMs = msOf(msg, "ts");
         state.lastHeartbeatAt = performance.now();
         renderStatus();
         break;
@@ -865,7 +921,7 @@
     }
     el.status.className = "status " + cls;
     if (el.statusText.textContent !== text) el.statusText.textContent = text;
-    const hb = state.lastHeartbeatNs !== null ? "heartbeat " + timeOfNs(state.lastHeartbeatNs, false) : "";
+    const hb = state.lastHeartbeatMs !== null ? "heartbeat " + timeOfMs(state.lastHeartbeatMs, false) : "";
     if (el.statusHb.textContent !== hb) el.statusHb.textContent = hb;
   }
 
