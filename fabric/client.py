@@ -12,14 +12,26 @@ ZeroMQ guide's Lazy Pirate):
 - the gateway is presumed dead when nothing (not even a heartbeat) has come
   from it for three heartbeat intervals, or when the resends are used up; the
   client then logs on to the next gateway of its list and resends what was
-  waiting.
+  waiting;
+- when the gateway ends the session during a command (a ``logout``, or a
+  refusal with reason ``not_logged_on``), the client logs on again and resends.
 
 A command returns once its outcome is known: the execution reports it caused
 (``accepted`` or ``rejected``, the fills of its aggressive part, a cancel of an
 unfilled IOC rest...) followed by the gateway's ``order_status`` for the
 command, which says nothing more is coming for it now.  Every execution report
 received, including fills of resting orders that come later, also goes to the
-client's report stream (:meth:`BrokerClient.poll`).
+client's report stream (:meth:`BrokerClient.poll`, :meth:`BrokerClient.next_report`).
+
+How it is built (the "sans-I/O" pattern of h11 and wsproto): every rule above
+lives once, in :class:`ClientCore`, which does no I/O and reads no clock.  Each
+call of a client is an :class:`Operation` of the core: a state machine that is
+given the time and the frames received, and answers with what to do next
+(:class:`Send` bytes, :class:`Connect` to a gateway, :class:`Receive` until a
+time, :class:`Done` with the call's value), or raises the call's exception.
+The two clients are thin shells that carry those actions out on a pyzmq or a
+``zmq.asyncio`` socket, so both behave the same, and a fix to the rules lands
+in both.
 """
 
 from __future__ import annotations
@@ -27,12 +39,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, Protocol, TypeAlias, TypeVar, overload
 
 import zmq
 import zmq.asyncio
@@ -64,6 +77,9 @@ from fabric.protocol import (
 )
 
 Report = Accepted | Rejected | Fill | Cancelled | Replaced | Expired
+_CommandMsg: TypeAlias = New | Cancel | Replace | Status
+
+T = TypeVar("T")
 
 
 class ExchangeUnavailable(ConnectionError):
@@ -134,8 +150,70 @@ class OrderResult:
         return "rejected"
 
 
+# ====================================================================== actions
+# What an operation of the core asks its shell to do. They are values, so that a test can compare
+# them, and so that the core never touches a socket or a clock.
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data``, one frame, on the connection in use."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Close the connection in use, if any, and open a new one to ``endpoint``.
+
+    A :class:`Send` of the ``logon`` follows.
+    """
+
+    endpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Wait for input until ``until`` (on the clock the operation is given).
+
+    When input arrives, read the messages already waiting, without blocking,
+    while :attr:`Operation.wants_input` holds, giving each message's frames to
+    :meth:`Operation.receive`; then ask :meth:`Operation.next_action` again (at
+    ``until`` at the latest).  ``until`` at or before the present means: read
+    only what is already there.
+    """
+
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """The operation is over: ``value`` is what the client's call returns."""
+
+    value: T
+
+
+Step: TypeAlias = Send | Connect | Receive
+Action: TypeAlias = Send | Connect | Receive | Done[T]
+
+
+# ====================================================================== waiters
+# What a serial operation waits for. The core feeds every message received to the one in its
+# slot, whichever operation's shell read it (an asyncio `next_report` may read the answer of a
+# command running in another task).
+
+
+class _Awaited(Protocol):
+    @property
+    def done(self) -> bool: ...
+
+
+class _Fed(_Awaited, Protocol):
+    def feed(self, msg: ServerMessage) -> None: ...
+
+
 class _Waiter:
-    # Matches incoming messages to the command being waited for; shared by both clients.
+    # Matches incoming messages to the command being waited for.
 
     def __init__(self, result: OrderResult) -> None:
         self.result = result
@@ -166,13 +244,56 @@ class _Waiter:
             r.events.append(msg)
 
 
-def _status_of(r: OrderResult) -> OrderStatus:
-    # The answer to a `status` command, or the refusal as an exception.
-    if r.rejected is not None:
-        raise ProtocolError(r.rejected.reason, r.rejected.text, r.rejected.field)
-    if r.error is not None or r.status is None:
-        raise ProtocolError(r.error.reason if r.error else "malformed", r.error.text if r.error else "no status")
-    return r.status
+class _LogonWaiter:
+    # The outcome of one logon: the first `logon_ack` or `logon_reject` decides.
+
+    def __init__(self) -> None:
+        self.done = False
+        self.refused: LogonReject | None = None
+
+    def feed(self, msg: ServerMessage) -> None:
+        if self.done:
+            return
+        if isinstance(msg, LogonAck):
+            self.done = True
+        elif isinstance(msg, LogonReject):
+            self.refused = msg
+            self.done = True
+
+
+class _OrdersWaiter:
+    # The answer to an `orders` query.
+
+    def __init__(self) -> None:
+        self.done = False
+        self.orders: list[OrderStatus] = []
+
+    def feed(self, msg: ServerMessage) -> None:
+        if not self.done and isinstance(msg, OpenOrders):
+            self.orders = list(msg.orders)
+            self.done = True
+
+
+class _Drain:
+    # Never satisfied: read everything that is waiting.
+    done = False
+
+
+class _ReportArrived:
+    # Satisfied once the report stream holds something.
+
+    def __init__(self, reports: collections.deque[Report]) -> None:
+        self._reports = reports
+
+    @property
+    def done(self) -> bool:
+        return bool(self._reports)
+
+
+_DRAIN = _Drain()
+
+
+# ==================================================================== the core
 
 
 def _new(oid: str, symbol: str, side: str, qty: int, price: Decimal | str | None, tif: str | None,
@@ -183,8 +304,58 @@ def _new(oid: str, symbol: str, side: str, qty: int, price: Decimal | str | None
                tif=tif or ("IOC" if kind == "market" else "GTC"))  # type: ignore[arg-type]
 
 
-class _Base:
-    # What both clients share: configuration, ids, the report stream.
+def _as_is(r: OrderResult) -> OrderResult:
+    return r
+
+
+def _status_of(r: OrderResult) -> OrderStatus:
+    # The answer to a `status` command, or the refusal as an exception.
+    if r.rejected is not None:
+        raise ProtocolError(r.rejected.reason, r.rejected.text, r.rejected.field)
+    if r.error is not None or r.status is None:
+        raise ProtocolError(r.error.reason if r.error else "malformed", r.error.text if r.error else "no status")
+    return r.status
+
+
+class ClientCore:
+    """A broker's session with the exchange, without I/O: the rules both clients follow.
+
+    The core holds the configuration, the client order ids, the report stream,
+    the heartbeat timing and what is being waited for.  It reads no clock and
+    touches no socket: each call of a client is an :class:`Operation` that a
+    shell drives with the current time and the frames it received (see
+    :meth:`Operation.next_action`).  One serial operation (a logon, a command,
+    an ``orders`` query) runs at a time; :meth:`poll` and :meth:`next_report`
+    may run beside one.
+
+    Parameters
+    ----------
+    gateways
+        Gateway endpoints (``tcp://host:port``) in the order to try them.
+    broker
+        The broker's id.
+    secret
+        The broker's secret, when the exchange asks for one.
+    heartbeat_ms
+        Heartbeat interval proposed at logon; the gateway is taken for dead
+        after three intervals without a message from it.
+    timeout
+        Seconds to wait for an answer before sending a command again.
+    retries
+        Resends on one gateway before moving to the next.
+
+    Raises
+    ------
+    ValueError
+        When ``gateways`` is empty.
+
+    Examples
+    --------
+    >>> core = ClientCore(["tcp://127.0.0.1:7101"], "B1")
+    >>> op = core.connect()
+    >>> op.next_action(0.0)
+    Connect(endpoint='tcp://127.0.0.1:7101')
+    """
 
     def __init__(self, gateways: Sequence[str], broker: str, *, secret: str | None = None, heartbeat_ms: int = 5000,
                  timeout: float = 2.0, retries: int = 2) -> None:
@@ -197,12 +368,18 @@ class _Base:
         self.timeout = timeout
         self.retries = retries
         self.gateway_index = 0
+        self.failovers = 0
         self.reports: collections.deque[Report] = collections.deque()
+        # A connection has been opened (and not closed): calls then use it as it is, logged on or not;
+        # a call on a client never connected, or closed, logs on first.
+        self.connected = False
         self._prefix = f"{broker}-{secrets.token_hex(4)}-"
         self._n = 0
         self._last_rx = 0.0
         self._last_tx = 0.0
-        self.failovers = 0
+        self._waiter: _Fed | None = None  # what the serial operation in progress waits for
+
+    # ------------------------------------------------------------------ state
 
     def next_oid(self) -> str:
         """Return a new client order id, unique for this broker."""
@@ -214,33 +391,432 @@ class _Base:
         """The gateway currently in use."""
         return self.gateways[self.gateway_index]
 
-    def _take(self, body: bytes, waiter: _Waiter | None) -> ServerMessage | None:
-        self._last_rx = time.monotonic()
-        try:
-            msg = decode_server(body)
-        except ProtocolError:
-            return None
-        if isinstance(msg, Accepted | Rejected | Fill | Cancelled | Replaced | Expired):
-            self.reports.append(msg)
-        if waiter is not None:
-            waiter.feed(msg)
-        return msg
+    @property
+    def interval(self) -> float:
+        """The heartbeat interval, in seconds."""
+        return self.heartbeat_ms / 1000.0
 
-    def _take_all(self, frames: list[bytes], waiter: _Waiter | None) -> list[ServerMessage]:
-        # A message from the gateway carries one protocol message per frame.
-        out = []
+    @property
+    def next_heartbeat(self) -> float:
+        """When a heartbeat is due if nothing is sent before (one interval after the last send)."""
+        return self._last_tx + self.interval
+
+    def heartbeat_due(self, now: float) -> bool:
+        """Whether nothing has been sent for one heartbeat interval."""
+        return now - self._last_tx >= self.interval
+
+    def gateway_dead(self, now: float) -> bool:
+        """Whether nothing has come from the gateway for three heartbeat intervals."""
+        return now - self._last_rx > 3 * self.interval
+
+    # ------------------------------------------------------------- operations
+
+    def connect(self) -> Operation[None]:
+        """Log on to the first gateway that answers, starting with the current one.
+
+        The operation raises :class:`ExchangeUnavailable` when no gateway
+        answered, and :class:`LogonRefused` when a gateway refused the broker.
+        """
+        return _Connect(self)
+
+    def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
+            type: str | None = None, oid: str | None = None) -> Operation[OrderResult]:
+        """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
+        return _Command(self, _new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type), "new", _as_is)
+
+    def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
+             type: str | None = None, oid: str | None = None) -> Operation[OrderResult]:
+        """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
+        return _Command(self, _new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type), "new", _as_is)
+
+    def cancel(self, oid: str, symbol: str) -> Operation[OrderResult]:
+        """Cancel the open order ``oid``."""
+        return _Command(self, Cancel(oid=oid, symbol=symbol), "cancel", _as_is)
+
+    def replace(self, oid: str, symbol: str, price: Decimal | str | None = None,
+                qty: int | None = None) -> Operation[OrderResult]:
+        """Change an open order's price and/or total quantity (FIX cancel/replace)."""
+        msg = Replace(oid=oid, symbol=symbol, price=None if price is None else str(price), qty=qty)
+        return _Command(self, msg, "replace", _as_is)
+
+    def order_status(self, oid: str, symbol: str) -> Operation[OrderStatus]:
+        """Ask the state of order ``oid``; the operation raises ``ProtocolError`` when the query is refused."""
+        return _Command(self, Status(oid=oid, symbol=symbol), "status", _status_of)
+
+    def open_orders(self, symbol: str | None = None) -> Operation[list[OrderStatus]]:
+        """Ask the broker's open orders (of one symbol, or all).
+
+        The operation sends the query once and raises :class:`ExchangeUnavailable`
+        when no answer came within ``timeout * (retries + 1)`` seconds.
+        """
+        return _OpenOrders(self, symbol)
+
+    def submit(self, msg: New | Cancel | Replace) -> Operation[None]:
+        """Send a command without waiting for its answers, with no resend and no failover."""
+        return _Submit(self, msg)
+
+    def poll(self, timeout: float = 0.0) -> Operation[list[ServerMessage]]:
+        """Receive what has arrived, waiting up to ``timeout`` seconds for the first; send a heartbeat if due."""
+        return _Poll(self, timeout)
+
+    def next_report(self, timeout: float | None = None) -> Operation[Report | None]:
+        """Take the next execution report of the stream, waiting up to ``timeout`` seconds (``None``: no limit).
+
+        Heartbeats are sent while it waits; the value is ``None`` when the time ran out.
+        """
+        return _NextReport(self, timeout)
+
+    def close(self) -> bytes | None:
+        """Forget the connection; return the ``logout`` to send on it (best effort), or ``None`` if there is none."""
+        if not self.connected:
+            return None
+        self.connected = False
+        return encode(Logout())
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, frames: Sequence[bytes], now: float) -> list[ServerMessage]:
+        """Take one message from the gateway, received at ``now``; return the protocol messages it held.
+
+        A message carries one protocol message per frame.  Every frame counts as
+        a sign of life, even one that cannot be decoded (it is skipped);
+        execution reports go to :attr:`reports`; each message is fed to what the
+        serial operation in progress waits for.
+        """
+        out: list[ServerMessage] = []
         for body in frames:
-            msg = self._take(body, waiter)
-            if msg is not None:
-                out.append(msg)
+            self._last_rx = now
+            try:
+                msg = decode_server(body)
+            except ProtocolError:
+                continue
+            if isinstance(msg, Accepted | Rejected | Fill | Cancelled | Replaced | Expired):
+                self.reports.append(msg)
+            if self._waiter is not None:
+                self._waiter.feed(msg)
+            out.append(msg)
         return out
 
-    def _gateway_dead(self) -> bool:
-        return time.monotonic() - self._last_rx > 3 * self.heartbeat_ms / 1000.0
+    def _send(self, msg: Any, now: float) -> Send:
+        # Anything sent counts as a heartbeat (docs/protocol.md, section 3).
+        self._last_tx = now
+        return Send(encode(msg))
 
 
-class BrokerClient(_Base):
+class Operation(Generic[T]):
+    """One call of a client as a state machine: no I/O, and time comes from the caller.
+
+    A shell drives it::
+
+        while not isinstance(action := op.next_action(now()), Done):
+            carry out action (for Receive: feed frames to op.receive while op.wants_input)
+        return action.value
+
+    and calls :meth:`close` when it stops early.  The exceptions of the call
+    (:class:`ExchangeUnavailable`, :class:`LogonRefused`, ``ProtocolError``)
+    come out of :meth:`next_action`.
+    """
+
+    # Each operation's steps are written as a generator that yields actions and is sent the time: the
+    # generator's place in its code is the state of the machine, so the rules read in the order they
+    # happen (log on, read what waited, send, wait, resend, fail over) instead of as a table of states.
+
+    def __init__(self, core: ClientCore) -> None:
+        self._core = core
+        self._steps: Generator[Step, float, T] | None = None
+        self._awaited: _Awaited = _DRAIN
+        self._over = False
+
+    def next_action(self, now: float) -> Action[T]:
+        """Return what to do next, at time ``now``.
+
+        Parameters
+        ----------
+        now
+            The current time in seconds, on any monotonic clock (the same for
+            every call of one client).
+
+        Returns
+        -------
+        Send | Connect | Receive | Done
+            The next action.
+
+        Raises
+        ------
+        ExchangeUnavailable, LogonRefused, ProtocolError
+            The call failed; the operation is over.
+        """
+        if self._over:
+            raise RuntimeError("this operation is over")
+        try:
+            if self._steps is None:
+                self._steps = self._run(now)
+                return next(self._steps)
+            return self._steps.send(now)
+        except StopIteration as stop:
+            self._over = True
+            return Done(stop.value)
+        except BaseException:
+            self._over = True
+            raise
+
+    @property
+    def wants_input(self) -> bool:
+        """Whether to go on reading the messages that are already waiting (during a :class:`Receive`)."""
+        return not self._awaited.done
+
+    def receive(self, frames: Sequence[bytes], now: float) -> None:
+        """Take one message (its frames) received at ``now``."""
+        self._core.receive(frames, now)
+
+    def close(self) -> None:
+        """Abandon the operation (the shell stopped: an exception, a cancelled task); harmless once it is over."""
+        # Closing the generator runs its `finally` blocks, which give back the core's waiter slot.
+        if self._steps is not None:
+            self._steps.close()
+        self._over = True
+
+    def _run(self, now: float) -> Generator[Step, float, T]:
+        raise NotImplementedError
+
+    # Steps several operations share.
+
+    def _wait(self, until: float, awaited: _Awaited) -> Generator[Step, float, float]:
+        self._awaited = awaited
+        return (yield Receive(until))
+
+    def _logged_on(self, now: float) -> Generator[Step, float, float]:
+        if not self._core.connected:
+            now = yield from self._logon(now)
+        return now
+
+    def _logon(self, now: float) -> Generator[Step, float, float]:
+        # Log on to the first gateway that answers, starting with the current one, on a new connection.
+        # While a logon runs, what arrives is fed to it alone: a command waiting meanwhile sees nothing of
+        # it (its answers come on the new session, after it is sent again).
+        core = self._core
+        outer, awaited = core._waiter, self._awaited
+        try:
+            for _ in range(len(core.gateways)):
+                logon = _LogonWaiter()
+                core._waiter = logon
+                core.connected = True
+                now = yield Connect(core.endpoint)
+                now = yield core._send(Logon(broker=core.broker, secret=core.secret, heartbeat_ms=core.heartbeat_ms),
+                                       now)
+                deadline = now + core.timeout
+                while not logon.done and now < deadline:
+                    now = yield from self._wait(deadline, logon)
+                if logon.refused is not None:
+                    raise LogonRefused(logon.refused.reason, logon.refused.text)
+                if logon.done:
+                    return now
+                core.gateway_index = (core.gateway_index + 1) % len(core.gateways)
+            raise ExchangeUnavailable(f"no gateway answered: {', '.join(core.gateways)}")
+        finally:
+            core._waiter, self._awaited = outer, awaited
+
+
+class _Connect(Operation[None]):
+    def _run(self, now: float) -> Generator[Step, float, None]:
+        yield from self._logon(now)
+
+
+class _Command(Operation[T]):
+    # A new, cancel, replace or status: sent, resent, failed over and re-logged-on until its closing status.
+
+    def __init__(self, core: ClientCore, msg: _CommandMsg, op: str, finish: Callable[[OrderResult], T]) -> None:
+        super().__init__(core)
+        self._msg = msg
+        self._op = op
+        self._finish = finish
+
+    def _run(self, now: float) -> Generator[Step, float, T]:
+        core, msg = self._core, self._msg
+        now = yield from self._logged_on(now)
+        result = OrderResult(oid=msg.oid, symbol=msg.symbol, op=self._op)
+        waiter = _Waiter(result)
+        core._waiter = waiter
+        try:
+            # What arrived while the caller was away (heartbeats, a logout after a long idle spell): read it
+            # first, so that silence is judged on what the gateway really sent.
+            now = yield from self._wait(now, _DRAIN)
+            if waiter.relogon:
+                waiter.relogon = False
+                now = yield from self._logon(now)
+            now = yield core._send(msg, now)
+            deadline = now + core.timeout
+            tries = 0
+            while not waiter.done:
+                if waiter.relogon:
+                    # The session was ended (idle too long, or the gateway restarted): a new one, same command.
+                    waiter.relogon = False
+                    now = yield from self._logon(now)
+                    now = yield core._send(msg, now)
+                    deadline = now + core.timeout
+                    continue
+                if now >= deadline or core.gateway_dead(now):
+                    # Lazy Pirate: the same message again, with the same oid; the exchange never executes it
+                    # twice. After `retries` resends, or when the gateway has gone silent, the next gateway.
+                    tries += 1
+                    result.resends += 1
+                    if tries > core.retries or core.gateway_dead(now):
+                        core.failovers += 1
+                        core.gateway_index = (core.gateway_index + 1) % len(core.gateways)
+                        now = yield from self._logon(now)
+                        tries = 0
+                    now = yield core._send(msg, now)
+                    deadline = now + core.timeout
+                    continue
+                now = yield from self._wait(min(deadline, core.next_heartbeat), waiter)
+                if core.heartbeat_due(now):
+                    now = yield core._send(Heartbeat(), now)
+            return self._finish(result)
+        finally:
+            core._waiter = None
+
+
+class _OpenOrders(Operation[list[OrderStatus]]):
+    def __init__(self, core: ClientCore, symbol: str | None) -> None:
+        super().__init__(core)
+        self._symbol = symbol
+
+    def _run(self, now: float) -> Generator[Step, float, list[OrderStatus]]:
+        core = self._core
+        now = yield from self._logged_on(now)
+        waiter = _OrdersWaiter()
+        core._waiter = waiter
+        try:
+            now = yield core._send(Orders(symbol=self._symbol), now)
+            deadline = now + core.timeout * (core.retries + 1)
+            while now < deadline:
+                now = yield from self._wait(min(deadline, core.next_heartbeat), waiter)
+                if waiter.done:
+                    return waiter.orders
+                if core.heartbeat_due(now):
+                    now = yield core._send(Heartbeat(), now)
+            raise ExchangeUnavailable(f"no answer to an orders query from {core.endpoint}")
+        finally:
+            core._waiter = None
+
+
+class _Submit(Operation[None]):
+    def __init__(self, core: ClientCore, msg: New | Cancel | Replace) -> None:
+        super().__init__(core)
+        self._msg = msg
+
+    def _run(self, now: float) -> Generator[Step, float, None]:
+        now = yield from self._logged_on(now)
+        yield self._core._send(self._msg, now)
+
+
+class _Poll(Operation[list[ServerMessage]]):
+    def __init__(self, core: ClientCore, timeout: float) -> None:
+        super().__init__(core)
+        self._timeout = timeout
+        self._got: list[ServerMessage] | None = None  # what the poll returns (not what its logon read)
+
+    def receive(self, frames: Sequence[bytes], now: float) -> None:
+        msgs = self._core.receive(frames, now)
+        if self._got is not None:
+            self._got.extend(msgs)
+
+    def _run(self, now: float) -> Generator[Step, float, list[ServerMessage]]:
+        now = yield from self._logged_on(now)
+        got: list[ServerMessage] = []
+        self._got = got
+        # One wait for the first message, then everything already waiting.
+        now = yield from self._wait(now + self._timeout, _DRAIN)
+        if self._core.heartbeat_due(now):
+            yield self._core._send(Heartbeat(), now)
+        return got
+
+
+class _NextReport(Operation[Report | None]):
+    def __init__(self, core: ClientCore, timeout: float | None) -> None:
+        super().__init__(core)
+        self._timeout = timeout
+
+    def _run(self, now: float) -> Generator[Step, float, Report | None]:
+        core = self._core
+        now = yield from self._logged_on(now)
+        deadline = None if self._timeout is None else now + self._timeout
+        arrived = _ReportArrived(core.reports)
+        while not core.reports:
+            if deadline is not None and now >= deadline:
+                return None
+            # Wake for the next heartbeat too: waiting here keeps the session alive.
+            until = core.next_heartbeat if deadline is None else min(deadline, core.next_heartbeat)
+            now = yield from self._wait(until, arrived)
+            if core.heartbeat_due(now):
+                now = yield core._send(Heartbeat(), now)
+        return core.reports.popleft()
+
+
+# ================================================================== the shells
+
+
+def _ms_until(until: float) -> int:
+    # A poll timeout in whole milliseconds, rounded up so that the core's deadline has passed on waking.
+    return max(0, math.ceil((until - time.monotonic()) * 1000))
+
+
+class _InCore(Generic[T]):
+    # A client's attribute that lives in its core: one copy of the state, read and set as before.
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _InCore[T]: ...
+
+    @overload
+    def __get__(self, obj: _Shell, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: _Shell | None, owner: type | None = None) -> T | _InCore[T]:
+        if obj is None:
+            return self
+        value: T = getattr(obj._core, self._name)
+        return value
+
+    def __set__(self, obj: _Shell, value: T) -> None:
+        setattr(obj._core, self._name, value)
+
+
+class _Shell:
+    # What both clients share apart from their sockets: the core, and its state under the clients' names.
+
+    gateways = _InCore[list[str]]()
+    broker = _InCore[str]()
+    secret = _InCore[str | None]()
+    heartbeat_ms = _InCore[int]()
+    timeout = _InCore[float]()
+    retries = _InCore[int]()
+    gateway_index = _InCore[int]()
+    failovers = _InCore[int]()  # the moves to another gateway
+    reports = _InCore[collections.deque[Report]]()  # the report stream: every execution report received
+
+    def __init__(self, gateways: Sequence[str], broker: str, *, secret: str | None, heartbeat_ms: int,
+                 timeout: float, retries: int) -> None:
+        self._core = ClientCore(gateways, broker, secret=secret, heartbeat_ms=heartbeat_ms, timeout=timeout,
+                                retries=retries)
+
+    def next_oid(self) -> str:
+        """Return a new client order id, unique for this broker."""
+        return self._core.next_oid()
+
+    @property
+    def endpoint(self) -> str:
+        """The gateway currently in use."""
+        return self._core.endpoint
+
+
+class BrokerClient(_Shell):
     """A broker's synchronous connection to the exchange.
+
+    It behaves exactly as :class:`AsyncBrokerClient`: both carry out the
+    decisions of one :class:`ClientCore` (resends, heartbeats, failover,
+    logging on again), this one on a blocking pyzmq socket.
 
     Parameters
     ----------
@@ -256,6 +832,13 @@ class BrokerClient(_Base):
         Seconds to wait for an answer before sending a command again.
     retries
         Resends on one gateway before moving to the next.
+    ctx
+        The ZeroMQ context for the socket (``zmq.Context.instance()`` by default).
+
+    Raises
+    ------
+    ValueError
+        When ``gateways`` is empty.
 
     Examples
     --------
@@ -277,6 +860,44 @@ class BrokerClient(_Base):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ------------------------------------------------------------------- I/O
+
+    def _drive(self, op: Operation[T]) -> T:
+        # Carry out the core's actions until the operation is done.
+        try:
+            while True:
+                action = op.next_action(time.monotonic())
+                if isinstance(action, Done):
+                    return action.value
+                if isinstance(action, Send):
+                    assert self.sock is not None
+                    self.sock.send(action.data)
+                elif isinstance(action, Connect):
+                    self._open(action.endpoint)
+                else:
+                    self._receive(op, action.until)
+        finally:
+            op.close()
+
+    def _open(self, endpoint: str) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        self.sock = sock
+
+    def _receive(self, op: Operation[Any], until: float) -> None:
+        sock = self.sock
+        assert sock is not None
+        if sock.poll(_ms_until(until)):
+            while op.wants_input:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                op.receive(frames, time.monotonic())
+
     # ------------------------------------------------------------- connection
 
     def connect(self) -> None:
@@ -289,172 +910,126 @@ class BrokerClient(_Base):
         LogonRefused
             When a gateway refused the broker.
         """
-        for _ in range(len(self.gateways)):
-            if self._logon():
-                return
-            self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
-        raise ExchangeUnavailable(f"no gateway answered: {', '.join(self.gateways)}")
-
-    def _logon(self) -> bool:
-        if self.sock is not None:
-            self.sock.close(0)
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
-        self.sock = sock
-        sock.send(encode(Logon(broker=self.broker, secret=self.secret, heartbeat_ms=self.heartbeat_ms)))
-        self._last_tx = time.monotonic()
-        deadline = time.monotonic() + self.timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
-                break
-            for msg in self._take_all(sock.recv_multipart(), None):
-                if isinstance(msg, LogonAck):
-                    return True
-                if isinstance(msg, LogonReject):
-                    raise LogonRefused(msg.reason, msg.text)
-        return False
-
-    def _failover(self) -> None:
-        self.failovers += 1
-        self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
-        self.connect()
+        self._drive(self._core.connect())
 
     def close(self) -> None:
         """Log out and close the connection."""
+        bye = self._core.close()
         if self.sock is not None:
-            with contextlib.suppress(zmq.ZMQError):  # closing anyway
-                self.sock.send(encode(Logout()), zmq.NOBLOCK)
+            if bye is not None:
+                with contextlib.suppress(zmq.ZMQError):  # closing anyway
+                    self.sock.send(bye, zmq.NOBLOCK)
             self.sock.close(0)
             self.sock = None
 
     # --------------------------------------------------------------- commands
 
-    def _send(self, msg: Any) -> None:
-        assert self.sock is not None, "connect() first"
-        self.sock.send(encode(msg))
-        self._last_tx = time.monotonic()
-
-    def _read_waiting(self, waiter: _Waiter | None) -> None:
-        assert self.sock is not None
-        while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._take_all(frames, waiter)
-
-    def _heartbeat(self) -> None:
-        if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
-            self._send(Heartbeat())
-
-    def _command(self, msg: New | Cancel | Replace | Status, op: str) -> OrderResult:
-        if self.sock is None:
-            self.connect()
-        result = OrderResult(oid=msg.oid, symbol=msg.symbol, op=op)
-        waiter = _Waiter(result)
-        tries = 0
-        # What arrived while the caller was away (heartbeats, a logout after a long idle spell): read it
-        # first, so that silence is judged on what the gateway really sent.
-        self._read_waiting(waiter)
-        if waiter.relogon:
-            waiter.relogon = False
-            self.connect()
-        self._send(msg)
-        deadline = time.monotonic() + self.timeout
-        while not waiter.done:
-            now = time.monotonic()
-            if waiter.relogon:
-                # The session was ended (idle too long, or the gateway restarted): a new one, same command.
-                waiter.relogon = False
-                self.connect()
-                self._send(msg)
-                deadline = time.monotonic() + self.timeout
-                continue
-            if now >= deadline or self._gateway_dead():
-                tries += 1
-                result.resends += 1
-                if tries > self.retries or self._gateway_dead():
-                    self._failover()
-                    tries = 0
-                self._send(msg)
-                deadline = time.monotonic() + self.timeout
-                continue
-            wait = min(deadline - now, self.heartbeat_ms / 1000.0)
-            assert self.sock is not None
-            if self.sock.poll(int(wait * 1000) + 1):
-                while not waiter.done:
-                    try:
-                        frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._take_all(frames, waiter)
-            self._heartbeat()
-        return result
-
     def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
             type: str | None = None, oid: str | None = None) -> OrderResult:
-        """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
-        return self._command(_new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type), "new")
+        """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one.
+
+        Parameters
+        ----------
+        symbol
+            The instrument.
+        qty
+            Shares, a multiple of the instrument's lot.
+        price
+            The limit price as a decimal string or ``Decimal``; ``None`` for a market order.
+        tif
+            ``GTC`` (the default for a limit order), ``DAY``, ``IOC`` (the default for a market order) or ``FOK``.
+        type
+            ``limit`` or ``market``; by default, from whether ``price`` is given.
+        oid
+            The client order id; a new one (:meth:`next_oid`) by default.
+
+        Returns
+        -------
+        OrderResult
+            The reports of the command and its closing ``order_status``.
+
+        Raises
+        ------
+        ExchangeUnavailable
+            When a failover found no gateway; the outcome is then unknown.
+        LogonRefused
+            When logging on again was refused.
+        """
+        return self._drive(self._core.buy(symbol, qty, price, tif, type=type, oid=oid))
 
     def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
              type: str | None = None, oid: str | None = None) -> OrderResult:
-        """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
-        return self._command(_new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type), "new")
+        """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one (see :meth:`buy`)."""
+        return self._drive(self._core.sell(symbol, qty, price, tif, type=type, oid=oid))
 
     def cancel(self, oid: str, symbol: str) -> OrderResult:
-        """Cancel the open order ``oid``."""
-        return self._command(Cancel(oid=oid, symbol=symbol), "cancel")
+        """Cancel the open order ``oid`` of ``symbol`` (raises as :meth:`buy`)."""
+        return self._drive(self._core.cancel(oid, symbol))
 
     def replace(self, oid: str, symbol: str, price: Decimal | str | None = None, qty: int | None = None) -> OrderResult:
-        """Change an open order's price and/or total quantity (FIX cancel/replace)."""
-        return self._command(Replace(oid=oid, symbol=symbol, price=None if price is None else str(price), qty=qty),
-                             "replace")
+        """Change an open order's price and/or total quantity (FIX cancel/replace; raises as :meth:`buy`).
+
+        Parameters
+        ----------
+        oid, symbol
+            The order.
+        price
+            The new limit price; ``None`` keeps it.
+        qty
+            The new total quantity, the shares already filled included; ``None`` keeps it.
+        """
+        return self._drive(self._core.replace(oid, symbol, price, qty))
 
     def order_status(self, oid: str, symbol: str) -> OrderStatus:
-        """Return the state of order ``oid`` (``state`` is ``unknown`` for an order the exchange never accepted)."""
-        return _status_of(self._command(Status(oid=oid, symbol=symbol), "status"))
+        """Return the state of order ``oid`` (``state`` is ``unknown`` for an order the exchange never accepted).
+
+        Raises
+        ------
+        ProtocolError
+            When the query was refused (``.reason``, ``.text``).
+        """
+        return self._drive(self._core.order_status(oid, symbol))
 
     def open_orders(self, symbol: str | None = None) -> list[OrderStatus]:
-        """Return the broker's open orders (of one symbol, or all)."""
-        if self.sock is None:
-            self.connect()
-        self._send(Orders(symbol=symbol))
-        deadline = time.monotonic() + self.timeout * (self.retries + 1)
-        assert self.sock is not None
-        while time.monotonic() < deadline:
-            if self.sock.poll(100):
-                for msg in self._take_all(self.sock.recv_multipart(), None):
-                    if isinstance(msg, OpenOrders):
-                        return list(msg.orders)
-            self._heartbeat()
-        raise ExchangeUnavailable(f"no answer to an orders query from {self.endpoint}")
+        """Return the broker's open orders (of one symbol, or all).
+
+        Raises
+        ------
+        ExchangeUnavailable
+            When no answer came within ``timeout * (retries + 1)`` seconds.
+        """
+        return self._drive(self._core.open_orders(symbol))
 
     def submit(self, msg: New | Cancel | Replace) -> None:
         """Send a command without waiting (load generators); answers arrive through :meth:`poll`."""
-        if self.sock is None:
-            self.connect()
-        self._send(msg)
+        self._drive(self._core.submit(msg))
 
     def poll(self, timeout: float = 0.0) -> list[ServerMessage]:
         """Receive what has arrived (waiting up to ``timeout`` seconds for the first); keep the session alive."""
-        if self.sock is None:
-            self.connect()
-        assert self.sock is not None
-        out: list[ServerMessage] = []
-        if self.sock.poll(int(timeout * 1000)):
-            while True:
-                try:
-                    frames = self.sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                out.extend(self._take_all(frames, None))
-        self._heartbeat()
-        return out
+        return self._drive(self._core.poll(timeout))
+
+    def next_report(self, timeout: float | None = None) -> Report | None:
+        """Return the next execution report of the stream (waiting up to ``timeout`` seconds), or ``None``.
+
+        Heartbeats are sent while it waits; ``timeout=None`` waits without limit.
+        """
+        return self._drive(self._core.next_report(timeout))
 
 
-class AsyncBrokerClient(_Base):
+class AsyncBrokerClient(_Shell):
     """The asyncio twin of :class:`BrokerClient` (``zmq.asyncio``): the same methods, as coroutines.
+
+    It behaves exactly as :class:`BrokerClient`: both carry out the decisions
+    of one :class:`ClientCore`.  Commands and ``orders`` queries started at once
+    on one client take turns; :meth:`poll`, :meth:`next_report` and
+    :meth:`submit` do not wait for a turn.  :meth:`close` is a plain call.
+
+    Parameters
+    ----------
+    gateways, broker, secret, heartbeat_ms, timeout, retries
+        As for :class:`BrokerClient`.
+    ctx
+        The ``zmq.asyncio`` context for the socket (``zmq.asyncio.Context.instance()`` by default).
 
     Examples
     --------
@@ -468,7 +1043,7 @@ class AsyncBrokerClient(_Base):
         super().__init__(gateways, broker, secret=secret, heartbeat_ms=heartbeat_ms, timeout=timeout, retries=retries)
         self.ctx = ctx or zmq.asyncio.Context.instance()
         self.sock: zmq.asyncio.Socket | None = None
-        # Commands take turns on the one socket: each reads answers until its own command is done.
+        # Serial operations take turns on the one socket: each reads answers until its own is done.
         self._turn = asyncio.Lock()
 
     async def __aenter__(self) -> AsyncBrokerClient:
@@ -478,124 +1053,130 @@ class AsyncBrokerClient(_Base):
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
-    async def connect(self) -> None:
-        """Log on to the first gateway that answers (see :meth:`BrokerClient.connect`)."""
-        for _ in range(len(self.gateways)):
-            if await self._logon():
-                return
-            self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
-        raise ExchangeUnavailable(f"no gateway answered: {', '.join(self.gateways)}")
+    # ------------------------------------------------------------------- I/O
 
-    async def _logon(self) -> bool:
+    async def _drive(self, op: Operation[T]) -> T:
+        # Carry out the core's actions until the operation is done.
+        try:
+            while True:
+                action = op.next_action(time.monotonic())
+                if isinstance(action, Done):
+                    return action.value
+                if isinstance(action, Send):
+                    assert self.sock is not None
+                    await self.sock.send(action.data)
+                elif isinstance(action, Connect):
+                    self._open(action.endpoint)
+                else:
+                    await self._receive(op, action.until)
+        finally:
+            op.close()
+
+    async def _in_turn(self, op: Operation[T]) -> T:
+        async with self._turn:
+            return await self._drive(op)
+
+    async def _logged_on(self) -> None:
+        # The calls that need no turn still need a session, and logging on takes a turn.
+        if not self._core.connected:
+            async with self._turn:
+                if not self._core.connected:
+                    await self._drive(self._core.connect())
+
+    def _open(self, endpoint: str) -> None:
         if self.sock is not None:
             self.sock.close(0)
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.endpoint)
+        sock.connect(endpoint)
         self.sock = sock
-        await sock.send(encode(Logon(broker=self.broker, secret=self.secret, heartbeat_ms=self.heartbeat_ms)))
-        self._last_tx = time.monotonic()
-        deadline = time.monotonic() + self.timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not await sock.poll(int(left * 1000) + 1):
-                break
-            for msg in self._take_all(await sock.recv_multipart(), None):
-                if isinstance(msg, LogonAck):
-                    return True
-                if isinstance(msg, LogonReject):
-                    raise LogonRefused(msg.reason, msg.text)
-        return False
+
+    async def _receive(self, op: Operation[Any], until: float) -> None:
+        sock = self.sock
+        assert sock is not None
+        if await sock.poll(_ms_until(until)):
+            while op.wants_input:
+                try:
+                    frames = await sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                op.receive(frames, time.monotonic())
+
+    # ------------------------------------------------------------- connection
+
+    async def connect(self) -> None:
+        """Log on to the first gateway that answers (see :meth:`BrokerClient.connect`)."""
+        await self._in_turn(self._core.connect())
 
     def close(self) -> None:
         """Close the connection (sending a logout if possible)."""
+        bye = self._core.close()
         if self.sock is not None:
-            with contextlib.suppress(zmq.ZMQError):  # closing anyway
-                self.sock.send(encode(Logout()), zmq.NOBLOCK)
+            if bye is not None:
+                with contextlib.suppress(zmq.ZMQError):  # closing anyway
+                    self.sock.send(bye, zmq.NOBLOCK)
             self.sock.close(0)
             self.sock = None
 
-    async def _send(self, msg: Any) -> None:
-        assert self.sock is not None, "connect() first"
-        await self.sock.send(encode(msg))
-        self._last_tx = time.monotonic()
-
-    async def _command(self, msg: New | Cancel | Replace | Status, op: str) -> OrderResult:
-        async with self._turn:
-            return await self._command_now(msg, op)
-
-    async def _command_now(self, msg: New | Cancel | Replace | Status, op: str) -> OrderResult:
-        if self.sock is None:
-            await self.connect()
-        result = OrderResult(oid=msg.oid, symbol=msg.symbol, op=op)
-        waiter = _Waiter(result)
-        tries = 0
-        await self._send(msg)
-        deadline = time.monotonic() + self.timeout
-        while not waiter.done:
-            now = time.monotonic()
-            if waiter.relogon:
-                waiter.relogon = False
-                await self.connect()
-                await self._send(msg)
-                deadline = time.monotonic() + self.timeout
-                continue
-            if now >= deadline or self._gateway_dead():
-                tries += 1
-                result.resends += 1
-                if tries > self.retries or self._gateway_dead():
-                    self.failovers += 1
-                    self.gateway_index = (self.gateway_index + 1) % len(self.gateways)
-                    await self.connect()
-                    tries = 0
-                await self._send(msg)
-                deadline = time.monotonic() + self.timeout
-                continue
-            assert self.sock is not None
-            wait = min(deadline - now, self.heartbeat_ms / 1000.0)
-            if await self.sock.poll(int(wait * 1000) + 1):
-                self._take_all(await self.sock.recv_multipart(), waiter)
-            if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
-                await self._send(Heartbeat())
-        return result
+    # --------------------------------------------------------------- commands
 
     async def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
                   type: str | None = None, oid: str | None = None) -> OrderResult:
         """Buy ``qty`` of ``symbol`` (see :meth:`BrokerClient.buy`)."""
-        return await self._command(_new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type), "new")
+        return await self._in_turn(self._core.buy(symbol, qty, price, tif, type=type, oid=oid))
 
     async def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
                    type: str | None = None, oid: str | None = None) -> OrderResult:
-        """Sell ``qty`` of ``symbol`` (see :meth:`BrokerClient.sell`)."""
-        return await self._command(_new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type), "new")
+        """Sell ``qty`` of ``symbol`` (see :meth:`BrokerClient.buy`)."""
+        return await self._in_turn(self._core.sell(symbol, qty, price, tif, type=type, oid=oid))
 
     async def cancel(self, oid: str, symbol: str) -> OrderResult:
-        """Cancel the open order ``oid``."""
-        return await self._command(Cancel(oid=oid, symbol=symbol), "cancel")
+        """Cancel the open order ``oid`` (see :meth:`BrokerClient.cancel`)."""
+        return await self._in_turn(self._core.cancel(oid, symbol))
 
     async def replace(self, oid: str, symbol: str, price: Decimal | str | None = None,
                       qty: int | None = None) -> OrderResult:
-        """Change an open order's price and/or total quantity."""
-        return await self._command(
-            Replace(oid=oid, symbol=symbol, price=None if price is None else str(price), qty=qty), "replace")
+        """Change an open order's price and/or total quantity (see :meth:`BrokerClient.replace`)."""
+        return await self._in_turn(self._core.replace(oid, symbol, price, qty))
 
     async def order_status(self, oid: str, symbol: str) -> OrderStatus:
-        """Return the state of order ``oid``."""
-        return _status_of(await self._command(Status(oid=oid, symbol=symbol), "status"))
+        """Return the state of order ``oid`` (see :meth:`BrokerClient.order_status`)."""
+        return await self._in_turn(self._core.order_status(oid, symbol))
+
+    async def open_orders(self, symbol: str | None = None) -> list[OrderStatus]:
+        """Return the broker's open orders (see :meth:`BrokerClient.open_orders`)."""
+        return await self._in_turn(self._core.open_orders(symbol))
+
+    async def submit(self, msg: New | Cancel | Replace) -> None:
+        """Send a command without waiting (see :meth:`BrokerClient.submit`)."""
+        await self._logged_on()
+        await self._drive(self._core.submit(msg))
+
+    async def poll(self, timeout: float = 0.0) -> list[ServerMessage]:
+        """Receive what has arrived (see :meth:`BrokerClient.poll`)."""
+        await self._logged_on()
+        return await self._drive(self._core.poll(timeout))
 
     async def next_report(self, timeout: float | None = None) -> Report | None:
-        """Return the next execution report of the stream (waiting up to ``timeout`` seconds), or ``None``."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.reports:
-            assert self.sock is not None
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if left == 0.0:
-                return None
-            wait = self.heartbeat_ms if left is None else min(self.heartbeat_ms, int(left * 1000) + 1)
-            if await self.sock.poll(wait):
-                self._take_all(await self.sock.recv_multipart(), None)
-            if time.monotonic() - self._last_tx >= self.heartbeat_ms / 1000.0:
-                await self._send(Heartbeat())
-        return self.reports.popleft()
+        """Return the next execution report of the stream (waiting up to ``timeout`` seconds), or ``None``.
+
+        Heartbeats are sent while it waits; ``timeout=None`` waits without limit.
+        """
+        await self._logged_on()
+        return await self._drive(self._core.next_report(timeout))
 
 
-__all__ = ["AsyncBrokerClient", "BrokerClient", "ExchangeUnavailable", "LogonRefused", "OrderResult"]
+__all__ = [
+    "Action",
+    "AsyncBrokerClient",
+    "BrokerClient",
+    "ClientCore",
+    "Connect",
+    "Done",
+    "ExchangeUnavailable",
+    "LogonRefused",
+    "Operation",
+    "OrderResult",
+    "Receive",
+    "Send",
+]
