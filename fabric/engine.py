@@ -2,13 +2,16 @@
 
 The engine is where names become numbers and back: a broker's client order id
 becomes a dense engine order id, a decimal price becomes ticks, and the books'
-integer event rows become events with symbols, brokers, client order ids and
-decimal prices.  It checks what needs the engine's memory (client order ids
-already used, orders that exist) and the instrument's tick; the books check the
-rest (lot, time in force, band), so both the compiled and the reference book
-enforce the same rules.
+integer event rows become the exchange's outcome messages: ``accepted``,
+``rejected``, ``trade`` and the two ``fill``s of each trade, ``cancelled``,
+``replaced``, ``expired`` (the PUB messages of :mod:`fabric.protocol`, unstamped:
+the matcher gives them their sequence numbers and publishes them as they are).
+It checks what needs the engine's memory (client order ids already used,
+orders that exist) and the instrument's tick; the books check the rest (lot,
+time in force, band), so both the compiled and the reference book enforce the
+same rules.
 
-The same commands in the same order always give the same events.
+The same commands in the same order always give the same outcomes.
 """
 
 from __future__ import annotations
@@ -16,9 +19,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from fabric.book import OrderBook
+from fabric.commands import (
+    SIDE_CODES,
+    TIF_CODES,
+    TYPE_CODES,
+    AddInstrument,
+    CancelOrder,
+    Command,
+    EndOfDay,
+    NewOrder,
+    ReplaceOrder,
+)
 from fabric.constants import (
     BUY,
     CANCEL_REASON_NAMES,
@@ -47,7 +61,6 @@ from fabric.constants import (
     NO_QTY,
     REJ_BAD_TIF,
     REJ_DUPLICATE_OID,
-    REJ_INSTRUMENT_EXISTS,
     REJ_LADDER_SPAN,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
@@ -62,9 +75,23 @@ from fabric.constants import (
     TIF_NAMES,
     TYPE_NAMES,
 )
-from fabric.instruments import Instrument
+from fabric.instruments import Instrument, InstrumentError
+from fabric.protocol import (
+    ExAccepted,
+    ExCancelled,
+    ExExpired,
+    ExFill,
+    ExRejected,
+    ExReplaced,
+    OrderStatus,
+    Trade,
+)
 
-Event = dict[str, Any]
+Outcome: TypeAlias = ExAccepted | ExRejected | Trade | ExFill | ExCancelled | ExReplaced | ExExpired
+
+
+class InstrumentExists(InstrumentError):
+    """The symbol already has a book."""
 
 
 class Book(Protocol):
@@ -94,6 +121,27 @@ def compiled_book(inst: Instrument) -> Book:
     return OrderBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
 
 
+def instrument_of(cmd: AddInstrument) -> Instrument:
+    """Return the instrument an ``instrument`` command defines.
+
+    Raises
+    ------
+    fabric.instruments.InstrumentError
+        The definition cannot be traded (its text says why).
+    """
+    band = None if cmd.band_pct is None else Decimal(cmd.band_pct)
+    return Instrument(cmd.symbol, tick=Decimal(cmd.tick), lot=cmd.lot,
+                      ref_price=None if cmd.ref_price is None else Decimal(cmd.ref_price),
+                      band_pct=None if band == 0 else band)  # a band of 0 % is no band, as on the BSE
+
+
+def instrument_command(inst: Instrument) -> AddInstrument:
+    """Return the ``instrument`` command that defines ``inst`` (how a journal starts)."""
+    return AddInstrument(symbol=inst.symbol, tick=str(inst.tick), lot=inst.lot,
+                         ref_price=None if inst.ref_price is None else str(inst.ref_price),
+                         band_pct=None if inst.band_pct is None else str(inst.band_pct))
+
+
 @dataclass(slots=True)
 class _Order:
     # What the engine remembers of an order it accepted, kept current from the
@@ -113,7 +161,7 @@ class _Order:
 
 
 class MatchingEngine:
-    """Route commands to per-symbol books and turn their output into events.
+    """Route commands to per-symbol books and turn their output into outcome messages.
 
     Parameters
     ----------
@@ -139,15 +187,19 @@ class MatchingEngine:
 
     # ------------------------------------------------------------ instruments
 
-    def add_instrument(self, inst: Instrument) -> Event | None:
-        """Make ``inst`` tradable; return a reject event if the symbol already has a book."""
+    def add_instrument(self, inst: Instrument) -> None:
+        """Make ``inst`` tradable.
+
+        Raises
+        ------
+        InstrumentExists
+            The symbol already has a book.
+        """
         if inst.symbol in self.books:
-            return self._reject("instrument", None, None, inst.symbol, REJ_INSTRUMENT_EXISTS,
-                                f"instrument {inst.symbol} is already defined or trading")
+            raise InstrumentExists(f"instrument {inst.symbol} is already defined or trading")
         self.instruments[inst.symbol] = inst
         self.books[inst.symbol] = self._book_factory(inst)
         self._trade_no[inst.symbol] = 0
-        return None
 
     def _book(self, symbol: str) -> tuple[Instrument, Book]:
         book = self.books.get(symbol)
@@ -156,7 +208,31 @@ class MatchingEngine:
             book = self.books[symbol]
         return self.instruments[symbol], book
 
+    def trade_id(self, symbol: str) -> int:
+        """Return the number of the symbol's last trade (0: none yet)."""
+        return self._trade_no.get(symbol, 0)
+
     # --------------------------------------------------------------- commands
+
+    def apply(self, cmd: Command) -> list[Outcome]:
+        """Apply one command; return its outcomes, stamped with the command's ``ts`` and nothing else.
+
+        Raises
+        ------
+        fabric.instruments.InstrumentError
+            An ``instrument`` command that cannot be traded, or whose symbol has a book already.
+        """
+        if isinstance(cmd, NewOrder):
+            return self.new_order(cmd.symbol, cmd.broker, cmd.oid, SIDE_CODES[cmd.side], TYPE_CODES[cmd.type],
+                                  TIF_CODES[cmd.tif], cmd.price, cmd.qty, cmd.ts)
+        if isinstance(cmd, CancelOrder):
+            return self.cancel(cmd.symbol, cmd.broker, cmd.oid, cmd.ts)
+        if isinstance(cmd, ReplaceOrder):
+            return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts)
+        if isinstance(cmd, EndOfDay):
+            return list(self.end_of_day(cmd.ts))
+        self.add_instrument(instrument_of(cmd))
+        return []
 
     def new_order(
         self,
@@ -166,90 +242,99 @@ class MatchingEngine:
         side: int,
         otype: int,
         tif: int,
-        price: Decimal | None,
+        price: Decimal | str | None,
         qty: int,
-    ) -> list[Event]:
-        """Enter a new order and return its events (accepted or rejected, trades, cancel of an unfilled rest)."""
+        ts: int = 0,
+    ) -> list[Outcome]:
+        """Enter a new order and return its outcomes (accepted or rejected, trades and fills, cancel of a rest)."""
         inst, book = self._book(symbol)
         if (broker, clid) in self._by_clid:
             return [self._reject("new", clid, broker, symbol, REJ_DUPLICATE_OID,
-                                 f"client order id {clid} already used by broker {broker}")]
+                                 f"client order id {clid} already used by broker {broker}", ts)]
         if qty > MAX_QTY:
             return [self._reject("new", clid, broker, symbol, REJ_QTY_TOO_LARGE,
-                                 f"qty {qty} exceeds the maximum {MAX_QTY}")]
+                                 f"qty {qty} exceeds the maximum {MAX_QTY}", ts)]
         ticks = 0
         if otype != MARKET:
             assert price is not None
-            t = inst.to_ticks(price)
+            t = self._ticks(inst, price)
             if t is None:
                 return [self._reject("new", clid, broker, symbol, REJ_PRICE_OFF_TICK,
-                                     f"price {price} is not a multiple of the tick size {inst.tick}")]
+                                     f"price {price} is not a multiple of the tick size {inst.tick}", ts)]
             if t > MAX_PRICE_TICKS:
-                return [self._reject("new", clid, broker, symbol, REJ_PRICE_TOO_LARGE, f"price {price} is too large")]
+                return [self._reject("new", clid, broker, symbol, REJ_PRICE_TOO_LARGE,
+                                     f"price {price} is too large", ts)]
             ticks = t
         oid = len(self._orders)
         order = _Order(symbol, broker, clid, side, otype, tif)
         self._orders.append(order)
         bno = self._broker_no.setdefault(broker, len(self._broker_no))
         rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty))
-        events = self._events(inst, rows, price=price, qty=qty, tif=tif)
-        if events and events[0]["event"] == "rejected":
+        out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif)
+        if out and type(out[0]) is ExRejected:
             self._orders.pop()  # a rejected order does not use its client order id
         else:
             self._by_clid[(broker, clid)] = oid
             self._terms.append((ticks, qty))
-        return events
+        return out
 
-    def _lookup(self, op: str, symbol: str, broker: str, clid: str) -> tuple[int, Event | None]:
+    @staticmethod
+    def _ticks(inst: Instrument, price: Decimal | str) -> int | None:
+        return inst.ticks_of(price) if isinstance(price, str) else inst.to_ticks(price)
+
+    def _lookup(self, op: str, symbol: str, broker: str, clid: str, ts: int) -> tuple[int, ExRejected | None]:
         oid = self._by_clid.get((broker, clid), -1)
         if oid < 0 or self._orders[oid].symbol != symbol:
             return -1, self._reject(op, clid, broker, symbol, REJ_UNKNOWN_ORDER,
-                                    f"broker {broker} has no order {clid} in {symbol}")
+                                    f"broker {broker} has no order {clid} in {symbol}", ts)
         return oid, None
 
-    def cancel(self, symbol: str, broker: str, clid: str) -> list[Event]:
-        """Cancel an open order of ``broker``; return the events."""
-        oid, rej = self._lookup("cancel", symbol, broker, clid)
+    def cancel(self, symbol: str, broker: str, clid: str, ts: int = 0) -> list[Outcome]:
+        """Cancel an open order of ``broker``; return the outcomes."""
+        oid, rej = self._lookup("cancel", symbol, broker, clid, ts)
         if rej is not None:
             return [rej]
         inst, book = self._book(symbol)
-        return self._events(inst, _rows(book, book.cancel(oid)))
+        return self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
 
-    def replace(self, symbol: str, broker: str, clid: str, price: Decimal | None, qty: int | None) -> list[Event]:
+    def replace(self, symbol: str, broker: str, clid: str, price: Decimal | str | None, qty: int | None,
+                ts: int = 0) -> list[Outcome]:
         """Cancel/replace an open order: ``qty`` is the new total quantity; ``None`` keeps a field."""
-        oid, rej = self._lookup("replace", symbol, broker, clid)
+        oid, rej = self._lookup("replace", symbol, broker, clid, ts)
         if rej is not None:
             return [rej]
         inst, book = self._book(symbol)
         ticks = NO_PRICE
         if price is not None:
-            t = inst.to_ticks(price)
+            t = self._ticks(inst, price)
             if t is None:
                 return [self._reject("replace", clid, broker, symbol, REJ_PRICE_OFF_TICK,
-                                     f"price {price} is not a multiple of the tick size {inst.tick}")]
+                                     f"price {price} is not a multiple of the tick size {inst.tick}", ts)]
             if t > MAX_PRICE_TICKS:
                 return [self._reject("replace", clid, broker, symbol, REJ_PRICE_TOO_LARGE,
-                                     f"price {price} is too large")]
+                                     f"price {price} is too large", ts)]
             ticks = t
         if qty is not None and qty > MAX_QTY:
             return [self._reject("replace", clid, broker, symbol, REJ_QTY_TOO_LARGE,
-                                 f"qty {qty} exceeds the maximum {MAX_QTY}")]
+                                 f"qty {qty} exceeds the maximum {MAX_QTY}", ts)]
         rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty))
-        return self._events(inst, rows, price=price, qty=qty)
+        return self._outcomes(inst, rows, ts, price=price, qty=qty)
 
-    def end_of_day(self) -> list[Event]:
+    def end_of_day(self, ts: int = 0) -> list[ExExpired]:
         """Expire every resting DAY order of every book, in the order they were accepted."""
-        expired: list[tuple[int, Event]] = []
+        expired: list[tuple[int, ExExpired]] = []
         for symbol, book in self.books.items():
             inst = self.instruments[symbol]
-            for ev in self._events(inst, _rows(book, book.end_of_day())):
-                expired.append((ev.pop("_oid"), ev))
+            rows = _rows(book, book.end_of_day())
+            for row, ev in zip(rows, self._outcomes(inst, rows, ts), strict=True):
+                assert type(ev) is ExExpired
+                expired.append((row[E_OID], ev))
         expired.sort(key=lambda pair: pair[0])
         return [ev for _, ev in expired]
 
     # ---------------------------------------------------------------- reading
 
-    def book_levels(self, symbol: str, n: int | None = None) -> Event:
+    def book_levels(self, symbol: str, n: int | None = None) -> dict[str, Any]:
         """Return the book of ``symbol`` as ``{"event":"book", "bids": [[price, qty, orders], ...], "asks": ...}``."""
         inst, book = self._book(symbol)
         return {
@@ -259,63 +344,60 @@ class MatchingEngine:
             "asks": [[inst.to_price(p), q, c] for p, q, c in book.depth(1, n)],
         }
 
-    def order_status(self, symbol: str, broker: str, clid: str) -> Event | None:
+    def order_status(self, symbol: str, broker: str, clid: str, op: str = "status") -> OrderStatus | None:
         """Return the current state of a broker's order, or ``None`` if the broker has no such order on ``symbol``.
 
         ``state`` is one of ``new`` (open, nothing filled), ``partially_filled``, ``filled``,
         ``cancelled`` and ``expired``; ``reason`` is the cancel reason of a ``cancelled`` order
         (``requested``, ``unfilled_ioc_remainder``, ``fok_not_fillable``) and ``None`` otherwise.
+        ``op`` is the request the status answers (``docs/protocol.md``, section 5).
         """
         oid = self._by_clid.get((broker, clid), -1)
         if oid < 0 or self._orders[oid].symbol != symbol:
             return None
-        o = self._orders[oid]
-        inst = self.instruments[symbol]
-        ev: Event = {"event": "status", "symbol": symbol, "oid": clid, "broker": broker,
-                     "side": SIDE_NAMES[o.side], "type": TYPE_NAMES[o.otype], "tif": TIF_NAMES[o.tif]}
-        if o.otype != MARKET:
-            ev["price"] = inst.to_price(o.price)
-        ev.update(qty=o.qty, leaves_qty=o.leaves, cum_qty=o.cum, state=o.state, reason=o.reason)
-        return ev
+        return self._status(self._orders[oid], op)
 
-    def open_orders(self, broker: str, symbol: str | None = None) -> list[Event]:
+    def _status(self, o: _Order, op: str) -> OrderStatus:
+        return OrderStatus(op=op, oid=o.clid, symbol=o.symbol, state=o.state,  # type: ignore[arg-type]
+                           side=SIDE_NAMES[o.side], type=TYPE_NAMES[o.otype],  # type: ignore[arg-type]
+                           price=None if o.otype == MARKET else self.instruments[o.symbol].to_price(o.price),
+                           qty=o.qty, cum_qty=o.cum, leaves_qty=o.leaves, tif=TIF_NAMES[o.tif],  # type: ignore[arg-type]
+                           reason=o.reason)
+
+    def open_orders(self, broker: str, symbol: str | None = None) -> list[OrderStatus]:
         """Return the status of every open order of ``broker`` (of one symbol, or all), oldest first."""
-        out = []
-        for o in self._orders:
-            if o.broker == broker and o.state in ("new", "partially_filled") and (symbol is None or o.symbol == symbol):
-                st = self.order_status(o.symbol, broker, o.clid)
-                if st is not None and st["state"] in ("new", "partially_filled"):
-                    out.append(st)
-        return out
+        return [self._status(o, "orders") for o in self._orders
+                if o.broker == broker and o.state in ("new", "partially_filled")
+                and (symbol is None or o.symbol == symbol)]
 
-    def is_retry(self, symbol: str, broker: str, clid: str, side: int, otype: int, tif: int,
-                 price: Decimal | None, qty: int) -> bool:
-        """Tell whether a `new` order is a resend of the broker's accepted order with this id (same terms).
+    def is_retry(self, cmd: NewOrder) -> bool:
+        """Tell whether a ``new`` is a resend of the broker's accepted order with this id (same terms).
 
         The engine's own state can differ from the terms sent (a replace changes price and quantity), so
         the comparison is with the terms of the original acceptance, which the engine keeps.
         """
-        oid = self._by_clid.get((broker, clid), -1)
+        oid = self._by_clid.get((cmd.broker, cmd.oid), -1)
         if oid < 0:
             return False
         o = self._orders[oid]
-        terms = self._terms[oid]
-        inst = self.instruments.get(symbol)
-        ticks = inst.to_ticks(price) if inst is not None and price is not None else 0
-        return (o.symbol, o.side, o.otype, o.tif) == (symbol, side, otype, tif) and terms == (ticks, qty)
+        inst = self.instruments.get(cmd.symbol)
+        ticks = inst.ticks_of(cmd.price) if inst is not None and cmd.price is not None else 0
+        return (o.symbol, o.side, o.otype, o.tif) == (cmd.symbol, SIDE_CODES[cmd.side], TYPE_CODES[cmd.type],
+                                                       TIF_CODES[cmd.tif]) and self._terms[oid] == (ticks, cmd.qty)
 
     def order_ref(self, oid: int) -> tuple[str, str, str]:
         """Return (symbol, broker, client order id) of an engine order id."""
         o = self._orders[oid]
         return o.symbol, o.broker, o.clid
 
-    # --------------------------------------------------------------- decoding
+    # --------------------------------------------------------------- outcomes
 
-    def _reject(self, op: str, clid: str | None, broker: str | None, symbol: str | None, code: int, text: str) -> Event:
-        return {"event": "rejected", "op": op, "oid": clid, "broker": broker, "symbol": symbol,
-                "reason": REJECT_NAMES[code], "text": text}
+    @staticmethod
+    def _reject(op: str, clid: str, broker: str, symbol: str, code: int, text: str, ts: int) -> ExRejected:
+        return ExRejected(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=broker, op=op, oid=clid, symbol=symbol,
+                          reason=REJECT_NAMES[code], text=text)
 
-    def _reject_text(self, inst: Instrument, code: int, clid: str, tif: int | None, price: Decimal | None,
+    def _reject_text(self, inst: Instrument, code: int, clid: str, tif: int | None, price: Decimal | str | None,
                      qty: int | None) -> str:
         if code == REJ_QTY_NOT_LOT_MULTIPLE:
             return f"qty {qty} is not a positive multiple of the lot size {inst.lot}"
@@ -331,72 +413,78 @@ class MatchingEngine:
             return f"price {price} is more than {self._max_ladder_rows} ticks away from this book's other prices"
         return REJECT_NAMES.get(code, str(code))
 
-    def _events(self, inst: Instrument, rows: list[list[int]], price: Decimal | None = None, qty: int | None = None,
-                tif: int | None = None) -> list[Event]:
+    def _outcomes(self, inst: Instrument, rows: list[list[int]], ts: int, price: Decimal | str | None = None,
+                  qty: int | None = None, tif: int | None = None) -> list[Outcome]:
+        # The book's rows as outcome messages, in the book's order; a trade gives the trade and its two
+        # fills, the aggressor's first. The engine's memory of each order follows the rows.
         symbol = inst.symbol
         to_price = inst.to_price
         orders = self._orders
-        events: list[Event] = []
+        track = self.touched.append if self.track_levels else None
+        out: list[Outcome] = []
         for r in rows:
             typ = r[E_TYPE]
             o = orders[r[E_OID]]
             if typ == EV_TRADE:
-                self._trade_no[symbol] += 1
+                trade_id = self._trade_no[symbol] = self._trade_no[symbol] + 1
                 rest = orders[r[E_OTHER]]
                 o.leaves, o.cum = r[E_LEAVES], r[E_CUM]
                 o.state = "filled" if o.leaves == 0 else "partially_filled"
                 rest.leaves, rest.cum = r[E_OTHER_LEAVES], r[E_OTHER_CUM]
                 rest.state = "filled" if rest.leaves == 0 else "partially_filled"
-                if self.track_levels:
-                    self.touched.append((symbol, rest.side, r[E_PRICE]))
+                if track is not None:
+                    track((symbol, rest.side, r[E_PRICE]))
+                px = to_price(r[E_PRICE])
+                q = r[E_QTY]
                 buy, sell = (o, rest) if r[E_SIDE] == BUY else (rest, o)
-                events.append({
-                    "event": "trade", "symbol": symbol, "trade_id": self._trade_no[symbol],
-                    "price": to_price(r[E_PRICE]), "qty": r[E_QTY],
-                    "buy_oid": buy.clid, "sell_oid": sell.clid,
-                    "buy_broker": buy.broker, "sell_broker": sell.broker,
-                    "aggressor": SIDE_NAMES[r[E_SIDE]],
-                    "aggressor_leaves_qty": r[E_LEAVES], "aggressor_cum_qty": r[E_CUM],
-                    "resting_leaves_qty": r[E_OTHER_LEAVES], "resting_cum_qty": r[E_OTHER_CUM],
-                })
+                out.append(Trade(shard=0, seq=0, tseq=0, epoch=0, ts=ts, symbol=symbol, trade_id=trade_id, price=px,
+                                 qty=q, aggressor=SIDE_NAMES[r[E_SIDE]],  # type: ignore[arg-type]
+                                 buy_broker=buy.broker, buy_oid=buy.clid, sell_broker=sell.broker,
+                                 sell_oid=sell.clid))
+                out.append(ExFill(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid, symbol=symbol,
+                                  side=SIDE_NAMES[o.side], price=px, last_qty=q,  # type: ignore[arg-type]
+                                  cum_qty=o.cum, leaves_qty=o.leaves, trade_id=trade_id, aggressor=True))
+                out.append(ExFill(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=rest.broker, oid=rest.clid,
+                                  symbol=symbol, side=SIDE_NAMES[rest.side], price=px,  # type: ignore[arg-type]
+                                  last_qty=q, cum_qty=rest.cum, leaves_qty=rest.leaves, trade_id=trade_id,
+                                  aggressor=False))
             elif typ == EV_ACCEPTED:
                 o.price, o.qty, o.leaves = r[E_PRICE], r[E_QTY], r[E_QTY]
-                if self.track_levels and o.otype != MARKET:
-                    self.touched.append((symbol, o.side, o.price))
-                ev: Event = {"event": "accepted", "symbol": symbol, "oid": o.clid, "broker": o.broker,
-                      "side": SIDE_NAMES[o.side], "type": TYPE_NAMES[o.otype]}
-                if o.otype != MARKET:
-                    ev["price"] = to_price(r[E_PRICE])
-                ev["qty"] = r[E_QTY]
-                ev["tif"] = TIF_NAMES[o.tif]
-                events.append(ev)
+                market = o.otype == MARKET
+                if track is not None and not market:
+                    track((symbol, o.side, o.price))
+                out.append(ExAccepted(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
+                                      symbol=symbol, side=SIDE_NAMES[o.side],  # type: ignore[arg-type]
+                                      type=TYPE_NAMES[o.otype],  # type: ignore[arg-type]
+                                      price=None if market else to_price(r[E_PRICE]), qty=r[E_QTY],
+                                      tif=TIF_NAMES[o.tif]))  # type: ignore[arg-type]
             elif typ == EV_CANCELLED:
                 o.leaves, o.state, o.reason = 0, "cancelled", CANCEL_REASON_NAMES[r[E_REASON]]
-                if self.track_levels:
-                    self.touched.append((symbol, o.side, o.price))
-                events.append({"event": "cancelled", "symbol": symbol, "oid": o.clid, "broker": o.broker,
-                               "qty": r[E_QTY], "cum_qty": r[E_CUM], "reason": o.reason})
+                if track is not None:
+                    track((symbol, o.side, o.price))
+                out.append(ExCancelled(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
+                                       symbol=symbol, qty=r[E_QTY], cum_qty=r[E_CUM], reason=o.reason))
             elif typ == EV_REPLACED:
-                if self.track_levels:
-                    self.touched.append((symbol, o.side, o.price))
-                    self.touched.append((symbol, o.side, r[E_PRICE]))
+                if track is not None:
+                    track((symbol, o.side, o.price))
+                    track((symbol, o.side, r[E_PRICE]))
                 o.price, o.qty, o.leaves, o.cum = r[E_PRICE], r[E_QTY], r[E_LEAVES], r[E_CUM]
                 if o.leaves == 0:
                     o.state = "filled"  # cut down to what had filled: done
-                events.append({"event": "replaced", "symbol": symbol, "oid": o.clid, "broker": o.broker,
-                               "price": to_price(r[E_PRICE]), "qty": r[E_QTY], "leaves_qty": r[E_LEAVES],
-                               "cum_qty": r[E_CUM], "kept_priority": bool(r[E_OTHER])})
+                out.append(ExReplaced(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
+                                      symbol=symbol, price=to_price(r[E_PRICE]), qty=r[E_QTY],
+                                      leaves_qty=r[E_LEAVES], cum_qty=r[E_CUM], kept_priority=bool(r[E_OTHER])))
             elif typ == EV_EXPIRED:
                 o.leaves, o.state = 0, "expired"
-                if self.track_levels:
-                    self.touched.append((symbol, o.side, o.price))
-                events.append({"event": "expired", "symbol": symbol, "oid": o.clid, "broker": o.broker,
-                               "qty": r[E_QTY], "cum_qty": r[E_CUM], "_oid": r[E_OID]})
+                if track is not None:
+                    track((symbol, o.side, o.price))
+                out.append(ExExpired(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
+                                     symbol=symbol, qty=r[E_QTY], cum_qty=r[E_CUM]))
             elif typ == EV_REJECTED:
                 code = r[E_REASON]
                 op = {1: "new", 2: "cancel", 3: "replace"}.get(r[E_OTHER], "new")
-                events.append(self._reject(op, o.clid, o.broker, symbol, code,
-                                           self._reject_text(inst, code, o.clid, tif, price, qty)))
+                out.append(self._reject(op, o.clid, o.broker, symbol, code,
+                                        self._reject_text(inst, code, o.clid, tif, price, qty), ts))
             else:  # pragma: no cover - a kernel bug
                 raise RuntimeError(f"unknown event row {r}")
-        return events
+        return out

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from fabric.constants import MAX_PRICE_TICKS
 
 DEFAULT_TICK = Decimal("0.01")
+_CACHED = 100_000  # price texts remembered per instrument and direction; past it the memory starts afresh
 
 
 class InstrumentError(ValueError):
@@ -49,6 +50,9 @@ class Instrument:
     _places: int = field(init=False, default=2, repr=False)
     _scale: int = field(init=False, default=100, repr=False)
     _tick_units: int = field(init=False, default=1, repr=False)
+    # Prices as text <-> ticks, remembered: an order book sees the same few hundred prices all day.
+    _ticks_of: dict[str, int | None] = field(init=False, default_factory=dict, repr=False, compare=False)
+    _text_of: dict[int, str] = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.symbol or not isinstance(self.symbol, str):
@@ -97,9 +101,30 @@ class Instrument:
 
     def to_price(self, ticks: int) -> str:
         """Return a price in ticks as a decimal string with the tick's decimals."""
-        units = ticks * self._tick_units
-        scale = self._scale
-        return f"{units // scale}.{units % scale:0{self._places}d}"
+        text = self._text_of.get(ticks)
+        if text is None:
+            units = ticks * self._tick_units
+            scale = self._scale
+            text = f"{units // scale}.{units % scale:0{self._places}d}"
+            if len(self._text_of) >= _CACHED:
+                self._text_of.clear()
+            self._text_of[ticks] = text
+        return text
+
+    def ticks_of(self, price: str) -> int | None:
+        """Return a decimal price text in whole ticks, or ``None`` when it is not a multiple of the tick.
+
+        The text must be a finite decimal number (the protocol's and the journal's prices are).
+        """
+        try:
+            return self._ticks_of[price]
+        except KeyError:
+            pass
+        ticks = self.to_ticks(Decimal(price))
+        if len(self._ticks_of) >= _CACHED:
+            self._ticks_of.clear()
+        self._ticks_of[price] = ticks
+        return ticks
 
     def band_text(self) -> str:
         """Return the band as ``"lo-hi"`` in prices, or ``"none"``."""

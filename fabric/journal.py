@@ -15,7 +15,7 @@ The file header's CRC32 covers the bytes before it.  A record's CRC32 covers
 its sequence number and payload, which lie next to each other, so one
 ``zlib.crc32`` call checks both.  Sequence numbers start at 1 and go up by one
 with every record.  The journal does not look inside payloads; the matcher's
-are msgpack-encoded replay commands (:func:`encode_command`).
+are the typed commands of :mod:`fabric.commands`, msgpack-encoded.
 
 Recovery (:meth:`Journal.open`) checks every record.  A damaged last record,
 the mark a crash leaves in the middle of a write, is cut off and reported in
@@ -34,11 +34,8 @@ import zlib
 from collections.abc import Generator, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
-
-import msgpack
+from typing import BinaryIO, Literal
 
 log = logging.getLogger(__name__)
 
@@ -698,60 +695,3 @@ def read_range(path: str | os.PathLike[str], first: int, last: int) -> list[tupl
         held = out[-1][0] if out else first - 1
         raise JournalRangeError(f"{os.fspath(path)}: journal holds seq up to {held}; asked for {first}..{last}")
     return out
-
-
-# ---------------------------------------------------------------------------
-# Payloads: replay commands in msgpack
-# ---------------------------------------------------------------------------
-
-# msgpack extension types, for the values a JSON command can hold that msgpack cannot:
-_EXT_BIGINT = 1  # an integer outside 64 bits, as ASCII decimal digits
-_EXT_DECIMAL = 2  # a Decimal (a JSON number with a fraction, as the replay decoder reads it), as its string
-
-
-def _default(obj: Any) -> Any:
-    # msgpack calls this for what it cannot pack itself, integers outside 64 bits included.
-    if isinstance(obj, Decimal):
-        return msgpack.ExtType(_EXT_DECIMAL, str(obj).encode("ascii"))
-    if isinstance(obj, int):
-        return msgpack.ExtType(_EXT_BIGINT, str(obj).encode("ascii"))
-    raise TypeError(f"a command cannot hold a {type(obj).__name__}: {obj!r}")
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    if code == _EXT_DECIMAL:
-        return Decimal(data.decode("ascii"))
-    if code == _EXT_BIGINT:
-        return int(data)
-    return msgpack.ExtType(code, data)
-
-
-def encode_command(cmd: dict[str, Any]) -> bytes:
-    """Return a replay-format command (see ``docs/replay.md``) as a msgpack payload.
-
-    Decimals and integers beyond 64 bits, which the replay decoder can produce,
-    survive the round trip through :func:`decode_command` unchanged.
-
-    Raises
-    ------
-    TypeError
-        The command holds a value no JSON command can (a set, an object).
-    """
-    return msgpack.packb(cmd, default=_default, use_bin_type=True)
-
-
-def decode_command(b: bytes) -> dict[str, Any]:
-    """Return the command a payload of :func:`encode_command` holds (strings as ``str``).
-
-    Raises
-    ------
-    ValueError
-        The payload is not msgpack, or holds something other than a map.
-    """
-    try:
-        cmd = msgpack.unpackb(b, raw=False, ext_hook=_ext_hook)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"payload is not a msgpack command: {e}") from None
-    if not isinstance(cmd, dict):
-        raise ValueError(f"payload holds a {type(cmd).__name__}, not a command map")
-    return cmd

@@ -100,7 +100,6 @@ __all__ = [
     "ExFill",
     "ExRejected",
     "ExReplaced",
-    "ExecAnswer",
     "ExecReport",
     "Expired",
     "Fill",
@@ -132,7 +131,6 @@ __all__ = [
     "SnapshotRequest",
     "Status",
     "Trade",
-    "answer_for",
     "book_topic",
     "decode_client",
     "decode_client_plain",
@@ -486,7 +484,9 @@ class Error(_ServerMsg, tag="error", frozen=True, kw_only=True):
 # ==========================================================================
 
 
-class _PubMsg(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="t"):
+class _PubMsg(msgspec.Struct, kw_only=True, gc=False, tag_field="t"):
+    # Not frozen: the engine makes its outcomes as these messages and the matcher stamps them with their
+    # sequence numbers, so an outcome has one shape from the book to the wire.
     v: Literal[1] = 1
     shard: int
     seq: int
@@ -495,7 +495,7 @@ class _PubMsg(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag_field="t"
     ts: int
 
 
-class ExAccepted(_PubMsg, tag="accepted", frozen=True, kw_only=True):
+class ExAccepted(_PubMsg, tag="accepted", kw_only=True):
     """Execution report: ``broker``'s order ``oid`` is in the market."""
 
     broker: str
@@ -508,7 +508,7 @@ class ExAccepted(_PubMsg, tag="accepted", frozen=True, kw_only=True):
     tif: Tif
 
 
-class ExRejected(_PubMsg, tag="rejected", frozen=True, kw_only=True):
+class ExRejected(_PubMsg, tag="rejected", kw_only=True):
     """Execution report: the engine refused a command (``op`` new, cancel or replace)."""
 
     broker: str
@@ -519,7 +519,7 @@ class ExRejected(_PubMsg, tag="rejected", frozen=True, kw_only=True):
     text: str
 
 
-class ExFill(_PubMsg, tag="fill", frozen=True, kw_only=True):
+class ExFill(_PubMsg, tag="fill", kw_only=True):
     """Execution report: one order's side of one trade (each trade gives two, aggressor first)."""
 
     broker: str
@@ -534,7 +534,7 @@ class ExFill(_PubMsg, tag="fill", frozen=True, kw_only=True):
     aggressor: bool
 
 
-class ExCancelled(_PubMsg, tag="cancelled", frozen=True, kw_only=True):
+class ExCancelled(_PubMsg, tag="cancelled", kw_only=True):
     """Execution report: the order left the market unfilled."""
 
     broker: str
@@ -545,7 +545,7 @@ class ExCancelled(_PubMsg, tag="cancelled", frozen=True, kw_only=True):
     reason: str
 
 
-class ExReplaced(_PubMsg, tag="replaced", frozen=True, kw_only=True):
+class ExReplaced(_PubMsg, tag="replaced", kw_only=True):
     """Execution report: the order was replaced."""
 
     broker: str
@@ -558,7 +558,7 @@ class ExReplaced(_PubMsg, tag="replaced", frozen=True, kw_only=True):
     kept_priority: bool
 
 
-class ExExpired(_PubMsg, tag="expired", frozen=True, kw_only=True):
+class ExExpired(_PubMsg, tag="expired", kw_only=True):
     """Execution report: a DAY order expired."""
 
     broker: str
@@ -568,7 +568,7 @@ class ExExpired(_PubMsg, tag="expired", frozen=True, kw_only=True):
     cum_qty: int
 
 
-class Trade(_PubMsg, tag="trade", frozen=True, kw_only=True):
+class Trade(_PubMsg, tag="trade", kw_only=True):
     """A trade at the resting order's price; ``trade_id`` counts the symbol's trades from 1, without gaps."""
 
     symbol: str
@@ -582,7 +582,7 @@ class Trade(_PubMsg, tag="trade", frozen=True, kw_only=True):
     sell_oid: str
 
 
-class BookLevel(_PubMsg, tag="book", frozen=True, kw_only=True):
+class BookLevel(_PubMsg, tag="book", kw_only=True):
     """A price level changed: ``qty`` is its new total (0: the level is gone), ``count`` its orders."""
 
     symbol: str
@@ -592,7 +592,7 @@ class BookLevel(_PubMsg, tag="book", frozen=True, kw_only=True):
     count: int
 
 
-class PubHeartbeat(_PubMsg, tag="heartbeat", frozen=True, kw_only=True):
+class PubHeartbeat(_PubMsg, tag="heartbeat", kw_only=True):
     """The shard is alive and its last message was ``seq`` (not a new number); ``tseq`` is 0.
 
     Sent once per heartbeat interval whatever the traffic, so a subscriber
@@ -650,7 +650,9 @@ class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
     once the command was done); ``orders`` the answer to an ``orders`` command;
     ``reports`` the bodies of the execution reports the command produced,
     exactly as published, so the gateway answers its broker without waiting
-    for the PUB stream.
+    for the PUB stream; ``x_tseq`` the ``tseq`` of the shard's execution
+    report topic when the matcher answered, the place of this answer in the
+    shard's order.
     """
 
     gateway: BrokerId
@@ -663,6 +665,7 @@ class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):
     status: OrderStatus | None = None
     orders: list[OrderStatus] | None = None
     reports: list[bytes] | None = None
+    x_tseq: Count = 0
     reason: str | None = None
     text: str | None = None
 
@@ -735,7 +738,6 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
 ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Orders | Heartbeat | Logout
 ServerMessage: TypeAlias = (LogonAck | LogonReject | Accepted | Rejected | Fill | Cancelled | Replaced | Expired
                             | OrderStatus | OpenOrders | Heartbeat | Logout | Error)
-ExecAnswer: TypeAlias = Accepted | Rejected | Fill | Cancelled | Replaced | Expired
 ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired
 PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | PubBundle
 InternalMessage: TypeAlias = (OrderCommand | CommandReply | OrderBatch | ReplyBatch | ReplayRequest | ReplayReply
@@ -828,27 +830,6 @@ def split_topic(topic: bytes) -> tuple[bytes, str]:
 def price_decimal(price: str) -> Decimal:
     """Return a wire price (already validated by a decoder) as a Decimal."""
     return Decimal(price)
-
-
-def answer_for(report: ExecReport) -> ExecAnswer:
-    """Return the broker's answer for an execution report (the report without broker and sequencing)."""
-    if isinstance(report, ExFill):
-        return Fill(oid=report.oid, symbol=report.symbol, side=report.side, price=report.price,
-                    last_qty=report.last_qty, cum_qty=report.cum_qty, leaves_qty=report.leaves_qty,
-                    trade_id=report.trade_id, aggressor=report.aggressor, ts=report.ts)
-    if isinstance(report, ExAccepted):
-        return Accepted(oid=report.oid, symbol=report.symbol, side=report.side, type=report.type,
-                        price=report.price, qty=report.qty, tif=report.tif, ts=report.ts)
-    if isinstance(report, ExCancelled):
-        return Cancelled(oid=report.oid, symbol=report.symbol, qty=report.qty, cum_qty=report.cum_qty,
-                         reason=report.reason, ts=report.ts)
-    if isinstance(report, ExReplaced):
-        return Replaced(oid=report.oid, symbol=report.symbol, price=report.price, qty=report.qty,
-                        leaves_qty=report.leaves_qty, cum_qty=report.cum_qty, kept_priority=report.kept_priority,
-                        ts=report.ts)
-    if isinstance(report, ExExpired):
-        return Expired(oid=report.oid, symbol=report.symbol, qty=report.qty, cum_qty=report.cum_qty, ts=report.ts)
-    return Rejected(op=report.op, oid=report.oid, symbol=report.symbol, reason=report.reason, text=report.text)
 
 
 # ==========================================================================

@@ -16,17 +16,20 @@ Each turn of the loop drains every socket, then keeps the sessions alive
 (heartbeats out when idle, sessions closed after three silent intervals).
 
 A command's outcome reaches the broker as its execution reports (``accepted``
-or ``rejected``, ``fill`` for each trade, ``cancelled``...), in the matcher's
-order; after the last of them the gateway sends an ``order_status`` with the
-command's ``op``: the order's state once the command is done, which tells a
-client that nothing more is coming for it now.  Execution reports are checked
-for gaps by their per-topic sequence number (``tseq``), and by the shard's
-heartbeats (which carry its last ``seq``: every command's last message is an
-execution report, so a heartbeat beyond the last report seen means reports
-were lost); a gap is filled from the matcher's replay service before anything
-after it is delivered.  Until a shard's first report arrives (a gateway just
-started, or a matcher restarted before the SUB reconnected), the reports of
-the commands it waits for are the ones it must not miss.
+or ``rejected``, ``fill`` for each trade, ``cancelled``...), forwarded as the
+matcher published them; after the last of them the gateway sends an
+``order_status`` with the command's ``op``: the order's state once the command
+is done, which tells a client that nothing more is coming for it now.
+
+A shard's reports arrive by two roads that race each other: with the reply to
+the gateway's own command (the short path, so an acknowledgement need not wait
+for the stream) and on the PUB stream (everyone's reports, for the fills of
+resting orders).  A :class:`~fabric.stream.ShardStream` per shard puts them in
+the shard's order (by ``tseq``) and delivers each once; a gap is filled from
+the matcher's replay service before anything after it is delivered, and a
+command's closing answer waits until the reports the matcher had published
+before it are delivered.  So a broker sees everything about an order in the
+order it happened.
 """
 
 from __future__ import annotations
@@ -46,17 +49,9 @@ import zmq
 
 from fabric.protocol import (
     ANSWER_OPS,
-    BookLevel,
     Cancel,
     CommandReply,
     Error,
-    ExAccepted,
-    ExCancelled,
-    ExecReport,
-    ExExpired,
-    ExFill,
-    ExRejected,
-    ExReplaced,
     Heartbeat,
     Logon,
     LogonAck,
@@ -76,18 +71,16 @@ from fabric.protocol import (
     ReplayRequest,
     ReplyBatch,
     Status,
-    Trade,
-    answer_for,
     decode_client,
     decode_internal,
     decode_pub,
     encode,
     exec_topic,
     heartbeat_topic,
-    iter_pub,
     op_of,
     refused_status,
 )
+from fabric.stream import ShardStream
 from topology.load import load
 from topology.model import Topology
 
@@ -95,9 +88,6 @@ log = logging.getLogger("exfab.gateway")
 
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message; up to this, a message gets a reason
 MAX_DRAIN = 4096  # messages taken from one socket per turn, so no socket starves the others
-_EXEC_REPORTS = (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired)
-MAX_REMEMBERED = 100_000  # recent report seqs remembered to deliver each report once over two paths
-REPLAY_TIMEOUT_S = 2.0  # a replay request unanswered this long is sent again (the matcher may have restarted)
 
 
 @dataclass(slots=True)
@@ -131,22 +121,33 @@ class _Query:
     orders: list[OrderStatus] = field(default_factory=list)
 
 
+class _Head(msgspec.Struct, gc=False):
+    # What the gateway reads of a matcher's PUB message to route it: the rest it forwards as it is.
+    t: str
+    seq: int = 0
+    tseq: int = 0
+    broker: str = ""
+    msgs: list[bytes] | None = None  # a bundle's messages
+
+
+_head = msgspec.msgpack.Decoder(_Head).decode
+_EXEC_KINDS = frozenset({"accepted", "rejected", "fill", "cancelled", "replaced", "expired"})
+Report = tuple[int, str, bytes]  # (tseq, broker, the report's body as published)
+PENDING_TIMEOUT_S = 5.0  # a command its matcher has not answered in this long is refused: shard_unavailable
+
+
 @dataclass(slots=True)
-class _ShardFeed:
-    # What the gateway knows of one shard's execution report stream.
-    next_tseq: int = 0  # 0: not yet seen anything (or lost track: a replay was unavailable)
-    seen_seq: int = 0  # seq of the last report delivered (or of the last message replayed)
-    held: list[ExecReport] = field(default_factory=list)  # reports after a gap, until it is filled
-    replaying: bool = False
-    replay: ReplayRequest | None = None  # the request outstanding
-    replay_sent: float = 0.0
-    # Reports delivered from a matcher's reply, whose PUB copies are still to come (and be skipped),
-    # and reports delivered from the stream, in case a reply still carries them: recent seqs only.
-    by_reply: set[int] = field(default_factory=set)
-    by_pub: collections.OrderedDict[int, None] = field(default_factory=collections.OrderedDict)
-    # While nothing came from the stream: the seq of the first report a reply delivered. The stream
-    # must not lose what follows it, but its first report (whatever its tseq) cannot say so.
-    first_known: int = 0
+class _Lane:
+    # One shard, as this gateway sees it: its execution reports put in the shard's order, and the answers to
+    # this gateway's commands fitted in between, so a broker sees everything about an order in the order it
+    # happened, whichever road each piece took.
+    stream: ShardStream[Report]
+    topic: bytes
+    inflight: collections.OrderedDict[int, float] = field(default_factory=collections.OrderedDict)  # req -> sent
+    gate: int = 0  # the tseq the last reply was answered at: reports after it may follow a pending answer
+    ready: collections.deque[Report] = field(default_factory=collections.deque)  # in order, not yet sent
+    waiting: collections.deque[tuple[int, str, list[Any]]] = field(default_factory=collections.deque)
+    sent: int = -1  # tseq of the last report sent; -1 until the first
 
 
 class Gateway:
@@ -164,7 +165,9 @@ class Gateway:
         self.queries: dict[int, _Query] = {}
         self.req = 0
         self.shard_no = {sym: no for no, shard in enumerate(topo.shards) for sym in shard.symbols}
-        self.feeds = [_ShardFeed() for _ in topo.shards]
+        self.lanes = [_Lane(ShardStream(no), exec_topic(no)) for no in range(len(topo.shards))]
+        for lane in self.lanes:
+            lane.stream.follow(lane.topic)
         self.outq: dict[bytes, list[bytes]] = {}  # answers to brokers queued this turn
         self.cmdq: list[list[OrderCommand]] = [[] for _ in topo.shards]  # commands for each shard this turn
         self.counts: collections.Counter[str] = collections.Counter()
@@ -242,9 +245,14 @@ class Gateway:
         self._route(session.broker, shard_no, msg, _Pending(session.broker, op_of(msg), msg.oid, msg.symbol, shard_no))
         self.counts["orders"] += 1
 
-    def _route(self, broker: str, shard_no: int, cmd: New | Cancel | Replace | Status, pending: _Pending) -> None:
+    def _route(self, broker: str, shard_no: int, cmd: New | Cancel | Replace | Status | Orders,
+               pending: _Pending | _Query) -> None:
         self.req += 1
-        self.pending[self.req] = pending
+        if isinstance(pending, _Query):
+            self.queries[self.req] = pending
+        else:
+            self.pending[self.req] = pending
+        self.lanes[shard_no].inflight[self.req] = time.monotonic()
         self.cmdq[shard_no].append(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=cmd))
 
     def _refuse(self, ident: bytes, session: Session | None, op: str, oid: str, symbol: str | None, reason: str,
@@ -273,9 +281,7 @@ class Gateway:
             shards = list(range(len(self.topo.shards)))
         query = _Query(broker, msg.symbol, len(shards))
         for no in shards:
-            self.req += 1
-            self.queries[self.req] = query
-            self.cmdq[no].append(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=msg))
+            self._route(broker, no, msg, query)
 
     def _logon(self, ident: bytes, msg: Logon, now: float) -> None:
         if ident in self.sessions:
@@ -332,121 +338,106 @@ class Gateway:
 
     def on_command_reply(self, msg: CommandReply) -> None:
         """Handle a matcher's answer to one command: its reports (if any), then the order's status."""
+        lane = self.lanes[msg.shard] if msg.shard < len(self.lanes) else None
+        if lane is None or lane.inflight.pop(msg.req, None) is None:
+            return  # not ours, or answered already (refused after PENDING_TIMEOUT_S)
+        lane.gate = max(lane.gate, msg.x_tseq)
         q = self.queries.pop(msg.req, None)
         if q is not None:
             q.orders.extend(msg.orders or [])
             q.waiting -= 1
             if q.waiting == 0:
                 self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
+            self._pump(lane)
             return
-        p = self.pending.pop(msg.req, None)
-        if p is None:
-            return
+        p = self.pending.pop(msg.req)
         if p.refusal is not None:
-            self._send_broker(p.broker, p.refusal)
             st = msg.status
             if st is None or st.state == "unknown":
                 st = refused_status(p.op, p.oid, p.symbol, p.refusal.reason)
-            self._send_broker(p.broker, msgspec.structs.replace(st, op=p.op))
+            answers: list[Any] = [p.refusal, msgspec.structs.replace(st, op=p.op)]
+        elif msg.reason is not None:
+            answers = [Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason=msg.reason, text=msg.text or msg.reason),
+                       refused_status(p.op, p.oid, p.symbol, msg.reason)]
+        else:
+            answers = [] if msg.status is None else [msg.status]
+            if msg.reports:
+                # The short path: the command's reports came with the reply. They take their place in the
+                # shard's order, which the PUB stream may not have reached yet.
+                now = time.monotonic()
+                for body in msg.reports:
+                    h = _head(body)
+                    lane.ready.extend(lane.stream.offer(lane.topic, h.tseq, h.seq, (h.tseq, h.broker, body),
+                                                        in_order=False, now=now))
+        lane.waiting.append((msg.x_tseq, p.broker, answers))
+        self._pump(lane)
+
+    def _pump(self, lane: _Lane) -> None:
+        # Send, in the shard's order, the reports and answers whose turn has come. An answer goes once the
+        # reports the matcher had published before it are sent (or at once, before the first report: the
+        # gateway has nothing to order it against); a report goes once no answer due before it is pending.
+        ready, waiting = lane.ready, lane.waiting
+        while True:
+            if waiting and ((lane.sent < 0 and not ready) or lane.sent >= waiting[0][0]):
+                _, broker, answers = waiting.popleft()
+                for a in answers:
+                    self._send_broker(broker, a)
+                continue
+            if ready:
+                tseq = ready[0][0]
+                limit = waiting[0][0] if waiting else lane.gate if lane.inflight else None
+                if limit is None or tseq <= limit:
+                    _, broker, body = ready.popleft()
+                    lane.sent = tseq
+                    ident = self.by_broker.get(broker)
+                    if ident is not None:  # forwarded as the matcher published it (docs/protocol.md, section 5)
+                        self.outq.setdefault(ident, []).append(body)
+                    continue
             return
-        if msg.reason is not None:
-            text = msg.text or msg.reason
-            self._send_broker(p.broker, Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason=msg.reason, text=text))
-            self._send_broker(p.broker, refused_status(p.op, p.oid, p.symbol, msg.reason))
-            return
-        if msg.status is None:
-            return
-        feed = self.feeds[p.shard]
-        if msg.reports is not None:
-            # The short path: the command's reports came with the reply; deliver them, then the status.
-            for body in msg.reports:
-                rep = decode_pub(body)
-                if not isinstance(rep, _EXEC_REPORTS):
-                    continue  # a reply carries execution reports only
-                if rep.seq in feed.by_pub:
-                    continue  # the stream was faster
-                feed.by_reply.add(rep.seq)
-                if not feed.next_tseq and not feed.first_known:
-                    feed.first_known = rep.seq
-                self._send_broker(rep.broker, answer_for(rep))
-            if len(feed.by_reply) > MAX_REMEMBERED:
-                feed.by_reply = {q for q in feed.by_reply if q > feed.seen_seq}
-        self._send_broker(p.broker, msg.status)
+
+    def expire(self) -> None:
+        """Refuse commands a matcher has not answered within ``PENDING_TIMEOUT_S`` (``shard_unavailable``)."""
+        deadline = time.monotonic() - PENDING_TIMEOUT_S
+        for no, lane in enumerate(self.lanes):
+            expired = False
+            while lane.inflight:
+                req, sent = next(iter(lane.inflight.items()))
+                if sent > deadline:
+                    break
+                del lane.inflight[req]
+                expired = True
+                q = self.queries.pop(req, None)
+                if q is not None:
+                    q.waiting -= 1
+                    if q.waiting == 0:
+                        self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
+                    continue
+                p = self.pending.pop(req)
+                text = f"shard {self.topo.shards[no].name} did not answer within {PENDING_TIMEOUT_S:g} s"
+                lane.waiting.append((lane.gate, p.broker, [
+                    Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason="shard_unavailable", text=text),
+                    refused_status(p.op, p.oid, p.symbol, "shard_unavailable")]))
+            if expired:
+                log.warning("shard %d: commands unanswered for %g s refused (shard_unavailable)", no,
+                            PENDING_TIMEOUT_S)
+                self._pump(lane)
 
     def on_report(self, shard_no: int, body: bytes) -> None:
-        """Handle one message from a shard's PUB: an execution report (in order, or held behind a gap), a heartbeat."""
-        try:
-            msgs = iter_pub(body)  # one message, or the messages of a bundle
-        except ProtocolError as e:
-            log.warning("undecodable PUB message from shard %d: %s", shard_no, e)
-            return
-        for rep in msgs:
-            if isinstance(rep, PubHeartbeat):
-                self.on_heartbeat(shard_no, rep)
-                continue
-            feed = self.feeds[shard_no]
-            if feed.replaying:
-                feed.held.append(rep)  # type: ignore[arg-type]
-                continue
-            self.on_report_decoded(shard_no, rep)  # type: ignore[arg-type]
-
-    def on_heartbeat(self, shard_no: int, hb: PubHeartbeat) -> None:
-        """Ask for a replay when the shard's last ``seq`` is beyond the last report delivered."""
-        feed = self.feeds[shard_no]
-        if feed.replaying or hb.seq <= feed.seen_seq:
-            return
-        first = self._first_missing(feed, hb.seq + 1, None)
-        if first is not None:
-            log.warning("shard %d: heartbeat at seq %d, last report seen %d; asking for a replay",
-                        shard_no, hb.seq, feed.seen_seq)
-            self._replay(shard_no, first, hb.seq)
-
-    def on_report_decoded(self, shard_no: int, rep: ExecReport) -> None:
-        """Deliver one execution report, or hold it and ask for what is missing before it."""
-        feed = self.feeds[shard_no]
-        first = self._first_missing(feed, rep.seq, rep.tseq)
-        if first is not None:
-            log.warning("shard %d: gap in execution reports before seq %d (tseq %d, expected %d); asking for %d..%d",
-                        shard_no, rep.seq, rep.tseq, feed.next_tseq, first, rep.seq - 1)
-            feed.held.append(rep)
-            self._replay(shard_no, first, rep.seq - 1)
-            return
-        self._deliver(shard_no, rep)
-
-    @staticmethod
-    def _first_missing(feed: _ShardFeed, seq: int, tseq: int | None) -> int | None:
-        # The first seq of the messages lost before message `seq` (of report number `tseq`; None for a
-        # heartbeat's seq + 1), or None when nothing that matters is missing.
-        if feed.next_tseq:
-            lost = seq > feed.seen_seq + 1 if tseq is None else tseq > feed.next_tseq
-            return feed.seen_seq + 1 if lost else None
-        # Nothing to count from: what must not be missed is what followed the reports delivered with
-        # replies.
-        first = feed.first_known or seq
-        first = max(first, feed.seen_seq + 1)
-        return first if first < seq else None
-
-    def _replay(self, shard_no: int, first: int, last: int) -> None:
-        feed = self.feeds[shard_no]
-        feed.replaying = True
-        feed.replay = ReplayRequest(shard=shard_no, first=first, last=last)
-        feed.replay_sent = time.monotonic()
-        self.recovery[shard_no].send(encode(feed.replay))
-
-    def _deliver(self, shard_no: int, rep: ExecReport) -> None:
-        feed = self.feeds[shard_no]
-        if feed.next_tseq and rep.tseq < feed.next_tseq:
-            return  # already delivered (a replay overlapping the live stream)
-        feed.next_tseq = rep.tseq + 1
-        feed.seen_seq = rep.seq
-        if rep.seq in feed.by_reply:
-            feed.by_reply.discard(rep.seq)  # delivered already, with its command's reply
-        elif rep.broker in self.by_broker:
-            self._send_broker(rep.broker, answer_for(rep))
-            feed.by_pub[rep.seq] = None
-            if len(feed.by_pub) > MAX_REMEMBERED:
-                feed.by_pub.popitem(last=False)
-
+        """Handle one message from a shard's PUB: execution reports (one, or a bundle of them), a heartbeat."""
+        lane = self.lanes[shard_no]
+        stream, topic, now = lane.stream, lane.topic, time.monotonic()
+        h = _head(body)
+        if h.t == "heartbeat":
+            hb = decode_pub(body)
+            assert isinstance(hb, PubHeartbeat)
+            stream.heartbeat(hb.seq, {topic: hb.tseqs.get(topic[:-1].decode(), 0)}, now)
+        elif h.msgs is not None:
+            for b in h.msgs:
+                m = _head(b)
+                lane.ready.extend(stream.offer(topic, m.tseq, m.seq, (m.tseq, m.broker, b), in_order=True, now=now))
+        else:
+            lane.ready.extend(stream.offer(topic, h.tseq, h.seq, (h.tseq, h.broker, body), in_order=True, now=now))
+        self._pump(lane)
 
     def on_replay(self, shard_no: int, body: bytes) -> None:
         """Deliver a replayed range, then what was held behind the gap."""
@@ -457,38 +448,28 @@ class Gateway:
             return
         if not isinstance(msg, ReplayReply):
             return
-        feed = self.feeds[shard_no]
+        lane = self.lanes[shard_no]
+        now = time.monotonic()
         if msg.reason is not None:
             log.error("shard %d: replay %d..%d unavailable (%s); execution reports in it are lost to this "
                       "gateway's brokers, who can ask for their orders' status", shard_no, msg.first, msg.last,
                       msg.text)
-            feed.next_tseq = 0  # take the next report as the new start
-            feed.first_known = 0
-        for b in msg.msgs:
-            rep = decode_pub(b)
-            if isinstance(rep, Trade | BookLevel):
-                continue
-            self._deliver(shard_no, rep)  # type: ignore[arg-type]
-        feed.seen_seq = max(feed.seen_seq, msg.last)  # what is not a report in the range is not ours to deliver
-        if msg.done or msg.reason is not None:
-            feed.replaying = False
-            feed.replay = None
-            held, feed.held = feed.held, []
-            for i, rep in enumerate(held):
-                self.on_report_decoded(shard_no, rep)
-                if feed.replaying:  # another gap: hold the rest again
-                    feed.held.extend(held[i + 1:])
-                    break
+            lane.ready.extend(lane.stream.unavailable(now))
+            if not lane.ready:
+                lane.sent = max(lane.sent, lane.gate)  # nothing more to wait for: answers go now
+        else:
+            heads = ((lane.topic, h.tseq, h.seq, (h.tseq, h.broker, b)) for b in msg.msgs
+                     if (h := _head(b)).t in _EXEC_KINDS)
+            lane.ready.extend(lane.stream.replayed(heads, msg.last, msg.done, now))
+        self._pump(lane)
 
-    def retry_replays(self) -> None:
-        """Send again a replay request left unanswered (the matcher restarted, or the request was lost)."""
+    def ask_replays(self) -> None:
+        """Send the replay requests the streams need: new ones, and those left unanswered too long."""
         now = time.monotonic()
-        for no, feed in enumerate(self.feeds):
-            if feed.replay is not None and now - feed.replay_sent >= REPLAY_TIMEOUT_S:
-                log.warning("shard %d: no answer to replay %d..%d; asking again", no, feed.replay.first,
-                            feed.replay.last)
-                feed.replay_sent = now
-                self.recovery[no].send(encode(feed.replay))
+        for no, lane in enumerate(self.lanes):
+            r = lane.stream.due(now)
+            if r is not None:
+                self.recovery[no].send(encode(ReplayRequest(shard=no, first=r.first, last=r.last)))
 
     # -------------------------------------------------------------------- loop
 
@@ -581,7 +562,8 @@ class Gateway:
                 if now - last_keep_alive >= 0.05:
                     last_keep_alive = now
                     self.keep_alive()
-                    self.retry_replays()
+                    self.expire()
+                self.ask_replays()
                 self._guard(self.flush)  # this turn's answers and commands, batched
         finally:
             for s in (self.front, self.sub, *self.orders, *self.recovery):

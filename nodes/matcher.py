@@ -37,30 +37,23 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from fabric.book import warm_up
-from fabric.constants import BUY, DAY, FOK, GTC, IOC, LIMIT, MARKET, SELL
-from fabric.engine import Event
+from fabric.commands import AddInstrument, NewOrder, OrderCommandT, decode_command, encode_command, from_order
+from fabric.constants import SIDE_NAMES
+from fabric.engine import MatchingEngine, Outcome, instrument_command
 from fabric.instruments import Instrument
-from fabric.journal import Journal, decode_command, encode_command, read_journal
+from fabric.journal import Journal, read_journal
 from fabric.protocol import (
     BookLevel,
     BookSnapshot,
-    Cancel,
     CommandReply,
     Error,
-    ExAccepted,
-    ExCancelled,
-    ExExpired,
-    ExFill,
     ExRejected,
-    ExReplaced,
-    New,
     OrderBatch,
     OrderCommand,
     Orders,
@@ -68,8 +61,6 @@ from fabric.protocol import (
     ProtocolError,
     PubBundle,
     PubHeartbeat,
-    PubMessage,
-    Replace,
     ReplayReply,
     ReplayRequest,
     ReplyBatch,
@@ -85,21 +76,18 @@ from fabric.protocol import (
     op_of,
     trade_topic,
 )
-from tools.replay import Replayer
 from topology.load import load
 from topology.model import Topology
 
 log = logging.getLogger("exfab.matcher")
+
+Stamped = Outcome | BookLevel  # what the matcher publishes with a sequence number
 
 MAX_BATCH = 1024  # order messages drained per turn: bounds the latency a burst adds to its last message
 RING = 2_000_000  # PUB messages kept in memory for replay requests
 REPLAY_CHUNK = 2_000  # PUB messages per replay reply
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message (ours stay far below)
 HEARTBEAT_S = 1.0  # PUB heartbeat period, whatever the traffic (docs/protocol.md, section 8)
-SIDE = {BUY: "buy", SELL: "sell"}
-_SIDES = {"buy": BUY, "sell": SELL}
-_TYPES = {"limit": LIMIT, "market": MARKET}
-_TIFS = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK}
 
 
 class Outbox:
@@ -116,19 +104,28 @@ class Outbox:
         self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
         self.last_heartbeat = time.monotonic()
 
-    def send(self, cls: type[PubMessage], topic: bytes, ts: int, fields: dict[str, Any]) -> int:
-        """Sequence one message, publish it (when live) and keep it; return its ``seq``."""
-        self.seq += 1
-        self.tseq[topic] += 1
-        msg = cls(shard=self.shard_no, seq=self.seq, tseq=self.tseq[topic], epoch=self.epoch, ts=ts,  # type: ignore[call-arg]
-                  **fields)
+    def send(self, msg: Stamped, topic: bytes) -> bytes:
+        """Stamp one outcome with the shard, its ``seq`` and ``tseq`` and the epoch; publish it (when live) and
+        keep it; return its bytes."""
+        seq = self.seq = self.seq + 1
+        tseq = self.tseq[topic] + 1
+        self.tseq[topic] = tseq
+        msg.shard = self.shard_no
+        msg.seq = seq
+        msg.tseq = tseq
+        msg.epoch = self.epoch
         body = encode(msg)
-        if len(self.ring) == self.ring.maxlen:
+        ring = self.ring
+        if len(ring) == RING:
             self.ring_first += 1
-        self.ring.append(body)
+        ring.append(body)
         if self.pub is not None:
-            self.pending.setdefault(topic, []).append(body)
-        return self.seq
+            pending = self.pending.get(topic)
+            if pending is None:
+                self.pending[topic] = [body]
+            else:
+                pending.append(body)
+        return body
 
     def flush(self) -> None:
         """Publish what was sequenced since the last flush: per topic, one message or one bundle."""
@@ -170,15 +167,16 @@ class Matcher:
         self.shard_no = topo.shards.index(self.shard)
         self.epoch = 0  # a single matcher; primary/secondary pairs fence with ZooKeeper epochs (later)
         self.symbols = set(self.shard.symbols)
-        self.replayer = Replayer()
-        self.engine = self.replayer.engine
+        self.engine = MatchingEngine()
         self.engine.track_levels = True
         self.instruments: dict[str, Instrument] = {}
         for inst in topo.instruments_of(self.shard):
             self.engine.add_instrument(inst)
             self.instruments[inst.symbol] = inst
         self.levels: dict[tuple[str, int, int], tuple[int, int]] = {}  # last published (qty, count)
-        self.trade_ids: dict[str, int] = collections.defaultdict(int)
+        self.exec_topic = exec_topic(self.shard_no)
+        self.trade_topics = {sym: trade_topic(sym) for sym in self.symbols}
+        self.book_topics = {sym: book_topic(sym) for sym in self.symbols}
         jdir = topo.journal_dir(self.replica)
         jdir.mkdir(parents=True, exist_ok=True)
         self.journal_path = Path(jdir) / f"{self.shard.name}.journal"
@@ -190,11 +188,10 @@ class Matcher:
             # A new journal starts with the shard's instruments: ticks and bands decide rejects, so the
             # journal replays on its own (`exfab journal inspect`) to what this matcher did.
             for inst in self.instruments.values():
-                self.journal.append(encode_command(_instrument_record(inst)))
+                self.journal.append(encode_command(instrument_command(inst)))
             self.journal.commit()
         self.ctx = ctx or zmq.Context.instance()
         self.outbox = Outbox(self.shard_no, self.epoch, None)
-        self.last_reports = 0  # execution reports the last applied command published
         self._stop = False
 
     # ---------------------------------------------------------------- recovery
@@ -204,151 +201,81 @@ class Matcher:
         n = 0
         for _seq, payload in read_journal(self.journal_path):
             cmd = decode_command(payload)
-            if cmd.get("op") == "instrument":  # the engine has the topology's instruments already
-                inst = self.instruments.get(cmd.get("symbol", ""))
-                if inst is None or _instrument_record(inst) != cmd:
+            if isinstance(cmd, AddInstrument):  # the engine has the topology's instruments already
+                inst = self.instruments.get(cmd.symbol)
+                if inst is None or instrument_command(inst) != cmd:
                     log.warning("journal %s: instrument %r is not the topology's; replaying with the topology's",
                                 self.journal_path, cmd)
                 continue
-            self._apply(cmd, int(cmd.get("ts", 0)))
+            self._apply(cmd)  # type: ignore[arg-type]
             n += 1
         return n
 
     # ------------------------------------------------------------------ engine
 
-    def _is_retry(self, broker: str, cmd: dict[str, Any]) -> bool:
-        # A `new` whose client order id the broker already used, with the same terms: a resend.
-        price = cmd.get("price")
-        return self.engine.is_retry(
-            cmd["symbol"], broker, cmd["oid"], 0 if cmd["side"] == "buy" else 1, 0 if cmd["type"] == "limit" else 1,
-            ("GTC", "DAY", "IOC", "FOK").index(cmd["tif"]), None if price is None else Decimal(price), cmd["qty"])
-
-    def _apply(self, cmd: dict[str, Any], ts: int) -> tuple[int, int, list[Event]]:
-        # Apply one journaled command; publish its outcomes; return (first_seq, last_seq, events).
+    def _apply(self, cmd: OrderCommandT) -> tuple[int, int, list[bytes], list[Outcome]]:
+        # Apply one journaled command and publish its outcomes: its trades, then the book levels it changed,
+        # then its execution reports (docs/protocol.md, section 8). Return (first_seq, last_seq, the
+        # execution reports' bytes, the outcomes).
         # Resends never reach the journal (_handle_round answers them from memory), so a journaled
         # command is always applied: live and in a replay of the journal alike.
+        out = self.outbox
+        first = out.seq + 1
         try:
-            return self._apply_events(cmd, ts)
+            outcomes = self.engine.apply(cmd)
         except Exception:
             # A bug, not bad input (that was refused before the journal). The same command fails
             # the same way when the journal is replayed, so skipping it keeps replays identical.
             log.exception("command %r failed; skipped", cmd)
             self.engine.touched.clear()
-            return self.outbox.seq + 1, self.outbox.seq, []
-
-    def _engine_call(self, cmd: dict[str, Any]) -> list[Event]:
-        # The engine call for a journaled command. Its fields were validated by the protocol decoder
-        # before the command was journaled, so it goes to the engine directly (the replay format's
-        # parser would check them all again).
-        eng = self.engine
-        op = cmd["op"]
-        price = cmd.get("price")
-        if op == "new":
-            return eng.new_order(cmd["symbol"], cmd["broker"], cmd["oid"], _SIDES[cmd["side"]], _TYPES[cmd["type"]],
-                                 _TIFS[cmd["tif"]], None if price is None else Decimal(price), cmd["qty"])
-        if op == "cancel":
-            return eng.cancel(cmd["symbol"], cmd["broker"], cmd["oid"])
-        if op == "replace":
-            return eng.replace(cmd["symbol"], cmd["broker"], cmd["oid"], None if price is None else Decimal(price),
-                               cmd.get("qty"))
-        return self.replayer.apply(cmd)  # anything else: the general path
-
-    def _apply_events(self, cmd: dict[str, Any], ts: int) -> tuple[int, int, list[Event]]:
-        events = self._engine_call(cmd)
-        out = self.outbox
-        first = out.seq + 1
-        execs: list[tuple[type[PubMessage], dict[str, Any]]] = []
-        for ev in events:
-            kind = ev["event"]
-            symbol = ev["symbol"]
-            if kind == "trade":
-                self.trade_ids[symbol] = ev["trade_id"]
-                out.send(Trade, trade_topic(symbol), ts, {
-                    "symbol": symbol, "trade_id": ev["trade_id"], "price": ev["price"], "qty": ev["qty"],
-                    "aggressor": ev["aggressor"], "buy_broker": ev["buy_broker"], "buy_oid": ev["buy_oid"],
-                    "sell_broker": ev["sell_broker"], "sell_oid": ev["sell_oid"]})
-                aggr = ev["aggressor"]
-                rest = "sell" if aggr == "buy" else "buy"
-                for side, leaves, cum, is_aggr in ((aggr, ev["aggressor_leaves_qty"], ev["aggressor_cum_qty"], True),
-                                                   (rest, ev["resting_leaves_qty"], ev["resting_cum_qty"], False)):
-                    execs.append((ExFill, {
-                        "broker": ev[f"{side}_broker"], "oid": ev[f"{side}_oid"], "symbol": symbol, "side": side,
-                        "price": ev["price"], "last_qty": ev["qty"], "cum_qty": cum, "leaves_qty": leaves,
-                        "trade_id": ev["trade_id"], "aggressor": is_aggr}))
-            elif kind == "accepted":
-                execs.append((ExAccepted, {k: ev.get(k) for k in
-                                           ("broker", "oid", "symbol", "side", "type", "price", "qty", "tif")}))
-            elif kind == "rejected":
-                execs.append((ExRejected, {"broker": ev["broker"] or "", "op": ev["op"] or "", "oid": ev["oid"] or "",
-                                           "symbol": symbol or "", "reason": ev["reason"], "text": ev["text"]}))
-            elif kind == "cancelled":
-                execs.append((ExCancelled, {k: ev[k] for k in ("broker", "oid", "symbol", "qty", "cum_qty", "reason")}))
-            elif kind == "replaced":
-                execs.append((ExReplaced, {k: ev[k] for k in ("broker", "oid", "symbol", "price", "qty", "leaves_qty",
-                                                              "cum_qty", "kept_priority")}))
-            elif kind == "expired":
-                execs.append((ExExpired, {k: ev[k] for k in ("broker", "oid", "symbol", "qty", "cum_qty")}))
-        self._publish_levels(ts)
-        topic = exec_topic(self.shard_no)
-        for cls, fields in execs:
-            out.send(cls, topic, ts, fields)
-        self.last_reports = len(execs)
-        return first, out.seq, events
+            return first, out.seq, [], []
+        execs = []
+        for o in outcomes:
+            if type(o) is Trade:
+                out.send(o, self.trade_topics[o.symbol])
+            else:
+                execs.append(o)
+        if self.engine.touched:
+            self._publish_levels(cmd.ts)
+        topic = self.exec_topic
+        reports = [out.send(o, topic) for o in execs]
+        return first, out.seq, reports, outcomes
 
     def _publish_levels(self, ts: int) -> None:
         # Publish every touched level whose (quantity, count) differs from what was last published.
         touched = self.engine.touched
-        if not touched:
-            return
+        books = self.engine.books
+        levels = self.levels
         for key in dict.fromkeys(touched):  # de-duplicated, first-touched order: deterministic
             symbol, side, price = key
-            now = self.engine.books[symbol].level(side, price)
-            if self.levels.get(key, (0, 0)) != now:
+            now = books[symbol].level(side, price)
+            if levels.get(key, (0, 0)) != now:
                 if now == (0, 0):
-                    self.levels.pop(key, None)
+                    levels.pop(key, None)
                 else:
-                    self.levels[key] = now
-                self.outbox.send(BookLevel, book_topic(symbol), ts, {
-                    "symbol": symbol, "side": SIDE[side], "price": self.instruments[symbol].to_price(price),
-                    "qty": now[0], "count": now[1]})
+                    levels[key] = now
+                self.outbox.send(BookLevel(shard=0, seq=0, tseq=0, epoch=0, ts=ts, symbol=symbol,
+                                           side=SIDE_NAMES[side],  # type: ignore[arg-type]
+                                           price=self.instruments[symbol].to_price(price), qty=now[0],
+                                           count=now[1]), self.book_topics[symbol])
         touched.clear()
 
     # ---------------------------------------------------------------- commands
 
-    @staticmethod
-    def _as_replay(broker: str, cmd: New | Cancel | Replace) -> dict[str, Any]:
-        if isinstance(cmd, New):
-            d: dict[str, Any] = {"op": "new", "oid": cmd.oid, "broker": broker, "symbol": cmd.symbol,
-                                 "side": cmd.side, "type": cmd.type, "qty": cmd.qty, "tif": cmd.tif}
-            if cmd.price is not None:
-                d["price"] = cmd.price
-            return d
-        if isinstance(cmd, Cancel):
-            return {"op": "cancel", "oid": cmd.oid, "broker": broker, "symbol": cmd.symbol}
-        d = {"op": "replace", "oid": cmd.oid, "broker": broker, "symbol": cmd.symbol}
-        if cmd.price is not None:
-            d["price"] = cmd.price
-        if cmd.qty is not None:
-            d["qty"] = cmd.qty
-        return d
-
-    def _status(self, op: str, broker: str, oid: str, symbol: str, events: list[Event] | None = None) -> OrderStatus:
-        st = self.engine.order_status(symbol, broker, oid)
+    def _status(self, op: str, broker: str, oid: str, symbol: str,
+                outcomes: list[Outcome] | None = None) -> OrderStatus:
+        st = self.engine.order_status(symbol, broker, oid, op)
         if st is None:
             # Only a refused `new` makes a rejected order; a refused cancel names an order we do not know.
-            rejected = op == "new" and bool(events) and events[0]["event"] == "rejected"  # type: ignore[index]
-            return OrderStatus(op=op, oid=oid, symbol=symbol, state="rejected" if rejected else "unknown",
-                               reason=events[0]["reason"] if rejected else None)  # type: ignore[index]
-        return self._as_status(op, st)
-
-    @staticmethod
-    def _as_status(op: str, st: Event) -> OrderStatus:
-        return OrderStatus(op=op, oid=st["oid"], symbol=st["symbol"], state=st["state"], side=st["side"],
-                           type=st["type"], price=st.get("price"), qty=st["qty"], cum_qty=st["cum_qty"],
-                           leaves_qty=st["leaves_qty"], tif=st["tif"], reason=st["reason"])
+            first = outcomes[0] if outcomes else None
+            if op == "new" and type(first) is ExRejected:
+                return OrderStatus(op=op, oid=oid, symbol=symbol, state="rejected", reason=first.reason)
+            return OrderStatus(op=op, oid=oid, symbol=symbol, state="unknown")
+        return st
 
     def _reply(self, oc: OrderCommand, **kw: Any) -> CommandReply:
-        return CommandReply(gateway=oc.gateway, req=oc.req, shard=self.shard_no, epoch=self.epoch, **kw)
+        return CommandReply(gateway=oc.gateway, req=oc.req, shard=self.shard_no, epoch=self.epoch,
+                            x_tseq=self.outbox.tseq[self.exec_topic], **kw)
 
     def handle_batch(self, frames: list[list[bytes]], orders: zmq.Socket) -> None:
         """Journal, apply and answer one drained batch of order messages (lone commands or batches)."""
@@ -399,54 +326,48 @@ class Matcher:
         # Every command is answered in its place: a query (`status`, `orders`, a resent `new`) is answered
         # once the commands before it are applied, so a `status` sent after a `new` sees the order, and the
         # answers for one order leave in the order its commands came (docs/protocol.md, section 6).
-        steps: list[tuple[bytes, OrderCommand, dict[str, Any] | None, int]] = []
+        steps: list[tuple[bytes, OrderCommand, OrderCommandT | None, int]] = []
         news: set[tuple[str, str]] = set()
         rest: list[tuple[bytes, OrderCommand]] = []
+        journal = self.journal
+        ts = time.time_ns()
         for i, (ident, oc) in enumerate(commands):
-            cmd = oc.cmd
-            rec: dict[str, Any] | None = None
+            cmd = None
             in_seq = 0
-            if not isinstance(cmd, Orders | Status) and cmd.symbol in self.symbols:
-                rec = self._as_replay(oc.broker, cmd)
-                if isinstance(cmd, New):
-                    if (oc.broker, cmd.oid) in news:
+            if type(oc.cmd) not in (Orders, Status) and oc.cmd.symbol in self.symbols:
+                cmd = from_order(oc, ts)
+                if type(cmd) is NewOrder:
+                    key = (oc.broker, cmd.oid)
+                    if key in news:
                         rest = commands[i:]
                         break
-                    news.add((oc.broker, cmd.oid))
-                    if self._is_retry(oc.broker, rec):
-                        rec = None  # a resend of an order already accepted: answered, never executed twice
-                if rec is not None:
-                    rec["ts"] = time.time_ns()
-                    rec["gw"] = oc.gateway
-                    rec["req"] = oc.req
-                    in_seq = self.journal.append(encode_command(rec))
-            steps.append((ident, oc, rec, in_seq))
-        if any(rec is not None for _, _, rec, _ in steps):
-            self.journal.commit()  # durable before anything is published or acknowledged
-        for ident, oc, rec, in_seq in steps:
-            replies.setdefault(ident, []).append(self._answer(oc) if rec is None else self._execute(oc, rec, in_seq))
+                    news.add(key)
+                    if self.engine.is_retry(cmd):
+                        cmd = None  # a resend of an order already accepted: answered, never executed twice
+                if cmd is not None:
+                    in_seq = journal.append(encode_command(cmd))
+            steps.append((ident, oc, cmd, in_seq))
+        if any(cmd is not None for _, _, cmd, _ in steps):
+            journal.commit()  # durable before anything is published or acknowledged
+        for ident, oc, cmd, in_seq in steps:
+            replies.setdefault(ident, []).append(self._answer(oc) if cmd is None else self._execute(oc, cmd, in_seq))
         return rest
 
     def _answer(self, oc: OrderCommand) -> CommandReply:
         # The reply to a command that changes nothing: a query, a resent `new`, a symbol of another shard.
         cmd = oc.cmd
         if isinstance(cmd, Orders):
-            return self._reply(oc, orders=[self._as_status("orders", st)
-                                           for st in self.engine.open_orders(oc.broker, cmd.symbol)
-                                           if st["symbol"] in self.symbols])
+            return self._reply(oc, orders=[st for st in self.engine.open_orders(oc.broker, cmd.symbol)
+                                           if st.symbol in self.symbols])
         if cmd.symbol not in self.symbols:
             return self._reply(oc, reason="unknown_symbol",
                                text=f"{cmd.symbol} is not traded on shard {self.shard.name}")
         return self._reply(oc, status=self._status(op_of(cmd), oc.broker, cmd.oid, cmd.symbol))
 
-    def _execute(self, oc: OrderCommand, rec: dict[str, Any], in_seq: int) -> CommandReply:
+    def _execute(self, oc: OrderCommand, cmd: OrderCommandT, in_seq: int) -> CommandReply:
         # Apply one journaled command and return its reply, with the execution reports it published.
-        self.last_reports = 0
-        first, last, events = self._apply(rec, rec["ts"])
-        status = self._status(rec["op"], oc.broker, rec["oid"], rec["symbol"], events)
-        # The command's execution reports are the last `last_reports` messages it published.
-        n = self.last_reports
-        reports = [self.outbox.ring[i - self.outbox.ring_first] for i in range(last - n + 1, last + 1)] if n else []
+        first, last, reports, outcomes = self._apply(cmd)
+        status = self._status(cmd.op, oc.broker, cmd.oid, cmd.symbol, outcomes)
         return self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
                            last_seq=last if last >= first else 0, status=status, reports=reports)
 
@@ -491,7 +412,7 @@ class Matcher:
             lv = self.engine.book_levels(sym)
             books.append(BookSnapshot(
                 symbol=sym, bids=[tuple(x) for x in lv["bids"]], asks=[tuple(x) for x in lv["asks"]],
-                trade_id=self.trade_ids[sym], book_tseq=self.outbox.tseq[book_topic(sym)],
+                trade_id=self.engine.trade_id(sym), book_tseq=self.outbox.tseq[book_topic(sym)],
                 trade_tseq=self.outbox.tseq[trade_topic(sym)]))
         return SnapshotReply(shard=self.shard_no, seq=self.outbox.seq, epoch=self.epoch,
                              exec_tseq=self.outbox.tseq[exec_topic(self.shard_no)], books=books)
@@ -563,16 +484,6 @@ class Matcher:
             for s in (orders, recovery, pub):
                 s.close(0)
             log.info("matcher %s: stopped at seq %d, checksum %016x", self.name, self.outbox.seq, self.checksum())
-
-
-def _instrument_record(inst: Instrument) -> dict[str, Any]:
-    # An instrument as a journal record: the replay format's `instrument` command.
-    rec: dict[str, Any] = {"op": "instrument", "symbol": inst.symbol, "tick": str(inst.tick), "lot": inst.lot}
-    if inst.ref_price is not None:
-        rec["ref_price"] = str(inst.ref_price)
-    if inst.band_pct is not None:
-        rec["band_pct"] = str(inst.band_pct)
-    return rec
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from fabric.journal import HEADER_SIZE, Journal, encode_command, read_journal, read_range  # noqa: E402
+from fabric.commands import NewOrder, encode_command  # noqa: E402
+from fabric.journal import HEADER_SIZE, Journal, read_journal, read_range  # noqa: E402
 
 SYMBOLS = ("RELIANCE", "TCS", "HDFCBANK", "INFY", "ICICIBANK", "SBIN", "ITC", "LT")
 
@@ -51,9 +52,9 @@ def payloads(n: int) -> list[bytes]:
     rng = np.random.default_rng(1)
     qty = rng.integers(1, 500, n).tolist()
     ticks = rng.integers(-200, 200, n).tolist()
-    return [encode_command({"op": "new", "oid": f"C{i:012d}", "broker": f"BRK{i % 97:04d}",
-                            "symbol": SYMBOLS[i % 8], "side": "buy" if i & 1 else "sell", "type": "limit",
-                            "price": f"{3500 + ticks[i] * 0.05:.2f}", "qty": qty[i], "tif": "GTC"})
+    return [encode_command(NewOrder(oid=f"C{i:012d}", broker=f"BRK{i % 97:04d}", symbol=SYMBOLS[i % 8],
+                                    side="buy" if i & 1 else "sell", type="limit",
+                                    price=f"{3500 + ticks[i] * 0.05:.2f}", qty=qty[i], tif="GTC"))
             for i in range(n)]
 
 

@@ -396,7 +396,7 @@ def build_stream(topo: Topology, trades: int, seed: int) -> Stream:
                     pubs[no].frames = []
                     m.outbox.flush()
                     batches.append((no, pubs[no].frames))
-                made = sum(sum(m.trade_ids.values()) for m in matchers)
+                made = sum(m.engine.trade_id(sym) for m in matchers for sym in m.symbols)
                 if made >= trades:
                     break
             chunk += 1

@@ -139,7 +139,7 @@ def test_answers_for_one_order_keep_the_order_of_its_commands(exchange: Launcher
                 ("OrderStatus", "status", "new"),
                 ("Rejected", "cancel", None), ("OrderStatus", "cancel", "new"),
                 ("Cancelled", None, None), ("OrderStatus", "cancel", "cancelled"),
-            ], oid
+            ], (oid, seen)
     finally:
         b.close()
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from fabric.commands import NewOrder
 from fabric.constants import BUY, GTC, IOC, LIMIT, MARKET, SELL
 from fabric.engine import MatchingEngine
 from fabric.instruments import Instrument
+from fabric.protocol import ExAccepted, ExRejected
 
 
 def _engine() -> MatchingEngine:
@@ -18,35 +20,40 @@ def _engine() -> MatchingEngine:
 def test_status_follows_order_through_fills_replace_and_cancel() -> None:
     eng = _engine()
     eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
-    assert eng.order_status("TCS", "B1", "o1")["state"] == "new"  # type: ignore[index]
+    assert eng.order_status("TCS", "B1", "o1").state == "new"  # type: ignore[union-attr]
     eng.new_order("TCS", "B2", "s1", SELL, MARKET, IOC, None, 4)
     st = eng.order_status("TCS", "B1", "o1")
-    assert st is not None and (st["state"], st["cum_qty"], st["leaves_qty"]) == ("partially_filled", 4, 6)
+    assert st is not None and (st.state, st.cum_qty, st.leaves_qty) == ("partially_filled", 4, 6)
     eng.replace("TCS", "B1", "o1", Decimal("3499.95"), 8)
     st = eng.order_status("TCS", "B1", "o1")
-    assert st is not None and (st["price"], st["qty"], st["leaves_qty"]) == ("3499.95", 8, 4)
+    assert st is not None and (st.price, st.qty, st.leaves_qty) == ("3499.95", 8, 4)
     eng.cancel("TCS", "B1", "o1")
     st = eng.order_status("TCS", "B1", "o1")
-    assert st is not None and (st["state"], st["leaves_qty"], st["cum_qty"]) == ("cancelled", 0, 4)
+    assert st is not None and (st.state, st.leaves_qty, st.cum_qty, st.reason) == ("cancelled", 0, 4, "requested")
     assert eng.order_status("TCS", "B1", "s1") is None  # another broker's order
-    assert eng.order_status("TCS", "B2", "s1")["state"] == "filled"  # type: ignore[index]
+    assert eng.order_status("TCS", "B2", "s1").state == "filled"  # type: ignore[union-attr]
+
+
+def _new(broker: str = "B1", side: str = "buy", price: str = "3500.00") -> NewOrder:
+    return NewOrder(oid="o1", broker=broker, symbol="TCS", side=side, type="limit", price=price,  # type: ignore[arg-type]
+                    qty=10, tif="GTC")
 
 
 def test_is_retry_same_terms_true_different_terms_false() -> None:
     eng = _engine()
-    eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
-    assert eng.is_retry("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
-    assert eng.is_retry("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.0"), 10)  # same price, other spelling
-    assert not eng.is_retry("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.05"), 10)
-    assert not eng.is_retry("TCS", "B1", "o1", SELL, LIMIT, GTC, Decimal("3500.00"), 10)
-    assert not eng.is_retry("TCS", "B2", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
+    eng.apply(_new())
+    assert eng.is_retry(_new())
+    assert eng.is_retry(_new(price="3500.0"))  # same price, other spelling
+    assert not eng.is_retry(_new(price="3500.05"))
+    assert not eng.is_retry(_new(side="sell"))
+    assert not eng.is_retry(_new(broker="B2"))
     # A replace does not change what a resend of the original `new` looks like.
     eng.replace("TCS", "B1", "o1", Decimal("3499.00"), 5)
-    assert eng.is_retry("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
+    assert eng.is_retry(_new())
 
 
 def test_rejected_order_frees_its_client_order_id() -> None:
     eng = _engine()
-    assert eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("9000.00"), 10)[0]["event"] == "rejected"
+    assert isinstance(eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("9000.00"), 10)[0], ExRejected)
     assert eng.order_status("TCS", "B1", "o1") is None
-    assert eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)[0]["event"] == "accepted"
+    assert isinstance(eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)[0], ExAccepted)

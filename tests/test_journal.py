@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,10 +16,13 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import msgpack
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fabric.commands import CancelOrder, EndOfDay, NewOrder, ReplaceOrder, decode_command, encode_command
 from fabric.journal import (
     HEADER_SIZE,
     FsyncPolicy,
@@ -27,8 +31,6 @@ from fabric.journal import (
     JournalError,
     JournalMismatch,
     JournalRangeError,
-    decode_command,
-    encode_command,
     journal_info,
     pack_record,
     read_journal,
@@ -43,8 +45,8 @@ SESSION = ROOT / "topology" / "examples" / "session.jsonl"
 
 
 def _payloads(n: int) -> list[bytes]:
-    return [encode_command({"op": "new", "oid": f"o{i}", "broker": "B1", "symbol": "TCS", "side": "buy",
-                            "type": "limit", "price": "3500.05", "qty": i, "tif": "GTC"}) for i in range(1, n + 1)]
+    return [encode_command(NewOrder(oid=f"o{i}", broker="B1", symbol="TCS", side="buy", type="limit",
+                                    price="3500.05", qty=i, tif="GTC")) for i in range(1, n + 1)]
 
 
 def _write(path: Path, payloads: list[bytes], shard: str = "S1") -> list[int]:
@@ -406,22 +408,41 @@ def test_truncation_at_any_offset_recovers_records_fully_written_before_it(paylo
         assert list(read_journal(path)) == [*expected, (k + 1, b"after")]
 
 
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text()
-    | st.decimals(allow_nan=False, allow_infinity=False).map(lambda d: Decimal(str(d))),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-), )
-def test_command_values_round_trip_through_msgpack(value: object) -> None:
-    cmd = {"op": "new", "v": value}
-    assert decode_command(encode_command(cmd)) == cmd
+_TEXT = st.text(min_size=1, max_size=12)
 
 
-def test_decode_command_refuses_non_map_and_garbage() -> None:
-    with pytest.raises(ValueError, match="not a command map"):
-        decode_command(b"\x93\x01\x02\x03")
-    with pytest.raises(ValueError, match="not a msgpack command"):
-        decode_command(b"\xc1")
+@given(st.one_of(
+    st.builds(NewOrder, oid=_TEXT, broker=_TEXT, symbol=_TEXT, side=st.sampled_from(["buy", "sell"]),
+              type=st.sampled_from(["limit", "market"]), price=st.none() | st.sampled_from(["3500.05", "0.5", "1"]),
+              qty=st.integers(-(2**63), 2**63 - 1), tif=st.sampled_from(["GTC", "DAY", "IOC", "FOK"]),
+              ts=st.integers(0, 2**63 - 1), gw=st.none() | _TEXT, req=st.integers(0, 2**63 - 1)),
+    st.builds(CancelOrder, oid=_TEXT, broker=_TEXT, symbol=_TEXT, ts=st.integers(0, 2**63 - 1)),
+    st.builds(ReplaceOrder, oid=_TEXT, broker=_TEXT, symbol=_TEXT, price=st.none() | st.just("3500.10"),
+              qty=st.none() | st.integers(0, 10**12)),
+    st.builds(EndOfDay, ts=st.integers(0, 2**63 - 1)),
+))
+def test_commands_round_trip_through_the_journal_payload(cmd: object) -> None:
+    assert decode_command(encode_command(cmd)) == cmd  # type: ignore[arg-type]
+
+
+def test_payload_of_earlier_versions_decodes_to_the_same_command() -> None:
+    # What the matcher journaled before the typed commands: a plain msgpack map, the price as text.
+    old = msgpack.packb({"op": "new", "oid": "o1", "broker": "B1", "symbol": "TCS", "side": "buy", "type": "limit",
+                         "qty": 10, "tif": "GTC", "price": "3500.05", "ts": 17, "gw": "G1", "req": 3})
+    assert decode_command(old) == NewOrder(oid="o1", broker="B1", symbol="TCS", side="buy", type="limit",
+                                           price="3500.05", qty=10, tif="GTC", ts=17, gw="G1", req=3)
+    old = msgpack.packb({"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "3500.00",
+                         "band_pct": "10"})
+    assert decode_command(old).op == "instrument"
+
+
+def test_decode_command_refuses_non_map_garbage_and_unknown_fields() -> None:
+    for payload, text in [(b"\x93\x01\x02\x03", "Expected `object`"), (b"\xc1", "payload is not a journal command"),
+                          (msgpack.packb({"op": "bogus"}), "Invalid value 'bogus'"),
+                          (msgpack.packb({"op": "cancel", "oid": "o", "broker": "b", "symbol": "S", "pad": 1}),
+                           "unknown field `pad`")]:
+        with pytest.raises(ValueError, match=re.escape(text)):
+            decode_command(payload)
 
 
 # ---------------------------------------------------------------------------
@@ -430,15 +451,16 @@ def test_decode_command_refuses_non_map_and_garbage() -> None:
 
 _WRITER = """
 import sys
-from fabric.journal import Journal, encode_command
+from fabric.commands import NewOrder, encode_command
+from fabric.journal import Journal
 j = Journal.open(sys.argv[1], "S1", sys.argv[2])
 i = j.last_seq
 told = False
 while True:
     for _ in range(1 + i % 97):
         i += 1
-        j.append(encode_command({"op": "new", "oid": f"o{i}", "broker": "B1", "symbol": "TCS", "side": "buy",
-                                 "type": "limit", "price": "3500.05", "qty": i, "tif": "GTC", "pad": "x" * (i % 500)}))
+        j.append(encode_command(NewOrder(oid=f"o{i}", broker="B1", symbol="TCS", side="buy", type="limit",
+                                         price="3500.05", qty=i, tif="GTC", gw="x" * (i % 500))))
     j.commit()
     if not told and i > 2000:
         print(i, flush=True)
@@ -465,7 +487,8 @@ def test_kill_9_while_appending_leaves_contiguous_prefix_of_valid_records(tmp_pa
         seqs = []
         for seq, payload in read_journal(path):
             cmd = decode_command(payload)
-            assert cmd["oid"] == f"o{seq}" and cmd["qty"] == seq and cmd["pad"] == "x" * (seq % 500)
+            assert type(cmd) is NewOrder
+            assert cmd.oid == f"o{seq}" and cmd.qty == seq and cmd.gw == "x" * (seq % 500)
             seqs.append(seq)
         assert seqs == list(range(1, len(seqs) + 1))
         assert journal_info(path).torn_bytes == 0
@@ -482,7 +505,6 @@ _SESSION = [
     '{"op":"new","oid":"o2","broker":"B2","symbol":"TCS","side":"sell","type":"market","qty":5,"tif":"IOC"}',
     '{"op":"new","oid":"o3","broker":"B2","symbol":"TCS","side":"sell","type":"limit","price":3500.10,"qty":4}',
     '{"op":"replace","oid":"o1","broker":"B1","symbol":"TCS","price":"3500.10","qty":8}',
-    '{"op":"bogus","oid":"o9"}',
     '{"op":"new","oid":"o4","broker":"B3","symbol":"TCS","side":"buy","type":"limit","price":"3500.07","qty":1}',
     '{"op":"cancel","oid":"o3","broker":"B2","symbol":"TCS"}',
     '{"op":"new","oid":"o5","broker":"B3","symbol":"TCS","side":"buy","type":"limit","price":"3499.00","qty":2,'
@@ -494,8 +516,8 @@ _SESSION = [
 def _journal_lines(path: Path, lines: list[str]) -> None:
     with Journal.open(path, "S1") as j:
         for text in lines:
-            # As exfab replay reads a line: fractions become Decimals, never floats.
-            j.append(encode_command(json.loads(text, parse_float=Decimal)))
+            # As exfab replay reads a line (fractions become Decimals, never floats), into the typed command.
+            j.append(encode_command(replay.parse_command(json.loads(text, parse_float=Decimal))))
 
 
 def _inspect(path: Path, **kw: bool) -> tuple[int, list[str], str]:
@@ -509,7 +531,7 @@ def test_inspect_events_equal_replay_events_with_seq(tmp_path: Path) -> None:
     _journal_lines(path, _SESSION)
     rc, lines, err = _inspect(path)
     assert rc == 0
-    assert err.splitlines()[0] == f"journal {path}: shard S1, 10 records, seq 1..10"
+    assert err.splitlines()[0] == f"journal {path}: shard S1, 9 records, seq 1..9"
     r = Replayer()
     expected = [(i, ev) for i, text in enumerate(_SESSION, 1) for ev in r.apply_line(text, i)]
     assert [json.loads(s) for s in lines] == [{**json.loads(replay.dumps(ev)), "seq": i} for i, ev in expected]
@@ -542,9 +564,10 @@ def test_inspect_commands_prints_records_as_replayable_commands(tmp_path: Path) 
     _journal_lines(path, _SESSION)
     rc, lines, _ = _inspect(path, commands=True)
     assert rc == 0
-    assert [json.loads(s, parse_float=Decimal) for s in lines] == [
-        {**json.loads(text, parse_float=Decimal), "seq": i} for i, text in enumerate(_SESSION, 1)]
-    assert '"price":3500.10,' in lines[3]  # a number stays a number
+    assert [json.loads(s) for s in lines] == [
+        {**msgspec.to_builtins(replay.parse_command(json.loads(text, parse_float=Decimal))), "seq": i}
+        for i, text in enumerate(_SESSION, 1)]
+    assert '"price":"3500.10",' in lines[3]  # a price given as a JSON number is journaled as its exact text
     # exfab replay ignores "seq": the printed commands replay to the same events.
     assert replay_lines(lines) == replay_lines(_SESSION)
 
@@ -556,8 +579,8 @@ def test_inspect_torn_tail_reported_file_unchanged(tmp_path: Path) -> None:
         f.truncate(path.stat().st_size - 4)
     before = path.read_bytes()
     rc, lines, err = _inspect(path, commands=True)
-    assert rc == 0 and len(lines) == 9
-    assert "9 records, seq 1..9; torn tail of" in err.splitlines()[0]
+    assert rc == 0 and len(lines) == 8
+    assert "8 records, seq 1..8; torn tail of" in err.splitlines()[0]
     assert path.read_bytes() == before
 
 
@@ -581,6 +604,9 @@ def test_inspect_undecodable_record_gives_malformed_rejection(tmp_path: Path) ->
     path = tmp_path / "s1.journal"
     with Journal.open(path, "S1") as j:
         j.append(b"\xc1")
+        j.append(msgpack.packb({"op": "bogus", "oid": "o9"}))  # a map, but no command a matcher journals
     rc, lines, _ = _inspect(path)
-    ev = json.loads(lines[0])
-    assert rc == 0 and ev["event"] == "rejected" and ev["reason"] == "malformed" and ev["seq"] == 1
+    for seq, text in enumerate(lines, 1):
+        ev = json.loads(text)
+        assert rc == 0 and ev["event"] == "rejected" and ev["reason"] == "malformed" and ev["seq"] == seq
+        assert ev["text"].startswith(f"record {seq}: payload is not a journal command")

@@ -10,17 +10,16 @@ it.  With ``commands`` the records themselves come out, as replay commands with
 from __future__ import annotations
 
 import sys
-from typing import IO, Any
+from typing import IO
 
 import msgspec
 
+from fabric.commands import Command, decode_command
 from fabric.constants import REJ_MALFORMED, REJECT_NAMES
-from fabric.engine import Event
-from fabric.journal import JournalCorrupt, JournalError, JournalInfo, decode_command, journal_info, read_journal
-from tools.replay import Replayer, dumps
+from fabric.journal import JournalCorrupt, JournalError, JournalInfo, journal_info, read_journal
+from tools.replay import Event, Replayer, dumps
 
-# Decimals (JSON numbers with a fraction in the original command) go back out as numbers, not strings.
-_encode_command = msgspec.json.Encoder(decimal_format="number").encode
+_encode_command = msgspec.json.Encoder().encode
 _FLUSH_LINES = 4096
 
 
@@ -78,7 +77,7 @@ def inspect(path: str, *, commands: bool = False, out: IO[str] | None = None, er
             if seq > info.last_seq:
                 break
             try:
-                cmd: dict[str, Any] | None = decode_command(payload)
+                cmd: Command | None = decode_command(payload)
             except ValueError as e:
                 cmd = None
                 if commands:
@@ -87,7 +86,7 @@ def inspect(path: str, *, commands: bool = False, out: IO[str] | None = None, er
                     lines.append(_with_seq(_malformed(seq, e), seq))
             if cmd is not None:
                 if commands:
-                    lines.append(_encode_command({**cmd, "seq": seq}).decode())
+                    lines.append(_encode_command({**msgspec.to_builtins(cmd), "seq": seq}).decode())
                 else:
                     lines.extend(_with_seq(ev, seq) for ev in replayer.apply(cmd, seq))
             if len(lines) >= _FLUSH_LINES:

@@ -19,28 +19,31 @@ from typing import IO, Any
 
 import msgspec
 
+from fabric.commands import (
+    SIDE_CODES,
+    TIF_CODES,
+    TYPE_CODES,
+    AddInstrument,
+    CancelOrder,
+    Command,
+    EndOfDay,
+    NewOrder,
+    ReplaceOrder,
+)
 from fabric.constants import (
-    BUY,
-    DAY,
-    FOK,
-    GTC,
-    IOC,
-    LIMIT,
-    MARKET,
     REJ_BAD_FIELD,
     REJ_BAD_INSTRUMENT,
+    REJ_INSTRUMENT_EXISTS,
     REJ_MALFORMED,
     REJ_MISSING_FIELD,
     REJ_UNKNOWN_OP,
     REJECT_NAMES,
-    SELL,
 )
-from fabric.engine import Event, MatchingEngine
-from fabric.instruments import Instrument, InstrumentError, parse_decimal
+from fabric.engine import InstrumentExists, MatchingEngine, Outcome
+from fabric.instruments import InstrumentError, parse_decimal
+from fabric.protocol import ExAccepted, ExCancelled, ExExpired, ExFill, ExRejected, ExReplaced, Trade
 
-SIDES = {"buy": BUY, "sell": SELL}
-TYPES = {"limit": LIMIT, "market": MARKET}
-TIFS = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK}
+Event = dict[str, Any]  # one line of the replay's output, as docs/replay.md describes it
 OPS = ("instrument", "new", "cancel", "replace", "end_of_day")
 
 
@@ -72,39 +75,114 @@ def _int(cmd: dict[str, Any], name: str, default: int | None = None) -> int:
     return v
 
 
-def _decimal(cmd: dict[str, Any], name: str) -> Decimal:
+def _decimal(cmd: dict[str, Any], name: str) -> str:
+    # A decimal field as exact text (a JSON number arrives as a Decimal, never a float).
     if name not in cmd:
         raise CommandError(REJ_MISSING_FIELD, f"missing field '{name}'")
     try:
-        return parse_decimal(cmd[name])
+        return str(parse_decimal(cmd[name]))
     except ValueError as e:
         raise CommandError(REJ_BAD_FIELD, f"field '{name}': {e}") from None
 
 
-def _choice(cmd: dict[str, Any], name: str, choices: dict[str, int], default: str | None = None) -> int:
+def _choice(cmd: dict[str, Any], name: str, choices: dict[str, int], default: str | None = None) -> Any:
+    # The wire's name of a choice; the replay format takes any case.
     if name not in cmd:
         if default is not None:
-            return choices[default]
+            return default
         raise CommandError(REJ_MISSING_FIELD, f"missing field '{name}'")
     v = cmd[name]
     key = v.upper() if isinstance(v, str) and name == "tif" else v.lower() if isinstance(v, str) else v
     if key not in choices:
         raise CommandError(REJ_BAD_FIELD, f"field '{name}' must be one of {', '.join(choices)}, got {v!r}")
-    return choices[key]
+    return key
 
 
-def _instrument(cmd: dict[str, Any]) -> Instrument:
-    symbol = _str(cmd, "symbol")
-    tick = _decimal(cmd, "tick") if "tick" in cmd else Decimal("0.01")
-    lot = _int(cmd, "lot", default=1)
-    ref = _decimal(cmd, "ref_price") if "ref_price" in cmd else None
-    band = _decimal(cmd, "band_pct") if "band_pct" in cmd and cmd["band_pct"] is not None else None
-    if band is not None and band == 0:
-        band = None  # a band of 0 % means no band, as on the BSE's no-filter scrips
-    try:
-        return Instrument(symbol, tick=tick, lot=lot, ref_price=ref, band_pct=band)
-    except InstrumentError as e:
-        raise CommandError(REJ_BAD_INSTRUMENT, str(e)) from None
+def parse_command(cmd: Any) -> Command:
+    """Return the typed command a replay-format JSON object describes (``docs/replay.md``).
+
+    Raises
+    ------
+    CommandError
+        The object is not a valid command; its ``code`` names the reason.
+    """
+    if not isinstance(cmd, dict):
+        raise CommandError(REJ_MALFORMED, f"a command must be a JSON object, got {type(cmd).__name__}")
+    if "op" not in cmd:
+        raise CommandError(REJ_MISSING_FIELD, "missing field 'op'")
+    op = cmd["op"]
+    if op == "new":
+        oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
+        side = _choice(cmd, "side", SIDE_CODES)
+        otype = _choice(cmd, "type", TYPE_CODES)
+        qty = _int(cmd, "qty")
+        if otype == "limit":
+            return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
+                            price=_decimal(cmd, "price"), tif=_choice(cmd, "tif", TIF_CODES, default="GTC"))
+        if cmd.get("price") is not None:
+            raise CommandError(REJ_BAD_FIELD, "a market order takes no price")
+        return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
+                        tif=_choice(cmd, "tif", TIF_CODES, default="IOC"))
+    if op == "cancel":
+        return CancelOrder(symbol=_str(cmd, "symbol"), broker=_str(cmd, "broker"), oid=_str(cmd, "oid"))
+    if op == "replace":
+        oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
+        return ReplaceOrder(oid=oid, broker=broker, symbol=symbol,
+                            price=_decimal(cmd, "price") if cmd.get("price") is not None else None,
+                            qty=_int(cmd, "qty") if cmd.get("qty") is not None else None)
+    if op == "end_of_day":
+        return EndOfDay()
+    if op == "instrument":
+        symbol = _str(cmd, "symbol")
+        band = cmd.get("band_pct")
+        return AddInstrument(symbol=symbol, tick=_decimal(cmd, "tick") if "tick" in cmd else "0.01",
+                             lot=_int(cmd, "lot", default=1),
+                             ref_price=_decimal(cmd, "ref_price") if "ref_price" in cmd else None,
+                             band_pct=_decimal(cmd, "band_pct") if band is not None else None)
+    raise CommandError(REJ_UNKNOWN_OP, f"unknown op {op!r}; expected one of {', '.join(OPS)}")
+
+
+def replay_events(outcomes: list[Outcome]) -> list[Event]:
+    """Return the engine's outcomes as the replay format's events (``docs/replay.md``).
+
+    A trade is one ``trade`` event carrying both orders' quantities after it, where the exchange's
+    stream has the trade and its two fills.
+    """
+    events: list[Event] = []
+    it = iter(outcomes)
+    for o in it:
+        if type(o) is Trade:
+            aggr, rest = next(it), next(it)
+            assert type(aggr) is ExFill and type(rest) is ExFill
+            events.append({"event": "trade", "symbol": o.symbol, "trade_id": o.trade_id, "price": o.price,
+                           "qty": o.qty, "buy_oid": o.buy_oid, "sell_oid": o.sell_oid, "buy_broker": o.buy_broker,
+                           "sell_broker": o.sell_broker, "aggressor": o.aggressor,
+                           "aggressor_leaves_qty": aggr.leaves_qty, "aggressor_cum_qty": aggr.cum_qty,
+                           "resting_leaves_qty": rest.leaves_qty, "resting_cum_qty": rest.cum_qty})
+        elif type(o) is ExAccepted:
+            ev: Event = {"event": "accepted", "symbol": o.symbol, "oid": o.oid, "broker": o.broker, "side": o.side,
+                         "type": o.type}
+            if o.price is not None:
+                ev["price"] = o.price
+            ev["qty"] = o.qty
+            ev["tif"] = o.tif
+            events.append(ev)
+        elif type(o) is ExRejected:
+            events.append({"event": "rejected", "op": o.op, "oid": o.oid, "broker": o.broker, "symbol": o.symbol,
+                           "reason": o.reason, "text": o.text})
+        elif type(o) is ExCancelled:
+            events.append({"event": "cancelled", "symbol": o.symbol, "oid": o.oid, "broker": o.broker, "qty": o.qty,
+                           "cum_qty": o.cum_qty, "reason": o.reason})
+        elif type(o) is ExReplaced:
+            events.append({"event": "replaced", "symbol": o.symbol, "oid": o.oid, "broker": o.broker,
+                           "price": o.price, "qty": o.qty, "leaves_qty": o.leaves_qty, "cum_qty": o.cum_qty,
+                           "kept_priority": o.kept_priority})
+        elif type(o) is ExExpired:
+            events.append({"event": "expired", "symbol": o.symbol, "oid": o.oid, "broker": o.broker, "qty": o.qty,
+                           "cum_qty": o.cum_qty})
+        else:  # pragma: no cover - a fill outside a trade
+            raise AssertionError(f"unexpected outcome {o!r}")
+    return events
 
 
 # Numbers with a fraction become Decimals, never floats: prices stay exact.
@@ -118,7 +196,7 @@ def dumps(event: Event) -> str:
 
 
 class Replayer:
-    """Apply replay-format commands (dicts) to a :class:`MatchingEngine`, in order."""
+    """Apply replay-format commands (JSON objects, or typed commands) to a :class:`MatchingEngine`, in order."""
 
     def __init__(self, engine: MatchingEngine | None = None) -> None:
         self.engine = engine if engine is not None else MatchingEngine()
@@ -126,53 +204,27 @@ class Replayer:
     def apply(self, cmd: Any, line: int | None = None) -> list[Event]:
         """Apply one command; return its events (a ``rejected`` event for a bad command)."""
         try:
-            return self._apply(cmd)
+            typed = cmd if isinstance(cmd, Command) else parse_command(cmd)
+            try:
+                return replay_events(self.engine.apply(typed))
+            except InstrumentExists as e:
+                raise CommandError(REJ_INSTRUMENT_EXISTS, str(e)) from None
+            except InstrumentError as e:
+                raise CommandError(REJ_BAD_INSTRUMENT, str(e)) from None
         except CommandError as e:
             ev: Event = {"event": "rejected", "op": None, "oid": None, "broker": None, "symbol": None}
-            if isinstance(cmd, dict):
+            fields = msgspec.structs.asdict(cmd) if isinstance(cmd, Command) else cmd
+            if isinstance(fields, dict):
+                if isinstance(cmd, Command):
+                    fields["op"] = type(cmd).__struct_config__.tag
                 for k in ("op", "oid", "broker", "symbol"):
-                    v = cmd.get(k)
+                    v = fields.get(k)
                     ev[k] = v if isinstance(v, str) else None
             ev["reason"] = REJECT_NAMES[e.code]
             ev["text"] = str(e)
             if line is not None:
                 ev["line"] = line
             return [ev]
-
-    def _apply(self, cmd: Any) -> list[Event]:
-        if not isinstance(cmd, dict):
-            raise CommandError(REJ_MALFORMED, f"a command must be a JSON object, got {type(cmd).__name__}")
-        if "op" not in cmd:
-            raise CommandError(REJ_MISSING_FIELD, "missing field 'op'")
-        op = cmd["op"]
-        eng = self.engine
-        if op == "new":
-            oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
-            side = _choice(cmd, "side", SIDES)
-            otype = _choice(cmd, "type", TYPES)
-            qty = _int(cmd, "qty")
-            if otype == LIMIT:
-                price: Decimal | None = _decimal(cmd, "price")
-                tif = _choice(cmd, "tif", TIFS, default="GTC")
-            else:
-                if cmd.get("price") is not None:
-                    raise CommandError(REJ_BAD_FIELD, "a market order takes no price")
-                price = None
-                tif = _choice(cmd, "tif", TIFS, default="IOC")
-            return eng.new_order(symbol, broker, oid, side, otype, tif, price, qty)
-        if op == "cancel":
-            return eng.cancel(_str(cmd, "symbol"), _str(cmd, "broker"), _str(cmd, "oid"))
-        if op == "replace":
-            oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
-            new_price = _decimal(cmd, "price") if cmd.get("price") is not None else None
-            new_qty = _int(cmd, "qty") if cmd.get("qty") is not None else None
-            return eng.replace(symbol, broker, oid, new_price, new_qty)
-        if op == "end_of_day":
-            return eng.end_of_day()
-        if op == "instrument":
-            rej = eng.add_instrument(_instrument(cmd))
-            return [] if rej is None else [rej]
-        raise CommandError(REJ_UNKNOWN_OP, f"unknown op {op!r}; expected one of {', '.join(OPS)}")
 
     def apply_line(self, text: str | bytes, line: int | None = None) -> list[Event]:
         """Parse one JSON Lines line and apply it; blank lines give no events."""

@@ -1,0 +1,150 @@
+"""The engine's commands: one typed shape from the journal to the book.
+
+A broker's ``new``, ``cancel`` or ``replace`` becomes one of these at the
+matcher (:func:`from_order`), named for the broker the gateway authenticated;
+the matcher stamps its time, journals it as it is (:func:`encode_command`) and
+the engine applies it (:meth:`fabric.engine.MatchingEngine.apply`).  A replay of
+the journal decodes the same structs straight from the journal's bytes
+(:func:`decode_command`), and ``exfab replay`` parses its JSON lines into them.
+
+The journal's records are msgpack maps with an ``op`` key and the fields below
+(``docs/replay.md`` lists them), which is also the map every earlier version
+wrote: a journal from before these types opens unchanged.  Prices are decimal
+text as the broker sent them; the engine turns them into ticks of the
+instrument once, when it applies the command.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, TypeAlias
+
+import msgspec
+
+from fabric.constants import BUY, DAY, FOK, GTC, IOC, LIMIT, MARKET, SELL
+from fabric.protocol import Cancel, New, OrderCommand, Replace
+
+__all__ = [
+    "SIDE_CODES",
+    "TIF_CODES",
+    "TYPE_CODES",
+    "AddInstrument",
+    "CancelOrder",
+    "Command",
+    "EndOfDay",
+    "NewOrder",
+    "OrderCommandT",
+    "ReplaceOrder",
+    "decode_command",
+    "encode_command",
+    "from_order",
+]
+
+# The wire's names of sides, order types and times in force, and their codes in the books.
+SIDE_CODES: Final = {"buy": BUY, "sell": SELL}
+TYPE_CODES: Final = {"limit": LIMIT, "market": MARKET}
+TIF_CODES: Final = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK}
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["limit", "market"]
+Tif = Literal["GTC", "DAY", "IOC", "FOK"]
+
+
+class _Command(msgspec.Struct, tag_field="op", kw_only=True, gc=False, omit_defaults=True,
+               forbid_unknown_fields=True):
+    @property
+    def op(self) -> str:
+        """The command's name, as the journal and the replay format write it (``"new"``...)."""
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
+
+
+class _Order(_Command, kw_only=True):
+    # What every order command carries: the order, and where it came from.
+    oid: str
+    broker: str
+    symbol: str
+    ts: int = 0  # the matcher's time for the command, in ns: its outcomes carry it, a replay gives it again
+    gw: str | None = None  # the gateway that sent it, and that gateway's request number
+    req: int = 0
+
+
+class NewOrder(_Order, tag="new", kw_only=True):
+    """Enter an order: ``price`` is decimal text for a limit order and ``None`` for a market order."""
+
+    side: Side
+    type: OrderType
+    price: str | None = None
+    qty: int
+    tif: Tif
+
+
+class CancelOrder(_Order, tag="cancel", kw_only=True):
+    """Cancel the rest of an open order."""
+
+
+class ReplaceOrder(_Order, tag="replace", kw_only=True):
+    """Change an open order's price and/or total quantity; ``None`` keeps a field."""
+
+    price: str | None = None
+    qty: int | None = None
+
+
+class AddInstrument(_Command, tag="instrument", kw_only=True):
+    """Make a symbol tradable: a journal starts with its shard's instruments, so it replays on its own."""
+
+    symbol: str
+    tick: str = "0.01"
+    lot: int = 1
+    ref_price: str | None = None
+    band_pct: str | None = None
+
+
+class EndOfDay(_Command, tag="end_of_day", kw_only=True):
+    """Expire every resting DAY order."""
+
+    ts: int = 0
+
+
+OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder
+Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay
+
+
+def from_order(oc: OrderCommand, ts: int) -> OrderCommandT:
+    """Return the command a gateway's ``order_cmd`` asks for, at matcher time ``ts`` (ns).
+
+    ``oc.cmd`` is a broker's ``new``, ``cancel`` or ``replace``: a ``status`` or
+    ``orders`` changes nothing and has no command.
+    """
+    c = oc.cmd
+    if type(c) is New:
+        return NewOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, side=c.side, type=c.type, price=c.price,
+                        qty=c.qty, tif=c.tif, ts=ts, gw=oc.gateway, req=oc.req)
+    if type(c) is Cancel:
+        return CancelOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, ts=ts, gw=oc.gateway, req=oc.req)
+    if type(c) is Replace:
+        return ReplaceOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, price=c.price, qty=c.qty, ts=ts,
+                            gw=oc.gateway, req=oc.req)
+    raise TypeError(f"{type(c).__name__} is a query, not a command")
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Command)
+
+
+def encode_command(cmd: Command) -> bytes:
+    """Return ``cmd`` as a journal record's payload (a msgpack map, ``op`` first)."""
+    return _encoder.encode(cmd)
+
+
+def decode_command(payload: bytes) -> Command:
+    """Return the command a journal record holds.
+
+    Raises
+    ------
+    ValueError
+        The payload is not one of the commands above (not msgpack, an unknown
+        ``op``, a missing or mistyped field); the text says which.
+    """
+    try:
+        return _decoder.decode(payload)
+    except msgspec.DecodeError as e:
+        raise ValueError(f"payload is not a journal command: {e}") from None
