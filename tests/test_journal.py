@@ -610,3 +610,22 @@ def test_inspect_undecodable_record_gives_malformed_rejection(tmp_path: Path) ->
         ev = json.loads(text)
         assert rc == 0 and ev["event"] == "rejected" and ev["reason"] == "malformed" and ev["seq"] == seq
         assert ev["text"].startswith(f"record {seq}: payload is not a journal command")
+
+
+# ---------------------------------------------------------------------------
+# Journals written before the typed commands
+# ---------------------------------------------------------------------------
+
+DATA = ROOT / "tests" / "data"
+
+
+def test_journal_written_by_version_0_1_reads_to_the_same_events(tmp_path: Path) -> None:
+    # tests/data/v0.1-A.journal was written by a matcher of commit 20858e1 (plain msgpack maps), and
+    # v0.1-A.events.jsonl is what that commit's `exfab journal inspect` printed for it.
+    path = tmp_path / "A.journal"
+    path.write_bytes((DATA / "v0.1-A.journal").read_bytes())
+    rc, lines, _ = _inspect(path)
+    assert rc == 0
+    assert lines == (DATA / "v0.1-A.events.jsonl").read_text().splitlines()
+    kinds = {json.loads(s)["event"] for s in lines}
+    assert {"accepted", "trade", "replaced", "cancelled", "rejected"} <= kinds
