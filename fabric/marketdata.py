@@ -53,7 +53,7 @@ thread.
 
 Examples
 --------
->>> with MarketDataClient.from_topology("topology/examples/local.toml", ["TCS"]) as md:  # doctest: +SKIP
+>>> with MarketDataClient("tcp://127.0.0.1:7180", "tcp://127.0.0.1:7182", ["TCS"]) as md:  # doctest: +SKIP
 ...     md.wait_ready(5)
 ...     for u in md.poll(1.0):
 ...         if u.kind == "quote":
@@ -65,7 +65,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,8 +72,6 @@ from typing import Any, Final, NamedTuple
 
 import msgpack
 import zmq
-
-from topology.model import Topology
 
 __all__ = [
     "HEARTBEAT_TOPIC",
@@ -298,30 +295,6 @@ class MarketDataClient:
             self._poller.register(self._monitor, zmq.POLLIN)
         self._dealer: zmq.Socket[Any] | None = None
         self._new_dealer()
-
-    @classmethod
-    def from_topology(cls, topo_or_path: Topology | str | os.PathLike[str], symbols: Iterable[str] | None = None,
-                      **kwargs: Any) -> MarketDataClient:
-        """Return a client of the ticker of a topology (a :class:`Topology`, or the path of its file).
-
-        ``kwargs`` are those of the constructor (``kinds``, ``ctx``, ``timeout``).
-
-        Raises
-        ------
-        ValueError
-            When the topology has no ``[ticker]``.
-        topology.load.TopologyError
-            When the file cannot be read or has mistakes.
-        """
-        if isinstance(topo_or_path, Topology):
-            topo = topo_or_path
-        else:
-            from topology.load import load
-
-            topo = load(os.fspath(topo_or_path))
-        if topo.ticker is None:
-            raise ValueError(f"topology {topo.name!r} has no [ticker]")
-        return cls(topo.ticker.pub.connect, topo.ticker.snapshot.connect, symbols, **kwargs)
 
     # ---------------------------------------------------------------- the state
 

@@ -83,6 +83,7 @@ from fabric.protocol import (
 from fabric.stream import ShardStream
 from topology.load import load
 from topology.model import Topology
+from topology.primary import resolver
 
 log = logging.getLogger("exfab.gateway")
 
@@ -165,6 +166,7 @@ class Gateway:
         self.queries: dict[int, _Query] = {}
         self.req = 0
         self.shard_no = {sym: no for no, shard in enumerate(topo.shards) for sym in shard.symbols}
+        self.primaries = resolver(topo)
         self.lanes = [_Lane(ShardStream(no), exec_topic(no)) for no in range(len(topo.shards))]
         for lane in self.lanes:
             lane.stream.follow(lane.topic)
@@ -495,17 +497,17 @@ class Gateway:
         self.recovery: list[zmq.Socket] = []
         self.sub = ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
-        for no, shard in enumerate(self.topo.shards):
-            replica = shard.replicas[0]  # single matchers; pairs choose their primary through ZooKeeper (later)
+        for no in range(len(self.topo.shards)):
+            primary = self.primaries.primary(no)
             d = ctx.socket(zmq.DEALER)
             d.setsockopt(zmq.LINGER, 0)
-            d.connect(replica.order.connect)
+            d.connect(primary.order)
             self.orders.append(d)
             r = ctx.socket(zmq.DEALER)
             r.setsockopt(zmq.LINGER, 0)
-            r.connect(replica.recovery.connect)
+            r.connect(primary.recovery)
             self.recovery.append(r)
-            self.sub.connect(replica.pub.connect)
+            self.sub.connect(primary.pub)
             self.sub.subscribe(exec_topic(no))
             self.sub.subscribe(heartbeat_topic(no))
         poller = zmq.Poller()

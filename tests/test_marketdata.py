@@ -27,6 +27,7 @@ from fabric.client import BrokerClient
 from fabric.marketdata import HEARTBEAT_TOPIC, KINDS, MarketDataClient, Update, topic_of
 from fabric.protocol import Fill
 from tests.helpers import LOCAL, ROOT, free_port, gateway_endpoints, topology_on_free_ports
+from topology.clients import market_data_client
 from topology.launcher import Launcher
 from topology.model import GATEWAY, MATCHER, TICKER
 
@@ -592,14 +593,14 @@ def test_constructor_checks() -> None:
         MarketDataClient("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", ["A\x00B"])
 
 
-def test_from_topology(tmp_path: Path) -> None:
+def test_market_data_client_from_topology(tmp_path: Path) -> None:
     path = topology_on_free_ports(LOCAL, tmp_path)
     from topology.load import load
 
     topo = load(path)
     assert topo.ticker is not None
     for src in (path, str(path), topo):
-        with MarketDataClient.from_topology(src, ["TCS"]) as md:
+        with market_data_client(src, ["TCS"]) as md:
             assert md.pub == topo.ticker.pub.connect and md.snapshot == topo.ticker.snapshot.connect
             assert md.requested == ("TCS",)
 
@@ -685,7 +686,7 @@ def assert_quote_matches(md: MarketDataClient, sym: str, fills: list[Fill]) -> N
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_e2e_quotes_are_the_trades(exchange: Launcher) -> None:
-    with MarketDataClient.from_topology(exchange.topo, ["TCS", "ITC"]) as md:
+    with market_data_client(exchange.topo, ["TCS", "ITC"]) as md:
         assert md.wait_ready(10), md
         fills = {"TCS": trade(exchange, "TCS", ["3500.00", "3501.05", "3499.95", "3502.00"]),
                  "ITC": trade(exchange, "ITC", ["430.05", "430.10"], qty=7)}
@@ -693,7 +694,7 @@ def test_e2e_quotes_are_the_trades(exchange: Launcher) -> None:
         for sym, f in fills.items():
             assert_quote_matches(md, sym, f)
         # A client starting now gets the same state from its snapshot alone.
-        with MarketDataClient.from_topology(exchange.topo, ["TCS", "ITC"]) as fresh:
+        with market_data_client(exchange.topo, ["TCS", "ITC"]) as fresh:
             assert fresh.wait_ready(10)
             for sym in fills:
                 assert_same_state(md, fresh, sym)
@@ -703,7 +704,7 @@ def test_e2e_quotes_are_the_trades(exchange: Launcher) -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(180)
 def test_e2e_every_symbol_and_a_restarted_ticker(exchange: Launcher) -> None:
-    with MarketDataClient.from_topology(exchange.topo) as md:
+    with market_data_client(exchange.topo) as md:
         assert md.wait_ready(10), md
         assert set(md.symbols) == set(exchange.topo.symbols)
         fills = trade(exchange, "LT", ["3620.00", "3621.10"])
@@ -731,7 +732,7 @@ def exfab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def test_e2e_watch_once_table_and_json(exchange: Launcher) -> None:
     fills = trade(exchange, "INFY", ["1580.05", "1581.00"], qty=2)
     topo = str(exchange.path)
-    with MarketDataClient.from_topology(exchange.topo, ["INFY"]) as md:  # the ticker has published them
+    with market_data_client(exchange.topo, ["INFY"]) as md:  # the ticker has published them
         wait_trades(md, {"INFY": 2})
     r = exfab("watch", "INFY", "SBIN", "--once", "--topology", topo)
     assert r.returncode == 0, r.stderr

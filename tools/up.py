@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from fabric.marketdata import MarketDataClient
 from tools.watch import WatchTable
+from topology.clients import market_data_client
 from topology.launcher import Launcher, LaunchError, read_line
 
 
@@ -79,7 +79,7 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
         return 1
     console.print(status_table(launcher))
     demo_proc: subprocess.Popen[str] | None = None
-    md = MarketDataClient.from_topology(launcher.topo) if launcher.topo.ticker is not None else None
+    md = market_data_client(launcher.topo) if launcher.topo.ticker is not None else None
     view = WatchTable(md, launcher.topo.symbols) if md is not None else None
     try:
         if demo:

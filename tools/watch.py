@@ -30,6 +30,7 @@ from decimal import Decimal, InvalidOperation
 from typing import IO, Any
 
 from fabric.marketdata import MarketDataClient
+from topology.clients import market_data_client
 from topology.load import TopologyError, load
 from topology.model import Topology
 
@@ -176,7 +177,7 @@ def run(symbols: Sequence[str], topology: str, *, once: bool = False, as_json: b
         err.write(f"exfab watch: unknown symbol{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
                   f"topology {topo.name!r} lists {', '.join(topo.symbols)}\n")
         return 2
-    md = MarketDataClient.from_topology(topo, chosen or None, timeout=max(0.2, min(2.0, timeout / 2)))
+    md = market_data_client(topo, chosen or None, timeout=max(0.2, min(2.0, timeout / 2)))
     try:
         if once:
             return _once(md, topo, chosen, as_json, timeout, out, err)

@@ -1,0 +1,51 @@
+"""Clients of a deployment, made from its topology file: what a program needs to know of where things are.
+
+The client libraries in ``fabric/`` take endpoints and know nothing of
+topology files (the library sits below the deployment); these functions read
+the endpoints from a topology for them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from fabric.marketdata import MarketDataClient
+from topology.load import load
+from topology.model import Topology
+
+
+def market_data_client(topo: Topology | str | os.PathLike[str], symbols: Iterable[str] | None = None,
+                       **kwargs: Any) -> MarketDataClient:
+    """Return a :class:`~fabric.marketdata.MarketDataClient` of a topology's ticker.
+
+    Parameters
+    ----------
+    topo
+        A :class:`~topology.model.Topology`, or the path of its file.
+    symbols
+        The symbols to follow (``None``: every symbol the ticker sends).
+    **kwargs
+        The client's other parameters (``kinds``, ``ctx``, ``timeout``).
+
+    Raises
+    ------
+    ValueError
+        When the topology has no ``[ticker]``.
+    topology.load.TopologyError
+        When the file cannot be read or has mistakes.
+
+    Examples
+    --------
+    >>> with market_data_client("topology/examples/local.toml", ["TCS"]) as md:  # doctest: +SKIP
+    ...     md.wait_ready(5)
+    """
+    if not isinstance(topo, Topology):
+        topo = load(os.fspath(topo))
+    if topo.ticker is None:
+        raise ValueError(f"topology {topo.name!r} has no [ticker]")
+    return MarketDataClient(topo.ticker.pub.connect, topo.ticker.snapshot.connect, symbols, **kwargs)
+
+
+__all__ = ["market_data_client"]
