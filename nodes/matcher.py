@@ -76,6 +76,7 @@ from fabric.protocol import (
     op_of,
     trade_topic,
 )
+from fabric.sockets import readable, recv_frames, send_frames
 from topology.load import load
 from topology.model import Topology
 
@@ -131,9 +132,9 @@ class Outbox:
         """Publish what was sequenced since the last flush: per topic, one message or one bundle."""
         if self.pub is None or not self.pending:
             return
-        send = self.pub.send_multipart
+        pub = self.pub
         for topic, bodies in self.pending.items():
-            send((topic, bodies[0] if len(bodies) == 1 else encode(PubBundle(msgs=bodies))))
+            send_frames(pub, (topic, bodies[0] if len(bodies) == 1 else encode(PubBundle(msgs=bodies))))
         self.pending = {}
 
     def heartbeat(self) -> None:
@@ -311,9 +312,9 @@ class Matcher:
         for ident, answers in replies.items():
             if len(answers) == 1 or any(isinstance(a, Error) for a in answers):
                 for a in answers:
-                    orders.send_multipart((ident, encode(a)))
+                    send_frames(orders, (ident, encode(a)))
             else:
-                orders.send_multipart((ident, encode(ReplyBatch(replies=answers))))
+                send_frames(orders, (ident, encode(ReplyBatch(replies=answers))))
         self.outbox.flush()
 
     def _handle_round(self, commands: list[tuple[bytes, OrderCommand]],
@@ -454,13 +455,14 @@ class Matcher:
             poller = zmq.Poller()
             poller.register(orders, zmq.POLLIN)
             poller.register(recovery, zmq.POLLIN)
+            socks = (orders, recovery)
             while not self._stop:
-                events = dict(poller.poll(100))
+                events = readable(poller, socks, 100)
                 if orders in events:
                     batch: list[list[bytes]] = []
                     while len(batch) < MAX_BATCH:
                         try:
-                            batch.append(orders.recv_multipart(zmq.NOBLOCK))
+                            batch.append(recv_frames(orders))
                         except zmq.Again:
                             break
                     try:
@@ -499,7 +501,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     matcher = Matcher(load(args.topology), args.id, fsync=args.fsync)
     signal.signal(signal.SIGINT, matcher.stop)
     signal.signal(signal.SIGTERM, matcher.stop)
-    matcher.run(ready=lambda: print(f"READY matcher {args.id}", flush=True))
+    from nodes.profiling import profiled  # EXFAB_PROFILE_DIR set: the loop runs under cProfile
+
+    with profiled(f"matcher-{args.id}"):
+        matcher.run(ready=lambda: print(f"READY matcher {args.id}", flush=True))
     return 0
 
 
