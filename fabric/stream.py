@@ -50,7 +50,7 @@ class Replay:
 
     first: int
     last: int
-    sent: float = 0.0  # when it was last asked for
+    sent: float | None = None  # when it was last asked for (None: not yet)
 
 
 class ShardStream(Generic[T]):
@@ -137,9 +137,9 @@ class ShardStream(Generic[T]):
     def due(self, now: float) -> Replay | None:
         """Return the replay to ask for now (new, or unanswered for too long), marking it sent; else ``None``."""
         r = self.replay
-        if r is None or (r.sent and now - r.sent < REPLAY_TIMEOUT_S):
+        if r is None or (r.sent is not None and now - r.sent < REPLAY_TIMEOUT_S):
             return None
-        if r.sent:
+        if r.sent is not None:
             log.warning("shard %d: no answer to replay %d..%d; asking again", self.shard, r.first, r.last)
         r.sent = now
         return r
@@ -161,6 +161,25 @@ class ShardStream(Generic[T]):
                 if t.held:
                     self._ask(t.seq + 1, min(s for s, _ in t.held.values()) - 1, now)
         return out
+
+    def jump(self, topic: bytes, tseq: int, seq: int) -> list[T]:
+        """Move a topic past message (``tseq``, ``seq``), whose state came another way (a snapshot).
+
+        What is held up to it is dropped; returns what is now deliverable after it.
+        """
+        t = self._topic(topic)
+        if tseq + 1 > t.next:
+            t.next, t.seq = tseq + 1, seq
+        for k in [k for k in t.held if k < t.next]:
+            del t.held[k]
+        return self._drain(t)
+
+    def restart(self) -> None:
+        """Forget where every topic stood: the shard started over (a new journal), from ``seq`` 1 again."""
+        for t in self.topics.values():
+            t.next, t.seq = 1, 0
+            t.held.clear()
+        self.replay = None
 
     def unavailable(self, now: float) -> list[T]:
         """Take the matcher's answer that it no longer holds the replay: start every topic again from what it holds.
