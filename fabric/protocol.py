@@ -631,13 +631,17 @@ class OrderCommand(_InternalMsg, tag="order_cmd", frozen=True, kw_only=True):
     """A broker's command, validated by the gateway, for the shard's primary matcher.
 
     ``req`` is the gateway's request number (unique per gateway); the matcher
-    answers it with a :class:`CommandReply`.
+    answers it with a :class:`CommandReply`.  ``expires`` (ns since the Unix
+    epoch, 0 for never) is when the gateway stops waiting for the answer: a
+    matcher that takes the command later refuses it (``shard_unavailable``)
+    rather than carry out what its broker was told was refused.
     """
 
     gateway: BrokerId
     req: Seq
     broker: BrokerId
     cmd: New | Cancel | Replace | Status | Orders
+    expires: Count = 0
 
 
 class CommandReply(_InternalMsg, tag="cmd_reply", frozen=True, kw_only=True):

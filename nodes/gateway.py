@@ -135,7 +135,10 @@ class _Head(msgspec.Struct, gc=False):
 _head = msgspec.msgpack.Decoder(_Head).decode
 _EXEC_KINDS = frozenset({"accepted", "rejected", "fill", "cancelled", "replaced", "expired"})
 Report = tuple[int, str, bytes]  # (tseq, broker, the report's body as published)
-PENDING_TIMEOUT_S = 5.0  # a command its matcher has not answered in this long is refused: shard_unavailable
+EXPIRES_S = 5.0  # a matcher takes a command within this long of the gateway sending it, or refuses it
+EXPIRES_NS = int(EXPIRES_S * 1e9)
+PENDING_GRACE_S = 1.0  # ...and the gateway waits this much longer for the answer before refusing it itself
+PENDING_TIMEOUT_S = EXPIRES_S + PENDING_GRACE_S
 
 
 @dataclass(slots=True)
@@ -184,7 +187,22 @@ class Gateway:
         self.outq.setdefault(ident, []).append(encode(msg))
 
     def flush(self) -> None:
-        """Send what this turn queued: to each broker one message, to each matcher one batch."""
+        """Send what this turn queued: to each matcher one batch, to each broker one message.
+
+        A matcher's queue never blocks the gateway: when it is full (the matcher is down, and the
+        commands sent since fill its queue), the batch is refused ``shard_unavailable`` at once and the
+        other shards trade on.
+        """
+        for no, cmds in enumerate(self.cmdq):
+            if cmds:
+                self.cmdq[no] = []
+                try:
+                    send_frames(self.orders[no], (encode(cmds[0] if len(cmds) == 1 else OrderBatch(cmds=cmds)),),
+                                zmq.NOBLOCK)
+                except zmq.Again:
+                    for oc in cmds:
+                        self._give_up(no, oc.req, f"shard {self.topo.shards[no].name} is not taking commands")
+                    self._pump(self.lanes[no])
         now = time.monotonic()
         for ident, frames in self.outq.items():
             send_frames(self.front, (ident, *frames))
@@ -192,10 +210,6 @@ class Gateway:
             if s is not None:
                 s.last_tx = now
         self.outq = {}
-        for no, cmds in enumerate(self.cmdq):
-            if cmds:
-                send_frames(self.orders[no], (encode(cmds[0] if len(cmds) == 1 else OrderBatch(cmds=cmds)),))
-                self.cmdq[no] = []
 
     def _send_broker(self, broker: str, msg: Any) -> None:
         ident = self.by_broker.get(broker)
@@ -256,7 +270,10 @@ class Gateway:
         else:
             self.pending[self.req] = pending
         self.lanes[shard_no].inflight[self.req] = time.monotonic()
-        self.cmdq[shard_no].append(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=cmd))
+        # The matcher refuses the command after `expires`; the gateway waits a little longer for its answer
+        # (PENDING_GRACE_S), so an answer and a refusal never both reach the broker.
+        self.cmdq[shard_no].append(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=cmd,
+                                                expires=time.time_ns() + EXPIRES_NS))
 
     def _refuse(self, ident: bytes, session: Session | None, op: str, oid: str, symbol: str | None, reason: str,
                 text: str, field: str | None = None) -> None:
@@ -399,31 +416,50 @@ class Gateway:
             return
 
     def expire(self) -> None:
-        """Refuse commands a matcher has not answered within ``PENDING_TIMEOUT_S`` (``shard_unavailable``)."""
+        """Refuse commands a matcher has not answered within ``PENDING_TIMEOUT_S`` (``shard_unavailable``).
+
+        The shard's connection is then opened afresh, which drops what still waited in its queue: a
+        command the broker was told was refused does not reach a matcher that comes back later.
+        """
         deadline = time.monotonic() - PENDING_TIMEOUT_S
         for no, lane in enumerate(self.lanes):
-            expired = False
-            while lane.inflight:
-                req, sent = next(iter(lane.inflight.items()))
-                if sent > deadline:
-                    break
-                del lane.inflight[req]
-                expired = True
-                q = self.queries.pop(req, None)
-                if q is not None:
-                    q.waiting -= 1
-                    if q.waiting == 0:
-                        self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
-                    continue
-                p = self.pending.pop(req)
-                text = f"shard {self.topo.shards[no].name} did not answer within {PENDING_TIMEOUT_S:g} s"
-                lane.waiting.append((lane.gate, p.broker, [
-                    Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason="shard_unavailable", text=text),
-                    refused_status(p.op, p.oid, p.symbol, "shard_unavailable")]))
-            if expired:
-                log.warning("shard %d: commands unanswered for %g s refused (shard_unavailable)", no,
-                            PENDING_TIMEOUT_S)
-                self._pump(lane)
+            if not lane.inflight or next(iter(lane.inflight.values())) > deadline:
+                continue
+            log.warning("shard %d: commands unanswered for %g s refused (shard_unavailable); reconnecting", no,
+                        PENDING_TIMEOUT_S)
+            text = f"shard {self.topo.shards[no].name} did not answer within {PENDING_TIMEOUT_S:g} s"
+            for req in list(lane.inflight):
+                self._give_up(no, req, text)
+            self._reopen(no)
+            self._pump(lane)
+
+    def _give_up(self, no: int, req: int, text: str) -> None:
+        # Refuse one command sent to shard `no` (shard_unavailable); its answer keeps its place in the order.
+        lane = self.lanes[no]
+        lane.inflight.pop(req, None)
+        q = self.queries.pop(req, None)
+        if q is not None:
+            q.waiting -= 1
+            if q.waiting == 0:
+                self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
+            return
+        p = self.pending.pop(req, None)
+        if p is not None:
+            lane.waiting.append((lane.gate, p.broker, [
+                Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason="shard_unavailable", text=text),
+                refused_status(p.op, p.oid, p.symbol, "shard_unavailable")]))
+
+    def _reopen(self, no: int) -> None:
+        # A new connection to shard `no`'s primary, without what the old one still queued.
+        old = self.orders[no]
+        self.poller.unregister(old)
+        old.close(0)
+        d = self.ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        d.connect(self.primaries.primary(no).order)
+        self.orders[no] = d
+        self.poller.register(d, zmq.POLLIN)
+        self.socks = (*self.orders, self.sub, *self.recovery, self.front)
 
     def on_report(self, shard_no: int, body: bytes) -> None:
         """Handle one message from a shard's PUB: execution reports (one, or a bundle of them), a heartbeat."""
@@ -511,9 +547,9 @@ class Gateway:
             self.sub.connect(primary.pub)
             self.sub.subscribe(exec_topic(no))
             self.sub.subscribe(heartbeat_topic(no))
-        poller = zmq.Poller()
-        socks = (*self.orders, self.sub, *self.recovery, self.front)
-        for s in socks:
+        self.poller = poller = zmq.Poller()
+        self.socks = (*self.orders, self.sub, *self.recovery, self.front)
+        for s in self.socks:
             poller.register(s, zmq.POLLIN)
         shard_of_topic = {topic(no): no for no in range(len(self.topo.shards)) for topic in (exec_topic,
                                                                                               heartbeat_topic)}
@@ -522,7 +558,7 @@ class Gateway:
         last_keep_alive = time.monotonic()
         try:
             while not self._stop:
-                events = readable(poller, socks, 50)
+                events = readable(poller, self.socks, 50)
                 # Replies before the stream: a reply carries its command's reports (the short path), and
                 # reading it first keeps each order's answers in the order the matcher produced them.
                 for d in self.orders:

@@ -193,6 +193,7 @@ class Matcher:
             self.journal.commit()
         self.ctx = ctx or zmq.Context.instance()
         self.outbox = Outbox(self.shard_no, self.epoch, None)
+        self.expired = 0  # commands refused because they came after their gateway's deadline
         self._stop = False
 
     # ---------------------------------------------------------------- recovery
@@ -335,6 +336,11 @@ class Matcher:
         for i, (ident, oc) in enumerate(commands):
             cmd = None
             in_seq = 0
+            if oc.expires and ts > oc.expires:
+                # Its gateway has told (or is about to tell) the broker it was refused: never carry it out.
+                self.expired += 1
+                steps.append((ident, oc, None, -1))
+                continue
             if type(oc.cmd) not in (Orders, Status) and oc.cmd.symbol in self.symbols:
                 cmd = from_order(oc, ts)
                 if type(cmd) is NewOrder:
@@ -351,7 +357,12 @@ class Matcher:
         if any(cmd is not None for _, _, cmd, _ in steps):
             journal.commit()  # durable before anything is published or acknowledged
         for ident, oc, cmd, in_seq in steps:
-            replies.setdefault(ident, []).append(self._answer(oc) if cmd is None else self._execute(oc, cmd, in_seq))
+            if in_seq < 0:
+                reply = self._reply(oc, reason="shard_unavailable", text=f"shard {self.shard.name} took the command "
+                                    f"after it expired (matcher busy, stopped or restarting)")
+            else:
+                reply = self._answer(oc) if cmd is None else self._execute(oc, cmd, in_seq)
+            replies.setdefault(ident, []).append(reply)
         return rest
 
     def _answer(self, oc: OrderCommand) -> CommandReply:

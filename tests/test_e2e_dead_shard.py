@@ -1,0 +1,102 @@
+"""One shard stopped under load: the other shards trade on, and what was refused is never carried out.
+
+A matcher frozen with SIGSTOP keeps its connections open and reads nothing: the
+gateway's commands for it pile up in sockets.  The gateway must keep serving
+every other shard and every session, refuse the stuck commands with
+``shard_unavailable`` within its bound, and a matcher that wakes up to find
+them must not execute them behind their brokers' backs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from fabric.client import BrokerClient
+from fabric.protocol import OrderStatus, Rejected, decode_server
+from nodes.gateway import PENDING_TIMEOUT_S
+from tests.helpers import gateway_endpoints
+from topology.launcher import Launcher
+
+pytestmark = pytest.mark.e2e
+
+
+def _price(ex: Launcher, symbol: str, ticks_from_ref: int) -> str:
+    inst = ex.topo.instrument(symbol)
+    assert inst.ref_price is not None
+    ref = inst.to_ticks(inst.ref_price)
+    assert ref is not None
+    return inst.to_price(ref + ticks_from_ref)
+
+
+@pytest.mark.timeout(120)
+def test_stopped_shard_never_stops_the_others_and_its_refused_orders_never_execute(exchange: Launcher) -> None:
+    g1, _ = gateway_endpoints(exchange)
+    shard_a, shard_b = exchange.topo.shards[0], exchange.topo.shards[1]
+    sym_a, sym_b = shard_a.symbols[0], shard_b.symbols[0]
+    px_a, px_b = _price(exchange, sym_a, -5), _price(exchange, sym_b, -5)
+    matcher_b = exchange.node("matcher", shard_b.replicas[0].name)
+
+    flood: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.connect(g1)
+    flood.send(msgpack.packb({"t": "logon", "v": 1, "broker": "FLOOD", "heartbeat_ms": 60_000}))
+    assert flood.poll(5000)
+    flood.recv_multipart()
+
+    os.kill(matcher_b.proc.pid, signal.SIGSTOP)
+    oids = [f"stuck-{i}" for i in range(1500)]
+    closing: dict[str, OrderStatus] = {}
+    refused: dict[str, Rejected] = {}
+
+    def read(wait_ms: int) -> None:
+        if flood.poll(wait_ms):
+            while True:
+                try:
+                    frames = flood.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                for f in frames:
+                    m: Any = decode_server(f)
+                    if isinstance(m, OrderStatus) and m.op == "new":
+                        closing[m.oid] = m
+                    elif isinstance(m, Rejected):
+                        refused[m.oid] = m
+
+    try:
+        t0 = time.monotonic()
+        for i, oid in enumerate(oids):
+            flood.send(msgpack.packb({"t": "new", "v": 1, "oid": oid, "symbol": sym_b, "side": "buy",
+                                      "type": "limit", "price": px_b, "qty": 1, "tif": "GTC"}))
+            if i % 50 == 0:
+                read(1)  # spread over many turns of the gateway: many messages on the stuck connection
+        # Shard A trades on, through the same gateway, within the client's first timeout (no resend).
+        with BrokerClient([g1], "ALIVE", timeout=2.0, retries=0) as alive:
+            r = alive.buy(sym_a, 1, px_a)
+            assert (r.state, r.resends) == ("new", 0), r
+            assert alive.order_status(r.oid, sym_a).state == "new"
+        # Every stuck command is refused shard_unavailable, within the gateway's bound.
+        deadline = t0 + PENDING_TIMEOUT_S + 10
+        while len(closing) < len(oids) and time.monotonic() < deadline:
+            read(100)
+        assert len(closing) == len(oids), f"{len(oids) - len(closing)} commands never answered"
+        assert {st.reason for st in closing.values()} == {"shard_unavailable"}
+        assert {st.state for st in closing.values()} == {"rejected"}
+        assert set(refused) == set(oids) and {m.reason for m in refused.values()} == {"shard_unavailable"}
+    finally:
+        os.kill(matcher_b.proc.pid, signal.SIGCONT)
+        flood.close(0)
+
+    # Shard B wakes up, finds the stale commands in its socket, and refuses them: none was carried out.
+    time.sleep(1.0)
+    with BrokerClient([g1], "FLOOD", timeout=5.0) as c:
+        states = {c.order_status(oid, sym_b).state for oid in oids}
+        assert states == {"unknown"}, states
+        assert c.open_orders(sym_b) == []
+        assert c.buy(sym_b, 1, px_b, oid="after-1").state == "new"  # and it trades again
