@@ -10,14 +10,21 @@ that stream; its ``ack`` is the first answer to it (``accepted`` or
 ``rejected`` for a new order, ``cancelled`` or ``rejected`` for a cancel,
 ``replaced`` or ``rejected`` for a replace) and its ``fill`` the first fill of
 the order it sent, when that order traded on arrival.
+
+``node_pids`` names the node processes (``"matcher:A" -> pid``), for the
+driver's CPU time per command; with ``profile_dir`` the nodes it starts run
+their loops under cProfile (``nodes/profiling.py``) and write their profiles
+there when they stop.
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import zmq
@@ -45,6 +52,7 @@ from fabric.protocol import (
     decode_server,
     encode,
 )
+from nodes.profiling import ENV_CLOCK, ENV_DIR
 from perf.workload import generate
 from topology.launcher import Launcher
 from topology.load import load
@@ -61,8 +69,16 @@ class ExchangeTarget:
     kinds: tuple[str, ...] = ("ack", "fill")
 
     def __init__(self, brokers: int = 8, fsync: str = "batch", commands: int = 2_000_000, seed: int = 1,
-                 topology: str | None = None) -> None:
+                 topology: str | None = None, profile_dir: str | os.PathLike[str] | None = None,
+                 profile_clock: str = "wall") -> None:
+        if profile_dir is not None and topology is not None:
+            raise ValueError("profiling applies to an exchange the harness starts, not to one already running")
         self.topology = topology  # an exchange already running; None: start one on free ports
+        self.profile_dir = None if profile_dir is None else Path(profile_dir).resolve()
+        self.profile_clock = profile_clock
+        self.commands_sent = 0  # over the target's life: what a node's profile covers
+        self.node_labels: list[str] = []  # "kind:name" of the nodes it started
+        self.started_at = 0.0
         self.n_brokers = brokers
         self.fsync = fsync
         self.n_commands = commands
@@ -75,13 +91,17 @@ class ExchangeTarget:
 
     def start(self) -> None:
         """Start the topology (or connect to the running one), log the brokers on, prepare the command stream."""
+        self.started_at = time.time()  # a node profile older than this is an earlier run's
         if self.topology is not None:
             topo = load(self.topology)
         else:
             self.tmp = tempfile.mkdtemp(prefix="exfab-perf-")
             path = topology_on_free_ports(LOCAL, Path(self.tmp))
-            self.launcher = Launcher(path, workdir=self.tmp, extra_args={"matcher": ["--fsync", self.fsync]})
+            env = {} if self.profile_dir is None else {ENV_DIR: str(self.profile_dir), ENV_CLOCK: self.profile_clock}
+            self.launcher = Launcher(path, workdir=self.tmp, extra_args={"matcher": ["--fsync", self.fsync]},
+                                     extra_env=env)
             self.launcher.start()
+            self.node_labels = [n.label for n in self.launcher.nodes]
             topo = self.launcher.topo
         self.symbol = topo.shards[0].symbols[0]
         inst = topo.instrument(self.symbol)
@@ -132,6 +152,7 @@ class ExchangeTarget:
             self.pending[("replace", key)].append(i)
             self.aggressive[key] = i
         self.socks[b].send(encode(msg))
+        self.commands_sent += 1
 
     def poll(self, timeout: float) -> list[tuple[int, str]]:
         """Return the completions that arrived within ``timeout`` seconds."""
@@ -177,6 +198,19 @@ class ExchangeTarget:
         if i is not None:
             out.append((i, "ack"))
 
+    def node_pids(self) -> dict[str, int]:
+        """Return the exchange's node processes on this machine, ``"kind:name" -> pid`` (``"matcher:A"``).
+
+        The nodes it started; for an exchange already running (``topology``), the processes of this machine that
+        run a node of that topology file (``python -m nodes.KIND`` or ``exfab node KIND``, ``--topology`` naming
+        the same file).
+        """
+        if self.launcher is not None:
+            return {n.label: n.proc.pid for n in self.launcher.nodes if n.alive}
+        if self.topology is not None:
+            return running_nodes(self.topology)
+        return {}
+
     def stop(self) -> None:
         """Close the brokers' sockets and stop the exchange."""
         for s in self.socks:
@@ -189,3 +223,34 @@ class ExchangeTarget:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
 
+
+def running_nodes(topology: str | os.PathLike[str]) -> dict[str, int]:
+    """Return the processes of this machine that run a node of `topology`: ``"kind:name" -> pid``.
+
+    A node's command line is ``... -m nodes.KIND --topology FILE --id NAME`` (the launcher's, ``exfab up``) or
+    ``exfab node KIND --topology FILE --id NAME``; FILE is resolved against the process's working directory.
+    """
+    want = Path(topology).resolve()
+    out: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+            kind = name = path = None
+            for k, arg in enumerate(argv[:-1]):
+                nxt = argv[k + 1]
+                if arg == "-m" and nxt.startswith("nodes."):
+                    kind = nxt.removeprefix("nodes.")
+                elif arg == "node" and nxt in ("matcher", "gateway", "ticker"):
+                    kind = nxt
+                elif arg == "--topology":
+                    path = nxt
+                elif arg == "--id":
+                    name = nxt
+            if kind and name and path and (Path(os.readlink(f"/proc/{entry}/cwd")) / path).resolve() == want:
+                out[f"{kind}:{name}"] = int(entry)
+        except OSError:
+            continue  # gone, or not ours to read
+    return out

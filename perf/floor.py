@@ -410,6 +410,10 @@ class Floor:
             dead = self.dead()
             raise RuntimeError(f"floor node exited: {', '.join(dead)}" if dead else str(exc)) from exc
 
+    def pids(self) -> dict[str, int]:
+        """Return the nodes' process ids as ``{"matcher:floor": pid, "gateway:floor": pid}`` (the harness's labels)."""
+        return {f"{name}:floor": proc.pid for name, proc, _ in self._procs if proc.pid is not None}
+
     def stats(self) -> dict[str, dict[str, float]]:
         """Return each node's counters since it started: messages, batches, polls, and ``cpu_s`` (CPU seconds)."""
         out: dict[str, dict[str, float]] = {}

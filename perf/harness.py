@@ -17,6 +17,8 @@ and reports completions as ``(i, kind)`` pairs, e.g. ``(i, "ack")`` and
 * :class:`LoadDriver` -- :meth:`~LoadDriver.run` (open loop at one rate) and
   :meth:`~LoadDriver.pipelined` (closed loop with a window: msgs/s);
 * :func:`sweep` -- one run per offered rate against one started target;
+* :func:`process_cpu_s` -- a process's CPU time from ``/proc``: a target with ``node_pids`` gets its nodes'
+  CPU per message in each result (``node_cpu_s``, ``node_cpu_us_per_msg``);
 * :func:`write_report` -- ``report.json``, ``report.md`` and ``latency.png``.
 
 Usage (the command line is ``perf/latency.py``)::
@@ -59,6 +61,8 @@ HIGHEST_US = 60_000_000
 SIGNIFICANT_DIGITS = 3
 BUSY_WARNING_CORES = 0.2  # other processes' CPU during a run above which the driver warns
 PERCENTILES: tuple[tuple[str, float], ...] = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
+CPU_TARGET_US_PER_CMD = 15.0  # issue 12: CPU per command of the matchers, and of the gateways, at most this
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @runtime_checkable
@@ -74,6 +78,9 @@ class Target(Protocol):
         exactly one per message sent (an ack, an echo); the driver counts a
         message complete when its primary completion arrives.  Others (fills)
         may come zero or more times per message.
+
+    A target may also have ``node_pids() -> dict[str, int]``: its node processes, ``"kind:name" -> pid``
+    (``"matcher:A"``); the driver then reports their CPU time per message (see :func:`node_cpu_s`).
     """
 
     name: str
@@ -158,6 +165,10 @@ class FloorTarget:
     def node_stats(self) -> dict[str, dict[str, float]]:
         """Return the floor nodes' counters (see :meth:`perf.floor.Floor.stats`)."""
         return self._floor.stats() if self._floor is not None else {}
+
+    def node_pids(self) -> dict[str, int]:
+        """Return the floor's node processes: ``{"matcher:floor": pid, "gateway:floor": pid}``."""
+        return self._floor.pids() if self._floor is not None else {}
 
     def stop(self) -> None:
         """Close the client and stop the floor's processes."""
@@ -251,6 +262,9 @@ class RunResult:
     cpu
         Cores used during the run by the machine, by the driver's process tree, and by others
         (see :class:`CpuWatch`); ``others_cores`` well above zero means the figures are disturbed.
+    node_cpu_s
+        CPU seconds each node process of the target used during the run (its drain included),
+        ``"kind:name" -> s``; empty for a target without ``node_pids``.
     """
 
     target: str
@@ -262,6 +276,7 @@ class RunResult:
     achieved_per_s: float = 0.0
     send_lag_us: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    node_cpu_s: dict[str, float] = field(default_factory=dict)
     stale: int = 0
     histograms: dict[str, HdrHistogram] = field(default_factory=dict)
     sums_us: dict[str, int] = field(default_factory=dict)
@@ -295,6 +310,8 @@ class RunResult:
             "achieved_per_s": round(self.achieved_per_s, 1),
             "send_lag_us": self.send_lag_us,
             "cpu": self.cpu,
+            "node_cpu_s": self.node_cpu_s,
+            "node_cpu_us_per_msg": cpu_us_per_msg(self.node_cpu_s, self.sent),
             "latency_us": {k: _json_safe(self.percentiles(k)) for k in self.kinds},
             "hdr": {k: h.encode().decode("ascii") for k, h in self.histograms.items() if h.get_total_count()},
         }
@@ -316,6 +333,73 @@ class PipelinedResult:
     seconds: float
     window: int
     cpu: dict[str, float] = field(default_factory=dict)  # see RunResult.cpu
+    node_cpu_s: dict[str, float] = field(default_factory=dict)  # see RunResult.node_cpu_s, over the counted seconds
+    node_cpu_us_per_msg: dict[str, float] = field(default_factory=dict)  # kind -> its processes' CPU / messages
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """Return the CPU seconds (user + system, all its threads) that process `pid` has used so far, or None.
+
+    Read from ``/proc/PID/stat`` (Linux); None when the process is gone or ``/proc`` cannot be read.  Linux
+    counts CPU time in scheduler ticks (``SC_CLK_TCK``, 100 a second here), so a reading is good to about 10 ms:
+    compare readings seconds apart.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        rest = stat[stat.rfind(")") + 2 :].split()  # the command name may hold spaces and parentheses
+        if rest[0] in ("Z", "X"):  # a zombie has no threads left to count: the process is gone
+            return None
+        return (int(rest[11]) + int(rest[12])) / _CLK_TCK  # utime + stime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def node_cpu_s(pids: Mapping[str, int]) -> dict[str, float]:
+    """Return :func:`process_cpu_s` of each process of `pids` (``"kind:name" -> pid``); gone ones left out."""
+    out: dict[str, float] = {}
+    for label, pid in pids.items():
+        cpu = process_cpu_s(pid)
+        if cpu is not None:
+            out[label] = cpu
+    return out
+
+
+def cpu_us_per_msg(cpu_s: Mapping[str, float], messages: int) -> dict[str, float]:
+    """Return, for each kind of node, the CPU of all its processes in microseconds per message.
+
+    Parameters
+    ----------
+    cpu_s
+        CPU seconds per process, ``"kind:name" -> seconds`` (the kind is what precedes the colon).
+    messages
+        The messages (commands) of the same interval; no figure when there were none.
+    """
+    if messages <= 0:
+        return {}
+    kinds: dict[str, float] = {}
+    for label, seconds in cpu_s.items():
+        kind = label.split(":", 1)[0]
+        kinds[kind] = kinds.get(kind, 0.0) + seconds
+    return {kind: round(seconds / messages * 1e6, 1) for kind, seconds in kinds.items()}
+
+
+class NodeCpuWatch:
+    """CPU seconds used by a target's node processes between :meth:`start` and :meth:`stop` (see ``node_pids``)."""
+
+    def __init__(self, target: object) -> None:
+        get = getattr(target, "node_pids", None)
+        self.pids: dict[str, int] = dict(get()) if callable(get) else {}
+        self._before: dict[str, float] = {}
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self._before = node_cpu_s(self.pids)
+
+    def stop(self) -> dict[str, float]:
+        """Return each process's CPU seconds since :meth:`start` (``"kind:name" -> s``; {} without node pids)."""
+        after = node_cpu_s(self.pids)
+        return {label: round(after[label] - before, 3) for label, before in self._before.items() if label in after}
 
 
 class CpuWatch:
@@ -448,6 +532,8 @@ class LoadDriver:
         result = RunResult(target.name, kinds, rate, duration)
         watch = CpuWatch()
         watch.start()
+        nodes = NodeCpuWatch(target)
+        nodes.start()
         # Latencies (ns) go into flat int64 arrays and into the histograms after the run: recording while
         # the clock runs would stall the loop once a second and show up at p99.9.
         latencies: dict[str, array[int]] = {k: array("q") for k in kinds}
@@ -512,6 +598,7 @@ class LoadDriver:
         if done[primary] and last_primary > t0:
             result.achieved_per_s = done[primary] / ((last_primary - t0) / 1e9)
         result.cpu = watch.stop()
+        result.node_cpu_s = nodes.stop()
         if not quiet and result.cpu.get("others_cores", 0.0) >= BUSY_WARNING_CORES:
             self._say(f"warning: other processes used {result.cpu['others_cores']:.1f} of {os.cpu_count()} cores "
                       "during this run: its figures are not this system's alone")
@@ -563,6 +650,7 @@ class LoadDriver:
         end = start + duration
         counting = False
         watch = CpuWatch()
+        nodes = NodeCpuWatch(target)
         while True:
             while len(outstanding) < window:
                 send(i)
@@ -576,12 +664,15 @@ class LoadDriver:
             if not counting and now >= start:
                 counting, counted_from, start, end = True, received, now, now + duration
                 watch.start()
+                nodes.start()
             elif counting and now >= end:
                 break
         self.next_id = i
         messages = received - counted_from
         seconds = now - start
         cpu = watch.stop()
+        node_cpu = nodes.stop()
+        per_msg = cpu_us_per_msg(node_cpu, messages)
         deadline = time.perf_counter() + self.drain  # let the window empty before the next measurement
         while outstanding and time.perf_counter() < deadline:
             for j, kind in poll(0.05):
@@ -589,9 +680,11 @@ class LoadDriver:
                     outstanding.discard(j)
         if self.progress:
             others = f" (others used {cpu['others_cores']:.1f} cores)" if "others_cores" in cpu else ""
+            node = "; CPU per message: " + ", ".join(f"{k} {v:,.1f} us" for k, v in per_msg.items()) if per_msg else ""
             self._say(f"{target.name} pipelined {config or ''} window {window}: {messages / seconds:,.0f} msgs/s"
-                      + others)
-        return PipelinedResult(target.name, config, messages / seconds, messages, seconds, window, cpu)
+                      + others + node)
+        return PipelinedResult(target.name, config, messages / seconds, messages, seconds, window, cpu, node_cpu,
+                               per_msg)
 
 
 def sweep(target: Target, rates: Iterable[float], duration: float, *, warmup: float = 0.5, drain: float = 2.0,
@@ -651,6 +744,12 @@ def _markdown(results: Sequence[RunResult], floor: Sequence[RunResult], info: Ma
     if extra.get("transport"):
         gateway = f"; the floor's gateway {extra['floor_gateway']}" if extra.get("floor_gateway") else ""
         lines += [f"Transport: {extra['transport']}{gateway}.", ""]
+    if extra.get("fsync"):
+        lines += [f"The exchange's journal: fsync {extra['fsync']}.", ""]
+    if extra.get("profile_dir"):
+        clock = extra.get("profile_clock", "wall")
+        lines += [f"**Profiled** (the nodes ran under cProfile, {clock} clock, profiles in `{extra['profile_dir']}`): "
+                  "every figure of the exchange includes the profiler's cost.", ""]
     lines += ["## Round trip, open loop", "",
               "Latency in microseconds from each message's *intended* send time (no coordinated omission).",
               "Achieved is primary completions per second; lost counts messages without one after the drain;",
@@ -677,8 +776,69 @@ def _markdown(results: Sequence[RunResult], floor: Sequence[RunResult], info: Ma
             others = t.get("cpu", {}).get("others_cores")
             lines.append(f"| {t['target']} | {t['config']} | {t['window']:,} | {t['msgs_per_s']:,.0f} | "
                          f"{'-' if others is None else f'{others:.1f}'} |")
+    lines += _cpu_lines(results, floor, throughput, float(extra.get("cpu_target_us_per_cmd") or CPU_TARGET_US_PER_CMD))
+    lines += _profile_lines(extra.get("profiles") or [])
     lines += ["", "![latency against offered load](latency.png)", ""]
     return "\n".join(lines)
+
+
+def _cpu_lines(results: Sequence[RunResult], floor: Sequence[RunResult], throughput: Sequence[Mapping[str, Any]],
+               target_us: float) -> list[str]:
+    """Return the markdown of the CPU per message of each kind of node process, pipelined runs first."""
+    rows: list[tuple[str, str, dict[str, float], int]] = []  # target, run, CPU s per process, messages
+    for t in throughput:
+        if t.get("node_cpu_s"):
+            rows.append((t["target"], f"pipelined {t['config']}".rstrip(), t["node_cpu_s"], int(t["messages"])))
+    for r in [*results, *floor]:
+        if r.node_cpu_s:
+            rows.append((r.target, f"open loop {r.offered_per_s:,.0f}/s", r.node_cpu_s, r.sent))
+    if not rows:
+        return []
+    lines = ["", "## CPU per message of the node processes", "",
+             "CPU time (user + system, all threads: `/proc/PID/stat`) of each kind of node process during the run,",
+             "summed over its processes and divided by the run's messages (commands); an open-loop run counts its",
+             "drain too. Linux counts CPU in 10 ms ticks: a short run's figure is rough. The target (issue 12) is",
+             f"at most {target_us:g} us per command for the exchange's matchers and for its gateways.", "",
+             "| target | run | kind | processes | CPU s | messages | us per message | vs target |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for target, run, cpu, messages in rows:
+        kinds: dict[str, list[str]] = {}
+        for label in cpu:
+            kinds.setdefault(label.split(":", 1)[0], []).append(label)
+        per_msg = cpu_us_per_msg(cpu, messages)
+        for kind, labels in kinds.items():
+            seconds = sum(cpu[label] for label in labels)
+            us = per_msg.get(kind)
+            ratio = (f"{us / target_us:.1f}×" if us is not None and target != "floor" and kind in ("matcher", "gateway")
+                     else "")
+            names = ", ".join(label.split(":", 1)[1] for label in labels)
+            lines.append(f"| {target} | {run} | {kind} | {names} | {seconds:.2f} | {messages:,} | "
+                         f"{'-' if us is None else f'{us:,.1f}'} | {ratio} |")
+    return lines
+
+
+def _profile_lines(profiles: Sequence[Mapping[str, Any]], n: int = 10) -> list[str]:
+    """Return the markdown of the top functions of each node's profile (see ``nodes/profiling.py``)."""
+    if not profiles:
+        return []
+    lines = ["", "## Where the time goes: the nodes' profiles", "",
+             "Top functions by own time of each node's loop under cProfile, over the node's whole life (every run",
+             "above, warm-up and drain included), its wait for messages (zmq poll) left out: own % is of the busy",
+             "time, per command is own time divided by every command the harness sent. The profiler adds its own",
+             "cost to each call: read shares. Full tables in each node's `.txt`, the profile in its `.prof`",
+             "(`python -m pstats FILE`)."]
+    for p in profiles:
+        commands = int(p.get("commands") or 0)
+        total, wait = float(p.get("total_s") or 0.0), float(p.get("wait_s") or 0.0)
+        lines += ["", f"**{p['node']}** ({total:.2f} s under the profiler: busy {total - wait:.2f} s, waiting "
+                      f"{wait:.2f} s; {commands:,} commands; `{p['prof']}`)", "",
+                  "| own s | own % | us per command | calls | function |", "| ---: | ---: | ---: | ---: | --- |"]
+        for row in list(p.get("top") or [])[:n]:
+            per_cmd = f"{row['tottime_s'] / commands * 1e6:,.1f}" if commands else "-"
+            function = str(row["function"]).replace("|", "\\|")
+            lines.append(f"| {row['tottime_s']:.3f} | {100 * row['tottime_share']:.1f} | {per_cmd} | "
+                         f"{row['calls']:,} | `{function}` |")
+    return lines
 
 
 _PCT_COLOURS = {"p50": "#1f77b4", "p90": "#2ca02c", "p99": "#ff7f0e", "p99.9": "#d62728", "max": "#7f7f7f"}

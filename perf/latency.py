@@ -25,6 +25,18 @@ Usage::
 rate), ``floor_throughput_per_s`` (batched), ``floor_throughput_unbatched_per_s``
 and, for a target other than the floor, ``<kind>_p50_us``, ``<kind>_p99_us``
 for each of its completion kinds (``ack_p50_us`` ...) and ``throughput_per_s``.
+For the exchange also ``matcher_cpu_us_per_cmd`` and ``gateway_cpu_us_per_cmd``:
+the CPU time (user + system, ``/proc/PID/stat``) of all its matcher processes,
+and of all its gateway processes, over the pipelined run, divided by that run's
+commands; ``cpu_target_us_per_cmd`` (15, issue 12) and ``matcher_cpu_vs_target``,
+``gateway_cpu_vs_target`` (the figure over the target); ``fsync``, the policy
+they were measured with; and the floor's own figures for comparison
+(``floor_matcher_cpu_us_per_msg``, ``floor_gateway_cpu_us_per_msg``, batched).
+
+``--profile DIR`` runs the exchange's matchers and gateways under cProfile
+(``nodes/profiling.py``, through ``EXFAB_PROFILE_DIR``): each writes
+``DIR/<kind>-<name>.prof`` and ``.txt`` when it stops, and the report lists
+each node's top functions by own time, per command.
 
 On a shared machine read ``others`` (``floor_others_cores`` in the JSON): the
 cores that processes outside the harness took during a run.  The floor alone
@@ -48,7 +60,15 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from perf.floor import FloorConfig  # noqa: E402
-from perf.harness import FloorTarget, LoadDriver, PipelinedResult, RunResult, Target, write_report  # noqa: E402
+from perf.harness import (  # noqa: E402
+    CPU_TARGET_US_PER_CMD,
+    FloorTarget,
+    LoadDriver,
+    PipelinedResult,
+    RunResult,
+    Target,
+    write_report,
+)
 
 # Relative to the current directory: a scratch folder, never the tracked perf/reports/ (see report_dir).
 DEFAULT_OUT = Path(".exfab") / "perf" / "latency"
@@ -77,13 +97,17 @@ def make_exchange_target(args: argparse.Namespace) -> Target:
     Parameters
     ----------
     args
-        The parsed command line: ``brokers`` and ``fsync`` are used.
+        The parsed command line: ``brokers``, ``fsync``, ``topology``, ``profile`` and ``profile_clock`` are used.
     """
     if args.transport != "tcp":
         raise SystemExit("the exchange's topology uses tcp endpoints; --transport ipc applies to the floor only")
+    if args.profile is not None and args.topology is not None:
+        raise SystemExit("--profile applies to an exchange the harness starts, not to one already running "
+                         "(--topology): start that one with EXFAB_PROFILE_DIR set instead")
     from perf.exchange_target import ExchangeTarget
 
-    return ExchangeTarget(brokers=args.brokers, fsync=args.fsync, topology=args.topology)
+    return ExchangeTarget(brokers=args.brokers, fsync=args.fsync, topology=args.topology,
+                          profile_dir=args.profile, profile_clock=args.profile_clock)
 
 
 # --------------------------------------------------------------------------- runs
@@ -131,6 +155,12 @@ def build_parser(prog: str = "perf/latency.py") -> argparse.ArgumentParser:
     p.add_argument("--fsync", default="batch", help="the matchers' journal fsync policy (default batch)")
     p.add_argument("--topology", default=None, metavar="FILE",
                    help="drive the exchange already running with this topology (default: start one on free ports)")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="run the exchange's matchers and gateways under cProfile; each writes DIR/<kind>-<name>.prof "
+                        "and .txt when it stops (every figure then includes the profiler's cost)")
+    p.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
+                   help="the profiler's clock: wall (default; waits count) or cpu (the main thread's CPU time, "
+                        "slower)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
@@ -149,6 +179,55 @@ def measure(target: Target, rates: list[float], args: argparse.Namespace, *, lat
         return runs, piped
     finally:
         target.stop()
+
+
+def cpu_figures(piped: PipelinedResult | None, floor: PipelinedResult | None) -> dict[str, float | None]:
+    """Return the CPU per command of the exchange's matchers and gateways (pipelined) against the target.
+
+    Parameters
+    ----------
+    piped
+        The exchange's pipelined run (None: not measured).
+    floor
+        The floor's batched pipelined run, whose nodes' figures are given beside (``floor_..._us_per_msg``).
+
+    Returns
+    -------
+    dict
+        ``matcher_cpu_us_per_cmd``, ``gateway_cpu_us_per_cmd`` (None when not measured), ``cpu_target_us_per_cmd``,
+        ``matcher_cpu_vs_target``, ``gateway_cpu_vs_target`` (figure / target), ``floor_matcher_cpu_us_per_msg``,
+        ``floor_gateway_cpu_us_per_msg``.
+    """
+    out: dict[str, float | None] = {"cpu_target_us_per_cmd": CPU_TARGET_US_PER_CMD}
+    for kind in ("matcher", "gateway"):
+        us = piped.node_cpu_us_per_msg.get(kind) if piped is not None else None
+        out[f"{kind}_cpu_us_per_cmd"] = us
+        out[f"{kind}_cpu_vs_target"] = None if us is None else round(us / CPU_TARGET_US_PER_CMD, 2)
+        out[f"floor_{kind}_cpu_us_per_msg"] = floor.node_cpu_us_per_msg.get(kind) if floor is not None else None
+    return out
+
+
+def read_profiles(target: Target, folder: Path, top: int = 20) -> list[dict[str, Any]]:
+    """Return, for each node profile the exchange's nodes wrote into `folder`, its top functions by own time.
+
+    Only the profiles of the nodes `target` started are read (``node_labels``); ``commands`` is every command the
+    target sent over its life, which is what each profile covers.
+    """
+    import pstats
+
+    from nodes.profiling import top_functions, total_time, wait_time
+
+    out: list[dict[str, Any]] = []
+    since = getattr(target, "started_at", 0.0)
+    for label in getattr(target, "node_labels", []):
+        prof = folder.resolve() / f"{label.replace(':', '-')}.prof"
+        if not prof.exists() or prof.stat().st_mtime < since:
+            continue  # a kind that does not profile (the ticker), one killed before it could write, an older run's
+        stats = pstats.Stats(str(prof))
+        out.append({"node": label.replace(":", "-"), "prof": str(prof), "txt": str(prof.with_suffix(".txt")),
+                    "commands": getattr(target, "commands_sent", 0), "total_s": round(total_time(stats), 3),
+                    "wait_s": round(wait_time(stats), 3), "top": top_functions(stats, top)})
+    return out
 
 
 def _summary(prefix: str, run: RunResult, kinds: tuple[str, ...]) -> dict[str, Any]:
@@ -190,6 +269,9 @@ def _main(args: argparse.Namespace, argv: list[str], prog: str) -> int:
     base = FloorConfig(transport=args.transport, batch_format=args.batch_format)
 
     target: Target | None = None
+    if args.profile is not None and args.target != "exchange":
+        sys.stderr.write(f"{prog}: --profile profiles the exchange's nodes: it needs --target exchange\n")
+        return 2
     if args.target == "exchange":
         try:
             target = make_exchange_target(args)
@@ -217,7 +299,17 @@ def _main(args: argparse.Namespace, argv: list[str], prog: str) -> int:
         "transport": args.transport,
         "floor_gateway": args.floor_gateway,
         "throughput": [vars(t) for t in throughput],
+        "cpu_target_us_per_cmd": CPU_TARGET_US_PER_CMD,
     }
+    cpu = cpu_figures(piped if target is not None else None, batched)
+    fsync = args.fsync if args.topology is None else None  # a running exchange (--topology) has its own policy
+    if target is not None:
+        extra["fsync"] = fsync
+        extra["cpu_us_per_cmd"] = cpu
+    if args.profile is not None and target is not None:
+        extra["profile_dir"] = str(args.profile.resolve())
+        extra["profile_clock"] = args.profile_clock
+        extra["profiles"] = read_profiles(target, args.profile)
     paths = write_report(runs, report_dir(args.out), floor=floor_runs if target is not None else None, extra=extra)
 
     out: dict[str, Any] = {
@@ -238,6 +330,11 @@ def _main(args: argparse.Namespace, argv: list[str], prog: str) -> int:
         out["lost"] = runs[0].lost
         out["others_cores"] = runs[0].cpu.get("others_cores")
         out["throughput_per_s"] = round(piped.msgs_per_s, 1) if piped else None
+        out["fsync"] = fsync
+        out.update(cpu)
+        if "profiles" in extra:
+            out["profile_dir"] = extra["profile_dir"]
+            out["profiles"] = [p["prof"] for p in extra["profiles"]]
     out["runs"] = [{"target": r.target, "offered_per_s": r.offered_per_s, "achieved_per_s": round(r.achieved_per_s, 1),
                     "sent": r.sent, "completed": r.completed, **_summary("", r, r.kinds)}
                    for r in [*runs, *(floor_runs if target is not None else [])]]
@@ -258,7 +355,17 @@ def _main(args: argparse.Namespace, argv: list[str], prog: str) -> int:
                   f"{others:>6} {cells}")
     print("others: cores that processes outside the harness used during the run (above 0.2: disturbed figures)")
     for t in throughput:
-        print(f"pipelined {t.target} {t.config or ''}, window {t.window}: {t.msgs_per_s:,.0f} msgs/s")
+        per_msg = ", ".join(f"{k} {v:,.1f} us" for k, v in t.node_cpu_us_per_msg.items())
+        print(f"pipelined {t.target} {t.config or ''}, window {t.window}: {t.msgs_per_s:,.0f} msgs/s"
+              + (f"; CPU per message: {per_msg}" if per_msg else ""))
+    if target is not None:
+        shown = [f"{kind} {cpu[f'{kind}_cpu_us_per_cmd']:,.1f} us ({cpu[f'{kind}_cpu_vs_target']:.1f}× the target)"
+                 for kind in ("matcher", "gateway") if cpu.get(f"{kind}_cpu_us_per_cmd") is not None]
+        policy = f", fsync {fsync}" if fsync else ""
+        print(f"CPU per command, pipelined{policy} (target {CPU_TARGET_US_PER_CMD:g} us each): "
+              + ("; ".join(shown) if shown else "not measured (no pipelined run, or no node processes here)"))
+    for p in extra.get("profiles", []):
+        print(f"profile: {p['prof']} (top functions: {p['txt']})")
     print(f"report: {paths['md']}")
     return 0
 

@@ -6,7 +6,11 @@ gateway with a single raw DEALER broker:
 - closed loop: send a limit order, wait for its ``accepted``, send the next
   (``--orders`` of them): the acknowledgement round trip with nothing queued;
 - pipelined: keep ``--window`` limit orders outstanding and count how many
-  complete (their closing ``order_status``) per second.
+  complete (their closing ``order_status``) per second, and the CPU time of
+  the matcher and gateway processes per order meanwhile (``/proc/PID/stat``).
+
+With ``EXFAB_PROFILE_DIR=DIR`` in the environment the nodes run under cProfile
+and write ``DIR/<kind>-<name>.prof`` and ``.txt`` when they stop (``nodes/profiling.py``).
 
 Usage::
 
@@ -32,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from fabric.protocol import Accepted, Logon, New, OrderStatus, decode_server, encode  # noqa: E402
+from perf.harness import cpu_us_per_msg, node_cpu_s  # noqa: E402
 from topology.launcher import Launcher  # noqa: E402
 from topology.ports import topology_on_free_ports  # noqa: E402
 
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         rng = random.Random(1)
         sent = done = 0
         n = args.pipelined
+        pids = {node.label: node.proc.pid for node in launcher.nodes}
+        cpu0 = node_cpu_s(pids)
         t0 = time.perf_counter()
         while done < n:
             while sent < n and sent - done < args.window:
@@ -91,8 +98,11 @@ def main(argv: list[str] | None = None) -> None:
                         break
                     done += sum(isinstance(decode_server(b), OrderStatus) for b in frames)
         secs = time.perf_counter() - t0
+        cpu1 = node_cpu_s(pids)
+        per_order = cpu_us_per_msg({k: cpu1[k] - v for k, v in cpu0.items() if k in cpu1}, n)
+        cpu = ", ".join(f"{k} {v:,.1f} us" for k, v in per_order.items())
         print(f"pipelined, fsync {args.fsync}, window {args.window}: {n:,} orders in {secs:.2f} s = "
-              f"{n / secs:,.0f} orders/s")
+              f"{n / secs:,.0f} orders/s; CPU per order: {cpu}")
         sock.close(0)
     finally:
         launcher.stop()

@@ -5,13 +5,28 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import pstats
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from nodes.profiling import ENV_DIR, profiled, top_functions
 from perf.floor import Floor, FloorConfig, connect_client, make_order, order_seq
-from perf.harness import LoadDriver, RunResult, Target, write_report
-from perf.latency import DEFAULT_OUT, build_parser, main, report_dir
+from perf.harness import (
+    CPU_TARGET_US_PER_CMD,
+    LoadDriver,
+    PipelinedResult,
+    RunResult,
+    Target,
+    cpu_us_per_msg,
+    node_cpu_s,
+    process_cpu_s,
+    write_report,
+)
+from perf.latency import DEFAULT_OUT, build_parser, cpu_figures, main, report_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,3 +156,142 @@ def test_report_dir_keeps_an_explicit_out(tmp_path: Path, monkeypatch: pytest.Mo
     assert report_dir(build_parser().parse_args(["--out", str(tmp_path / "r")]).out) == tmp_path / "r"
     assert report_dir(build_parser().parse_args(["--out", "perf/reports/latency"]).out) == (
         tmp_path / "perf" / "reports" / "latency")  # relative to where it runs, as before
+
+
+# A child that reports, burns CPU until its own clock says `BURN_S` more, reports again, and waits for its stdin.
+BURN_S = 0.5
+_BURNER = f"""
+import sys, time
+print("started", flush=True)
+sys.stdin.readline()
+until = time.process_time() + {BURN_S}
+while time.process_time() < until:
+    pass
+print("burnt", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_process_cpu_s_child_burning_half_a_second_reads_about_that() -> None:
+    child = subprocess.Popen([sys.executable, "-c", _BURNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "started"
+        before = process_cpu_s(child.pid)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "burnt"
+        after = process_cpu_s(child.pid)
+        assert before is not None and after is not None
+        # CPU time, not wall time: a busy machine delays the child but does not change what it burnt. Linux counts
+        # it in 10 ms ticks, hence the margins.
+        assert 0.0 <= before < 1.0  # the interpreter's start-up
+        assert BURN_S - 0.05 <= after - before <= BURN_S + 0.5
+        assert node_cpu_s({"matcher:child": child.pid, "gateway:gone": 2**22 + 1}) == {"matcher:child": after}
+    finally:
+        child.stdin.close()
+        child.wait(10)
+    assert process_cpu_s(child.pid) is None  # reaped: nothing to read
+
+
+def test_cpu_us_per_msg_processes_of_one_kind_are_summed() -> None:
+    cpu = {"matcher:A": 0.3, "matcher:B": 0.1, "gateway:gw1": 0.15, "gateway:gw2": 0.05, "ticker:ticker": 0.02}
+    assert cpu_us_per_msg(cpu, 10_000) == {"matcher": 40.0, "gateway": 20.0, "ticker": 2.0}
+    assert cpu_us_per_msg(cpu, 0) == {}
+
+
+def test_cpu_figures_pipelined_result_gives_both_keys_against_the_target() -> None:
+    piped = PipelinedResult("exchange", "", 5_000.0, 10_000, 2.0, 1_000,
+                            node_cpu_us_per_msg={"matcher": 2 * CPU_TARGET_US_PER_CMD, "gateway": 7.5, "ticker": 1.0})
+    floor = PipelinedResult("floor", "batched", 60_000.0, 120_000, 2.0, 1_000,
+                            node_cpu_us_per_msg={"matcher": 0.7, "gateway": 6.6})
+    figures = cpu_figures(piped, floor)
+    assert figures["matcher_cpu_us_per_cmd"] == 2 * CPU_TARGET_US_PER_CMD
+    assert figures["gateway_cpu_us_per_cmd"] == 7.5
+    assert figures["matcher_cpu_vs_target"] == 2.0
+    assert figures["gateway_cpu_vs_target"] == round(7.5 / CPU_TARGET_US_PER_CMD, 2)
+    assert figures["cpu_target_us_per_cmd"] == CPU_TARGET_US_PER_CMD
+    assert figures["floor_matcher_cpu_us_per_msg"] == 0.7
+    none = cpu_figures(None, None)
+    assert none["matcher_cpu_us_per_cmd"] is None and none["gateway_cpu_vs_target"] is None
+
+
+class NodeEchoTarget(EchoTarget):
+    """EchoTarget whose "matcher" node is the test process itself."""
+
+    def node_pids(self) -> dict[str, int]:
+        return {"matcher:self": os.getpid()}
+
+
+def test_driver_target_with_node_pids_reports_cpu_per_message(tmp_path: Path) -> None:
+    driver = LoadDriver(NodeEchoTarget(), progress=False)
+    run = driver.run(5_000, 0.2)
+    piped = driver.pipelined(0.2, window=10, warmup=0.0)
+    assert set(run.node_cpu_s) == {"matcher:self"} and run.node_cpu_s["matcher:self"] >= 0
+    assert set(run.to_dict()["node_cpu_us_per_msg"]) == {"matcher"}
+    assert set(piped.node_cpu_s) == {"matcher:self"}
+    assert set(piped.node_cpu_us_per_msg) == {"matcher"} and piped.node_cpu_us_per_msg["matcher"] >= 0
+    paths = write_report([run], tmp_path, extra={"throughput": [vars(piped)]})
+    md = paths["md"].read_text()
+    assert "## CPU per message of the node processes" in md
+    assert "| fake | pipelined | matcher | self |" in md
+    assert "matcher:self" in json.loads(paths["json"].read_text())["throughput"][0]["node_cpu_s"]
+    # A target without node_pids reports none.
+    plain = LoadDriver(EchoTarget(), progress=False).pipelined(0.1, window=10, warmup=0.0)
+    assert plain.node_cpu_s == {} and plain.node_cpu_us_per_msg == {}
+
+
+def _work(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+def test_profiled_without_the_variable_profiles_nothing(tmp_path: Path) -> None:
+    with profiled("matcher-A", environ={}) as path:
+        _work(1_000)
+    assert path is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_profiled_with_the_variable_writes_prof_and_text(tmp_path: Path) -> None:
+    folder = tmp_path / "prof"
+    with profiled("matcher-A", environ={ENV_DIR: str(folder)}) as path:
+        _work(10_000)
+    assert path == folder / "matcher-A.prof"
+    assert sorted(p.name for p in folder.iterdir()) == ["matcher-A.prof", "matcher-A.txt"]
+    assert any(row["function"].endswith("(_work)") for row in top_functions(path, 50))
+    text = (folder / "matcher-A.txt").read_text()
+    assert text.startswith("matcher-A: ") and "Top 40 by own time" in text
+
+
+_NODE = """
+import signal, sys, time
+from nodes.profiling import profiled
+stop = False
+def on_signal(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGINT, on_signal)
+with profiled("gateway-gw9"):
+    print("READY", flush=True)
+    while not stop:
+        time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_profiled_node_stopped_by_signal_writes_its_profile(tmp_path: Path, sig: signal.Signals) -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **{ENV_DIR: str(tmp_path)})
+    child = subprocess.Popen([sys.executable, "-c", _NODE], stdout=subprocess.PIPE, text=True, env=env)
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline().strip() == "READY"
+        child.send_signal(sig)
+        assert child.wait(20) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    stats = pstats.Stats(str(tmp_path / "gateway-gw9.prof"))
+    assert stats.total_calls > 0  # type: ignore[attr-defined]
+    assert (tmp_path / "gateway-gw9.txt").stat().st_size > 0

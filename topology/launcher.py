@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -67,15 +67,21 @@ class Launcher:
         stores) is relative to it. Node logs go to ``<data_dir>/logs``.
     kinds
         Which kinds of node to start.
+    extra_args
+        More command-line options for the nodes of a kind (e.g. ``{"matcher": ["--fsync", "none"]}``).
+    extra_env
+        More environment variables for every node (e.g. ``EXFAB_PROFILE_DIR``, see ``nodes/profiling.py``).
     """
 
     def __init__(self, topology_path: str | os.PathLike[str], workdir: str | os.PathLike[str] = ".",
-                 kinds: Iterable[str] = RUNNABLE, extra_args: dict[str, list[str]] | None = None) -> None:
+                 kinds: Iterable[str] = RUNNABLE, extra_args: dict[str, list[str]] | None = None,
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.path = Path(topology_path).resolve()
         self.topo: Topology = load(self.path)
         self.workdir = Path(workdir).resolve()
         self.kinds = tuple(kinds)
         self.extra_args = extra_args or {}
+        self.extra_env = dict(extra_env or {})
         self.nodes: list[NodeProcess] = []
         self.log_dir = self.workdir / self.topo.data_dir / "logs"
 
@@ -84,6 +90,7 @@ class Launcher:
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         return env
 
     def start_node(self, kind: str, name: str, timeout: float = 120.0) -> NodeProcess:
