@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import itertools
 import logging
 import signal
 import sys
@@ -135,6 +136,8 @@ class _Head(msgspec.Struct, gc=False):
 _head = msgspec.msgpack.Decoder(_Head).decode
 _EXEC_KINDS = frozenset({"accepted", "rejected", "fill", "cancelled", "replaced", "expired"})
 Report = tuple[int, str, bytes]  # (tseq, broker, the report's body as published)
+BEFORE_LOGON = 16  # messages a connection may send before it logs on; past them it is ignored
+STRANGERS_KEPT = 100_000  # connections without a session whose count is kept (the oldest are forgotten)
 EXPIRES_S = 5.0  # a matcher takes a command within this long of the gateway sending it, or refuses it
 EXPIRES_NS = int(EXPIRES_S * 1e9)
 PENDING_GRACE_S = 1.0  # ...and the gateway waits this much longer for the answer before refusing it itself
@@ -177,6 +180,7 @@ class Gateway:
         self.outq: dict[bytes, list[bytes]] = {}  # answers to brokers queued this turn
         self.cmdq: list[list[OrderCommand]] = [[] for _ in topo.shards]  # commands for each shard this turn
         self.counts: collections.Counter[str] = collections.Counter()
+        self.strangers: dict[bytes, int] = {}  # messages from each connection that has not logged on
         self._stop = False
 
     # ----------------------------------------------------------------- sending
@@ -218,12 +222,36 @@ class Gateway:
 
     # ---------------------------------------------------------------- brokers
 
+    def admit(self, ident: bytes) -> bool:
+        """Tell whether to read a message from connection ``ident``: always once logged on, else a few.
+
+        A connection that has not logged on may send ``BEFORE_LOGON`` messages (logons that fail
+        included); past them it is told once and then ignored, so a flood before logon costs the gateway a
+        dictionary look-up per message rather than a decoding and an answer.
+        """
+        s = self.sessions.get(ident)
+        if s is not None:
+            s.last_rx = time.monotonic()  # anything a broker sends shows it is alive, a message we refuse included
+            return True
+        n = self.strangers.get(ident, 0) + 1
+        if n > BEFORE_LOGON:
+            self.counts["ignored_before_logon"] += 1
+            return False
+        if len(self.strangers) >= STRANGERS_KEPT and ident not in self.strangers:
+            for old in list(itertools.islice(self.strangers, STRANGERS_KEPT // 2)):
+                del self.strangers[old]
+        self.strangers[ident] = n
+        if n == BEFORE_LOGON:
+            log.warning("a connection sent %d messages without logging on: ignoring it", n)
+            self._send(ident, Error(reason="not_logged_on", text=f"{n} messages without a logon: this connection "
+                                    "is ignored from now on; connect again and log on first"))
+            return False
+        return True
+
     def on_client(self, ident: bytes, body: bytes) -> None:
-        """Handle one message from a broker's connection."""
+        """Handle one message from a broker's connection (one that :meth:`admit` let in)."""
         now = time.monotonic()
         session = self.sessions.get(ident)
-        if session is not None:
-            session.last_rx = now  # anything a broker sends shows it is alive, a message we refuse included
         try:
             msg = decode_client(body)
         except ProtocolError as e:
@@ -314,6 +342,7 @@ class Gateway:
         if old is not None:
             # The broker reconnected (a new socket): the newest connection wins.
             self._drop(old, "already_logged_on")
+        self.strangers.pop(ident, None)
         self.sessions[ident] = Session(ident, msg.broker, msg.heartbeat_ms, now, now)
         self.by_broker[msg.broker] = ident
         self._send(ident, LogonAck(broker=msg.broker, heartbeat_ms=msg.heartbeat_ms))
@@ -588,10 +617,10 @@ class Gateway:
                             frames = recv_frames(self.front)
                         except zmq.Again:
                             break
+                        if not self.admit(frames[0]):
+                            continue
                         if len(frames) != 2:
                             self.counts["protocol_error"] += 1
-                            if (sess := self.sessions.get(frames[0])) is not None:
-                                sess.last_rx = time.monotonic()  # a refused message still shows the broker alive
                             self._send(frames[0], Error(reason="malformed", text=f"a message is one frame, got "
                                                                                    f"{len(frames) - 1}"))
                             continue

@@ -466,8 +466,13 @@ def test_bad_input_on_every_socket_is_refused_by_reason_and_every_node_keeps_run
         (msgpack.packb(_NEW), ("Rejected", "not_logged_on", None)),
         (_pack(t="orders", v=1), ("Error", "not_logged_on", None)),
     ]
-    for body, expected in cases:
+    for i, (body, expected) in enumerate(cases):
+        if i and i % 10 == 0:  # a connection may send a handful of messages before logon (then it is ignored)
+            gw.close()
+            gw = _Raw(g1, decode_server)
         assert gw.reason(body) == expected, body[:60]
+    gw.close()
+    gw = _Raw(g1, decode_server)
     assert gw.reason(msgpack.packb(_NEW), msgpack.packb(_NEW)) == ("Error", "malformed", None)  # two frames
     # 2 MiB is beyond ZeroMQ's MAXMSGSIZE: the connection is dropped, and the gateway serves the others.
     big = _Raw(g1, decode_server)

@@ -190,3 +190,28 @@ def test_logon_reject_for_a_second_logon_leaves_the_session_as_it_was(exchange: 
         b.close()
     with BrokerClient([g1], "TWICE") as c:  # the order is TWICE's, not OTHER's
         assert c.order_status("twice-1", "TCS").state == "new"
+
+
+def test_a_connection_that_floods_before_logon_is_ignored_and_others_trade_on(exchange: Launcher) -> None:
+    from nodes.gateway import BEFORE_LOGON
+
+    g1, _ = gateway_endpoints(exchange)
+    stranger = _Broker(g1, None)
+    try:
+        for i in range(2000):
+            stranger.send(**_NEW, oid=f"s-{i}")
+        stranger.read(1.0)
+        stranger.read(0.5)
+        refused = [m for m in stranger.got if isinstance(m, Rejected)]
+        # A handful answered (not_logged_on), then one last word, then nothing, whatever else comes.
+        assert len(refused) == BEFORE_LOGON - 1 and {m.reason for m in refused} == {"not_logged_on"}
+        last = stranger.got[-1]
+        assert type(last).__name__ == "Error" and last.reason == "not_logged_on" and "ignored" in last.text
+        stranger.got.clear()
+        stranger.send(t="logon", broker="LATE")
+        stranger.read(0.5)
+        assert stranger.got == []  # even a logon: the connection is ignored; a new one is served
+        with BrokerClient([g1], "LATE") as c:
+            assert c.buy("TCS", 1, "3400.00").state == "new"
+    finally:
+        stranger.close()
