@@ -41,7 +41,6 @@ from fabric.constants import (
     L_COUNT,
     L_HEAD,
     L_NFIELDS,
-    L_QTY,
     L_TAIL,
     M_BAND_HI,
     M_BAND_LO,
@@ -89,7 +88,7 @@ from fabric.constants import (
 )
 
 
-def _entry_point(dispatcher: Any) -> Callable[..., int]:
+def _entry_point(dispatcher: Any) -> Callable[..., Any]:
     # The compiled function for int64 arrays and ints, called without numba's
     # per-call type dispatch (about 250 ns less per call).  Falls back to the
     # dispatcher itself if numba ever changes this attribute.
@@ -157,6 +156,7 @@ class OrderBook:
         self.ords = self.lvl = self.bits = self.meta = self.o2s = self.out = np.zeros(0, dtype=INT)
         self._layout(meta, max(slots, 1), rows, int(meta[M_BASE]), 1024, max(events, 4))
         self._apply = _entry_point(kernels.apply_buf)
+        self._level = _entry_point(kernels.level_buf)
 
     # ------------------------------------------------------------------ layout
 
@@ -318,12 +318,8 @@ class OrderBook:
 
     def level(self, side: int, price: int) -> tuple[int, int]:
         """Return (total open quantity, orders) resting on ``side`` at ``price``; (0, 0) when none."""
-        row = price - int(self.meta[M_BASE])
-        if not 0 <= row < self.meta[M_NLEVELS] or self.lvl[row, L_COUNT] == 0:
-            return 0, 0
-        if self.ords[self.lvl[row, L_HEAD], O_SIDE] != side:
-            return 0, 0
-        return int(self.lvl[row, L_QTY]), int(self.lvl[row, L_COUNT])
+        qty, count = self._level(self.buf, side, price)
+        return qty, count
 
     def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
         """Return (side, price, qty, leaves, cum) of a resting order, or ``None``."""
@@ -360,4 +356,5 @@ def warm_up() -> None:
     book.end_of_day()
     book.run(np.zeros((1, C_NFIELDS), dtype=INT))
     book.depth(BUY, 5)
+    book.level(BUY, 99)
     book.checksum()

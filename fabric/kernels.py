@@ -749,6 +749,18 @@ def depth_buf(buf: np.ndarray, side: int, nmax: int, res: np.ndarray) -> int:
 
 
 @njit(cache=True)
+def level_buf(buf: np.ndarray, side: int, price: int) -> tuple[int, int]:
+    """(total open quantity, orders) resting on ``side`` at ``price`` in the book in ``buf``; (0, 0) for none."""
+    ords, lvl, _, meta, _, _ = views(buf)
+    row = price - meta[M_BASE]
+    if row < 0 or row >= meta[M_NLEVELS] or lvl[row, L_COUNT] == 0:
+        return 0, 0
+    if ords[lvl[row, L_HEAD], O_SIDE] != side:
+        return 0, 0
+    return lvl[row, L_QTY], lvl[row, L_COUNT]
+
+
+@njit(cache=True)
 def checksum_buf(buf: np.ndarray) -> int:
     """:func:`checksum` of the book in ``buf``."""
     ords, lvl, bits, meta, _, _ = views(buf)

@@ -101,6 +101,11 @@ def _same_book(a: OrderBook, b: ReferenceBook) -> None:
         assert levels == b.depth(side)
         for price, _, _ in levels:
             assert a.queue(side, price) == b.queue(side, price)
+    # Every price's level, on both sides (empty ones and the other side's included), reads the same.
+    prices = {p for side in (BUY, SELL) for p, _, _ in b.depth(side)}
+    for price in prices | {p + d for p in prices for d in (-1, 1)} | {1}:
+        for side in (BUY, SELL):
+            assert a.level(side, price) == b.level(side, price), (side, price)
 
 
 @given(sessions())
