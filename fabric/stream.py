@@ -17,7 +17,10 @@ order, per topic, by ``tseq``:
   delivered reveals a lost tail: a replay up to the heartbeat's ``seq``;
 - a replay that is not answered in time is asked for again; one the matcher
   cannot serve (``replay_unavailable``) makes the topic start again from what
-  it holds, and says what was skipped.
+  it holds, and says what was skipped;
+- a heartbeat behind what was delivered means the matcher restarted with a
+  journal that lost its last records: the topic follows it from there, and
+  the log says so (its next messages reuse numbers already seen).
 
 It does no I/O: the node feeds it what arrives and sends the replay requests
 it returns (the ZeroMQ Guide's reliability patterns, as a state machine).
@@ -67,6 +70,7 @@ class ShardStream(Generic[T]):
         self.topics: dict[bytes, _Topic[T]] = {}
         self.replay: Replay | None = None  # the replay outstanding
         self.skipped = 0  # messages lost for good: a replay the matcher could not serve
+        self.rewinds = 0  # times the shard came back behind what was delivered (a journal that lost its end)
 
     def _topic(self, topic: bytes) -> _Topic[T]:
         t = self.topics.get(topic)
@@ -125,6 +129,16 @@ class ShardStream(Generic[T]):
                 continue
             if not t.next:
                 t.next, t.seq = last + 1, seq  # nothing came yet: start after what was published before us
+            elif last < t.next - 1:
+                # The shard publishes again from behind what we delivered: it restarted having lost the end of
+                # its journal. Its next messages reuse numbers we have seen; take them as new, not duplicates.
+                log.error("shard %d: %r is back at tseq %d (seq %d) after %d was delivered: the matcher restarted "
+                          "behind its subscribers (its journal lost its last records); following it from there",
+                          self.shard, topic, last, seq, t.next - 1)
+                self.rewinds += 1
+                t.next, t.seq = last + 1, seq
+                t.held.clear()
+                self.replay = None
             elif last >= t.next:
                 log.warning("shard %d: %r published up to tseq %d, delivered %d: asking for seq %d..%d", self.shard,
                             topic, last, t.next - 1, t.seq + 1, seq)

@@ -26,6 +26,7 @@ import pytest
 import zmq
 
 from fabric.client import BrokerClient, OrderResult
+from fabric.journal import HEADER_SIZE, read_journal
 from fabric.protocol import (
     Accepted,
     CommandReply,
@@ -673,3 +674,33 @@ def test_gateway_that_loses_reports_recovers_them_by_replay(exchange: Launcher) 
         gw.stop()
         t.join(10)
         gw.ctx.destroy(linger=0)
+
+
+# ------------------------------------------------------------ a journal that lost its end
+
+
+@pytest.mark.timeout(120)
+def test_matcher_restarted_behind_its_subscribers_still_reaches_the_brokers(exchange: Launcher) -> None:
+    # A journal that lost its last records at a record boundary opens without a word, and its matcher
+    # publishes again numbers the gateways have delivered: they must follow it, not drop its news as
+    # duplicates.
+    g1, _ = gateway_endpoints(exchange)
+    shard = exchange.topo.shards[0]
+    sym = shard.symbols[0]
+    path = exchange.workdir / exchange.topo.journal_dir(shard.replicas[0]) / f"{shard.name}.journal"
+    with BrokerClient([g1], "REWIND") as c:
+        for i in range(3):
+            assert c.buy(sym, 1, _price(exchange, sym, -10 - i), oid=f"rw-{i}").state == "new"
+        exchange.kill("matcher", shard.replicas[0].name)
+        records = list(read_journal(path))
+        keep = len(records) - 2  # the last two orders' records are lost, cut at a record boundary
+        size = path.stat().st_size - sum(HEADER_SIZE + len(p) for _, p in records[keep:])
+        with open(path, "r+b") as f:
+            f.truncate(size)
+        assert [s for s, _ in read_journal(path)] == [s for s, _ in records[:keep]]
+        exchange.start_node("matcher", shard.replicas[0].name)
+        time.sleep(2.5)  # a heartbeat tells the gateways where the shard stands now
+        r = c.buy(sym, 1, _price(exchange, sym, -20), oid="rw-after")
+        assert r.state == "new"
+        assert [type(e).__name__ for e in r.events] == ["Accepted"], r.events
+        assert c.order_status("rw-2", sym).state == "unknown"  # lost with the journal's end

@@ -37,7 +37,7 @@ from fabric.journal import (
     read_range,
 )
 from tools import replay
-from tools.journal_cmd import inspect
+from tools.journal_cmd import inspect, verify
 from tools.replay import Replayer, replay_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -629,3 +629,56 @@ def test_journal_written_by_version_0_1_reads_to_the_same_events(tmp_path: Path)
     assert lines == (DATA / "v0.1-A.events.jsonl").read_text().splitlines()
     kinds = {json.loads(s)["event"] for s in lines}
     assert {"accepted", "trade", "replaced", "cancelled", "rejected"} <= kinds
+
+
+# ---------------------------------------------------------------------------
+# exfab journal verify
+# ---------------------------------------------------------------------------
+
+
+def _verify(path: Path, repair: bool = False) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    rc = verify(str(path), repair=repair, out=out, err=err)
+    return rc, out.getvalue() + err.getvalue()
+
+
+def test_verify_sound_journal_reports_records_and_last_seq(tmp_path: Path) -> None:
+    path = tmp_path / "s1.journal"
+    _write(path, _payloads(5))
+    rc, text = _verify(path)
+    assert rc == 0 and "5 records, seq 1..5" in text
+
+
+def test_verify_torn_tail_exit_1_repair_cuts_it(tmp_path: Path) -> None:
+    path = tmp_path / "s1.journal"
+    _write(path, _payloads(5))
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 3)
+    rc, text = _verify(path)
+    assert rc == 1 and "torn tail" in text and "--repair" in text
+    rc, text = _verify(path, repair=True)
+    assert rc == 0 and "repaired" in text
+    rc, text = _verify(path)
+    assert rc == 0 and "4 records, seq 1..4" in text and "torn tail" not in text
+
+
+def test_verify_corruption_exit_1_file_unchanged_even_with_repair(tmp_path: Path) -> None:
+    path = tmp_path / "s1.journal"
+    offsets = _write(path, _payloads(5))
+    data = bytearray(path.read_bytes())
+    data[offsets[1] + HEADER_SIZE] ^= 1
+    path.write_bytes(data)
+    rc, text = _verify(path, repair=True)
+    assert rc == 1 and "CORRUPT at offset" in text
+    assert path.read_bytes() == data
+
+
+def test_verify_foreign_payload_exit_1_not_a_journal_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "s1.journal"
+    with Journal.open(path, "S1") as j:
+        j.append(msgpack.packb({"op": "bogus"}))
+    rc, text = _verify(path)
+    assert rc == 1 and "record 1: not a command" in text
+    other = tmp_path / "x.txt"
+    other.write_text("hello")
+    assert _verify(other)[0] == 2

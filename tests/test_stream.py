@@ -110,3 +110,12 @@ def test_any_arrival_order_and_loss_delivers_each_message_once_in_order(n: int, 
         out += s.replayed(part, r.last, True, now=now)
         s.heartbeat(seqs[n], {X: n}, now=now)
     assert out == list(range(1, n + 1))
+
+
+def test_heartbeat_behind_what_was_delivered_follows_the_restarted_shard() -> None:
+    s: ShardStream[str] = ShardStream(0)
+    for t in range(1, 6):
+        s.offer(X, t, 10 * t, str(t), in_order=True, now=0)
+    s.heartbeat(30, {X: 3}, now=0)  # the matcher came back at tseq 3: 4 and 5 were lost from its journal
+    assert s.rewinds == 1 and s.delivered(X) == 3
+    assert s.offer(X, 4, 31, "4'", in_order=True, now=0) == ["4'"]  # a new message, not a duplicate

@@ -30,6 +30,12 @@ def _cmd_journal_inspect(args: argparse.Namespace) -> int:
     return journal_cmd.inspect(args.file, commands=args.commands)
 
 
+def _cmd_journal_verify(args: argparse.Namespace) -> int:
+    from tools import journal_cmd
+
+    return journal_cmd.verify(args.file, repair=args.repair)
+
+
 DEFAULT_TOPOLOGY = "topology/examples/local.toml"
 
 # The epilog of `exfab order --help`: tools/order_cmd.py's EXIT_* codes (not imported here, to keep
@@ -134,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("file", metavar="FILE", help="journal file")
     j.add_argument("--commands", action="store_true", help="print the journaled commands instead of events")
     j.set_defaults(func=_cmd_journal_inspect)
+    j = jsub.add_parser("verify", help="check every record of a journal; report its last seq and any damage",
+                        description="Check every record (length, CRC32, sequence, a command inside) and print the "
+                                    "records, the seq range and any damage. Exit 0: it checks out; 1: damaged; "
+                                    "2: unreadable or not a journal.")
+    j.add_argument("file", metavar="FILE", help="journal file")
+    j.add_argument("--repair", action="store_true",
+                   help="cut a torn tail (what a crash leaves; the matcher cuts it on open anyway); corruption "
+                        "is never cut")
+    j.set_defaults(func=_cmd_journal_verify)
 
     p = sub.add_parser("up", help="run every node of a topology on this machine",
                        description="Start every node of a topology as processes, show their status and the market; "
