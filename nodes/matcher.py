@@ -37,6 +37,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ Stamped = Outcome | BookLevel  # what the matcher publishes with a sequence numb
 MAX_BATCH = 1024  # order messages drained per turn: bounds the latency a burst adds to its last message
 RING = 2_000_000  # PUB messages kept in memory for replay requests
 REPLAY_CHUNK = 2_000  # PUB messages per replay reply
+REPLAY_QUEUE = 16  # replay parts queued for one peer at most (about 5 MB): past it, the rest waits until it reads
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message (ours stay far below)
 HEARTBEAT_S = 1.0  # PUB heartbeat period, whatever the traffic (docs/protocol.md, section 8)
 
@@ -158,6 +160,15 @@ class Outbox:
         return list(itertools.islice(self.ring, first - self.ring_first, last - self.ring_first + 1))
 
 
+@dataclass(slots=True)
+class _ReplayJob:
+    # A replay under way for one peer: seq first..last were asked for, `next` is the first not yet sent.
+    ident: bytes
+    first: int
+    last: int
+    next: int
+
+
 class Matcher:
     """One matcher of a shard: the engine, its journal, its sockets, and the loop."""
 
@@ -194,6 +205,7 @@ class Matcher:
         self.ctx = ctx or zmq.Context.instance()
         self.outbox = Outbox(self.shard_no, self.epoch, None)
         self.expired = 0  # commands refused because they came after their gateway's deadline
+        self.replays: collections.deque[_ReplayJob] = collections.deque()  # replays under way, one per request
         self._stop = False
 
     # ---------------------------------------------------------------- recovery
@@ -387,33 +399,54 @@ class Matcher:
         """Answer one replay or snapshot request (``msg``: the ROUTER's frames, identity first)."""
         ident, body = msg[0], msg[-1]
         if len(msg) != 2:
-            sock.send_multipart((ident, encode(Error(reason="malformed", text=f"a message is one frame, got "
-                                                                                f"{len(msg) - 1}"))))
+            _answer(sock, ident, Error(reason="malformed", text=f"a message is one frame, got {len(msg) - 1}"))
             return
         try:
             req = decode_internal(body)
         except ProtocolError as e:
-            sock.send_multipart((ident, encode(Error(reason=e.reason, text=e.text, field=e.field))))
+            _answer(sock, ident, Error(reason=e.reason, text=e.text, field=e.field))
             return
         if isinstance(req, ReplayRequest):
-            bodies = self.outbox.range(req.first, req.last)
-            if bodies is None:
-                sock.send_multipart((ident, encode(ReplayReply(
-                    shard=self.shard_no, first=req.first, last=req.last, msgs=[], done=True,
-                    reason="replay_unavailable",
-                    text=f"this matcher holds seq {self.outbox.ring_first}..{self.outbox.seq}"))))
-                return
-            for i in range(0, len(bodies), REPLAY_CHUNK):
-                part = bodies[i:i + REPLAY_CHUNK]
-                first = req.first + i
-                sock.send_multipart((ident, encode(ReplayReply(
-                    shard=self.shard_no, first=first, last=first + len(part) - 1, msgs=part,
-                    done=i + REPLAY_CHUNK >= len(bodies)))))
+            self.replays.append(_ReplayJob(ident, req.first, req.last, req.first))
+            self.serve_replays(sock)
         elif isinstance(req, SnapshotRequest):
-            sock.send_multipart((ident, encode(self.snapshot(req.symbol))))
+            _answer(sock, ident, self.snapshot(req.symbol))
         else:
-            sock.send_multipart((ident, encode(Error(reason="unknown_message_type",
-                                                     text=f"the recovery socket does not take {type(req).__name__}"))))
+            _answer(sock, ident, Error(reason="unknown_message_type",
+                                       text=f"the recovery socket does not take {type(req).__name__}"))
+
+    def serve_replays(self, sock: zmq.Socket) -> None:
+        """Send the replays asked for, part by part, as far as each peer takes them now.
+
+        A peer gets at most ``REPLAY_QUEUE`` parts queued at a time (the recovery socket's high-water
+        mark): a peer that does not read holds no more of this matcher's memory than that, and its
+        replay goes on when it reads again; a peer that has gone is forgotten.
+        """
+        out = self.outbox
+        waiting: collections.deque[_ReplayJob] = collections.deque()
+        while self.replays:
+            job = self.replays.popleft()
+            while job.next <= job.last:
+                last = min(job.next + REPLAY_CHUNK - 1, job.last)
+                bodies = out.range(job.next, last)
+                if bodies is None:
+                    reply = ReplayReply(shard=self.shard_no, first=job.next, last=job.last, msgs=[], done=True,
+                                        reason="replay_unavailable",
+                                        text=f"this matcher holds seq {out.ring_first}..{out.seq}")
+                else:
+                    reply = ReplayReply(shard=self.shard_no, first=job.next, last=last, msgs=bodies,
+                                        done=last == job.last)
+                try:
+                    send_frames(sock, (job.ident, encode(reply)), zmq.NOBLOCK)
+                except zmq.Again:
+                    waiting.append(job)  # its queue is full: go on when the peer has read
+                    break
+                except zmq.ZMQError as e:
+                    if e.errno != zmq.EHOSTUNREACH:
+                        raise
+                    break  # the peer has gone
+                job.next = job.last + 1 if bodies is None else last + 1
+        self.replays = waiting
 
     def snapshot(self, symbol: str | None = None) -> SnapshotReply:
         """Return the shard's books (or one symbol's) as of the last published message."""
@@ -451,6 +484,8 @@ class Matcher:
         for s in (orders, recovery):
             s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
             s.setsockopt(zmq.LINGER, 0)
+        recovery.setsockopt(zmq.SNDHWM, REPLAY_QUEUE)
+        recovery.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue raises Again, a peer gone EHOSTUNREACH
         pub.setsockopt(zmq.SNDHWM, 1_000_000)  # a slow subscriber loses messages (and recovers them), never slows us
         pub.setsockopt(zmq.LINGER, 0)
         orders.bind(self.replica.order.bind)
@@ -490,6 +525,8 @@ class Matcher:
                             self.handle_recovery(msg, recovery)
                         except Exception:
                             log.exception("recovery request failed")
+                if self.replays:
+                    self.serve_replays(recovery)
                 if time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
                     self.outbox.heartbeat()
         finally:
@@ -497,6 +534,18 @@ class Matcher:
             for s in (orders, recovery, pub):
                 s.close(0)
             log.info("matcher %s: stopped at seq %d, checksum %016x", self.name, self.outbox.seq, self.checksum())
+
+
+def _answer(sock: zmq.Socket, ident: bytes, msg: Any) -> None:
+    # One answer on the recovery socket, never waiting: a peer whose queue is full or who has gone loses it
+    # (it asks again after its timeout).
+    try:
+        send_frames(sock, (ident, encode(msg)), zmq.NOBLOCK)
+    except zmq.Again:
+        log.warning("recovery: a peer's queue is full; an answer to it is dropped")
+    except zmq.ZMQError as e:
+        if e.errno != zmq.EHOSTUNREACH:
+            raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

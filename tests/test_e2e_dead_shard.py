@@ -100,3 +100,77 @@ def test_stopped_shard_never_stops_the_others_and_its_refused_orders_never_execu
         assert states == {"unknown"}, states
         assert c.open_orders(sym_b) == []
         assert c.buy(sym_b, 1, px_b, oid="after-1").state == "new"  # and it trades again
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.timeout(120)
+def test_peer_that_never_reads_its_replays_holds_little_matcher_memory(exchange: Launcher) -> None:
+    from fabric.protocol import ReplayReply, ReplayRequest, SnapshotReply, SnapshotRequest, decode_internal, encode
+
+    g1, _ = gateway_endpoints(exchange)
+    shard = exchange.topo.shards[0]
+    sym = shard.symbols[0]
+    replica = shard.replicas[0]
+    pid = exchange.node("matcher", replica.name).proc.pid
+    # A day's worth of stream: 20,000 orders crossing and resting, about 3 PUB messages each.
+    broker: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    broker.setsockopt(zmq.LINGER, 0)
+    broker.connect(g1)
+    broker.send(msgpack.packb({"t": "logon", "v": 1, "broker": "BULK", "heartbeat_ms": 60_000}))
+    assert broker.poll(5000)
+    broker.recv_multipart()
+    done = 0
+    n = 20_000
+    for i in range(n):
+        broker.send(msgpack.packb({"t": "new", "v": 1, "oid": f"bulk-{i}", "symbol": sym, "side": "buy" if i % 2
+                                   else "sell", "type": "limit", "price": _price(exchange, sym, i % 7 - 3), "qty": 1,
+                                   "tif": "GTC"}))
+        while i - done > 500 or (i == n - 1 and done < n):
+            if broker.poll(5000):
+                done += sum(isinstance(decode_server(f), OrderStatus) for f in broker.recv_multipart())
+            else:
+                raise AssertionError("the exchange stopped answering")
+    broker.close(0)
+
+    def dealer(stingy: bool = False) -> zmq.Socket[bytes]:
+        d: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        d.setsockopt(zmq.LINGER, 0)
+        if stingy:  # takes nearly nothing off the wire: what the matcher sends it stays with the matcher
+            d.setsockopt(zmq.RCVHWM, 1)
+            d.setsockopt(zmq.RCVBUF, 4096)
+        d.connect(replica.recovery.connect)
+        return d
+
+    reader = dealer()
+    reader.send(encode(SnapshotRequest(shard=0)))
+    assert reader.poll(5000)
+    snap = decode_internal(reader.recv_multipart()[-1])
+    assert isinstance(snap, SnapshotReply) and snap.seq > 50_000
+    before = _rss_mb(pid)
+    idle = dealer(stingy=True)  # asks five times for the whole day and never reads
+    for _ in range(5):
+        idle.send(encode(ReplayRequest(shard=0, first=1, last=snap.seq)))
+    time.sleep(2.0)
+    grown = _rss_mb(pid) - before
+    # Unbounded, five whole days of messages (about 5 x 10 MB of bodies, more in ZeroMQ's copies) would sit
+    # in the matcher for that peer; bounded, a few parts.
+    assert grown < 20, f"the matcher grew {grown:.1f} MB for a peer that does not read"
+    # A peer that reads still gets every message of the range, in order, while the other one sits there.
+    reader.send(encode(ReplayRequest(shard=0, first=1, last=snap.seq)))
+    got = 0
+    while True:
+        assert reader.poll(10_000), f"replay stalled after {got} messages"
+        part = decode_internal(reader.recv_multipart()[-1])
+        assert isinstance(part, ReplayReply) and part.reason is None and part.first == got + 1
+        got = part.last
+        if part.done:
+            break
+    assert got == snap.seq
+    idle.close(0)
+    reader.close(0)
