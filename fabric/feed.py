@@ -12,6 +12,15 @@ topics are specified in ``docs/market-data.md``; this module is their one
 implementation (the ZeroMQ feed, the WebSocket and the snapshot service all
 send what it builds).
 
+Book level changes are applied a batch at a time: :meth:`MarketFeed.level` (the
+ticker's path, one message) and :meth:`MarketFeed.levels` (a run of them) take
+the topic's ``tseq`` at once but keep the change, and the batch is applied
+before anything reads or otherwise changes the books (:meth:`MarketFeed.take`,
+:meth:`MarketFeed.snapshot`...): only the last state of each price level counts,
+and under load a level changes many times a turn (every order that joins,
+fills or leaves it), so each changed level is set once per turn instead of once
+per message.
+
 Every time in nanoseconds since the epoch (``ts``, ``last_ts``, a print's
 ``ts``, a bar's ``start``) is an integer, and beside it, under the same name
 with ``_ns`` appended, its exact decimal text: those integers exceed 2**53,
@@ -28,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fabric.instruments import Instrument
-from fabric.marketstate import DEPTH, Bar, MarketState, SymbolState, TapeEntry
+from fabric.marketstate import DEPTH, Bar, MarketState, SymbolState, TapeEntry, price_of
 from fabric.protocol import BookLevel, BookSnapshot, Trade
 
 __all__ = [
@@ -103,6 +112,8 @@ class MarketFeed:
         self._prints: dict[str, list[TapeEntry]] = {}  # trades since the symbol's last quote
         self._first_ts: dict[str, int] = {}  # ts of the first trade since the symbol's last bars
         self._book: set[str] = set()  # symbols whose levels changed since the last turn
+        self._levels: list[BookLevel] = []  # level changes taken but not yet applied to the books (see level)
+        self._tseq = self.state.tseq  # the state's own dict: a level's tseq counts at once
         self._depth: dict[str, tuple[Any, Any]] = {}  # last published depth per symbol
         self._top: dict[str, tuple[Any, Any]] = {}  # last published best bid/ask per symbol
 
@@ -113,6 +124,8 @@ class MarketFeed:
 
     def apply(self, msg: object) -> bool:
         """Apply one matcher message (``Trade`` or ``BookLevel``; others ignored); return whether it changed state."""
+        if self._levels:
+            self._apply_levels()
         if not self.state.apply(msg):
             return False
         if type(msg) is Trade:
@@ -127,9 +140,42 @@ class MarketFeed:
         self._traded(msg)
 
     def level(self, msg: BookLevel) -> None:
-        """Apply a book level change known to be the next of its topic (the caller checked its ``tseq``)."""
-        self.state.level(msg)
-        self._book.add(msg.symbol)
+        """Apply a book level change known to be the next of its topic (the caller checked its ``tseq``).
+
+        Its ``tseq`` counts at once (:meth:`MarketState.last_tseq`); the change itself joins the batch applied
+        before the books are next read (see the module's docstring).
+        """
+        self._tseq[("book", msg.symbol)] = msg.tseq
+        self._levels.append(msg)
+
+    def levels(self, msgs: list[BookLevel]) -> None:
+        """Apply a run of book level changes of one symbol, in ``tseq`` order, known to follow its topic's last.
+
+        The batch form of :meth:`level` (for a caller holding a bundle of one ``B`` topic, whose ``tseq`` it
+        checked runs on from the topic's last without a gap): one ``tseq`` update for the whole run.
+        """
+        if msgs:
+            last = msgs[-1]
+            self._tseq[("book", last.symbol)] = last.tseq
+            self._levels.extend(msgs)
+
+    def _apply_levels(self) -> None:
+        # Set each changed level once, to its last state, in the order of the last changes: of two texts of one price
+        # ("100.5", "100.50"), the later change is the one left, as applying every message in order would leave it.
+        pending, self._levels = self._levels, []
+        last: dict[tuple[str, str, str], BookLevel] = {}
+        pop = last.pop
+        for m in pending:
+            key = (m.symbol, m.side, m.price)
+            pop(key, None)
+            last[key] = m
+        state = self.state
+        symbols = state.symbols
+        book = self._book
+        for (sym, side, price), m in last.items():
+            st = symbols.get(sym) or state.state(sym)
+            st.set_level(side, price_of(price), m.qty, m.count)
+            book.add(sym)
 
     def _traded(self, msg: Trade) -> None:
         # Remember an applied trade for the next turn: the quote's prints and the first bar it touched.
@@ -139,12 +185,16 @@ class MarketFeed:
 
     def apply_snapshot(self, book: BookSnapshot) -> None:
         """Take a symbol's levels and ``tseq`` baselines from a matcher's snapshot (when a replay is not possible)."""
+        if self._levels:
+            self._apply_levels()
         self.state.apply_snapshot(book)
         self._book.add(book.symbol)
 
     def reset(self, symbols: Iterable[str]) -> None:
         """Forget the market state of ``symbols`` (their shard started over); their topics' ``seq`` go on."""
         syms = list(symbols)
+        if self._levels:
+            self._apply_levels()
         self.state.reset(syms)
         for sym in syms:
             self._prints.pop(sym, None)
@@ -155,11 +205,13 @@ class MarketFeed:
     @property
     def dirty(self) -> bool:
         """Whether anything changed since the last :meth:`take`."""
-        return bool(self._prints or self._book)
+        return bool(self._prints or self._book or self._levels)
 
     def take(self, now: int | None = None) -> FeedTurn:
         """Return the objects to publish for what changed since the last call, each with its topic's next ``seq``."""
         ts = time.time_ns() if now is None else now
+        if self._levels:
+            self._apply_levels()
         turn = FeedTurn()
         out = turn.messages
         prints, self._prints = self._prints, {}
@@ -247,6 +299,8 @@ class MarketFeed:
             When the symbol is unknown.
         """
         ts = time.time_ns() if now is None else now
+        if self._levels:
+            self._apply_levels()
         st = self.state.symbols[symbol]
         return {
             "quote": self._quote(symbol, st, list(st.tape), ts, self.seq.get(("quote", symbol), 0)),

@@ -8,16 +8,17 @@ One asyncio loop does everything, in this order of priority:
   :class:`~fabric.feed.MarketFeed`;
 - **publish**: at the end of the turn, take what changed (per symbol at most one
   quote, one depth and one bars object) and send it on the ticker's PUB, to the
-  WebSocket clients' mailboxes, and to the history writer;
+  web hub (which batches it for the WebSocket clients), and to the history writer;
 - **recover**: a topic whose ``tseq`` skips, or which a heartbeat shows behind
   (heartbeats name every topic's last ``tseq``), holds its shard: the shard's
   new messages wait while the missing ``seq`` range is replayed from the
   matcher's recovery socket, then they are applied in order.  At start every
   shard is replayed from ``seq`` 1, so a late or restarted ticker rebuilds the
   whole day;
-- **serve**: snapshot requests on the snapshot ROUTER (the Clone pattern), and
-  one HTTP port for the live page, ``/history``, ``/snapshot`` and the
-  WebSocket (``/ws``).
+- **serve**: snapshot requests on the snapshot ROUTER (the Clone pattern); the
+  HTTP port (the live page, ``/history``, ``/snapshot``, ``/stats`` and the
+  WebSocket ``/ws``) is :class:`~nodes.webhub.WebHub`'s, which gets each turn's
+  objects and fans them out to the browsers.
 
 The history store (SQLite or InfluxDB) is written by its own thread
 (:class:`~fabric.history.HistoryWriter`), so a slow or absent database never
@@ -29,32 +30,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import http
 import logging
-import mimetypes
-import re
 import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import zmq
 import zmq.asyncio
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
 
-from fabric.feed import HEARTBEAT_TOPIC, KINDS, MarketFeed, feed_topic
+from fabric.feed import HEARTBEAT_TOPIC, MarketFeed, feed_topic
 from fabric.history import (
     BarRecord,
-    HistoryError,
     HistoryStore,
     HistoryWriter,
     TickRecord,
@@ -62,8 +52,7 @@ from fabric.history import (
     interval_ns,
     open_history,
 )
-from fabric.instruments import Instrument
-from fabric.marketstate import INTERVALS, TAPE_LEN, Kind
+from fabric.marketstate import INTERVALS, Kind
 from fabric.protocol import (
     BOOK,
     HEARTBEAT,
@@ -80,20 +69,18 @@ from fabric.protocol import (
     encode,
     iter_pub_typed,
 )
+from nodes.webhub import HEARTBEAT_S, WebHub
 from topology.load import load
 from topology.model import Topology
+from topology.primary import resolver
 
 log = logging.getLogger("exfab.ticker")
 
 MAX_TURN: Final = 4096  # ZeroMQ messages applied per turn before publishing (a message may be a bundle)
-HEARTBEAT_S: Final = 1.0  # feed and WebSocket heartbeat period
 REQUEST_TIMEOUT_S: Final = 2.0  # a matcher's answer to a replay or snapshot request
 RETRY_S: Final = 1.0  # between attempts to reach a matcher that did not answer
 PUB_HWM: Final = 10_000  # messages queued per feed subscriber before ZeroMQ drops (docs/market-data.md, 5)
-WEB_DIR: Final = Path(__file__).with_name("web")
-DAY_NS: Final = 86_400 * 1_000_000_000
 
-_json = msgspec.json.Encoder()
 _msgpack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder()
 _KINDS: Final[dict[str, Kind]] = {"T": "trade", "B": "book"}  # heartbeat topic keys -> MarketState kinds
@@ -157,13 +144,16 @@ class Ticker:
         self.instruments = {i.symbol: i for i in instruments}
         self.feed = MarketFeed(instruments)
         self._tseqs = self.feed.state.tseq  # (kind, symbol) -> last tseq applied: read on every message
-        self.links = [ShardLink(no, s.name, list(s.symbols), s.replicas[0].recovery.connect)
+        primaries = [resolver(topo).primary(no) for no in range(len(topo.shards))]
+        self.links = [ShardLink(no, s.name, list(s.symbols), primaries[no].recovery)
                       for no, s in enumerate(topo.shards)]
-        self._pubs = [s.replicas[0].pub.connect for s in topo.shards]
+        self._pubs = [p.pub for p in primaries]
         self.store = history if history is not None else _open_store(topo)
         self.writer = HistoryWriter(self.store)
         self.ctx = zmq.asyncio.Context()
-        self.web = WebHub(self)
+        self.web = WebHub(topo.name, self.instruments, self.feed, stats=self.stats_view, history=self.history)
+        self._pub: zmq.asyncio.Socket | None = None  # the feed's PUB, bound by run()
+        self._pub_raw: tuple[zmq.asyncio.Socket, zmq.Socket[bytes]] | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = {"messages": 0, "trades": 0, "duplicates": 0, "gaps": 0, "turns": 0, "published": 0}
@@ -386,16 +376,35 @@ class Ticker:
         if not self.feed.dirty:
             return
         turn = self.feed.take()
-        send = self._pub.send_multipart
-        self.web.changed({sym for _, sym, _ in turn.messages})
+        send = self._feed_socket().send_multipart
         for kind, sym, obj in turn.messages:
             send((feed_topic(kind, sym), _msgpack.encode(obj)), zmq.NOBLOCK)
-            self.web.publish(kind, sym, obj)
+        self.web.publish(turn.messages)
         self.stats["published"] += len(turn.messages)
         self.stats["trades"] += len(turn.trades)
         if turn.trades:
             self.writer.add_ticks([TickRecord.from_tape(sym, t) for sym, t in turn.trades])
             self.writer.add_bars([BarRecord.from_bar(sym, iv, b) for sym, iv, b in turn.bars])
+
+    def _feed_socket(self) -> zmq.Socket[bytes]:
+        # The feed's PUB as a plain (shadow) socket: a send on pyzmq's asyncio socket makes a future each time, about
+        # as costly as the send itself, and a NOBLOCK send on a PUB never waits (past its HWM it drops).
+        pub = self._pub
+        if pub is None:
+            raise RuntimeError("the feed's PUB socket is not bound: publish from within run()")
+        if self._pub_raw is None or self._pub_raw[0] is not pub:
+            self._pub_raw = (pub, zmq.Socket.shadow(pub.underlying))
+        return self._pub_raw[1]
+
+    def stats_view(self) -> dict[str, Any]:
+        """Return the ticker's counters as ``GET /stats`` shows them (the web hub adds the WebSocket's).
+
+        The counters of :attr:`stats`, the history points waiting to be written, and per shard the last ``seq``
+        seen, whether a replay is under way, the replays, and the messages the matcher could no longer replay.
+        """
+        return {**self.stats, "history_pending": self.writer.pending(),
+                "shards": {ln.name: {"seen": ln.high, "syncing": ln.syncing, "replays": ln.replays,
+                                     "unrecoverable": ln.unrecoverable} for ln in self.links}}
 
     # ---------------------------------------------------------------- snapshot
 
@@ -461,7 +470,7 @@ class Ticker:
             await asyncio.sleep(HEARTBEAT_S)
             self.publish_turn()
             hb = self.feed.heartbeat()
-            self._pub.send_multipart((HEARTBEAT_TOPIC, _msgpack.encode(hb)), zmq.NOBLOCK)
+            self._feed_socket().send_multipart((HEARTBEAT_TOPIC, _msgpack.encode(hb)), zmq.NOBLOCK)
             self.web.heartbeat(hb)
 
     def stop(self, *_: object) -> None:
@@ -471,10 +480,10 @@ class Ticker:
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Bind, rebuild the day from the matchers, serve until :meth:`stop`."""
         ctx = self.ctx
-        self._pub = ctx.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub.bind(self.conf.pub.bind)
+        pub = self._pub = ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.bind(self.conf.pub.bind)
         snap = ctx.socket(zmq.ROUTER)
         snap.setsockopt(zmq.LINGER, 0)
         snap.setsockopt(zmq.MAXMSGSIZE, 1 << 16)
@@ -492,7 +501,6 @@ class Ticker:
                 loop.add_signal_handler(sig, self.stop)
         host = "127.0.0.1" if self.conf.host in ("127.0.0.1", "localhost") else (
             "::1" if self.conf.host == "::1" else "")
-        server: Server | None = None
         try:
             await asyncio.sleep(0.2)  # let the subscriptions reach the matchers before asking for their state
             for link in self.links:
@@ -501,8 +509,7 @@ class Ticker:
             while not all(ln.synced_once for ln in self.links) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             self.publish_turn()
-            server = await serve(self.web.handler, host or None, self.conf.http_port,
-                                 process_request=self.web.http, max_size=1 << 16, compression=None)
+            await self.web.serve(host or None, self.conf.http_port)
             for coro in (self._ingest(sub), self._serve_snapshots(snap), self._heartbeat()):
                 self._spawn(coro)
             log.info("ticker: %d shards, %d symbols; feed %s, snapshots %s, page %s", len(self.links),
@@ -511,14 +518,11 @@ class Ticker:
                 ready()
             await self._stop.wait()
         finally:
-            if server is not None:
-                server.close()
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(server.wait_closed(), 3)
+            await self.web.close()
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            for s in (self._pub, snap, sub, *(ln.sock for ln in self.links if ln.sock is not None)):
+            for s in (pub, snap, sub, *(ln.sock for ln in self.links if ln.sock is not None)):
                 s.close(0)
             ctx.term()
             unwritten = self.writer.pending()
@@ -564,343 +568,6 @@ def _open_store(topo: Topology) -> HistoryStore:
     path = topo.sqlite_path("history")
     path.parent.mkdir(parents=True, exist_ok=True)
     return open_history("sqlite", sqlite_path=path)
-
-
-# ==========================================================================
-# Browsers: the WebSocket and the HTTP routes
-# ==========================================================================
-
-
-@dataclass(eq=False)
-class WebClient:
-    """One WebSocket connection: what it follows and its conflating mailbox."""
-
-    ws: ServerConnection
-    subs: dict[str, frozenset[str]] = field(default_factory=dict)  # symbol -> channels
-    all_channels: frozenset[str] | None = None  # subscribed to every symbol with these channels
-    box: dict[tuple[str, str], tuple[dict[str, Any], bytes | None]] = field(default_factory=dict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    sent: int = 0
-    conflated: int = 0
-    errors: int = 0
-
-    def wants(self, kind: str, symbol: str) -> bool:
-        chans = self.subs.get(symbol, self.all_channels)
-        return chans is not None and kind in chans
-
-    def post(self, key: tuple[str, str], obj: dict[str, Any], body: bytes | None) -> None:
-        """Put an object in the mailbox, merging it with one of the same symbol and kind still waiting."""
-        old = self.box.get(key)
-        if old is not None and key[0] in KINDS:
-            self.conflated += 1
-            obj = _merge(key[0], old[0], obj)
-            body = None
-        self.box[key] = (obj, body)
-        self.wake.set()
-
-
-def _merge(kind: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    # A newer object for a slow client: depth replaces; a quote keeps the older one's prints; bars merge by start.
-    if kind == "quote":
-        merged = dict(new)
-        merged["prints"] = (old["prints"] + new["prints"])[-TAPE_LEN:]
-        return merged
-    if kind == "bars":
-        merged = dict(new)
-        bars: dict[str, Any] = {}
-        for iv in old["bars"].keys() | new["bars"].keys():
-            by_start = {b["start"]: b for b in old["bars"].get(iv, [])}
-            by_start.update((b["start"], b) for b in new["bars"].get(iv, []))
-            bars[iv] = [by_start[k] for k in sorted(by_start)]
-        merged["bars"] = bars
-        return merged
-    return new
-
-
-class WebHub:
-    """The WebSocket clients and the HTTP routes of the ticker's web port."""
-
-    def __init__(self, ticker: Ticker) -> None:
-        self.ticker = ticker
-        self.clients: set[WebClient] = set()
-        self.static = _load_static()
-        self._error_no = 0
-        self._snapshots: dict[str, tuple[dict[str, Any], bytes]] = {}
-
-    # -------------------------------------------------------------- updates
-
-    def publish(self, kind: str, symbol: str, obj: dict[str, Any]) -> None:
-        """Hand one feed object to every client following it (encoded once, lazily)."""
-        body: bytes | None = None
-        key = (kind, symbol)
-        for c in self.clients:
-            if c.wants(kind, symbol):
-                if body is None:
-                    body = _json.encode(obj)
-                c.post(key, obj, body)
-
-    def heartbeat(self, hb: dict[str, Any]) -> None:
-        """Send a heartbeat to every client."""
-        body = _json.encode(hb)
-        for c in self.clients:
-            c.post(("heartbeat", ""), hb, body)
-
-    def _error(self, c: WebClient, reason: str, text: str) -> None:
-        self._error_no += 1
-        c.errors += 1
-        c.post(("error", str(self._error_no)), {"t": "error", "reason": reason, "text": text}, None)
-
-    def _hello(self) -> dict[str, Any]:
-        return {"t": "hello", "v": 1, "exchange": self.ticker.topo.name, "heartbeat_s": HEARTBEAT_S,
-                "symbols": self.symbols()}
-
-    def symbols(self) -> list[dict[str, Any]]:
-        """The instruments, as the ``hello`` message and ``GET /symbols`` list them, sorted by symbol.
-
-        Each is ``{symbol, ref_price, tick, lot, band_pct, band_low, band_high}``: decimal text, ``lot`` an
-        integer; the band's limits are the lowest and highest limit prices the matcher accepts, the band
-        rounded inwards to whole ticks by the instrument itself; the three band fields are null for an
-        instrument without a band.
-        """
-        return [_instrument_json(i) for i in sorted(self.ticker.instruments.values(), key=lambda i: i.symbol)]
-
-    def snapshot_obj(self, symbol: str) -> dict[str, Any]:
-        """The WebSocket's ``snapshot`` of one symbol."""
-        return {"t": "snapshot", "symbol": symbol, **self.ticker.feed.snapshot(symbol)}
-
-    def _snapshot_for_client(self, symbol: str) -> tuple[dict[str, Any], bytes]:
-        # A symbol's snapshot, built and encoded once until the symbol next changes: clients connecting
-        # together (a page reloaded by many, a reconnect after a ticker restart) share it.
-        hit = self._snapshots.get(symbol)
-        if hit is None:
-            obj = self.snapshot_obj(symbol)
-            hit = self._snapshots[symbol] = (obj, _json.encode(obj))
-        return hit
-
-    def changed(self, symbols: set[str]) -> None:
-        """Forget the cached snapshots of ``symbols`` (the ticker published something new of them)."""
-        for sym in symbols:
-            self._snapshots.pop(sym, None)
-
-    # ------------------------------------------------------------ WebSocket
-
-    async def handler(self, ws: ServerConnection) -> None:
-        """Serve one WebSocket connection until it closes."""
-        c = WebClient(ws)
-        self.clients.add(c)
-        writer = asyncio.get_running_loop().create_task(self._writer(c))
-        try:
-            c.post(("hello", ""), self._hello(), None)
-            async for raw in ws:
-                self._request(c, raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            self.clients.discard(c)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await writer
-
-    async def _writer(self, c: WebClient) -> None:
-        # Sends the mailbox; while a send waits on a slow client, newer objects merge into the mailbox.
-        while True:
-            await c.wake.wait()
-            c.wake.clear()
-            box, c.box = c.box, {}
-            for obj, body in box.values():
-                await c.ws.send(body if body is not None else _json.encode(obj), text=True)
-                c.sent += 1
-
-    def _request(self, c: WebClient, raw: str | bytes) -> None:
-        try:
-            req = msgspec.json.decode(raw)
-        except msgspec.DecodeError as e:
-            self._error(c, "malformed", f"not JSON: {e}")
-            return
-        if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-            self._error(c, "malformed", 'a request is a JSON object with an "op"')
-            return
-        op = req["op"]
-        if op == "ping":
-            ts = time.time_ns()
-            c.post(("pong", str(req.get("id"))), {"t": "pong", "id": req.get("id"), "ts": ts, "ts_ns": str(ts)}, None)
-            return
-        if op not in ("subscribe", "unsubscribe", "snapshot"):
-            self._error(c, "unknown_op", f"unknown op {op!r}: subscribe, unsubscribe, snapshot or ping")
-            return
-        known = self.ticker.feed.state.symbols
-        symbols = req.get("symbols", "*")
-        every = symbols == "*" or symbols is None
-        if not every:
-            if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
-                self._error(c, "malformed", 'symbols must be a list of symbol names or "*"')
-                return
-            unknown = [s for s in symbols if s not in known]
-            if unknown:
-                self._error(c, "unknown_symbol", f"unknown symbols: {', '.join(unknown[:20])}")
-            symbols = [s for s in symbols if s in known]
-        names = sorted(known) if every else symbols
-        if op == "unsubscribe":
-            if every:
-                c.subs.clear()
-                c.all_channels = None
-            else:
-                for s in names:
-                    c.subs.pop(s, None)
-                if c.all_channels is not None:  # unsubscribing some of "all": the rest stay followed
-                    c.subs.update({s: c.all_channels for s in known if s not in names and s not in c.subs})
-                    c.subs.update({s: frozenset() for s in names})
-                    c.all_channels = None
-            return
-        if op == "subscribe":
-            chans = req.get("channels", list(KINDS))
-            if not isinstance(chans, list) or not all(isinstance(k, str) for k in chans):
-                self._error(c, "malformed", "channels must be a list of quote, depth, bars")
-                return
-            bad = [k for k in chans if k not in KINDS]
-            if bad:
-                self._error(c, "unknown_channel", f"unknown channels: {', '.join(bad)}: quote, depth or bars")
-                return
-            if every:
-                c.all_channels = frozenset(chans)
-                c.subs.clear()
-            else:
-                c.subs.update({s: frozenset(chans) for s in names})
-        for s in names:
-            c.post(("snapshot", s), *self._snapshot_for_client(s))
-
-    # ----------------------------------------------------------------- HTTP
-
-    async def http(self, conn: ServerConnection, request: Request) -> Response | None:
-        """Answer a plain HTTP request; ``None`` lets ``/ws`` go on to the WebSocket handshake."""
-        url = urlsplit(request.path)
-        path = url.path
-        if path == "/ws":
-            return None
-        try:
-            if path in ("/", "/index.html"):
-                return _response(200, *self.static["index.html"])
-            if path.startswith("/static/"):
-                f = self.static.get(path[len("/static/"):])
-                return _response(200, *f) if f is not None else _error_response(404, "not_found", path)
-            q = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            if path == "/history":
-                return await self._history(q)
-            if path == "/snapshot":
-                sym = q.get("symbol", "")
-                if sym not in self.ticker.feed.state.symbols:
-                    return _error_response(404, "unknown_symbol", f"unknown symbol {sym!r}")
-                return _json_response(self.snapshot_obj(sym))
-            if path == "/symbols":
-                return _json_response(self.symbols())
-            if path == "/healthz":
-                return _response(200, b"ok\n", "text/plain; charset=utf-8")
-            if path == "/stats":
-                return _json_response({**self.ticker.stats, "ws_clients": len(self.clients),
-                                       "history_pending": self.ticker.writer.pending(),
-                                       "shards": {ln.name: {"seen": ln.high, "syncing": ln.syncing,
-                                                            "replays": ln.replays,
-                                                            "unrecoverable": ln.unrecoverable}
-                                                  for ln in self.ticker.links}})
-            return _error_response(404, "not_found", f"no such page: {path}")
-        except Exception as e:
-            log.exception("HTTP %s failed", request.path)
-            return _error_response(500, "internal_error", str(e)[:200])
-
-    async def _history(self, q: dict[str, str]) -> Response:
-        symbol = q.get("symbol", "")
-        interval = q.get("interval", "1m")
-        if symbol not in self.ticker.feed.state.symbols:
-            return _error_response(400, "unknown_symbol", f"unknown symbol {symbol!r}")
-        try:
-            interval_ns(interval)
-        except ValueError:
-            return _error_response(400, "bad_interval", f"unknown interval {interval!r}: 1s, 1m, 5m, 15m, 1h or 1d")
-        try:
-            end = _parse_time(q["to"]) if "to" in q else time.time_ns()
-            start = _parse_time(q["from"]) if "from" in q else end - DAY_NS
-        except ValueError as e:
-            return _error_response(400, "bad_time", str(e))
-        try:
-            bars = await asyncio.to_thread(self.ticker.history, symbol, interval, start, end)
-        except HistoryError as e:
-            return _error_response(503, "history_unavailable", str(e)[:300])
-        return _json_response({"symbol": symbol, "interval": interval, "from": start, "from_ns": str(start),
-                               "to": end, "to_ns": str(end), "bars": bars})
-
-
-def _instrument_json(i: Instrument) -> dict[str, Any]:
-    # The band as the matcher applies it: the instrument's own limits in ticks (rounded inwards when it was
-    # made), printed by its own to_price, never recomputed here from band_pct.
-    out: dict[str, Any] = {"symbol": i.symbol, "ref_price": None if i.ref_price is None else str(i.ref_price),
-                           "tick": str(i.tick), "lot": i.lot, "band_pct": None, "band_low": None, "band_high": None}
-    if i.band_pct is not None and i.band_lo is not None and i.band_hi is not None:
-        out.update(band_pct=str(i.band_pct), band_low=i.to_price(i.band_lo), band_high=i.to_price(i.band_hi))
-    return out
-
-
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_NS_TEXT: Final = re.compile(r"-?[0-9]+")
-
-
-def _parse_time(s: str) -> int:
-    """Return nanoseconds since the epoch from decimal text or an ISO 8601 time (UTC when no offset is given).
-
-    Decimal text (ASCII digits, optionally after a ``-``) is taken exactly, so a JavaScript client sends a
-    ``from_ns``/``to_ns`` it was given unchanged; an ISO 8601 time counts to the microsecond (further digits
-    are dropped).
-
-    Raises
-    ------
-    ValueError
-        When ``s`` is neither.
-    """
-    if _NS_TEXT.fullmatch(s):
-        return int(s)
-    try:
-        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not a time: {s!r} (nanoseconds since the epoch, or ISO 8601)") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    # Integer arithmetic, exact for any time (int(t.timestamp()) would round a time before 1970 towards zero).
-    d = t - _EPOCH
-    return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
-
-
-def _response(status: int, body: bytes, ctype: str, cache: str = "no-cache") -> Response:
-    headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", cache)])
-    return Response(status, http.HTTPStatus(status).phrase, headers, body)
-
-
-def _json_response(obj: Any, status: int = 200) -> Response:
-    return _response(status, _json.encode(obj), "application/json")
-
-
-def _error_response(status: int, reason: str, text: str) -> Response:
-    return _json_response({"error": reason, "text": text}, status)
-
-
-def _load_static() -> dict[str, tuple[bytes, str]]:
-    # The page's files, and Plotly's bundle from the installed plotly package (never copied into the repo).
-    files: dict[str, tuple[bytes, str]] = {}
-    if WEB_DIR.is_dir():
-        for f in WEB_DIR.iterdir():
-            if f.is_file():
-                ctype = mimetypes.guess_type(f.name)[0] or "application/octet-stream"
-                if ctype.startswith("text/") or ctype.endswith("javascript"):
-                    ctype += "; charset=utf-8"
-                files[f.name] = (f.read_bytes(), ctype)
-    try:
-        import plotly  # type: ignore[import-untyped]
-
-        bundle = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
-        files["plotly.min.js"] = (bundle.read_bytes(), "text/javascript; charset=utf-8")
-    except (ImportError, OSError) as e:
-        log.error("plotly.min.js not found (%s): the page's chart will not draw; pip install plotly", e)
-    files.setdefault("index.html", (b"<!doctype html><title>exchange-fabric</title><p>The page's files are missing "
-                                    b"from nodes/web.</p>", "text/html; charset=utf-8"))
-    return files
 
 
 def main(argv: list[str] | None = None) -> int:

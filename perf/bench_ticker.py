@@ -33,22 +33,34 @@
 
 3. **Fan-out**: the same at ``--fanout-rate`` trades/s with ``--clients`` WebSocket clients (one
    process, one asyncio loop), and the baseline of one client in the same run: latency over every
-   (trade, client) pair, the slowest client per trade, messages delivered per second, the ticker's CPU.
+   (trade, client) pair, the slowest client per trade, messages and objects delivered per second, the
+   ticker's CPU.  The clients ask for batches (``/ws?batch=1``, as the live page); ``--no-batch``
+   measures the one-object-per-message mode instead.
 
-Reports: ``perf/reports/bench_ticker.json``, ``.md`` and ``.png`` (``--quick``: ``bench_ticker-quick.*``).
+The headline figures and the targets (issue 12): ``process_trades_per_s``, part 1(c), target at least
+100,000; ``fanout_1000_p99_ms``, part 3's p99 over every (trade, client) pair with 1,000 clients at 100
+trades/s, target at most 250 ms with no pair missing.
+
+Reports: ``bench_ticker.json``, ``.md`` and ``.png`` (``--quick``: ``bench_ticker-quick.*``) in ``--out-dir``,
+by default ``.exfab/perf/bench_ticker/`` under the current directory (a working folder git ignores: measuring
+does not change the checkout; name ``perf/reports`` to refresh the reports checked in).  ``--json`` prints the
+figures as one JSON object on standard output (the headline keys first) instead of the Markdown report.
 
 Usage::
 
     python perf/bench_ticker.py                      # everything, about two minutes
+    python perf/bench_ticker.py --json               # the same, the figures as one JSON object
     python perf/bench_ticker.py --quick              # a smoke run, under a minute
     python perf/bench_ticker.py --parts 1 --trades 100000
     python perf/bench_ticker.py --parts 3 --profile-live     # the ticker under cProfile (slower)
+    python perf/bench_ticker.py --out-dir perf/reports        # refresh the reports checked in
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import json
@@ -109,8 +121,11 @@ from topology.model import GATEWAY, MATCHER, Topology  # noqa: E402
 from topology.ports import free_port, topology_on_free_ports  # noqa: E402
 
 LOCAL: Final = ROOT / "topology" / "examples" / "local.toml"
-REPORTS: Final = ROOT / "perf" / "reports"
-TARGET_TRADES_PER_S: Final = 100_000
+DEFAULT_OUT: Final = Path(".exfab") / "perf" / "bench_ticker"  # under the current directory, as exfab perf's
+TARGET_TRADES_PER_S: Final = 100_000  # part 1(c): a ticker process
+TARGET_FANOUT_CLIENTS: Final = 1_000  # part 3: this many WebSocket clients on every symbol...
+TARGET_FANOUT_RATE: Final = 100.0  # ... at this many trades/s ...
+TARGET_FANOUT_P99_MS: Final = 250.0  # ... see every trade's quote within this, at p99 over every (trade, client)
 STAMP_STEP_NS: Final = 3_333  # the stream's ts advance per command: 300,000 commands/s, about 100,000 trades/s
 CHUNK_BATCHES: Final = 8  # matcher batches of order flow generated at a time, per shard
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -301,6 +316,12 @@ class _Collect:
         self.frames.append(list(frames))
 
 
+def _collect_frames(sock: Any, frames: Sequence[bytes], flags: int = 0) -> None:
+    """Stands in for :func:`fabric.sockets.send_frames` in the matcher module: the compiled send wants a real socket,
+    and the stream's PUB is a :class:`_Collect`."""
+    sock.send_multipart(list(frames))
+
+
 class _StampClock:
     """Stands in for the matcher module's ``time``: ``time_ns`` advances ``step`` per call (one call per command)."""
 
@@ -381,7 +402,10 @@ def build_stream(topo: Topology, trades: int, seed: int) -> Stream:
     commands = 0
     chunk = 0
     made = 0
-    with mock.patch.object(nodes.matcher, "time", _StampClock(time.time_ns(), STAMP_STEP_NS)):
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(nodes.matcher, "time", _StampClock(time.time_ns(), STAMP_STEP_NS)))
+        if hasattr(nodes.matcher, "send_frames"):  # the matcher sends through fabric.sockets' compiled helpers
+            patches.enter_context(mock.patch.object(nodes.matcher, "send_frames", _collect_frames))
         while made < trades:
             flows = [_order_flow(topo, no, CHUNK_BATCHES * MAX_BATCH, seed + 1000 * chunk + no, chunk)
                      for no in range(len(matchers))]
@@ -948,7 +972,7 @@ class LiveRun:
 
 
 def live_run(ex: LiveExchange, pump: Pump, *, rate: float, duration: float, clients: int, drain_s: float, tmp: Path,
-             profile: bool = False) -> LiveRun:
+             profile: bool = False, batch: bool = True) -> LiveRun:
     """Start a fresh ticker and the clients, trade at ``rate`` for ``duration`` s, wait for the ticker, collect.
 
     With ``profile`` the ticker runs under cProfile (its whole life: start, load, drain) and the run keeps the top
@@ -965,7 +989,8 @@ def live_run(ex: LiveExchange, pump: Pump, *, rate: float, duration: float, clie
     sub = _start([*client, "sub", *pubs, "--symbols", symbols, "--out", str(sub_out)], ex.logs / "clients.log", 30)
     try:
         ws = _start([*client, "ws", ex.http.replace("http://", "ws://") + "ws", "--clients", str(clients),
-                     "--symbols", symbols, "--out", str(ws_out)], ex.logs / "clients.log", 60 + clients * 0.2)
+                     "--symbols", symbols, "--out", str(ws_out), *([] if batch else ["--no-batch"])],
+                    ex.logs / "clients.log", 60 + clients * 0.2)
     except BaseException:
         _stop(sub)
         raise
@@ -1060,7 +1085,8 @@ def analyze_latency(run: LiveRun) -> dict[str, Any]:
 
 
 def analyze_fanout(run: LiveRun, nsym: int) -> dict[str, Any]:
-    """Part 3's figures: latency over every (trade, client) pair, the slowest client per trade, messages per second."""
+    """Part 3's figures: latency over every (trade, client) pair, the slowest client per trade, messages and objects
+    per second."""
     keys, _ = _trades_of(run)
     wkeys = _keys(run.ws)
     sel = np.isin(wkeys, keys)
@@ -1071,15 +1097,19 @@ def analyze_fanout(run: LiveRun, nsym: int) -> dict[str, Any]:
     starts = np.flatnonzero(np.r_[True, tkey[1:] != tkey[:-1]]) if tkey.size else np.zeros(0, dtype=np.int64)
     slowest = np.maximum.reduceat(lat, starts) if tkey.size else np.zeros(0, dtype=np.int64)
     window = (run.t_stop - run.t_start) / 1e9
-    initial = run.clients * (1 + nsym)  # hello and one snapshot per symbol, before the load
-    received = int(run.ws["received"].sum()) - initial
+    if "received_ready" in run.ws:  # counted by the clients when they were all connected, before the load
+        received = int(run.ws["received"].sum() - run.ws["received_ready"].sum())
+        objects = int(run.ws["objects"].sum() - run.ws["objects_ready"].sum())
+    else:  # hello and one snapshot per symbol, one message each, before the load
+        received = objects = int(run.ws["received"].sum()) - run.clients * (1 + nsym)
     quotes = int(run.ws["quotes"].sum())
     return {
         "clients": run.clients, "rate": run.rate, "duration_s": run.duration, "pump": run.pump,
         "trades": int(keys.size), "pairs_expected": int(keys.size) * run.clients, "pairs_delivered": int(lat.size),
         "pairs_missing": int(keys.size) * run.clients - int(lat.size), "caught_up_s": run.caught_up_s,
         "all_pairs": _summary(lat), "slowest_client_per_trade": _summary(slowest),
-        "ws_messages_per_s": received / window,
+        "ws_messages_per_s": received / window, "ws_objects_per_s": objects / window,
+        "objects_per_message": objects / received if received else None,
         "quotes_per_trade_per_client": quotes / run.clients / keys.size if keys.size else None,
         "window_s": window, "cpu": run.cpu, "ticker_threads_cores": run.ticker_threads,
         "clients_cpu_s": float(run.ws["cpu_s"][0]), "ticker": _ticker_counts(run), "ticker_replays": _replays(run),
@@ -1116,11 +1146,14 @@ def part_live(args: argparse.Namespace, tmp: Path, parts: set[int]) -> dict[str,
                 _say(f"3. fan-out: {n:,} WebSocket client(s), {args.fanout_rate:,.0f} trades/s for "
                      f"{args.duration:g} s...")
                 f = analyze_fanout(live_run(ex, pump, rate=args.fanout_rate, duration=args.duration, clients=n,
-                                            drain_s=args.drain, tmp=tmp, profile=args.profile_live),
+                                            drain_s=args.drain, tmp=tmp, profile=args.profile_live,
+                                            batch=not args.no_batch),
                                    len(ex.topo.symbols))
+                f["batch"] = not args.no_batch
                 _say(f"   all pairs p50 {_us(f['all_pairs']['p50_us'])} p99 {_us(f['all_pairs']['p99_us'])}; "
                      f"slowest client p50 {_us(f['slowest_client_per_trade']['p50_us'])}; "
-                     f"{f['ws_messages_per_s']:,.0f} msgs/s; ticker {f['cpu']['ticker_cores']:.2f} cores; "
+                     f"{f['ws_messages_per_s']:,.0f} msgs/s ({f['ws_objects_per_s']:,.0f} objects/s); ticker "
+                     f"{f['cpu']['ticker_cores']:.2f} cores; "
                      f"{f['pairs_missing']:,} pairs missing")
                 runs.append(f)
             out["fanout"] = {"baseline": runs[0], "clients": runs[1]}
@@ -1150,6 +1183,53 @@ def _profile_table(rows: list[dict[str, Any]], n: int = 12) -> list[str]:
               for r in rows[:n])]
 
 
+def headline(res: dict[str, Any]) -> dict[str, Any]:
+    """Return the headline figures of a run and how they compare with the targets (``None`` where not measured).
+
+    ``process_trades_per_s`` is part 1(c), a ticker process; ``fanout_1000_p99_ms`` part 3's p99 over every (trade,
+    client) pair, when it ran with 1,000 clients (``fanout_p99_ms`` whatever the number, ``fanout_clients``).
+    """
+    e2e = (res.get("throughput") or {}).get("end_to_end")
+    fan = (res.get("fanout") or {}).get("clients")
+    rate = e2e["trades_per_s"] if e2e else None
+    p99 = fan["all_pairs"]["p99_us"] / 1000.0 if fan and fan["all_pairs"]["p99_us"] is not None else None
+    at_target = bool(fan and fan["clients"] == TARGET_FANOUT_CLIENTS and fan["rate"] == TARGET_FANOUT_RATE)
+    slowest = fan["slowest_client_per_trade"]["p99_us"] if fan else None
+    return {
+        "process_trades_per_s": rate,
+        "fanout_1000_p99_ms": p99 if at_target else None,
+        "fanout_clients": fan["clients"] if fan else None,
+        "fanout_rate": fan["rate"] if fan else None,
+        "fanout_p99_ms": p99,
+        "fanout_slowest_client_p99_ms": None if slowest is None else slowest / 1000.0,
+        "fanout_pairs_missing": fan["pairs_missing"] if fan else None,
+        "targets": {
+            "process_trades_per_s": TARGET_TRADES_PER_S,
+            "fanout_1000_p99_ms": TARGET_FANOUT_P99_MS,
+            "process_met": None if rate is None else rate >= TARGET_TRADES_PER_S,
+            "fanout_met": (None if not at_target or p99 is None
+                           else p99 <= TARGET_FANOUT_P99_MS and fan is not None and fan["pairs_missing"] == 0),
+        },
+    }
+
+
+def _target_lines(h: dict[str, Any]) -> list[str]:
+    t = h["targets"]
+
+    def met(v: bool | None) -> str:
+        return "not measured in this run" if v is None else ("met" if v else "**not met**")
+
+    rate = "-" if h["process_trades_per_s"] is None else f"{h['process_trades_per_s']:,.0f}"
+    fan = ("-" if h["fanout_p99_ms"] is None else
+           f"{h['fanout_p99_ms']:,.1f} ms with {h['fanout_clients']:,} clients at {h['fanout_rate']:,.0f} trades/s, "
+           f"{h['fanout_pairs_missing']:,} pairs missing")
+    return ["## Targets", "", "| target | this run | |", "| --- | --- | --- |",
+            f"| a ticker process (1c) ≥ {t['process_trades_per_s']:,} trades/s | {rate} | "
+            f"{met(t['process_met'])} |",
+            f"| {TARGET_FANOUT_CLIENTS:,} WebSocket clients at {TARGET_FANOUT_RATE:,.0f} trades/s: every (trade, "
+            f"client) p99 ≤ {t['fanout_1000_p99_ms']:,.0f} ms, none missing | {fan} | {met(t['fanout_met'])} |", ""]
+
+
 def _markdown(res: dict[str, Any], png: str) -> str:
     lines = ["# Market data (ticker) benchmark", "", f"Command: `{res['command']}`", "",
              f"Generated {res['generated']} on {res['cpus']} CPUs, {res['platform']}, Python {res['python']}, "
@@ -1157,6 +1237,7 @@ def _markdown(res: dict[str, Any], png: str) -> str:
              f"{res.get('cpu', {}).get('others_cores', 0):.2f} cores on average over the run. Code: commit "
              f"{res['git']['commit'] or '?'}"
              + (f", with changes to {', '.join(res['git']['changed'])}" if res["git"]["changed"] else "") + ".", ""]
+    lines += _target_lines(res.get("headline") or headline(res))
     tp = res.get("throughput")
     if tp:
         s, fl, e = tp["stream"], tp["decode_floor"], tp["end_to_end"]
@@ -1214,16 +1295,19 @@ def _markdown(res: dict[str, Any], png: str) -> str:
                   ""]
     fan = res.get("fanout")
     if fan:
-        lines += ["## 3. Fan-out", "",
+        mode = ("batches (`/ws?batch=1`)" if fan["clients"].get("batch", True)
+                else "one object per message (`--no-batch`)")
+        lines += ["## 3. Fan-out", "", f"Clients asking for {mode}.", "",
                   "| clients | trades | pairs missing | all pairs p50 | p99 | slowest client p50 | p99 | WS msgs/s | "
-                  "quotes per trade per client | ticker CPU | clients CPU |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "objects/s | quotes per trade per client | ticker CPU | clients CPU |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in (fan["baseline"], fan["clients"]):
             a, s2 = r["all_pairs"], r["slowest_client_per_trade"]
             q = r["quotes_per_trade_per_client"]
             lines.append(f"| {r['clients']:,} | {r['trades']:,} | {r['pairs_missing']:,} | {_us(a['p50_us'])} | "
                          f"{_us(a['p99_us'])} | {_us(s2['p50_us'])} | {_us(s2['p99_us'])} | "
-                         f"{r['ws_messages_per_s']:,.0f} | {'-' if q is None else f'{q:.2f}'} | "
+                         f"{r['ws_messages_per_s']:,.0f} | {r.get('ws_objects_per_s', 0):,.0f} | "
+                         f"{'-' if q is None else f'{q:.2f}'} | "
                          f"{r['cpu']['ticker_cores']:.2f} | {r['cpu']['ws_clients_cores']:.2f} |")
         lines.append("")
     live = ([("latency", lat)] if lat else []) + ([("fan-out, 1 client", fan["baseline"]),
@@ -1372,8 +1456,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--profile-live", action="store_true",
                     help="parts 2, 3: run the ticker under cProfile (slower: its figures are then not the ticker's)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out-dir", type=Path, default=REPORTS, help="where the reports go (default perf/reports)")
+    ap.add_argument("--no-batch", action="store_true",
+                    help="parts 2, 3: WebSocket clients without batches (one object per message, /ws)")
+    ap.add_argument("--out-dir", type=Path, help=f"where the reports go (default {DEFAULT_OUT}/ under the current "
+                    "directory, which git ignores; perf/reports to refresh the reports checked in)")
+    ap.add_argument("--json", action="store_true",
+                    help="print the figures as one JSON object (headline keys first) instead of the Markdown report")
     args = ap.parse_args(argv)
+    out_dir: Path = args.out_dir if args.out_dir is not None else Path.cwd() / DEFAULT_OUT
     q = args.quick
     args.trades = args.trades or (3_000 if q else 50_000)
     args.repeat = args.repeat or (1 if q else 5)
@@ -1386,7 +1476,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = shlex.join(["python", "perf/bench_ticker.py", *(sys.argv[1:] if argv is None else argv)])
     res: dict[str, Any] = {"command": command, "generated": datetime.now(UTC).isoformat(timespec="seconds"),
                            "git": _git(), **machine_info(),
-                           "args": {k: v for k, v in vars(args).items() if k != "out_dir"}}
+                           "args": {k: v for k, v in vars(args).items() if k not in ("out_dir", "json")}}
     t0 = time.perf_counter()
     m0, ours0 = _machine_ticks(), _our_cpu_s()
     with tempfile.TemporaryDirectory(prefix="exfab-bench-ticker-") as d:
@@ -1404,10 +1494,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["cpu"] = {"machine_cores": round(machine, 2), "ours_cores": round(ours, 2),
                   "others_cores": round(max(0.0, machine - ours), 2)}
     res["loadavg_1m"] = round(os.getloadavg()[0], 2)
-    paths = write_report(res, args.out_dir, "bench_ticker-quick" if q else "bench_ticker")
+    res = {"headline": headline(res), **res}
+    paths = write_report(res, out_dir, "bench_ticker-quick" if q else "bench_ticker")
     _say(f"done in {res['total_s']:.0f} s: {paths['md']}")
-    print(paths["md"].read_text())
-    return _public(res)
+    public: dict[str, Any] = _public(res)
+    if args.json:
+        print(json.dumps({**public["headline"], **public}, indent=1, allow_nan=False))
+    else:
+        print(paths["md"].read_text())
+    return public
 
 
 if __name__ == "__main__":

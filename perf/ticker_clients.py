@@ -7,6 +7,9 @@ then writes what it saw to ``--out`` (a ``.npz`` file) and prints ``DONE``.
 - ``ws URL --clients N``: N WebSocket connections, each subscribed to every symbol and channel (as
   the live page is).  For every trade in the ``prints`` of a ``quote`` it records the client, the
   symbol, the ``trade_id``, the trade's ``ts`` and the time the message reached the client's code.
+  They connect with ``?batch=1``, as the live page does (each message a JSON array of objects:
+  ``docs/market-data.md``, section 4); ``--no-batch`` connects without it (one object per message).
+  Per client it counts messages and objects, in all and up to ``READY``.
 - ``sub ENDPOINT...``: one ZeroMQ SUB on matchers' PUB sockets, topic ``T`` (trades): for every trade
   the symbol, ``trade_id``, ``ts`` and the time of receipt.
 
@@ -18,6 +21,7 @@ figures (it is what a machine full of browsers would see).
 Usage::
 
     python -m perf.ticker_clients ws ws://127.0.0.1:7181/ws --clients 1000 --symbols TCS,INFY --out ws.npz
+    python -m perf.ticker_clients ws ws://127.0.0.1:7181/ws --no-batch --clients 10 --symbols TCS --out ws.npz
     python -m perf.ticker_clients sub tcp://127.0.0.1:7111 tcp://127.0.0.1:7121 --symbols TCS,INFY --out sub.npz
 """
 
@@ -100,14 +104,24 @@ def raise_fd_limit() -> int:
 # ------------------------------------------------------------------ WebSocket
 
 
-async def _ws_main(url: str, n: int, symbols: list[str], out: str) -> None:
-    from websockets.asyncio.client import ClientConnection, connect
+def _with_batch(url: str) -> str:
+    """Return ``url`` asking for batches (``batch=1`` added to its query)."""
+    return url + ("&" if "?" in url else "?") + "batch=1"
 
+
+async def _ws_main(url: str, n: int, symbols: list[str], out: str, batch: bool = True) -> None:
+    from websockets.asyncio.client import ClientConnection, connect
+    from websockets.exceptions import ConnectionClosedOK
+
+    if batch:
+        url = _with_batch(url)
     index = {s: i for i, s in enumerate(symbols)}
     rec = Records()
     received = np.zeros(n, dtype=np.int64)  # messages per client, every kind
+    objects = np.zeros(n, dtype=np.int64)  # objects in them (more than messages when batched)
     quotes = np.zeros(n, dtype=np.int64)
-    decode = msgspec.json.Decoder(_Msg).decode
+    # A batch is an array of objects, a message without batching one object: the decoder takes either.
+    decode = msgspec.json.Decoder(list[_Msg] | _Msg).decode
     subscribe = msgspec.json.encode({"op": "subscribe", "symbols": "*", "channels": ["quote", "depth", "bars"]})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,23 +149,30 @@ async def _ws_main(url: str, n: int, symbols: list[str], out: str) -> None:
                     await asyncio.sleep(0.2 * (attempt + 1))
             conns.append(ws)
             await ws.send(subscribe.decode())
-            async for raw in ws:
+            while True:
+                try:
+                    raw = await ws.recv(decode=False)  # the frame's bytes: msgspec reads UTF-8 itself
+                except ConnectionClosedOK:
+                    return
                 now = time.time_ns()
-                m = decode(raw)
+                got = decode(raw)
+                msgs = got if isinstance(got, list) else (got,)
                 received[i] += 1
-                if m.t == "quote":
-                    quotes[i] += 1
-                    sym = index.get(m.symbol or "", -1)
-                    for p in m.prints:
-                        rec.add(i, sym, p.trade_id, p.ts, now)
-                elif m.t == "snapshot" and not released:
-                    snaps += 1
-                    if snaps == len(symbols):
-                        released = True
-                        gate.release()
-                        ready += 1
-                        if ready == n:
-                            all_ready.set()
+                objects[i] += len(msgs)
+                for m in msgs:
+                    if m.t == "quote":
+                        quotes[i] += 1
+                        sym = index.get(m.symbol or "", -1)
+                        for p in m.prints:
+                            rec.add(i, sym, p.trade_id, p.ts, now)
+                    elif m.t == "snapshot" and not released:
+                        snaps += 1
+                        if snaps == len(symbols):
+                            released = True
+                            gate.release()
+                            ready += 1
+                            if ready == n:
+                                all_ready.set()
         finally:
             if not released:
                 gate.release()
@@ -164,10 +185,12 @@ async def _ws_main(url: str, n: int, symbols: list[str], out: str) -> None:
     if failed:
         raise RuntimeError(f"{len(failed)} WebSocket clients failed: {failed[0].exception()!r}")
     cpu0 = time.process_time()
+    at_ready = received.copy(), objects.copy()  # hello and snapshots: what came before the load
     print(f"READY {ready}", flush=True)
     await stop.wait()
     cpu = time.process_time() - cpu0
-    rec.save(out, received=received, quotes=quotes, cpu_s=np.array([cpu]))
+    rec.save(out, received=received, objects=objects, quotes=quotes, received_ready=at_ready[0],
+             objects_ready=at_ready[1], cpu_s=np.array([cpu]))
     print("DONE", flush=True)
     # Closing a thousand connections politely takes longer than it is worth: the ticker sees them drop.
     sys.stdout.flush()
@@ -224,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     ws = sp.add_parser("ws", help="WebSocket clients of the ticker")
     ws.add_argument("url")
     ws.add_argument("--clients", type=int, default=1)
+    ws.add_argument("--no-batch", action="store_true",
+                    help="one object per message (connect without ?batch=1), as clients before batching")
     sub = sp.add_parser("sub", help="a ZeroMQ SUB on the matchers' trades")
     sub.add_argument("endpoints", nargs="+")
     for p in (ws, sub):
@@ -233,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     symbols = args.symbols.split(",")
     raise_fd_limit()
     if args.kind == "ws":
-        asyncio.run(_ws_main(args.url, args.clients, symbols, args.out))
+        asyncio.run(_ws_main(args.url, args.clients, symbols, args.out, batch=not args.no_batch))
     else:
         _sub_main(args.endpoints, symbols, args.out)
 

@@ -11,7 +11,7 @@ import pytest
 from fabric.feed import HEARTBEAT_TOPIC, MarketFeed, feed_topic, split_feed_topic
 from fabric.instruments import Instrument
 from fabric.protocol import BookLevel, BookSnapshot, Trade
-from nodes.ticker import WebClient, _merge
+from nodes.webhub import Item, WebClient, _merge
 
 S = 1_000_000_000
 T0 = 1_764_000_000 * S  # a whole minute
@@ -124,8 +124,8 @@ def test_a_matcher_snapshot_sets_the_books_and_a_reset_forgets_the_day() -> None
 
 
 def test_a_slow_websocket_client_gets_the_latest_state_with_every_print_and_bar() -> None:
-    q1 = {"t": "quote", "seq": 1, "last": "1", "prints": [{"trade_id": 1}]}
-    q2 = {"t": "quote", "seq": 2, "last": "2", "prints": [{"trade_id": 2}, {"trade_id": 3}]}
+    q1: dict[str, Any] = {"t": "quote", "seq": 1, "last": "1", "prints": [{"trade_id": 1}]}
+    q2: dict[str, Any] = {"t": "quote", "seq": 2, "last": "2", "prints": [{"trade_id": 2}, {"trade_id": 3}]}
     assert _merge("quote", q1, q2) == {"t": "quote", "seq": 2, "last": "2",
                                        "prints": [{"trade_id": 1}, {"trade_id": 2}, {"trade_id": 3}]}
     b1 = {"t": "bars", "seq": 1, "bars": {"1s": [{"start": 1, "close": "1"}, {"start": 2, "close": "2"}]}}
@@ -141,13 +141,28 @@ def test_a_slow_websocket_client_gets_the_latest_state_with_every_print_and_bar(
 
     c = WebClient(ws=None)  # type: ignore[arg-type]
     c.all_channels = frozenset({"quote"})
-    c.post(("quote", "TCS"), q1, b"{}")
-    c.post(("quote", "TCS"), q2, b"{}")
-    c.post(("heartbeat", ""), {"t": "heartbeat"}, None)
+    first, second = Item(("quote", "TCS"), q1), Item(("quote", "TCS"), q2)
+    first.body = second.body = b"{}"
+    c.post(first)
+    c.post(second)
+    c.post(Item(("heartbeat", ""), {"t": "heartbeat"}))
     assert list(c.box) == [("quote", "TCS"), ("heartbeat", "")] and c.conflated == 1
-    obj, body = c.box[("quote", "TCS")]
-    assert body is None and [p["trade_id"] for p in obj["prints"]] == [1, 2, 3]
+    kept = c.box[("quote", "TCS")]
+    assert kept.body is None, "a merged object is the client's own: encoded for it alone"
+    assert [p["trade_id"] for p in kept.obj["prints"]] == [1, 2, 3]
     assert c.wants("quote", "TCS") and not c.wants("depth", "TCS")
+    assert (q1["seq"], len(q1["prints"]), len(q2["prints"])) == (1, 1, 2), "the shared objects are left as they were"
+
+
+def test_a_snapshot_in_a_mailbox_supersedes_the_updates_of_its_symbol_waiting_there() -> None:
+    c = WebClient(ws=None)  # type: ignore[arg-type]
+    c.post(Item(("quote", "TCS"), {"t": "quote", "seq": 4, "prints": []}))
+    c.post(Item(("depth", "INFY"), {"t": "depth", "seq": 2}))
+    c.post(Item(("bars", "TCS"), {"t": "bars", "seq": 3, "bars": {}}))
+    c.post(Item(("snapshot", "TCS"), {"t": "snapshot", "symbol": "TCS"}))
+    c.post(Item(("quote", "TCS"), {"t": "quote", "seq": 5, "prints": []}))
+    assert list(c.box) == [("depth", "INFY"), ("snapshot", "TCS"), ("quote", "TCS")]
+    assert c.box[("quote", "TCS")].obj["seq"] == 5 and c.conflated == 0
 
 
 def test_the_tickers_path_after_a_reset_publishes_the_new_days_first_trade() -> None:
@@ -184,3 +199,54 @@ def test_every_time_has_its_exact_text_beside_it() -> None:
     assert seen == {"ts": 3 + 1, "last_ts": 1, "start": 2}  # quote, depth, bars and the print; the quote; two bars
     before = MarketFeed([_inst()]).snapshot("TCS", now)["quote"]
     assert (before["last_ts"], before["last_ts_ns"]) == (0, "0"), "before the first trade"
+
+
+def test_a_turns_level_changes_apply_as_one_batch_each_level_set_once_to_its_last_state(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabric.marketstate import SymbolState
+
+    sets: list[tuple[str, Decimal, int]] = []
+    real = SymbolState.set_level
+
+    def counting(self: SymbolState, side: str, price: Decimal, qty: int, count: int) -> None:
+        sets.append((side, price, qty))
+        real(self, side, price, qty, count)
+
+    monkeypatch.setattr(SymbolState, "set_level", counting)
+    f = MarketFeed([_inst()])
+    # The ticker's path: one message at a time, its tseq checked by the caller.
+    for i, (side, px, q) in enumerate((("sell", "100.50", 30), ("sell", "100.50", 20), ("buy", "99.50", 5),
+                                       ("sell", "100.50", 0), ("sell", "100.55", 8), ("sell", "100.50", 12)), 1):
+        f.level(level(i, side, px, q))
+        assert f.state.last_tseq("TCS", "book") == i, "a change's tseq counts at once (the next gap check reads it)"
+    assert f.dirty and sets == []
+    depth = next(o for k, _, o in f.take(T0).messages if k == "depth")
+    assert (depth["asks"], depth["bids"]) == ([["100.50", 12, 1], ["100.55", 8, 1]], [["99.50", 5, 1]])
+    assert sorted(sets) == [("buy", Decimal("99.50"), 5), ("sell", Decimal("100.50"), 12),
+                            ("sell", Decimal("100.55"), 8)], "three levels changed: three sets, not six"
+    # The batch form, for a caller holding a run of one topic: the same result, one tseq update.
+    f.levels([level(7, "buy", "99.50", 0), level(8, "buy", "99.55", 3), level(9, "buy", "99.55", 4)])
+    assert f.state.last_tseq("TCS", "book") == 9
+    assert f.snapshot("TCS", T0)["depth"]["bids"] == [["99.55", 4, 1]], "a snapshot sees the changes not yet taken"
+    # Two texts of one price: the later change is the one left, as message by message.
+    f.level(level(10, "sell", "100.5", 1))
+    f.level(level(11, "sell", "100.50", 0))
+    f.take(T0)
+    assert f.snapshot("TCS", T0)["depth"]["asks"] == [["100.55", 8, 1]]
+
+
+def test_batched_levels_leave_the_books_as_applying_every_message_in_order_does() -> None:
+    import random
+
+    rng = random.Random(5)
+    batched, one_by_one = MarketFeed([_inst()]), MarketFeed([_inst()])
+    for tseq in range(1, 2001):
+        m = level(tseq, rng.choice(("buy", "sell")), f"{100 + rng.randrange(6) * 0.05:.2f}", rng.choice((0, 1, 7, 9)),
+                  rng.randrange(1, 4))
+        batched.level(m)
+        assert one_by_one.apply(m)
+        if rng.random() < 0.05:  # turns of random length
+            assert batched.take(T0) == one_by_one.take(T0)
+    assert batched.take(T0) == one_by_one.take(T0)
+    st, ref = batched.state.symbols["TCS"], one_by_one.state.symbols["TCS"]
+    assert (st.bids, st.asks) == (ref.bids, ref.asks) and batched.state.tseq == one_by_one.state.tseq

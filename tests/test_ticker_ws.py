@@ -1,4 +1,9 @@
-"""The ticker's WebSocket: hello, subscribe, snapshot then updates, unsubscribe, ping, errors, slow clients."""
+"""The ticker's WebSocket: hello, subscribe, snapshot then updates, unsubscribe, ping, errors, slow clients, batches.
+
+The batching tests run a :class:`~nodes.webhub.WebHub` alone on a real port, fed by a
+:class:`~fabric.feed.MarketFeed` in the test, so that what is published between two of its wake-ups is
+known exactly.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+import nodes.webhub as webhub
 from fabric.client import BrokerClient
+from fabric.feed import MarketFeed
+from nodes.webhub import WebHub
 from tests.helpers import LOCAL, gateway_endpoints, topology_on_free_ports
+from tests.test_feed import T0, _inst, level, trade
 from tests.test_ticker import JS_EXACT, NS_FIELDS, _trade_flow, exact_json
 from topology.launcher import Launcher
 
@@ -232,3 +242,165 @@ def test_every_nanosecond_time_in_json_has_its_exact_text(exchange: Launcher) ->
             assert json.loads(raw, parse_int=float)["to"] != to, "as a JavaScript number, to is rounded"
             assert h["bars"] and all(b["start_ns"] == str(b["start"]) for b in h["bars"])
     assert all(seen.get(f, 0) > 0 for f in NS_FIELDS), seen
+
+
+# ------------------------------------------------------------------ batches, shared bytes, slow clients
+
+
+class _Counting:
+    """Stands in for a module's encoder or frame builder: counts the calls."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.calls = 0
+
+    def encode(self, obj: Any) -> bytes:
+        self.calls += 1
+        out: bytes = self.fn(obj)
+        return out
+
+    def __call__(self, payload: bytes) -> bytes:
+        self.calls += 1
+        out: bytes = self.fn(payload)
+        return out
+
+
+async def _hub() -> tuple[WebHub, MarketFeed, str]:
+    """A web hub alone on a free port, over a feed of TCS and INFY; return it, its feed and its ``ws://`` URL."""
+    feed = MarketFeed([_inst(), _inst("INFY", "1500.00")])
+    hub = WebHub("test", {i.symbol: i for i in (_inst(), _inst("INFY", "1500.00"))}, feed,
+                 stats=dict, history=lambda *_: [])
+    server = await hub.serve("127.0.0.1", 0)
+    port = next(iter(server.sockets)).getsockname()[1]
+    return hub, feed, f"ws://127.0.0.1:{port}/ws"
+
+
+def _turn(feed: MarketFeed, hub: WebHub, i: int) -> list[tuple[str, str, int]]:
+    """Trade once on TCS (its ask shrinking) and publish the turn; return its (kind, symbol, seq)."""
+    feed.apply(level(i, "sell", "100.50", 100 - i))
+    feed.apply(trade(i, "100.50", 1, T0 + i))
+    msgs = feed.take(T0 + i).messages
+    hub.publish(msgs)
+    return [(k, sym, o["seq"]) for k, sym, o in msgs]
+
+
+async def _subscribed(ws: ClientConnection, batch: bool) -> None:
+    # hello, then a snapshot of each symbol: one array each time when batching, one message per object otherwise.
+    hello = json.loads(await ws.recv())
+    assert (hello if batch else [hello])[0]["t"] == "hello"
+    await ws.send(json.dumps({"op": "subscribe"}))
+    snaps = json.loads(await ws.recv()) if batch else [json.loads(await ws.recv()) for _ in range(2)]
+    assert [(m["t"], m["symbol"]) for m in snaps] == [("snapshot", "INFY"), ("snapshot", "TCS")]
+
+
+async def _silent(ws: ClientConnection, secs: float = 0.3) -> bool:
+    try:
+        await asyncio.wait_for(ws.recv(), secs)
+    except TimeoutError:
+        return True
+    return False
+
+
+def test_updates_of_one_wakeup_reach_each_batching_client_in_one_message_serialised_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        hub, feed, url = await _hub()
+        try:
+            async with connect(url + "?batch=1") as a, connect(url + "?batch=1") as b, \
+                    connect(url + "?batch=1") as c, connect(url) as single:
+                for ws in (a, b, c):
+                    await _subscribed(ws, batch=True)
+                await _subscribed(single, batch=False)
+                encoder = _Counting(msgspec.json.Encoder().encode)
+                framer = _Counting(webhub._text_frame)
+                monkeypatch.setattr(webhub, "_json", encoder)
+                monkeypatch.setattr(webhub, "_text_frame", framer)
+                # Three turns published before the hub wakes up (nothing awaits in between).
+                want = [m for i in (1, 2, 3) for m in _turn(feed, hub, i)]
+                assert len(want) == 9 and {k for k, _, _ in want} == {"quote", "depth", "bars"}
+                raw = [await asyncio.wait_for(ws.recv(), 5) for ws in (a, b, c)]
+                assert raw[0] == raw[1] == raw[2]
+                got = json.loads(raw[0])
+                assert isinstance(got, list), "a batch is a JSON array"
+                assert [(m["t"], m["symbol"], m["seq"]) for m in got] == want, "every object, in publishing order"
+                assert [p["trade_id"] for m in got if m["t"] == "quote" for p in m["prints"]] == [1, 2, 3]
+                for ws in (a, b, c):
+                    assert await _silent(ws), "one message for the whole wake-up"
+                # A client that did not ask for batches gets the same objects one per message, as before.
+                one = [json.loads(await asyncio.wait_for(single.recv(), 5)) for _ in want]
+                assert [(m["t"], m["symbol"], m["seq"]) for m in one] == want
+                assert await _silent(single)
+                # Each object serialised once for the four clients; one frame for the three batching ones (the
+                # same subscriptions), one per object for the other.
+                assert encoder.calls == len(want) == hub.counts["ws_encodes"] - 2 - 1  # minus snapshots, hello
+                assert framer.calls == 1 + len(want)
+                stats = hub.stats()
+                assert stats["ws_clients"] == 4 and stats["ws_objects"] >= stats["ws_messages"]
+        finally:
+            await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_whose_connection_is_full_gets_its_merged_mailbox_in_one_message_once_it_drains() -> None:
+    async def scenario() -> None:
+        hub, feed, url = await _hub()
+        try:
+            async with connect(url + "?batch=1") as slow:
+                await _subscribed(slow, batch=True)
+                (sc,) = hub.clients
+                async with connect(url + "?batch=1") as fast:
+                    await _subscribed(fast, batch=True)
+                    # The slow connection's write buffer is over its limit (what websockets' flow control says
+                    # when a client stops reading): nothing more is written to it, its updates conflate.
+                    sc.ws.paused = True
+                    for i in range(1, 6):
+                        want = _turn(feed, hub, i)
+                        got = json.loads(await asyncio.wait_for(fast.recv(), 5))
+                        assert [(m["t"], m["symbol"], m["seq"]) for m in got] == want, "the other is not held up"
+                    assert await _silent(slow)
+                    assert list(sc.box) == [("quote", "TCS"), ("depth", "TCS"), ("bars", "TCS")]
+                    assert sc.conflated == 3 * 4
+                    sc.ws.paused = False  # drained: the mailbox goes out at the next look, as one message
+                    late = json.loads(await asyncio.wait_for(slow.recv(), 5))
+                    assert [(m["t"], m["seq"]) for m in late] == [("quote", 5), ("depth", 5), ("bars", 5)]
+                    assert [p["trade_id"] for p in late[0]["prints"]] == [1, 2, 3, 4, 5], "every print"
+                    assert late[0]["volume"] == 5 and late[1]["asks"] == [["100.50", 95, 1]]
+                    assert [(b["start"], b["trades"]) for b in late[2]["bars"]["1s"]] == [(T0, 5)]
+                    assert await _silent(slow)
+                    # Caught up: it shares the batches again.
+                    want = _turn(feed, hub, 6)
+                    mine, theirs = [await asyncio.wait_for(ws.recv(), 5) for ws in (slow, fast)]
+                    assert mine == theirs and [(m["t"], m["seq"]) for m in json.loads(mine)] == [
+                        (k, n) for k, _, n in want]
+        finally:
+            await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_subscription_made_between_wakeups_gets_the_snapshot_after_older_updates_never_before() -> None:
+    async def scenario() -> None:
+        hub, feed, url = await _hub()
+        try:
+            async with connect(url + "?batch=1") as ws:
+                await ws.recv()  # hello
+                await ws.send(json.dumps({"op": "subscribe", "symbols": ["INFY"]}))
+                assert [m["t"] for m in json.loads(await ws.recv())] == ["snapshot"]
+                # A TCS update is published and waits for the next wake-up; the client subscribes to TCS before
+                # it: the snapshot (which holds that update) arrives, the older update does not follow it.
+                hub._next_at = asyncio.get_running_loop().time() + 0.5  # the hub flushed just now: it waits
+                _turn(feed, hub, 1)
+                await ws.send(json.dumps({"op": "subscribe", "symbols": ["TCS"]}))
+                await asyncio.sleep(0.1)
+                _turn(feed, hub, 2)
+                got = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert [(m["t"], m["symbol"]) for m in got] == [("snapshot", "TCS"), ("quote", "TCS"),
+                                                                 ("depth", "TCS"), ("bars", "TCS")]
+                assert got[0]["quote"]["seq"] == 1 and got[1]["seq"] == 2
+                assert [p["trade_id"] for p in got[0]["quote"]["prints"]] == [1], "the snapshot holds trade 1"
+                assert [p["trade_id"] for p in got[1]["prints"]] == [2], "and it is not sent again after it"
+        finally:
+            await hub.close()
+
+    asyncio.run(scenario())

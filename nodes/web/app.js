@@ -855,7 +855,9 @@
   let backoff = BACKOFF_MIN_MS;
   let reconnectAt = 0;
   let reconnectTimer = null;
-  const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+  // batch=1: every message is a JSON array of the objects pending for us at one wake-up of the ticker
+  // (docs/market-data.md, section 4), in order: one message and one parse for many updates.
+  const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?batch=1";
 
   function send(obj) {
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
@@ -877,7 +879,9 @@
       if (ws !== sock) return;
       let msg;
       try { msg = JSON.parse(ev.data); } catch (_) { return; }
-      if (msg && typeof msg === "object") handle(msg);
+      if (Array.isArray(msg)) {
+        for (const m of msg) if (m && typeof m === "object") handle(m);
+      } else if (msg && typeof msg === "object") handle(msg);
     };
     sock.onclose = () => {
       if (ws !== sock) return;
