@@ -71,6 +71,8 @@ class ShardStream(Generic[T]):
         self.replay: Replay | None = None  # the replay outstanding
         self.skipped = 0  # messages lost for good: a replay the matcher could not serve
         self.rewinds = 0  # times the shard came back behind what was delivered (a journal that lost its end)
+        self.duplicates = 0  # messages dropped: delivered already, through another road
+        self.gaps = 0  # losses the ordered road or a heartbeat showed
 
     def _topic(self, topic: bytes) -> _Topic[T]:
         t = self.topics.get(topic)
@@ -110,10 +112,12 @@ class ShardStream(Generic[T]):
         if not t.next:
             t.next = tseq  # the first message sets the start: a subscriber wants what comes after it joined
         if tseq < t.next:
+            self.duplicates += 1
             return []  # delivered already, through another path
         if tseq > t.next:
             t.held[tseq] = (seq, item)
             if in_order:
+                self.gaps += 1
                 self._ask(t.seq + 1, seq - 1, now)
             return []
         t.next, t.seq = tseq + 1, seq
@@ -140,6 +144,7 @@ class ShardStream(Generic[T]):
                 t.held.clear()
                 self.replay = None
             elif last >= t.next:
+                self.gaps += 1
                 log.warning("shard %d: %r published up to tseq %d, delivered %d: asking for seq %d..%d", self.shard,
                             topic, last, t.next - 1, t.seq + 1, seq)
                 self._ask(t.seq + 1, seq, now)

@@ -9,12 +9,13 @@ One asyncio loop does everything, in this order of priority:
 - **publish**: at the end of the turn, take what changed (per symbol at most one
   quote, one depth and one bars object) and send it on the ticker's PUB, to the
   web hub (which batches it for the WebSocket clients), and to the history writer;
-- **recover**: a topic whose ``tseq`` skips, or which a heartbeat shows behind
-  (heartbeats name every topic's last ``tseq``), holds its shard: the shard's
-  new messages wait while the missing ``seq`` range is replayed from the
-  matcher's recovery socket, then they are applied in order.  At start every
-  shard is replayed from ``seq`` 1, so a late or restarted ticker rebuilds the
-  whole day;
+- **recover**: each shard's topics follow a :class:`~fabric.stream.ShardStream`
+  (the subscriber the gateway uses too): a topic whose ``tseq`` skips, or which
+  a heartbeat shows behind (heartbeats name every topic's last ``tseq``), asks
+  for the missing ``seq`` range from the matcher's recovery socket, and its
+  later messages wait until the replay fills the hole; the shard's other topics
+  go on.  Every topic starts at ``tseq`` 1, so a late or restarted ticker
+  replays the whole day from ``seq`` 1 and rebuilds it;
 - **serve**: snapshot requests on the snapshot ROUTER (the Clone pattern); the
   HTTP port (the live page, ``/history``, ``/snapshot``, ``/stats`` and the
   WebSocket ``/ws``) is :class:`~nodes.webhub.WebHub`'s, which gets each turn's
@@ -64,11 +65,14 @@ from fabric.protocol import (
     SnapshotReply,
     SnapshotRequest,
     Trade,
+    book_topic,
     decode_internal,
     decode_pub,
     encode,
     iter_pub_typed,
+    trade_topic,
 )
+from fabric.stream import ShardStream
 from nodes.webhub import HEARTBEAT_S, WebHub
 from topology.load import load
 from topology.model import Topology
@@ -97,31 +101,33 @@ class ShardLink:
 
     Attributes
     ----------
+    stream
+        The shard's trade and book topics, each applied once in ``tseq`` order (``fabric.stream``): a topic
+        that skips or that a heartbeat shows behind asks for a replay, and its later messages wait for it.
     high
         The highest ``seq`` seen from the shard (a heartbeat below it: the shard started over).
-    floor
-        Nothing at or below this ``seq`` can be missing (the start of day was replayed up to it).
-    topic_seq
-        Per (kind, symbol), the ``seq`` of the topic's last message applied: a gap lies after it.
-    syncing
-        A replay is under way: new messages are held until it is done.
-    held
-        Messages received while syncing, in arrival order.
+    topics
+        Per symbol, its trade and book topic frames (the stream's keys).
     """
 
     no: int
     name: str
     symbols: list[str]
     recovery_addr: str
+    stream: ShardStream[Trade | BookLevel]
+    topics: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     high: int = 0
-    floor: int = 0
-    topic_seq: dict[tuple[str, str], int] = field(default_factory=dict)
-    syncing: bool = False
+    recovering: bool = False  # a task is answering the stream's replays
     synced_once: bool = False
-    held: list[Any] = field(default_factory=list)
     sock: zmq.asyncio.Socket | None = None
     replays: int = 0
     unrecoverable: int = 0  # messages the matcher no longer held when asked
+
+    def __post_init__(self) -> None:
+        for sym in self.symbols:
+            self.topics[sym] = trade_topic(sym), book_topic(sym)
+            for topic in self.topics[sym]:
+                self.stream.start(topic, 0, 0)  # from the first message of the day: a ticker rebuilds the day
 
 
 class Ticker:
@@ -143,9 +149,8 @@ class Ticker:
         instruments = [i for s in topo.shards for i in topo.instruments_of(s)]
         self.instruments = {i.symbol: i for i in instruments}
         self.feed = MarketFeed(instruments)
-        self._tseqs = self.feed.state.tseq  # (kind, symbol) -> last tseq applied: read on every message
         primaries = [resolver(topo).primary(no) for no in range(len(topo.shards))]
-        self.links = [ShardLink(no, s.name, list(s.symbols), primaries[no].recovery)
+        self.links = [ShardLink(no, s.name, list(s.symbols), primaries[no].recovery, ShardStream(no))
                       for no, s in enumerate(topo.shards)]
         self._pubs = [p.pub for p in primaries]
         self.store = history if history is not None else _open_store(topo)
@@ -156,73 +161,24 @@ class Ticker:
         self._pub_raw: tuple[zmq.asyncio.Socket, zmq.Socket[bytes]] | None = None
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.stats = {"messages": 0, "trades": 0, "duplicates": 0, "gaps": 0, "turns": 0, "published": 0}
+        self.stats = {"messages": 0, "trades": 0, "turns": 0, "published": 0}
 
     # ------------------------------------------------------------------ ingest
 
-    def _check(self, link: ShardLink, msg: Any) -> tuple[int, int] | None:
-        """Apply one live message of ``link``; return the ``seq`` range to replay first when it shows a gap.
-
-        Trades and book changes apply in their topic's order (``tseq``): the matcher publishes a batch
-        topic by topic, so across topics ``seq`` arrives out of order, and within a topic never.  A
-        topic's lost messages lie between the ``seq`` of its last message applied and the new one's.
-        A heartbeat names every topic's last ``tseq``: a topic behind it lost its last messages.
-        """
-        t = type(msg)
-        if t is Trade or t is BookLevel:
-            kind: Kind = "trade" if t is Trade else "book"
-            sym = msg.symbol
-            last = self._tseqs.get((kind, sym), 0)
-            if msg.tseq <= last:
-                self.stats["duplicates"] += 1
-                return None
-            if msg.tseq != last + 1:
-                self.stats["gaps"] += 1
-                first = max(link.topic_seq.get((kind, sym), 0), link.floor) + 1
-                log.warning("shard %s: %s %s tseq %d after %d; replaying seq %d..%d", link.name, sym, kind,
-                            msg.tseq, last, first, msg.seq - 1)
-                return first, msg.seq - 1
-            if t is Trade:
-                self.feed.trade(msg)
+    def _apply(self, msgs: list[Trade | BookLevel]) -> None:
+        # Trades and book changes of one topic, in its order (the stream put them so).
+        feed = self.feed
+        for m in msgs:
+            if type(m) is Trade:
+                feed.trade(m)
             else:
-                self.feed.level(msg)
-            link.topic_seq[(kind, sym)] = msg.seq
-            if msg.seq > link.high:
-                link.high = msg.seq
-        elif t is PubHeartbeat:
-            if msg.seq < link.high:
-                log.warning("shard %s: heartbeat at seq %d, below the %d already seen: the shard started over with "
-                            "a new journal; rebuilding its symbols", link.name, msg.seq, link.high)
-                self.feed.reset(link.symbols)
-                link.topic_seq.clear()
-                link.high = link.floor = 0
-                return 1, msg.seq
-            link.high = msg.seq
-            first = 0
-            state = self.feed.state
-            for key, n in msg.tseqs.items():
-                k = _KINDS.get(key[:1])
-                if k is not None and n > state.last_tseq(key[1:], k):
-                    f = max(link.topic_seq.get((k, key[1:]), 0), link.floor) + 1
-                    first = f if not first else min(first, f)
-            if first:
-                self.stats["gaps"] += 1
-                log.warning("shard %s: heartbeat at seq %d shows lost messages; replaying seq %d..%d", link.name,
-                            msg.seq, first, msg.seq)
-                return first, msg.seq
-        return None
-
-    def _hold(self, link: ShardLink, msg: Any, gap: tuple[int, int]) -> None:
-        # Hold the shard's messages from ``msg`` on while ``gap`` is replayed.
-        link.syncing = True
-        if type(msg) is not PubHeartbeat:
-            link.held.append(msg)
-        self._spawn(self._sync(link, *gap))
+                feed.level(m)  # type: ignore[arg-type]
 
     def ingest(self, frames: list[list[bytes]]) -> None:
         """Apply a drained batch of ``[topic, body]`` messages from the matchers (bad ones are logged, skipped)."""
         links = self.links
         n = len(links)
+        now = time.monotonic()
         for topic, body in frames:
             try:
                 msgs = iter_pub_typed(body)
@@ -232,80 +188,74 @@ class Ticker:
             self.stats["messages"] += len(msgs)
             for msg in msgs:
                 no = msg.shard  # type: ignore[union-attr]  # iter_pub_typed expands bundles
-                if 0 <= no < n:
-                    link = links[no]
-                    if link.syncing:
-                        link.held.append(msg)
-                    else:
-                        gap = self._check(link, msg)
-                        if gap is not None:
-                            self._hold(link, msg, gap)
+                if not 0 <= no < n:
+                    continue
+                link = links[no]
+                t = type(msg)
+                if t is Trade or t is BookLevel:
+                    topics = link.topics.get(msg.symbol)  # type: ignore[union-attr]
+                    if topics is None:
+                        continue  # a symbol the topology does not give this shard
+                    self._apply(link.stream.offer(topics[t is BookLevel], msg.tseq, msg.seq, msg,  # type: ignore
+                                                  in_order=True, now=now))
+                    if msg.seq > link.high:  # type: ignore[union-attr]
+                        link.high = msg.seq  # type: ignore[union-attr]
+                elif t is PubHeartbeat:
+                    self._heartbeat_of(link, msg, now)  # type: ignore[arg-type]
+                if link.stream.replay is not None and not link.recovering:
+                    self._spawn(self._recover(link))
 
-    def _apply_replayed(self, link: ShardLink, msg: Any) -> bool:
-        # A replayed message applies when it is its topic's next one; others are duplicates (or belong to a
-        # gap of their own, which that topic's next live message or heartbeat shows).
-        t = type(msg)
-        if t is not Trade and t is not BookLevel:
-            return False
-        kind: Kind = "trade" if t is Trade else "book"
-        if msg.tseq != self.feed.state.last_tseq(msg.symbol, kind) + 1:
-            return False
-        self.feed.apply(msg)
-        link.topic_seq[(kind, msg.symbol)] = msg.seq
-        return True
+    def _heartbeat_of(self, link: ShardLink, hb: PubHeartbeat, now: float) -> None:
+        if hb.seq < link.high:
+            log.warning("shard %s: heartbeat at seq %d, below the %d already seen: the shard started over with "
+                        "a new journal; rebuilding its symbols", link.name, hb.seq, link.high)
+            self.feed.reset(link.symbols)
+            link.stream.restart()
+        link.high = hb.seq
+        link.stream.heartbeat(hb.seq, {(k + "\x00").encode(): v for k, v in hb.tseqs.items() if k[:1] in _KINDS}, now)
 
-    async def _sync(self, link: ShardLink, first: int, last: int) -> None:
-        # Replay first..last into the feed, then apply what was held meanwhile; again on a new gap.
+    async def _recover(self, link: ShardLink) -> None:
+        # Ask for the replays the shard's stream needs until none is left; a range the matcher no longer holds
+        # is taken from a snapshot of its books (the trades in it are lost to volume, bars and history).
+        link.recovering = True
+        stream = link.stream
         try:
-            while True:
-                if last >= first:
-                    await self._replay(link, first, last)
-                link.high = max(link.high, last)
-                pending, link.held = link.held, []
-                gap = None
-                for i, msg in enumerate(pending):
-                    gap = self._check(link, msg)
-                    if gap is not None:
-                        link.held = pending[i + (type(msg) is PubHeartbeat):] + link.held
+            while stream.replay is not None and not self._stop.is_set():
+                r = stream.due(time.monotonic())
+                if r is None:
+                    await asyncio.sleep(0.05)  # asked already: its answer, or its timeout, is on the way
+                    continue
+                link.replays += 1
+                try:
+                    replies = await self._ask(link, encode(ReplayRequest(shard=link.no, first=r.first, last=r.last)),
+                                              many=True)
+                except TimeoutError:
+                    log.warning("shard %s: no answer to a replay of seq %d..%d from %s; asking again", link.name,
+                                r.first, r.last, link.recovery_addr)
+                    continue
+                applied = 0
+                for rep in replies:
+                    if not isinstance(rep, ReplayReply):
+                        log.error("shard %s: unexpected answer to a replay: %r", link.name, rep)
+                        continue
+                    if rep.reason:
+                        link.unrecoverable += r.last - r.first + 1
+                        log.error("shard %s: the matcher no longer holds seq %d..%d (%s); taking its books from a "
+                                  "snapshot: trades in that range are missing from volume, bars and history",
+                                  link.name, r.first, r.last, rep.text)
+                        await self._from_snapshot(link)
                         break
-                if gap is None:
-                    break
-                first, last = gap
+                    msgs: list[Trade | BookLevel] = [m for m in map(decode_pub, rep.msgs)
+                                                     if isinstance(m, Trade | BookLevel) and m.symbol in link.topics]
+                    items = stream.replayed(((link.topics[m.symbol][type(m) is BookLevel], m.tseq, m.seq, m)
+                                             for m in msgs), rep.last, rep.done, time.monotonic())
+                    self._apply(items)
+                    applied += len(items)
+                log.info("shard %s: replayed seq %d..%d (%d trades and book changes applied)", link.name, r.first,
+                         r.last, applied)
+                self.publish_turn()
         finally:
-            link.syncing = False
-        self.publish_turn()
-
-    async def _replay(self, link: ShardLink, first: int, last: int) -> None:
-        # Replay first..last from the matcher; when it no longer holds them, take its books from a snapshot.
-        link.replays += 1
-        while not self._stop.is_set():
-            try:
-                req = ReplayRequest(shard=link.no, first=first, last=last)
-                replies = await self._ask(link, encode(req), many=True)
-                break
-            except TimeoutError:
-                log.warning("shard %s: no answer to a replay of seq %d..%d from %s; retrying", link.name, first, last,
-                            link.recovery_addr)
-                await asyncio.sleep(RETRY_S)
-        else:
-            return
-        applied = 0
-        for rep in replies:
-            if not isinstance(rep, ReplayReply):
-                log.error("shard %s: unexpected answer to a replay: %r", link.name, rep)
-                continue
-            if rep.reason:
-                link.unrecoverable += last - first + 1
-                log.error("shard %s: the matcher no longer holds seq %d..%d (%s); taking its books from a snapshot: "
-                          "trades in that range are missing from volume, bars and history", link.name, first, last,
-                          rep.text)
-                await self._from_snapshot(link)
-                return
-            for body in rep.msgs:
-                if self._apply_replayed(link, decode_pub(body)):
-                    applied += 1
-        log.info("shard %s: replayed seq %d..%d (%d trades and book changes applied)", link.name, first, last,
-                 applied)
+            link.recovering = False
 
     async def _from_snapshot(self, link: ShardLink) -> None:
         while not self._stop.is_set():
@@ -316,10 +266,17 @@ class Ticker:
                 await asyncio.sleep(RETRY_S)
         else:
             return
-        if isinstance(snap, SnapshotReply):
-            for book in snap.books:
-                self.feed.apply_snapshot(book)
-            link.floor = link.high = max(link.high, snap.seq)
+        if not isinstance(snap, SnapshotReply):
+            return
+        link.stream.replay = None
+        for book in snap.books:
+            topics = link.topics.get(book.symbol)
+            if topics is None:
+                continue
+            self.feed.apply_snapshot(book)
+            self._apply(link.stream.jump(topics[0], book.trade_tseq, snap.seq))
+            self._apply(link.stream.jump(topics[1], book.book_tseq, snap.seq))
+        link.high = max(link.high, snap.seq)
 
     async def _ask(self, link: ShardLink, body: bytes, *, many: bool) -> list[Any]:
         """Send one request to the shard's recovery socket; return its answer(s); raise TimeoutError.
@@ -346,8 +303,8 @@ class Ticker:
             raise TimeoutError from None
 
     async def _bootstrap(self, link: ShardLink) -> None:
-        # Start of day for one shard: everything from seq 1 to its current seq, then the live stream.
-        link.syncing = True
+        # Start of day for one shard: learn where its topics stand (a snapshot's counters), replay everything
+        # before that from seq 1, then follow the live stream.
         while not self._stop.is_set():
             try:
                 (snap,) = await self._ask(link, encode(SnapshotRequest(shard=link.no)), many=False)
@@ -364,8 +321,15 @@ class Ticker:
         else:
             return
         t0 = time.monotonic()
-        link.floor = snap.seq  # after the replay of 1..seq below, nothing before it can be missing
-        await self._sync(link, 1, snap.seq)
+        counts = {}
+        for book in snap.books:
+            topics = link.topics.get(book.symbol)
+            if topics is not None:
+                counts[topics[0]], counts[topics[1]] = book.trade_tseq, book.book_tseq
+        link.high = max(link.high, snap.seq)
+        link.stream.heartbeat(snap.seq, counts, t0)  # the topics behind those counts ask for seq 1..snap.seq
+        if link.stream.replay is not None and not link.recovering:
+            await self._recover(link)
         link.synced_once = True
         log.info("shard %s: rebuilt from seq 1..%d in %.2f s", link.name, snap.seq, time.monotonic() - t0)
 
@@ -402,8 +366,9 @@ class Ticker:
         The counters of :attr:`stats`, the history points waiting to be written, and per shard the last ``seq``
         seen, whether a replay is under way, the replays, and the messages the matcher could no longer replay.
         """
-        return {**self.stats, "history_pending": self.writer.pending(),
-                "shards": {ln.name: {"seen": ln.high, "syncing": ln.syncing, "replays": ln.replays,
+        return {**self.stats, "duplicates": sum(ln.stream.duplicates for ln in self.links),
+                "gaps": sum(ln.stream.gaps for ln in self.links), "history_pending": self.writer.pending(),
+                "shards": {ln.name: {"seen": ln.high, "syncing": ln.stream.replay is not None, "replays": ln.replays,
                                      "unrecoverable": ln.unrecoverable} for ln in self.links}}
 
     # ---------------------------------------------------------------- snapshot

@@ -557,7 +557,7 @@ async def _inprocess(topo: Topology, stream: Stream, turn: str, history: str, pr
         ticker.ctx.term()
         ticker.writer.close(30.0)
         store.close()
-    st = ticker.stats
+    st = ticker.stats_view()
     applied = sum(s.trades for s in ticker.feed.state.symbols.values())
     out: dict[str, Any] = {
         "loop_s": loop_s, "cpu_s": cpu_s, "others_cores": max(0.0, others), "drain_s": drain_s,

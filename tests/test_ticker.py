@@ -432,7 +432,7 @@ def test_lost_messages_are_replayed_so_the_state_stays_exact(fabric_only: Launch
         for sym in symbols:
             _wait_for(lambda s=sym: _agrees(running.call(lambda: running.ticker.web.snapshot_obj(s)), trades[s],
                                             books[s]), what=f"{sym} exact despite losses")
-        stats = running.call(lambda: dict(running.ticker.stats))
+        stats = running.call(lambda: dict(running.ticker.stats_view()))
         assert lost["n"] > 10 and stats["gaps"] > 0
         assert stats["trades"] == sum(len(v) for v in trades.values()), "every trade counted once"
     finally:
@@ -484,7 +484,7 @@ def test_batches_published_topic_by_topic_need_no_replay(fabric_only: Launcher) 
         for sym in trades:
             _wait_for(lambda s=sym: _agrees(running.call(lambda: running.ticker.web.snapshot_obj(s)), trades[s],
                                             books[s]), what=f"{sym} exact")
-        stats = running.call(lambda: dict(running.ticker.stats))
+        stats = running.call(lambda: dict(running.ticker.stats_view()))
         assert stats["gaps"] == 0, "no topic skipped a tseq"
         assert [ln.replays for ln in running.ticker.links] == [0, 0], "nothing was replayed"
     finally:
