@@ -431,7 +431,7 @@ class Journal:
         OSError
             Writing failed; the journal is then unusable and must be reopened (which recovers).
         """
-        if self._fd < 0:
+        if self._failure is not None:
             self._refuse()
         n = len(payload)
         if n > MAX_PAYLOAD:
@@ -454,7 +454,7 @@ class Journal:
 
         One commit after many appends is a group commit: one write, at most one fsync.
         """
-        if self._fd < 0:
+        if self._failure is not None:
             self._refuse()
         self._write_out()
         policy = self.policy
@@ -466,7 +466,7 @@ class Journal:
 
     def sync(self) -> None:
         """Write out and fsync now, whatever the policy."""
-        if self._fd < 0:
+        if self._failure is not None:
             self._refuse()
         self._write_out()
         if self._synced_seq != self._last_seq:
@@ -475,6 +475,10 @@ class Journal:
     def close(self) -> None:
         """Commit what is pending (with an fsync unless the policy is ``none``) and close; closing twice is fine."""
         if self._fd < 0:
+            return
+        if self._failure is not None:  # a failed write not rolled back: write nothing more
+            os.close(self._fd)
+            self._fd = -1
             return
         try:
             self._write_out()
@@ -505,8 +509,9 @@ class Journal:
             while done < len(data):
                 done += os.write(self._fd, view[done:])
         except OSError as e:
-            # A part of a record may be in the file: only a reopen (which cuts it) can go on from here.
-            self._fail(f"write failed: {e}")
+            # A part of a record may be in the file: a rollback (to a mark) or a reopen (which cuts it) is
+            # the way on. The file stays open, locked: a full disk that frees space needs no restart.
+            self._fail(f"write failed: {e}", close=False)
             raise
         self._flushed_seq = self._last_seq
 
@@ -521,11 +526,47 @@ class Journal:
         self._synced_seq = self._flushed_seq
         self._last_sync = time.monotonic()
 
-    def _fail(self, why: str) -> None:
-        log.error("journal %s: %s; it must be reopened", self.path, why)
+    def _fail(self, why: str, close: bool = True) -> None:
+        log.error("journal %s: %s; it must be %s", self.path, why, "reopened" if close else "rolled back")
         self._failure = why
-        os.close(self._fd)
-        self._fd = -1
+        if close:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- rolling back a failed write -----------------------------------------------
+
+    def mark(self) -> tuple[int, int, int]:
+        """Return where the journal stands, to :meth:`rollback` to: call it when everything appended is committed."""
+        return self._end, self._last_seq, len(self._index)
+
+    def rollback(self, mark: tuple[int, int, int]) -> None:
+        """Cut every record appended since ``mark`` from the file and from memory, after a failed write.
+
+        A write that fails (a full disk, a file size limit) may leave part of its records in the file; none
+        of them may stay, since their commands were never carried out. The journal goes on from ``mark``:
+        appending works again once the disk takes writes.
+
+        Raises
+        ------
+        JournalError
+            The journal is closed, or an fsync failed: the kernel may have dropped written pages, so only a
+            restart that reopens the journal (and checks every record) can go on.
+        OSError
+            Cutting the file failed; the journal stays failed.
+        """
+        if self._fd < 0 or (self._failure is not None and not self._failure.startswith("write failed")):
+            self._refuse()
+        end, seq, nindex = mark
+        os.ftruncate(self._fd, end)
+        self._buf = bytearray()
+        self._end = end
+        self._last_seq = seq
+        self._flushed_seq = min(self._flushed_seq, seq)
+        self._synced_seq = min(self._synced_seq, seq)
+        del self._index[nindex:]
+        if self._failure is not None:
+            log.warning("journal %s: rolled back to seq %d after: %s", self.path, seq, self._failure)
+        self._failure = None
 
     def _refuse(self) -> None:
         if self._failure == "closed":
@@ -545,7 +586,7 @@ class Journal:
         JournalRangeError
             The journal does not hold the whole range.
         """
-        if self._fd < 0:
+        if self._failure is not None:
             self._refuse()
         _check_range(self.path, first, last, self._last_seq)
         self._write_out()

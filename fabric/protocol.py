@@ -600,9 +600,12 @@ class PubHeartbeat(_PubMsg, tag="heartbeat", kw_only=True):
     holds the last ``tseq`` of every topic the shard has published on, keyed by
     the topic frame without its NUL (``"TTCS"``, ``"BTCS"``, ``"X0"``): a
     subscriber to some topics learns of a lost last message of a quiet topic.
+    ``alert`` says what stops the shard from taking commands now (its journal
+    cannot be written), or is nil.
     """
 
     tseqs: dict[str, int] = {}
+    alert: str | None = None
 
 
 class PubBundle(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="bundle", tag_field="t"):

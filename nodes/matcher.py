@@ -48,7 +48,7 @@ from fabric.commands import AddInstrument, NewOrder, OrderCommandT, decode_comma
 from fabric.constants import SIDE_NAMES
 from fabric.engine import MatchingEngine, Outcome, instrument_command
 from fabric.instruments import Instrument
-from fabric.journal import Journal, read_journal
+from fabric.journal import Journal, JournalError, read_journal
 from fabric.protocol import (
     BookLevel,
     BookSnapshot,
@@ -139,7 +139,7 @@ class Outbox:
             send_frames(pub, (topic, bodies[0] if len(bodies) == 1 else encode(PubBundle(msgs=bodies))))
         self.pending = {}
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, alert: str | None = None) -> None:
         """Publish a heartbeat: the last ``seq`` again, with ``tseq`` 0 (it takes no number of its own).
 
         It also names every topic's last ``tseq``, so a subscriber of some topics sees a lost last message
@@ -148,7 +148,7 @@ class Outbox:
         assert self.pub is not None
         tseqs = {topic[:-1].decode(): n for topic, n in self.tseq.items()}
         msg = PubHeartbeat(shard=self.shard_no, seq=self.seq, tseq=0, epoch=self.epoch, ts=time.time_ns(),
-                           tseqs=tseqs)
+                           tseqs=tseqs, alert=alert)
         self.pub.send_multipart((heartbeat_topic(self.shard_no), encode(msg)))
         self.last_heartbeat = time.monotonic()
 
@@ -205,6 +205,7 @@ class Matcher:
         self.ctx = ctx or zmq.Context.instance()
         self.outbox = Outbox(self.shard_no, self.epoch, None)
         self.expired = 0  # commands refused because they came after their gateway's deadline
+        self.journal_error: str | None = None  # set while the journal cannot be written: commands are refused
         self.replays: collections.deque[_ReplayJob] = collections.deque()  # replays under way, one per request
         self._stop = False
 
@@ -340,11 +341,50 @@ class Matcher:
         # Every command is answered in its place: a query (`status`, `orders`, a resent `new`) is answered
         # once the commands before it are applied, so a `status` sent after a `new` sees the order, and the
         # answers for one order leave in the order its commands came (docs/protocol.md, section 6).
+        mark = self.journal.mark()
+        ts = time.time_ns()
+        try:
+            steps, rest = self._journal_round(commands, ts)
+        except (OSError, JournalError) as e:
+            self._journal_failed(e, mark)
+            for ident, oc in commands:  # nothing of them was carried out: refuse them all, in their order
+                replies.setdefault(ident, []).append(self._reply(oc, reason="shard_unavailable",
+                                                                 text=self.journal_error))
+            return []
+        if self.journal_error is not None and self.journal.last_seq > mark[1]:  # a write went through
+            log.warning("journal %s writes again: commands are taken again", self.journal_path)
+            self.journal_error = None
+        for ident, oc, cmd, in_seq in steps:
+            if in_seq < 0:
+                reply = self._reply(oc, reason="shard_unavailable", text=f"shard {self.shard.name} took the command "
+                                    f"after it expired (matcher busy, stopped or restarting)")
+            else:
+                reply = self._answer(oc) if cmd is None else self._execute(oc, cmd, in_seq)
+            replies.setdefault(ident, []).append(reply)
+        return rest
+
+    def _journal_failed(self, e: Exception, mark: tuple[int, int, int]) -> None:
+        # A write that failed leaves the journal as it was before the round (rolled back), so the commands
+        # are refused and the next round tries again: a disk that frees space needs no restart. A failed fsync
+        # cannot be rolled back: the shard refuses everything until it is restarted.
+        try:
+            self.journal.rollback(mark)
+            text = f"the shard's journal cannot be written ({e}); commands are refused until it can"
+        except (OSError, JournalError) as e2:
+            text = f"the shard's journal failed ({e2}); commands are refused until the matcher is restarted"
+        if text != self.journal_error:
+            log.error("%s", text)
+        self.journal_error = text
+
+    def _journal_round(self, commands: list[tuple[bytes, OrderCommand]], ts: int
+                       ) -> tuple[list[tuple[bytes, OrderCommand, OrderCommandT | None, int]],
+                                  list[tuple[bytes, OrderCommand]]]:
+        # Journal the round's commands (up to a repeated `new`) and commit them; return the steps to answer in
+        # order and the commands left for the next round.
         steps: list[tuple[bytes, OrderCommand, OrderCommandT | None, int]] = []
         news: set[tuple[str, str]] = set()
         rest: list[tuple[bytes, OrderCommand]] = []
         journal = self.journal
-        ts = time.time_ns()
         for i, (ident, oc) in enumerate(commands):
             cmd = None
             in_seq = 0
@@ -368,14 +408,7 @@ class Matcher:
             steps.append((ident, oc, cmd, in_seq))
         if any(cmd is not None for _, _, cmd, _ in steps):
             journal.commit()  # durable before anything is published or acknowledged
-        for ident, oc, cmd, in_seq in steps:
-            if in_seq < 0:
-                reply = self._reply(oc, reason="shard_unavailable", text=f"shard {self.shard.name} took the command "
-                                    f"after it expired (matcher busy, stopped or restarting)")
-            else:
-                reply = self._answer(oc) if cmd is None else self._execute(oc, cmd, in_seq)
-            replies.setdefault(ident, []).append(reply)
-        return rest
+        return steps, rest
 
     def _answer(self, oc: OrderCommand) -> CommandReply:
         # The reply to a command that changes nothing: a query, a resent `new`, a symbol of another shard.
@@ -528,7 +561,7 @@ class Matcher:
                 if self.replays:
                     self.serve_replays(recovery)
                 if time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
-                    self.outbox.heartbeat()
+                    self.outbox.heartbeat(self.journal_error)
         finally:
             self.journal.close()
             for s in (orders, recovery, pub):
@@ -558,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s matcher {args.id} %(levelname)s %(message)s",
                         stream=sys.stderr)
     warm_up()
+    # A write past a file size limit fails with EFBIG (refused commands, the journal rolled back) instead of
+    # killing the process.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     matcher = Matcher(load(args.topology), args.id, fsync=args.fsync)
     signal.signal(signal.SIGINT, matcher.stop)
     signal.signal(signal.SIGTERM, matcher.stop)

@@ -175,3 +175,56 @@ def test_peer_that_never_reads_its_replays_holds_little_matcher_memory(exchange:
     assert got == snap.seq
     idle.close(0)
     reader.close(0)
+
+
+@pytest.mark.timeout(120)
+def test_journal_that_cannot_be_written_refuses_commands_and_resumes_by_itself(exchange: Launcher) -> None:
+    # A full disk, played by a file size limit on the matcher (its writes then fail with EFBIG, as they fail
+    # with ENOSPC on a full disk): commands are refused at once with a reason, nothing refused is carried
+    # out, the heartbeat says why, and the shard takes commands again as soon as the journal can grow.
+    import resource
+
+    from fabric.journal import read_journal
+    from fabric.protocol import PubHeartbeat, decode_pub, heartbeat_topic
+
+    g1, _ = gateway_endpoints(exchange)
+    shard = exchange.topo.shards[0]
+    sym = shard.symbols[0]
+    replica = shard.replicas[0]
+    pid = exchange.node("matcher", replica.name).proc.pid
+    path = exchange.workdir / exchange.topo.journal_dir(replica) / f"{shard.name}.journal"
+    sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.subscribe(heartbeat_topic(0))
+    sub.connect(replica.pub.connect)
+    with BrokerClient([g1], "DISK", timeout=3.0, retries=0) as c:
+        assert c.buy(sym, 1, _price(exchange, sym, -5), oid="disk-0").state == "new"
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (path.stat().st_size + 400, resource.RLIM_INFINITY))
+        results = [c.buy(sym, 1, _price(exchange, sym, -5), oid=f"disk-{i}") for i in range(1, 8)]
+        refused = [r for r in results if r.rejected is not None]
+        assert refused, "the journal reached its limit: some order must have been refused"
+        for r in refused:
+            assert r.resends == 0 and r.rejected is not None and r.rejected.reason == "shard_unavailable"
+            assert "journal cannot be written" in r.rejected.text, r.rejected.text
+            assert c.order_status(r.oid, sym).state == "unknown"  # not carried out
+        deadline = time.monotonic() + 5
+        alert = None
+        while alert is None and time.monotonic() < deadline:
+            if sub.poll(500):
+                hb = decode_pub(sub.recv_multipart()[-1])
+                assert isinstance(hb, PubHeartbeat)
+                alert = hb.alert
+        assert alert is not None and "journal" in alert
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        after = c.buy(sym, 1, _price(exchange, sym, -5), oid="disk-after")
+        assert after.state == "new" and after.rejected is None
+    sub.close(0)
+    taken = {r.oid for r in results if r.rejected is None} | {"disk-0", "disk-after"}
+    journaled = set()
+    from fabric.commands import NewOrder, decode_command
+
+    for _, payload in read_journal(path):
+        cmd = decode_command(payload)
+        if isinstance(cmd, NewOrder):
+            journaled.add(cmd.oid)
+    assert journaled == taken  # every order taken is in the journal, and no refused one

@@ -682,3 +682,34 @@ def test_verify_foreign_payload_exit_1_not_a_journal_exit_2(tmp_path: Path) -> N
     other = tmp_path / "x.txt"
     other.write_text("hello")
     assert _verify(other)[0] == 2
+
+
+def test_rollback_cuts_what_was_appended_since_the_mark_and_appending_goes_on(tmp_path: Path) -> None:
+    path = tmp_path / "s1.journal"
+    payloads = _payloads(6)
+    with Journal.open(path, "S1", index_every=2) as j:
+        for p in payloads[:3]:
+            j.append(p)
+        j.commit()
+        mark = j.mark()
+        size = path.stat().st_size
+        for p in payloads[3:5]:
+            j.append(p)
+        j.commit()
+        assert path.stat().st_size > size
+        j.rollback(mark)
+        assert path.stat().st_size == size and j.last_seq == 3
+        assert j.append(payloads[5]) == 4
+        j.commit()
+        assert j.read_range(1, 4) == [(1, payloads[0]), (2, payloads[1]), (3, payloads[2]), (4, payloads[5])]
+    assert list(read_journal(path)) == [(1, payloads[0]), (2, payloads[1]), (3, payloads[2]), (4, payloads[5])]
+
+
+def test_rollback_after_a_failed_fsync_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s1.journal"
+    with Journal.open(path, "S1") as j:
+        mark = j.mark()
+        j.append(_payloads(1)[0])
+        j._fail("fsync failed: simulated")  # what _sync does when fdatasync raises
+        with pytest.raises(JournalError, match="reopen"):
+            j.rollback(mark)
