@@ -82,6 +82,7 @@ HEARTBEAT_S: Final = 1.0  # feed and WebSocket heartbeat period (the hello messa
 WEB_DIR: Final = Path(__file__).with_name("web")
 DAY_NS: Final = 86_400 * 1_000_000_000
 MAX_REQUEST: Final = 1 << 16  # largest WebSocket message a client may send (a request is a few hundred bytes)
+MAX_ANSWERS: Final = 64  # answers (pongs, errors, snapshots) waiting for one client: past it, the client is dropped
 # Pacing: after a flush that took d seconds of CPU, the next waits at least FLUSH_GAP_FACTOR * d (at most
 # FLUSH_MAX_GAP_S), so fan-out uses at most about 1 / (1 + FLUSH_GAP_FACTOR) of the loop when busy.
 FLUSH_GAP_FACTOR: Final = 2.0
@@ -155,6 +156,7 @@ class WebClient:
     objects: int = 0  # objects in them
     conflated: int = 0
     errors: int = 0
+    dropped: bool = False  # closed for not reading its answers
 
     def wants(self, kind: str, symbol: str) -> bool:
         """Return whether the client follows ``kind`` ("quote", "depth", "bars") of ``symbol``."""
@@ -246,6 +248,10 @@ class WebHub:
         self._handle: asyncio.TimerHandle | None = None
         self._next_at = 0.0  # loop time before which no flush starts (pacing)
         self._server: Server | None = None
+        # A client's mailbox holds at most one item per symbol and kind (and a snapshot per symbol, the hello, a
+        # heartbeat): beyond those, MAX_ANSWERS answers to its requests.
+        self._feed_keys = len(instruments) * (len(KINDS) + 1) + 2
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -------------------------------------------------------------- updates
 
@@ -393,6 +399,16 @@ class WebHub:
     # ------------------------------------------------------------ messages
 
     def _post(self, c: WebClient, item: Item) -> None:
+        if item.key[0] not in KINDS and item.key[0] != "heartbeat" and len(c.box) >= MAX_ANSWERS + self._feed_keys:
+            # A client that asks and does not read its answers (each ping with its own id, say) would make the
+            # hub keep them all: it is dropped instead (docs/market-data.md, section 5).
+            if not c.dropped:
+                c.dropped = True
+                log.warning("a WebSocket client with %d answers unread is dropped", len(c.box))
+                task = asyncio.get_running_loop().create_task(c.ws.close(1008, "too many answers unread"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            return
         c.post(item)
         self._kick(c)
 
@@ -464,6 +480,9 @@ class WebHub:
             req = msgspec.json.decode(raw)
         except msgspec.DecodeError as e:
             self._error(c, "malformed", f"not JSON: {e}")
+            return
+        except RecursionError:
+            self._error(c, "malformed", "not a request: JSON nested too deeply")
             return
         if not isinstance(req, dict) or not isinstance(req.get("op"), str):
             self._error(c, "malformed", 'a request is a JSON object with an "op"')

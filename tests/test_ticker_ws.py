@@ -404,3 +404,43 @@ def test_a_subscription_made_between_wakeups_gets_the_snapshot_after_older_updat
             await hub.close()
 
     asyncio.run(scenario())
+
+
+def test_deeply_nested_json_is_refused_as_malformed_and_the_connection_stays() -> None:
+    async def scenario() -> None:
+        hub, _, url = await _hub()
+        try:
+            async with connect(url) as ws:
+                assert json.loads(await ws.recv())["t"] == "hello"
+                await ws.send("[" * 20_000)
+                err = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert (err["t"], err["reason"]) == ("error", "malformed") and "nested" in err["text"]
+                await ws.send(json.dumps({"op": "ping", "id": 7}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["t"] == "pong"
+        finally:
+            await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_pings_and_never_reads_is_dropped_not_kept() -> None:
+    async def scenario() -> None:
+        hub, _, url = await _hub()
+        try:
+            async with connect(url) as ws:
+                (c,) = hub.clients
+                c.ws.paused = True  # its connection takes nothing more: every answer waits in its mailbox
+                for i in range(webhub.MAX_ANSWERS + 100):
+                    await ws.send(json.dumps({"op": "ping", "id": f"{i}-{'x' * 1000}"}))
+                for _ in range(100):
+                    if c.dropped:
+                        break
+                    await asyncio.sleep(0.02)
+                assert c.dropped and len(c.box) <= webhub.MAX_ANSWERS + hub._feed_keys
+                await asyncio.wait_for(ws.wait_closed(), 5)
+                assert ws.close_code == 1008
+            assert not hub.clients
+        finally:
+            await hub.close()
+
+    asyncio.run(scenario())
