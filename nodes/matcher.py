@@ -86,7 +86,8 @@ log = logging.getLogger("exfab.matcher")
 Stamped = Outcome | BookLevel  # what the matcher publishes with a sequence number
 
 MAX_BATCH = 1024  # order messages drained per turn: bounds the latency a burst adds to its last message
-RING = 2_000_000  # PUB messages kept in memory for replay requests
+RING_BYTES = 256 << 20  # memory the PUB messages kept for replays may take (bodies and their bookkeeping)
+_KEPT_OVERHEAD = 80  # what one kept message costs beyond its body: the bytes object and its place in the deque
 REPLAY_CHUNK = 2_000  # PUB messages per replay reply
 REPLAY_QUEUE = 16  # replay parts queued for one peer at most (about 5 MB): past it, the rest waits until it reads
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message (ours stay far below)
@@ -102,8 +103,9 @@ class Outbox:
         self.pub = pub
         self.seq = 0
         self.tseq: dict[bytes, int] = collections.defaultdict(int)
-        self.ring: collections.deque[bytes] = collections.deque(maxlen=RING)
+        self.ring: collections.deque[bytes] = collections.deque()
         self.ring_first = 1  # seq of ring[0]
+        self.ring_bytes = 0  # what the ring takes, by RING_BYTES' count
         self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
         self.last_heartbeat = time.monotonic()
 
@@ -119,9 +121,11 @@ class Outbox:
         msg.epoch = self.epoch
         body = encode(msg)
         ring = self.ring
-        if len(ring) == RING:
-            self.ring_first += 1
         ring.append(body)
+        self.ring_bytes += len(body) + _KEPT_OVERHEAD
+        while self.ring_bytes > RING_BYTES:  # the oldest go: a replay of them gets replay_unavailable
+            self.ring_bytes -= len(ring.popleft()) + _KEPT_OVERHEAD
+            self.ring_first += 1
         if self.pub is not None:
             pending = self.pending.get(topic)
             if pending is None:
