@@ -97,7 +97,7 @@ HEARTBEAT_S = 1.0  # PUB heartbeat period, whatever the traffic (docs/protocol.m
 class Outbox:
     """Sequence and publish the shard's outbound messages, and keep the recent ones for replays."""
 
-    def __init__(self, shard_no: int, epoch: int, pub: zmq.Socket | None) -> None:
+    def __init__(self, shard_no: int, epoch: int, pub: zmq.Socket | None, ring_bytes: int | None = None) -> None:
         self.shard_no = shard_no
         self.epoch = epoch
         self.pub = pub
@@ -106,6 +106,7 @@ class Outbox:
         self.ring: collections.deque[bytes] = collections.deque()
         self.ring_first = 1  # seq of ring[0]
         self.ring_bytes = 0  # what the ring takes, by RING_BYTES' count
+        self.ring_limit = RING_BYTES if ring_bytes is None else ring_bytes
         self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
         self.last_heartbeat = time.monotonic()
 
@@ -123,7 +124,7 @@ class Outbox:
         ring = self.ring
         ring.append(body)
         self.ring_bytes += len(body) + _KEPT_OVERHEAD
-        while self.ring_bytes > RING_BYTES:  # the oldest go: a replay of them gets replay_unavailable
+        while self.ring_bytes > self.ring_limit:  # the oldest go: a replay of them gets replay_unavailable
             self.ring_bytes -= len(ring.popleft()) + _KEPT_OVERHEAD
             self.ring_first += 1
         if self.pub is not None:
@@ -176,7 +177,8 @@ class _ReplayJob:
 class Matcher:
     """One matcher of a shard: the engine, its journal, its sockets, and the loop."""
 
-    def __init__(self, topo: Topology, name: str, *, fsync: str = "batch", ctx: zmq.Context | None = None) -> None:
+    def __init__(self, topo: Topology, name: str, *, fsync: str = "batch", ctx: zmq.Context | None = None,
+                 ring_bytes: int | None = None) -> None:
         self.topo = topo
         self.shard, self.replica = topo.replica(name)
         self.name = name
@@ -207,7 +209,7 @@ class Matcher:
                 self.journal.append(encode_command(instrument_command(inst)))
             self.journal.commit()
         self.ctx = ctx or zmq.Context.instance()
-        self.outbox = Outbox(self.shard_no, self.epoch, None)
+        self.outbox = Outbox(self.shard_no, self.epoch, None, ring_bytes)
         self.expired = 0  # commands refused because they came after their gateway's deadline
         self.journal_error: str | None = None  # set while the journal cannot be written: commands are refused
         self.replays: collections.deque[_ReplayJob] = collections.deque()  # replays under way, one per request
@@ -591,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--topology", required=True, metavar="FILE")
     ap.add_argument("--id", required=True, metavar="NAME", help="the matcher's name in the topology")
     ap.add_argument("--fsync", default="batch", help="journal fsync policy: batch, interval:N (ms) or none")
+    ap.add_argument("--ring-mb", type=int, default=RING_BYTES >> 20, metavar="MB",
+                    help=f"memory for the published messages kept to answer replays (default {RING_BYTES >> 20})")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s matcher {args.id} %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -598,7 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A write past a file size limit fails with EFBIG (refused commands, the journal rolled back) instead of
     # killing the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    matcher = Matcher(load(args.topology), args.id, fsync=args.fsync)
+    matcher = Matcher(load(args.topology), args.id, fsync=args.fsync, ring_bytes=args.ring_mb << 20)
     signal.signal(signal.SIGINT, matcher.stop)
     signal.signal(signal.SIGTERM, matcher.stop)
     from nodes.profiling import profiled  # EXFAB_PROFILE_DIR set: the loop runs under cProfile

@@ -69,10 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples (default 10)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     ap.add_argument("--fsync", default="none", help="the matchers' journal policy (default none: memory, not disk)")
+    ap.add_argument("--ring-mb", type=int, default=None, metavar="MB",
+                    help="the matchers' replay ring (default: theirs, 256 MB)")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="exfab-soak-"))
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp,
-                        extra_args={"matcher": ["--fsync", args.fsync]})
+    matcher_args = ["--fsync", args.fsync] + ([] if args.ring_mb is None else ["--ring-mb", str(args.ring_mb)])
+    launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp, extra_args={"matcher": matcher_args})
     print(f"soak: starting the exchange in {tmp} ...", file=sys.stderr, flush=True)
     launcher.start()
     series: dict[str, list[tuple[float, float]]] = {}
@@ -104,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"node": name, "start_mb": s[0][1], "end_mb": s[-1][1], "peak_mb": max(v for _, v in s),
                      "growth_mb_per_min_second_half": growth_per_min(half)})
     report: dict[str, Any] = {"rate": args.rate, "duration_s": args.duration, "sample_s": args.sample,
+                              "ring_mb": args.ring_mb,
                               "fsync": args.fsync, "commands_sent": sent, "nodes": rows,
                               "series": {k: [[round(t, 1), round(v, 2)] for t, v in s] for k, s in series.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     md = [f"# Memory under a steady flow: {args.rate:g} commands/s for {args.duration:g} s", "",
-          f"`python perf/soak.py --rate {args.rate:g} --duration {args.duration:g}` (fsync {args.fsync}); "
+          f"`python perf/soak.py --rate {args.rate:g} --duration {args.duration:g}"
+          f"{'' if args.ring_mb is None else f' --ring-mb {args.ring_mb}'}` (fsync {args.fsync}); "
           f"{sent:,} commands sent.", "",
           "| node | RSS at start (MiB) | at end | peak | growth over the second half (MiB/min) |",
           "| --- | ---: | ---: | ---: | ---: |"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 import nodes.matcher as matcher
 from fabric.protocol import BookLevel, decode_pub
 
@@ -13,9 +11,8 @@ def _level(i: int) -> BookLevel:
                      count=1)
 
 
-def test_ring_keeps_what_fits_its_bytes_and_serves_only_what_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(matcher, "RING_BYTES", 5_000)
-    out = matcher.Outbox(0, 0, None)
+def test_ring_keeps_what_fits_its_bytes_and_serves_only_what_it_holds() -> None:
+    out = matcher.Outbox(0, 0, None, ring_bytes=5_000)
     bodies = [out.send(_level(i), b"BTCS\x00") for i in range(1, 201)]
     assert out.seq == 200 and out.ring_bytes <= 5_000
     kept = len(out.ring)
