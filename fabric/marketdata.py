@@ -9,18 +9,22 @@ sections 2, 3 and 5) with the Clone pattern of the ZeroMQ guide:
 2. a DEALER asks the ticker's snapshot socket (a ROUTER) for the symbols' whole
    state, each object carrying the ``seq`` of the last message of its topic;
 3. the held messages, then the later ones, whose ``seq`` is above the last
-   applied of their topic are applied in order.
+   applied of their topic are applied in order, topic by topic.
 
 Per topic the ``seq`` counts from 1 without gaps, so the client knows when it
-missed something:
+missed something.  The ordering, the holding, the dropping of duplicates and the
+finding of gaps are :class:`~fabric.stream.ShardStream`'s (the gateway and the
+ticker follow the matchers with it too), in its mode without replays: the feed
+has no replay service, so a topic that lost messages waits for a snapshot.
 
 - a message whose ``seq`` is more than one above the last applied of its topic
   means messages were lost (the ticker's high-water mark dropped them, section
   5): the gap is counted, a snapshot of that symbol is asked for, and its
   messages are held from then on, while the other symbols go on; when the
-  snapshot comes, the held messages above its ``seq`` are applied.  The message
-  that showed the gap (and anything held before it) is not kept: it came before
-  the request was sent, so the ticker's answer already has it;
+  snapshot comes, the held messages above its ``seq`` are applied (and should
+  they skip some too, another snapshot is asked for).  The message that showed
+  the gap (and anything held before it) is not kept: it came before the
+  request was sent, so the ticker's answer already has it;
 - a message at or one below the last applied ``seq`` is a duplicate and is
   ignored (so is anything at or below a snapshot's ``seq``: the feed delivers,
   after a snapshot, what was published before it);
@@ -73,6 +77,8 @@ from typing import Any, Final, NamedTuple
 import msgpack
 import zmq
 
+from fabric.stream import ShardStream
+
 __all__ = [
     "HEARTBEAT_TOPIC",
     "KINDS",
@@ -91,7 +97,7 @@ _KIND_OF: Final = {v[0]: k for k, v in _PREFIX.items()}
 
 TAPE_LEN: Final = 50  # prints kept per symbol (what a snapshot's quote carries)
 BARS_KEPT: Final = 1000  # bars kept per symbol and interval (what the ticker keeps)
-HELD_MAX: Final = 100_000  # messages held per symbol while its snapshot is awaited (older ones are dropped)
+HELD_MAX: Final = 100_000  # messages held per topic while its symbol's snapshot is awaited (older ones are dropped)
 SUB_GRACE: Final = 1.5  # seconds connected after which a snapshot is asked for even if nothing came yet
 BACKOFF_FIRST: Final = 0.2  # pause after a first unanswered snapshot request, doubling up to BACKOFF_MAX
 BACKOFF_MAX: Final = 5.0
@@ -176,18 +182,16 @@ class Stats:
 
 @dataclass
 class _Symbol:
-    """One symbol's state."""
+    """One symbol's state (where each of its topics stands is the client's ShardStream's)."""
 
     symbol: str
+    topics: dict[str, bytes] = field(default_factory=dict)  # kind -> its feed topic, for the kinds followed
     quote: dict[str, Any] | None = None
     depth: dict[str, Any] | None = None
     bars: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)  # interval -> start -> bar
     tape: collections.deque[dict[str, Any]] = field(default_factory=lambda: collections.deque(maxlen=TAPE_LEN))
     seq: dict[str, int] = field(default_factory=dict)  # kind -> seq of the last message applied
     fresh: set[str] = field(default_factory=set)  # kinds with no live message applied since the snapshot
-    synced: bool = False  # a snapshot was applied and no other is awaited
-    held: collections.deque[tuple[str, dict[str, Any]]] = field(
-        default_factory=lambda: collections.deque(maxlen=HELD_MAX))
 
 
 class _Malformed(ValueError):
@@ -256,7 +260,12 @@ class MarketDataClient:
         self.timeout = timeout
         self.stats = Stats()
         self.unknown: set[str] = set()  # symbols the ticker said it does not know
-        self._states: dict[str, _Symbol] = {s: _Symbol(s) for s in self.requested or ()}
+        # Every topic of the feed in one stream, ordered per topic by its seq; a loss makes the topic wait for
+        # its symbol's snapshot (the ticker has no replay service).
+        self._stream: ShardStream[dict[str, Any]] = ShardStream(0, replays=False, hold_max=HELD_MAX)
+        self._states: dict[str, _Symbol] = {}
+        for s in self.requested or ():
+            self._new_state(s)
         self._need: set[str] = set()  # symbols to ask a snapshot of
         self._need_all = True  # ask for every symbol of the client (the first request, and after a reconnect)
         self._inflight: set[str] | str | None = None  # symbols of the request awaiting its answer, or _ALL
@@ -338,7 +347,7 @@ class MarketDataClient:
     def ready(self) -> bool:
         """Whether the state is exact: a snapshot was applied, and none is awaited."""
         return (self._snapshotted and self._inflight is None and not self._need and not self._need_all
-                and all(st.synced for s, st in self._states.items() if s not in self.unknown))
+                and all(self._synced(st) for s, st in self._states.items() if s not in self.unknown))
 
     @property
     def connected(self) -> bool:
@@ -508,9 +517,7 @@ class MarketDataClient:
     def _resync_all(self) -> None:
         """Forget the sequence of every symbol: hold what comes, and ask a snapshot of everything."""
         for st in self._states.values():
-            st.synced = False
-            st.held.clear()  # the old ticker's messages; the new one's numbers start over
-            st.fresh.clear()
+            self._hold(st)  # what is held is the old ticker's; the new one's numbers start over
         self._need.clear()
         self._need_all = True
         self._inflight = None
@@ -550,6 +557,7 @@ class MarketDataClient:
     # --------------------------------------------------------------- the feed
 
     def _read_feed(self, out: list[Update]) -> None:
+        now = time.monotonic()
         for _ in range(DRAIN_BATCH):
             try:
                 frames = self._sub.recv_multipart(zmq.NOBLOCK)
@@ -558,12 +566,12 @@ class MarketDataClient:
             self.stats.messages += 1
             self._heard = True
             try:
-                self._on_feed(frames, out)
+                self._on_feed(frames, out, now)
             except _Malformed as e:
                 self.stats.malformed += 1
                 log.warning("malformed feed message ignored: %s", e)
 
-    def _on_feed(self, frames: list[bytes], out: list[Update]) -> None:
+    def _on_feed(self, frames: list[bytes], out: list[Update], now: float) -> None:
         if len(frames) != 2:
             raise _Malformed(f"{len(frames)} frames, not 2 (topic, body)")
         topic, body = frames
@@ -585,49 +593,64 @@ class MarketDataClient:
             raise _Malformed(f"topic is not UTF-8: {topic[:60]!r}") from None
         msg = _unpack(body)
         _check(kind, sym, msg)
-        if kind not in self.kinds:
+        if kind not in self.kinds or sym in self.unknown:
             return
         st = self._states.get(sym)
         if st is None:
             if self.requested is not None:
                 return  # not one of ours (a subscription prefix cannot match another symbol: topics end in NUL)
-            if sym in self.unknown:
-                return
-            st = self._states[sym] = _Symbol(sym)
+            st = self._new_state(sym)
             if self._snapshotted and not self._need_all and self._inflight != _ALL:
                 self._need.add(sym)  # a symbol the first snapshot did not have
-        if not st.synced:
-            st.held.append((kind, msg))
-            return
-        self._apply_live(st, kind, msg, out)
-
-    def _apply_live(self, st: _Symbol, kind: str, msg: dict[str, Any], out: list[Update]) -> None:
+        stream = self._stream
         seq: int = msg["seq"]
-        last = st.seq.get(kind, 0)
-        if seq == last + 1:
-            st.fresh.discard(kind)
-            self._apply(st, kind, msg, out)
-        elif seq > last + 1:
-            self.stats.gaps += 1
-            log.info("%s %s: seq %d after %d (%d lost); asking a snapshot", kind, st.symbol, seq, last,
-                     seq - last - 1)
-            self._resync(st)  # the snapshot, asked for after this message came, has it: no need to hold it
-        elif kind in st.fresh or seq >= last - 1:
-            # Published before the snapshot (the feed delivers it after the answer), or a duplicate.
-            if kind not in st.fresh:
-                self.stats.duplicates += 1
-        else:
+        if stream.waiting(topic):  # its symbol's snapshot is awaited: the stream holds the message till then
+            stream.offer(topic, seq, seq, msg, in_order=True, now=now)
+            self.stats.duplicates = stream.duplicates
+            return
+        last = stream.delivered(topic)
+        if seq <= last and kind in st.fresh:
+            return  # published before the snapshot (the feed delivers it after the answer): the snapshot has it
+        if seq < last - 1:
+            # Not a duplicate of the last one or two: numbers from a ticker that started over (and that the
+            # stream would take for duplicates). The ticker publishes no per-topic heartbeat to tell.
             self.stats.resets += 1
-            log.warning("%s %s: seq %d after %d (the ticker started over?); asking a snapshot", kind, st.symbol,
-                        seq, last)
+            log.warning("%s %s: seq %d after %d (the ticker started over?); asking a snapshot", kind, sym, seq, last)
             self._resync(st)
+            return
+        for m in stream.offer(topic, seq, seq, msg, in_order=True, now=now):  # the SUB keeps each topic's order
+            st.fresh.discard(kind)
+            self._apply(st, kind, m, out)
+        self.stats.duplicates = stream.duplicates
+        if topic in stream.holes:
+            self._gap(st, kind, f"seq {seq} after {last} ({seq - last - 1} lost)")
+
+    def _new_state(self, sym: str) -> _Symbol:
+        """Make the state of a symbol to follow; its topics hold what comes until its snapshot."""
+        st = self._states[sym] = _Symbol(sym, {kind: topic_of(kind, sym) for kind in self.kinds})
+        self._hold(st)
+        return st
+
+    def _synced(self, st: _Symbol) -> bool:
+        """Whether the symbol's state is exact: its snapshot was applied and no other is awaited."""
+        return not any(self._stream.waiting(topic) for topic in st.topics.values())
+
+    def _hold(self, st: _Symbol) -> None:
+        """Hold the symbol's messages until its next snapshot, dropping what is held (the snapshot will have it)."""
+        for topic in st.topics.values():
+            self._stream.hold(topic)
+        st.fresh.clear()
 
     def _resync(self, st: _Symbol) -> None:
-        """Ask a new snapshot of a symbol; drop what is held (the snapshot, asked for after it came, has it)."""
-        st.synced = False
-        st.held.clear()
-        st.fresh.clear()
+        """Ask a new snapshot of a symbol, holding its messages till then."""
+        self._hold(st)
         self._need.add(st.symbol)
+
+    def _gap(self, st: _Symbol, kind: str, what: str) -> None:
+        """The stream found a topic of the symbol short of messages (they were dropped): take it afresh."""
+        self.stats.gaps = self._stream.gaps
+        log.info("%s %s: %s; asking a snapshot", kind, st.symbol, what)
+        self._resync(st)
 
     def _apply(self, st: _Symbol, kind: str, msg: dict[str, Any], out: list[Update], snapshot: bool = False) -> None:
         st.seq[kind] = msg["seq"]
@@ -724,40 +747,38 @@ class MarketDataClient:
                 self._need.discard(sym)
                 st = self._states.get(sym)
                 if st is not None:
-                    st.held.clear()
+                    self._hold(st)  # drop what it held: it gets no state (its topics wait for good)
         for sym, objs in good.items():
             st = self._states.get(sym)
             if st is None:
                 if self.requested is not None:
                     continue  # not asked for
-                st = self._states[sym] = _Symbol(sym)
-            if st.synced:
+                st = self._new_state(sym)
+            if self._synced(st):
                 continue  # its state is exact already: this answer may be older than what was applied
             self._apply_snapshot(st, objs, out)
         # A symbol asked for but absent from the answer (or its part malformed): ask again.
         if isinstance(asked, set):
-            missing = {s for s in asked if s not in self.unknown and not self._states[s].synced}
+            missing = {s for s in asked if s not in self.unknown and not self._synced(self._states[s])}
         else:
-            missing = {s for s, st in self._states.items() if s not in self.unknown and not st.synced}
+            missing = {s for s, st in self._states.items() if s not in self.unknown and not self._synced(st)}
         if missing:
             self._need |= missing
             self._next_request_at = time.monotonic() + BACKOFF_FIRST
 
     def _apply_snapshot(self, st: _Symbol, objs: dict[str, Any], out: list[Update]) -> None:
         for kind in self.kinds:
-            obj = objs[kind]
-            self._apply(st, kind, obj, out, snapshot=True)
-        st.synced = True
+            self._apply(st, kind, objs[kind], out, snapshot=True)
         st.fresh = set(self.kinds)
         self._need.discard(st.symbol)
-        # Then what was held, in arrival order: what the snapshot already has is ignored as stale.
-        held = list(st.held)
-        st.held.clear()
-        for kind, msg in held:
-            if msg["seq"] <= st.seq.get(kind, 0):
-                continue
-            self._apply_live(st, kind, msg, out)
-            if not st.synced:  # a gap among the held messages: the next snapshot has the rest
+        # Then what was held, topic by topic: the stream drops what the snapshot has and gives the rest in order.
+        for kind, topic in st.topics.items():
+            seq = objs[kind]["seq"]
+            for msg in self._stream.jump(topic, seq, seq):
+                st.fresh.discard(kind)
+                self._apply(st, kind, msg, out)
+            if topic in self._stream.holes:  # a gap among the held messages: the next snapshot has the rest
+                self._gap(st, kind, f"held messages skip some after the snapshot's seq {seq}")
                 return
 
     # ------------------------------------------------------------------ closing

@@ -8,14 +8,14 @@ bid and ask, five levels of depth per side (price, quantity, orders, as the BSE
 shows them), a bounded tape of recent trades, and OHLCV bars of one second and
 one minute.
 
-Gaps are detected per topic by ``tseq`` (``docs/protocol.md``, "Detecting a
-gap"): for each symbol the last ``tseq`` of its ``T`` and ``B`` topics is kept;
-a message at or below it is a duplicate and ignored (replaying a range twice
-never counts a trade twice); a message above the next expected one is applied,
-and the gap is recorded in :attr:`MarketState.gaps` for the caller to repair
-(replay or snapshot).  Baselines start at 0 (a fresh shard's first message is
-``tseq`` 1) or at a snapshot's ``book_tseq``/``trade_tseq``
-(:meth:`MarketState.apply_snapshot`).
+For each symbol the last ``tseq`` applied of its ``T`` and ``B`` topics is
+kept: from 0 (a fresh shard's first message is ``tseq`` 1) or a snapshot's
+``book_tseq``/``trade_tseq`` (:meth:`MarketState.apply_snapshot`).  Putting the
+messages in order, dropping duplicates and repairing gaps is the caller's: the
+ticker follows each shard with a :class:`~fabric.stream.ShardStream` and hands
+over each message once, in order (:meth:`MarketState.trade`,
+:meth:`MarketState.level`).  :meth:`MarketState.apply` only refuses a message
+the state has already (at or below its topic's last ``tseq``).
 
 Prices are :class:`~decimal.Decimal` inside and decimal strings in the JSON
 views (:meth:`MarketState.snapshot`, :meth:`MarketState.ticks`); change percent
@@ -287,7 +287,7 @@ def _q(d: Decimal | None, places: Decimal) -> str | None:
 
 
 class MarketState:
-    """Every symbol's :class:`SymbolState`, kept from ``Trade`` and ``BookLevel`` messages with gap detection.
+    """Every symbol's :class:`SymbolState`, kept from ``Trade`` and ``BookLevel`` messages given in order.
 
     Parameters
     ----------
@@ -299,18 +299,12 @@ class MarketState:
     ----------
     symbols
         The state per symbol.
-    gaps
-        Every gap seen, in order: (symbol, "trade" or "book", expected tseq, received tseq).
-    duplicates
-        How many messages were ignored because their tseq was at or below the last one.
     tseq
         The last ``tseq`` applied per (kind, symbol), kind ``"trade"`` or ``"book"`` (read it, do not change it).
     """
 
     def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
         self.symbols: dict[str, SymbolState] = {i.symbol: SymbolState(i.symbol, i.ref_price) for i in instruments}
-        self.gaps: list[tuple[str, str, int, int]] = []
-        self.duplicates = 0
         self.tseq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> last tseq applied
 
     def state(self, symbol: str) -> SymbolState:
@@ -324,31 +318,21 @@ class MarketState:
         """Return the last ``tseq`` applied on ``symbol``'s trade or book topic (0 before any)."""
         return self.tseq.get((kind, symbol), 0)
 
-    def _accept(self, symbol: str, kind: Kind, tseq: int) -> bool:
-        key = (kind, symbol)
-        last = self.tseq.get(key, 0)
-        if tseq <= last:
-            self.duplicates += 1
-            return False
-        if tseq != last + 1:
-            self.gaps.append((symbol, kind, last + 1, tseq))
-        self.tseq[key] = tseq
-        return True
-
     def apply(self, msg: object) -> bool:
-        """Apply one PUB message: a ``Trade`` or ``BookLevel``; ignore any other message and duplicates.
+        """Apply one PUB message, a ``Trade`` or ``BookLevel``, given in its topic's order; ignore any other message.
 
-        A message whose ``tseq`` skips ahead is applied and its gap appended to
-        :attr:`gaps`; nothing is raised.  Return whether the message changed the state.
+        A message at or below its topic's last ``tseq`` (the state has it: a snapshot's baseline, or
+        applied already) is ignored. There is no gap detection: a ``tseq`` that skips ahead is applied,
+        the caller orders the messages and repairs losses (:class:`~fabric.stream.ShardStream`).
+        Return whether the message changed the state.
         """
         if isinstance(msg, Trade):
-            if self._accept(msg.symbol, "trade", msg.tseq):
-                self.state(msg.symbol).add_trade(msg)
+            if msg.tseq > self.tseq.get(("trade", msg.symbol), 0):
+                self.trade(msg)
                 return True
-        elif isinstance(msg, BookLevel):
-            if self._accept(msg.symbol, "book", msg.tseq):
-                self.state(msg.symbol).set_level(msg.side, price_of(msg.price), msg.qty, msg.count)
-                return True
+        elif isinstance(msg, BookLevel) and msg.tseq > self.tseq.get(("book", msg.symbol), 0):
+            self.level(msg)
+            return True
         return False
 
     def reset(self, symbols: Iterable[str]) -> None:
@@ -375,7 +359,7 @@ class MarketState:
         """Replace a symbol's levels with a snapshot's and take its ``tseq`` baselines and ``trade_id``.
 
         Messages at or below the snapshot's ``book_tseq``/``trade_tseq`` are
-        then ignored as duplicates; later ones apply on top.  Session statistics
+        then ignored by :meth:`apply`; later ones apply on top.  Session statistics
         (volume, OHLC, bars) are kept: the snapshot does not carry them.
         """
         st = self.state(snap.symbol)

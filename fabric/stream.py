@@ -24,6 +24,15 @@ order, per topic, by ``tseq``:
 
 It does no I/O: the node feeds it what arrives and sends the replay requests
 it returns (the ZeroMQ Guide's reliability patterns, as a state machine).
+
+A stream without a replay service (``replays=False``: the ticker's market-data
+feed, which :class:`~fabric.marketdata.MarketDataClient` follows with the
+Guide's Clone pattern) recovers by snapshot instead: a loss makes the topic
+*wait*, holding what comes, and puts it in :attr:`ShardStream.holes`; the
+caller takes the topic's state from a snapshot and calls
+:meth:`ShardStream.jump`, which drops what the snapshot has and delivers the
+rest.  :meth:`ShardStream.hold` makes a topic wait from the outside (before
+its first snapshot, or when the caller knows its numbers no longer hold).
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ class _Topic(Generic[T]):
     next: int = 0  # the next tseq to deliver; 0 until the topic's first message sets where it starts
     seq: int = 0  # seq of the last message delivered
     held: dict[int, tuple[int, T]] = field(default_factory=dict)  # tseq -> (seq, item), ahead of `next`
+    waiting: bool = False  # everything is held until a jump says where the topic stands (recovery by snapshot)
 
 
 @dataclass(slots=True)
@@ -63,16 +73,33 @@ class ShardStream(Generic[T]):
     ----------
     shard
         The shard's number, for the log.
+    replays
+        Whether lost messages can be asked for again (a matcher's replay service). Without one
+        (``False``), a loss makes the topic wait for a snapshot instead: see :attr:`holes`.
+    hold_max
+        At most this many messages held per topic, the oldest held dropped beyond (``None``: no
+        limit). A dropped message the caller still needs shows as a hole after the next :meth:`jump`.
+
+    Attributes
+    ----------
+    holes
+        (``replays=False``) The topics that lost messages and wait for a :meth:`jump` from a snapshot,
+        holding what comes meanwhile; :meth:`jump` and :meth:`hold` take a topic out.
     """
 
-    def __init__(self, shard: int) -> None:
+    def __init__(self, shard: int, *, replays: bool = True, hold_max: int | None = None) -> None:
+        if hold_max is not None and hold_max < 1:
+            raise ValueError("hold_max must be at least 1")
         self.shard = shard
+        self.replays = replays
+        self.hold_max = hold_max
         self.topics: dict[bytes, _Topic[T]] = {}
         self.replay: Replay | None = None  # the replay outstanding
+        self.holes: set[bytes] = set()
         self.skipped = 0  # messages lost for good: a replay the matcher could not serve
         self.rewinds = 0  # times the shard came back behind what was delivered (a journal that lost its end)
         self.duplicates = 0  # messages dropped: delivered already, through another road
-        self.gaps = 0  # losses the ordered road or a heartbeat showed
+        self.gaps = 0  # losses the ordered road or a heartbeat showed (or, without replays, a jump left behind)
 
     def _topic(self, topic: bytes) -> _Topic[T]:
         t = self.topics.get(topic)
@@ -94,6 +121,24 @@ class ShardStream(Generic[T]):
         t = self.topics.get(topic)
         return t is not None and t.next > 0
 
+    def waiting(self, topic: bytes) -> bool:
+        """Tell whether the topic holds everything that comes until a :meth:`jump` (see :meth:`hold`, :attr:`holes`)."""
+        t = self.topics.get(topic)
+        return t is not None and t.waiting
+
+    def hold(self, topic: bytes) -> None:
+        """Make the topic wait for a :meth:`jump`: what it holds is dropped, and what comes is held.
+
+        For a caller that will take the topic's state from a snapshot: before its first one, or
+        when the topic's numbers no longer hold (the publisher started over). What was held
+        came before the snapshot is asked for, so the snapshot has it. The next :meth:`jump`
+        sets where the topic stands, behind what was delivered or not.
+        """
+        t = self._topic(topic)
+        t.waiting = True
+        t.held.clear()
+        self.holes.discard(topic)  # the caller knows: it is asking for the snapshot
+
     def start(self, topic: bytes, tseq: int, seq: int) -> None:
         """Start a topic that has none yet after message (``tseq``, ``seq``): nothing before it is wanted."""
         t = self._topic(topic)
@@ -107,18 +152,29 @@ class ShardStream(Generic[T]):
         replay): one from further on than expected then means messages were lost, and a replay is
         started (see :attr:`replay`). A message from elsewhere (a command's reply) is held until the
         stream catches up.
+
+        A topic that waits (:meth:`waiting`) holds every message, whatever its ``tseq``, until
+        :meth:`jump`; without replays, a loss on an ordered source makes the topic wait (:attr:`holes`).
         """
         t = self._topic(topic)
+        if t.waiting:
+            # Where the topic stands is for the snapshot to say: nothing can be delivered or called
+            # a gap until then. A tseq held already is a duplicate (the topic's order is not known yet).
+            if tseq in t.held:
+                self.duplicates += 1
+            else:
+                self._keep(t, tseq, seq, item)
+            return []
         if not t.next:
             t.next = tseq  # the first message sets the start: a subscriber wants what comes after it joined
         if tseq < t.next:
             self.duplicates += 1
             return []  # delivered already, through another path
         if tseq > t.next:
-            t.held[tseq] = (seq, item)
+            self._keep(t, tseq, seq, item)
             if in_order:
                 self.gaps += 1
-                self._ask(t.seq + 1, seq - 1, now)
+                self._lost(topic, t, t.seq + 1, seq - 1, now)
             return []
         t.next, t.seq = tseq + 1, seq
         if not t.held:
@@ -129,8 +185,8 @@ class ShardStream(Generic[T]):
         """Take the shard's heartbeat: its last ``seq`` and the last ``tseq`` of every topic (by topic frame)."""
         for topic, last in tseqs.items():
             t = self.topics.get(topic)
-            if t is None:
-                continue
+            if t is None or t.waiting:
+                continue  # (a waiting topic stands where its snapshot will say)
             if not t.next:
                 t.next, t.seq = last + 1, seq  # nothing came yet: start after what was published before us
             elif last < t.next - 1:
@@ -147,7 +203,20 @@ class ShardStream(Generic[T]):
                 self.gaps += 1
                 log.warning("shard %d: %r published up to tseq %d, delivered %d: asking for seq %d..%d", self.shard,
                             topic, last, t.next - 1, t.seq + 1, seq)
-                self._ask(t.seq + 1, seq, now)
+                self._lost(topic, t, t.seq + 1, seq, now)
+
+    def _keep(self, t: _Topic[T], tseq: int, seq: int, item: T) -> None:
+        if self.hold_max is not None and len(t.held) >= self.hold_max and tseq not in t.held:
+            del t.held[next(iter(t.held))]  # the oldest held (dicts keep insertion order): bounded memory
+        t.held[tseq] = (seq, item)
+
+    def _lost(self, topic: bytes, t: _Topic[T], first: int, last: int, now: float) -> None:
+        """Messages ``first`` .. ``last`` (``seq``) of ``topic`` were lost: ask a replay, or wait for a snapshot."""
+        if self.replays:
+            self._ask(first, last, now)
+        else:
+            t.waiting = True
+            self.holes.add(topic)
 
     def _ask(self, first: int, last: int, now: float) -> None:
         if self.replay is None and first <= last:
@@ -176,22 +245,36 @@ class ShardStream(Generic[T]):
         if done:
             self.replay = None
             # A hole that remains (the replay ended before it) is asked for again.
-            for t in self.topics.values():
-                if t.held:
-                    self._ask(t.seq + 1, min(s for s, _ in t.held.values()) - 1, now)
+            for topic, t in self.topics.items():
+                if t.held and not t.waiting:
+                    self._lost(topic, t, t.seq + 1, min(s for s, _ in t.held.values()) - 1, now)
         return out
 
     def jump(self, topic: bytes, tseq: int, seq: int) -> list[T]:
         """Move a topic past message (``tseq``, ``seq``), whose state came another way (a snapshot).
 
-        What is held up to it is dropped; returns what is now deliverable after it.
+        What is held up to it is dropped; returns what is now deliverable after it. A topic that
+        waited (:meth:`hold`, :attr:`holes`) stands at the snapshot's ``tseq`` from now on even behind
+        what it delivered before (the snapshot is of the publisher as it is now); one that did not
+        only moves forward. Without replays, messages still held after the jump are beyond a lost one
+        (the snapshot is older than the loss, or :attr:`hold_max` dropped some): the topic waits
+        again, in :attr:`holes`.
         """
         t = self._topic(topic)
-        if tseq + 1 > t.next:
+        if t.waiting:
+            t.waiting = False
+            self.holes.discard(topic)
+            t.next, t.seq = tseq + 1, seq
+        elif tseq + 1 > t.next:
             t.next, t.seq = tseq + 1, seq
         for k in [k for k in t.held if k < t.next]:
             del t.held[k]
-        return self._drain(t)
+        out = self._drain(t)
+        if t.held and not self.replays:
+            self.gaps += 1
+            t.waiting = True
+            self.holes.add(topic)
+        return out
 
     def restart(self) -> None:
         """Forget where every topic stood: the shard started over (a new journal), from ``seq`` 1 again."""

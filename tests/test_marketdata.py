@@ -363,6 +363,30 @@ def test_dropped_message_triggers_a_snapshot_of_that_symbol_and_the_state_ends_e
         assert md.stats.gaps == 1 and md.stats.snapshots == 2 and md.stats.snapshot_requests == 2
 
 
+def test_a_gap_holds_every_kind_of_the_symbol_until_its_snapshot(ctx: zmq.Context[Any], ports: tuple[int, int],
+                                                                  ticker: ScriptedTicker) -> None:
+    with client(ctx, ports, ["TCS"]) as md:
+        pump(md, ticker, lambda: md.ready)
+        ticker.quote("TCS", "100.05")
+        ticker.depth("TCS", [["100.00", 1, 1]], [])
+        pump(md, ticker, lambda: md.seq("TCS", "depth") == 1)
+        ticker.quote("TCS", "100.10", drop=True)
+        ticker.quote("TCS", "100.15")  # quote 3 after 1: a gap
+        pump(md, ticker, lambda: md.stats.gaps == 1, serve=False)
+        # The depth has no gap of its own, but a snapshot taken before it must not undo it: it waits too.
+        ticker.depth("TCS", [["100.05", 2, 1]], [])
+        settle(md, ticker, 0.2, serve=False)
+        assert md.seq("TCS", "depth") == 1 and md.depth("TCS")["bids"] == [["100.00", 1, 1]]  # type: ignore[index]
+        reqs = ticker.take_requests()
+        assert [r for _, r in reqs] == [{"t": "snapshot_request", "v": 1, "symbols": ["TCS"]}]
+        ticker.answer(*reqs[0], as_of={"TCS": {"quote": 3, "depth": 1}})  # taken before depth 2 came out
+        got = pump(md, ticker, lambda: md.ready)
+        assert [(u.kind, u.data["seq"], u.snapshot) for u in data(got)] == [
+            ("quote", 3, True), ("depth", 1, True), ("bars", 0, True), ("depth", 2, False)]
+        assert md.stats.gaps == 1 and md.stats.duplicates == 0
+        assert_exact(md, ticker, "TCS")
+
+
 def test_a_gap_among_the_held_messages_asks_again(ctx: zmq.Context[Any], ports: tuple[int, int],
                                                   ticker: ScriptedTicker) -> None:
     with client(ctx, ports, ["TCS"]) as md:

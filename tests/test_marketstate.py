@@ -1,4 +1,4 @@
-"""Tests of fabric.marketstate: statistics, bars, depth, gap and duplicate handling, snapshots."""
+"""Tests of fabric.marketstate: statistics, bars, depth, what apply refuses, snapshots."""
 
 from __future__ import annotations
 
@@ -126,56 +126,51 @@ def test_level_update_replaces_qty_and_count() -> None:
     assert m.symbols["TCS"].depth("sell") == [(Decimal("10.00"), 12, 3)]
 
 
-def test_tseq_gap_is_recorded_and_message_applied() -> None:
+def test_a_tseq_that_skips_ahead_is_applied_gaps_are_the_callers() -> None:
     m = market()
-    m.apply(trade(1, "100.00", 1))
-    m.apply(trade(4, "101.00", 1))
-    m.apply(level(1, "buy", "99.00", 1))
-    m.apply(level(3, "buy", "98.00", 1))
-    assert m.gaps == [("TCS", "trade", 2, 4), ("TCS", "book", 2, 3)]
+    assert m.apply(trade(1, "100.00", 1)) and m.apply(trade(4, "101.00", 1))
+    assert m.apply(level(1, "buy", "99.00", 1)) and m.apply(level(3, "buy", "98.00", 1))
     assert m.symbols["TCS"].volume == 2
-    assert m.last_tseq("TCS", "trade") == 4
+    assert (m.last_tseq("TCS", "trade"), m.last_tseq("TCS", "book")) == (4, 3)
+    assert not m.apply(trade(3, "102.00", 1)), "below the last applied: the state has it"
+    assert m.symbols["TCS"].volume == 2
 
 
-def test_topics_are_per_symbol_no_gap_across_symbols() -> None:
+def test_topics_are_per_symbol_and_kind() -> None:
     m = market()
-    m.apply(trade(1, "100.00", 1, symbol="TCS"))
-    m.apply(trade(1, "200.00", 1, symbol="INFY"))
-    m.apply(trade(2, "100.00", 1, symbol="TCS"))
-    assert m.gaps == []
+    assert m.apply(trade(1, "100.00", 1, symbol="TCS"))
+    assert m.apply(trade(1, "200.00", 1, symbol="INFY"))  # INFY's own tseq 1, not TCS's again
+    assert m.apply(level(1, "buy", "99.00", 1, symbol="TCS"))  # the book topic counts apart from the trades
+    assert m.apply(trade(2, "100.00", 1, symbol="TCS"))
     assert (m.symbols["TCS"].volume, m.symbols["INFY"].volume) == (2, 1)
+    assert (m.last_tseq("TCS", "trade"), m.last_tseq("INFY", "trade"), m.last_tseq("TCS", "book")) == (2, 1, 1)
 
 
 def test_duplicate_tseq_is_ignored_and_volume_not_doubled() -> None:
     m = market()
     msgs = [trade(1, "100.00", 10), trade(2, "101.00", 20), level(1, "buy", "99.00", 5)]
-    for msg in msgs:
-        m.apply(msg)
-    for msg in msgs:  # the whole range replayed
-        m.apply(msg)
-    m.apply(level(1, "buy", "99.00", 0))  # an old tseq, even with other content, is a duplicate
+    assert [m.apply(msg) for msg in msgs] == [True, True, True]
+    assert [m.apply(msg) for msg in msgs] == [False, False, False]  # the whole range replayed
+    assert not m.apply(level(1, "buy", "99.00", 0))  # an old tseq, even with other content, is a duplicate
     st = m.symbols["TCS"]
     assert (st.volume, st.trades, st.turnover) == (30, 2, Decimal("3020.00"))
     assert len(st.tape) == 2
     assert st.bars["1s"].bars()[0].volume == 30
     assert st.best_bid() == (Decimal("99.00"), 5)
-    assert m.duplicates == 4
-    assert m.gaps == []
 
 
 def test_snapshot_baseline_then_later_updates_apply() -> None:
     m = market()
     m.apply_snapshot(BookSnapshot(symbol="TCS", bids=[("99.00", 10, 2), ("98.00", 5, 1)],
                                   asks=[("101.00", 7, 1)], trade_id=40, book_tseq=100, trade_tseq=40))
-    m.apply(level(100, "buy", "99.00", 0))  # already in the snapshot
-    m.apply(trade(40, "100.00", 1))  # already in the snapshot
-    m.apply(level(101, "sell", "100.50", 3, count=1))
-    m.apply(trade(41, "101.00", 2))
+    assert not m.apply(level(100, "buy", "99.00", 0))  # already in the snapshot
+    assert not m.apply(trade(40, "100.00", 1))  # already in the snapshot
+    assert m.apply(level(101, "sell", "100.50", 3, count=1))
+    assert m.apply(trade(41, "101.00", 2))
     st = m.symbols["TCS"]
     assert st.best_bid() == (Decimal("99.00"), 10)
     assert st.best_ask() == (Decimal("100.50"), 3)
     assert (st.volume, st.trade_id) == (2, 41)
-    assert m.gaps == []
     assert (m.last_tseq("TCS", "book"), m.last_tseq("TCS", "trade")) == (101, 41)
 
 
@@ -185,15 +180,16 @@ def test_snapshot_replaces_earlier_levels() -> None:
     m.apply_snapshot(BookSnapshot(symbol="TCS", bids=[("99.00", 10, 2)], asks=[], trade_id=0, book_tseq=5,
                                   trade_tseq=0))
     assert m.symbols["TCS"].depth("buy") == [(Decimal("99.00"), 10, 2)]
-    m.apply(level(7, "buy", "97.00", 1))
-    assert m.gaps == [("TCS", "book", 6, 7)]
+    assert not m.apply(level(5, "buy", "50.00", 0)), "at the snapshot's book_tseq: it has it"
+    assert m.apply(level(7, "buy", "97.00", 1))
+    assert m.symbols["TCS"].depth("buy") == [(Decimal("99.00"), 10, 2), (Decimal("97.00"), 1, 1)]
+    assert m.last_tseq("TCS", "book") == 7
 
 
 def test_other_messages_are_ignored() -> None:
     m = market()
-    m.apply(PubHeartbeat(shard=0, seq=3, tseq=0, epoch=1, ts=T0))
-    assert m.symbols["TCS"].trades == 0
-    assert m.gaps == [] and m.duplicates == 0
+    assert not m.apply(PubHeartbeat(shard=0, seq=3, tseq=0, epoch=1, ts=T0))
+    assert m.symbols["TCS"].trades == 0 and m.tseq == {}
 
 
 def test_messages_through_the_wire_codec_apply() -> None:

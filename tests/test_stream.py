@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -119,3 +120,107 @@ def test_heartbeat_behind_what_was_delivered_follows_the_restarted_shard() -> No
     s.heartbeat(30, {X: 3}, now=0)  # the matcher came back at tseq 3: 4 and 5 were lost from its journal
     assert s.rewinds == 1 and s.delivered(X) == 3
     assert s.offer(X, 4, 31, "4'", in_order=True, now=0) == ["4'"]  # a new message, not a duplicate
+
+
+# ------------------------------------------------------------------ without replays: recovery by snapshot
+
+
+def test_without_replays_a_gap_makes_the_topic_wait_for_a_snapshot() -> None:
+    s: ShardStream[str] = ShardStream(0, replays=False)
+    s.start(X, 0, 0)
+    assert s.offer(X, 1, 1, "1", in_order=True, now=0) == ["1"]
+    assert s.offer(X, 3, 3, "3", in_order=True, now=0) == []  # 2 was lost
+    assert s.replay is None and s.due(now=99.0) is None  # nothing to ask a replay of
+    assert s.holes == {X} and s.waiting(X) and s.gaps == 1
+    assert s.offer(X, 4, 4, "4", in_order=True, now=0) == []  # held, and not another gap
+    assert s.offer(X, 4, 4, "4", in_order=True, now=0) == []
+    assert s.gaps == 1 and s.duplicates == 1
+    assert s.offer(T, 1, 5, "t", in_order=True, now=0) == ["t"]  # the other topics go on
+    assert s.jump(X, 3, 3) == ["4"]  # the snapshot has 3
+    assert s.holes == set() and not s.waiting(X) and s.delivered(X) == 4
+    assert s.offer(X, 5, 6, "5", in_order=True, now=0) == ["5"]
+
+
+def test_without_replays_what_a_jump_leaves_behind_a_lost_message_is_a_new_hole() -> None:
+    s: ShardStream[str] = ShardStream(0, replays=False)
+    s.hold(X)  # before the first snapshot
+    for t in (3, 4, 6):  # 5 lost
+        assert s.offer(X, t, t, str(t), in_order=True, now=0) == []
+    assert s.holes == set() and s.gaps == 0  # holding for a snapshot is not a gap
+    assert s.jump(X, 2, 2) == ["3", "4"]
+    assert s.holes == {X} and s.waiting(X) and s.gaps == 1 and s.delivered(X) == 4
+    assert s.jump(X, 6, 6) == [] and s.holes == set() and s.delivered(X) == 6
+
+
+def test_hold_drops_what_is_held_and_the_next_jump_may_go_back() -> None:
+    s: ShardStream[str] = ShardStream(0, replays=False)
+    for t in range(1, 6):
+        s.offer(X, t, t, str(t), in_order=True, now=0)
+    s.offer(X, 8, 8, "8", in_order=True, now=0)  # a hole, with 8 held
+    assert s.holes == {X}
+    s.hold(X)  # the caller takes it from there (and the publisher may have started over)
+    assert s.holes == set() and s.waiting(X) and s.delivered(X) == 5
+    assert s.offer(X, 1, 1, "1'", in_order=True, now=0) == []  # below what was delivered: held, not a duplicate
+    assert s.offer(X, 2, 2, "2'", in_order=True, now=0) == []
+    assert s.duplicates == 0
+    assert s.jump(X, 1, 1) == ["2'"]  # behind what was delivered: the snapshot says where the topic stands
+    assert s.delivered(X) == 2 and not s.waiting(X)
+
+
+def test_hold_max_drops_the_oldest_held_which_shows_after_the_jump() -> None:
+    s: ShardStream[str] = ShardStream(0, replays=False, hold_max=3)
+    s.hold(X)
+    for t in range(1, 6):
+        s.offer(X, t, t, str(t), in_order=True, now=0)
+    assert len(s.topics[X].held) == 3  # 3, 4, 5
+    assert s.jump(X, 0, 0) == []  # 1 and 2 are gone: the snapshot is older than what is left
+    assert s.holes == {X}
+    assert s.jump(X, 3, 3) == ["4", "5"] and s.holes == set()
+
+
+def test_without_replays_a_heartbeat_showing_a_lost_tail_makes_the_topic_wait() -> None:
+    s: ShardStream[str] = ShardStream(0, replays=False)
+    s.offer(X, 1, 1, "1", in_order=True, now=0)
+    s.heartbeat(3, {X: 2}, now=0)
+    assert s.replay is None and s.holes == {X} and s.gaps == 1
+    s.heartbeat(9, {X: 0}, now=0)  # a waiting topic stands where its snapshot will say: not a rewind
+    assert s.rewinds == 0 and s.waiting(X)
+
+
+def test_hold_max_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        ShardStream(0, hold_max=0)
+
+
+@given(st.integers(1, 80), st.randoms(use_true_random=False), st.floats(0.0, 0.5))
+def test_without_replays_snapshots_and_deliveries_cover_every_message_once_in_order(n: int, rng: random.Random,
+                                                                                    loss: float) -> None:
+    # A client of a feed without replays: on a hole it holds the topic and asks a snapshot, answered a few
+    # publications later as of the publisher's state then. Deliveries and snapshots together walk 1..n in order.
+    s: ShardStream[int] = ShardStream(0, replays=False)
+    s.hold(X)
+    events: list[tuple[str, int]] = []  # ("msg", tseq) delivered, ("snap", tseq) a snapshot applied
+    answer_at: int | None = 0  # publication count at which the awaited snapshot is answered
+    offered: list[int] = []
+    for t in range(1, n + 1):
+        if rng.random() >= loss:
+            offered.append(t)
+            events += [("msg", m) for m in s.offer(X, t, t, t, in_order=True, now=0)]
+        if X in s.holes:
+            s.hold(X)
+            answer_at = t + rng.randrange(4)
+        if answer_at is not None and t >= answer_at:
+            answer_at = None
+            events.append(("snap", t))
+            events += [("msg", m) for m in s.jump(X, t, t)]
+            if X in s.holes:
+                s.hold(X)
+                answer_at = t + rng.randrange(4)
+    at = 0
+    for what, t in events:
+        assert (t == at + 1) if what == "msg" else (t >= at), events
+        at = t
+    if not s.waiting(X):  # no hole left open: everything offered after the last snapshot came out
+        last_snap = max(t for what, t in events if what == "snap")
+        assert [t for what, t in events if what == "msg" and t > last_snap] == [t for t in offered if t > last_snap]
+        assert at == s.delivered(X) and not s.topics[X].held
