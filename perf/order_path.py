@@ -12,10 +12,15 @@ gateway with a single raw DEALER broker:
 With ``EXFAB_PROFILE_DIR=DIR`` in the environment the nodes run under cProfile
 and write ``DIR/<kind>-<name>.prof`` and ``.txt`` when they stop (``nodes/profiling.py``).
 
+With ``--baseline DIR`` the same measurement runs first on the nodes of
+another checkout (``DIR``, e.g. the last release in a git worktree), then on
+this one's, and the figures are compared in the same run.
+
 Usage::
 
     python perf/order_path.py                  # both, journal fsync per batch
     python perf/order_path.py --fsync none
+    git worktree add /tmp/release 20858e1 && python perf/order_path.py --fsync none --baseline /tmp/release
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zmq
@@ -43,17 +49,12 @@ from topology.ports import topology_on_free_ports  # noqa: E402
 LOCAL = ROOT / "topology" / "examples" / "local.toml"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Start the exchange, measure, print the figures, stop it."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--fsync", default="batch", help="the matchers' journal policy (default batch)")
-    ap.add_argument("--orders", type=int, default=2_000, help="closed-loop orders (default 2,000)")
-    ap.add_argument("--pipelined", type=int, default=20_000, help="pipelined orders (default 20,000)")
-    ap.add_argument("--window", type=int, default=500)
-    args = ap.parse_args(argv)
+def measure(args: argparse.Namespace, nodes_from: str | None = None) -> dict[str, Any]:
+    """Start the exchange (its nodes from ``nodes_from``, a checkout, or this one), measure, stop it."""
     tmp = tempfile.mkdtemp(prefix="exfab-orderpath-")
+    env = {} if nodes_from is None else {"PYTHONPATH": str(Path(nodes_from).resolve())}
     launcher = Launcher(topology_on_free_ports(LOCAL, Path(tmp)), workdir=tmp,
-                        extra_args={"matcher": ["--fsync", args.fsync]})
+                        extra_args={"matcher": ["--fsync", args.fsync]}, extra_env=env)
     launcher.start()
     try:
         topo = launcher.topo
@@ -75,8 +76,6 @@ def main(argv: list[str] | None = None) -> None:
                 pass
             lat[i] = time.perf_counter() - t0
         p50, p99 = (float(np.percentile(lat, q)) * 1e6 for q in (50, 99))
-        print(f"closed loop, fsync {args.fsync}: ack round trip p50 {p50:,.0f} us, p99 {p99:,.0f} us "
-              f"({args.orders:,} orders)")
 
         rng = random.Random(1)
         sent = done = 0
@@ -99,14 +98,41 @@ def main(argv: list[str] | None = None) -> None:
                     done += sum(isinstance(decode_server(b), OrderStatus) for b in frames)
         secs = time.perf_counter() - t0
         cpu1 = node_cpu_s(pids)
-        per_order = cpu_us_per_msg({k: cpu1[k] - v for k, v in cpu0.items() if k in cpu1}, n)
-        cpu = ", ".join(f"{k} {v:,.1f} us" for k, v in per_order.items())
-        print(f"pipelined, fsync {args.fsync}, window {args.window}: {n:,} orders in {secs:.2f} s = "
-              f"{n / secs:,.0f} orders/s; CPU per order: {cpu}")
         sock.close(0)
+        return {"ack_p50_us": p50, "ack_p99_us": p99, "orders_per_s": n / secs,
+                "cpu_us_per_order": cpu_us_per_msg({k: cpu1[k] - v for k, v in cpu0.items() if k in cpu1}, n)}
     finally:
         launcher.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _line(name: str, r: dict[str, Any], args: argparse.Namespace) -> str:
+    cpu = ", ".join(f"{k} {v:,.1f} us" for k, v in r["cpu_us_per_order"].items())
+    return (f"{name}: closed loop ack p50 {r['ack_p50_us']:,.0f} us, p99 {r['ack_p99_us']:,.0f} us "
+            f"({args.orders:,} orders); pipelined (window {args.window}) {r['orders_per_s']:,.0f} orders/s; "
+            f"CPU per order: {cpu}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure (the baseline's nodes first, with ``--baseline``), print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fsync", default="batch", help="the matchers' journal policy (default batch)")
+    ap.add_argument("--orders", type=int, default=2_000, help="closed-loop orders (default 2,000)")
+    ap.add_argument("--pipelined", type=int, default=20_000, help="pipelined orders (default 20,000)")
+    ap.add_argument("--window", type=int, default=500)
+    ap.add_argument("--baseline", metavar="DIR", help="measure the nodes of this checkout first, and compare")
+    args = ap.parse_args(argv)
+    print(f"fsync {args.fsync}", flush=True)
+    base = measure(args, args.baseline) if args.baseline else None
+    if base is not None:
+        print(_line(f"baseline ({args.baseline})", base, args), flush=True)
+    this = measure(args)
+    print(_line("this checkout", this, args))
+    if base is not None:
+        ratios = ", ".join(f"{k} {this['cpu_us_per_order'][k] / v:.2f}x" for k, v in base["cpu_us_per_order"].items()
+                           if v and k in this["cpu_us_per_order"])
+        print(f"this / baseline: orders/s {this['orders_per_s'] / base['orders_per_s']:.2f}x, ack p50 "
+              f"{this['ack_p50_us'] / base['ack_p50_us']:.2f}x, CPU per order {ratios}")
 
 
 if __name__ == "__main__":
