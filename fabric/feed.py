@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from fabric.feedtopics import HEARTBEAT_TOPIC, KINDS, feed_topic, split_feed_topic
 from fabric.instruments import Instrument
 from fabric.marketstate import DEPTH, Bar, MarketState, SymbolState, TapeEntry, price_of
 from fabric.protocol import BookLevel, BookSnapshot, Trade
@@ -51,32 +52,6 @@ __all__ = [
 ]
 
 FEED_VERSION: Final = 1
-KINDS: Final = ("quote", "depth", "bars")
-_PREFIX: Final = {"quote": b"q", "depth": b"d", "bars": b"b"}
-_KIND_OF: Final = {v[0]: k for k, v in _PREFIX.items()}
-HEARTBEAT_TOPIC: Final = b"h\x00"
-
-
-def feed_topic(kind: str, symbol: str) -> bytes:
-    """Return the topic frame of ``kind`` ("quote", "depth" or "bars") for ``symbol``: ``b"qTCS\\0"``."""
-    return _PREFIX[kind] + symbol.encode() + b"\x00"
-
-
-def split_feed_topic(topic: bytes) -> tuple[str, str]:
-    """Return (kind, symbol) of a feed topic frame; ``("heartbeat", "")`` for the heartbeat topic.
-
-    Raises
-    ------
-    ValueError
-        When the frame is not a feed topic.
-    """
-    if topic == HEARTBEAT_TOPIC:
-        return "heartbeat", ""
-    kind = _KIND_OF.get(topic[0]) if topic else None
-    if kind is None or len(topic) < 3 or topic[-1] != 0:
-        raise ValueError(f"not a feed topic: {topic!r}")
-    return kind, topic[1:-1].decode()
-
 
 @dataclass
 class FeedTurn:

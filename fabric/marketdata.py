@@ -77,6 +77,7 @@ from typing import Any, Final, NamedTuple
 import msgpack
 import zmq
 
+from fabric.feedtopics import HEARTBEAT_TOPIC, KIND_OF, KINDS, PREFIX, feed_topic
 from fabric.stream import ShardStream
 
 __all__ = [
@@ -90,10 +91,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-KINDS: Final = ("quote", "depth", "bars")
-HEARTBEAT_TOPIC: Final = b"h\x00"
-_PREFIX: Final = {"quote": b"q", "depth": b"d", "bars": b"b"}
-_KIND_OF: Final = {v[0]: k for k, v in _PREFIX.items()}
 
 TAPE_LEN: Final = 50  # prints kept per symbol (what a snapshot's quote carries)
 BARS_KEPT: Final = 1000  # bars kept per symbol and interval (what the ticker keeps)
@@ -104,9 +101,7 @@ BACKOFF_MAX: Final = 5.0
 DRAIN_BATCH: Final = 10_000  # feed messages read per turn before the other sockets get a look
 
 
-def topic_of(kind: str, symbol: str) -> bytes:
-    """Return the feed topic of ``kind`` ("quote", "depth" or "bars") for ``symbol``: ``b"qTCS\\0"``."""
-    return _PREFIX[kind] + symbol.encode() + b"\x00"
+topic_of = feed_topic  # the feed topic of a kind and symbol (fabric.feedtopics)
 
 
 class Update(NamedTuple):
@@ -291,7 +286,7 @@ class MarketDataClient:
             self._on_connected(time.monotonic())
         if self.requested is None:
             for kind in self.kinds:
-                self._sub.subscribe(_PREFIX[kind])
+                self._sub.subscribe(PREFIX[kind])
         else:
             for sym in self.requested:
                 for kind in self.kinds:
@@ -584,7 +579,7 @@ class MarketDataClient:
             self.stats.last_heartbeat_at = time.time()
             out.append(Update("heartbeat", None, msg))
             return
-        kind = _KIND_OF.get(topic[0]) if topic else None
+        kind = KIND_OF.get(topic[0]) if topic else None
         if kind is None or len(topic) < 3 or topic[-1] != 0:
             raise _Malformed(f"not a feed topic: {topic[:60]!r}")
         try:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import itertools
 import logging
 import signal
@@ -582,6 +583,7 @@ class Gateway:
             poller.register(s, zmq.POLLIN)
         shard_of_topic = {topic(no): no for no in range(len(self.topo.shards)) for topic in (exec_topic,
                                                                                               heartbeat_topic)}
+        gc.freeze()  # start-up's objects live for the whole run: keep them out of the cycle collector's scans
         if ready is not None:
             ready()
         last_keep_alive = time.monotonic()

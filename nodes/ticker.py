@@ -29,6 +29,7 @@ slows the loop.  ``docs/market-data.md`` is the reference of everything served.
 from __future__ import annotations
 
 import argparse
+import gc
 import asyncio
 import contextlib
 import logging
@@ -474,6 +475,7 @@ class Ticker:
             while not all(ln.synced_once for ln in self.links) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             self.publish_turn()
+            gc.freeze()  # the rebuilt day and start-up's objects: out of the cycle collector's scans from now on
             await self.web.serve(host or None, self.conf.http_port)
             for coro in (self._ingest(sub), self._serve_snapshots(snap), self._heartbeat()):
                 self._spawn(coro)
