@@ -29,9 +29,9 @@ slows the loop.  ``docs/market-data.md`` is the reference of everything served.
 from __future__ import annotations
 
 import argparse
-import gc
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
