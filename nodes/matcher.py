@@ -12,12 +12,22 @@ Each turn of the loop:
    ``tseq``; within one command: trades, then book level changes, then the
    execution reports;
 5. answer each gateway with a :class:`~fabric.protocol.CommandReply` naming
-   the journal sequence number and the range of PUB messages it produced;
-6. serve replay (a range of PUB messages again) and snapshot requests;
+   the journal sequence number, the range of PUB messages it produced, its
+   execution reports' bytes and its place in the shard's order (``x_tseq``),
+   every command in the order it came;
+6. serve replay (a range of PUB messages again, part by part as each peer
+   reads it) and snapshot requests;
 7. every ``HEARTBEAT_S``, publish a heartbeat carrying the last ``seq`` and
    every topic's last ``tseq``, so a subscriber that lost the last messages
    (of the shard, or of a quiet topic) learns of it without waiting for the
-   next one.
+   next one, and an ``alert`` while the journal cannot be written.
+
+The commands are typed (:mod:`fabric.commands`) from the journal to the
+engine, and the engine's outcomes are the PUB messages themselves: this loop
+stamps their sequence numbers and publishes them (``docs/architecture.md``,
+"One shape per hop").  A command that arrives after its gateway's deadline
+(``expires``) is refused unsequenced; a batch the journal cannot take (a full
+disk) is rolled back and refused, and the next one tries again.
 
 Nothing is published or answered before the journal holds the command, so a
 restart (crash-only: ``kill -9`` is a normal way to stop) replays the journal
