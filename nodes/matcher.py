@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import itertools
 import logging
@@ -223,6 +224,7 @@ class Matcher:
         self.outbox = Outbox(self.shard_no, self.epoch, None, ring_bytes)
         self.expired = 0  # commands refused because they came after their gateway's deadline
         self.journal_error: str | None = None  # set while the journal cannot be written: commands are refused
+        self._noted = 0  # the seq last written to the journal's `.published` file
         self.replays: collections.deque[_ReplayJob] = collections.deque()  # replays under way, one per request
         self._stop = False
 
@@ -465,6 +467,33 @@ class Matcher:
             _answer(sock, ident, Error(reason="unknown_message_type",
                                        text=f"the recovery socket does not take {type(req).__name__}"))
 
+    @property
+    def _published_path(self) -> Path:
+        return self.journal_path.with_name(self.journal_path.name + ".published")
+
+    def _note_published(self) -> None:
+        # Write down how far the shard has published (once a heartbeat, best effort, no fsync): a restart that
+        # replays its journal to less than this lost the end of the journal, and says so (below).
+        if self.outbox.seq != self._noted:
+            with contextlib.suppress(OSError):
+                self._published_path.write_text(f"{self.outbox.seq}\n")
+                self._noted = self.outbox.seq
+
+    def _check_published(self) -> None:
+        # After the replay: a journal that lost records at its end (cut at a record boundary: it opens without
+        # a word) replays to fewer messages than the shard had published. Its subscribers notice it too, and
+        # follow; the operator learns it here (docs/deploy.md, "Checking and repairing a journal").
+        try:
+            noted = int(self._published_path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        self._noted = self.outbox.seq
+        if noted > self.outbox.seq:
+            log.error("matcher %s: journal %s replays to seq %d, but the shard had published up to seq %d: its last "
+                      "records are lost (orders and fills its brokers were told of); subscribers follow the shard "
+                      "from here", self.name, self.journal_path, self.outbox.seq, noted)
+            self._published_path.write_text(f"{self.outbox.seq}\n")
+
     def serve_replays(self, sock: zmq.Socket) -> None:
         """Send the replays asked for, part by part, as far as each peer takes them now.
 
@@ -549,6 +578,7 @@ class Matcher:
             self.outbox.pub = pub
             log.info("matcher %s: shard %s (%d symbols), replayed %d journaled commands, seq %d, checksum %016x",
                      self.name, self.shard.name, len(self.symbols), n, self.outbox.seq, self.checksum())
+            self._check_published()
             if ready is not None:
                 ready()
             poller = zmq.Poller()
@@ -582,6 +612,7 @@ class Matcher:
                     self.serve_replays(recovery)
                 if time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
                     self.outbox.heartbeat(self.journal_error)
+                    self._note_published()
         finally:
             self.journal.close()
             for s in (orders, recovery, pub):

@@ -691,6 +691,7 @@ def test_matcher_restarted_behind_its_subscribers_still_reaches_the_brokers(exch
     with BrokerClient([g1], "REWIND") as c:
         for i in range(3):
             assert c.buy(sym, 1, _price(exchange, sym, -10 - i), oid=f"rw-{i}").state == "new"
+        time.sleep(1.5)  # a heartbeat: the matcher notes how far it has published
         exchange.kill("matcher", shard.replicas[0].name)
         records = list(read_journal(path))
         keep = len(records) - 2  # the last two orders' records are lost, cut at a record boundary
@@ -698,7 +699,9 @@ def test_matcher_restarted_behind_its_subscribers_still_reaches_the_brokers(exch
         with open(path, "r+b") as f:
             f.truncate(size)
         assert [s for s, _ in read_journal(path)] == [s for s, _ in records[:keep]]
-        exchange.start_node("matcher", shard.replicas[0].name)
+        node = exchange.start_node("matcher", shard.replicas[0].name)
+        # The matcher itself says so: it had noted how far it had published.
+        assert "its last records are lost" in node.log_path.read_text()
         time.sleep(2.5)  # a heartbeat tells the gateways where the shard stands now
         r = c.buy(sym, 1, _price(exchange, sym, -20), oid="rw-after")
         assert r.state == "new"
