@@ -89,6 +89,7 @@ from fabric.protocol import (
     op_of,
     trade_topic,
 )
+from fabric.publog import PubLog
 from fabric.sockets import readable, recv_frames, send_frames
 from topology.load import load
 from topology.model import Topology
@@ -109,7 +110,8 @@ HEARTBEAT_S = 1.0  # PUB heartbeat period, whatever the traffic (docs/protocol.m
 class Outbox:
     """Sequence and publish the shard's outbound messages, and keep the recent ones for replays."""
 
-    def __init__(self, shard_no: int, epoch: int, pub: zmq.Socket | None, ring_bytes: int | None = None) -> None:
+    def __init__(self, shard_no: int, epoch: int, pub: zmq.Socket | None, ring_bytes: int | None = None,
+                 publog: PubLog | None = None) -> None:
         self.shard_no = shard_no
         self.epoch = epoch
         self.pub = pub
@@ -121,6 +123,7 @@ class Outbox:
         self.ring_limit = RING_BYTES if ring_bytes is None else ring_bytes
         self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
         self.last_heartbeat = time.monotonic()
+        self.publog = publog  # every message on disk, for replays older than the ring
 
     def send(self, msg: Stamped, topic: bytes) -> bytes:
         """Stamp one outcome with the shard, its ``seq`` and ``tseq`` and the epoch; publish it (when live) and
@@ -133,6 +136,8 @@ class Outbox:
         msg.tseq = tseq
         msg.epoch = self.epoch
         body = encode(msg)
+        if self.publog is not None:
+            self.publog.add(body)
         ring = self.ring
         ring.append(body)
         self.ring_bytes += len(body) + _KEPT_OVERHEAD
@@ -149,6 +154,8 @@ class Outbox:
 
     def flush(self) -> None:
         """Publish what was sequenced since the last flush: per topic, one message or one bundle."""
+        if self.publog is not None:
+            self.publog.flush()
         if self.pub is None or not self.pending:
             return
         pub = self.pub
@@ -171,8 +178,10 @@ class Outbox:
 
     def range(self, first: int, last: int) -> list[bytes] | None:
         """Return the bodies of messages ``first`` .. ``last``, or ``None`` if they are not all kept."""
-        if first < self.ring_first or last > self.seq or first > last:
+        if last > self.seq or first > last:
             return None
+        if first < self.ring_first:  # older than memory holds: from the file, when it has them
+            return None if self.publog is None else self.publog.read(first, last)
         # islice walks the deque once; indexing it element by element costs O(n) per element from the middle.
         return list(itertools.islice(self.ring, first - self.ring_first, last - self.ring_first + 1))
 
@@ -221,7 +230,9 @@ class Matcher:
                 self.journal.append(encode_command(instrument_command(inst)))
             self.journal.commit()
         self.ctx = ctx or zmq.Context.instance()
-        self.outbox = Outbox(self.shard_no, self.epoch, None, ring_bytes)
+        # The published messages on disk, written afresh by the journal's replay: replays older than the ring.
+        self.publog = PubLog(self.journal_path.with_name(self.journal_path.name + ".published.log"))
+        self.outbox = Outbox(self.shard_no, self.epoch, None, ring_bytes, self.publog)
         self.expired = 0  # commands refused because they came after their gateway's deadline
         self.journal_error: str | None = None  # set while the journal cannot be written: commands are refused
         self._noted = 0  # the seq last written to the journal's `.published` file
@@ -243,6 +254,9 @@ class Matcher:
                 continue
             self._apply(cmd)  # type: ignore[arg-type]
             n += 1
+            if n % 4096 == 0:
+                self.publog.flush()  # the published messages go to their file as the replay makes them
+        self.publog.flush()
         return n
 
     # ------------------------------------------------------------------ engine
@@ -615,6 +629,7 @@ class Matcher:
                     self._note_published()
         finally:
             self.journal.close()
+            self.publog.close()
             for s in (orders, recovery, pub):
                 s.close(0)
             log.info("matcher %s: stopped at seq %d, checksum %016x", self.name, self.outbox.seq, self.checksum())

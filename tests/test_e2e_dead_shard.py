@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -228,3 +229,56 @@ def test_journal_that_cannot_be_written_refuses_commands_and_resumes_by_itself(e
         if isinstance(cmd, NewOrder):
             journaled.add(cmd.oid)
     assert journaled == taken  # every order taken is in the journal, and no refused one
+
+
+@pytest.mark.timeout(120)
+def test_replay_older_than_the_ring_is_served_from_the_published_file(tmp_path: Path) -> None:
+    # A matcher with a 1 MiB ring: most of the day's messages leave memory, and a replay of the whole day
+    # (what a ticker started late asks for) still gets every one, byte for byte in seq order, from disk.
+    from fabric.protocol import ReplayReply, ReplayRequest, decode_internal, decode_pub, encode
+    from tests.helpers import LOCAL, topology_on_free_ports
+
+    ex = Launcher(topology_on_free_ports(LOCAL, tmp_path), workdir=tmp_path,
+                  extra_args={"matcher": ["--fsync", "none", "--ring-mb", "1"]})
+    ex.start()
+    try:
+        g1, _ = gateway_endpoints(ex)
+        shard = ex.topo.shards[0]
+        sym = shard.symbols[0]
+        broker: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        broker.setsockopt(zmq.LINGER, 0)
+        broker.connect(g1)
+        broker.send(msgpack.packb({"t": "logon", "v": 1, "broker": "DAY", "heartbeat_ms": 60_000}))
+        assert broker.poll(5000)
+        broker.recv_multipart()
+        n, done = 6_000, 0
+        for i in range(n):
+            broker.send(msgpack.packb({"t": "new", "v": 1, "oid": f"day-{i}", "symbol": sym,
+                                       "side": "buy" if i % 2 else "sell", "type": "limit",
+                                       "price": _price(ex, sym, i % 5 - 2), "qty": 1, "tif": "GTC"}))
+            while i - done > 300 or (i == n - 1 and done < n):
+                assert broker.poll(5000), "the exchange stopped answering"
+                done += sum(isinstance(decode_server(f), OrderStatus) for f in broker.recv_multipart())
+        broker.close(0)
+        reader: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        reader.setsockopt(zmq.LINGER, 0)
+        reader.connect(shard.replicas[0].recovery.connect)
+        time.sleep(1.2)  # a heartbeat has gone by: the shard's last seq is settled
+        reader.send(encode(ReplayRequest(shard=0, first=1, last=1)))
+        assert reader.poll(5000)
+        first = decode_internal(reader.recv_multipart()[-1])
+        assert isinstance(first, ReplayReply) and first.reason is None, first  # seq 1: long gone from the ring
+        seqs: list[int] = []
+        last = 3 * n  # a new order makes at least an acceptance, a level change and, often, trades and fills
+        reader.send(encode(ReplayRequest(shard=0, first=1, last=last)))
+        while True:
+            assert reader.poll(10_000)
+            part = decode_internal(reader.recv_multipart()[-1])
+            assert isinstance(part, ReplayReply) and part.reason is None, part
+            seqs.extend(decode_pub(b).seq for b in part.msgs)  # type: ignore[union-attr]
+            if part.done:
+                break
+        assert seqs == list(range(1, last + 1))
+        reader.close(0)
+    finally:
+        ex.stop()
