@@ -124,6 +124,7 @@ class Outbox:
         self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
         self.last_heartbeat = time.monotonic()
         self.publog = publog  # every message on disk, for replays older than the ring
+        self.unlogged: list[bytes] = []  # messages not yet written to it
 
     def send(self, msg: Stamped, topic: bytes) -> bytes:
         """Stamp one outcome with the shard, its ``seq`` and ``tseq`` and the epoch; publish it (when live) and
@@ -136,8 +137,7 @@ class Outbox:
         msg.tseq = tseq
         msg.epoch = self.epoch
         body = encode(msg)
-        if self.publog is not None:
-            self.publog.add(body)
+        self.unlogged.append(body)
         ring = self.ring
         ring.append(body)
         self.ring_bytes += len(body) + _KEPT_OVERHEAD
@@ -154,14 +154,20 @@ class Outbox:
 
     def flush(self) -> None:
         """Publish what was sequenced since the last flush: per topic, one message or one bundle."""
-        if self.publog is not None:
-            self.publog.flush()
+        self.write_log()
         if self.pub is None or not self.pending:
             return
         pub = self.pub
         for topic, bodies in self.pending.items():
             send_frames(pub, (topic, bodies[0] if len(bodies) == 1 else encode(PubBundle(msgs=bodies))))
         self.pending = {}
+
+    def write_log(self) -> None:
+        """Write the messages sequenced since the last call to the published-message file (if any)."""
+        if self.unlogged:
+            if self.publog is not None:
+                self.publog.extend(self.unlogged)
+            self.unlogged = []
 
     def heartbeat(self, alert: str | None = None) -> None:
         """Publish a heartbeat: the last ``seq`` again, with ``tseq`` 0 (it takes no number of its own).
@@ -255,8 +261,8 @@ class Matcher:
             self._apply(cmd)  # type: ignore[arg-type]
             n += 1
             if n % 4096 == 0:
-                self.publog.flush()  # the published messages go to their file as the replay makes them
-        self.publog.flush()
+                self.outbox.write_log()  # the published messages go to their file as the replay makes them
+        self.outbox.write_log()
         return n
 
     # ------------------------------------------------------------------ engine

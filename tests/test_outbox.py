@@ -44,10 +44,12 @@ def test_published_file_that_cannot_be_written_serves_nothing_and_the_outbox_goe
     log = PubLog(tmp_path / "p.log")
     out = matcher.Outbox(0, 0, None, ring_bytes=2_000, publog=log)
     out.send(_level(1), b"BTCS\x00")
+    out.flush()
     os.close(log._fd)  # what a failing disk looks like to pwrite: an error
+    out.send(_level(2), b"BTCS\x00")
     out.flush()
     assert log.failed is not None
-    bodies = [out.send(_level(i), b"BTCS\x00") for i in range(2, 200)]
+    bodies = [out.send(_level(i), b"BTCS\x00") for i in range(3, 200)]
     assert out.range(199, 199) == bodies[-1:]  # the ring still serves what it holds
     assert out.range(1, 199) is None  # and the file nothing
     log._fd = -1
