@@ -44,12 +44,7 @@ def test_stopped_shard_never_stops_the_others_and_its_refused_orders_never_execu
     px_a, px_b = _price(exchange, sym_a, -5), _price(exchange, sym_b, -5)
     matcher_b = exchange.node("matcher", shard_b.replicas[0].name)
 
-    flood: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    flood.setsockopt(zmq.LINGER, 0)
-    flood.connect(g1)
-    flood.send(msgpack.packb({"t": "logon", "v": 1, "broker": "FLOOD", "heartbeat_ms": 60_000}))
-    assert flood.poll(5000)
-    flood.recv_multipart()
+    flood = _logged_on(g1, "FLOOD")
 
     os.kill(matcher_b.proc.pid, signal.SIGSTOP)
     oids = [f"stuck-{i}" for i in range(1500)]
@@ -67,7 +62,7 @@ def test_stopped_shard_never_stops_the_others_and_its_refused_orders_never_execu
                     m: Any = decode_server(f)
                     if isinstance(m, OrderStatus) and m.op == "new":
                         closing[m.oid] = m
-                    elif isinstance(m, Rejected):
+                    elif isinstance(m, Rejected) and m.oid is not None:
                         refused[m.oid] = m
 
     try:
@@ -103,6 +98,32 @@ def test_stopped_shard_never_stops_the_others_and_its_refused_orders_never_execu
         assert c.buy(sym_b, 1, px_b, oid="after-1").state == "new"  # and it trades again
 
 
+def _logged_on(endpoint: str, broker: str) -> zmq.Socket[bytes]:
+    """A raw DEALER logged on to a gateway as ``broker``."""
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    sock.send(msgpack.packb({"t": "logon", "v": 1, "broker": broker, "heartbeat_ms": 60_000}))
+    assert sock.poll(5000), f"no logon answer for {broker}"
+    sock.recv_multipart()
+    return sock
+
+
+def _flow(ex: Launcher, endpoint: str, broker: str, sym: str, n: int, spread: int) -> None:
+    """Send ``n`` limit orders on ``sym`` (buys and sells within ``spread`` ticks of the reference, so they
+    cross and rest), up to 300 outstanding, and wait until every one is closed."""
+    sock = _logged_on(endpoint, broker)
+    done = 0
+    for i in range(n):
+        sock.send(msgpack.packb({"t": "new", "v": 1, "oid": f"{broker}-{i}", "symbol": sym,
+                                 "side": "buy" if i % 2 else "sell", "type": "limit",
+                                 "price": _price(ex, sym, i % spread - spread // 2), "qty": 1, "tif": "GTC"}))
+        while i - done > 300 or (i == n - 1 and done < n):
+            assert sock.poll(5000), "the exchange stopped answering"
+            done += sum(isinstance(decode_server(f), OrderStatus) for f in sock.recv_multipart())
+    sock.close(0)
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -121,24 +142,7 @@ def test_peer_that_never_reads_its_replays_holds_little_matcher_memory(exchange:
     replica = shard.replicas[0]
     pid = exchange.node("matcher", replica.name).proc.pid
     # A day's worth of stream: 20,000 orders crossing and resting, about 3 PUB messages each.
-    broker: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    broker.setsockopt(zmq.LINGER, 0)
-    broker.connect(g1)
-    broker.send(msgpack.packb({"t": "logon", "v": 1, "broker": "BULK", "heartbeat_ms": 60_000}))
-    assert broker.poll(5000)
-    broker.recv_multipart()
-    done = 0
-    n = 20_000
-    for i in range(n):
-        broker.send(msgpack.packb({"t": "new", "v": 1, "oid": f"bulk-{i}", "symbol": sym, "side": "buy" if i % 2
-                                   else "sell", "type": "limit", "price": _price(exchange, sym, i % 7 - 3), "qty": 1,
-                                   "tif": "GTC"}))
-        while i - done > 500 or (i == n - 1 and done < n):
-            if broker.poll(5000):
-                done += sum(isinstance(decode_server(f), OrderStatus) for f in broker.recv_multipart())
-            else:
-                raise AssertionError("the exchange stopped answering")
-    broker.close(0)
+    _flow(exchange, g1, "BULK", sym, 20_000, 7)
 
     def dealer(stingy: bool = False) -> zmq.Socket[bytes]:
         d: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
@@ -245,21 +249,8 @@ def test_replay_older_than_the_ring_is_served_from_the_published_file(tmp_path: 
         g1, _ = gateway_endpoints(ex)
         shard = ex.topo.shards[0]
         sym = shard.symbols[0]
-        broker: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        broker.setsockopt(zmq.LINGER, 0)
-        broker.connect(g1)
-        broker.send(msgpack.packb({"t": "logon", "v": 1, "broker": "DAY", "heartbeat_ms": 60_000}))
-        assert broker.poll(5000)
-        broker.recv_multipart()
-        n, done = 6_000, 0
-        for i in range(n):
-            broker.send(msgpack.packb({"t": "new", "v": 1, "oid": f"day-{i}", "symbol": sym,
-                                       "side": "buy" if i % 2 else "sell", "type": "limit",
-                                       "price": _price(ex, sym, i % 5 - 2), "qty": 1, "tif": "GTC"}))
-            while i - done > 300 or (i == n - 1 and done < n):
-                assert broker.poll(5000), "the exchange stopped answering"
-                done += sum(isinstance(decode_server(f), OrderStatus) for f in broker.recv_multipart())
-        broker.close(0)
+        n = 6_000
+        _flow(ex, g1, "DAY", sym, n, 5)
         reader: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         reader.setsockopt(zmq.LINGER, 0)
         reader.connect(shard.replicas[0].recovery.connect)
