@@ -310,14 +310,14 @@ class Gateway:
         # `order_status` (docs/protocol.md, section 6). When the order's shard is known, its matcher is asked
         # for the order's state in the refused command's place: the answer is exact, and it keeps its place
         # behind the order's earlier commands still in flight.
-        refusal = Rejected(op=op, oid=oid, symbol=symbol, reason=reason, text=text, field=field)
         shard_no = None if session is None or symbol is None else self.shard_no.get(symbol)
         if session is not None and symbol is not None and shard_no is not None:
+            refusal = Rejected(op=op, oid=oid, symbol=symbol, reason=reason, text=text, field=field)
             self._route(session.broker, shard_no, Status(oid=oid, symbol=symbol),
                         _Pending(session.broker, op, oid, symbol, shard_no, refusal))
             return
-        self._send(ident, refusal)
-        self._send(ident, refused_status(op, oid, symbol, reason))
+        for answer in _refused(op, oid, symbol, reason, text, field):
+            self._send(ident, answer)
 
     def _orders_query(self, broker: str, msg: Orders) -> None:
         # Ask every shard that may hold the broker's orders; answer once all have replied.
@@ -394,10 +394,7 @@ class Gateway:
         lane.gate = max(lane.gate, msg.x_tseq)
         q = self.queries.pop(msg.req, None)
         if q is not None:
-            q.orders.extend(msg.orders or [])
-            q.waiting -= 1
-            if q.waiting == 0:
-                self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
+            self._query_part(q, msg.orders or [])
             self._pump(lane)
             return
         p = self.pending.pop(msg.req)
@@ -407,8 +404,7 @@ class Gateway:
                 st = refused_status(p.op, p.oid, p.symbol, p.refusal.reason)
             answers: list[Any] = [p.refusal, msgspec.structs.replace(st, op=p.op)]
         elif msg.reason is not None:
-            answers = [Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason=msg.reason, text=msg.text or msg.reason),
-                       refused_status(p.op, p.oid, p.symbol, msg.reason)]
+            answers = _refused(p.op, p.oid, p.symbol, msg.reason, msg.text or msg.reason)
         else:
             answers = [] if msg.status is None else [msg.status]
             if msg.reports:
@@ -469,15 +465,19 @@ class Gateway:
         lane.inflight.pop(req, None)
         q = self.queries.pop(req, None)
         if q is not None:
-            q.waiting -= 1
-            if q.waiting == 0:
-                self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
+            self._query_part(q, [])
             return
         p = self.pending.pop(req, None)
         if p is not None:
-            lane.waiting.append((lane.gate, p.broker, [
-                Rejected(op=p.op, oid=p.oid, symbol=p.symbol, reason="shard_unavailable", text=text),
-                refused_status(p.op, p.oid, p.symbol, "shard_unavailable")]))
+            lane.waiting.append((lane.gate, p.broker, _refused(p.op, p.oid, p.symbol, "shard_unavailable", text)))
+
+    def _query_part(self, q: _Query, orders: list[OrderStatus]) -> None:
+        # One shard's part of an `orders` query (none when the shard did not answer); the broker gets the
+        # whole answer once every shard asked has given its part.
+        q.orders.extend(orders)
+        q.waiting -= 1
+        if q.waiting == 0:
+            self._send_broker(q.broker, OpenOrders(symbol=q.symbol, orders=q.orders))
 
     def _reopen(self, no: int) -> None:
         # A new connection to shard `no`'s primary, without what the old one still queued.
@@ -638,6 +638,12 @@ class Gateway:
             for s in (self.front, self.sub, *self.orders, *self.recovery):
                 s.close(0)
             log.info("gateway %s stopped: %s", self.name, dict(self.counts))
+
+
+def _refused(op: str, oid: str, symbol: str | None, reason: str, text: str, field: str | None = None) -> list[Any]:
+    # A command refused without any matcher looking at its order: `rejected`, then its closing `order_status`.
+    return [Rejected(op=op, oid=oid, symbol=symbol, reason=reason, text=text, field=field),
+            refused_status(op, oid, symbol, reason)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

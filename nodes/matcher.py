@@ -638,7 +638,8 @@ class Matcher:
             self.publog.close()
             for s in (orders, recovery, pub):
                 s.close(0)
-            log.info("matcher %s: stopped at seq %d, checksum %016x", self.name, self.outbox.seq, self.checksum())
+            log.info("matcher %s: stopped at seq %d, checksum %016x; %d commands refused as expired", self.name,
+                     self.outbox.seq, self.checksum(), self.expired)
 
 
 def _answer(sock: zmq.Socket, ident: bytes, msg: Any) -> None:
