@@ -78,6 +78,7 @@ import msgpack
 import zmq
 
 from fabric.feedtopics import HEARTBEAT_TOPIC, KIND_OF, KINDS, PREFIX, feed_topic
+from fabric.marketstate import TAPE_LEN  # the prints a ticker keeps per symbol: the client keeps as many
 from fabric.stream import ShardStream
 
 __all__ = [
@@ -92,7 +93,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-TAPE_LEN: Final = 50  # prints kept per symbol (what a snapshot's quote carries)
 BARS_KEPT: Final = 1000  # bars kept per symbol and interval (what the ticker keeps)
 HELD_MAX: Final = 100_000  # messages held per topic while its symbol's snapshot is awaited (older ones are dropped)
 SUB_GRACE: Final = 1.5  # seconds connected after which a snapshot is asked for even if nothing came yet

@@ -404,8 +404,8 @@ def build_stream(topo: Topology, trades: int, seed: int) -> Stream:
     made = 0
     with contextlib.ExitStack() as patches:
         patches.enter_context(mock.patch.object(nodes.matcher, "time", _StampClock(time.time_ns(), STAMP_STEP_NS)))
-        if hasattr(nodes.matcher, "send_frames"):  # the matcher sends through fabric.sockets' compiled helpers
-            patches.enter_context(mock.patch.object(nodes.matcher, "send_frames", _collect_frames))
+        # The matcher sends through fabric.sockets' compiled helpers, which want a real socket.
+        patches.enter_context(mock.patch.object(nodes.matcher, "send_frames", _collect_frames))
         while made < trades:
             flows = [_order_flow(topo, no, CHUNK_BATCHES * MAX_BATCH, seed + 1000 * chunk + no, chunk)
                      for no in range(len(matchers))]
