@@ -95,6 +95,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 import fabric.protocol  # noqa: E402
 import nodes.matcher  # noqa: E402
 from fabric.book import warm_up  # noqa: E402
+from fabric.follow import MAX_TURN  # noqa: E402
 from fabric.history import BarRecord, TickRecord, open_history  # noqa: E402
 from fabric.protocol import (  # noqa: E402
     EXEC,
@@ -111,7 +112,7 @@ from fabric.protocol import (  # noqa: E402
     iter_pub,
 )
 from nodes.matcher import MAX_BATCH, Matcher  # noqa: E402
-from nodes.ticker import MAX_TURN, PUB_HWM, Ticker  # noqa: E402
+from nodes.ticker import PUB_HWM, Ticker  # noqa: E402
 from perf.harness import CpuWatch, machine_info  # noqa: E402
 from perf.ticker_clients import raise_fd_limit  # noqa: E402
 from perf.workload import generate, to_replay  # noqa: E402
@@ -528,15 +529,15 @@ async def _inprocess(topo: Topology, stream: Stream, turn: str, history: str, pr
             prof.enable()
         deadline = t0 + budget
         for frames in turns:  # what Ticker._ingest does with each drained turn
-            ticker.stats["turns"] += 1
+            ticker.follow.turns += 1
             ticker.ingest(frames)
             ticker.publish_turn()
             await asyncio.sleep(0)
-        while ticker._tasks and time.perf_counter() < deadline:  # replays still under way
+        while ticker.follow._tasks and time.perf_counter() < deadline:  # replays still under way
             await asyncio.sleep(0)
-        timed_out = bool(ticker._tasks)
-        while ticker._tasks:  # cancel again until they are gone: asyncio.wait_for can swallow a cancellation
-            for task in list(ticker._tasks):
+        timed_out = bool(ticker.follow._tasks)
+        while ticker.follow._tasks:  # cancel again until they are gone: asyncio.wait_for can swallow a cancellation
+            for task in list(ticker.follow._tasks):
                 task.cancel()
             await asyncio.sleep(0)
         ticker.publish_turn()

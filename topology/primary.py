@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from fabric.follow import ShardSource
 from topology.model import Replica, Topology
 
 
@@ -83,4 +84,14 @@ def resolver(topo: Topology) -> PrimaryResolver:
     return StaticPrimaries(topo)
 
 
-__all__ = ["Primary", "PrimaryResolver", "StaticPrimaries", "resolver"]
+def shard_sources(topo: Topology) -> list[ShardSource]:
+    """Return where every shard's stream comes from (its primary's PUB and recovery sockets), by shard number."""
+    res = resolver(topo)
+    out = []
+    for no, shard in enumerate(topo.shards):
+        p = res.primary(no)
+        out.append(ShardSource(no, shard.name, p.pub, p.recovery))
+    return out
+
+
+__all__ = ["Primary", "PrimaryResolver", "StaticPrimaries", "resolver", "shard_sources"]
