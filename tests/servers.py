@@ -1,4 +1,4 @@
-"""Real servers for tests, started on free ports in a test's folder: ``influxd`` (InfluxDB 1.x).
+"""Real servers for tests, started on free ports in a test's folder: ``influxd`` (InfluxDB 1.x), ``redis-server``.
 
 A test that needs a server calls :func:`require_binary` first: a missing binary
 skips the test on a developer's machine, and fails it in CI (``CI`` set), where
@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -23,9 +24,10 @@ import pytest
 
 from topology.ports import free_port
 
-__all__ = ["InfluxServer", "require_binary", "start_influxd"]
+__all__ = ["InfluxServer", "RedisServer", "require_binary", "start_influxd", "start_redis"]
 
 INFLUXD = "influxd"
+REDIS_SERVER = "redis-server"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
@@ -212,5 +214,111 @@ def start_influxd(tmp_dir: Path) -> InfluxServer:
     binary = require_binary(INFLUXD)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     server = InfluxServer(binary, tmp_dir)
+    server.start()
+    return server
+
+
+class RedisServer:
+    """A ``redis-server`` of this test run, keeping nothing on disk: a restart comes back empty.
+
+    Attributes
+    ----------
+    url
+        ``redis://127.0.0.1:PORT/0``.
+    root
+        Its folder (working directory, log).
+    """
+
+    def __init__(self, binary: str, root: Path) -> None:
+        self.binary = binary
+        self.root = root
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = root / "redis-server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisServer({self.url}, running={self.running})"
+
+    @property
+    def running(self) -> bool:
+        """Whether the process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        """Return the last ``lines`` lines of the server's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def start(self) -> None:
+        """Start the server (again: same port, empty) and wait until it answers ``PING``.
+
+        Raises
+        ------
+        RuntimeError
+            When it does not answer within 30 s (or exits), with the tail of its log.
+        """
+        if self.running:
+            return
+        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by stop())
+        self._proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", str(self.root)], stdout=self._log,
+                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                rc = self._proc.returncode
+                self.stop()
+                raise RuntimeError(f"redis-server exited with status {rc} on start; log {self.log_path}:\n"
+                                   f"{self.log_tail()}")
+            if self._ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer PING on port {self.port} within {START_TIMEOUT_S:.0f} s; "
+                           f"log {self.log_path}:\n{self.log_tail()}")
+
+    def _end(self, sig: signal.Signals) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after 10 s."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the server (SIGKILL): a crash, for failure tests."""
+        self._end(signal.SIGKILL)
+
+
+def start_redis(tmp_dir: Path) -> RedisServer:
+    """Start a ``redis-server`` in ``tmp_dir`` on a free port of 127.0.0.1, saving nothing; return it running.
+
+    The caller stops it (:meth:`RedisServer.stop`).  Skips the test when
+    ``redis-server`` is not installed (fails it when ``CI`` is set).
+    """
+    binary = require_binary(REDIS_SERVER)
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(binary, tmp_dir)
     server.start()
     return server

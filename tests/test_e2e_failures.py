@@ -10,10 +10,7 @@ cannot be provoked in a gateway process from outside.
 
 from __future__ import annotations
 
-import json
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +49,7 @@ from fabric.protocol import (
     iter_pub,
 )
 from nodes.gateway import Gateway
-from tests.helpers import gateway_endpoints
+from tests.helpers import gateway_endpoints, journal_events
 from topology.launcher import Launcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,16 +92,6 @@ def _snapshot(ex: Launcher, shard: str, symbol: str | None = None) -> SnapshotRe
     (snap,) = _ask(replica.recovery.connect, SnapshotRequest(shard=no, symbol=symbol))
     assert isinstance(snap, SnapshotReply)
     return snap
-
-
-def _journal_events(ex: Launcher, shard: str) -> list[dict[str, Any]]:
-    """Return ``exfab journal inspect`` of the shard's journal, as parsed events."""
-    replica = ex.topo.shard(shard).replicas[0]
-    path = ex.workdir / ex.topo.journal_dir(replica) / f"{shard}.journal"
-    assert path.exists(), path
-    out = subprocess.run([sys.executable, "-m", "tools.cli", "journal", "inspect", str(path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines()]
 
 
 def _wait_for(clients: list[BrokerClient], until: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -280,7 +267,7 @@ def test_matcher_killed_and_restarted_recovers_books_orders_and_keeps_trading(ex
         d1.fills.append(fill)
 
     # The journal holds exactly the trades the brokers saw, before and after the crash.
-    journal = _journal_events(exchange, shard.name)
+    journal = journal_events(exchange, shard.name)
     assert _trades_from_journal(journal) == _trades_from_fills(d1.fills + d2.fills)
     accepted = {e["oid"] for e in journal if e["event"] == "accepted"}
     assert accepted == set(d1.seen) | set(d2.seen)
@@ -326,7 +313,7 @@ def test_new_sent_while_matcher_down_is_accepted_once_after_restart(exchange: La
         _wait_for([c], lambda: bool(accepted()))
         c.poll(0.3)
         assert len(accepted()) == 1
-    journal = _journal_events(exchange, shard.name)
+    journal = journal_events(exchange, shard.name)
     # Once in the journal: the resends were answered from the engine's memory, not journaled.
     assert [e["event"] for e in journal if e.get("oid") == "while-down-1"] == ["accepted"]
 
@@ -371,7 +358,7 @@ def test_gateway_killed_under_client_fails_over_without_doubling_orders(exchange
         _wait_for([c], lambda: any(isinstance(m, Fill) for m in c.reports))
         assert [(f.oid, f.cum_qty, f.leaves_qty) for f in _reports(c) if isinstance(f, Fill)] == [(rest.oid, 5, 5)]
 
-    journal = _journal_events(exchange, shard.name)
+    journal = journal_events(exchange, shard.name)
     assert [e["event"] for e in journal if e.get("oid") == "lost-1"] == ["accepted"]
     # A restarted gateway serves again.
     exchange.start_node("gateway", "gw1")

@@ -86,6 +86,24 @@ def _cmd_orders(args: argparse.Namespace) -> int:
     return order_cmd.orders_command(args)
 
 
+def _cmd_trades(args: argparse.Namespace) -> int:
+    from tools import store_cmd
+
+    return store_cmd.trades(args.topology, symbol=args.symbol, date=args.date, as_json=args.json)
+
+
+def _cmd_order_status(args: argparse.Namespace) -> int:
+    from tools import store_cmd
+
+    return store_cmd.order_status(args.topology, args.oid, broker=args.broker, date=args.date, as_json=args.json)
+
+
+def _cmd_store_init(args: argparse.Namespace) -> int:
+    from tools import store_cmd
+
+    return store_cmd.store_init(args.topology, replication=args.replication)
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from tools import watch
 
@@ -165,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("node", help="run one node of a topology (what each host of a deployment runs)",
                        description="Run one node in the foreground; SIGTERM or Ctrl-C stops it cleanly.")
-    p.add_argument("kind", choices=("matcher", "gateway", "ticker"), help="the node kind")
+    p.add_argument("kind", choices=("matcher", "gateway", "ticker", "persistence"), help="the node kind")
     p.add_argument("--topology", required=True, metavar="FILE")
     p.add_argument("--id", required=True, metavar="NAME", help="the node's name in the topology")
     p.add_argument("--fsync", default=None, help="matcher journal policy: batch (default), interval:N (ms), none")
@@ -214,6 +232,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", default=_default_topology(), metavar="FILE")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_orders)
+
+    store_exit = ("Exit status 0; 1 when there is no such order; 2 for a usage error; 3 when the store cannot be "
+                  "read.")
+    p = sub.add_parser("trades", help="the trades of a day, from the order store",
+                       description="Print the trades the persistence node stored for a trading day (default today, "
+                                   "in the exchange's time zone), in the order they were made. " + store_exit)
+    p.add_argument("--symbol", default=None, metavar="S", help="one symbol (default: every symbol)")
+    p.add_argument("--date", default=None, metavar="YYYY-MM-DD", help="the trading day (default: today)")
+    p.add_argument("--topology", default=_default_topology(), metavar="FILE")
+    p.add_argument("--json", action="store_true", help="one JSON object a trade")
+    p.set_defaults(func=_cmd_trades)
+
+    p = sub.add_parser("order-status", help="an order's state and life, from the stores",
+                       description="Print a broker's order as the stores hold it: its state, filled quantity and "
+                                   "average price, and every execution report of its life. " + store_exit)
+    p.add_argument("oid", help="the broker's client order id")
+    p.add_argument("--broker", required=True)
+    p.add_argument("--date", default=None, metavar="YYYY-MM-DD", help="the trading day (default: the latest with "
+                                                                      "this id)")
+    p.add_argument("--topology", default=_default_topology(), metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_order_status)
+
+    p = sub.add_parser("store", help="work with the order store")
+    ssub = p.add_subparsers(dest="store_command", metavar="SUBCOMMAND")
+    ssub.required = True
+    s = ssub.add_parser("init", help="create the order store's tables (a Cassandra keyspace and tables, or the "
+                                     "SQLite file)",
+                        description="Create the order store the topology names: for Cassandra its keyspace and "
+                                    "tables (CREATE ... IF NOT EXISTS), for SQLite the file and tables. Safe to run "
+                                    "again. Exit status 0; 2 for a usage error; 3 when the store cannot be reached.")
+    s.add_argument("--topology", default=_default_topology(), metavar="FILE")
+    s.add_argument("--replication", default=None, metavar="CQL",
+                   help="Cassandra's replication map for a new keyspace (default "
+                        "\"{'class': 'SimpleStrategy', 'replication_factor': 1}\")")
+    s.set_defaults(func=_cmd_store_init)
 
     p = sub.add_parser("watch", help="the ticker's quotes as a live table",
                        description="Follow the ticker's market data feed (a snapshot, then every update) and show "

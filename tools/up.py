@@ -41,6 +41,12 @@ def status_table(launcher: Launcher) -> Any:
         elif n.kind == "ticker" and launcher.topo.ticker is not None:
             tk = launcher.topo.ticker
             where = f"page {tk.http_url}, feed {tk.pub.connect}, snapshots {tk.snapshot.connect}"
+        elif n.kind == "persistence":
+            topo = launcher.topo
+            orders = (f"orders {topo.sqlite_path('orders')}" if topo.stores.orders == "sqlite"
+                      else f"orders cassandra {','.join(topo.cassandra.hosts) if topo.cassandra else '?'}")
+            recent = f"recent {topo.redis.url}" if topo.stores.recent == "redis" and topo.redis else "recent in memory"
+            where = f"(no port) {orders}, {recent}"
         else:
             where = launcher.topo.gateway(n.name).endpoint.connect
         t.add_row(n.label, str(n.proc.pid), where, f"{n.ready_after or 0:.1f} s",

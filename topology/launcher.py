@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import IO
 
 from topology.load import load
-from topology.model import GATEWAY, MATCHER, TICKER, Topology
+from topology.model import GATEWAY, MATCHER, PERSISTENCE, TICKER, Topology
 
-# Node kinds this version can run. A topology may also declare [persistence]: that node is planned,
-# and no version runs it yet, so it is left out here (and by `exfab up`).
-RUNNABLE = (MATCHER, TICKER, GATEWAY)
+# Node kinds this version runs (every kind a topology can name).
+RUNNABLE = (MATCHER, PERSISTENCE, TICKER, GATEWAY)
 
 
 class LaunchError(RuntimeError):

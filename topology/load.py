@@ -6,6 +6,7 @@ A topology file is TOML.  Every table and key, with its default::
     name = "local"                      # required; letters, digits, '-', '_', '.'
     data_dir = ".exfab/local"           # journals and embedded databases; default .exfab/<name>,
                                         # relative to the directory the nodes run in
+    timezone = "Asia/Kolkata"           # the exchange's clock: which trading day a trade belongs to
 
     [[instruments]]                     # one per symbol, with the keys of `exfab replay`'s instrument op
     symbol = "TCS"                      # required
@@ -49,12 +50,14 @@ A topology file is TOML.  Every table and key, with its default::
     snapshot_port = 7182                # ROUTER: snapshots for the feed's subscribers (the Clone pattern)
     http_port = 7181                    # the price page, its WebSocket and /history
 
-    [persistence]                       # optional: the node that will write orders and trades (planned:
-    host = "127.0.0.1"                  # checked, but this version runs no persistence node)
+    [persistence]                       # optional: the node that writes every order and trade
+    host = "127.0.0.1"                  # (it listens on no port)
 
     [stores]                            # optional; the defaults need nothing installed
-    recent = "embedded"                 # or "redis": needs [redis]          (both for the planned
-    orders = "sqlite"                   # or "cassandra": needs [cassandra]   persistence node)
+    recent = "embedded"                 # orders' status, open orders, last trades: in the persistence node's
+                                        # memory; or "redis": needs [redis]
+    orders = "sqlite"                   # every order and trade, <data_dir>/orders.sqlite3; or "cassandra":
+                                        # needs [cassandra]
     history = "sqlite"                  # the ticker's price history, <data_dir>/history.sqlite3; or
                                         # "influxdb": needs [influxdb] and an InfluxDB 1.x server
 
@@ -86,8 +89,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
+from fabric.records import DEFAULT_TIMEZONE
 from topology.model import (
     STORE_KINDS,
     Broker,
@@ -119,7 +124,7 @@ _TOP = {
     "cassandra": "[cassandra]",
     "influxdb": "[influxdb]",
 }
-_EXCHANGE_KEYS = ("name", "data_dir")
+_EXCHANGE_KEYS = ("name", "data_dir", "timezone")
 _INSTRUMENT_KEYS = ("symbol", "tick", "lot", "ref_price", "band_pct")
 _MATCHER_PORTS = ("order_port", "pub_port", "recovery_port", "repl_port")
 _SHARD_KEYS = ("name", "symbols", "replicas", "host", *_MATCHER_PORTS)
@@ -435,7 +440,7 @@ class _Builder:
             if k not in _TOP:
                 self.add("top level", f"unknown table {_q(k)}{_suggest(k, _TOP, _TOP)}")
 
-        name, data_dir = self.exchange(data)
+        name, data_dir, timezone = self.exchange(data)
         instruments, known = self.instruments(data)
         shards = self.shards(data)
         gateways = self.gateways(data)
@@ -460,6 +465,7 @@ class _Builder:
         topology = Topology(
             name=name,
             data_dir=data_dir,
+            timezone=timezone,
             instruments=tuple(instruments),
             shards=tuple(s for _, s in shards),
             gateways=tuple(gateways),
@@ -475,16 +481,22 @@ class _Builder:
         )
         return topology, self.problems
 
-    def exchange(self, data: dict[str, Any]) -> tuple[str | None, Path | None]:
+    def exchange(self, data: dict[str, Any]) -> tuple[str | None, Path | None, str]:
         tbl = self.table(data, "exchange", required=True)
         if tbl is None:
-            return None, None
+            return None, None, DEFAULT_TIMEZONE
         self.keys(tbl, "exchange", _EXCHANGE_KEYS)
         name = self.name(tbl, "name", "exchange")
         data_dir = self.string(tbl, "data_dir", "exchange", required=False)
+        tz = self.string(tbl, "timezone", "exchange", required=False) or DEFAULT_TIMEZONE
+        try:
+            ZoneInfo(tz)
+        except (ValueError, ZoneInfoNotFoundError):
+            self.add("exchange.timezone", f"{_q(tz)} is not a time zone this machine knows (an IANA name such as "
+                     '"Asia/Kolkata")')
         if name is None:
-            return None, None
-        return name, Path(data_dir).expanduser() if data_dir is not None else Path(".exfab") / name
+            return None, None, tz
+        return name, Path(data_dir).expanduser() if data_dir is not None else Path(".exfab") / name, tz
 
     def instruments(self, data: dict[str, Any]) -> tuple[list[Instrument] | None, dict[str, str] | None]:
         """Return the instruments, and every listed symbol with its place (also of broken entries)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fabric.instruments import Instrument
+from fabric.records import DEFAULT_TIMEZONE
 
 # Node kinds, in the order the launcher starts them: matchers first so that
 # persistence, the ticker and the gateways find their feeds ready.
@@ -391,6 +392,8 @@ class Topology:
         Every gateway, in file order (at least one).
     brokers
         The brokers allowed to trade; empty means any broker id is accepted.
+    timezone
+        The exchange's time zone (IANA name): which trading day a time belongs to.
     ticker, persistence
         The market data and persistence nodes, or ``None`` when not deployed.
     stores
@@ -407,6 +410,7 @@ class Topology:
     shards: tuple[Shard, ...]
     gateways: tuple[Gateway, ...]
     brokers: tuple[Broker, ...] = ()
+    timezone: str = DEFAULT_TIMEZONE
     ticker: Ticker | None = None
     persistence: Persistence | None = None
     stores: Stores = Stores()
