@@ -16,9 +16,10 @@ The same commands in the same order always give the same outcomes.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias, cast
 
 import msgspec
 
@@ -78,6 +79,7 @@ from fabric.constants import (
 )
 from fabric.instruments import Instrument, InstrumentError
 from fabric.protocol import (
+    ARCHIVED,
     ExAccepted,
     ExCancelled,
     ExExpired,
@@ -162,6 +164,9 @@ class _Order(msgspec.Struct, gc=False):
     reason: str | None = None  # why a cancelled order was cancelled
 
 
+_ARCHIVED_OID: Final = -2
+
+
 class MatchingEngine:
     """Route commands to per-symbol books and turn their output into outcome messages.
 
@@ -170,17 +175,29 @@ class MatchingEngine:
     book_factory
         Makes the book of a new symbol; the compiled book by default, the
         reference book in property tests.
+    max_ladder_rows
+        The widest price ladder a book without a band may span, in ticks.
+    keep_finished
+        How many finished orders (filled, cancelled, expired) stay in memory; older ones are archived
+        (:data:`ARCHIVED`): the stores answer for them. ``None`` keeps every order (a deployment without
+        stores). Archiving changes no outcome, only where an old order's state is read.
     """
 
-    def __init__(self, book_factory: BookFactory = compiled_book, max_ladder_rows: int = MAX_LADDER_ROWS) -> None:
+    def __init__(self, book_factory: BookFactory = compiled_book, max_ladder_rows: int = MAX_LADDER_ROWS,
+                 keep_finished: int | None = None) -> None:
         self._book_factory = book_factory
         self._max_ladder_rows = max_ladder_rows
+        self.keep_finished = keep_finished
         self.instruments: dict[str, Instrument] = {}
         self.books: dict[str, Book] = {}
         self._broker_no: dict[str, int] = {}
         self._by_clid: dict[tuple[str, str], int] = {}
-        self._orders: list[_Order] = []
-        self._terms: list[tuple[int, int]] = []  # (price ticks, qty) each order was accepted with
+        self._orders: list[_Order | None] = []  # by engine order id; None once archived
+        self._terms: list[tuple[int, int] | None] = []  # (price ticks, qty) each order was accepted with
+        # Finished orders, oldest first; past `keep_finished` of them the oldest is archived: it leaves memory, and
+        # only "broker NUL clid" -> symbol stays, so its id is never used again and a query is sent to the stores.
+        self._finished: deque[int] = deque()
+        self._archived: dict[str, str] = {}
         self._trade_no: dict[str, int] = {}
         # With `track_levels`, (symbol, side, price ticks) of every level the commands since the
         # last drain may have changed: the matcher drains it to publish book level changes.
@@ -250,7 +267,7 @@ class MatchingEngine:
     ) -> list[Outcome]:
         """Enter a new order and return its outcomes (accepted or rejected, trades and fills, cancel of a rest)."""
         inst, book = self._book(symbol)
-        if (broker, clid) in self._by_clid:
+        if (broker, clid) in self._by_clid or f"{broker}\x00{clid}" in self._archived:
             return [self._reject("new", clid, broker, symbol, REJ_DUPLICATE_OID,
                                  f"client order id {clid} already used by broker {broker}", ts)]
         if qty > MAX_QTY:
@@ -278,6 +295,8 @@ class MatchingEngine:
         else:
             self._by_clid[(broker, clid)] = oid
             self._terms.append((ticks, qty))
+            if self._finished:
+                self._archive_finished()
         return out
 
     @staticmethod
@@ -286,7 +305,9 @@ class MatchingEngine:
 
     def _lookup(self, op: str, symbol: str, broker: str, clid: str, ts: int) -> tuple[int, ExRejected | None]:
         oid = self._by_clid.get((broker, clid), -1)
-        if oid < 0 or self._orders[oid].symbol != symbol:
+        if oid < 0 and self._archived.get(f"{broker}\x00{clid}") == symbol:
+            return _ARCHIVED_OID, None  # closed, as the book would say (after the checks that come before it)
+        if oid < 0 or self._orders[oid].symbol != symbol:  # type: ignore[union-attr]
             return -1, self._reject(op, clid, broker, symbol, REJ_UNKNOWN_ORDER,
                                     f"broker {broker} has no order {clid} in {symbol}", ts)
         return oid, None
@@ -297,7 +318,16 @@ class MatchingEngine:
         if rej is not None:
             return [rej]
         inst, book = self._book(symbol)
-        return self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
+        if oid == _ARCHIVED_OID:
+            return [self._closed("cancel", clid, broker, inst, ts)]
+        out = self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
+        self._archive_finished()
+        return out
+
+    def _closed(self, op: str, clid: str, broker: str, inst: Instrument, ts: int) -> ExRejected:
+        # What the book answers a cancel or replace of an order no longer resting.
+        return self._reject(op, clid, broker, inst.symbol, REJ_ORDER_CLOSED,
+                            self._reject_text(inst, REJ_ORDER_CLOSED, clid, None, None, None), ts)
 
     def replace(self, symbol: str, broker: str, clid: str, price: Decimal | str | None, qty: int | None,
                 ts: int = 0) -> list[Outcome]:
@@ -319,8 +349,12 @@ class MatchingEngine:
         if qty is not None and qty > MAX_QTY:
             return [self._reject("replace", clid, broker, symbol, REJ_QTY_TOO_LARGE,
                                  f"qty {qty} exceeds the maximum {MAX_QTY}", ts)]
+        if oid == _ARCHIVED_OID:
+            return [self._closed("replace", clid, broker, inst, ts)]
         rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty))
-        return self._outcomes(inst, rows, ts, price=price, qty=qty)
+        out = self._outcomes(inst, rows, ts, price=price, qty=qty)
+        self._archive_finished()
+        return out
 
     def end_of_day(self, ts: int = 0) -> list[ExExpired]:
         """Expire every resting DAY order of every book, in the order they were accepted."""
@@ -332,6 +366,7 @@ class MatchingEngine:
                 assert type(ev) is ExExpired
                 expired.append((row[E_OID], ev))
         expired.sort(key=lambda pair: pair[0])
+        self._archive_finished()
         return [ev for _, ev in expired]
 
     # ---------------------------------------------------------------- reading
@@ -355,9 +390,14 @@ class MatchingEngine:
         ``op`` is the request the status answers (``docs/protocol.md``, section 5).
         """
         oid = self._by_clid.get((broker, clid), -1)
-        if oid < 0 or self._orders[oid].symbol != symbol:
+        if oid < 0:
+            if self._archived.get(f"{broker}\x00{clid}") == symbol:
+                return OrderStatus(op=op, oid=clid, symbol=symbol, state="unknown", reason=ARCHIVED)
             return None
-        return self._status(self._orders[oid], op)
+        o = self._orders[oid]
+        if o is None or o.symbol != symbol:
+            return None
+        return self._status(o, op)
 
     def _status(self, o: _Order, op: str) -> OrderStatus:
         return OrderStatus(op=op, oid=o.clid, symbol=o.symbol, state=o.state,  # type: ignore[arg-type]
@@ -369,7 +409,7 @@ class MatchingEngine:
     def open_orders(self, broker: str, symbol: str | None = None) -> list[OrderStatus]:
         """Return the status of every open order of ``broker`` (of one symbol, or all), oldest first."""
         return [self._status(o, "orders") for o in self._orders
-                if o.broker == broker and o.state in ("new", "partially_filled")
+                if o is not None and o.broker == broker and o.state in ("new", "partially_filled")
                 and (symbol is None or o.symbol == symbol)]
 
     def is_retry(self, cmd: NewOrder) -> bool:
@@ -380,17 +420,39 @@ class MatchingEngine:
         """
         oid = self._by_clid.get((cmd.broker, cmd.oid), -1)
         if oid < 0:
-            return False
+            # An archived order's terms are gone: a new with its id is taken as a resend and answered with its
+            # state (from the stores), never executed.
+            return self._archived.get(f"{cmd.broker}\x00{cmd.oid}") == cmd.symbol
         o = self._orders[oid]
+        assert o is not None
         inst = self.instruments.get(cmd.symbol)
         ticks = inst.ticks_of(cmd.price) if inst is not None and cmd.price is not None else 0
         return (o.symbol, o.side, o.otype, o.tif) == (cmd.symbol, SIDE_CODES[cmd.side], TYPE_CODES[cmd.type],
                                                        TIF_CODES[cmd.tif]) and self._terms[oid] == (ticks, cmd.qty)
 
     def order_ref(self, oid: int) -> tuple[str, str, str]:
-        """Return (symbol, broker, client order id) of an engine order id."""
+        """Return (symbol, broker, client order id) of an engine order id (not archived)."""
         o = self._orders[oid]
+        assert o is not None, "an archived order"
         return o.symbol, o.broker, o.clid
+
+    def _archive_finished(self) -> None:
+        # The oldest finished orders beyond `keep_finished` leave memory (their ids stay used).
+        fin, keep = self._finished, self.keep_finished
+        while keep is not None and len(fin) > keep:
+            oid = fin.popleft()
+            o = self._orders[oid]
+            if o is None:
+                continue
+            del self._by_clid[(o.broker, o.clid)]
+            self._archived[f"{o.broker}\x00{o.clid}"] = o.symbol
+            self._orders[oid] = None
+            self._terms[oid] = None
+
+    @property
+    def in_memory(self) -> int:
+        """Return the number of orders the engine holds (open, and finished but not archived)."""
+        return len(self._by_clid)
 
     # --------------------------------------------------------------- outcomes
 
@@ -421,8 +483,9 @@ class MatchingEngine:
         # fills, the aggressor's first. The engine's memory of each order follows the rows.
         symbol = inst.symbol
         to_price = inst.to_price
-        orders = self._orders
+        orders = cast(list[_Order], self._orders)  # rows name orders in memory only: resting, or the one entering
         track = self.touched.append if self.track_levels else None
+        done = self._finished.append if self.keep_finished is not None else None  # orders that finish, for archiving
         out: list[Outcome] = []
         for r in rows:
             typ = r[E_TYPE]
@@ -434,6 +497,11 @@ class MatchingEngine:
                 o.state = "filled" if o.leaves == 0 else "partially_filled"
                 rest.leaves, rest.cum = r[E_OTHER_LEAVES], r[E_OTHER_CUM]
                 rest.state = "filled" if rest.leaves == 0 else "partially_filled"
+                if done is not None:
+                    if o.leaves == 0:
+                        done(r[E_OID])
+                    if rest.leaves == 0:
+                        done(r[E_OTHER])
                 if track is not None:
                     track((symbol, rest.side, r[E_PRICE]))
                 px = to_price(r[E_PRICE])
@@ -462,6 +530,8 @@ class MatchingEngine:
                                       tif=TIF_NAMES[o.tif]))  # type: ignore[arg-type]
             elif typ == EV_CANCELLED:
                 o.leaves, o.state, o.reason = 0, "cancelled", CANCEL_REASON_NAMES[r[E_REASON]]
+                if done is not None:
+                    done(r[E_OID])
                 if track is not None:
                     track((symbol, o.side, o.price))
                 out.append(ExCancelled(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
@@ -473,11 +543,15 @@ class MatchingEngine:
                 o.price, o.qty, o.leaves, o.cum = r[E_PRICE], r[E_QTY], r[E_LEAVES], r[E_CUM]
                 if o.leaves == 0:
                     o.state = "filled"  # cut down to what had filled: done
+                    if done is not None:
+                        done(r[E_OID])
                 out.append(ExReplaced(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
                                       symbol=symbol, price=to_price(r[E_PRICE]), qty=r[E_QTY],
                                       leaves_qty=r[E_LEAVES], cum_qty=r[E_CUM], kept_priority=bool(r[E_OTHER])))
             elif typ == EV_EXPIRED:
                 o.leaves, o.state = 0, "expired"
+                if done is not None:
+                    done(r[E_OID])
                 if track is not None:
                     track((symbol, o.side, o.price))
                 out.append(ExExpired(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,

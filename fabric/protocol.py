@@ -73,6 +73,7 @@ from msgspec import Meta
 from fabric.constants import REJ_BAD_FIELD, REJ_MALFORMED, REJ_MISSING_FIELD, REJECT_NAMES
 
 __all__ = [
+    "ARCHIVED",
     "ANSWER_OPS",
     "BOOK",
     "EXEC",
@@ -753,6 +754,9 @@ Message: TypeAlias = ClientMessage | ServerMessage | PubMessage | InternalMessag
 
 # The ops a broken message is answered ``rejected`` for (others get ``error``).
 ANSWER_OPS: Final = frozenset({"new", "cancel", "replace", "status"})
+# The reason of an ``unknown`` order_status from a matcher whose order finished and left its memory: the gateway
+# answers the broker from the stores (docs/protocol.md, section 5).
+ARCHIVED: Final = "archived"
 
 
 def op_of(msg: New | Cancel | Replace | Status) -> str:

@@ -39,6 +39,7 @@ from fabric.protocol import (
     ExFill,
     ExRejected,
     ExReplaced,
+    OrderStatus,
     Trade,
     encode,
 )
@@ -95,6 +96,13 @@ class OrderRow(msgspec.Struct, kw_only=True):
     def to_json(self) -> dict[str, object]:
         """Return the row as a JSON object (``exfab order-status --json``)."""
         return msgspec.to_builtins(self)
+
+    def status(self, op: str) -> OrderStatus:
+        """Return the order as the protocol's ``order_status`` answering ``op``."""
+        return OrderStatus(op=op, oid=self.oid, symbol=self.symbol, state=self.state,  # type: ignore[arg-type]
+                           side=self.side, type=self.type, price=self.price, qty=self.qty,  # type: ignore[arg-type]
+                           cum_qty=self.cum_qty, leaves_qty=self.leaves_qty, tif=self.tif,  # type: ignore[arg-type]
+                           reason=self.reason)
 
 
 class EventRow(msgspec.Struct, kw_only=True, frozen=True):

@@ -43,14 +43,18 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import msgspec
 import zmq
 
+from fabric.orderstore import StoreError
 from fabric.protocol import (
     ANSWER_OPS,
+    ARCHIVED,
     Cancel,
     CommandReply,
     Error,
@@ -82,11 +86,13 @@ from fabric.protocol import (
     op_of,
     refused_status,
 )
+from fabric.records import OrderRow
 from fabric.sockets import readable, recv_frames, send_frames
 from fabric.stream import ShardStream
 from topology.load import load
 from topology.model import Topology
 from topology.primary import resolver
+from topology.stores import StoreLookup
 
 log = logging.getLogger("exfab.gateway")
 
@@ -182,6 +188,10 @@ class Gateway:
         self.cmdq: list[list[OrderCommand]] = [[] for _ in topo.shards]  # commands for each shard this turn
         self.counts: collections.Counter[str] = collections.Counter()
         self.strangers: dict[bytes, int] = {}  # messages from each connection that has not logged on
+        # Orders the matchers archived are looked up in the stores by a thread; its answers wait here for the loop.
+        self.lookup = StoreLookup(topo)
+        self._lookups = ThreadPoolExecutor(1, thread_name_prefix="store-lookup")
+        self.looked_up: SimpleQueue[tuple[str, OrderStatus, Future[OrderRow | None]]] = SimpleQueue()
         self._stop = False
 
     # ----------------------------------------------------------------- sending
@@ -406,7 +416,11 @@ class Gateway:
         elif msg.reason is not None:
             answers = _refused(p.op, p.oid, p.symbol, msg.reason, msg.text or msg.reason)
         else:
-            answers = [] if msg.status is None else [msg.status]
+            st = msg.status
+            answers = [] if st is None else [st]
+            if st is not None and st.state == "unknown" and st.reason == ARCHIVED:
+                answers = []  # the order left the matcher's memory: its state comes from the stores
+                self._look_up(p.broker, st)
             if msg.reports:
                 # The short path: the command's reports came with the reply. They take their place in the
                 # shard's order, which the PUB stream may not have reached yet.
@@ -417,6 +431,29 @@ class Gateway:
                                                         in_order=False, now=now))
         lane.waiting.append((msg.x_tseq, p.broker, answers))
         self._pump(lane)
+
+    def _look_up(self, broker: str, st: OrderStatus) -> None:
+        fut = self._lookups.submit(self.lookup.order, broker, st.oid)
+        fut.add_done_callback(lambda f: self.looked_up.put((broker, st, f)))
+        self.counts["store_lookups"] += 1
+
+    def answer_lookups(self) -> None:
+        """Answer the orders the stores were asked about: their stored state, or ``unknown`` (``archived``)."""
+        while True:
+            try:
+                broker, st, fut = self.looked_up.get_nowait()
+            except Empty:
+                return
+            try:
+                row = fut.result()
+            except StoreError as e:
+                log.warning("order %s of %s: the stores cannot be read (%s); answered unknown (archived)", st.oid,
+                            broker, e)
+                row = None
+            if row is not None and row.symbol == st.symbol:
+                self._send_broker(broker, row.status(st.op))
+            else:
+                self._send_broker(broker, st)
 
     def _pump(self, lane: _Lane) -> None:
         # Send, in the shard's order, the reports and answers whose turn has come. An answer goes once the
@@ -633,8 +670,11 @@ class Gateway:
                     self.keep_alive()
                     self.expire()
                 self.ask_replays()
+                self._guard(self.answer_lookups)
                 self._guard(self.flush)  # this turn's answers and commands, batched
         finally:
+            self._lookups.shutdown(wait=False, cancel_futures=True)
+            self.lookup.close()
             for s in (self.front, self.sub, *self.orders, *self.recovery):
                 s.close(0)
             log.info("gateway %s stopped: %s", self.name, dict(self.counts))

@@ -100,6 +100,7 @@ Stamped = Outcome | BookLevel  # what the matcher publishes with a sequence numb
 
 MAX_BATCH = 1024  # order messages drained per turn: bounds the latency a burst adds to its last message
 RING_BYTES = 256 << 20  # memory the PUB messages kept for replays may take (bodies and their bookkeeping)
+KEEP_FINISHED = 100_000  # finished orders the engine keeps; the stores answer for older ones (fabric.engine.ARCHIVED)
 _KEPT_OVERHEAD = 80  # what one kept message costs beyond its body: the bytes object and its place in the deque
 REPLAY_CHUNK = 2_000  # PUB messages per replay reply
 REPLAY_QUEUE = 16  # replay parts queued for one peer at most (about 5 MB): past it, the rest waits until it reads
@@ -205,14 +206,16 @@ class Matcher:
     """One matcher of a shard: the engine, its journal, its sockets, and the loop."""
 
     def __init__(self, topo: Topology, name: str, *, fsync: str = "batch", ctx: zmq.Context | None = None,
-                 ring_bytes: int | None = None) -> None:
+                 ring_bytes: int | None = None, keep_finished: int | None = -1) -> None:
         self.topo = topo
         self.shard, self.replica = topo.replica(name)
         self.name = name
         self.shard_no = topo.shards.index(self.shard)
         self.epoch = 0  # a single matcher; primary/secondary pairs fence with ZooKeeper epochs (later)
         self.symbols = set(self.shard.symbols)
-        self.engine = MatchingEngine()
+        if keep_finished == -1:  # the default: a window when the stores answer for older orders, else every order
+            keep_finished = KEEP_FINISHED if topo.persistence is not None else None
+        self.engine = MatchingEngine(keep_finished=keep_finished)
         self.engine.track_levels = True
         self.instruments: dict[str, Instrument] = {}
         for inst in topo.instruments_of(self.shard):
@@ -662,6 +665,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fsync", default="batch", help="journal fsync policy: batch, interval:N (ms) or none")
     ap.add_argument("--ring-mb", type=int, default=RING_BYTES >> 20, metavar="MB",
                     help=f"memory for the published messages kept to answer replays (default {RING_BYTES >> 20})")
+    ap.add_argument("--keep-finished", type=int, default=KEEP_FINISHED, metavar="N",
+                    help=f"finished orders kept in memory, older ones answered by the stores (default "
+                         f"{KEEP_FINISHED:,}; every order when the topology has no persistence node)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s matcher {args.id} %(levelname)s %(message)s",
                         stream=sys.stderr)
@@ -669,7 +675,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A write past a file size limit fails with EFBIG (refused commands, the journal rolled back) instead of
     # killing the process.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    matcher = Matcher(load(args.topology), args.id, fsync=args.fsync, ring_bytes=args.ring_mb << 20)
+    topo = load(args.topology)
+    matcher = Matcher(topo, args.id, fsync=args.fsync, ring_bytes=args.ring_mb << 20,
+                      keep_finished=args.keep_finished if topo.persistence is not None else None)
     signal.signal(signal.SIGINT, matcher.stop)
     signal.signal(signal.SIGTERM, matcher.stop)
     from nodes.profiling import profiled  # EXFAB_PROFILE_DIR set: the loop runs under cProfile

@@ -57,3 +57,57 @@ def test_rejected_order_frees_its_client_order_id() -> None:
     assert isinstance(eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("9000.00"), 10)[0], ExRejected)
     assert eng.order_status("TCS", "B1", "o1") is None
     assert isinstance(eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)[0], ExAccepted)
+
+
+# ------------------------------------------------------------ archiving finished orders
+
+
+def _flow(eng: MatchingEngine, n: int, seed: int = 3) -> list[list[object]]:
+    """A random flow of news, cancels and replaces; return each command's outcomes."""
+    import random
+
+    rng = random.Random(seed)
+    out: list[list[object]] = []
+    for i in range(n):
+        roll = rng.random()
+        oid = f"o{rng.randrange(max(1, i))}"
+        if roll < 0.15:
+            out.append(list(eng.cancel("TCS", "B1", oid)))
+        elif roll < 0.25:
+            out.append(list(eng.replace("TCS", "B1", oid, rng.choice(["3500.00", "3500.03", "3499.95"]),
+                                        rng.choice([None, 5, 20]))))
+        else:
+            side = rng.choice([BUY, SELL])
+            price = Decimal("3500.00") + Decimal("0.05") * rng.randint(-3, 3)
+            tif = rng.choice([GTC, GTC, IOC])
+            out.append(list(eng.new_order("TCS", "B1", f"o{i}", side, LIMIT, tif, price, rng.randint(1, 30))))
+    return out
+
+
+def test_archiving_finished_orders_changes_no_outcome() -> None:
+    kept, archiving = _engine(), MatchingEngine(keep_finished=3)
+    archiving.add_instrument(kept.instruments["TCS"])
+    assert _flow(kept, 3000) == _flow(archiving, 3000), "the same outcomes, message for message"
+    assert archiving.in_memory < kept.in_memory / 5, "finished orders left memory"
+
+
+def test_an_archived_order_is_closed_used_and_answered_from_the_stores() -> None:
+    eng = MatchingEngine(keep_finished=1)
+    eng.add_instrument(Instrument("TCS", tick=Decimal("0.05"), ref_price=Decimal("3500"), band_pct=Decimal("10")))
+    eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
+    eng.cancel("TCS", "B1", "o1")
+    eng.new_order("TCS", "B1", "o2", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
+    eng.cancel("TCS", "B1", "o2")  # o1 is now the oldest of two finished orders: archived
+    st = eng.order_status("TCS", "B1", "o1", "status")
+    assert st is not None and (st.state, st.reason) == ("unknown", "archived")
+    st2 = eng.order_status("TCS", "B1", "o2")
+    assert st2 is not None and st2.state == "cancelled", "the newest finished order is still in memory"
+    (rej,) = eng.cancel("TCS", "B1", "o1")
+    assert isinstance(rej, ExRejected) and rej.reason == "order_closed" and "no longer open" in rej.text
+    (rej,) = eng.replace("TCS", "B1", "o1", Decimal("3500.03"), None)
+    assert isinstance(rej, ExRejected) and rej.reason == "price_off_tick", "the engine's checks come first, as before"
+    assert eng.is_retry(_new()), "a new with an archived id is answered (from the stores), never executed"
+    (dup,) = eng.new_order("TCS", "B1", "o1", BUY, LIMIT, GTC, Decimal("3500.00"), 10)
+    assert isinstance(dup, ExRejected) and dup.reason == "duplicate_client_order_id"
+    assert eng.order_status("TCS", "B1", "o1", "status").symbol == "TCS"  # type: ignore[union-attr]
+    assert eng.order_status("INFY", "B1", "o1") is None, "another symbol's order of that id: none"

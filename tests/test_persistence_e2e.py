@@ -224,3 +224,35 @@ def test_redis_killed_and_restarted_is_repaired_from_the_order_store(tmp_path: P
     finally:
         ex.stop()
         redis.stop()
+
+
+def test_status_of_an_order_the_matcher_archived_is_answered_from_the_store(tmp_path: Path) -> None:
+    path = topology_on_free_ports(LOCAL, tmp_path)
+    ex = Launcher(path, workdir=tmp_path, extra_args={"matcher": ["--keep-finished", "3"]})
+    ex.start()
+    try:
+        buyer = BrokerClient(gateway_endpoints(ex), "B1", timeout=5.0)
+        seller = BrokerClient(gateway_endpoints(ex), "B2", timeout=5.0)
+        buyer.connect()
+        seller.connect()
+        try:
+            first = buyer.buy("TCS", 10, "3500.05")
+            seller.sell("TCS", 4, "3500.05", "IOC")
+            buyer.cancel(first.oid, "TCS")  # filled 4, cancelled 6: finished
+            for _ in range(6):  # six more finished orders: the first is archived in the matcher
+                r = buyer.buy("TCS", 1, "3500.00")
+                buyer.cancel(r.oid, "TCS")
+            _wait(lambda: first.oid in {oid for (_, oid) in _orders(ex)} and
+                  _orders(ex)[("B1", first.oid)].state == "cancelled", "the store has the first order, cancelled")
+            st = buyer.order_status(first.oid, "TCS")
+            assert (st.state, st.cum_qty, st.leaves_qty, st.qty, st.reason, st.price) == (
+                "cancelled", 4, 0, 10, "requested", "3500.05"), "the stored state, as the matcher had it"
+            again = buyer.buy("TCS", 10, "3500.05", oid=first.oid)  # a late resend: answered, never executed
+            assert again.status is not None and again.status.state == "cancelled" and not again.fills
+        finally:
+            buyer.close()
+            seller.close()
+        log = next(n for n in ex.nodes if n.kind == "gateway").log_path.read_text()
+        assert "cannot be read" not in log
+    finally:
+        ex.stop()
