@@ -71,9 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fsync", default="none", help="the matchers' journal policy (default none: memory, not disk)")
     ap.add_argument("--ring-mb", type=int, default=None, metavar="MB",
                     help="the matchers' replay ring (default: theirs, 256 MB)")
+    ap.add_argument("--keep-finished", type=int, default=None, metavar="N",
+                    help="finished orders each matcher keeps in memory (default: theirs, 100,000)")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="exfab-soak-"))
     matcher_args = ["--fsync", args.fsync] + ([] if args.ring_mb is None else ["--ring-mb", str(args.ring_mb)])
+    if args.keep_finished is not None:
+        matcher_args += ["--keep-finished", str(args.keep_finished)]
     launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp, extra_args={"matcher": matcher_args})
     print(f"soak: starting the exchange in {tmp} ...", file=sys.stderr, flush=True)
     launcher.start()
@@ -106,14 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"node": name, "start_mb": s[0][1], "end_mb": s[-1][1], "peak_mb": max(v for _, v in s),
                      "growth_mb_per_min_second_half": growth_per_min(half)})
     report: dict[str, Any] = {"rate": args.rate, "duration_s": args.duration, "sample_s": args.sample,
-                              "ring_mb": args.ring_mb,
+                              "ring_mb": args.ring_mb, "keep_finished": args.keep_finished,
                               "fsync": args.fsync, "commands_sent": sent, "nodes": rows,
                               "series": {k: [[round(t, 1), round(v, 2)] for t, v in s] for k, s in series.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(report, indent=1) + "\n")
     md = [f"# Memory under a steady flow: {args.rate:g} commands/s for {args.duration:g} s", "",
           f"`python perf/soak.py --rate {args.rate:g} --duration {args.duration:g}"
-          f"{'' if args.ring_mb is None else f' --ring-mb {args.ring_mb}'}` (fsync {args.fsync}); "
+          f"{'' if args.ring_mb is None else f' --ring-mb {args.ring_mb}'}"
+          f"{'' if args.keep_finished is None else f' --keep-finished {args.keep_finished}'}` (fsync {args.fsync}); "
           f"{sent:,} commands sent.", "",
           "| node | RSS at start (MiB) | at end | peak | growth over the second half (MiB/min) |",
           "| --- | ---: | ---: | ---: | ---: |"]
