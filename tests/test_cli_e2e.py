@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import topology_on_free_ports
 from topology.launcher import Launcher
+from topology.load import load
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "topology" / "examples" / "local.toml"
@@ -153,3 +154,17 @@ def test_up_demo_runs_a_moving_market_and_stops_cleanly(tmp_path: Path) -> None:
               or " trades; last:" in line]
     assert trades and max(trades) > 0
     assert "stopped:" in r.stdout and "(ok)" in r.stdout
+    # What `make run` leaves: the order store's trades are the journals' trades, exactly.
+    out = exfab("trades", "--topology", str(topo), "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    stored = [json.loads(line) for line in out.stdout.splitlines()]
+    loaded = load(topo)
+    journals = []
+    for shard in loaded.shards:
+        path = tmp_path / loaded.journal_dir(shard.replicas[0]) / f"{shard.name}.journal"
+        out = exfab("journal", "inspect", str(path), cwd=tmp_path)
+        journals += [json.loads(line) for line in out.stdout.splitlines()]
+    want = sorted((e["symbol"], e["trade_id"], e["price"], e["qty"], e["buy_oid"], e["sell_oid"])
+                  for e in journals if e["event"] == "trade")
+    assert want and sorted((t["symbol"], t["trade_id"], t["price"], t["qty"], t["buy_oid"], t["sell_oid"])
+                           for t in stored) == want
