@@ -73,8 +73,8 @@ from msgspec import Meta
 from fabric.constants import REJ_BAD_FIELD, REJ_MALFORMED, REJ_MISSING_FIELD, REJECT_NAMES
 
 __all__ = [
-    "ARCHIVED",
     "ANSWER_OPS",
+    "ARCHIVED",
     "BOOK",
     "EXEC",
     "HEARTBEAT",

@@ -1,5 +1,9 @@
 """Real servers for tests, started on free ports in a test's folder: ``influxd`` (InfluxDB 1.x), ``redis-server``.
 
+Starting, waiting until a server answers and stopping it are
+``topology/servers.py``'s (the launcher runs a topology's local Redis with the
+same code); here are the free ports, the folders and the test's own rules.
+
 A test that needs a server calls :func:`require_binary` first: a missing binary
 skips the test on a developer's machine, and fails it in CI (``CI`` set), where
 ``.ci/run`` installs the servers; a test that needs a server never passes silently
@@ -11,25 +15,20 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO
 
 import pytest
 
+from topology import servers
 from topology.ports import free_port
+from topology.servers import REDIS_SERVER, ServerProcess
 
 __all__ = ["InfluxServer", "RedisServer", "require_binary", "start_influxd", "start_redis"]
 
 INFLUXD = "influxd"
-REDIS_SERVER = "redis-server"
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 
 
 def require_binary(name: str) -> str:
@@ -96,7 +95,7 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class InfluxServer:
+class InfluxServer(ServerProcess):
     """An ``influxd`` of this test run: its folder, ports and process.
 
     Attributes
@@ -107,6 +106,8 @@ class InfluxServer:
         Its folder (config, data, log).
     """
 
+    what = INFLUXD
+
     def __init__(self, binary: str, root: Path) -> None:
         self.binary = binary
         self.root = root
@@ -116,9 +117,7 @@ class InfluxServer:
             self.rpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.config = root / "influxdb.conf"
-        self.log_path = root / "influxd.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__([binary, "-config", str(self.config)], root / "influxd.log")
         self._write_config()
 
     def __repr__(self) -> str:
@@ -144,65 +143,17 @@ class InfluxServer:
         text = _disable_tables(text)
         self.config.write_text(text)
 
-    @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def _ping(self) -> bool:
+    def answers(self) -> bool:
+        """Whether ``GET /ping`` answers 204."""
         try:
             with urllib.request.urlopen(f"{self.url}/ping", timeout=1.0) as r:
                 return bool(r.status == 204)
         except (OSError, urllib.error.URLError):
             return False
 
-    def log_tail(self, lines: int = 30) -> str:
-        """Return the last ``lines`` lines of the server's log."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def start(self) -> None:
-        """Start the server (again: same ports and folders) and wait until ``GET /ping`` answers 204.
-
-        Raises
-        ------
-        RuntimeError
-            When it does not answer within 30 s (or exits), with the tail of its log.
-        """
-        if self.running:
-            return
-        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by stop())
-        self._proc = subprocess.Popen([self.binary, "-config", str(self.config)], stdout=self._log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                rc = self._proc.returncode
-                self.stop()
-                raise RuntimeError(f"influxd exited with status {rc} on start; log {self.log_path}:\n"
-                                   f"{self.log_tail()}")
-            if self._ping():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"influxd did not answer GET {self.url}/ping within {START_TIMEOUT_S:.0f} s; "
-                           f"log {self.log_path}:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        """Stop the server: SIGTERM, then SIGKILL after 10 s."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT_S)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def where(self) -> str:
+        """``GET {url}/ping``."""
+        return f"GET {self.url}/ping"
 
 
 def start_influxd(tmp_dir: Path) -> InfluxServer:
@@ -218,8 +169,8 @@ def start_influxd(tmp_dir: Path) -> InfluxServer:
     return server
 
 
-class RedisServer:
-    """A ``redis-server`` of this test run, keeping nothing on disk: a restart comes back empty.
+class RedisServer(servers.RedisServer):
+    """A ``redis-server`` of this test run, on a free port of 127.0.0.1, keeping nothing on disk.
 
     Attributes
     ----------
@@ -230,85 +181,7 @@ class RedisServer:
     """
 
     def __init__(self, binary: str, root: Path) -> None:
-        self.binary = binary
-        self.root = root
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.log_path = root / "redis-server.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def __repr__(self) -> str:
-        return f"RedisServer({self.url}, running={self.running})"
-
-    @property
-    def running(self) -> bool:
-        """Whether the process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def log_tail(self, lines: int = 30) -> str:
-        """Return the last ``lines`` lines of the server's log."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def start(self) -> None:
-        """Start the server (again: same port, empty) and wait until it answers ``PING``.
-
-        Raises
-        ------
-        RuntimeError
-            When it does not answer within 30 s (or exits), with the tail of its log.
-        """
-        if self.running:
-            return
-        self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed by stop())
-        self._proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                       "--appendonly", "no", "--dir", str(self.root)], stdout=self._log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                rc = self._proc.returncode
-                self.stop()
-                raise RuntimeError(f"redis-server exited with status {rc} on start; log {self.log_path}:\n"
-                                   f"{self.log_tail()}")
-            if self._ping():
-                return
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer PING on port {self.port} within {START_TIMEOUT_S:.0f} s; "
-                           f"log {self.log_path}:\n{self.log_tail()}")
-
-    def _end(self, sig: signal.Signals) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT_S)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def stop(self) -> None:
-        """Stop the server: SIGTERM, then SIGKILL after 10 s."""
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """Kill the server (SIGKILL): a crash, for failure tests."""
-        self._end(signal.SIGKILL)
+        super().__init__(binary, "127.0.0.1", free_port(), root)
 
 
 def start_redis(tmp_dir: Path) -> RedisServer:

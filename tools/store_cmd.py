@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import sys
 import time
+from pathlib import Path
 from typing import IO
 
 import msgspec
@@ -39,6 +40,19 @@ def _topology(path: str, err: IO[str]) -> Topology | None:
     except (OSError, TopologyError) as e:
         err.write(f"exfab: {e}\n")
         return None
+
+
+def _store_missing(topo: Topology, err: IO[str]) -> bool:
+    """Say so and return True when the topology's SQLite order store is not there (data_dir is relative to the cwd)."""
+    if topo.stores.orders != "sqlite":
+        return False
+    path = topo.sqlite_path("orders")
+    if path.exists():
+        return False
+    where = "" if path.is_absolute() else f" (data_dir is relative to the current directory, {Path.cwd()})"
+    err.write(f"exfab: cannot read the order store: no file {path}{where}: run in the directory the nodes run in, "
+              "or create it with exfab store init\n")
+    return True
 
 
 def _day(date: str | None, topo: Topology, err: IO[str]) -> str | None:
@@ -65,6 +79,8 @@ def trades(topology: str, *, symbol: str | None = None, date: str | None = None,
     if symbol is not None and symbol not in topo.symbols:
         err.write(f"exfab: unknown symbol {symbol!r}; the topology lists {', '.join(sorted(topo.symbols))}\n")
         return EXIT_USAGE
+    if _store_missing(topo, err):
+        return EXIT_UNREADABLE
     try:
         store = open_order_store(topo, readonly=True)
         try:
@@ -108,23 +124,27 @@ def order_status(topology: str, oid: str, *, broker: str, date: str | None = Non
     topo = _topology(topology, err)
     if topo is None:
         return EXIT_USAGE
-    if date is not None and _day(date, topo, err) is None:
+    day = None if date is None else _day(date, topo, err)
+    if date is not None and day is None:
         return EXIT_USAGE
     row: OrderRow | None = None
     source = ""
-    if topo.stores.recent == "redis" and date is None:
-        recent = open_recent(topo)
+    if topo.stores.recent == "redis" and day is None:
         try:
-            row = recent.order(broker, oid)
-            source = recent.name
+            recent = open_recent(topo)
+            try:
+                row = recent.order(broker, oid)
+                source = recent.name
+            finally:
+                recent.close()
         except StoreError as e:
             err.write(f"exfab: {e}; reading the order store\n")
-        finally:
-            recent.close()
+    if row is None and _store_missing(topo, err):
+        return EXIT_UNREADABLE
     try:
         store = open_order_store(topo, readonly=True)
         try:
-            stored = store.order(broker, oid, date)
+            stored = store.order(broker, oid, day)
             if row is None:
                 row, source = stored, store.name
             events = store.events(broker, oid, row.day) if row is not None else []
@@ -137,12 +157,13 @@ def order_status(topology: str, oid: str, *, broker: str, date: str | None = Non
         err.write(f"exfab: the order's life is in the order store, which cannot be read: {e}\n")
         events = []
     if row is None:
-        err.write(f"exfab: broker {broker} has no order {oid}" + (f" on {date}" if date else "") + " in the stores\n")
+        err.write(f"exfab: broker {broker} has no order {oid}" + (f" on {day}" if day else "") + " in the stores\n")
         return EXIT_NOT_FOUND
     life = [decode_pub(e.body) for e in events]
     if as_json:
         obj = {**row.to_json(), "source": source,
-               "events": [{k: v for k, v in msgspec.structs.asdict(m).items() if k != "v"} for m in life]}
+               "events": [{"event": e.kind, **{k: v for k, v in msgspec.structs.asdict(m).items() if k != "v"}}
+                          for e, m in zip(events, life, strict=True)]}
         out.write(json.dumps(obj) + "\n")
         return EXIT_OK
     price = row.price or "market"
@@ -152,12 +173,11 @@ def order_status(topology: str, oid: str, *, broker: str, date: str | None = Non
               + f"; filled {row.cum_qty:,}, leaves {row.leaves_qty:,}"
               + (f", average price {row.avg_px}" if row.avg_px else "") + "\n")
     tz = _tz(topo)
-    for m in life:
-        when = dt.datetime.fromtimestamp(m.ts / 1e9, tz).strftime("%H:%M:%S.%f")  # type: ignore[union-attr]
+    for ev, m in zip(events, life, strict=True):
+        when = dt.datetime.fromtimestamp(ev.ts / 1e9, tz).strftime("%H:%M:%S.%f")
         fields = {k: v for k, v in msgspec.structs.asdict(m).items()
                   if k not in ("v", "shard", "tseq", "epoch", "ts", "broker", "oid", "symbol")}
-        kind = type(m).__struct_config__.tag
-        out.write(f"  {when}  {kind:<9} " + " ".join(f"{k}={v}" for k, v in fields.items()) + "\n")
+        out.write(f"  {when}  {ev.kind:<9} " + " ".join(f"{k}={v}" for k, v in fields.items()) + "\n")
     return EXIT_OK
 
 

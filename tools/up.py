@@ -1,14 +1,16 @@
 """``exfab up``: run a whole topology on this machine, and watch its market.
 
-Starts every node (matchers first), prints a status table and the address of the
-live price page, and with ``--demo`` adds the simulated brokers of
+Starts every node (matchers first; before them, a Redis the topology's
+``[redis]`` url puts on this machine when none answers there: see
+``topology/launcher.py``), prints a status table and the address of the live
+price page, and with ``--demo`` adds the simulated brokers of
 :mod:`tools.demo`; without it the exchange stays quiet, for orders of one's own
 (``exfab order``).  ``--fresh`` first deletes the topology's ``data_dir``
-(journals, price history, logs): an empty market.  Without it each matcher
-replays its journal and the market comes back as it was.  While it runs it
-shows the market as ``exfab watch`` does, from the ticker's feed (in a
-terminal, a live table; otherwise a summary line every few seconds).  Ctrl-C
-(or SIGTERM) stops everything cleanly.
+(journals, order store, price history, logs): an empty market.  Without it
+each matcher replays its journal and the market comes back as it was.  While
+it runs it shows the market as ``exfab watch`` does, from the ticker's feed (in
+a terminal, a live table; otherwise a summary line every few seconds).  Ctrl-C
+(or SIGTERM) stops everything cleanly, the Redis it started last.
 """
 
 from __future__ import annotations
@@ -24,16 +26,24 @@ from typing import IO, Any
 
 from tools.watch import WatchTable
 from topology.clients import market_data_client
-from topology.launcher import Launcher, LaunchError, read_line
+from topology.launcher import Launcher, LaunchError, local_redis, read_line
 
 
 def status_table(launcher: Launcher) -> Any:
-    """Return a rich table of the running nodes."""
+    """Return a rich table of the running nodes, and of the Redis the recent state is in (when it is)."""
     from rich.table import Table
 
     t = Table(title=f"exchange-fabric: topology {launcher.topo.name} ({launcher.path})", title_justify="left")
     for col in ("node", "pid", "listens on", "ready after", "log"):
         t.add_column(col)
+    topo = launcher.topo
+    if topo.stores.recent == "redis" and topo.redis is not None:
+        if launcher.redis is not None:
+            t.add_row("redis", str(launcher.redis.pid), topo.redis.url, f"{launcher.redis.ready_after or 0:.1f} s",
+                      os.path.relpath(launcher.redis.log_path))
+        else:
+            where = "running already: used as it is" if local_redis(topo) else "another machine's"
+            t.add_row("redis", "-", topo.redis.url, "-", f"({where})")
     for n in launcher.nodes:
         if n.kind == "matcher":
             _, rep = launcher.topo.replica(n.name)
@@ -42,7 +52,6 @@ def status_table(launcher: Launcher) -> Any:
             tk = launcher.topo.ticker
             where = f"page {tk.http_url}, feed {tk.pub.connect}, snapshots {tk.snapshot.connect}"
         elif n.kind == "persistence":
-            topo = launcher.topo
             orders = (f"orders {topo.sqlite_path('orders')}" if topo.stores.orders == "sqlite"
                       else f"orders cassandra {','.join(topo.cassandra.hosts) if topo.cassandra else '?'}")
             recent = f"recent {topo.redis.url}" if topo.stores.recent == "redis" and topo.redis else "recent in memory"
@@ -73,7 +82,8 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
     if fresh:
         data = Path(launcher.topo.data_dir)
         if data.exists():
-            console.print(f"--fresh: removing {data} (the journals, price history and logs of earlier runs)")
+            console.print(f"--fresh: removing {data} (the journals, order store, price history and logs of "
+                          "earlier runs)")
             shutil.rmtree(data)
     runnable = [n for n in launcher.topo.nodes() if n.kind in launcher.kinds]
     console.print(f"starting {len(runnable)} nodes of {topology} "
@@ -83,11 +93,12 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
     except LaunchError as e:
         console.print(f"[red]could not start the exchange:[/] {e}")
         return 1
-    console.print(status_table(launcher))
     demo_proc: subprocess.Popen[str] | None = None
-    md = market_data_client(launcher.topo) if launcher.topo.ticker is not None else None
-    view = WatchTable(md, launcher.topo.symbols) if md is not None else None
+    md = None
     try:
+        console.print(status_table(launcher))
+        md = market_data_client(launcher.topo) if launcher.topo.ticker is not None else None
+        view = WatchTable(md, launcher.topo.symbols) if md is not None else None
         if demo:
             env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
             demo_proc = subprocess.Popen(
@@ -165,3 +176,7 @@ def _check(launcher: Launcher, console: Any) -> None:
         if not n.alive and n.label not in _reported:
             _reported.add(n.label)
             console.print(f"[red]{n.label} exited ({n.proc.returncode}); see {n.log_path}[/]")
+    redis = launcher.redis
+    if redis is not None and not redis.running and "redis" not in _reported:
+        _reported.add("redis")
+        console.print(f"[red]redis-server exited; see {redis.log_path}[/]")

@@ -6,11 +6,19 @@ command a host of a real deployment runs (``exfab node KIND ...``; see
 output once it serves; the launcher waits for that line, in start order
 (matchers first, so gateways find them), and stops everything in reverse order
 with SIGTERM, then SIGKILL for a node that does not stop in time.
+
+A topology whose recent state is a Redis on this machine (``[stores] recent =
+"redis"``, a loopback host in ``[redis] url``) gets one: when nothing answers
+``PING`` there, the launcher runs the installed ``redis-server`` on that port
+before any node (keeping nothing on disk: its folder is
+``<data_dir>/redis``, its log ``<data_dir>/logs/redis.log``) and stops it after
+the nodes.  A Redis that already answers is used as it is, and left running.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,9 +28,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from topology.load import load
 from topology.model import GATEWAY, MATCHER, PERSISTENCE, TICKER, Topology
+from topology.servers import (
+    REDIS_PORT,
+    REDIS_SERVER,
+    RedisServer,
+    ServerError,
+    is_loopback,
+    log_tail,
+    redis_answers,
+    terminate,
+)
 
 # Node kinds this version runs (every kind a topology can name).
 RUNNABLE = (MATCHER, PERSISTENCE, TICKER, GATEWAY)
@@ -70,6 +89,13 @@ class Launcher:
         More command-line options for the nodes of a kind (e.g. ``{"matcher": ["--fsync", "none"]}``).
     extra_env
         More environment variables for every node (e.g. ``EXFAB_PROFILE_DIR``, see ``nodes/profiling.py``).
+
+    Attributes
+    ----------
+    nodes
+        The running nodes, in start order.
+    redis
+        The Redis this launcher runs (see :meth:`start_redis`), or ``None``.
     """
 
     def __init__(self, topology_path: str | os.PathLike[str], workdir: str | os.PathLike[str] = ".",
@@ -83,6 +109,7 @@ class Launcher:
         self.extra_env = dict(extra_env or {})
         self.nodes: list[NodeProcess] = []
         self.log_dir = self.workdir / self.topo.data_dir / "logs"
+        self.redis: RedisServer | None = None  # the Redis this launcher runs, if it runs one
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -99,8 +126,11 @@ class Launcher:
         ------
         LaunchError
             When it exits or stays silent for ``timeout`` seconds (the first
-            start of a matcher compiles the order book kernels: give it time).
+            start of a matcher compiles the order book kernels: give it time),
+            or when the topology's local Redis cannot be run (see
+            :meth:`start_redis`: it is run first when it does not answer).
         """
+        self.start_redis()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{kind}-{name}.log"
         cmd = [sys.executable, "-m", f"nodes.{kind}", "--topology", str(self.path), "--id", name,
@@ -114,7 +144,7 @@ class Launcher:
         if line is None or not line.startswith("READY"):
             proc.kill()
             proc.wait()
-            tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            tail = log_tail(log_path)
             raise LaunchError(f"{kind} {name} did not start (see {log_path}):\n{tail}")
         node.ready_after = time.monotonic() - node.started
         # Keep draining its standard output so it can never block on a full pipe.
@@ -122,9 +152,59 @@ class Launcher:
         self.nodes = [n for n in self.nodes if not (n.kind == kind and n.name == name)] + [node]
         return node
 
-    def start(self, progress: IO[str] | None = None) -> None:
-        """Start every node of the chosen kinds, in the topology's start order."""
+    def start_redis(self, progress: IO[str] | None = None) -> RedisServer | None:
+        """Run the topology's local Redis unless one answers there already; return the one this launcher runs.
+
+        Nothing happens (``None``) unless the recent state is ``"redis"`` at a
+        loopback host, nor when a Redis answers ``PING`` at its host and port:
+        that one is used as it is.  Otherwise ``redis-server`` is started on
+        that port (the one this launcher ran, when it died: again), and this
+        waits until it answers.
+
+        Raises
+        ------
+        LaunchError
+            When ``redis-server`` is not installed, exits (its port taken by
+            another program, say) or does not answer within 30 s; or when the
+            URL asks for TLS, a user or a password (run such a Redis yourself).
+        """
+        at = local_redis(self.topo)
+        if at is None:
+            return None
+        assert self.topo.redis is not None  # (local_redis found it)
+        url = self.topo.redis.url
+        server = self.redis
+        if server is None:
+            host, port = at
+            if redis_answers(host, port):
+                return None
+            parts = urlsplit(url)
+            if parts.scheme != "redis" or parts.password is not None or parts.username:
+                raise LaunchError(f"[redis] url {url} is on this machine, where nothing answers; the launcher runs "
+                                  "only a plain one (redis://, no user or password): start that Redis yourself")
+            binary = shutil.which(REDIS_SERVER)
+            if binary is None:
+                raise LaunchError(f'[stores] recent = "redis" at {url}, on this machine, where nothing answers and '
+                                  f"{REDIS_SERVER} is not installed: install it (Debian: apt-get install "
+                                  "redis-server), or point [redis] url at a running Redis")
+            server = RedisServer(binary, host, port, self.workdir / self.topo.data_dir / "redis",
+                                 log_path=self.log_dir / "redis.log")
+        elif server.running:
+            return server
+        if progress is not None:
+            progress.write(f"starting {REDIS_SERVER} on {server.where()}...\n")
+            progress.flush()
         try:
+            server.start()  # ours, when it died: again
+        except ServerError as e:
+            raise LaunchError(f"the Redis of [redis] url {url} did not start: {e}") from e
+        self.redis = server
+        return server
+
+    def start(self, progress: IO[str] | None = None) -> None:
+        """Start every node of the chosen kinds in the topology's start order (a local Redis first, if it needs one)."""
+        try:
+            self.start_redis(progress)
             for node in self.topo.nodes():
                 if node.kind not in self.kinds:
                     continue
@@ -150,19 +230,20 @@ class Launcher:
         n.proc.wait()
 
     def stop(self, timeout: float = 10.0) -> dict[str, int | None]:
-        """Stop every node (SIGTERM, then SIGKILL after ``timeout`` s), last started first; return exit codes."""
-        for n in reversed(self.nodes):
-            if n.alive:
-                n.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        codes: dict[str, int | None] = {}
-        for n in reversed(self.nodes):
-            try:
-                codes[n.label] = n.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                n.proc.kill()
-                codes[n.label] = n.proc.wait()
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout`` s), last started first, then the Redis it runs.
+
+        Returns
+        -------
+        dict[str, int | None]
+            Each one's exit status, by ``kind:name`` (the Redis: ``redis``).
+        """
+        nodes = list(reversed(self.nodes))
+        codes: dict[str, int | None] = dict(zip((n.label for n in nodes), terminate([n.proc for n in nodes], timeout),
+                                                strict=True))
         self.nodes = []
+        if self.redis is not None:
+            codes["redis"] = self.redis.stop(timeout)
+            self.redis = None
         return codes
 
     def __enter__(self) -> Launcher:
@@ -171,6 +252,19 @@ class Launcher:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def local_redis(topo: Topology) -> tuple[str, int] | None:
+    """Return the host and port of the topology's Redis when it is one of this machine's (a loopback host), else None.
+
+    Only a topology whose recent state is Redis names one (``[stores] recent = "redis"``).
+    """
+    if topo.stores.recent != "redis" or topo.redis is None:
+        return None
+    parts = urlsplit(topo.redis.url)
+    if parts.hostname is None or not is_loopback(parts.hostname):
+        return None
+    return parts.hostname, parts.port or REDIS_PORT
 
 
 def read_line(stream: IO[str], timeout: float) -> str | None:
