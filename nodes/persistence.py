@@ -20,15 +20,18 @@ so the loop goes on taking messages while a batch is written.
 or after its rows (Cassandra).  A restarted node reads those positions and the
 open orders, and asks the matchers to replay what came after: rows keyed by the
 message's ``(shard, seq)`` are written again unchanged, and an order only moves
-forward.  The recent state is written after the order store holds a batch; a
+forward.  The recent state is written after the order store holds a batch (by
+a thread of its own, so the next batch goes to the order store meanwhile); a
 recent state that lost its data (Redis restarted empty) is rebuilt from the
 order store.
 
 **A store that refuses writes** (locked, read-only, down): the batch is kept and
 written again every second; the positions stay where the store has them; the
-node takes messages until ``max_pending`` wait, then stops reading (the
-matchers drop what it does not take, and replay it later); the log says what
-happens.  The matchers and brokers never wait for the node.
+node takes messages until a batch is full, then stops reading (ZeroMQ queues
+what it does not read, the matchers drop what is past that queue and replay it
+later); the log says what happens.  The matchers and brokers never wait for
+the node.  The same pause, for one batch's write, is how a node that is behind
+catches up without holding more than a batch.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ import logging
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final
 
 import zmq
@@ -59,9 +64,9 @@ from topology.stores import open_order_store, open_recent
 
 log = logging.getLogger("exfab.persistence")
 
-BATCH: Final = 5000  # messages per written batch at most
+BATCH: Final = 5000  # messages per written batch (at most this and one turn's more: reading pauses meanwhile)
 INTERVAL_S: Final = 0.05  # a batch is written this long after its first message at the latest
-MAX_PENDING: Final = 200_000  # messages held while the store refuses writes; beyond, the node stops reading
+RECENT_BEHIND: Final = 4  # batches the recent state may be behind the order store before the writer waits for it
 RETRY_S: Final = 1.0  # between attempts to write to a store that refused
 RCVHWM: Final = 100_000  # messages ZeroMQ queues for the node while it does not read (then the matchers drop)
 
@@ -75,16 +80,16 @@ class Persistence:
         The topology.
     store, recent
         The order store and the recent state; default: the ones the topology's ``[stores]`` names.
-    batch, interval, max_pending
-        See :data:`BATCH`, :data:`INTERVAL_S`, :data:`MAX_PENDING`.
+    batch, interval
+        See :data:`BATCH`, :data:`INTERVAL_S`.
     """
 
     def __init__(self, topo: Topology, store: OrderStore | None = None, recent: RecentState | None = None, *,
-                 batch: int = BATCH, interval: float = INTERVAL_S, max_pending: int = MAX_PENDING) -> None:
+                 batch: int = BATCH, interval: float = INTERVAL_S) -> None:
         self.topo = topo
         self.store = store if store is not None else open_order_store(topo)
         self.recent = recent if recent is not None else open_recent(topo)
-        self.batch, self.interval, self.max_pending = batch, interval, max_pending
+        self.batch, self.interval = batch, interval
         self.book = OrderBook(topo.timezone)
         self.ctx = zmq.asyncio.Context()
         topics = [[exec_topic(no), *(trade_topic(sym) for sym in s.symbols)] for no, s in enumerate(topo.shards)]
@@ -96,6 +101,8 @@ class Persistence:
         self._failed: Batch | None = None  # a batch the store refused, written again until it takes it
         self._alert: str | None = None
         self._recent_stale = True  # rebuild the recent state from the order store before the next apply
+        self._recent_pool = ThreadPoolExecutor(1, thread_name_prefix="recent")
+        self._recent_q: deque[Future[None]] = deque()
         self._stop = asyncio.Event()
         self.stats = {"written": 0, "batches": 0, "trades": 0, "refused": 0, "recent_rebuilds": 0}
 
@@ -141,9 +148,9 @@ class Persistence:
         due = n >= self.batch or time.monotonic() - self._first >= self.interval
         if n and due and self._writing is None and self._failed is None:
             self._start_write()
-        if n >= self.max_pending and not self.follow.paused:
-            log.warning("%d messages wait for the store: reading no more until it takes them (the matchers keep "
-                        "what is not read, and replay it)", n)
+        elif n >= self.batch and not self.follow.paused:
+            # A batch is full while the last one is written (or refused): read no more until it is taken. What the
+            # node does not read waits in ZeroMQ's queue to it, and past that the matchers drop it and replay it.
             self.follow.pause()
 
     def _take(self) -> Batch:
@@ -177,11 +184,16 @@ class Persistence:
             self.stats["written"] += len(batch)
             self.stats["trades"] += len(batch.trades)
             self.stats["batches"] += 1
-            await asyncio.to_thread(self._apply_recent, batch)
+            # The recent state on its own thread, in order, while the next batch goes to the order store; at most
+            # RECENT_BEHIND batches wait for it.
+            self._recent_q.append(self._recent_pool.submit(self._apply_recent, batch))
+            while self._recent_q and self._recent_q[0].done():
+                self._recent_q.popleft()
+            if len(self._recent_q) > RECENT_BEHIND:
+                await asyncio.wrap_future(self._recent_q.popleft())
         finally:
             self._writing = None
-        if self.follow.paused and self.book.pending() < self.max_pending // 2:
-            log.info("the store keeps up again: reading resumes")
+        if self.follow.paused:
             self.follow.resume()
         self._turn()
 
@@ -256,7 +268,7 @@ class Persistence:
                 except StoreError as e:
                     log.error("cannot read where the store stands (%s); trying again in %.0f s", e, RETRY_S)
                     await asyncio.sleep(RETRY_S)
-            await asyncio.to_thread(self._apply_recent, Batch())
+            await asyncio.wrap_future(self._recent_pool.submit(self._apply_recent, Batch()))
             await self.follow.start()
             self.follow.spawn(self._tick())
             await self.follow.wait_synced(60)
@@ -271,6 +283,7 @@ class Persistence:
             await self._drain(10.0)
             self.ctx.term()
             self.store.close()
+            self._recent_pool.shutdown(wait=True)
             self.recent.close()
             log.info("persistence stopped: %s", self.stats_view())
 

@@ -1431,7 +1431,8 @@ def _git() -> dict[str, Any]:
     """Return the commit of the checkout and the files changed since it (what the figures measured)."""
     def run(*cmd: str) -> str:
         try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            # (rstrip: a porcelain line's first column may be a space)
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
         except (OSError, subprocess.SubprocessError):
             return ""
     changed = [ln[3:] for ln in run("status", "--porcelain", "--", "fabric", "nodes", "topology").splitlines()]

@@ -56,6 +56,7 @@ from nodes.profiling import ENV_CLOCK, ENV_DIR
 from perf.workload import generate
 from topology.launcher import Launcher
 from topology.load import load
+from topology.model import GATEWAY, MATCHER, TICKER
 from topology.ports import topology_on_free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +99,10 @@ class ExchangeTarget:
             self.tmp = tempfile.mkdtemp(prefix="exfab-perf-")
             path = topology_on_free_ports(LOCAL, Path(self.tmp))
             env = {} if self.profile_dir is None else {ENV_DIR: str(self.profile_dir), ENV_CLOCK: self.profile_clock}
-            self.launcher = Launcher(path, workdir=self.tmp, extra_args={"matcher": ["--fsync", self.fsync]},
-                                     extra_env=env)
+            # The order path and its market data; the persistence node, off the order path, has its own benchmark
+            # (perf/bench_persistence.py) and on two cores would take the matchers' CPU.
+            self.launcher = Launcher(path, workdir=self.tmp, kinds=(MATCHER, TICKER, GATEWAY),
+                                     extra_args={"matcher": ["--fsync", self.fsync]}, extra_env=env)
             self.launcher.start()
             self.node_labels = [n.label for n in self.launcher.nodes]
             topo = self.launcher.topo

@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 from fabric.protocol import Accepted, Logon, New, OrderStatus, decode_server, encode  # noqa: E402
 from perf.harness import cpu_us_per_msg, node_cpu_s  # noqa: E402
 from topology.launcher import Launcher  # noqa: E402
+from topology.model import GATEWAY, MATCHER, TICKER  # noqa: E402
 from topology.ports import topology_on_free_ports  # noqa: E402
 
 LOCAL = ROOT / "topology" / "examples" / "local.toml"
@@ -53,7 +54,7 @@ def measure(args: argparse.Namespace, nodes_from: str | None = None) -> dict[str
     """Start the exchange (its nodes from ``nodes_from``, a checkout, or this one), measure, stop it."""
     tmp = tempfile.mkdtemp(prefix="exfab-orderpath-")
     env = {} if nodes_from is None else {"PYTHONPATH": str(Path(nodes_from).resolve())}
-    launcher = Launcher(topology_on_free_ports(LOCAL, Path(tmp)), workdir=tmp,
+    launcher = Launcher(topology_on_free_ports(LOCAL, Path(tmp)), workdir=tmp, kinds=(MATCHER, TICKER, GATEWAY),
                         extra_args={"matcher": ["--fsync", args.fsync]}, extra_env=env)
     launcher.start()
     try:
