@@ -76,7 +76,6 @@ import re
 import shlex
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -116,7 +115,7 @@ from fabric.records import Batch, OrderBook, OrderRow, TradeRow  # noqa: E402
 from nodes.persistence import BATCH, Persistence  # noqa: E402
 from perf.bench_ticker import build_stream  # noqa: E402
 from perf.exchange_target import ExchangeTarget  # noqa: E402
-from perf.harness import CpuWatch, LoadDriver, machine_info, process_cpu_s  # noqa: E402
+from perf.harness import CpuWatch, LoadDriver, git_info, machine_info, process_cpu_s  # noqa: E402
 from topology.launcher import Launcher, NodeProcess  # noqa: E402
 from topology.load import load  # noqa: E402
 from topology.model import MATCHER, Topology  # noqa: E402
@@ -159,18 +158,6 @@ def _topology(workdir: Path, redis_url: str | None = None) -> Path:
 
 def _median(xs: list[float]) -> float:
     return float(np.median(xs))
-
-
-def _git() -> dict[str, Any]:
-    """Return the commit of the checkout and the files changed since it (what the figures measured)."""
-    def run(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    # (Not stripped: a porcelain line starts with its two status columns, the first often a space.)
-    changed = [ln[3:] for ln in run("status", "--porcelain", "--", "fabric", "nodes", "topology").splitlines()]
-    return {"commit": run("rev-parse", "--short", "HEAD").strip(), "changed": changed}
 
 
 # ==========================================================================
@@ -1138,7 +1125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parts: set[int] = args.parts_set
     command = shlex.join(["python", "perf/bench_persistence.py", *(sys.argv[1:] if argv is None else argv)])
     res: dict[str, Any] = {"command": command, "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-                           "git": _git(), **machine_info(),
+                           "git": git_info(), **machine_info(),
                            "args": {k: v for k, v in vars(args).items()
                                     if k not in ("out_dir", "json", "parts_set", "batch_sizes")}}
     t0 = time.perf_counter()

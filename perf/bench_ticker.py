@@ -113,7 +113,7 @@ from fabric.protocol import (  # noqa: E402
 )
 from nodes.matcher import MAX_BATCH, Matcher  # noqa: E402
 from nodes.ticker import PUB_HWM, Ticker  # noqa: E402
-from perf.harness import CpuWatch, machine_info  # noqa: E402
+from perf.harness import CpuWatch, git_info, machine_info  # noqa: E402
 from perf.ticker_clients import raise_fd_limit  # noqa: E402
 from perf.workload import generate, to_replay  # noqa: E402
 from topology.launcher import Launcher, read_line  # noqa: E402
@@ -1427,18 +1427,6 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> dict[str, Pat
 # ==========================================================================
 
 
-def _git() -> dict[str, Any]:
-    """Return the commit of the checkout and the files changed since it (what the figures measured)."""
-    def run(*cmd: str) -> str:
-        try:
-            # (rstrip: a porcelain line's first column may be a space)
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    changed = [ln[3:] for ln in run("status", "--porcelain", "--", "fabric", "nodes", "topology").splitlines()]
-    return {"commit": run("rev-parse", "--short", "HEAD"), "changed": changed}
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write the reports, and return the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1477,7 +1465,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raise_fd_limit()  # the ticker and the clients inherit it: a thousand WebSockets need more than 1,024 files
     command = shlex.join(["python", "perf/bench_ticker.py", *(sys.argv[1:] if argv is None else argv)])
     res: dict[str, Any] = {"command": command, "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-                           "git": _git(), **machine_info(),
+                           "git": git_info(), **machine_info(),
                            "args": {k: v for k, v in vars(args).items() if k not in ("out_dir", "json")}}
     t0 = time.perf_counter()
     m0, ours0 = _machine_ticks(), _our_cpu_s()

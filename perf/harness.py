@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import select
+import subprocess
 import sys
 import time
 from array import array
@@ -715,6 +716,20 @@ def sweep(target: Target, rates: Iterable[float], duration: float, *, warmup: fl
 
 
 # --------------------------------------------------------------------------- report
+
+
+def git_info() -> dict[str, Any]:
+    """Return the commit of the checkout and the files changed since it in the exchange's code (what was measured)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    # (Not stripped: a porcelain line starts with its two status columns, the first often a space.)
+    changed = [ln[3:] for ln in run("status", "--porcelain", "--", "fabric", "nodes", "topology").splitlines()]
+    return {"commit": run("rev-parse", "--short", "HEAD").strip(), "changed": changed}
 
 
 def machine_info() -> dict[str, Any]:
