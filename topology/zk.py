@@ -1,0 +1,97 @@
+"""Where an exchange keeps its coordination in ZooKeeper, and a client to reach it.
+
+Under the topology's ``[zookeeper] root`` (default ``/exfab/<name>``)::
+
+    nodes/<kind>-<name>          ephemeral: a running node (JSON: kind, name, host, pid, state, ...)
+    shards/<shard>/election      the election of the shard's primary (kazoo's Election recipe)
+    shards/<shard>/epoch         persistent: the last epoch taken (decimal text), raised by each new primary
+    shards/<shard>/primary       ephemeral: the primary (JSON: name, epoch, from_seq, its endpoints)
+    shards/<shard>/secondary     ephemeral: the secondary as its primary sees it (JSON: name, in_sync, lag, ...)
+
+Every node of a topology with ``[zookeeper]`` registers itself; the primary resolver
+(``topology/primary.py``) and ``exfab status`` read the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from topology.model import Topology
+
+log = logging.getLogger("exfab.zk")
+
+SESSION_TIMEOUT_S = 4.0  # a node cut off this long loses its session: its ephemeral znodes go, another takes over
+
+
+@dataclass(frozen=True, slots=True)
+class ZkPaths:
+    """The znodes of one exchange (see the module's text)."""
+
+    root: str
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.root}/nodes"
+
+    def node(self, kind: str, name: str) -> str:
+        return f"{self.root}/nodes/{kind}-{name}"
+
+    def shard(self, shard: str) -> str:
+        return f"{self.root}/shards/{shard}"
+
+    def election(self, shard: str) -> str:
+        return f"{self.root}/shards/{shard}/election"
+
+    def epoch(self, shard: str) -> str:
+        return f"{self.root}/shards/{shard}/epoch"
+
+    def primary(self, shard: str) -> str:
+        return f"{self.root}/shards/{shard}/primary"
+
+    def secondary(self, shard: str) -> str:
+        return f"{self.root}/shards/{shard}/secondary"
+
+
+def paths(topo: Topology) -> ZkPaths:
+    """Return the znodes of a topology that has ``[zookeeper]``."""
+    if topo.zookeeper is None:
+        raise ValueError("the topology has no [zookeeper] table")
+    return ZkPaths(topo.zookeeper.root)
+
+
+def connect(topo: Topology, *, timeout: float = 10.0, read_only: bool = False) -> Any:
+    """Return a started kazoo client of the topology's ensemble (raises kazoo's timeout when none answers).
+
+    kazoo retries a lost connection by itself; ``SESSION_TIMEOUT_S`` is how long the ensemble waits before it
+    ends the session (and deletes its ephemeral znodes).
+    """
+    from kazoo.client import KazooClient
+
+    if topo.zookeeper is None:
+        raise ValueError("the topology has no [zookeeper] table")
+    zk = KazooClient(hosts=topo.zookeeper.connect_string, timeout=SESSION_TIMEOUT_S, read_only=read_only,
+                     connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0})
+    zk.start(timeout=timeout)
+    return zk
+
+
+def dump(obj: dict[str, Any]) -> bytes:
+    """Return a znode's JSON data."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def load(data: bytes | None) -> dict[str, Any] | None:
+    """Return a znode's JSON data (None for none, or for data that is not a JSON object)."""
+    if not data:
+        return None
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+__all__ = ["SESSION_TIMEOUT_S", "ZkPaths", "connect", "dump", "load", "paths"]
