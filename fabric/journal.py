@@ -568,6 +568,34 @@ class Journal:
             log.warning("journal %s: rolled back to seq %d after: %s", self.path, seq, self._failure)
         self._failure = None
 
+    def truncate(self, last_seq: int) -> int:
+        """Cut every record after ``last_seq`` (a deposed primary's records its successor never had); return how many.
+
+        Raises
+        ------
+        JournalError
+            The journal is closed or failed.
+        OSError
+            Cutting the file failed.
+        """
+        if self._failure is not None:
+            self._refuse()
+        if last_seq >= self._last_seq:
+            return 0
+        last_seq = max(0, last_seq)
+        self._write_out()
+        every = self._index_every
+        target = last_seq + 1  # the first record cut
+        block = (target - 1) // every
+        off, seq = self._index[block], block * every + 1
+        while seq < target:  # the records before it, skipped by their lengths
+            off += HEADER_SIZE + _CRC.unpack_from(_pread_exactly(self._fd, off, 4, self.path))[0]
+            seq += 1
+        cut = self._last_seq - last_seq
+        self.rollback((off, last_seq, (last_seq + every - 1) // every))
+        os.fsync(self._fd)
+        return cut
+
     def _refuse(self) -> None:
         if self._failure == "closed":
             raise JournalError(f"{self.path}: journal is closed")

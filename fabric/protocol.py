@@ -122,6 +122,10 @@ __all__ = [
     "PubHeartbeat",
     "PubMessage",
     "Rejected",
+    "ReplAck",
+    "ReplJoin",
+    "ReplRecords",
+    "ReplRefused",
     "Replace",
     "Replaced",
     "ReplayReply",
@@ -743,12 +747,47 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     books: list[BookSnapshot]
 
 
+class ReplJoin(_InternalMsg, tag="repl_join", frozen=True, kw_only=True):
+    """A secondary joins its shard's primary: it holds the journal up to ``last_seq`` and wants what follows."""
+
+    name: str
+    last_seq: Count
+
+
+class ReplRecords(_InternalMsg, tag="repl_records", frozen=True, kw_only=True):
+    """Journal records from the primary, in order: ``records[i]`` is record ``first + i``'s command, as journaled.
+
+    ``live`` is false for records sent to catch a secondary up from the primary's journal, true for a
+    batch the primary waits on (it answers and publishes that batch once the secondary acknowledges it).
+    """
+
+    epoch: Count
+    first: Seq
+    records: list[bytes]
+    live: bool = False
+
+
+class ReplAck(_InternalMsg, tag="repl_ack", frozen=True, kw_only=True):
+    """The secondary holds every record up to ``last_seq`` in its journal, and has applied them."""
+
+    name: str
+    last_seq: Count
+
+
+class ReplRefused(_InternalMsg, tag="repl_refused", frozen=True, kw_only=True):
+    """The primary refuses a secondary's join or ack (it is not the primary, or the secondary is not its pair)."""
+
+    reason: str
+    text: str
+
+
 ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Orders | Heartbeat | Logout
 ServerMessage: TypeAlias = (LogonAck | LogonReject | Accepted | Rejected | Fill | Cancelled | Replaced | Expired
                             | OrderStatus | OpenOrders | Heartbeat | Logout | Error)
 ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired
 PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | PubBundle
 InternalMessage: TypeAlias = (OrderCommand | CommandReply | OrderBatch | ReplyBatch | ReplayRequest | ReplayReply
+                              | ReplJoin | ReplRecords | ReplAck | ReplRefused
                               | SnapshotRequest | SnapshotReply)
 Message: TypeAlias = ClientMessage | ServerMessage | PubMessage | InternalMessage
 
@@ -871,8 +910,8 @@ _SERVER = _family("server", (LogonAck, LogonReject, Accepted, Rejected, Fill, Ca
 _PUB = _family("pub", (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired, Trade, BookLevel,
                        PubHeartbeat, PubBundle), MAX_INTERNAL_MESSAGE)
 _INTERNAL = _family("internal", (OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest, ReplayReply,
-                                 SnapshotRequest,
-                                 SnapshotReply), MAX_INTERNAL_MESSAGE)
+                                 SnapshotRequest, SnapshotReply, ReplJoin, ReplRecords, ReplAck, ReplRefused),
+                     MAX_INTERNAL_MESSAGE)
 
 
 def _too_large(n: int, limit: int) -> ProtocolError:

@@ -713,3 +713,23 @@ def test_rollback_after_a_failed_fsync_is_refused(tmp_path: Path) -> None:
         j._fail("fsync failed: simulated")  # what _sync does when fdatasync raises
         with pytest.raises(JournalError, match="reopen"):
             j.rollback(mark)
+
+
+def test_truncate_cuts_the_records_after_a_seq_and_appending_goes_on(tmp_path: Path) -> None:
+    from fabric.journal import Journal, read_journal
+
+    path = tmp_path / "A.journal"
+    j = Journal.open(path, shard="A", fsync="none", index_every=4)
+    for i in range(1, 11):
+        j.append(f"r{i}".encode())
+    j.commit()
+    assert j.truncate(6) == 4 and j.last_seq == 6
+    assert j.truncate(6) == 0
+    assert j.append(b"new7") == 7
+    j.commit()
+    assert j.read_range(5, 7) == [(5, b"r5"), (6, b"r6"), (7, b"new7")]
+    j.close()
+    assert [p for _, p in read_journal(path)] == [b"r1", b"r2", b"r3", b"r4", b"r5", b"r6", b"new7"]
+    j = Journal.open(path, shard="A", fsync="none", index_every=4)
+    assert j.truncate(0) == 7 and j.last_seq == 0 and j.append(b"x") == 1
+    j.close()

@@ -126,6 +126,10 @@ SAMPLES: dict[str, list[Any]] = {
         ReplayReply(shard=3, first=1, last=5, msgs=[], done=True, reason="replay_unavailable", text="trimmed"),
         SnapshotRequest(shard=3),
         SnapshotRequest(shard=3, symbol="TCS"),
+        p.ReplJoin(name="A-2", last_seq=41),
+        p.ReplRecords(epoch=2, first=42, records=[b"\x81\xa1t\xa3new"], live=True),
+        p.ReplAck(name="A-2", last_seq=42),
+        p.ReplRefused(reason="not_primary", text="A-1 is not the primary of shard A"),
         SnapshotReply(shard=3, seq=44, epoch=2, exec_tseq=30, books=[
             BookSnapshot(symbol="TCS", bids=[("3500.00", 15, 2), ("3499.95", 1, 1)], asks=[("3500.50", 2, 1)],
                          trade_id=9, book_tseq=12, trade_tseq=9)]),
