@@ -136,6 +136,7 @@ class _Head(msgspec.Struct, gc=False):
     t: str
     seq: int = 0
     tseq: int = 0
+    epoch: int = 0
     broker: str = ""
     msgs: list[bytes] | None = None  # a bundle's messages
 
@@ -159,6 +160,10 @@ class _Lane:
     stream: ShardStream[Report]
     topic: bytes
     inflight: collections.OrderedDict[int, float] = field(default_factory=collections.OrderedDict)  # req -> sent
+    cmds: dict[int, OrderCommand] = field(default_factory=dict)  # req -> the command, to send again to a new primary
+    epoch: int = 0  # the primary's epoch: a message of an older one from seq `from_seq` on is a deposed primary's
+    from_seq: int = 0
+    primary: str = ""  # the matcher commands go to
     gate: int = 0  # the tseq the last reply was answered at: reports after it may follow a pending answer
     ready: collections.deque[Report] = field(default_factory=collections.deque)  # in order, not yet sent
     waiting: collections.deque[tuple[int, str, list[Any]]] = field(default_factory=collections.deque)
@@ -182,8 +187,13 @@ class Gateway:
         self.shard_no = {sym: no for no, shard in enumerate(topo.shards) for sym in shard.symbols}
         self.primaries = resolver(topo)
         self.lanes = [_Lane(ShardStream(no), exec_topic(no)) for no in range(len(topo.shards))]
-        for lane in self.lanes:
+        for no, lane in enumerate(self.lanes):
             lane.stream.follow(lane.topic)
+            if topo.shards[no].paired:
+                p = self.primaries.primary(no)
+                lane.primary, lane.epoch = p.replica.name, p.epoch
+                lane.from_seq = getattr(self.primaries, "from_seq", lambda _n: 0)(no)
+        self._primaries_seen = getattr(self.primaries, "version", 0)
         self.outq: dict[bytes, list[bytes]] = {}  # answers to brokers queued this turn
         self.cmdq: list[list[OrderCommand]] = [[] for _ in topo.shards]  # commands for each shard this turn
         self.counts: collections.Counter[str] = collections.Counter()
@@ -308,11 +318,14 @@ class Gateway:
             self.queries[self.req] = pending
         else:
             self.pending[self.req] = pending
-        self.lanes[shard_no].inflight[self.req] = time.monotonic()
+        lane = self.lanes[shard_no]
+        lane.inflight[self.req] = time.monotonic()
         # The matcher refuses the command after `expires`; the gateway waits a little longer for its answer
         # (PENDING_GRACE_S), so an answer and a refusal never both reach the broker.
-        self.cmdq[shard_no].append(OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=cmd,
-                                                expires=time.time_ns() + EXPIRES_NS))
+        oc = OrderCommand(gateway=self.name, req=self.req, broker=broker, cmd=cmd, expires=time.time_ns() + EXPIRES_NS)
+        self.cmdq[shard_no].append(oc)
+        if lane.primary:  # a pair: kept until answered, to send again after a fail-over
+            lane.cmds[self.req] = oc
 
     def _refuse(self, ident: bytes, session: Session | None, op: str, oid: str, symbol: str | None, reason: str,
                 text: str, field: str | None = None) -> None:
@@ -400,7 +413,8 @@ class Gateway:
         """Handle a matcher's answer to one command: its reports (if any), then the order's status."""
         lane = self.lanes[msg.shard] if msg.shard < len(self.lanes) else None
         if lane is None or lane.inflight.pop(msg.req, None) is None:
-            return  # not ours, or answered already (refused after PENDING_TIMEOUT_S)
+            return  # not ours, or answered already (refused after PENDING_TIMEOUT_S, or by the primary before)
+        lane.cmds.pop(msg.req, None)
         lane.gate = max(lane.gate, msg.x_tseq)
         q = self.queries.pop(msg.req, None)
         if q is not None:
@@ -500,6 +514,7 @@ class Gateway:
         # Refuse one command sent to shard `no` (shard_unavailable); its answer keeps its place in the order.
         lane = self.lanes[no]
         lane.inflight.pop(req, None)
+        lane.cmds.pop(req, None)
         q = self.queries.pop(req, None)
         if q is not None:
             self._query_part(q, [])
@@ -533,6 +548,8 @@ class Gateway:
         lane = self.lanes[shard_no]
         stream, topic, now = lane.stream, lane.topic, time.monotonic()
         h = _head(body)
+        if h.epoch != lane.epoch and not self._current(lane, h.epoch, h.seq):
+            return  # a deposed primary's
         if h.t == "heartbeat":
             hb = decode_pub(body)
             assert isinstance(hb, PubHeartbeat)
@@ -544,6 +561,45 @@ class Gateway:
         else:
             lane.ready.extend(stream.offer(topic, h.tseq, h.seq, (h.tseq, h.broker, body), in_order=True, now=now))
         self._pump(lane)
+
+    @staticmethod
+    def _current(lane: _Lane, epoch: int, seq: int) -> bool:
+        # A message of a later epoch: a new primary (the gateway learns it here if ZooKeeper has not told it yet).
+        # Of an earlier one: good only below the current reign's first seq (the records both primaries agree on).
+        if epoch > lane.epoch:
+            lane.epoch = epoch
+            return True
+        return seq < lane.from_seq
+
+    def follow_primaries(self) -> None:
+        """Take a new primary of a pair (ZooKeeper's resolver changed): connect to it, send it what is unanswered."""
+        version = getattr(self.primaries, "version", 0)
+        if version == self._primaries_seen:
+            return
+        self._primaries_seen = version
+        for no, lane in enumerate(self.lanes):
+            p = self.primaries.primary(no)
+            if not lane.primary or (p.replica.name == lane.primary and p.epoch == lane.epoch):
+                continue
+            log.warning("shard %s: primary is now %s (epoch %d); sending it the %d commands unanswered",
+                        self.topo.shards[no].name, p.replica.name, p.epoch, len(lane.cmds))
+            lane.primary, lane.epoch = p.replica.name, max(lane.epoch, p.epoch)
+            lane.from_seq = getattr(self.primaries, "from_seq", lambda _n: 0)(no)
+            self._reopen(no)
+            old = self.recovery[no]
+            self.poller.unregister(old)
+            old.close(0)
+            r = self.ctx.socket(zmq.DEALER)
+            r.setsockopt(zmq.LINGER, 0)
+            r.connect(p.recovery)
+            self.recovery[no] = r
+            self.poller.register(r, zmq.POLLIN)
+            self.socks = (*self.orders, self.sub, *self.recovery, self.front)
+            lane.stream.replay = None  # asked of the old primary: ask the new one
+            now = time.monotonic()
+            for req in lane.inflight:
+                lane.inflight[req] = now  # a new primary: the wait starts again
+            self.cmdq[no].extend(lane.cmds[req] for req in lane.inflight if req in lane.cmds)
 
     def on_replay(self, shard_no: int, body: bytes) -> None:
         """Deliver a replayed range, then what was held behind the gap."""
@@ -611,7 +667,8 @@ class Gateway:
             r.setsockopt(zmq.LINGER, 0)
             r.connect(primary.recovery)
             self.recovery.append(r)
-            self.sub.connect(primary.pub)
+            for replica in self.topo.shards[no].replicas:  # both of a pair: the stream goes on from the new primary
+                self.sub.connect(replica.pub.connect)
             self.sub.subscribe(exec_topic(no))
             self.sub.subscribe(heartbeat_topic(no))
         self.poller = poller = zmq.Poller()
@@ -669,6 +726,7 @@ class Gateway:
                     last_keep_alive = now
                     self.keep_alive()
                     self.expire()
+                self._guard(self.follow_primaries)
                 self.ask_replays()
                 self._guard(self.answer_lookups)
                 self._guard(self.flush)  # this turn's answers and commands, batched

@@ -45,6 +45,7 @@ import contextlib
 import gc
 import itertools
 import logging
+import os
 import signal
 import sys
 import time
@@ -74,8 +75,12 @@ from fabric.protocol import (
     ProtocolError,
     PubBundle,
     PubHeartbeat,
+    ReplAck,
     ReplayReply,
     ReplayRequest,
+    ReplJoin,
+    ReplRecords,
+    ReplRefused,
     ReplyBatch,
     SnapshotReply,
     SnapshotRequest,
@@ -92,7 +97,7 @@ from fabric.protocol import (
 from fabric.publog import PubLog
 from fabric.sockets import readable, recv_frames, send_frames
 from topology.load import load
-from topology.model import Topology
+from topology.model import Replica, Topology
 
 log = logging.getLogger("exfab.matcher")
 
@@ -106,6 +111,10 @@ REPLAY_CHUNK = 2_000  # PUB messages per replay reply
 REPLAY_QUEUE = 16  # replay parts queued for one peer at most (about 5 MB): past it, the rest waits until it reads
 MAX_MESSAGE = 1 << 20  # ZeroMQ drops a peer that sends more in one message (ours stay far below)
 HEARTBEAT_S = 1.0  # PUB heartbeat period, whatever the traffic (docs/protocol.md, section 8)
+REPL_TIMEOUT_S = 0.5  # a secondary that does not acknowledge a batch within this long is no longer in sync
+REPL_CHUNK = 1_000  # journal records per catch-up message
+REPL_WINDOW = 4  # catch-up messages sent ahead of the secondary's acknowledgements
+FOLLOW_CHECK_S = 0.2  # how often a secondary looks up its primary in ZooKeeper
 
 
 class Outbox:
@@ -202,8 +211,24 @@ class _ReplayJob:
     next: int
 
 
+@dataclass(slots=True)
+class _Secondary:
+    # The primary's view of its secondary: records up to `acked` are held there, `next` is the first not sent.
+    ident: bytes
+    name: str
+    next: int
+    acked: int
+    in_sync: bool = False
+
+
 class Matcher:
-    """One matcher of a shard: the engine, its journal, its sockets, and the loop."""
+    """One matcher of a shard: the engine, its journal, its sockets, and the loop.
+
+    A shard that is a pair runs two of these; ZooKeeper elects the primary (``topology/election.py``). The
+    primary takes the commands and replicates each journaled batch to the secondary before it answers or
+    publishes it; the secondary journals and applies the same records (a hot standby), publishes nothing,
+    and takes over when it wins the election.
+    """
 
     def __init__(self, topo: Topology, name: str, *, fsync: str = "batch", ctx: zmq.Context | None = None,
                  ring_bytes: int | None = None, keep_finished: int | None = -1) -> None:
@@ -246,6 +271,15 @@ class Matcher:
         self.journal_error: str | None = None  # set while the journal cannot be written: commands are refused
         self._noted = 0  # the seq last written to the journal's `.published` file
         self.replays: collections.deque[_ReplayJob] = collections.deque()  # replays under way, one per request
+        self.role = "secondary" if self.shard.paired else "primary"
+        self.peer: Replica | None = next((r for r in self.shard.replicas if r.name != name), None)
+        self.seat: Any = None  # topology.election.Seat, for a pair (connected in run())
+        self.secondary: _Secondary | None = None  # (primary) its secondary
+        self.repl_out: list[bytes] = []  # (primary) records journaled this round, to replicate
+        self._repl: zmq.Socket | None = None  # (primary) the replication ROUTER
+        self._upstream: zmq.Socket | None = None  # (secondary) DEALER to the primary's replication ROUTER
+        self._following: Any = None  # (secondary) the reign it follows
+        self._follow_check = 0.0
         self._stop = False
 
     # ---------------------------------------------------------------- recovery
@@ -361,8 +395,26 @@ class Matcher:
                 replies.setdefault(ident, []).append(Error(
                     reason="unknown_message_type",
                     text=f"the order socket takes order_cmd and order_batch, not {type(decoded).__name__}"))
+        if self.role != "primary":
+            return  # a secondary takes no command: its gateways send them again to the primary they learn of
+        if self.seat is not None and self.seat.suspended:
+            text = (f"shard {self.shard.name}: its matcher lost touch with ZooKeeper and takes no command until it "
+                    "is back")
+            for ident, oc in commands:
+                replies.setdefault(ident, []).append(self._reply(oc, reason="shard_unavailable", text=text))
+            commands = []
+        seq0 = self.journal.last_seq
         while commands:
             commands = self._handle_round(commands, replies)
+        if self.journal.last_seq > seq0:
+            self._await_secondary()
+            if self.seat is not None and self.seat.suspended:
+                # Deposed, maybe, while the batch was under way: nothing of it may leave. The journal holds it; a
+                # successor that never had it makes the restarted matcher cut it (topology.election.Seat.cut_point).
+                log.critical("matcher %s: lost touch with ZooKeeper during a batch: stopping without answering it",
+                             self.name)
+                self.journal.close()
+                os._exit(75)
         # Replies first (they carry their commands' reports: the acknowledgement's short path), then the
         # batch's PUB messages, per topic one message or one bundle.
         for ident, answers in replies.items():
@@ -388,6 +440,7 @@ class Matcher:
         try:
             steps, rest = self._journal_round(commands, ts)
         except (OSError, JournalError) as e:
+            self.repl_out = []  # rolled back: nothing of it is replicated
             self._journal_failed(e, mark)
             for ident, oc in commands:  # nothing of them was carried out: refuse them all, in their order
                 replies.setdefault(ident, []).append(self._reply(oc, reason="shard_unavailable",
@@ -446,10 +499,13 @@ class Matcher:
                     if self.engine.is_retry(cmd):
                         cmd = None  # a resend of an order already accepted: answered, never executed twice
                 if cmd is not None:
-                    in_seq = journal.append(encode_command(cmd))
+                    payload = encode_command(cmd)
+                    in_seq = journal.append(payload)
+                    self.repl_out.append(payload)
             steps.append((ident, oc, cmd, in_seq))
         if any(cmd is not None for _, _, cmd, _ in steps):
             journal.commit()  # durable before anything is published or acknowledged
+        self._replicate_live()
         return steps, rest
 
     def _answer(self, oc: OrderCommand) -> CommandReply:
@@ -571,6 +627,208 @@ class Matcher:
             h = (h * 1_000_003 + self.engine.books[sym].checksum()) & ((1 << 64) - 1)  # type: ignore[attr-defined]
         return h
 
+    # ------------------------------------------------------------- replication
+
+    def _replicate_live(self) -> None:
+        # (primary) Send the round's journaled records to an in-sync secondary: it journals and applies them while
+        # this matcher applies them too; the batch's answers wait for its acknowledgement (_await_secondary).
+        out, self.repl_out = self.repl_out, []
+        sec = self.secondary
+        if not out or sec is None or not sec.in_sync or self._repl is None:
+            return
+        first = self.journal.last_seq - len(out) + 1
+        self._send_repl(sec, ReplRecords(epoch=self.epoch, first=first, records=out, live=True))
+        sec.next = self.journal.last_seq + 1
+
+    def _send_repl(self, sec: _Secondary, msg: Any) -> bool:
+        assert self._repl is not None
+        try:
+            send_frames(self._repl, (sec.ident, encode(msg)), zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # its queue is full, or it has gone: it is behind, it catches up when it can
+            return False
+
+    def _await_secondary(self) -> None:
+        # (primary) Wait until the in-sync secondary holds the batch; past REPL_TIMEOUT_S it is out of sync, which
+        # ZooKeeper must know before anything of the batch leaves (else it could take over without the batch).
+        sec = self.secondary
+        last = self.journal.last_seq
+        if sec is None or not sec.in_sync or sec.acked >= last or self._repl is None:
+            return
+        deadline = time.monotonic() + REPL_TIMEOUT_S
+        while sec.acked < last and sec is self.secondary:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._repl.poll(max(1, int(left * 1000))):
+                break
+            self._drain_repl()
+        if sec is not self.secondary or sec.acked >= last:
+            return
+        log.warning("matcher %s: secondary %s did not acknowledge seq %d within %g s: going on alone until it "
+                    "catches up", self.name, sec.name, last, REPL_TIMEOUT_S)
+        sec.in_sync = False
+        sec.next = sec.acked + 1
+        self._declare_insync(None)
+
+    def _declare_insync(self, name: str | None) -> None:
+        try:
+            self.seat.declare_insync(name, self.epoch, self.journal.last_seq)
+        except Exception as e:
+            if name is None:
+                # Not able to say the secondary is behind: it may take over without what follows. Stop here.
+                log.critical("matcher %s: cannot tell ZooKeeper the secondary is behind (%s): stopping", self.name, e)
+                self.journal.close()
+                os._exit(75)
+            log.warning("matcher %s: cannot tell ZooKeeper %s is in sync (%s)", self.name, name, e)
+            if self.secondary is not None:
+                self.secondary.in_sync = False
+        self.seat.report_secondary({"name": name or (self.secondary.name if self.secondary else None),
+                                    "in_sync": name is not None, "seq": self.journal.last_seq,
+                                    "acked": self.secondary.acked if self.secondary else 0})
+
+    def _drain_repl(self) -> None:
+        assert self._repl is not None
+        while True:
+            try:
+                frames = self._repl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._on_repl(frames)
+            except Exception:
+                log.exception("replication message failed")
+
+    def _on_repl(self, frames: list[bytes]) -> None:
+        # (primary) A secondary's join or acknowledgement.
+        ident, body = frames[0], frames[-1]
+        msg = decode_internal(body)
+        if isinstance(msg, ReplAck):
+            sec = self.secondary
+            if sec is not None and sec.ident == ident:
+                sec.acked = max(sec.acked, msg.last_seq)
+            return
+        if not isinstance(msg, ReplJoin):
+            return
+        refusal = None
+        if self.role != "primary":
+            refusal = ReplRefused(reason="not_primary", text=f"{self.name} is not the primary of {self.shard.name}")
+        elif self.peer is None or msg.name != self.peer.name:
+            refusal = ReplRefused(reason="not_its_pair", text=f"{msg.name} is not {self.name}'s pair")
+        elif msg.last_seq > self.journal.last_seq:
+            refusal = ReplRefused(reason="ahead_of_primary",
+                                  text=f"{msg.name} holds seq {msg.last_seq}, the primary {self.journal.last_seq}")
+            log.error("matcher %s: secondary %s is ahead (seq %d, here %d): it must cut its journal", self.name,
+                      msg.name, msg.last_seq, self.journal.last_seq)
+        if refusal is not None:
+            assert self._repl is not None
+            with contextlib.suppress(zmq.ZMQError):
+                send_frames(self._repl, (ident, encode(refusal)), zmq.NOBLOCK)
+            return
+        was = self.secondary
+        self.secondary = _Secondary(ident, msg.name, next=msg.last_seq + 1, acked=msg.last_seq)
+        log.info("matcher %s: secondary %s joins at seq %d (here %d): catching it up", self.name, msg.name,
+                 msg.last_seq, self.journal.last_seq)
+        if was is not None and was.in_sync:
+            self._declare_insync(None)
+
+    def _catch_up(self) -> None:
+        # (primary) Send a secondary that is behind the records it lacks, a window at a time; declare it in sync
+        # once it holds them all (from then on every batch waits for it).
+        sec = self.secondary
+        if sec is None or sec.in_sync or self._repl is None:
+            return
+        last = self.journal.last_seq
+        while sec.next <= last and sec.next - sec.acked <= REPL_CHUNK * REPL_WINDOW:
+            hi = min(sec.next + REPL_CHUNK - 1, last)
+            records = [p for _, p in self.journal.read_range(sec.next, hi)]
+            if not self._send_repl(sec, ReplRecords(epoch=self.epoch, first=sec.next, records=records)):
+                return
+            sec.next = hi + 1
+        if sec.acked >= last:
+            sec.in_sync = True
+            log.info("matcher %s: secondary %s in sync at seq %d", self.name, sec.name, last)
+            self._declare_insync(sec.name)
+
+    def _follow(self, now: float) -> None:
+        # (secondary) Keep a connection to the primary ZooKeeper names, joining it again when it changes.
+        if now - self._follow_check < FOLLOW_CHECK_S:
+            return
+        self._follow_check = now
+        reign = self.seat.primary()
+        if reign == self._following:
+            return
+        if self._upstream is not None:
+            self._upstream.close(0)
+            self._upstream = None
+        self._following = reign
+        if reign is None or reign.name == self.name:
+            return
+        primary = self.shard.replica(reign.name)
+        if primary.repl is None:
+            log.error("matcher %s: primary %s has no repl_port in the topology", self.name, reign.name)
+            return
+        up = self.ctx.socket(zmq.DEALER)
+        up.setsockopt(zmq.LINGER, 0)
+        up.connect(primary.repl.connect)
+        self._upstream = up
+        send_frames(up, (encode(ReplJoin(name=self.name, last_seq=self.journal.last_seq)),))
+        log.info("matcher %s: secondary of %s (epoch %d), joining at seq %d", self.name, reign.name, reign.epoch,
+                 self.journal.last_seq)
+
+    def _on_upstream(self) -> None:
+        # (secondary) Journal and apply the primary's records, then acknowledge them.
+        assert self._upstream is not None
+        up = self._upstream
+        acked = self.journal.last_seq
+        while True:
+            try:
+                body = up.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            msg = decode_internal(body)
+            if isinstance(msg, ReplRefused):
+                log.error("matcher %s: the primary refuses it: %s (%s)", self.name, msg.reason, msg.text)
+                self._following = None  # asks again at the next check
+                self._follow_check = time.monotonic() + 2.0
+                continue
+            if not isinstance(msg, ReplRecords):
+                continue
+            last = self.journal.last_seq
+            if msg.first > last + 1:
+                log.warning("matcher %s: records from seq %d, holding %d: joining again", self.name, msg.first, last)
+                send_frames(up, (encode(ReplJoin(name=self.name, last_seq=last)),))
+                continue
+            fresh = msg.records[last + 1 - msg.first:]
+            for payload in fresh:
+                self.journal.append(payload)
+            self.journal.commit()
+            self.outbox.epoch = self.epoch = msg.epoch
+            for payload in fresh:
+                cmd = decode_command(payload)
+                if not isinstance(cmd, AddInstrument):
+                    self._apply(cmd)  # type: ignore[arg-type]
+        self.outbox.write_log()
+        if self.journal.last_seq != acked:
+            send_frames(up, (encode(ReplAck(name=self.name, last_seq=self.journal.last_seq)),))
+
+    def _take_over(self, pub: zmq.Socket) -> None:
+        # (secondary that won the election) Become the primary: a new epoch from the next record on.
+        if self._upstream is not None:
+            self._upstream.close(0)
+            self._upstream = None
+        reign = self.seat.take_over(self.journal.last_seq + 1)
+        self.epoch = self.outbox.epoch = reign.epoch
+        self.outbox.pub = pub
+        self.role = "primary"
+        self._following = None
+
+    def _cut_divergent(self) -> None:
+        # (a pair's matcher, starting) Cut what this journal may hold that the shard's later primaries never had.
+        keep = self.seat.cut_point()
+        if keep is not None and keep < self.journal.last_seq:
+            cut = self.journal.truncate(keep)
+            log.warning("matcher %s: cut %d journal records after seq %d: written while it led, they never reached "
+                        "the primaries after it (never acknowledged to anyone)", self.name, cut, keep)
+
     # -------------------------------------------------------------------- loop
 
     def stop(self, *_: object) -> None:
@@ -593,23 +851,57 @@ class Matcher:
         orders.bind(self.replica.order.bind)
         recovery.bind(self.replica.recovery.bind)
         pub.bind(self.replica.pub.bind)
+        socks: tuple[zmq.Socket, ...] = (orders, recovery)
+        if self.shard.paired:
+            from topology.election import Seat
+
+            self.seat = Seat(self.topo, self.shard, self.replica)
+            if self.replica.repl is not None:
+                self._repl = ctx.socket(zmq.ROUTER)
+                self._repl.setsockopt(zmq.LINGER, 0)
+                self._repl.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                self._repl.bind(self.replica.repl.bind)
+                socks += (self._repl,)
+            self._cut_divergent()
+        restart = False
         try:
             n = self.recover()
             # What recovery and start-up made lives for the whole run: out of the cycle collector's sight, so
             # its full collections scan only what the day adds (they were the exchange's worst pauses).
             gc.freeze()
-            self.outbox.pub = pub
-            log.info("matcher %s: shard %s (%d symbols), replayed %d journaled commands, seq %d, checksum %016x",
-                     self.name, self.shard.name, len(self.symbols), n, self.outbox.seq, self.checksum())
+            if self.role == "primary":
+                self.outbox.pub = pub
+            log.info("matcher %s: shard %s (%d symbols), replayed %d journaled commands, seq %d, checksum %016x%s",
+                     self.name, self.shard.name, len(self.symbols), n, self.outbox.seq, self.checksum(),
+                     "; standing in the election" if self.seat is not None else "")
             self._check_published()
+            if self.seat is not None:
+                self.seat.stand()
             if ready is not None:
                 ready()
             poller = zmq.Poller()
-            poller.register(orders, zmq.POLLIN)
-            poller.register(recovery, zmq.POLLIN)
-            socks = (orders, recovery)
+            for sock in socks:
+                poller.register(sock, zmq.POLLIN)
+            upstream: zmq.Socket | None = None
             while not self._stop:
-                events = readable(poller, socks, 100)
+                if self.seat is not None:
+                    if self.seat.lost.is_set():
+                        restart = True
+                        break
+                    if self.role == "secondary":
+                        if self.seat.won.is_set():
+                            self._take_over(pub)
+                        else:
+                            self._follow(time.monotonic())
+                    if self._upstream is not upstream:  # the secondary's connection to its primary changed
+                        if upstream is not None:
+                            with contextlib.suppress(KeyError):
+                                poller.unregister(upstream)
+                        upstream = self._upstream
+                        if upstream is not None:
+                            poller.register(upstream, zmq.POLLIN)
+                events = readable(poller, (*socks, upstream) if upstream is not None else socks, 20 if
+                                  self.seat is not None else 100)
                 if orders in events:
                     batch: list[list[bytes]] = []
                     while len(batch) < MAX_BATCH:
@@ -631,18 +923,40 @@ class Matcher:
                             self.handle_recovery(msg, recovery)
                         except Exception:
                             log.exception("recovery request failed")
+                if self._repl is not None:
+                    if self._repl in events:
+                        self._drain_repl()
+                    self._catch_up()
+                if upstream is not None and upstream in events:
+                    try:
+                        self._on_upstream()
+                    except Exception:
+                        log.exception("replicated records failed")
                 if self.replays:
                     self.serve_replays(recovery)
-                if time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
+                if self.role == "primary" and time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
                     self.outbox.heartbeat(self.journal_error)
                     self._note_published()
+                    if self.secondary is not None and self.seat is not None:
+                        sec = self.secondary
+                        self.seat.report_secondary({"name": sec.name, "in_sync": sec.in_sync,
+                                                    "seq": self.journal.last_seq, "acked": sec.acked,
+                                                    "lag": self.journal.last_seq - sec.acked})
         finally:
             self.journal.close()
             self.publog.close()
-            for s in (orders, recovery, pub):
-                s.close(0)
+            for s in (orders, recovery, pub, self._repl, self._upstream):
+                if s is not None:
+                    s.close(0)
             log.info("matcher %s: stopped at seq %d, checksum %016x; %d commands refused as expired", self.name,
                      self.outbox.seq, self.checksum(), self.expired)
+            if self.seat is not None:
+                self.seat.close()
+        if restart:
+            # The ZooKeeper session ended: another matcher may lead now. Start over as a candidate, from the journal
+            # (crash-only: the same path as after a kill), cutting what the new primary never had.
+            log.warning("matcher %s: restarting to rejoin the shard", self.name)
+            os.execv(sys.executable, [sys.executable, "-m", "nodes.matcher", *sys.argv[1:]])
 
 
 def _answer(sock: zmq.Socket, ident: bytes, msg: Any) -> None:

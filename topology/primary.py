@@ -5,10 +5,11 @@ and the persistence node follow the primary's stream.  They all ask a
 :class:`PrimaryResolver` rather than pick a replica themselves, so that
 fail-over changes one place.
 
-Today every shard has a single matcher: :class:`StaticPrimaries` answers from
-the topology (the shard's one replica, epoch 0).  Primary/secondary pairs
-elect their primary through ZooKeeper, whose resolver answers the same
-question with the elected matcher and its fencing epoch.
+A shard with a single matcher is answered from the topology
+(:class:`StaticPrimaries`: the shard's one replica, epoch 0). Primary/secondary
+pairs elect their primary through ZooKeeper (``topology/election.py``), and
+:class:`ZkPrimaries` answers with the elected matcher and its fencing epoch,
+watching for the next election.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from fabric.follow import ShardSource
-from topology.model import Replica, Topology
+from topology.model import Replica, Shard, Topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +80,61 @@ class StaticPrimaries:
         return self._primaries[shard]
 
 
+class ZkPrimaries:
+    """The primaries of a topology with pairs, as ZooKeeper says (``shards/<shard>/primary``), watched.
+
+    A shard with one matcher is answered from the file. Until a pair's primary is known, its first replica is
+    given at epoch 0 (its commands wait, and are sent again to the primary once it is known). :attr:`version`
+    goes up at each change, so a node's loop notices it without a callback.
+    """
+
+    def __init__(self, topo: Topology) -> None:
+        from topology.zk import connect, load, paths
+
+        self._static = StaticPrimaries(topo)
+        self._primaries = [self._static.primary(no) for no in range(len(topo.shards))]
+        self._from_seq = [0] * len(topo.shards)
+        self.version = 0
+        self.zk = connect(topo)
+        zpaths = paths(topo)
+        for no, shard in enumerate(topo.shards):
+            if not shard.paired:
+                continue
+
+            def watch(data: bytes | None, _stat: object, no: int = no, shard: Shard = shard) -> None:
+                obj = load(data)
+                if obj is None:
+                    return  # no primary now: keep the last one known until the next is elected
+                try:
+                    replica = shard.replica(str(obj["name"]))
+                    epoch, from_seq = int(obj["epoch"]), int(obj["from_seq"])
+                except (KeyError, ValueError, TypeError):
+                    return
+                if epoch >= self._primaries[no].epoch:
+                    self._primaries[no] = Primary(no, replica, epoch)
+                    self._from_seq[no] = from_seq
+                    self.version += 1
+
+            self.zk.DataWatch(zpaths.primary(shard.name), watch)
+
+    def primary(self, shard: int) -> Primary:
+        """Return the primary of shard number ``shard`` as last known."""
+        return self._primaries[shard]
+
+    def from_seq(self, shard: int) -> int:
+        """Return the first sequence number of the current primary's reign (0 for a single matcher)."""
+        return self._from_seq[shard]
+
+    def close(self) -> None:
+        """Stop watching."""
+        self.zk.stop()
+        self.zk.close()
+
+
 def resolver(topo: Topology) -> PrimaryResolver:
-    """Return the resolver a node of ``topo`` uses."""
+    """Return the resolver a node of ``topo`` uses: ZooKeeper's when a shard is a pair, else the file's."""
+    if topo.zookeeper is not None and any(s.paired for s in topo.shards):
+        return ZkPrimaries(topo)
     return StaticPrimaries(topo)
 
 
@@ -94,4 +148,4 @@ def shard_sources(topo: Topology) -> list[ShardSource]:
     return out
 
 
-__all__ = ["Primary", "PrimaryResolver", "StaticPrimaries", "resolver", "shard_sources"]
+__all__ = ["Primary", "PrimaryResolver", "StaticPrimaries", "ZkPrimaries", "resolver", "shard_sources"]

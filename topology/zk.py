@@ -7,6 +7,9 @@ Under the topology's ``[zookeeper] root`` (default ``/exfab/<name>``)::
     shards/<shard>/epoch         persistent: the last epoch taken (decimal text), raised by each new primary
     shards/<shard>/primary       ephemeral: the primary (JSON: name, epoch, from_seq, its endpoints)
     shards/<shard>/secondary     ephemeral: the secondary as its primary sees it (JSON: name, in_sync, lag, ...)
+    shards/<shard>/insync        persistent: the secondary that holds every record (JSON: name, epoch, seq)
+    shards/<shard>/reigns/<E>    persistent: epoch E's primary and first sequence number (JSON)
+    shards/<shard>/clean/<name>  persistent: the last epoch whose records <name>'s journal holds as agreed
 
 Every node of a topology with ``[zookeeper]`` registers itself; the primary resolver
 (``topology/primary.py``) and ``exfab status`` read the rest.
@@ -24,6 +27,9 @@ from topology.model import Topology
 log = logging.getLogger("exfab.zk")
 
 SESSION_TIMEOUT_S = 4.0  # a node cut off this long loses its session: its ephemeral znodes go, another takes over
+# A matcher's own session, shorter: it bounds the fail-over (a killed primary's lock goes when its session ends).
+# ZooKeeper grants at least 2 ticks (Debian's default tick is 2 s: the ensemble's tickTime must be 500 ms or less).
+MATCHER_SESSION_TIMEOUT_S = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +68,29 @@ def paths(topo: Topology) -> ZkPaths:
     return ZkPaths(topo.zookeeper.root)
 
 
-def connect(topo: Topology, *, timeout: float = 10.0, read_only: bool = False) -> Any:
+def connect(topo: Topology, *, timeout: float = 10.0, read_only: bool = False,
+            session_timeout: float = SESSION_TIMEOUT_S) -> Any:
     """Return a started kazoo client of the topology's ensemble (raises kazoo's timeout when none answers).
 
     kazoo retries a lost connection by itself; ``SESSION_TIMEOUT_S`` is how long the ensemble waits before it
     ends the session (and deletes its ephemeral znodes).
     """
+    zk = client(topo, read_only=read_only, session_timeout=session_timeout)
+    zk.start(timeout=timeout)
+    return zk
+
+
+def client(topo: Topology, *, read_only: bool = False, session_timeout: float = SESSION_TIMEOUT_S) -> Any:
+    """Return a kazoo client of the topology's ensemble, not started: ``start_async()`` connects in the background.
+
+    The same client :func:`connect` starts, for a caller that must not wait for the ensemble (the registry).
+    """
     from kazoo.client import KazooClient
 
     if topo.zookeeper is None:
         raise ValueError("the topology has no [zookeeper] table")
-    zk = KazooClient(hosts=topo.zookeeper.connect_string, timeout=SESSION_TIMEOUT_S, read_only=read_only,
-                     connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0})
-    zk.start(timeout=timeout)
-    return zk
+    return KazooClient(hosts=topo.zookeeper.connect_string, timeout=session_timeout, read_only=read_only,
+                       connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0})
 
 
 def dump(obj: dict[str, Any]) -> bytes:
@@ -94,4 +109,4 @@ def load(data: bytes | None) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-__all__ = ["SESSION_TIMEOUT_S", "ZkPaths", "connect", "dump", "load", "paths"]
+__all__ = ["MATCHER_SESSION_TIMEOUT_S", "SESSION_TIMEOUT_S", "ZkPaths", "client", "connect", "dump", "load", "paths"]
