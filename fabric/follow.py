@@ -59,16 +59,25 @@ log = logging.getLogger("exfab.follow")
 MAX_TURN: Final = 4096  # ZeroMQ messages taken per turn before the node's turn callback (a message may be a bundle)
 REQUEST_TIMEOUT_S: Final = 2.0  # a matcher's answer to a replay or snapshot request
 RETRY_S: Final = 1.0  # between attempts to reach a matcher that did not answer
+RESOLVE_S: Final = 0.1  # how often a follower of pairs looks at where their primaries are
 
 
 @dataclass(frozen=True, slots=True)
 class ShardSource:
-    """Where a shard's stream comes from: its number, name, PUB and recovery addresses."""
+    """Where a shard's stream comes from: its number, name, PUB and recovery addresses.
+
+    ``pubs`` lists every replica's PUB when the shard is a pair (the stream goes on from a new primary);
+    ``epoch`` and ``from_seq`` are the primary's reign: a message of an older epoch from ``from_seq`` on is
+    a deposed primary's, and is dropped.
+    """
 
     no: int
     name: str
     pub: str
     recovery: str
+    pubs: tuple[str, ...] = ()
+    epoch: int = 0
+    from_seq: int = 0
 
 
 @dataclass
@@ -142,12 +151,16 @@ class Follower:
         Messages ZeroMQ queues for the node while it does not read (0: no limit, the matcher's own high-water
         mark bounds what waits). A node that :meth:`pause`\ s gives a limit: past it the matchers drop, and
         the follower asks for what was dropped when it reads again.
+    resolve
+        Where every shard's stream comes from now (``topology.primary.sources_of``), asked every
+        ``RESOLVE_S``: a shard whose primary changed is followed from the new one (:meth:`move`).
     """
 
     def __init__(self, ctx: zmq.asyncio.Context, sources: Sequence[ShardSource], topics: Sequence[Sequence[bytes]],
                  prefixes: Sequence[bytes], deliver: Deliver, *, turn: Callable[[], None] | None = None,
                  on_restart: Callable[[ShardLink], None] | None = None,
-                 on_unavailable: Callable[[ShardLink], Awaitable[None]] | None = None, rcvhwm: int = 0) -> None:
+                 on_unavailable: Callable[[ShardLink], Awaitable[None]] | None = None, rcvhwm: int = 0,
+                 resolve: Callable[[], Sequence[ShardSource]] | None = None) -> None:
         self.ctx = ctx
         self.links = [ShardLink(src, ShardStream(src.no)) for src in sources]
         for link, tops in zip(self.links, topics, strict=True):
@@ -159,6 +172,7 @@ class Follower:
         self.on_restart = on_restart
         self.on_unavailable = on_unavailable
         self.rcvhwm = rcvhwm
+        self.resolve = resolve
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.messages = 0
@@ -176,6 +190,19 @@ class Follower:
         link.stream.start(topic, tseq, seq)
         link.high = max(link.high, seq)
 
+    def move(self, source: ShardSource) -> None:
+        """Follow a shard's new primary (a fail-over): replays and snapshots are asked of it from now on."""
+        link = self.links[source.no]
+        if source == link.source:
+            return
+        log.warning("shard %s: primary now at %s (epoch %d)", source.name, source.recovery, source.epoch)
+        link.source = source
+        if link.sock is not None:
+            link.sock.close(0)
+            link.sock = None
+        if link.stream.replay is not None:
+            link.stream.replay.sent = None  # ask the new primary at once
+
     @property
     def synced(self) -> bool:
         """Whether every shard's bootstrap is done."""
@@ -189,11 +216,20 @@ class Follower:
         for prefix in (*self.prefixes, b"H"):
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         for link in self.links:
-            sub.connect(link.source.pub)
+            for addr in link.source.pubs or (link.source.pub,):
+                sub.connect(addr)
         await asyncio.sleep(0.2)  # let the subscriptions reach the matchers before asking for their state
         for link in self.links:
             self.spawn(self._bootstrap(link))
         self.spawn(self._ingest(sub))
+        if self.resolve is not None:
+            self.spawn(self._watch(self.resolve))
+
+    async def _watch(self, resolve: Callable[[], Sequence[ShardSource]]) -> None:
+        while True:
+            await asyncio.sleep(RESOLVE_S)
+            for source in resolve():
+                self.move(source)
 
     @property
     def paused(self) -> bool:
@@ -269,6 +305,9 @@ class Follower:
                 if not 0 <= no < n:
                     continue
                 link = links[no]
+                src = link.source
+                if msg.epoch != src.epoch and msg.epoch < src.epoch and msg.seq >= src.from_seq:  # type: ignore
+                    continue  # a deposed primary's
                 if type(msg) is PubHeartbeat:
                     self._heartbeat_of(link, msg, now)
                 else:
@@ -426,4 +465,5 @@ class Follower:
         log.info("shard %s: caught up to seq %d in %.2f s", link.name, snap.seq, time.monotonic() - t0)
 
 
-__all__ = ["MAX_TURN", "REQUEST_TIMEOUT_S", "RETRY_S", "Follower", "ShardLink", "ShardSource", "snapshot_counters"]
+__all__ = ["MAX_TURN", "REQUEST_TIMEOUT_S", "RESOLVE_S", "RETRY_S", "Follower", "ShardLink", "ShardSource",
+           "snapshot_counters"]

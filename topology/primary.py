@@ -140,12 +140,18 @@ def resolver(topo: Topology) -> PrimaryResolver:
 
 def shard_sources(topo: Topology) -> list[ShardSource]:
     """Return where every shard's stream comes from (its primary's PUB and recovery sockets), by shard number."""
-    res = resolver(topo)
+    return sources_of(topo, resolver(topo))
+
+
+def sources_of(topo: Topology, res: PrimaryResolver) -> list[ShardSource]:
+    """Return where every shard's stream comes from as ``res`` says now (a follower's view after a fail-over)."""
     out = []
     for no, shard in enumerate(topo.shards):
         p = res.primary(no)
-        out.append(ShardSource(no, shard.name, p.pub, p.recovery))
+        pubs = tuple(r.pub.connect for r in shard.replicas) if shard.paired else ()
+        from_seq = res.from_seq(no) if isinstance(res, ZkPrimaries) else 0
+        out.append(ShardSource(no, shard.name, p.pub, p.recovery, pubs, p.epoch, from_seq))
     return out
 
 
-__all__ = ["Primary", "PrimaryResolver", "StaticPrimaries", "ZkPrimaries", "resolver", "shard_sources"]
+__all__ = ["Primary", "PrimaryResolver", "StaticPrimaries", "ZkPrimaries", "resolver", "shard_sources", "sources_of"]
