@@ -412,7 +412,9 @@ class Gateway:
     def on_command_reply(self, msg: CommandReply) -> None:
         """Handle a matcher's answer to one command: its reports (if any), then the order's status."""
         lane = self.lanes[msg.shard] if msg.shard < len(self.lanes) else None
-        if lane is None or lane.inflight.pop(msg.req, None) is None:
+        if lane is None or (lane.primary and msg.epoch < lane.epoch):
+            return  # a deposed primary's answer: the command went again to the new one, whose answer counts
+        if lane.inflight.pop(msg.req, None) is None:
             return  # not ours, or answered already (refused after PENDING_TIMEOUT_S, or by the primary before)
         lane.cmds.pop(msg.req, None)
         lane.gate = max(lane.gate, msg.x_tseq)

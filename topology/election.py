@@ -234,6 +234,7 @@ class Seat:
     def close(self) -> None:
         """Leave the election and ZooKeeper (the ephemeral znodes go with the session)."""
         with contextlib.suppress(Exception):
+            self.zk.remove_listener(self._state)  # (leaving is not losing the session)
             self.zk.stop()
             self.zk.close()
 
