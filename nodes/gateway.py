@@ -90,8 +90,9 @@ from fabric.records import OrderRow
 from fabric.sockets import readable, recv_frames, send_frames
 from fabric.stream import ShardStream
 from topology.load import load
-from topology.model import Topology
+from topology.model import GATEWAY, Topology
 from topology.primary import resolver
+from topology.registry import Registration
 from topology.stores import StoreLookup
 
 log = logging.getLogger("exfab.gateway")
@@ -759,8 +760,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, gw.stop)
     from nodes.profiling import profiled  # EXFAB_PROFILE_DIR set: the loop runs under cProfile
 
-    with profiled(f"gateway-{args.id}"):
-        gw.run(ready=lambda: print(f"READY gateway {args.id}", flush=True))
+    reg = Registration(gw.topo, GATEWAY, args.id, gw.cfg.host)  # (exfab status; nothing without [zookeeper])
+
+    def ready() -> None:
+        print(f"READY gateway {args.id}", flush=True)
+        reg.update("running")
+
+    try:
+        with profiled(f"gateway-{args.id}"):
+            gw.run(ready=ready)
+    finally:
+        reg.close()
     return 0
 
 

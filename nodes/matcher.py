@@ -52,7 +52,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import zmq
 
@@ -97,7 +97,8 @@ from fabric.protocol import (
 from fabric.publog import PubLog
 from fabric.sockets import readable, recv_frames, send_frames
 from topology.load import load
-from topology.model import Replica, Topology
+from topology.model import MATCHER, Replica, Topology
+from topology.registry import Registration
 
 log = logging.getLogger("exfab.matcher")
 
@@ -280,6 +281,7 @@ class Matcher:
         self._upstream: zmq.Socket | None = None  # (secondary) DEALER to the primary's replication ROUTER
         self._following: Any = None  # (secondary) the reign it follows
         self._follow_check = 0.0
+        self.reg: Registration | None = None  # its entry in the registry (exfab status), set by main()
         self._stop = False
 
     # ---------------------------------------------------------------- recovery
@@ -411,10 +413,9 @@ class Matcher:
             if self.seat is not None and self.seat.suspended:
                 # Deposed, maybe, while the batch was under way: nothing of it may leave. The journal holds it; a
                 # successor that never had it makes the restarted matcher cut it (topology.election.Seat.cut_point).
-                log.critical("matcher %s: lost touch with ZooKeeper during a batch: stopping without answering it",
+                log.critical("matcher %s: lost touch with ZooKeeper during a batch: starting over without answering it",
                              self.name)
-                self.journal.close()
-                os._exit(75)
+                self._start_over()
         # Replies first (they carry their commands' reports: the acknowledgement's short path), then the
         # batch's PUB messages, per topic one message or one bundle.
         for ident, answers in replies.items():
@@ -675,9 +676,9 @@ class Matcher:
         except Exception as e:
             if name is None:
                 # Not able to say the secondary is behind: it may take over without what follows. Stop here.
-                log.critical("matcher %s: cannot tell ZooKeeper the secondary is behind (%s): stopping", self.name, e)
-                self.journal.close()
-                os._exit(75)
+                log.critical("matcher %s: cannot tell ZooKeeper the secondary is behind (%s): starting over without "
+                             "answering the batch", self.name, e)
+                self._start_over()
             log.warning("matcher %s: cannot tell ZooKeeper %s is in sync (%s)", self.name, name, e)
             if self.secondary is not None:
                 self.secondary.in_sync = False
@@ -820,6 +821,19 @@ class Matcher:
         self.outbox.pub = pub
         self.role = "primary"
         self._following = None
+        self._report()
+
+    def _report(self) -> None:
+        # Its role and where it stands, for exfab status (never waits: the registry sends in the background).
+        if self.reg is not None:
+            self.reg.update(self.role, shard=self.shard.name, epoch=self.epoch, seq=self.journal.last_seq)
+
+    def _start_over(self) -> NoReturn:
+        # Crash-only, at once: nothing more leaves this process. It runs again from its journal as a candidate (the
+        # path of a kill -9), and cuts what a successor never had.
+        with contextlib.suppress(Exception):
+            self.journal.close()
+        os.execv(sys.executable, [sys.executable, "-m", "nodes.matcher", *sys.argv[1:]])
 
     def _cut_divergent(self) -> None:
         # (a pair's matcher, starting) Cut what this journal may hold that the shard's later primaries never had.
@@ -934,7 +948,12 @@ class Matcher:
                         log.exception("replicated records failed")
                 if self.replays:
                     self.serve_replays(recovery)
-                if self.role == "primary" and time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
+                if time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
+                    if self.role != "primary":
+                        self.outbox.last_heartbeat = time.monotonic()  # (a secondary publishes nothing)
+                        self._report()
+                        continue
+                    self._report()
                     self.outbox.heartbeat(self.journal_error)
                     self._note_published()
                     if self.secondary is not None and self.seat is not None:
@@ -953,10 +972,9 @@ class Matcher:
             if self.seat is not None:
                 self.seat.close()
         if restart:
-            # The ZooKeeper session ended: another matcher may lead now. Start over as a candidate, from the journal
-            # (crash-only: the same path as after a kill), cutting what the new primary never had.
+            # The ZooKeeper session ended: another matcher may lead now. Start over as a candidate.
             log.warning("matcher %s: restarting to rejoin the shard", self.name)
-            os.execv(sys.executable, [sys.executable, "-m", "nodes.matcher", *sys.argv[1:]])
+            self._start_over()
 
 
 def _answer(sock: zmq.Socket, ident: bytes, msg: Any) -> None:
@@ -996,8 +1014,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, matcher.stop)
     from nodes.profiling import profiled  # EXFAB_PROFILE_DIR set: the loop runs under cProfile
 
-    with profiled(f"matcher-{args.id}"):
-        matcher.run(ready=lambda: print(f"READY matcher {args.id}", flush=True))
+    matcher.reg = Registration(topo, MATCHER, args.id, matcher.replica.host, shard=matcher.shard.name)
+
+    def ready() -> None:
+        print(f"READY matcher {args.id}", flush=True)
+        matcher._report()
+
+    try:
+        with profiled(f"matcher-{args.id}"):
+            matcher.run(ready=ready)
+    finally:
+        matcher.reg.close()
     return 0
 
 

@@ -32,6 +32,11 @@ what it does not read, the matchers drop what is past that queue and replay it
 later); the log says what happens.  The matchers and brokers never wait for
 the node.  The same pause, for one batch's write, is how a node that is behind
 catches up without holding more than a batch.
+
+**Registry.** With ``[zookeeper]`` in the topology the node registers
+(``topology/registry.py``): state ``catching_up`` until every shard is synced,
+then ``running``, with its counters (``written``, ``pending``, ``alert``) every
+:data:`REPORT_S` seconds, for ``exfab status``.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ from fabric.protocol import EXEC, TRADE, Trade, exec_topic, trade_topic
 from fabric.recent import TAPE, RecentState
 from fabric.records import Batch, OrderBook, trading_day
 from topology.load import load
-from topology.model import Topology
-from topology.primary import shard_sources
+from topology.model import PERSISTENCE, Topology
+from topology.primary import resolver, sources_of
+from topology.registry import Registration
 from topology.stores import open_order_store, open_recent
 
 log = logging.getLogger("exfab.persistence")
@@ -69,6 +75,7 @@ INTERVAL_S: Final = 0.05  # a batch is written this long after its first message
 RECENT_BEHIND: Final = 4  # batches the recent state may be behind the order store before the writer waits for it
 RETRY_S: Final = 1.0  # between attempts to write to a store that refused
 RCVHWM: Final = 100_000  # messages ZeroMQ queues for the node while it does not read (then the matchers drop)
+REPORT_S: Final = 2.0  # between writes of the node's state and counters to the registry
 
 
 class Persistence:
@@ -82,18 +89,23 @@ class Persistence:
         The order store and the recent state; default: the ones the topology's ``[stores]`` names.
     batch, interval
         See :data:`BATCH`, :data:`INTERVAL_S`.
+    name
+        Its name in the registry.
     """
 
     def __init__(self, topo: Topology, store: OrderStore | None = None, recent: RecentState | None = None, *,
-                 batch: int = BATCH, interval: float = INTERVAL_S) -> None:
+                 batch: int = BATCH, interval: float = INTERVAL_S, name: str = PERSISTENCE) -> None:
         self.topo = topo
+        self.name = name
         self.store = store if store is not None else open_order_store(topo)
         self.recent = recent if recent is not None else open_recent(topo)
         self.batch, self.interval = batch, interval
         self.book = OrderBook(topo.timezone)
         self.ctx = zmq.asyncio.Context()
         topics = [[exec_topic(no), *(trade_topic(sym) for sym in s.symbols)] for no, s in enumerate(topo.shards)]
-        self.follow = Follower(self.ctx, shard_sources(topo), topics, (EXEC, TRADE), self._deliver, turn=self._turn,
+        primaries = resolver(topo)
+        self.follow = Follower(self.ctx, sources_of(topo, primaries), topics, (EXEC, TRADE), self._deliver,
+                               turn=self._turn, resolve=lambda: sources_of(topo, primaries),
                                rcvhwm=RCVHWM)
         self._written: dict[tuple[int, bytes], int] = {}  # (shard, topic) -> tseq the store holds
         self._first = 0.0  # when the batch being gathered got its first message
@@ -254,12 +266,23 @@ class Persistence:
             await asyncio.sleep(self.interval)
             self._turn()
 
+    def _report(self, reg: Registration) -> None:
+        reg.update("running" if self.follow.synced else "catching_up", written=self.stats["written"],
+                   pending=self.book.pending(), alert=self._alert)
+
+    async def _reporting(self, reg: Registration) -> None:
+        while True:
+            self._report(reg)
+            await asyncio.sleep(REPORT_S)
+
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Resume from the store, catch up with the matchers, write until :meth:`stop`."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        host = self.topo.persistence.host if self.topo.persistence is not None else "?"
+        reg = Registration(self.topo, PERSISTENCE, self.name, host, state="catching_up")
         try:
             while not self._stop.is_set():
                 try:
@@ -271,7 +294,10 @@ class Persistence:
             await asyncio.wrap_future(self._recent_pool.submit(self._apply_recent, Batch()))
             await self.follow.start()
             self.follow.spawn(self._tick())
+            if reg.enabled:
+                self.follow.spawn(self._reporting(reg))
             await self.follow.wait_synced(60)
+            self._report(reg)
             gc.freeze()
             log.info("persistence: %d shards; orders %s, recent %s", len(self.links), self.store.name,
                      self.recent.name)
@@ -285,6 +311,7 @@ class Persistence:
             self.store.close()
             self._recent_pool.shutdown(wait=True)
             self.recent.close()
+            reg.close()
             log.info("persistence stopped: %s", self.stats_view())
 
     async def _drain(self, timeout: float) -> None:
@@ -316,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     topo = load(args.topology)
     if topo.persistence is None:
         ap.error("the topology has no [persistence] table")
-    node = Persistence(topo, batch=args.batch)
+    node = Persistence(topo, batch=args.batch, name=args.id)
     asyncio.run(node.run(ready=lambda: print("READY persistence persistence", flush=True)))
     return 0
 

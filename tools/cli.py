@@ -63,15 +63,27 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from tools import up
 
     return up.run(args.file or _default_topology(), demo=args.demo, duration=args.duration, rate=args.rate,
-                  fresh=args.fresh)
+                  fresh=args.fresh, loopback=args.loopback)
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
     import importlib
 
     module = importlib.import_module(f"nodes.{args.kind}")
-    extra = ["--fsync", args.fsync] if args.kind == "matcher" and args.fsync else []
-    return int(module.main(["--topology", args.topology, "--id", args.id, *extra]))
+    extra: list[str] = []
+    if args.kind == "matcher":
+        options = (("--fsync", args.fsync), ("--ring-mb", args.ring_mb), ("--keep-finished", args.keep_finished))
+        for opt, value in options:
+            if value is not None:
+                extra += [opt, str(value)]
+    elif args.fsync or args.ring_mb is not None or args.keep_finished is not None:
+        print(f"exfab node {args.kind}: --fsync, --ring-mb and --keep-finished are a matcher's options",
+              file=sys.stderr)
+        return 2
+    argv = ["--topology", args.topology, "--id", args.id, *extra]
+    # A matcher whose ZooKeeper session ended starts itself again with sys.argv[1:] (os.execv): its own options.
+    sys.argv = [f"exfab node {args.kind}", *argv]
+    return int(module.main(argv))
 
 
 def _cmd_order(args: argparse.Namespace) -> int:
@@ -102,6 +114,12 @@ def _cmd_store_init(args: argparse.Namespace) -> int:
     from tools import store_cmd
 
     return store_cmd.store_init(args.topology, replication=args.replication)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from tools import status_cmd
+
+    return status_cmd.status(args.topology, as_json=args.json, timeout=args.timeout)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -179,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="start from an empty market: delete the data_dir first (journals, price history, logs); "
                         "without it the matchers replay their journals")
+    p.add_argument("--loopback", action="store_true",
+                   help="run a topology of several hosts here: each host on a loopback address of its own "
+                        "(127.0.0.1, 127.0.0.2 ...), an absolute data_dir under .exfab/, the stores this machine "
+                        "cannot run replaced by the embedded ones; the copy is written to the data_dir")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("node", help="run one node of a topology (what each host of a deployment runs)",
@@ -187,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", required=True, metavar="FILE")
     p.add_argument("--id", required=True, metavar="NAME", help="the node's name in the topology")
     p.add_argument("--fsync", default=None, help="matcher journal policy: batch (default), interval:N (ms), none")
+    p.add_argument("--ring-mb", type=int, default=None, metavar="MB",
+                   help="matcher: memory for the published messages kept to answer replays (default 256)")
+    p.add_argument("--keep-finished", type=int, default=None, metavar="N",
+                   help="matcher: finished orders kept in memory, older ones answered by the stores (default "
+                        "100,000; every order when the topology has no persistence node)")
     p.set_defaults(func=_cmd_node)
 
     raw = argparse.RawDescriptionHelpFormatter  # keeps the epilog's lines
@@ -268,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Cassandra's replication map for a new keyspace (default "
                         "\"{'class': 'SimpleStrategy', 'replication_factor': 1}\")")
     s.set_defaults(func=_cmd_store_init)
+
+    p = sub.add_parser("status", help="the nodes and each shard's primary, from ZooKeeper",
+                       description="Print each shard's primary, epoch and secondary (in sync, lag) and every node's "
+                                   "registry entry (kind, name, host, pid, state, details), as ZooKeeper holds them. "
+                                   "Without [zookeeper] in the topology: whether each node's ports accept a "
+                                   "connection. Exit status 0; 2 for a usage error; 3 when ZooKeeper cannot be "
+                                   "reached.")
+    p.add_argument("--topology", default=_default_topology(), metavar="FILE",
+                   help=f"topology file (default {DEFAULT_TOPOLOGY})")
+    p.add_argument("--json", action="store_true", help="one JSON object: topology, zookeeper, shards, nodes")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="give up after S seconds without an answer from ZooKeeper (default 5)")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("watch", help="the ticker's quotes as a live table",
                        description="Follow the ticker's market data feed (a snapshot, then every update) and show "

@@ -1,7 +1,8 @@
 """``exfab up``: run a whole topology on this machine, and watch its market.
 
-Starts every node (matchers first; before them, a Redis the topology's
-``[redis]`` url puts on this machine when none answers there: see
+Starts every node (matchers first; before them, a ZooKeeper the topology's
+``[zookeeper] hosts`` put on this machine, and a Redis and an InfluxDB its
+``[redis]`` and ``[influxdb]`` urls put there, when none answers there: see
 ``topology/launcher.py``), prints a status table and the address of the live
 price page, and with ``--demo`` adds the simulated brokers of
 :mod:`tools.demo`; without it the exchange stays quiet, for orders of one's own
@@ -10,7 +11,14 @@ price page, and with ``--demo`` adds the simulated brokers of
 each matcher replays its journal and the market comes back as it was.  While
 it runs it shows the market as ``exfab watch`` does, from the ticker's feed (in
 a terminal, a live table; otherwise a summary line every few seconds).  Ctrl-C
-(or SIGTERM) stops everything cleanly, the Redis it started last.
+(or SIGTERM) stops everything cleanly, the InfluxDB, Redis and ZooKeeper it
+started last.
+
+A topology whose nodes are on other machines (``cluster.toml``: ``ex-a.internal``
+...) is refused, unless ``--loopback`` asks to run it here anyway: then every host
+is mapped to a loopback address of its own and the copy written to the data
+folder is what runs (``topology/loopback.py``); what was mapped, and every store
+that fell back to its embedded kind, is printed first.
 """
 
 from __future__ import annotations
@@ -26,17 +34,33 @@ from typing import IO, Any
 
 from tools.watch import WatchTable
 from topology.clients import market_data_client
-from topology.launcher import Launcher, LaunchError, local_redis, read_line
+from topology.launcher import Launcher, LaunchError, local_influxdb, local_redis, local_zookeeper, read_line
+from topology.load import TopologyError, load
+from topology.loopback import foreign_hosts, map_topology
+
+EXIT_USAGE = 2  # an unreadable topology, or one whose nodes are on other machines (without --loopback)
 
 
 def status_table(launcher: Launcher) -> Any:
-    """Return a rich table of the running nodes, and of the Redis the recent state is in (when it is)."""
+    """Return a rich table of the running nodes, of the ZooKeeper (when the topology has one), of the Redis the
+    recent state is in (when it is) and of the InfluxDB the price history is in (when it is)."""
     from rich.table import Table
 
     t = Table(title=f"exchange-fabric: topology {launcher.topo.name} ({launcher.path})", title_justify="left")
     for col in ("node", "pid", "listens on", "ready after", "log"):
         t.add_column(col)
     topo = launcher.topo
+    if topo.zookeeper is not None:
+        ensemble = launcher.zookeeper
+        if ensemble is not None:
+            for i, zk in enumerate(ensemble.servers, 1):
+                label = "zookeeper" if len(ensemble.servers) == 1 else f"zookeeper:{i}"
+                t.add_row(label, str(zk.pid), f"{zk.hosts} (root {topo.zookeeper.root})",
+                          f"{zk.ready_after or 0:.1f} s", os.path.relpath(zk.log_path))
+        else:
+            where = "running already: used as it is" if local_zookeeper(topo) else "another machine's"
+            t.add_row("zookeeper", "-", f"{topo.zookeeper.connect_string} (root {topo.zookeeper.root})", "-",
+                      f"({where})")
     if topo.stores.recent == "redis" and topo.redis is not None:
         if launcher.redis is not None:
             t.add_row("redis", str(launcher.redis.pid), topo.redis.url, f"{launcher.redis.ready_after or 0:.1f} s",
@@ -44,12 +68,20 @@ def status_table(launcher: Launcher) -> Any:
         else:
             where = "running already: used as it is" if local_redis(topo) else "another machine's"
             t.add_row("redis", "-", topo.redis.url, "-", f"({where})")
+    if topo.stores.history == "influxdb" and topo.influxdb is not None:
+        db = f"{topo.influxdb.url} (database {topo.influxdb.database})"
+        if launcher.influxdb is not None:
+            t.add_row("influxdb", str(launcher.influxdb.pid), db, f"{launcher.influxdb.ready_after or 0:.1f} s",
+                      os.path.relpath(launcher.influxdb.log_path))
+        else:
+            where = "running already: used as it is" if local_influxdb(topo) else "another machine's"
+            t.add_row("influxdb", "-", db, "-", f"({where})")
     for n in launcher.nodes:
         if n.kind == "matcher":
             _, rep = launcher.topo.replica(n.name)
             where = f"orders {rep.order.connect}, feed {rep.pub.connect}"
-        elif n.kind == "ticker" and launcher.topo.ticker is not None:
-            tk = launcher.topo.ticker
+        elif n.kind == "ticker":
+            tk = launcher.topo.ticker_named(n.name)
             where = f"page {tk.http_url}, feed {tk.pub.connect}, snapshots {tk.snapshot.connect}"
         elif n.kind == "persistence":
             orders = (f"orders {topo.sqlite_path('orders')}" if topo.stores.orders == "sqlite"
@@ -63,11 +95,19 @@ def status_table(launcher: Launcher) -> Any:
     return t
 
 
+def _elsewhere(topology: str, hosts: list[str]) -> str:
+    """Return why ``exfab up`` does not run ``topology`` as it is: its nodes are on ``hosts``, other machines."""
+    return (f"the nodes of {topology} are on {', '.join(hosts)}, not this machine; run each host's nodes there "
+            f"(exfab node, docs/deploy.md), or all of them here with exfab up --loopback {topology}, each host on a "
+            "loopback address of its own")
+
+
 def run(topology: str, *, demo: bool = False, duration: float | None = None, rate: float = 100.0,
-        fresh: bool = False, out: IO[str] = sys.stdout) -> int:
+        fresh: bool = False, loopback: bool = False, out: IO[str] = sys.stdout) -> int:
     """Run ``exfab up``; return the exit status."""
     from rich.console import Console
     from rich.live import Live
+    from rich.markup import escape
 
     console = Console(file=out, width=None if out.isatty() else 160)
     stop = False
@@ -78,15 +118,34 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    launcher = Launcher(topology)
+    try:
+        mapped = map_topology(topology) if loopback else None
+        topo = mapped.topology if mapped is not None else load(topology)
+    except (OSError, TopologyError) as e:
+        console.print(f"[red]exfab up:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
+    if mapped is not None:
+        console.print(f"--loopback: the nodes of {topology} on this machine, each host on a loopback address of "
+                      "its own, the same ports:", markup=False, highlight=False, soft_wrap=True)
+        for line in mapped.notes():
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+    elif foreign := foreign_hosts(topo):
+        console.print(f"[red]exfab up:[/] {escape(_elsewhere(topology, foreign))}", highlight=False, soft_wrap=True)
+        return EXIT_USAGE
     if fresh:
-        data = Path(launcher.topo.data_dir)
+        data = Path(topo.data_dir)
         if data.exists():
             console.print(f"--fresh: removing {data} (the journals, order store, price history and logs of "
                           "earlier runs)")
             shutil.rmtree(data)
+    path = topology
+    if mapped is not None:
+        path = str(mapped.write())
+        console.print(f"  the copy that runs: {path} (exfab status --topology {path})", markup=False,
+                      highlight=False, soft_wrap=True)
+    launcher = Launcher(path)
     runnable = [n for n in launcher.topo.nodes() if n.kind in launcher.kinds]
-    console.print(f"starting {len(runnable)} nodes of {topology} "
+    console.print(f"starting {len(runnable)} nodes of {path} "
                   "(the first start compiles the order book: about 20 s)...")
     try:
         launcher.start(progress=sys.stderr)
@@ -114,7 +173,8 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
         console.print(f"gateways for brokers: {', '.join(g.endpoint.connect for g in launcher.topo.gateways)}")
         if launcher.topo.ticker is not None:
             t = launcher.topo.ticker
-            console.print(f"[bold]live prices: {t.http_url}[/]  (open it in a browser; feed {t.pub.connect}, "
+            more = "".join(f", or {o.http_url}" for o in launcher.topo.tickers[1:])
+            console.print(f"[bold]live prices: {t.http_url}[/]{more}  (open it in a browser; feed {t.pub.connect}, "
                           f"`exfab watch` in another terminal)")
         else:
             console.print("no [ticker] in this topology: no market view")
@@ -180,3 +240,11 @@ def _check(launcher: Launcher, console: Any) -> None:
     if redis is not None and not redis.running and "redis" not in _reported:
         _reported.add("redis")
         console.print(f"[red]redis-server exited; see {redis.log_path}[/]")
+    influxdb = launcher.influxdb
+    if influxdb is not None and not influxdb.running and "influxdb" not in _reported:
+        _reported.add("influxdb")
+        console.print(f"[red]influxd exited; see {influxdb.log_path}[/]")
+    for zk in launcher.zookeeper.servers if launcher.zookeeper is not None else ():
+        if not zk.running and zk.hosts not in _reported:
+            _reported.add(zk.hosts)
+            console.print(f"[red]zookeeper {zk.hosts} exited; see {zk.log_path}[/]")

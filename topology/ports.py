@@ -9,10 +9,10 @@ from pathlib import Path
 _PORT = re.compile(r"^(\s*\w*port\s*=\s*)(\d+)", re.MULTILINE)
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on ``host`` (an address of this machine) that nothing listens on now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
