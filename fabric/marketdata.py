@@ -41,6 +41,31 @@ has no replay service, so a topic that lost messages waits for a snapshot.
   last applied or one below, would be taken for duplicates until the next
   message shows a gap.)
 
+**Several tickers** (A and B feeds, ``docs/market-data.md``, section 9): given the
+addresses of more than one ticker, the client follows the first and fails over to the
+next when the one it follows dies (its connection drops), falls silent (nothing, not
+even the heartbeat that comes every second, for ``silence`` seconds) or cannot be
+reached: it subscribes to the next ticker's feed and takes every symbol from that
+ticker's snapshot, exactly as after a reconnect, keeping the state it has meanwhile.
+The tickers follow the same matchers, so they hold the same market, but each numbers
+its topics its own way: the per-topic ``seq`` orders one ticker's messages, and the
+trades' ``trade_id`` (per symbol, from 1, the matcher's) orders the market across
+tickers.  So a quote is applied only if it is not older than the one held:
+
+- a quote whose ``trade_id`` is below the held one's, with a ``last_ts`` not after
+  it, comes from a ticker that is behind (``stats.stale``): it is not applied, and
+  the symbol waits, as it is, for that ticker to catch up;
+- a print (``prints``) whose ``trade_id`` the client has already had is dropped from
+  the quote (``stats.duplicate_prints``): each trade is delivered once, in order;
+- a print further on than the next ``trade_id`` counts the trades skipped
+  (``stats.missed_prints``: more than the 50 a snapshot carries passed between the
+  last print and a snapshot; the quote's totals are exact all the same);
+- a bar with fewer ``trades`` than the held bar of the same ``start`` is older, and
+  not applied;
+- a quote whose ``trade_id`` is lower but whose ``last_ts`` is later, or with no
+  trade at all after some, starts a new session (its shard's matcher began a new
+  journal): the tape and the bars start over.
+
 A snapshot request is sent only once the SUB is connected and has received
 something (the ticker's heartbeat comes every second), so that the subscriptions
 are in place at the ticker before it takes the snapshot; after
@@ -70,9 +95,9 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, TypeGuard
 
 import msgpack
 import zmq
@@ -87,6 +112,7 @@ __all__ = [
     "MarketDataClient",
     "Stats",
     "Update",
+    "quote_order",
     "topic_of",
 ]
 
@@ -98,6 +124,8 @@ HELD_MAX: Final = 100_000  # messages held per topic while its symbol's snapshot
 SUB_GRACE: Final = 1.5  # seconds connected after which a snapshot is asked for even if nothing came yet
 BACKOFF_FIRST: Final = 0.2  # pause after a first unanswered snapshot request, doubling up to BACKOFF_MAX
 BACKOFF_MAX: Final = 5.0
+SILENCE_S: Final = 3.0  # seconds without a message (the ticker's heartbeat comes every second) before failing over
+CONNECT_S: Final = 1.0  # seconds without a connection to a ticker before failing over (when silence is longer)
 DRAIN_BATCH: Final = 10_000  # feed messages read per turn before the other sockets get a look
 
 
@@ -144,6 +172,14 @@ class Stats:
         Times a topic's ``seq`` went back by more than one (the ticker started over).
     reconnects
         Times the connection to the ticker's feed dropped and came back.
+    failovers
+        Times the client left the ticker it followed for the next one (several tickers only).
+    stale
+        Quotes not applied because they were older than the one held (from a ticker that is behind).
+    duplicate_prints
+        Prints dropped from quotes because the client had them already (after a failover).
+    missed_prints
+        Trades the client has in its totals but never got the print of (more than a snapshot's 50 passed).
     snapshots
         Snapshot answers applied.
     snapshot_requests
@@ -166,6 +202,10 @@ class Stats:
     duplicates: int = 0
     resets: int = 0
     reconnects: int = 0
+    failovers: int = 0
+    stale: int = 0
+    duplicate_prints: int = 0
+    missed_prints: int = 0
     snapshots: int = 0
     snapshot_requests: int = 0
     snapshot_timeouts: int = 0
@@ -202,9 +242,10 @@ class MarketDataClient:
     Parameters
     ----------
     pub
-        The ticker's feed (PUB) address, e.g. ``"tcp://127.0.0.1:7180"``.
+        The ticker's feed (PUB) address, e.g. ``"tcp://127.0.0.1:7180"``; or the feeds of several tickers of the
+        same market, in the order to try them (A and B feeds: the client fails over from one to the next).
     snapshot
-        The ticker's snapshot (ROUTER) address, e.g. ``"tcp://127.0.0.1:7182"``.
+        The ticker's snapshot (ROUTER) address, e.g. ``"tcp://127.0.0.1:7182"``; or one per feed.
     symbols
         The symbols to follow; ``None`` for every symbol the ticker has.
     kinds
@@ -213,11 +254,16 @@ class MarketDataClient:
         The ZeroMQ context (default: the process's shared one).
     timeout
         Seconds to wait for a snapshot answer before asking again.
+    silence
+        With several tickers: seconds without anything from the one followed after which the client fails over
+        to the next (and without a connection to it: this or one second, whichever is shorter).
 
     Attributes
     ----------
     pub, snapshot
-        The addresses given.
+        The addresses of the ticker followed now.
+    feeds
+        Every ticker's ``(pub, snapshot)`` addresses, in the order given.
     requested
         The symbols asked for, or ``None`` for every symbol.
     kinds
@@ -237,10 +283,15 @@ class MarketDataClient:
     >>> md.close()                                                                              # doctest: +SKIP
     """
 
-    def __init__(self, pub: str, snapshot: str, symbols: Iterable[str] | None = None,
-                 kinds: Iterable[str] = KINDS, *, ctx: zmq.Context[Any] | None = None, timeout: float = 2.0) -> None:
-        self.pub = pub
-        self.snapshot = snapshot
+    def __init__(self, pub: str | Sequence[str], snapshot: str | Sequence[str], symbols: Iterable[str] | None = None,
+                 kinds: Iterable[str] = KINDS, *, ctx: zmq.Context[Any] | None = None, timeout: float = 2.0,
+                 silence: float = SILENCE_S) -> None:
+        pubs = [pub] if isinstance(pub, str) else list(pub)
+        snaps = [snapshot] if isinstance(snapshot, str) else list(snapshot)
+        if not pubs or len(pubs) != len(snaps):
+            raise ValueError(f"give one snapshot address per feed address: {len(pubs)} feeds, {len(snaps)} snapshots")
+        self.feeds: tuple[tuple[str, str], ...] = tuple(zip(pubs, snaps, strict=True))
+        self._at = 0  # the ticker followed: its index in feeds
         self.kinds: tuple[str, ...] = tuple(dict.fromkeys(kinds))
         bad = [k for k in self.kinds if k not in KINDS]
         if bad or not self.kinds:
@@ -252,7 +303,10 @@ class MarketDataClient:
                     raise ValueError(f"not a symbol: {s!r}")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if silence <= 0:
+            raise ValueError("silence must be positive")
         self.timeout = timeout
+        self.silence = silence
         self.stats = Stats()
         self.unknown: set[str] = set()  # symbols the ticker said it does not know
         # Every topic of the feed in one stream, ordered per topic by its seq; a loss makes the topic wait for
@@ -275,30 +329,25 @@ class MarketDataClient:
         self._backlog: list[Update] = []  # updates produced by wait_ready, for the next poll
         self._closed = False
 
+        self._heard_at = 0.0  # when something last came from the ticker followed (or it was chosen)
+
         self.ctx: zmq.Context[Any] = ctx or zmq.Context.instance()
-        self._sub = self.ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.RCVHWM, 100_000)
-        self._monitor: zmq.Socket[Any] | None = None
-        if pub.startswith(("tcp://", "ipc://")):
-            self._monitor = self._sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-        else:  # inproc and the like: no connection events; take the connection as made
-            self._on_connected(time.monotonic())
-        if self.requested is None:
-            for kind in self.kinds:
-                self._sub.subscribe(PREFIX[kind])
-        else:
-            for sym in self.requested:
-                for kind in self.kinds:
-                    self._sub.subscribe(topic_of(kind, sym))
-        self._sub.subscribe(HEARTBEAT_TOPIC)  # last: once it is heard, the subscriptions before it are in place
-        self._sub.connect(pub)
         self._poller = zmq.Poller()
-        self._poller.register(self._sub, zmq.POLLIN)
-        if self._monitor is not None:
-            self._poller.register(self._monitor, zmq.POLLIN)
+        self._sub: zmq.Socket[Any]
+        self._monitor: zmq.Socket[Any] | None = None
+        self._open_feed(time.monotonic())
         self._dealer: zmq.Socket[Any] | None = None
         self._new_dealer()
+
+    @property
+    def pub(self) -> str:
+        """The feed (PUB) address of the ticker followed now."""
+        return self.feeds[self._at][0]
+
+    @property
+    def snapshot(self) -> str:
+        """The snapshot (ROUTER) address of the ticker followed now."""
+        return self.feeds[self._at][1]
 
     # ---------------------------------------------------------------- the state
 
@@ -423,17 +472,28 @@ class MarketDataClient:
         self._timers(time.monotonic())
 
     def _next_timer(self, now: float) -> float | None:
-        """When something must be done even if nothing arrives: a request's deadline, a pause's end, the grace."""
+        """When something must be done even if nothing arrives: a request's deadline, a pause's end, the grace,
+        a failover."""
+        at: float | None = None
         if self._inflight is not None:
-            return self._inflight_deadline
-        if (self._need or self._need_all) and self._connected:
+            at = self._inflight_deadline
+        elif (self._need or self._need_all) and self._connected:
             at = self._next_request_at
             if not self._heard:
                 at = max(at, self._connected_at + SUB_GRACE)
-            return at
-        return None
+        if len(self.feeds) > 1:
+            quiet = self._heard_at + self._patience()
+            at = quiet if at is None else min(at, quiet)
+        return at
+
+    def _patience(self) -> float:
+        """How long the ticker followed may be silent before the client fails over (several tickers only)."""
+        return self.silence if self._connected else min(self.silence, CONNECT_S)
 
     def _timers(self, now: float) -> None:
+        if len(self.feeds) > 1 and now - self._heard_at > self._patience():
+            self._fail_over(now, f"nothing from the ticker at {self.pub} for {self.silence:g} s"
+                            if self._connected else f"no connection to the ticker at {self.pub}")
         if self._inflight is not None and now >= self._inflight_deadline:
             self.stats.snapshot_timeouts += 1
             self._attempt += 1
@@ -465,6 +525,59 @@ class MarketDataClient:
         self._dealer = d
         self._poller.register(d, zmq.POLLIN)
 
+    def _open_feed(self, now: float) -> None:
+        """Subscribe to the feed of the ticker followed (``self._at``): a new SUB, and its monitor."""
+        sub = self.ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 100_000)
+        self._sub = sub
+        self._monitor = None
+        self._connected = False
+        self._heard_at = now
+        if self.pub.startswith(("tcp://", "ipc://")):
+            self._monitor = sub.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        else:  # inproc and the like: no connection events; take the connection as made
+            self._on_connected(now)
+        if self.requested is None:
+            for kind in self.kinds:
+                sub.subscribe(PREFIX[kind])
+        else:
+            for sym in self.requested:
+                for kind in self.kinds:
+                    sub.subscribe(topic_of(kind, sym))
+        sub.subscribe(HEARTBEAT_TOPIC)  # last: once it is heard, the subscriptions before it are in place
+        sub.connect(self.pub)
+        self._poller.register(sub, zmq.POLLIN)
+        if self._monitor is not None:
+            self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _close_feed(self) -> None:
+        """Close the SUB and its monitor; what they held unread goes with them."""
+        for s in (self._sub, self._monitor):
+            if s is not None:
+                with contextlib.suppress(KeyError):
+                    self._poller.unregister(s)
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sub.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
+        self._sub.close(0)
+
+    def _fail_over(self, now: float, why: str) -> None:
+        """Leave the ticker followed for the next one: its feed, then every symbol from its snapshot.
+
+        The state stays as it is until the snapshot comes (so ``quote()`` and the others keep answering); the
+        new ticker's numbers mean nothing against the old one's, so everything is taken afresh, as after a
+        reconnect, and the trade ids keep the state from going back (see the module's docstring).
+        """
+        self._close_feed()
+        self._at = (self._at + 1) % len(self.feeds)
+        self.stats.failovers += 1
+        log.warning("%s; failing over to the ticker at %s", why, self.pub)
+        self._open_feed(now)
+        self._resync_all()
+
     def _on_connected(self, now: float) -> None:
         self._connected = True
         self._ever_connected = True
@@ -485,6 +598,9 @@ class MarketDataClient:
             if ev["event"] == zmq.EVENT_CONNECTED:
                 log.info("connected to the ticker's feed at %s", self.pub)
                 self._on_connected(now)
+            elif ev["event"] == zmq.EVENT_DISCONNECTED and self._connected and len(self.feeds) > 1:
+                self._fail_over(now, f"lost the ticker's feed at {self.pub}")
+                return
             elif ev["event"] == zmq.EVENT_DISCONNECTED and self._connected:
                 log.warning("lost the ticker's feed at %s; every symbol will be taken afresh", self.pub)
                 self._connected = False
@@ -560,6 +676,7 @@ class MarketDataClient:
                 return
             self.stats.messages += 1
             self._heard = True
+            self._heard_at = now
             try:
                 self._on_feed(frames, out, now)
             except _Malformed as e:
@@ -650,31 +767,52 @@ class MarketDataClient:
     def _apply(self, st: _Symbol, kind: str, msg: dict[str, Any], out: list[Update], snapshot: bool = False) -> None:
         st.seq[kind] = msg["seq"]
         if kind == "quote":
-            st.quote = msg
-            prints = [p for p in msg.get("prints") or () if isinstance(p, dict) and "trade_id" in p]
+            order = quote_order(st.quote, msg)
+            if order == "stale":  # from a ticker behind the one the state came from: wait for it to catch up
+                self.stats.stale += 1
+                return
+            held = st.quote
+            had = 0 if held is None or order == "reset" or not _is_int(held.get("trade_id")) else held["trade_id"]
+            if order == "reset":  # the symbol's session started over (its shard's new journal)
+                st.tape.clear()
+                st.bars = {}
+            prints = [p for p in msg.get("prints") or () if isinstance(p, dict) and _is_int(p.get("trade_id"))]
+            new = [p for p in prints if p["trade_id"] > had]
+            if new and held is not None and order != "reset":
+                # Trades between the last print held and the first new one that no print brings.
+                skipped = (new[0]["trade_id"] - had - 1) if not snapshot else (
+                    msg["trade_id"] - had - len(new) if _is_int(msg.get("trade_id")) else 0)
+                self.stats.missed_prints += max(0, skipped)
             if snapshot:
                 st.tape.clear()  # a snapshot's prints are the whole tape
-            elif msg.get("trades") == 0 or (
-                    st.tape and _is_int(msg.get("trade_id")) and _is_int(st.tape[-1].get("trade_id"))
-                    and msg["trade_id"] < st.tape[-1]["trade_id"]):
-                st.tape.clear()  # the symbol's session started over (its shard's new journal)
-            on_tape = {p.get("trade_id") for p in st.tape}
-            for p in prints:
-                if p["trade_id"] not in on_tape:
-                    st.tape.append(p)
-                    on_tape.add(p["trade_id"])
+                st.tape.extend(prints)
+            else:
+                if len(new) != len(prints):
+                    self.stats.duplicate_prints += len(prints) - len(new)
+                    msg = {**msg, "prints": new}
+                st.tape.extend(new)
+            st.quote = msg
         elif kind == "depth":
             st.depth = msg
         else:
-            if snapshot:
-                st.bars = {}
+            kept: dict[str, list[dict[str, Any]]] = {}
+            older = 0
             for interval, bars in msg["bars"].items():
                 per = st.bars.setdefault(interval, {})
+                lst = kept[interval] = []
                 for b in bars:
+                    old = per.get(b["start"])
+                    if old is not None and _is_int(old.get("trades")) and _is_int(b.get("trades")) \
+                            and b["trades"] < old["trades"]:
+                        older += 1  # from a ticker behind: the bar held is further on
+                        continue
                     per[b["start"]] = b
+                    lst.append(b)
                 if len(per) > BARS_KEPT:
                     for k in sorted(per)[:len(per) - BARS_KEPT]:
                         del per[k]
+            if older:
+                msg = {**msg, "bars": kept}
         if not snapshot:
             self.stats.applied += 1
         out.append(Update(kind, st.symbol, msg, snapshot))
@@ -762,8 +900,14 @@ class MarketDataClient:
             self._next_request_at = time.monotonic() + BACKOFF_FIRST
 
     def _apply_snapshot(self, st: _Symbol, objs: dict[str, Any], out: list[Update]) -> None:
-        for kind in self.kinds:
-            self._apply(st, kind, objs[kind], out, snapshot=True)
+        # A snapshot is the whole state, unless its ticker is behind the one the state came from: then its bars
+        # merge with those held, and a bar older than the one held is not taken.
+        quote = objs.get("quote")
+        if not (isinstance(quote, dict) and quote_order(st.quote, quote) == "stale"):
+            st.bars = {}
+        for kind in KINDS:  # the quote first: it says whether the symbol's session started over
+            if kind in self.kinds:
+                self._apply(st, kind, objs[kind], out, snapshot=True)
         st.fresh = set(self.kinds)
         self._need.discard(st.symbol)
         # Then what was held, topic by topic: the stream drops what the snapshot has and gives the rest in order.
@@ -783,13 +927,9 @@ class MarketDataClient:
         if self._closed:
             return
         self._closed = True
-        if self._monitor is not None:
-            with contextlib.suppress(zmq.ZMQError):
-                self._sub.disable_monitor()
-            self._monitor.close(0)
+        self._close_feed()
         if self._dealer is not None:
             self._dealer.close(0)
-        self._sub.close(0)
 
     def __enter__(self) -> MarketDataClient:
         return self
@@ -798,14 +938,41 @@ class MarketDataClient:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"MarketDataClient({self.pub!r}, {self.snapshot!r}, "
+        return (f"MarketDataClient({self.pub!r}, {self.snapshot!r}, {len(self.feeds)} ticker(s), "
                 f"{'all symbols' if self.requested is None else list(self.requested)!r}, {self.state})")
 
 
 # ------------------------------------------------------------------ checking
 
 
-def _is_int(x: object) -> bool:
+def quote_order(held: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """Tell how a ``quote`` of a symbol stands against the one held, whichever ticker each came from.
+
+    Returns
+    -------
+    str
+        ``"newer"``: not older than the held one (its ``trade_id`` is not below it; or nothing is held);
+        ``"stale"``: older (a lower ``trade_id``, a ``last_ts`` not later: from a ticker that is behind);
+        ``"reset"``: the symbol's session started over (a lower ``trade_id`` but a later ``last_ts``, or no
+        trade after some: its shard's matcher began a new journal).
+
+    The rule every client of several tickers follows (``docs/market-data.md``, section 9): the tickers number
+    their topics each their own way, but the trade ids and times are the matcher's, the same on every ticker.
+    """
+    if held is None:
+        return "newer"
+    had, got = held.get("trade_id"), new.get("trade_id")
+    if not _is_int(had) or not _is_int(got) or got >= had:
+        return "newer"
+    if got == 0 or new.get("trades") == 0:
+        return "reset"
+    had_ts, got_ts = held.get("last_ts"), new.get("last_ts")
+    if _is_int(had_ts) and _is_int(got_ts) and got_ts > had_ts:
+        return "reset"
+    return "stale"
+
+
+def _is_int(x: object) -> TypeGuard[int]:
     return isinstance(x, int) and not isinstance(x, bool)
 
 

@@ -24,6 +24,16 @@ One asyncio loop does everything, in this order of priority:
 The history store (SQLite or InfluxDB) is written by its own thread
 (:class:`~fabric.history.HistoryWriter`), so a slow or absent database never
 slows the loop.  ``docs/market-data.md`` is the reference of everything served.
+
+A topology may run two tickers (``[[tickers]]``: A and B feeds of the same market;
+``docs/market-data.md``, section 9).  Each runs this same loop and publishes the same
+market on its own feed; clients fail over from one to the other.  The price history is
+written once: by the first ticker, and by the second only while the first is silent
+(:class:`~fabric.standby.Standby`: its feed's heartbeats are not heard for
+``HISTORY_SILENCE_S``).  The second listens to those heartbeats and keeps the points of
+the last ``KEEP_S`` seconds meanwhile, which it writes when it takes over: those the
+first had not written yet when it died are among them (the stores upsert, so writing a
+point twice changes nothing).
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ import logging
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -63,14 +74,19 @@ from fabric.protocol import (
     book_topic,
     trade_topic,
 )
+from fabric.standby import Standby
 from nodes.webhub import HEARTBEAT_S, WebHub
 from topology.load import load
-from topology.model import Topology
-from topology.primary import shard_sources
+from topology.model import TICKER, Topology
+from topology.model import Ticker as TickerConf
+from topology.primary import resolver, sources_of
+from topology.registry import Registration
 
 log = logging.getLogger("exfab.ticker")
 
 PUB_HWM: Final = 10_000  # messages queued per feed subscriber before ZeroMQ drops (docs/market-data.md, 5)
+HISTORY_SILENCE_S: Final = 3.0  # a ticker ahead not heard (heartbeats every second) this long: this one writes history
+KEEP_S: Final = 30.0  # seconds of history points a ticker that does not write keeps, to write them if it takes over
 
 _msgpack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder()
@@ -83,34 +99,51 @@ class Ticker:
     Parameters
     ----------
     topo
-        The topology; its ``[ticker]`` table names the ports.
+        The topology; its ``[ticker]`` table (or the ``[[tickers]]`` table of this one) names the ports.
     history
         The history store; default: the one the topology's ``[stores] history`` names.
+    name
+        Which of the topology's tickers this is (default: the first).
+
+    Raises
+    ------
+    KeyError
+        When the topology has no ticker ``name``.
     """
 
-    def __init__(self, topo: Topology, history: HistoryStore | None = None) -> None:
-        if topo.ticker is None:
+    def __init__(self, topo: Topology, history: HistoryStore | None = None, name: str | None = None) -> None:
+        if not topo.tickers:
             raise ValueError("the topology has no [ticker] table")
         self.topo = topo
-        self.conf = topo.ticker
+        self.conf = topo.tickers[0] if name is None else topo.ticker_named(name)
+        self.name = self.conf.name
+        rank = topo.tickers.index(self.conf)
+        self.ahead: tuple[TickerConf, ...] = topo.tickers[:rank]  # tickers that write history before this one
+        self.standby = Standby([t.name for t in self.ahead], HISTORY_SILENCE_S, time.monotonic())
+        self.writing = not self.ahead  # whether this ticker writes the history now
+        self._kept: deque[tuple[float, list[TickRecord], list[BarRecord]]] = deque()  # while it does not
         instruments = [i for s in topo.shards for i in topo.instruments_of(s)]
         self.instruments = {i.symbol: i for i in instruments}
         self.feed = MarketFeed(instruments)
         self.ctx = zmq.asyncio.Context()
         self._symbols = [list(s.symbols) for s in topo.shards]
         topics = [[t for sym in syms for t in (trade_topic(sym), book_topic(sym))] for syms in self._symbols]
-        self.follow = Follower(self.ctx, shard_sources(topo), topics, (TRADE, BOOK), self._deliver,
+        primaries = resolver(topo)  # (a pair's primary moves: the follower asks the new one for replays)
+        self.follow = Follower(self.ctx, sources_of(topo, primaries), topics, (TRADE, BOOK), self._deliver,
+                               resolve=lambda: sources_of(topo, primaries),
                                turn=self.publish_turn, on_restart=self._restart, on_unavailable=self._from_snapshot)
         for link in self.follow.links:
             for topic in link.stream.topics:
                 self.follow.start_at(link.no, topic, 0, 0)  # from the day's first message: a ticker rebuilds the day
         self.store = history if history is not None else _open_store(topo)
         self.writer = HistoryWriter(self.store)
-        self.web = WebHub(topo.name, self.instruments, self.feed, stats=self.stats_view, history=self.history)
+        self.web = WebHub(topo.name, self.instruments, self.feed, stats=self.stats_view, history=self.history,
+                          ticker=self.name, tickers=[{"name": t.name, "ws": t.ws_url, "http": t.http_url}
+                                                     for t in topo.tickers])
         self._pub: zmq.asyncio.Socket | None = None  # the feed's PUB, bound by run()
         self._pub_raw: tuple[zmq.asyncio.Socket, zmq.Socket[bytes]] | None = None
         self._stop = asyncio.Event()
-        self.stats = {"trades": 0, "published": 0}
+        self.stats = {"trades": 0, "published": 0, "history_takeovers": 0}
 
     @property
     def links(self) -> list[ShardLink]:
@@ -164,8 +197,69 @@ class Ticker:
         self.stats["published"] += len(turn.messages)
         self.stats["trades"] += len(turn.trades)
         if turn.trades:
-            self.writer.add_ticks([TickRecord.from_tape(sym, t) for sym, t in turn.trades])
-            self.writer.add_bars([BarRecord.from_bar(sym, iv, b) for sym, iv, b in turn.bars])
+            ticks = [TickRecord.from_tape(sym, t) for sym, t in turn.trades]
+            bars = [BarRecord.from_bar(sym, iv, b) for sym, iv, b in turn.bars]
+            if self.writing:
+                self.writer.add_ticks(ticks)
+                self.writer.add_bars(bars)
+            else:
+                now = time.monotonic()
+                self._kept.append((now, ticks, bars))
+                self._forget(now)
+
+    # ----------------------------------------------------------------- history
+
+    def _forget(self, now: float) -> None:
+        # Points kept longer than KEEP_S: the ticker writing history has written them (or will, rebuilding the day).
+        kept = self._kept
+        while kept and now - kept[0][0] > KEEP_S:
+            kept.popleft()
+
+    def _history_duty(self, now: float) -> None:
+        """Write the history or not, as the tickers ahead of this one are heard or not (:class:`Standby`)."""
+        active = self.standby.active(now)
+        if active and not self.writing:
+            self.writing = True
+            self.stats["history_takeovers"] += 1
+            points = sum(len(t) + len(b) for _, t, b in self._kept)
+            log.warning("history: %s silent for %g s: this ticker writes the price history now, beginning with the "
+                        "%d points of the last %g s", ", ".join(self.standby.silent(now)), HISTORY_SILENCE_S, points,
+                        KEEP_S)
+            for _, ticks, bars in self._kept:
+                self.writer.add_ticks(ticks)
+                self.writer.add_bars(bars)
+            self._kept.clear()
+        elif not active and self.writing:
+            self.writing = False
+            log.warning("history: %s is back and writes the price history; this ticker stops",
+                        ", ".join(t.name for t in self.ahead))
+        elif not self.writing:
+            self._forget(now)
+
+    async def _watch_ahead(self) -> None:
+        # The heartbeats of the tickers ahead of this one, each on a SUB of its own (to know whose it is).
+        socks: dict[zmq.asyncio.Socket, str] = {}
+        poller = zmq.asyncio.Poller()
+        self.standby = Standby([t.name for t in self.ahead], HISTORY_SILENCE_S, time.monotonic())  # heard from now on
+        try:
+            for t in self.ahead:
+                s = self.ctx.socket(zmq.SUB)
+                s.setsockopt(zmq.LINGER, 0)
+                s.subscribe(HEARTBEAT_TOPIC)
+                s.connect(t.pub.connect)
+                socks[s] = t.name
+                poller.register(s, zmq.POLLIN)
+            while True:
+                events = await poller.poll(500)
+                now = time.monotonic()
+                for s, _ in events:
+                    while s.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        await s.recv_multipart()
+                    self.standby.heard(socks[s], now)
+                self._history_duty(now)
+        finally:
+            for s in socks:
+                s.close(0)
 
     def _feed_socket(self) -> zmq.Socket[bytes]:
         # The feed's PUB as a plain (shadow) socket: a send on pyzmq's asyncio socket makes a future each time, about
@@ -180,10 +274,13 @@ class Ticker:
     def stats_view(self) -> dict[str, Any]:
         """Return the ticker's counters as ``GET /stats`` shows them (the web hub adds the WebSocket's).
 
-        The counters of :attr:`stats`, the history points waiting to be written, and per shard the last ``seq``
-        seen, whether a replay is under way, the replays, and the messages the matcher could no longer replay.
+        The ticker's name, the counters of :attr:`stats` (``history_takeovers``: times this ticker began to write the
+        history because the ones before it were silent), ``history`` (``writing`` or ``standby``), the history points
+        waiting to be written, and per shard the last ``seq`` seen, whether a replay is under way, the replays, and
+        the messages the matcher could no longer replay.
         """
-        return {**self.stats, "messages": self.follow.messages, "turns": self.follow.turns,
+        return {**self.stats, "ticker": self.name, "history": "writing" if self.writing else "standby",
+                "messages": self.follow.messages, "turns": self.follow.turns,
                 "duplicates": sum(ln.stream.duplicates for ln in self.links),
                 "gaps": sum(ln.stream.gaps for ln in self.links), "history_pending": self.writer.pending(),
                 "shards": {ln.name: {"seen": ln.high, "syncing": ln.stream.replay is not None, "replays": ln.replays,
@@ -258,8 +355,12 @@ class Ticker:
             await self.web.serve(host or None, self.conf.http_port)
             for coro in (self._serve_snapshots(snap), self._heartbeat()):
                 self.follow.spawn(coro)
-            log.info("ticker: %d shards, %d symbols; feed %s, snapshots %s, page %s", len(self.links),
-                     len(self.instruments), self.conf.pub.bind, self.conf.snapshot.bind, self.conf.http_url)
+            if self.ahead:
+                self.follow.spawn(self._watch_ahead())
+            log.info("ticker %s: %d shards, %d symbols; feed %s, snapshots %s, page %s; history %s", self.name,
+                     len(self.links), len(self.instruments), self.conf.pub.bind, self.conf.snapshot.bind,
+                     self.conf.http_url, "written here" if self.writing else
+                     f"written by {', '.join(t.name for t in self.ahead)} (this one takes over when it is silent)")
             if ready is not None:
                 ready()
             await self._stop.wait()
@@ -315,15 +416,32 @@ def _open_store(topo: Topology) -> HistoryStore:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ticker: ``python -m nodes.ticker --topology FILE [--id ticker]``."""
-    ap = argparse.ArgumentParser(prog="exfab node ticker", description="Run the ticker node of a topology.")
+    """Run the ticker: ``python -m nodes.ticker --topology FILE [--id NAME]``."""
+    ap = argparse.ArgumentParser(prog="exfab node ticker", description="Run a ticker node of a topology.")
     ap.add_argument("--topology", required=True, metavar="FILE")
-    ap.add_argument("--id", default="ticker", metavar="NAME", help="its name in the topology (always ticker)")
+    ap.add_argument("--id", default="ticker", metavar="NAME",
+                    help="its name in the topology: ticker (the first, or only, one), ticker-b, ... (default ticker)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s ticker %(levelname)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.id} %(levelname)s %(message)s",
+                        stream=sys.stderr)
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    ticker = Ticker(load(args.topology))
-    asyncio.run(ticker.run(ready=lambda: print("READY ticker ticker", flush=True)))
+    topo = load(args.topology)
+    try:
+        ticker = Ticker(topo, name=args.id)
+    except (KeyError, ValueError) as e:
+        names = ", ".join(t.name for t in topo.tickers) or "none"
+        print(f"exfab node ticker: {e.args[0]} (its tickers: {names})", file=sys.stderr)
+        return 2
+    reg = Registration(topo, TICKER, ticker.name, ticker.conf.host)  # (exfab status; nothing without [zookeeper])
+
+    def ready() -> None:
+        print(f"READY ticker {ticker.name}", flush=True)
+        reg.update("running")
+
+    try:
+        asyncio.run(ticker.run(ready=ready))
+    finally:
+        reg.close()
     return 0
 
 

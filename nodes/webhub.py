@@ -227,12 +227,20 @@ class WebHub:
         Returns the ticker's counters for ``GET /stats``; the hub adds its own (``ws_...``).
     history
         ``history(symbol, interval, start, end)``: the bars ``GET /history`` answers (run on a worker thread).
+    ticker
+        This ticker's name (the ``hello`` message's ``ticker``).
+    tickers
+        Every ticker of the market, in the topology's order, each ``{"name", "ws", "http"}``: the ``hello``
+        message's ``tickers``, where a client goes when this one dies (``docs/market-data.md``, section 9).
     """
 
     def __init__(self, exchange: str, instruments: Mapping[str, Instrument], feed: MarketFeed,
                  stats: Callable[[], dict[str, Any]],
-                 history: Callable[[str, str, int, int], list[dict[str, Any]]]) -> None:
+                 history: Callable[[str, str, int, int], list[dict[str, Any]]], *, ticker: str = "ticker",
+                 tickers: list[dict[str, str]] | None = None) -> None:
         self.exchange = exchange
+        self.ticker = ticker
+        self.tickers = list(tickers or ())
         self.instruments = instruments
         self.feed = feed
         self._stats = stats
@@ -421,7 +429,8 @@ class WebHub:
         # The same for every client (the instruments do not change while the ticker runs): built and encoded once.
         if self._hello is None:
             self._hello = Item(("hello", ""), {"t": "hello", "v": 1, "exchange": self.exchange,
-                                               "heartbeat_s": HEARTBEAT_S, "symbols": self.symbols()})
+                                               "heartbeat_s": HEARTBEAT_S, "ticker": self.ticker,
+                                               "tickers": self.tickers, "symbols": self.symbols()})
         return self._hello
 
     def symbols(self) -> list[dict[str, Any]]:
@@ -675,13 +684,16 @@ def parse_time(s: str) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
 
 
-def _response(status: int, body: bytes, ctype: str, cache: str = "no-cache") -> Response:
+def _response(status: int, body: bytes, ctype: str, cache: str = "no-cache", cors: bool = False) -> Response:
     headers = Headers([("Content-Type", ctype), ("Content-Length", str(len(body))), ("Cache-Control", cache)])
+    if cors:
+        headers["Access-Control-Allow-Origin"] = "*"
     return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
 
 def _json_response(obj: Any, status: int = 200) -> Response:
-    return _response(status, _json.encode(obj), "application/json")
+    # Readable from any page: the live page of one ticker reads /history of the other after a failover.
+    return _response(status, _json.encode(obj), "application/json", cors=True)
 
 
 def _error_response(status: int, reason: str, text: str) -> Response:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fabric.instruments import Instrument
-from tools.topology_cmd import check_command
+from tools.topology_cmd import check_command, summary
 from topology.load import Problem, TopologyError, check, check_text, load, loads
 from topology.model import Endpoint, Node
 
@@ -175,6 +175,10 @@ def test_endpoints_connect_by_host_and_bind_loopback_or_all() -> None:
     assert a.pub.connect == "tcp://127.0.0.1:7111" and a.recovery.connect == "tcp://127.0.0.1:7112"
     assert a.repl is None
     assert Endpoint("ex-a.internal", 7110).bind == "tcp://*:7110"
+    # Every address of 127.0.0.0/8 binds itself alone, so two hosts mapped onto one machine share their ports.
+    assert Endpoint("127.0.0.2", 7110).bind == "tcp://127.0.0.2:7110"
+    assert Endpoint("localhost", 7110).bind == "tcp://127.0.0.1:7110"
+    assert Endpoint("10.0.0.2", 7110).bind == "tcp://*:7110"
     assert Endpoint("::1", 7110).connect == "tcp://[::1]:7110"
     assert topo.gateway("gw1").endpoint.connect == "tcp://127.0.0.1:7101"
 
@@ -469,9 +473,16 @@ def test_missing_file_is_one_problem(tmp_path: Path) -> None:
 def test_check_command_prints_summary_and_exits_zero() -> None:
     out = io.StringIO()
     assert check_command(EXAMPLES / "local.toml", out=out) == 0
-    assert out.getvalue() == ("OK: 12 instruments on 2 shards, 2 gateways, ticker, "
-                              "persistence (planned: not run by this version), 1 host; "
+    assert out.getvalue() == ("OK: 12 instruments on 2 shards, 2 gateways, ticker, persistence, 1 host; "
                               "stores: recent=embedded, orders=sqlite, history=sqlite\n")
+
+
+def test_check_command_counts_the_matchers_of_pairs() -> None:
+    out = io.StringIO()
+    assert check_command(EXAMPLES / "cluster.toml", out=out) == 0
+    assert out.getvalue() == ("OK: 16 instruments on 4 shards (all primary/secondary pairs: 8 matchers), 2 gateways, "
+                              "2 tickers, persistence, 3 ZooKeeper servers, 3 hosts; "
+                              "stores: recent=redis, orders=cassandra, history=influxdb\n")
 
 
 def test_check_command_prints_every_problem_one_per_line_and_exits_one(tmp_path: Path) -> None:
@@ -485,3 +496,73 @@ def test_check_command_prints_every_problem_one_per_line_and_exits_one(tmp_path:
         "gateways: no gateway: brokers need at least one [[gateways]] with name, host and port",
         f"FAILED: 2 problems in {path}",
     ]
+
+
+# -- two tickers (A and B feeds) ---------------------------------------------------------------------------------------
+
+TICKERS = """
+[[tickers]]
+host = "127.0.0.1"
+pub_port = 7180
+snapshot_port = 7182
+http_port = 7181
+
+[[tickers]]
+host = "127.0.0.1"
+pub_port = 7190
+snapshot_port = 7192
+http_port = 7191
+"""
+
+
+def test_two_tickers_are_two_nodes_the_first_is_the_ticker() -> None:
+    topo = loads(_text(extra=TICKERS))
+    a, b = topo.tickers
+    assert (a.name, b.name) == ("ticker", "ticker-b") and topo.ticker == a
+    assert topo.ticker_named("ticker-b") == b and b.ws_url == "ws://127.0.0.1:7191/ws"
+    with pytest.raises(KeyError, match="ticker-c"):
+        topo.ticker_named("ticker-c")
+    assert [n for n in topo.nodes() if n.kind == "ticker"] == [Node("ticker", "ticker", "127.0.0.1"),
+                                                                Node("ticker", "ticker-b", "127.0.0.1")]
+    assert sorted(p.port for p in topo.all_ports() if p.node.name == "ticker-b") == [7190, 7191, 7192]
+    assert summary(topo).startswith("OK: 3 instruments on 2 shards, 1 gateway, 2 tickers, 1 host;")
+
+
+def test_one_ticker_as_an_array_and_named_tickers() -> None:
+    one = TICKERS[:TICKERS.index("[[tickers]]", 10)]
+    topo = loads(_text(extra=one))
+    assert topo.tickers == (topo.ticker,) and topo.ticker is not None and topo.ticker.name == "ticker"
+    named = TICKERS.replace('[[tickers]]\nhost', '[[tickers]]\nname = "md-a"\nhost', 1)
+    assert [t.name for t in loads(_text(extra=named)).tickers] == ["md-a", "ticker-b"]
+    single = loads(_text(extra='[ticker]\nhost = "127.0.0.1"\npub_port = 7180\nsnapshot_port = 7182\n'
+                               'http_port = 7181\n'))
+    assert single.tickers == (single.ticker,) and single.ticker is not None and single.ticker.name == "ticker"
+
+
+def test_ticker_and_tickers_together_is_a_mistake() -> None:
+    msg = _one(_text(extra='[ticker]\nhost = "127.0.0.1"\npub_port = 7170\nsnapshot_port = 7172\n'
+                           'http_port = 7171\n' + TICKERS))
+    assert msg == "tickers: give either one [ticker] or [[tickers]] (one table per ticker), not both"
+
+
+def test_tickers_mistakes_say_which_ticker() -> None:
+    clash = TICKERS.replace("pub_port = 7190", "pub_port = 7180")
+    assert _one(_text(extra=clash)) == 'tickers[1].pub_port: 127.0.0.1:7180 is also used by tickers[0].pub_port'
+    twice = TICKERS.replace('[[tickers]]\nhost', '[[tickers]]\nname = "md"\nhost')
+    assert _one(_text(extra=twice)) == 'tickers[1] "md": ticker name "md" is used twice (also tickers[0] "md")'
+    typo = TICKERS.replace("http_port = 7191", "http_prot = 7191")
+    assert _problems(_text(extra=typo)) == [
+        'tickers[1]: unknown key "http_prot"; did you mean "http_port"?',
+        'tickers[1]: missing required key "http_port"']
+    assert _one(_text(extra='[tickers]\nhost = "127.0.0.1"\n')) == (
+        "tickers: must be an array of tables: write [[tickers]], not [tickers]")
+
+
+def test_the_model_keeps_ticker_and_tickers_in_step() -> None:
+    from topology.model import Ticker, Topology
+
+    a, b = Ticker("h", 1, 2, 3), Ticker("h", 4, 5, 6, "ticker-b")
+    assert Topology("t", Path("."), (), (), (), ticker=a).tickers == (a,)
+    assert Topology("t", Path("."), (), (), (), tickers=(a, b)).ticker == a
+    with pytest.raises(ValueError, match="first of tickers"):
+        Topology("t", Path("."), (), (), (), ticker=b, tickers=(a, b))

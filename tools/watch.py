@@ -6,7 +6,9 @@ symbol: last price, change and change % (green up, red down), best bid and
 ask with their quantities, volume, VWAP, high, low and the number of trades.
 A cell that just changed is shown reversed for a second.  The table is redrawn
 at most 4 times a second, under a line that names the ticker, the state of the
-connection, and how many gaps and snapshots there were.  Ctrl-C (or SIGTERM)
+connection, and how many gaps and snapshots there were.  With two tickers in the
+topology (A and B feeds) it follows the first and fails over to the other when the
+one it follows dies or falls silent, and the line says how many times it did.  Ctrl-C (or SIGTERM)
 ends it, exit status 0.
 
 ``--once`` prints the table once, as soon as the snapshot is in, and exits;
@@ -132,8 +134,9 @@ class WatchTable:
         if st.last_heartbeat_at is not None:
             beat = f" · heartbeat {max(0.0, time.time() - st.last_heartbeat_at):.1f} s ago"
         state = "[green]live[/]" if md.state == "live" else f"[yellow]{md.state}[/]"
+        over = f" · {st.failovers} failover{'s' if st.failovers != 1 else ''}" if len(md.feeds) > 1 else ""
         return (f"ticker {where} · {state} · {st.gaps} gap{'s' if st.gaps != 1 else ''} · "
-                f"{st.snapshots} snapshot{'s' if st.snapshots != 1 else ''} · "
+                f"{st.snapshots} snapshot{'s' if st.snapshots != 1 else ''}{over} · "
                 f"{st.messages:,} message{'s' if st.messages != 1 else ''}{beat}")
 
     def render(self, now: float | None = None, highlight: bool = True) -> Any:
@@ -188,6 +191,11 @@ def run(symbols: Sequence[str], topology: str, *, once: bool = False, as_json: b
         md.close()
 
 
+def _feeds(md: MarketDataClient) -> str:
+    """The feed addresses of every ticker the client may follow, for messages."""
+    return " or ".join(p for p, _ in md.feeds)
+
+
 def _unknown_error(md: MarketDataClient, err: IO[str]) -> int:
     names = sorted(md.unknown)
     err.write(f"exfab watch: the ticker at {md.pub} does not know {', '.join(names)}\n")
@@ -201,7 +209,7 @@ def _once(md: MarketDataClient, topo: Topology, chosen: list[str], as_json: bool
         return _unknown_error(md, err)
     if not ready:
         if md.state in ("waiting", "reconnecting"):
-            err.write(f"exfab watch: cannot reach the ticker at {md.pub}: no connection within {timeout:g} s "
+            err.write(f"exfab watch: cannot reach the ticker at {_feeds(md)}: no connection within {timeout:g} s "
                       "(is it running? `exfab up` starts it)\n")
         else:
             err.write(f"exfab watch: the ticker at {md.pub} sent no snapshot from {md.snapshot} "

@@ -18,7 +18,10 @@ from topology.model import Topology
 
 def market_data_client(topo: Topology | str | os.PathLike[str], symbols: Iterable[str] | None = None,
                        **kwargs: Any) -> MarketDataClient:
-    """Return a :class:`~fabric.marketdata.MarketDataClient` of a topology's ticker.
+    """Return a :class:`~fabric.marketdata.MarketDataClient` of a topology's tickers.
+
+    The client follows the first ticker and fails over to the next when it dies (``docs/market-data.md``,
+    section 9): it is given every ticker's feed and snapshot addresses, in the topology's order.
 
     Parameters
     ----------
@@ -27,12 +30,12 @@ def market_data_client(topo: Topology | str | os.PathLike[str], symbols: Iterabl
     symbols
         The symbols to follow (``None``: every symbol the ticker sends).
     **kwargs
-        The client's other parameters (``kinds``, ``ctx``, ``timeout``).
+        The client's other parameters (``kinds``, ``ctx``, ``timeout``, ``silence``).
 
     Raises
     ------
     ValueError
-        When the topology has no ``[ticker]``.
+        When the topology has no ticker.
     topology.load.TopologyError
         When the file cannot be read or has mistakes.
 
@@ -43,9 +46,10 @@ def market_data_client(topo: Topology | str | os.PathLike[str], symbols: Iterabl
     """
     if not isinstance(topo, Topology):
         topo = load(os.fspath(topo))
-    if topo.ticker is None:
+    if not topo.tickers:
         raise ValueError(f"topology {topo.name!r} has no [ticker]")
-    return MarketDataClient(topo.ticker.pub.connect, topo.ticker.snapshot.connect, symbols, **kwargs)
+    return MarketDataClient([t.pub.connect for t in topo.tickers], [t.snapshot.connect for t in topo.tickers],
+                            symbols, **kwargs)
 
 
 __all__ = ["market_data_client"]

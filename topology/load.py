@@ -50,6 +50,13 @@ A topology file is TOML.  Every table and key, with its default::
     snapshot_port = 7182                # ROUTER: snapshots for the feed's subscribers (the Clone pattern)
     http_port = 7181                    # the price page, its WebSocket and /history
 
+    [[tickers]]                         # ... or several, instead of [ticker]: A and B feeds of the same
+    name = "ticker"                     # market; optional, default "ticker", then "ticker-b", "ticker-c"
+    host = "127.0.0.1"                  # the same keys as [ticker]; clients fail over from one to the
+    pub_port = 7180                     # next, the first writes the price history and the next take over
+    snapshot_port = 7182                # while the ones before are silent (docs/market-data.md, section 9)
+    http_port = 7181
+
     [persistence]                       # optional: the node that writes every order and trade
     host = "127.0.0.1"                  # (it listens on no port)
 
@@ -61,7 +68,8 @@ A topology file is TOML.  Every table and key, with its default::
     history = "sqlite"                  # the ticker's price history, <data_dir>/history.sqlite3; or
                                         # "influxdb": needs [influxdb] and an InfluxDB 1.x server
 
-    [zookeeper]                         # for the planned primary/secondary election (not used yet)
+    [zookeeper]                         # the node registry, exfab status, the pairs' election; exfab up
+                                        # runs it when every host is a loopback address
     hosts = ["ex-a.internal:2181"]      # host:port of every server
     root = "/exfab/local"               # default /exfab/<name>
     [redis]
@@ -117,6 +125,7 @@ _TOP = {
     "gateways": "[[gateways]]",
     "brokers": "[[brokers]]",
     "ticker": "[ticker]",
+    "tickers": "[[tickers]]",
     "persistence": "[persistence]",
     "stores": "[stores]",
     "zookeeper": "[zookeeper]",
@@ -132,6 +141,7 @@ _REPLICA_KEYS = ("name", "host", *_MATCHER_PORTS)
 _GATEWAY_KEYS = ("name", "host", "port")
 _BROKER_KEYS = ("id", "name")
 _TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port")
+_TICKERS_KEYS = ("name", *_TICKER_KEYS)
 _PERSISTENCE_KEYS = ("host",)
 _STORES_KEYS = tuple(STORE_KINDS)
 _ZOOKEEPER_KEYS = ("hosts", "root")
@@ -445,7 +455,7 @@ class _Builder:
         shards = self.shards(data)
         gateways = self.gateways(data)
         brokers = self.brokers(data)
-        ticker = self.ticker(data)
+        tickers = self.tickers(data)
         persistence = self.persistence(data)
         zookeeper = self.zookeeper(data, name)
         redis = self.redis(data)
@@ -470,7 +480,7 @@ class _Builder:
             shards=tuple(s for _, s in shards),
             gateways=tuple(gateways),
             brokers=tuple(brokers),
-            ticker=ticker,
+            tickers=tuple(tickers),
             persistence=persistence,
             stores=stores,
             zookeeper=zookeeper,
@@ -735,18 +745,49 @@ class _Builder:
             out.append(Broker(bid, name))
         return out
 
-    def ticker(self, data: dict[str, Any]) -> Ticker | None:
-        tbl = self.table(data, "ticker")
-        if tbl is None:
+    def tickers(self, data: dict[str, Any]) -> list[Ticker]:
+        """The market data nodes: one ``[ticker]``, or ``[[tickers]]`` (A and B feeds), or none."""
+        if "ticker" in data and "tickers" in data:
+            self.add("tickers", "give either one [ticker] or [[tickers]] (one table per ticker), not both")
+            return []
+        if "ticker" in data:
+            tbl = self.table(data, "ticker")
+            if tbl is None:
+                return []
+            self.keys(tbl, "ticker", _TICKER_KEYS)
+            t = self.ticker(tbl, "ticker", "ticker")
+            return [] if t is None else [t]
+        entries = self.tables(data, "tickers")
+        if entries is None:
+            return []
+        if not entries:
+            self.add("tickers", "no tickers: give each one a [[tickers]] table, or remove the key")
+        out: list[Ticker] = []
+        names: dict[str, str] = {}
+        for i, tbl in enumerate(entries):
+            where = _item("tickers", i, tbl)
+            self.keys(tbl, where, _TICKERS_KEYS)
+            default = "ticker" if i == 0 else f"ticker-{chr(ord('a') + i)}" if i < 26 else f"ticker-{i + 1}"
+            name = self.name(tbl, "name", where, required=False) if "name" in tbl else default
+            if name is not None:
+                if name in names:
+                    self.add(where, f"ticker name {_q(name)} is used twice (also {names[name]})")
+                    name = None
+                else:
+                    names[name] = where
+            t = self.ticker(tbl, where, name)
+            if t is not None:
+                out.append(t)
+        return out
+
+    def ticker(self, tbl: dict[str, Any], where: str, name: str | None) -> Ticker | None:
+        host = self.host(tbl, "host", where)
+        pub = self.port(tbl, "pub_port", where, host)
+        snap = self.port(tbl, "snapshot_port", where, host)
+        http = self.port(tbl, "http_port", where, host)
+        if name is None or host is None or pub is None or snap is None or http is None:
             return None
-        self.keys(tbl, "ticker", _TICKER_KEYS)
-        host = self.host(tbl, "host", "ticker")
-        pub = self.port(tbl, "pub_port", "ticker", host)
-        snap = self.port(tbl, "snapshot_port", "ticker", host)
-        http = self.port(tbl, "http_port", "ticker", host)
-        if host is None or pub is None or snap is None or http is None:
-            return None
-        return Ticker(host, pub, http, snap)
+        return Ticker(host, pub, http, snap, name)
 
     def persistence(self, data: dict[str, Any]) -> Persistence | None:
         tbl = self.table(data, "persistence")

@@ -62,16 +62,25 @@ class Endpoint:
     def bind(self) -> str:
         """The ZeroMQ address the listening node binds.
 
-        A loopback host binds loopback only (a one-machine topology is not
-        reachable from the network); any other host binds every interface,
-        because a DNS name is not something ZeroMQ can bind.
+        A loopback host binds that address only (a one-machine topology is not
+        reachable from the network, and nodes on 127.0.0.1 and 127.0.0.2 may
+        share a port, as on two machines); any other host binds every
+        interface, because a DNS name is not something ZeroMQ can bind.
         """
         if self.host in _LOOPBACK:
             return f"tcp://{_bracket('::1' if self.host == '::1' else '127.0.0.1')}:{self.port}"
+        if _is_ipv4_loopback(self.host):
+            return f"tcp://{self.host}:{self.port}"
         return f"tcp://*:{self.port}"
 
     def __str__(self) -> str:
         return self.connect
+
+
+def _is_ipv4_loopback(host: str) -> bool:
+    # 127.0.0.0/8, written as four decimal numbers (what ZeroMQ binds as it is).
+    parts = host.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) <= 255 for p in parts)
 
 
 def _bracket(host: str) -> str:
@@ -212,7 +221,10 @@ class Broker:
 
 @dataclass(frozen=True, slots=True)
 class Ticker:
-    """The market data node.
+    """A market data node.
+
+    A topology may run two (or more): each publishes the same market on its own feed, as exchanges publish A
+    and B feeds, and clients fail over from one to the next (``docs/market-data.md``, section 9).
 
     Parameters
     ----------
@@ -224,12 +236,16 @@ class Ticker:
         Its HTTP server: the price page, its WebSocket and ``/history``.
     snapshot_port
         Its ROUTER answering snapshot requests of the feed's subscribers.
+    name
+        Its node name, unique among tickers: ``"ticker"`` for the first, ``"ticker-b"``, ``"ticker-c"``... for
+        the others unless the file names them.
     """
 
     host: str
     pub_port: int
     http_port: int
     snapshot_port: int
+    name: str = "ticker"
 
     @property
     def snapshot(self) -> Endpoint:
@@ -240,6 +256,16 @@ class Ticker:
     def pub(self) -> Endpoint:
         """The market data feed (PUB)."""
         return Endpoint(self.host, self.pub_port)
+
+    @property
+    def http_host(self) -> str | None:
+        """The address the HTTP server binds, as :attr:`Endpoint.bind` decides it: a loopback host's own address
+        (``localhost``: 127.0.0.1), ``None`` (every interface) for any other host."""
+        if self.host == "localhost":
+            return "127.0.0.1"
+        if self.host == "::1" or _is_ipv4_loopback(self.host):
+            return self.host
+        return None
 
     @property
     def http_url(self) -> str:
@@ -395,7 +421,11 @@ class Topology:
     timezone
         The exchange's time zone (IANA name): which trading day a time belongs to.
     ticker, persistence
-        The market data and persistence nodes, or ``None`` when not deployed.
+        The market data and persistence nodes, or ``None`` when not deployed; ``ticker`` is the first of
+        ``tickers``.
+    tickers
+        Every market data node, in file order (empty without one): the first writes the price history, the
+        next take over when the ones before are silent; clients follow one and fail over to the next.
     stores
         Which store holds each kind of data.
     zookeeper, redis, cassandra, influxdb
@@ -419,10 +449,18 @@ class Topology:
     cassandra: Cassandra | None = None
     influxdb: InfluxDB | None = None
     source: Path | None = None
+    tickers: tuple[Ticker, ...] = ()
     _routes: dict[str, Shard] = field(init=False, repr=False, compare=False)
     _instruments: dict[str, Instrument] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # One ticker given either way: ``ticker`` (the single or the first) and ``tickers`` (all) agree.
+        if not self.tickers and self.ticker is not None:
+            object.__setattr__(self, "tickers", (self.ticker,))
+        elif self.tickers and self.ticker is None:
+            object.__setattr__(self, "ticker", self.tickers[0])
+        elif self.tickers and self.ticker != self.tickers[0]:
+            raise ValueError("ticker must be the first of tickers")
         object.__setattr__(self, "_routes", {sym: s for s in self.shards for sym in s.symbols})
         object.__setattr__(self, "_instruments", {i.symbol: i for i in self.instruments})
 
@@ -467,6 +505,13 @@ class Topology:
                 return g
         raise KeyError(f"no gateway {name!r} in topology {self.name!r}")
 
+    def ticker_named(self, name: str) -> Ticker:
+        """Return the ticker called ``name``; raise ``KeyError`` when there is none."""
+        for t in self.tickers:
+            if t.name == name:
+                return t
+        raise KeyError(f"no ticker {name!r} in topology {self.name!r}")
+
     def instruments_of(self, shard: Shard | str) -> tuple[Instrument, ...]:
         """Return the instruments a shard trades, in the shard's symbol order."""
         s = self.shard(shard) if isinstance(shard, str) else shard
@@ -477,8 +522,7 @@ class Topology:
         out: list[Node] = [Node(MATCHER, r.name, r.host) for s in self.shards for r in s.replicas]
         if self.persistence is not None:
             out.append(Node(PERSISTENCE, PERSISTENCE, self.persistence.host))
-        if self.ticker is not None:
-            out.append(Node(TICKER, TICKER, self.ticker.host))
+        out.extend(Node(TICKER, t.name, t.host) for t in self.tickers)
         out.extend(Node(GATEWAY, g.name, g.host) for g in self.gateways)
         return out if host is None else [n for n in out if n.host == host]
 
@@ -499,11 +543,11 @@ class Topology:
                     out.append(PortUse(r.host, r.repl_port, node, "repl_port"))
         for g in self.gateways:
             out.append(PortUse(g.host, g.port, Node(GATEWAY, g.name, g.host), "port"))
-        if self.ticker is not None:
-            node = Node(TICKER, TICKER, self.ticker.host)
-            out.append(PortUse(self.ticker.host, self.ticker.pub_port, node, "pub_port"))
-            out.append(PortUse(self.ticker.host, self.ticker.snapshot_port, node, "snapshot_port"))
-            out.append(PortUse(self.ticker.host, self.ticker.http_port, node, "http_port"))
+        for t in self.tickers:
+            node = Node(TICKER, t.name, t.host)
+            out.append(PortUse(t.host, t.pub_port, node, "pub_port"))
+            out.append(PortUse(t.host, t.snapshot_port, node, "snapshot_port"))
+            out.append(PortUse(t.host, t.http_port, node, "http_port"))
         return out
 
     def node_dir(self, kind: str, name: str) -> Path:

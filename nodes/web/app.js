@@ -12,6 +12,15 @@
  * Times: every nanosecond time the ticker sends (ts, start, ...) is above 2^53, so
  * JSON.parse rounds the integer; the exact decimal text beside it (ts_ns, start_ns,
  * docs/market-data.md section 2) is what the page reads, through BigInt.
+ *
+ * Two tickers (A and B feeds, docs/market-data.md section 9): the hello names every
+ * ticker of the market; when the page's WebSocket closes, or its ticker sends no
+ * heartbeat for SILENCE_HEARTBEATS periods, the page connects to the next one at once
+ * and takes every symbol from its snapshot. The tickers number their topics each their
+ * own way, so `seq` orders the messages of one connection only; across tickers the
+ * trades' ids (the matcher's) decide: a quote older than the one held (a lower
+ * trade_id, a last trade not later) is not applied, a print already on the tape is not
+ * added twice, and a bar with fewer trades than the one held is older.
  */
 "use strict";
 
@@ -22,6 +31,7 @@
   const CHART_MIN_MS = 250;            // at most 4 chart redraws a second
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 5000;
+  const SILENCE_HEARTBEATS = 3;        // heartbeat periods without one before leaving a ticker for the next
   const BANNER_MS = 10000;
   const NS_PER = { "1s": 1e9, "1m": 6e10, "5m": 3e11 };
   const NS_1M = 60000000000n, NS_5M = 300000000000n, NS_PER_MS = 1000000n;
@@ -132,8 +142,14 @@
     heartbeatS: 1.0,
     lastHeartbeatMs: null,
     lastHeartbeatAt: 0,   // performance.now() of the last heartbeat
+    lastMessageAt: 0,     // ... and of the last message
     updates: 0,
     helloCount: 0,
+    qseq: {},             // symbol -> seq of the last quote of this connection (seq orders one ticker's messages)
+    tickers: [],          // [{name, ws, http}] from hello: every ticker of the market
+    tickerAt: -1,         // the one followed, in tickers
+    home: null,           // the name of the ticker that served the page (reached through the page's own address)
+    failovers: 0,
   };
 
   const exfab = {
@@ -143,6 +159,8 @@
     tapes: state.tapes,
     connected: false,
     updates: 0,
+    ticker: null,         // the name of the ticker followed
+    failovers: 0,
     selected: null,
     interval: state.interval,
     chart: { symbol: null, interval: null, bars: 0, draws: 0 },
@@ -462,12 +480,6 @@
     if (!tape) tape = state.tapes[sym] = [];
     const prints = q.prints || [];
     let top = tape.length ? tape[0].trade_id : -Infinity;
-    // A trade id below what we hold: the symbol's day was restarted (a fresh journal).
-    if (q.trade_id !== null && q.trade_id !== undefined && q.trade_id < top) {
-      tape.length = 0;
-      top = -Infinity;
-      if (sym === state.selected) dirty.tapeReset = true;
-    }
     let added = 0;
     for (const p of prints) {          // oldest first
       if (p.trade_id > top) {
@@ -492,17 +504,25 @@
     keys.sort((x, y) => { const a = BigInt(x), b = BigInt(y); return a < b ? -1 : a > b ? 1 : 0; });
     for (let i = 0; i < keys.length - cap; i++) delete store[keys[i]];
   }
-  /* Upsert a symbol's bars, keyed by the exact text of their start. */
+  /* Upsert a symbol's bars, keyed by the exact text of their start; a bar with fewer trades than the one
+     held comes from a ticker that is behind (after a failover) and is not taken. */
   function putBars(sym, barsByIv) {
     const b = symBars(sym);
+    const taken = {};
     for (const iv of Object.keys(barsByIv || {})) {
       const list = barsByIv[iv];
       if (!Array.isArray(list)) continue;
       const store = b[iv] || (b[iv] = {});
-      for (const bar of list) store[nsText(bar, "start")] = bar;
+      const keep = taken[iv] = [];
+      for (const bar of list) {
+        const key = nsText(bar, "start"), old = store[key];
+        if (old && (old.trades || 0) > (bar.trades || 0)) continue;
+        store[key] = bar;
+        keep.push(bar);
+      }
       if (LIVE_CAP[iv]) capBars(store, LIVE_CAP[iv]);
     }
-    if (sym === state.selected) chartLive(barsByIv);
+    if (sym === state.selected) chartLive(taken);
   }
 
   /* The 5m bar of bucket `start` (a BigInt, ns), folded from the 1m bars we hold. */
@@ -591,7 +611,7 @@
     exfab.chart.interval = iv;
     chartAllLive();        // draw what we hold at once; history fills in behind
     scheduleChart(true);
-    let url = "/history?symbol=" + encodeURIComponent(sym) + "&interval=" + encodeURIComponent(iv);
+    let url = httpBase() + "history?symbol=" + encodeURIComponent(sym) + "&interval=" + encodeURIComponent(iv);
     if (iv === "1s") url += "&from=" + (BigInt(Date.now() - HISTORY_1S_WINDOW_MS) * 1000000n).toString();
     fetch(url, { cache: "no-store" })
       .then((r) => r.json().then((j) => {
@@ -779,6 +799,13 @@
       if (state.name !== "exchange-fabric") el.brandSub.textContent = "exchange-fabric · Market data";
     }
     if (msg.heartbeat_s) state.heartbeatS = Number(msg.heartbeat_s) || 1.0;
+    if (Array.isArray(msg.tickers) && msg.tickers.length) {
+      state.tickers = msg.tickers.filter((t) => t && typeof t.ws === "string");
+      state.tickerAt = state.tickers.findIndex((t) => t.name === msg.ticker);
+    }
+    if (state.home === null && msg.ticker) state.home = msg.ticker;
+    exfab.ticker = msg.ticker || null;
+    state.qseq = {};   // a new connection: its ticker's numbers
     const list = Array.isArray(msg.symbols) ? msg.symbols.map((s) => (typeof s === "string" ? { symbol: s } : s)) : [];
     const same = list.length === state.symbols.length && list.every((s, i) => s.symbol === state.symbols[i].symbol);
     state.symbols = list;
@@ -793,9 +820,40 @@
     else if (state.helloCount > 1 && want) chartLoad();   // reconnected: refill what we missed
   }
 
-  function applyQuote(sym, q, force) {
-    const prev = state.quotes[sym];
-    if (!force && prev && q.seq && prev.seq && q.seq <= prev.seq) return;   // stale
+  /* How quote q stands against the one held, whichever ticker each came from: "newer" (or the same trades),
+     "stale" (older: a lower trade id, a last trade not later) or "reset" (the symbol's session started over:
+     a lower trade id but a later last trade, or no trade after some). The same rule as the Python client's
+     fabric.marketdata.quote_order. */
+  function quoteOrder(held, q) {
+    if (!held || typeof held.trade_id !== "number" || typeof q.trade_id !== "number" || q.trade_id >= held.trade_id) {
+      return "newer";
+    }
+    if (q.trade_id === 0 || q.trades === 0) return "reset";
+    try {
+      if (BigInt(nsText(q, "last_ts")) > BigInt(nsText(held, "last_ts"))) return "reset";
+    } catch (_) { /* no times to compare */ }
+    return "stale";
+  }
+
+  function resetSymbol(sym) {
+    state.tapes[sym] = [];
+    state.bars[sym] = { "1s": {}, "1m": {} };
+    if (sym === state.selected) { dirty.tapeReset = true; chartLoad(); }
+  }
+
+  function applyQuote(sym, q, snapshot) {
+    // seq orders the messages of this connection's ticker; a snapshot sets where it stands.
+    const last = state.qseq[sym];
+    if (!snapshot && last && q.seq && q.seq <= last) return;
+    if (q.seq) state.qseq[sym] = q.seq;
+    const order = quoteOrder(state.quotes[sym], q);
+    if (order === "stale") return;      // from a ticker behind the one the page had it from
+    if (order === "reset") resetSymbol(sym);
+    else if (snapshot) {
+      // A snapshot carries the last 50 trades: the tape restarts from them.
+      state.tapes[sym] = [];
+      if (sym === state.selected) dirty.tapeReset = true;
+    }
     state.quotes[sym] = q;
     addPrints(sym, q);
     dirty.rows.add(sym);
@@ -812,12 +870,7 @@
 
   function applySnapshotOf(sym, snap) {
     if (!sym) return;
-    if (snap.quote) {
-      // A snapshot carries the last 50 trades: the tape restarts from them.
-      state.tapes[sym] = [];
-      if (sym === state.selected) dirty.tapeReset = true;
-      applyQuote(sym, snap.quote, true);
-    }
+    if (snap.quote) applyQuote(sym, snap.quote, true);
     if (snap.depth) applyDepth(sym, snap.depth, true);
     if (snap.bars) putBars(sym, snap.bars.bars || snap.bars);
   }
@@ -857,7 +910,30 @@
   let reconnectTimer = null;
   // batch=1: every message is a JSON array of the objects pending for us at one wake-up of the ticker
   // (docs/market-data.md, section 4), in order: one message and one parse for many updates.
-  const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?batch=1";
+  const homeUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws?batch=1";
+  let wsUrl = homeUrl;
+
+  /* The ticker followed, or null while the page has not heard of its tickers (or follows the one that served it:
+     reached through the page's own address). */
+  function away() {
+    const t = state.tickers[state.tickerAt];
+    return t && t.name !== state.home ? t : null;
+  }
+  function httpBase() {
+    const t = away();
+    return t && typeof t.http === "string" ? t.http : "/";
+  }
+  /* Leave the ticker followed for the next one of the market (when there is another). */
+  function nextTicker() {
+    if (state.tickers.length < 2) return false;
+    state.tickerAt = (state.tickerAt + 1) % state.tickers.length;
+    state.failovers++;
+    exfab.failovers = state.failovers;
+    const t = away();
+    wsUrl = t ? t.ws + (t.ws.indexOf("?") < 0 ? "?" : "&") + "batch=1" : homeUrl;
+    el.footEndpoint.textContent = wsUrl;
+    return true;
+  }
 
   function send(obj) {
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(obj));
@@ -877,6 +953,7 @@
     sock.onopen = () => { if (ws === sock) setConnected(true); };
     sock.onmessage = (ev) => {
       if (ws !== sock) return;
+      state.lastMessageAt = performance.now();
       let msg;
       try { msg = JSON.parse(ev.data); } catch (_) { return; }
       if (Array.isArray(msg)) {
@@ -886,16 +963,32 @@
     sock.onclose = () => {
       if (ws !== sock) return;
       ws = null;
+      const was = state.connected;
       setConnected(false);
-      scheduleReconnect();
+      // Another ticker: go there at once after a live connection dropped, else after the pause.
+      scheduleReconnect(nextTicker() && was);
     };
     sock.onerror = () => { /* a close follows */ };
   }
 
-  function scheduleReconnect() {
+  /* A ticker whose connection stays open but sends nothing (a hung process, a network that drops without a
+     reset) is left as one that closed. */
+  function checkSilence() {
+    if (!ws || !state.connected || state.tickers.length < 2) return;
+    const heard = Math.max(state.lastHeartbeatAt, state.lastMessageAt);
+    if (performance.now() - heard <= SILENCE_HEARTBEATS * 1000 * state.heartbeatS) return;
+    const sock = ws;
+    ws = null;
+    sock.onclose = null;
+    try { sock.close(); } catch (_) { /* closing anyway */ }
+    setConnected(false);
+    scheduleReconnect(nextTicker());
+  }
+
+  function scheduleReconnect(now) {
     if (reconnectTimer !== null) return;
-    const wait = backoff;
-    backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+    const wait = now ? 0 : backoff;
+    if (!now) backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
     reconnectAt = performance.now() + wait;
     reconnectTimer = setTimeout(connect, wait);
     renderStatus();
@@ -949,6 +1042,7 @@
     const rate = state.updates - lastUpdates;
     lastUpdates = state.updates;
     el.footRate.textContent = intFmt.format(rate);
+    checkSilence();
     renderStatus();
   }
   function startClock() {
