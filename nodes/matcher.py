@@ -646,7 +646,16 @@ class Matcher:
         try:
             send_frames(self._repl, (sec.ident, encode(msg)), zmq.NOBLOCK)
             return True
-        except zmq.ZMQError:  # its queue is full, or it has gone: it is behind, it catches up when it can
+        except zmq.Again:  # its queue is full: it is behind, and catches up when it reads
+            return False
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            if self.secondary is sec:  # it has gone: forgotten until it joins again
+                log.warning("matcher %s: secondary %s has gone: going on alone", self.name, sec.name)
+                self.secondary = None
+                if sec.in_sync:
+                    self._declare_insync(None)  # before anything more leaves: it may not lead without it
             return False
 
     def _await_secondary(self) -> None:
