@@ -26,6 +26,7 @@ from fabric.records import Batch, OrderRow, TradeRow
 
 TAPE: Final = 100  # trades kept per symbol
 FINISHED_TTL_S: Final = 3600.0  # how long a finished order's status stays after it finished
+MAX_FINISHED: Final = 100_000  # finished orders the embedded state keeps at most (its memory: about 1 KB each)
 
 
 class RecentState(Protocol):
@@ -66,14 +67,18 @@ class MemoryRecent:
     ----------
     finished_ttl
         Seconds a finished order's status is kept.
+    max_finished
+        Finished orders kept at most (the oldest go first): the node's memory stays bounded at any rate.
     clock
         Seconds, monotonic (tests move it).
     """
 
     name = "embedded"
 
-    def __init__(self, finished_ttl: float = FINISHED_TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, finished_ttl: float = FINISHED_TTL_S, clock: Callable[[], float] = time.monotonic,
+                 max_finished: int = MAX_FINISHED) -> None:
         self.finished_ttl = finished_ttl
+        self.max_finished = max_finished
         self.clock = clock
         self._orders: dict[tuple[str, str], OrderRow] = {}
         self._open: dict[str, dict[str, None]] = {}  # broker -> oids, in the order they were accepted
@@ -82,7 +87,6 @@ class MemoryRecent:
 
     def apply(self, batch: Batch) -> None:
         now = self.clock()
-        self._expire(now)
         for r in batch.orders:
             key = (r.broker, r.oid)
             had = self._orders.get(key)
@@ -99,10 +103,11 @@ class MemoryRecent:
             if tape is None:
                 tape = self._tapes[t.symbol] = deque(maxlen=TAPE)
             tape.append(t)
+        self._expire(now)
 
     def _expire(self, now: float) -> None:
         q = self._expiry
-        while q and q[0][0] <= now:
+        while q and (q[0][0] <= now or len(q) > self.max_finished):
             _, key, seq = q.popleft()
             r = self._orders.get(key)
             if r is not None and r.last_seq == seq:  # (not an order used again since, with the same id, another day)
@@ -137,4 +142,4 @@ class MemoryRecent:
         pass
 
 
-__all__ = ["FINISHED_TTL_S", "TAPE", "MemoryRecent", "RecentState"]
+__all__ = ["FINISHED_TTL_S", "MAX_FINISHED", "TAPE", "MemoryRecent", "RecentState"]

@@ -399,3 +399,15 @@ def test_redis_url_password_is_never_shown(redis_backend: Backend) -> None:
     assert str(e.value).startswith(f"redis://user@127.0.0.1:{port}/0?db=0: lost: ")
     with pytest.raises(StoreError, match="bad Redis url"):
         RedisRecent("http://127.0.0.1:6379")
+
+
+def test_the_embedded_state_keeps_at_most_max_finished_finished_orders() -> None:
+    from fabric.recent import MemoryRecent
+
+    recent = MemoryRecent(max_finished=3)
+    live = order("live", seq=1)
+    recent.apply(Batch(orders=[live]))
+    for i in range(5):
+        recent.apply(Batch(orders=[filled(order(f"o{i}", seq=10 + i), 9)]))
+    assert [recent.order("B1", f"o{i}") is not None for i in range(5)] == [False, False, True, True, True]
+    assert recent.order("B1", "live") == live, "an open order is never dropped"
