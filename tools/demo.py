@@ -1,8 +1,10 @@
 """Simulated brokers: a realistic flow of orders so that the demo's prices move.
 
 One process, one loop (like a node): ``--brokers`` broker sessions spread over
-the topology's gateways send, at ``--rate`` commands per second in total,
-mostly passive limit orders near each symbol's wandering mid price, some
+the topology's gateways (``DEMO1``, ``DEMO2`` ...; when the topology lists its
+``[[brokers]]``, as those brokers, one session each) send, at ``--rate``
+commands per second in total, mostly passive limit orders near each symbol's
+wandering mid price, some
 orders that cross the spread (IOC limits and market orders), and cancels of
 their own resting orders.  Answers are read as they come, to know which orders
 rest.  Run by ``exfab up --demo``, or alone:
@@ -54,8 +56,10 @@ class Demo:
         self.rng = random.Random(seed)
         self.rate = rate
         gws = [g.endpoint.connect for g in self.topo.gateways]
-        self.brokers = [_Broker(BrokerClient(gws[i % len(gws):] + gws[:i % len(gws)], f"DEMO{i + 1}", timeout=1.0))
-                        for i in range(brokers)]
+        # A topology that lists its brokers lets only those log on: the demo trades as them, one session each.
+        ids = [b.id for b in self.topo.brokers][:brokers] or [f"DEMO{i + 1}" for i in range(brokers)]
+        self.brokers = [_Broker(BrokerClient(gws[i % len(gws):] + gws[:i % len(gws)], broker, timeout=1.0))
+                        for i, broker in enumerate(ids)]
         self.markets = []
         for inst in self.topo.instruments:
             lo, hi = inst.band_lo or 1, inst.band_hi or 10**6

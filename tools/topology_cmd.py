@@ -14,15 +14,16 @@ from topology.model import Topology
 def summary(topology: Topology) -> str:
     """Return a one-line account of a topology: instruments, shards, nodes and stores.
 
-    It describes the file; a ``[persistence]`` node is marked as planned, since
-    this version does not run one (``topology.launcher.RUNNABLE``).
+    Every node it names is one this version runs (``topology.launcher.RUNNABLE``); a topology with pairs
+    also says how many matchers that makes.
     """
     pairs = sum(1 for s in topology.shards if s.paired)
     n_shards = len(topology.shards)
+    matchers = sum(len(s.replicas) for s in topology.shards)
     if pairs == n_shards:
-        shape = " (all primary/secondary pairs)"
+        shape = f" (all primary/secondary pairs: {matchers} matchers)"
     elif pairs:
-        shape = f" ({pairs} primary/secondary pair{_s(pairs)})"
+        shape = f" ({pairs} primary/secondary pair{_s(pairs)}: {matchers} matchers)"
     else:
         shape = ""
     parts = [
@@ -30,10 +31,12 @@ def summary(topology: Topology) -> str:
         f"{shape}",
         f"{len(topology.gateways)} gateway{_s(len(topology.gateways))}",
     ]
-    if topology.ticker is not None:
+    if len(topology.tickers) == 1:
         parts.append("ticker")
+    elif topology.tickers:
+        parts.append(f"{len(topology.tickers)} tickers")
     if topology.persistence is not None:
-        parts.append("persistence (planned: not run by this version)")
+        parts.append("persistence")
     if topology.zookeeper is not None:
         n = len(topology.zookeeper.hosts)
         parts.append(f"{n} ZooKeeper server{_s(n)}")
