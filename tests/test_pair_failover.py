@@ -403,3 +403,53 @@ def test_ticker_and_persistence_follow_the_new_primary(tmp_path: Path) -> None:
     finally:
         ex.stop()
         zk.stop()
+
+
+def test_a_matcher_that_led_and_lost_cuts_only_what_its_successors_never_had(tmp_path: Path) -> None:
+    zk = start_zookeeper(tmp_path / "zk")
+    try:
+        topo = load(paired_topology(tmp_path, f"127.0.0.1:{zk.port}"))
+        shard = topo.shard("A")
+        from topology.election import Seat
+
+        one, two = Seat(topo, shard, shard.replica("A-1")), Seat(topo, shard, shard.replica("A-2"))
+        try:
+            assert one.cut_point() is None and one.eligible() and two.eligible(), "a shard that never had a primary"
+            assert one.take_over(7).epoch == 1  # A-1 leads from seq 7 ...
+            one.declare_insync("A-2", 1, 40)  # ... with A-2 in sync at seq 40
+            assert two.eligible() and two.cut_point() is None
+            one.declare_insync(None, 1, 45)  # A-2 falls behind: A-1 goes on alone, and only it may lead
+            assert one.eligible() and not two.eligible()
+            assert one.cut_point() is None, "the one that led last keeps everything"
+            # A-1 dies; A-2 (in sync again, say) leads from seq 50, then again from 80 after a restart.
+            one.declare_insync("A-2", 1, 49)
+            assert two.take_over(50).epoch == 2 and two.take_over(80).epoch == 3
+            assert one.cut_point() == 49, "A-1's records from 50 on were written after its last agreed epoch"
+            assert not one.eligible()
+            two.declare_insync("A-1", 3, 90)  # A-1 rejoined, cut, caught up: in sync at epoch 3
+            assert one.cut_point() is None and one.eligible()
+        finally:
+            one.close()
+            two.close()
+    finally:
+        zk.stop()
+
+
+def test_journal_cut_at_the_cut_point_then_caught_up_equals_the_primarys(tmp_path: Path) -> None:
+    from fabric.journal import Journal, read_journal
+
+    deposed = Journal.open(tmp_path / "A1.journal", shard="A", fsync="none")
+    primary = Journal.open(tmp_path / "A2.journal", shard="A", fsync="none")
+    for i in range(1, 50):
+        deposed.append(b"r%d" % i)
+        primary.append(b"r%d" % i)
+    for i in range(50, 55):
+        deposed.append(b"lost%d" % i)  # journaled by the deposed primary, never replicated, never answered
+    for i in range(50, 60):
+        primary.append(b"new%d" % i)
+    deposed.truncate(49)
+    for seq, payload in primary.read_range(50, 59):
+        assert deposed.append(payload) == seq
+    deposed.close()
+    primary.close()
+    assert list(read_journal(tmp_path / "A1.journal")) == list(read_journal(tmp_path / "A2.journal"))
