@@ -345,14 +345,13 @@ class Ticker:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
-        host = "127.0.0.1" if self.conf.host in ("127.0.0.1", "localhost") else (
-            "::1" if self.conf.host == "::1" else "")
         try:
             await self.follow.start()
             await self.follow.wait_synced(60)  # READY does not wait longer for a matcher that does not answer
             self.publish_turn()
             gc.freeze()  # the rebuilt day and start-up's objects: out of the cycle collector's scans from now on
-            await self.web.serve(host or None, self.conf.http_port)
+            # A loopback host binds its own address (hosts mapped onto one machine share ports), others every one.
+            await self.web.serve(self.conf.http_host, self.conf.http_port)
             for coro in (self._serve_snapshots(snap), self._heartbeat()):
                 self.follow.spawn(coro)
             if self.ahead:

@@ -7,6 +7,7 @@ bars ``/history`` serves afterwards can only come from the store.
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 import urllib.request
@@ -15,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
-from tests.helpers import LOCAL, topology_on_free_ports
-from tests.servers import InfluxServer, start_influxd
+from tests.helpers import LOCAL, free_port, topology_on_free_ports
+from tests.servers import InfluxServer, require_binary, start_influxd
 from tests.test_ticker import _trade_flow, exact_json
-from topology.launcher import Launcher
+from tools.up import status_table
+from topology.launcher import Launcher, LaunchError, local_influxdb
 from topology.model import TICKER
+from topology.servers import INFLUXD, influxdb_answers
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +98,52 @@ def test_history_survives_a_restart_of_everything(store: str, tmp_path: Path, re
     if influx is None:
         assert (tmp_path / ".exfab").exists() and any(tmp_path.rglob("history.sqlite3"))
     shutil.rmtree(tmp_path / ".exfab", ignore_errors=True)
+
+
+# The launcher and a local InfluxDB (exfab up runs one for a history at a loopback url).
+
+
+def _with_influxdb(tmp_path: Path, url: str) -> Path:
+    path = topology_on_free_ports(LOCAL, tmp_path)
+    text = path.read_text().replace('history = "sqlite"', 'history = "influxdb"')
+    path.write_text(text + f'\n[influxdb]\nurl = "{url}"\ndatabase = "exfab"\n')
+    return path
+
+
+@pytest.mark.server("influxdb")
+def test_launcher_runs_a_local_influxdb_for_the_history_and_stops_it(tmp_path: Path) -> None:
+    require_binary(INFLUXD)
+    port = free_port("127.0.0.2")
+    url = f"http://127.0.0.2:{port}"
+    ex = Launcher(_with_influxdb(tmp_path, url), workdir=tmp_path)
+    server = ex.start_influxdb()
+    try:
+        assert server is not None and server is ex.influxdb and server.running and influxdb_answers(url)
+        assert server.root == tmp_path / ".exfab" / "local" / "influxdb"
+        assert server.log_path == tmp_path / ".exfab" / "local" / "logs" / "influxdb.log"
+        assert ex.start_influxdb() is server, "started once"
+        out = io.StringIO()
+        Console(file=out, width=200).print(status_table(ex))
+        row = next(line for line in out.getvalue().splitlines() if line.startswith("│ influxdb "))
+        assert str(server.pid) in row and f"{url} (database exfab)" in row, row
+    finally:
+        codes = ex.stop()
+    assert codes == {"influxdb": 0} and ex.influxdb is None and not influxdb_answers(url)
+
+
+def test_launcher_without_influxd_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ex = Launcher(_with_influxdb(tmp_path, f"http://localhost:{free_port()}"), workdir=tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no influxd on it
+    with pytest.raises(LaunchError, match=r"influxd is not installed: install InfluxDB 1.x \(Debian: apt-get install "
+                                          r"influxdb\), point \[influxdb\] url at a running one"):
+        ex.start()
+    assert ex.nodes == [] and ex.influxdb is None
+
+
+def test_launcher_runs_no_influxdb_for_another_machine_or_another_store(tmp_path: Path) -> None:
+    def at(path: Path) -> tuple[str, int] | None:
+        return local_influxdb(Launcher(path, workdir=tmp_path).topo)
+
+    assert at(_with_influxdb(tmp_path, "http://tsdb.internal:8086")) is None
+    assert at(topology_on_free_ports(LOCAL, tmp_path)) is None  # history = "sqlite"
+    assert at(_with_influxdb(tmp_path, "http://127.0.0.3")) == ("127.0.0.3", 8086)

@@ -68,6 +68,7 @@ class Seat:
         self.won = threading.Event()  # this matcher holds the election: the loop may take over
         self._lock: Any = None
         self._thread: threading.Thread | None = None
+        self._closing = False
         self.zk.add_listener(self._state)
         for p in (self.paths.shard(shard.name), self.paths.election(shard.name)):
             self.zk.ensure_path(p)
@@ -127,10 +128,12 @@ class Seat:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self.lost.is_set():
+        while not self.lost.is_set() and not self._closing:
             try:
                 self._lock.acquire()
             except Exception as e:  # the connection went: try again when it is back
+                if self._closing:
+                    return  # (the matcher is stopping)
                 log.warning("matcher %s: election: %s", self.replica.name, e)
                 self.lost.wait(RETRY_S)
                 continue
@@ -233,6 +236,7 @@ class Seat:
 
     def close(self) -> None:
         """Leave the election and ZooKeeper (the ephemeral znodes go with the session)."""
+        self._closing = True
         with contextlib.suppress(Exception):
             self.zk.remove_listener(self._state)  # (leaving is not losing the session)
             self.zk.stop()
