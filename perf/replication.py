@@ -33,50 +33,12 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 from topology.launcher import Launcher  # noqa: E402
 from topology.model import GATEWAY, MATCHER  # noqa: E402
-from topology.ports import free_port, topology_on_free_ports  # noqa: E402
+from topology.ports import free_port, pairs_on_free_ports  # noqa: E402
 from topology.servers import ZooKeeperServer  # noqa: E402
 from topology.zk import connect, load, paths  # noqa: E402
 
 LOCAL = ROOT / "topology" / "examples" / "local.toml"
 DEFAULT_OUT = Path(".exfab") / "perf" / "replication"
-PAIRS = """
-[[shards]]
-name = "{name}"
-symbols = {symbols}
-[[shards.replicas]]
-name = "{name}-1"
-host = "127.0.0.1"
-order_port = {base}
-pub_port = {base1}
-recovery_port = {base2}
-repl_port = {base3}
-[[shards.replicas]]
-name = "{name}-2"
-host = "127.0.0.1"
-order_port = {base4}
-pub_port = {base5}
-recovery_port = {base6}
-repl_port = {base7}
-"""
-
-
-def _topology(tmp: Path, zk: str) -> Path:
-    import re
-
-    text = LOCAL.read_text()
-    for k, name in enumerate(("A", "B")):
-        m = re.search(rf'\[\[shards\]\]\nname = "{name}"\nsymbols = (\[[^\]]*\])\n(?:[a-z_]+ = [^\n]*\n)+', text)
-        assert m is not None
-        base = 7300 + 10 * k
-        text = text.replace(m.group(0), PAIRS.format(name=name, symbols=m.group(1), base=base,
-                                                     **{f"base{i}": base + i for i in range(1, 8)}))
-    src = tmp / "pairs-src.toml"
-    src.write_text(text)
-    path = topology_on_free_ports(src, tmp)
-    path.write_text(path.read_text() + f'\n[zookeeper]\nhosts = ["{zk}"]\n')
-    return path
-
-
 def _state(launcher: Launcher, shard: str, what: str) -> dict[str, Any] | None:
     zk = connect(launcher.topo)
     try:
@@ -113,7 +75,7 @@ def measure(fsync: str, rate: float, duration: float) -> dict[str, Any]:
     zk = ZooKeeperServer("127.0.0.1", free_port(), tmp / "zk", java=java)
     zk.start()
     try:
-        path = _topology(tmp, f"127.0.0.1:{zk.port}")
+        path = pairs_on_free_ports(LOCAL, tmp, f"127.0.0.1:{zk.port}", ("A", "B"))
         launcher = Launcher(path, workdir=tmp, kinds=(MATCHER, GATEWAY), extra_args={"matcher": ["--fsync", fsync]})
         print(f"replication: fsync {fsync}: starting the pairs in {tmp} ...", file=sys.stderr, flush=True)
         launcher.start()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -27,51 +26,20 @@ import zmq
 
 from fabric.client import BrokerClient, ExchangeUnavailable
 from fabric.protocol import SnapshotReply, SnapshotRequest, decode_internal, encode
-from tests.helpers import LOCAL, ROOT, gateway_endpoints, topology_on_free_ports
+from tests.helpers import LOCAL, ROOT, gateway_endpoints
 from tests.servers import ZooKeeperServer, start_zookeeper
 from topology.launcher import Launcher
 from topology.load import load
 from topology.model import GATEWAY, MATCHER
+from topology.ports import pairs_on_free_ports
 from topology.zk import connect, paths
 from topology.zk import load as zload
 
 pytestmark = pytest.mark.e2e
 
-PAIR = """[[shards]]
-name = "{name}"
-symbols = {symbols}
-
-[[shards.replicas]]
-name = "{name}-1"
-host = "127.0.0.1"
-order_port = {p0}
-pub_port = {p1}
-recovery_port = {p2}
-repl_port = {p3}
-
-[[shards.replicas]]
-name = "{name}-2"
-host = "127.0.0.1"
-order_port = {p4}
-pub_port = {p5}
-recovery_port = {p6}
-repl_port = {p7}
-"""
-
-
 def paired_topology(tmp_path: Path, zk_hosts: str, shards: tuple[str, ...] = ("A",)) -> Path:
     """Write the local topology with ``shards`` as pairs and ``[zookeeper]``; return its path (ports free)."""
-    text = LOCAL.read_text()
-    for k, name in enumerate(shards):
-        block = re.search(rf'\[\[shards\]\]\nname = "{name}"\nsymbols = (\[[^\]]*\])\n(?:[a-z_]+ = [^\n]*\n)+', text)
-        assert block is not None, name
-        ports = {f"p{i}": 7300 + 10 * k + i for i in range(8)}  # (placeholders: every port is made free below)
-        text = text.replace(block.group(0), PAIR.format(name=name, symbols=block.group(1), **ports))
-    src = tmp_path / "pair-src.toml"
-    src.write_text(text)
-    path = topology_on_free_ports(src, tmp_path)
-    path.write_text(path.read_text() + f'\n[zookeeper]\nhosts = ["{zk_hosts}"]\n')
-    return path
+    return pairs_on_free_ports(LOCAL, tmp_path, zk_hosts, shards)
 
 
 @pytest.fixture
