@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 from urllib.parse import urlsplit
 
 from topology.load import load
@@ -73,6 +73,8 @@ from topology.servers import (
 # Node kinds this version runs (every kind a topology can name).
 RUNNABLE = (MATCHER, PERSISTENCE, TICKER, GATEWAY)
 
+
+_S = TypeVar("_S", RedisServer, ZooKeeperEnsemble, InfluxDBServer)
 
 class LaunchError(RuntimeError):
     """A node did not start."""
@@ -227,14 +229,8 @@ class Launcher:
                                  log_path=self.log_dir / "redis.log")
         elif server.running:
             return server
-        if progress is not None:
-            progress.write(f"starting {REDIS_SERVER} on {server.where()}...\n")
-            progress.flush()
-        try:
-            server.start()  # ours, when it died: again
-        except ServerError as e:
-            raise LaunchError(f"the Redis of [redis] url {url} did not start: {e}") from e
-        self.redis = server
+        self.redis = self._run(server, f"{REDIS_SERVER} on {server.where()}", f"the Redis of [redis] url {url}",
+                               progress)
         return server
 
     def start_zookeeper(self, progress: IO[str] | None = None) -> ZooKeeperEnsemble | None:
@@ -278,16 +274,10 @@ class Launcher:
                                          java=java)
         elif ensemble.running:
             return ensemble
-        if progress is not None:
-            n = len(ensemble.servers)
-            progress.write(f"starting zookeeper on {ensemble.where()}"
-                           f"{f' (an ensemble of {n})' if n > 1 else ''}...\n")
-            progress.flush()
-        try:
-            ensemble.start()  # ours, when one died: again
-        except ServerError as e:
-            raise LaunchError(f"the ZooKeeper of [zookeeper] hosts did not start: {e}") from e
-        self.zookeeper = ensemble
+        n = len(ensemble.servers)
+        self.zookeeper = self._run(ensemble, f"zookeeper on {ensemble.where()}"
+                                   f"{f' (an ensemble of {n})' if n > 1 else ''}",
+                                   "the ZooKeeper of [zookeeper] hosts", progress)
         return ensemble
 
     def start_influxdb(self, progress: IO[str] | None = None) -> InfluxDBServer | None:
@@ -326,14 +316,20 @@ class Launcher:
                                     log_path=self.log_dir / "influxdb.log")
         elif server.running:
             return server
+        self.influxdb = self._run(server, f"{INFLUXD} on {server.url}", f"the InfluxDB of [influxdb] url {url}",
+                                  progress)
+        return server
+
+    @staticmethod
+    def _run(server: _S, what: str, whose: str, progress: IO[str] | None) -> _S:
+        # Start (or start again: ours, when it died) a server the topology needs here, saying so.
         if progress is not None:
-            progress.write(f"starting {INFLUXD} on {server.url}...\n")
+            progress.write(f"starting {what}...\n")
             progress.flush()
         try:
-            server.start()  # ours, when it died: again
+            server.start()
         except ServerError as e:
-            raise LaunchError(f"the InfluxDB of [influxdb] url {url} did not start: {e}") from e
-        self.influxdb = server
+            raise LaunchError(f"{whose} did not start: {e}") from e
         return server
 
     def start(self, progress: IO[str] | None = None) -> None:
