@@ -52,7 +52,7 @@ from fabric.protocol import (
     iter_pub_typed,
     trade_topic,
 )
-from fabric.stream import ShardStream
+from fabric.stream import ShardStream, deposed
 
 log = logging.getLogger("exfab.follow")
 
@@ -152,7 +152,7 @@ class Follower:
         mark bounds what waits). A node that :meth:`pause`\ s gives a limit: past it the matchers drop, and
         the follower asks for what was dropped when it reads again.
     resolve
-        Where every shard's stream comes from now (``topology.primary.sources_of``), asked every
+        Where every shard's stream comes from now (``topology.primary.shard_sources``), asked every
         ``RESOLVE_S``: a shard whose primary changed is followed from the new one (:meth:`move`).
     """
 
@@ -306,8 +306,8 @@ class Follower:
                     continue
                 link = links[no]
                 src = link.source
-                if msg.epoch != src.epoch and msg.epoch < src.epoch and msg.seq >= src.from_seq:  # type: ignore
-                    continue  # a deposed primary's
+                if deposed(msg.epoch, msg.seq, src.epoch, src.from_seq):  # type: ignore[union-attr]
+                    continue
                 if type(msg) is PubHeartbeat:
                     self._heartbeat_of(link, msg, now)
                 else:

@@ -64,7 +64,7 @@ from fabric.recent import TAPE, RecentState
 from fabric.records import Batch, OrderBook, trading_day
 from topology.load import load
 from topology.model import PERSISTENCE, Topology
-from topology.primary import resolver, sources_of
+from topology.primary import shard_sources
 from topology.registry import Registration
 from topology.stores import open_order_store, open_recent
 
@@ -103,9 +103,9 @@ class Persistence:
         self.book = OrderBook(topo.timezone)
         self.ctx = zmq.asyncio.Context()
         topics = [[exec_topic(no), *(trade_topic(sym) for sym in s.symbols)] for no, s in enumerate(topo.shards)]
-        primaries = resolver(topo)
-        self.follow = Follower(self.ctx, sources_of(topo, primaries), topics, (EXEC, TRADE), self._deliver,
-                               turn=self._turn, resolve=lambda: sources_of(topo, primaries),
+        sources, resolve = shard_sources(topo)
+        self.follow = Follower(self.ctx, sources, topics, (EXEC, TRADE), self._deliver, turn=self._turn,
+                               resolve=resolve,
                                rcvhwm=RCVHWM)
         self._written: dict[tuple[int, bytes], int] = {}  # (shard, topic) -> tseq the store holds
         self._first = 0.0  # when the batch being gathered got its first message

@@ -79,7 +79,7 @@ from nodes.webhub import HEARTBEAT_S, WebHub
 from topology.load import load
 from topology.model import TICKER, Topology
 from topology.model import Ticker as TickerConf
-from topology.primary import resolver, sources_of
+from topology.primary import shard_sources
 from topology.registry import Registration
 
 log = logging.getLogger("exfab.ticker")
@@ -128,9 +128,8 @@ class Ticker:
         self.ctx = zmq.asyncio.Context()
         self._symbols = [list(s.symbols) for s in topo.shards]
         topics = [[t for sym in syms for t in (trade_topic(sym), book_topic(sym))] for syms in self._symbols]
-        primaries = resolver(topo)  # (a pair's primary moves: the follower asks the new one for replays)
-        self.follow = Follower(self.ctx, sources_of(topo, primaries), topics, (TRADE, BOOK), self._deliver,
-                               resolve=lambda: sources_of(topo, primaries),
+        sources, resolve = shard_sources(topo)  # (a pair's primary moves: the follower asks the new one for replays)
+        self.follow = Follower(self.ctx, sources, topics, (TRADE, BOOK), self._deliver, resolve=resolve,
                                turn=self.publish_turn, on_restart=self._restart, on_unavailable=self._from_snapshot)
         for link in self.follow.links:
             for topic in link.stream.topics:

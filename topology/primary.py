@@ -14,6 +14,7 @@ watching for the next election.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -138,9 +139,16 @@ def resolver(topo: Topology) -> PrimaryResolver:
     return StaticPrimaries(topo)
 
 
-def shard_sources(topo: Topology) -> list[ShardSource]:
-    """Return where every shard's stream comes from (its primary's PUB and recovery sockets), by shard number."""
-    return sources_of(topo, resolver(topo))
+def shard_sources(topo: Topology) -> tuple[list[ShardSource], Callable[[], list[ShardSource]] | None]:
+    """Return where every shard's stream comes from now, and, when a shard is a pair, how to ask again.
+
+    What a follower (``fabric.follow.Follower``: its sources and ``resolve``) needs: with single matchers the
+    sources never change, and there is nothing to ask again.
+    """
+    res = resolver(topo)
+    if not any(s.paired for s in topo.shards):
+        return sources_of(topo, res), None
+    return sources_of(topo, res), lambda: sources_of(topo, res)
 
 
 def sources_of(topo: Topology, res: PrimaryResolver) -> list[ShardSource]:
