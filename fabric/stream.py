@@ -308,4 +308,13 @@ class ShardStream(Generic[T]):
         return out
 
 
-__all__ = ["REPLAY_TIMEOUT_S", "Replay", "ShardStream"]
+def deposed(epoch: int, seq: int, current_epoch: int, from_seq: int) -> bool:
+    """Tell whether message (``epoch``, ``seq``) is a deposed primary's, given the current reign of its shard.
+
+    A pair's new primary publishes from ``from_seq`` on at ``current_epoch``; below ``from_seq`` both primaries
+    published the same records, so a message of an older epoch counts only there (``docs/protocol.md``, section 9).
+    """
+    return epoch < current_epoch and seq >= from_seq
+
+
+__all__ = ["REPLAY_TIMEOUT_S", "Replay", "ShardStream", "deposed"]

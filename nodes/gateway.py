@@ -88,7 +88,7 @@ from fabric.protocol import (
 )
 from fabric.records import OrderRow
 from fabric.sockets import readable, recv_frames, send_frames
-from fabric.stream import ShardStream
+from fabric.stream import ShardStream, deposed
 from topology.load import load
 from topology.model import GATEWAY, Topology
 from topology.primary import resolver
@@ -551,28 +551,27 @@ class Gateway:
         lane = self.lanes[shard_no]
         stream, topic, now = lane.stream, lane.topic, time.monotonic()
         h = _head(body)
-        if h.epoch != lane.epoch and not self._current(lane, h.epoch, h.seq):
-            return  # a deposed primary's
         if h.t == "heartbeat":
-            hb = decode_pub(body)
-            assert isinstance(hb, PubHeartbeat)
-            stream.heartbeat(hb.seq, {topic: hb.tseqs.get(topic[:-1].decode(), 0)}, now)
-        elif h.msgs is not None:
+            if self._current(lane, h.epoch, h.seq):
+                hb = decode_pub(body)
+                assert isinstance(hb, PubHeartbeat)
+                stream.heartbeat(hb.seq, {topic: hb.tseqs.get(topic[:-1].decode(), 0)}, now)
+        elif h.msgs is not None:  # a bundle: each message in it carries its own epoch
             for b in h.msgs:
                 m = _head(b)
-                lane.ready.extend(stream.offer(topic, m.tseq, m.seq, (m.tseq, m.broker, b), in_order=True, now=now))
-        else:
+                if self._current(lane, m.epoch, m.seq):
+                    lane.ready.extend(stream.offer(topic, m.tseq, m.seq, (m.tseq, m.broker, b), in_order=True,
+                                                   now=now))
+        elif self._current(lane, h.epoch, h.seq):
             lane.ready.extend(stream.offer(topic, h.tseq, h.seq, (h.tseq, h.broker, body), in_order=True, now=now))
         self._pump(lane)
 
     @staticmethod
     def _current(lane: _Lane, epoch: int, seq: int) -> bool:
-        # A message of a later epoch: a new primary (the gateway learns it here if ZooKeeper has not told it yet).
-        # Of an earlier one: good only below the current reign's first seq (the records both primaries agree on).
+        # Not a deposed primary's; a later epoch is a new primary's (learnt here if ZooKeeper has not told it yet).
         if epoch > lane.epoch:
             lane.epoch = epoch
-            return True
-        return seq < lane.from_seq
+        return not deposed(epoch, seq, lane.epoch, lane.from_seq)
 
     def follow_primaries(self) -> None:
         """Take a new primary of a pair (ZooKeeper's resolver changed): connect to it, send it what is unanswered."""

@@ -421,3 +421,23 @@ def test_journal_cut_at_the_cut_point_then_caught_up_equals_the_primarys(tmp_pat
     deposed.close()
     primary.close()
     assert list(read_journal(tmp_path / "A1.journal")) == list(read_journal(tmp_path / "A2.journal"))
+
+
+def test_gateway_drops_a_deposed_primarys_messages_one_by_one_even_in_a_bundle(tmp_path: Path) -> None:
+    from fabric.protocol import ExCancelled, PubBundle, encode, exec_topic
+    from fabric.stream import ShardStream
+    from nodes.gateway import Gateway, _Lane
+
+    def report(seq: int, epoch: int) -> bytes:
+        return encode(ExCancelled(shard=0, seq=seq, tseq=seq, epoch=epoch, ts=1, broker="B1", oid=f"o{seq}",
+                                  symbol="TCS", qty=1, cum_qty=0, reason="requested"))
+
+    gw = Gateway.__new__(Gateway)  # the report path alone: no sockets
+    gw.lanes = [_Lane(ShardStream(0), exec_topic(0), epoch=2, from_seq=3, primary="A-2")]
+    gw.lanes[0].stream.follow(exec_topic(0))
+    gw.lanes[0].stream.start(exec_topic(0), 0, 0)
+    gw._pump = lambda lane: None  # type: ignore[method-assign]
+    gw.on_report(0, encode(PubBundle(msgs=[report(1, 1), report(2, 1), report(3, 1)])))  # 3: the old primary's
+    gw.on_report(0, report(3, 2))  # the new primary's seq 3
+    assert [(tseq, body) for tseq, _b, body in gw.lanes[0].ready] == [(1, report(1, 1)), (2, report(2, 1)),
+                                                                       (3, report(3, 2))]

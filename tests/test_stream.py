@@ -224,3 +224,12 @@ def test_without_replays_snapshots_and_deliveries_cover_every_message_once_in_or
         last_snap = max(t for what, t in events if what == "snap")
         assert [t for what, t in events if what == "msg" and t > last_snap] == [t for t in offered if t > last_snap]
         assert at == s.delivered(X) and not s.topics[X].held
+
+
+def test_deposed_is_an_older_epoch_from_the_current_reigns_first_seq_on() -> None:
+    from fabric.stream import deposed
+
+    assert not deposed(0, 5, 0, 0), "a single matcher: epoch 0 throughout"
+    assert not deposed(1, 49, 2, 50), "below the reign's first seq both primaries published the same"
+    assert deposed(1, 50, 2, 50) and deposed(1, 90, 2, 50)
+    assert not deposed(2, 90, 2, 50) and not deposed(3, 90, 2, 50), "the current or a newer primary's"
