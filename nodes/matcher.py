@@ -958,11 +958,10 @@ class Matcher:
                 if self.replays:
                     self.serve_replays(recovery)
                 if time.monotonic() - self.outbox.last_heartbeat >= HEARTBEAT_S:
+                    self._report()
                     if self.role != "primary":
                         self.outbox.last_heartbeat = time.monotonic()  # (a secondary publishes nothing)
-                        self._report()
                         continue
-                    self._report()
                     self.outbox.heartbeat(self.journal_error)
                     self._note_published()
                     if self.secondary is not None and self.seat is not None:

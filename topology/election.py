@@ -224,13 +224,16 @@ class Seat:
         return int(first.get("from_seq", 1)) - 1
 
     def report_secondary(self, info: dict[str, Any]) -> None:
-        """Write how the secondary stands (``exfab status``): best effort, never blocks the caller long."""
+        """Write how the secondary stands (``exfab status``): best effort, sent without waiting for the answer."""
         path = self.paths.secondary(self.shard.name)
+        data = dump(info)
+
+        def made(result: Any) -> None:
+            if result.exception is not None:  # there already (this session made it): write it instead
+                self.zk.set_async(path, data)
+
         try:
-            if self.zk.exists(path):
-                self.zk.set(path, dump(info))
-            else:
-                self.zk.create(path, dump(info), ephemeral=True, makepath=True)
+            self.zk.create_async(path, data, ephemeral=True, makepath=True).rawlink(made)
         except Exception as e:
             log.debug("secondary report: %s", e)
 
