@@ -50,6 +50,7 @@ from fabric.protocol import (
     encode,
     exec_topic,
     iter_pub_typed,
+    topic_of,
     trade_topic,
 )
 from fabric.stream import ShardStream, deposed
@@ -280,11 +281,10 @@ class Follower:
 
     def _topic(self, msg: PubMessage) -> bytes:
         t = type(msg)
-        key = msg.symbol if t is Trade or t is BookLevel else str(msg.shard)  # type: ignore[union-attr]
+        key: str = msg.symbol if t is Trade or t is BookLevel else str(msg.shard)  # type: ignore[union-attr,assignment]
         topic = self._topic_cache.get((t, key))
         if topic is None:
-            topic = self._topic_cache[(t, key)] = (trade_topic(key) if t is Trade else book_topic(key)
-                                                   if t is BookLevel else exec_topic(msg.shard))  # type: ignore
+            topic = self._topic_cache[(t, key)] = topic_of(msg)
         return topic
 
     def ingest(self, frames: list[list[bytes]]) -> None:

@@ -85,9 +85,12 @@ __all__ = [
     "MAX_SYMBOL_LEN",
     "PRICE_PATTERN",
     "PROTOCOL_REASONS",
+    "STATE",
     "TRADE",
     "VERSION",
     "Accepted",
+    "Admin",
+    "AdminAck",
     "BookLevel",
     "BookSnapshot",
     "Cancel",
@@ -136,6 +139,7 @@ __all__ = [
     "SnapshotRequest",
     "Status",
     "Trade",
+    "TradingState",
     "book_topic",
     "decode_client",
     "decode_client_plain",
@@ -153,6 +157,7 @@ __all__ = [
     "price_decimal",
     "refused_status",
     "split_topic",
+    "state_topic",
     "topic_of",
     "trade_topic",
 ]
@@ -167,6 +172,7 @@ MAX_OID_LEN: Final = 64
 MAX_SYMBOL_LEN: Final = 32
 MAX_BROKER_LEN: Final = 64
 MAX_SECRET_LEN: Final = 256
+MAX_TEXT_LEN: Final = 200  # an operator's text on an admin command
 MIN_HEARTBEAT_MS: Final = 100
 MAX_HEARTBEAT_MS: Final = 300_000
 DEFAULT_HEARTBEAT_MS: Final = 5_000
@@ -206,6 +212,10 @@ PROTOCOL_REASONS: Final[dict[str, str]] = {
     "rate_limited": "the broker sent more messages per second than its limit",
     "order_value_too_large": "price times quantity exceeds the broker's maximum order value",
     "shard_unavailable": "the matcher for the symbol is not reachable (failover in progress): retry with the same oid",
+    # Market control (the matcher, on an operator's admin command or a circuit breaker).
+    "halted": "trading in the symbol, or the whole market, is halted: new orders and replaces are refused",
+    "broker_disabled": "an operator disabled the broker (the kill switch): its new orders and replaces are refused",
+    "not_authorized": "the session may not send this message: admin commands need an operator's session",
     # Matcher (internal).
     "not_primary": "the matcher is not (or no longer) the primary of its shard; the gateway resends to the new one",
     "replay_unavailable": "the journal no longer holds the requested sequence numbers: take a snapshot",
@@ -220,6 +230,7 @@ EXEC: Final = b"X"  # execution reports, key = the shard number in decimal
 TRADE: Final = b"T"  # trades, key = the symbol
 BOOK: Final = b"B"  # book level changes, key = the symbol
 HEARTBEAT: Final = b"H"  # the shard's heartbeats, key = the shard number in decimal
+STATE: Final = b"S"  # trading state changes (halts), key = the shard number in decimal
 
 # Field types shared by the messages.
 Oid = Annotated[str, Meta(min_length=1, max_length=MAX_OID_LEN)]
@@ -340,6 +351,17 @@ class Orders(_ClientMsg, tag="orders", frozen=True, kw_only=True):
     """Ask for the broker's open orders (of one symbol, or all): answered with :class:`OpenOrders`."""
 
     symbol: Symbol | None = None
+
+
+class Admin(_ClientMsg, tag="admin", frozen=True, kw_only=True):
+    """An operator's command (from an operator's session only): halt or resume trading in ``symbol`` (nil: the
+    whole market), or disable or enable ``broker`` (the kill switch: ``disable`` also cancels its open orders).
+    Answered with :class:`AdminAck` once every shard concerned has carried it out."""
+
+    action: Literal["halt", "resume", "disable", "enable"]
+    symbol: Symbol | None = None
+    broker: BrokerId | None = None
+    text: Annotated[str, Meta(max_length=MAX_TEXT_LEN)] | None = None
 
 
 class Heartbeat(_ClientMsg, tag="heartbeat", frozen=True, kw_only=True):
@@ -471,6 +493,15 @@ class OpenOrders(_ServerMsg, tag="open_orders", frozen=True, kw_only=True):
 
     symbol: str | None = None
     orders: list[OrderStatus]
+
+
+class AdminAck(_ServerMsg, tag="admin_ack", frozen=True, kw_only=True):
+    """An operator's :class:`Admin` command is carried out; ``cancelled`` counts the orders a ``disable`` cancelled."""
+
+    action: str
+    symbol: str | None = None
+    broker: str | None = None
+    cancelled: int = 0
 
 
 class Error(_ServerMsg, tag="error", frozen=True, kw_only=True):
@@ -613,6 +644,20 @@ class PubHeartbeat(_PubMsg, tag="heartbeat", kw_only=True):
     alert: str | None = None
 
 
+class TradingState(_PubMsg, tag="trading_state", kw_only=True):
+    """Trading in ``symbol`` (nil: every symbol of the shard, a market-wide halt) is ``halted`` or ``trading`` again.
+
+    ``reason`` says who halted it (``operator``, ``circuit_breaker``); ``until`` is when a halt ends by itself (ns
+    since the Unix epoch; nil: until an operator resumes it).
+    """
+
+    symbol: str | None = None
+    state: Literal["trading", "halted"]
+    reason: str
+    text: str | None = None
+    until: int | None = None
+
+
 class PubBundle(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="bundle", tag_field="t"):
     """Several PUB messages of one topic in one body, in ``seq`` order: ``msgs`` are their bodies.
 
@@ -648,7 +693,7 @@ class OrderCommand(_InternalMsg, tag="order_cmd", frozen=True, kw_only=True):
     gateway: BrokerId
     req: Seq
     broker: BrokerId
-    cmd: New | Cancel | Replace | Status | Orders
+    cmd: New | Cancel | Replace | Status | Orders | Admin
     expires: Count = 0
 
 
@@ -781,11 +826,11 @@ class ReplRefused(_InternalMsg, tag="repl_refused", frozen=True, kw_only=True):
     text: str
 
 
-ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Orders | Heartbeat | Logout
+ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Orders | Admin | Heartbeat | Logout
 ServerMessage: TypeAlias = (LogonAck | LogonReject | Accepted | Rejected | Fill | Cancelled | Replaced | Expired
-                            | OrderStatus | OpenOrders | Heartbeat | Logout | Error)
+                            | OrderStatus | OpenOrders | AdminAck | Heartbeat | Logout | Error)
 ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired
-PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | PubBundle
+PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | TradingState | PubBundle
 InternalMessage: TypeAlias = (OrderCommand | CommandReply | OrderBatch | ReplyBatch | ReplayRequest | ReplayReply
                               | ReplJoin | ReplRecords | ReplAck | ReplRefused
                               | SnapshotRequest | SnapshotReply)
@@ -843,6 +888,11 @@ def heartbeat_topic(shard: int) -> bytes:
     return b"H%d\x00" % shard
 
 
+def state_topic(shard: int) -> bytes:
+    """Return the topic frame of the trading state changes (halts) of ``shard``: ``b"S<shard>\\0"``."""
+    return b"S%d\x00" % shard
+
+
 def topic_of(msg: PubMessage) -> bytes:
     """Return the topic frame ``msg`` is published under."""
     if isinstance(msg, BookLevel):
@@ -851,6 +901,8 @@ def topic_of(msg: PubMessage) -> bytes:
         return trade_topic(msg.symbol)
     if isinstance(msg, PubHeartbeat):
         return heartbeat_topic(msg.shard)
+    if isinstance(msg, TradingState):
+        return state_topic(msg.shard)
     if isinstance(msg, PubBundle):
         raise ValueError("a bundle has the topic of the messages in it")
     return exec_topic(msg.shard)
@@ -869,7 +921,7 @@ def split_topic(topic: bytes) -> tuple[bytes, str]:
     ProtocolError
         ``malformed`` when the frame is not a kind byte, a key and a NUL.
     """
-    if len(topic) < 3 or topic[-1] != 0 or topic[:1] not in (EXEC, TRADE, BOOK, HEARTBEAT):
+    if len(topic) < 3 or topic[-1] != 0 or topic[:1] not in (EXEC, TRADE, BOOK, HEARTBEAT, STATE):
         raise ProtocolError(MALFORMED, f"not a topic frame: {topic!r}")
     try:
         return topic[:1], topic[1:-1].decode()
@@ -904,11 +956,12 @@ def _family(name: str, types: tuple[type[msgspec.Struct], ...], limit: int) -> _
     return _Family(name, msgspec.msgpack.Decoder(union).decode, limit, types)
 
 
-_CLIENT = _family("client", (Logon, New, Cancel, Replace, Status, Orders, Heartbeat, Logout), MAX_CLIENT_MESSAGE)
+_CLIENT = _family("client", (Logon, New, Cancel, Replace, Status, Orders, Admin, Heartbeat, Logout),
+                  MAX_CLIENT_MESSAGE)
 _SERVER = _family("server", (LogonAck, LogonReject, Accepted, Rejected, Fill, Cancelled, Replaced, Expired,
-                             OrderStatus, OpenOrders, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
+                             OrderStatus, OpenOrders, AdminAck, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
 _PUB = _family("pub", (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired, Trade, BookLevel,
-                       PubHeartbeat, PubBundle), MAX_INTERNAL_MESSAGE)
+                       PubHeartbeat, TradingState, PubBundle), MAX_INTERNAL_MESSAGE)
 _INTERNAL = _family("internal", (OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest, ReplayReply,
                                  SnapshotRequest, SnapshotReply, ReplJoin, ReplRecords, ReplAck, ReplRefused),
                      MAX_INTERNAL_MESSAGE)

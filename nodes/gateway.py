@@ -55,6 +55,7 @@ from fabric.orderstore import StoreError
 from fabric.protocol import (
     ANSWER_OPS,
     ARCHIVED,
+    Admin,
     Cancel,
     CommandReply,
     Error,
@@ -302,6 +303,9 @@ class Gateway:
             return
         if isinstance(msg, Orders):
             self._orders_query(session.broker, msg)
+            return
+        if isinstance(msg, Admin):
+            self._send(ident, Error(reason="not_authorized", text="this gateway takes no admin commands"))
             return
         # An order message: route it by symbol to its shard's matcher.
         shard_no = self.shard_no.get(msg.symbol)

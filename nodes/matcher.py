@@ -63,6 +63,7 @@ from fabric.engine import MatchingEngine, Outcome, instrument_command
 from fabric.instruments import Instrument
 from fabric.journal import Journal, JournalError, read_journal
 from fabric.protocol import (
+    Admin,
     BookLevel,
     BookSnapshot,
     CommandReply,
@@ -515,6 +516,8 @@ class Matcher:
         if isinstance(cmd, Orders):
             return self._reply(oc, orders=[st for st in self.engine.open_orders(oc.broker, cmd.symbol)
                                            if st.symbol in self.symbols])
+        if isinstance(cmd, Admin):
+            return self._reply(oc, reason="not_authorized", text="this matcher does not take admin commands")
         if cmd.symbol not in self.symbols:
             return self._reply(oc, reason="unknown_symbol",
                                text=f"{cmd.symbol} is not traded on shard {self.shard.name}")
