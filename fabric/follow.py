@@ -329,7 +329,8 @@ class Follower:
                 self.on_restart(link)
             link.stream.restart()
         link.high = hb.seq
-        link.stream.heartbeat(hb.seq, {(k + "\x00").encode(): v for k, v in hb.tseqs.items()}, now)
+        link.stream.heartbeat(hb.seq, {(k + "\x00").encode(): v for k, v in hb.tseqs.items()}, now, run=hb.run,
+                              epoch=hb.epoch)
 
     async def _ingest(self, sub: zmq.asyncio.Socket) -> None:
         raw: zmq.Socket[bytes] = zmq.Socket.shadow(sub.underlying)

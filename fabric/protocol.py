@@ -637,11 +637,13 @@ class PubHeartbeat(_PubMsg, tag="heartbeat", kw_only=True):
     the topic frame without its NUL (``"TTCS"``, ``"BTCS"``, ``"X0"``): a
     subscriber to some topics learns of a lost last message of a quiet topic.
     ``alert`` says what stops the shard from taking commands now (its journal
-    cannot be written), or is nil.
+    cannot be written), or is nil.  ``run`` is a number the matcher draws when
+    its process starts: a subscriber tells a restarted matcher by it.
     """
 
     tseqs: dict[str, int] = {}
     alert: str | None = None
+    run: int = 0
 
 
 class TradingState(_PubMsg, tag="trading_state", kw_only=True):

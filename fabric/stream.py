@@ -100,6 +100,8 @@ class ShardStream(Generic[T]):
         self.rewinds = 0  # times the shard came back behind what was delivered (a journal that lost its end)
         self.duplicates = 0  # messages dropped: delivered already, through another road
         self.gaps = 0  # losses the ordered road or a heartbeat showed (or, without replays, a jump left behind)
+        self.stale = 0  # heartbeats behind what was delivered, sent before it (see heartbeat)
+        self.run: int | None = None  # the run of the matcher the last heartbeat came from
 
     def _topic(self, topic: bytes) -> _Topic[T]:
         t = self.topics.get(topic)
@@ -181,8 +183,20 @@ class ShardStream(Generic[T]):
             return [item]
         return [item, *self._drain(t)]
 
-    def heartbeat(self, seq: int, tseqs: dict[bytes, int], now: float) -> None:
-        """Take the shard's heartbeat: its last ``seq`` and the last ``tseq`` of every topic (by topic frame)."""
+    def heartbeat(self, seq: int, tseqs: dict[bytes, int], now: float, *, run: int | None = None,
+                  epoch: int = 0) -> None:
+        """Take the shard's heartbeat: its last ``seq`` and the last ``tseq`` of every topic (by topic frame).
+
+        ``run`` and ``epoch`` are the heartbeat's (``docs/protocol.md``, section 8); ``run`` None is for counters
+        that are not a heartbeat's (a snapshot's), taken as they come. A heartbeat behind what was delivered is
+        one of two things. Within one run of the matcher, it was sent before messages that came faster by
+        another road (a command's reply): nothing to do. From a new run of a single matcher (epoch 0), the
+        matcher restarted having lost the end of its journal: the topic follows it from there. A pair's new
+        primary holds everything its predecessor published, so for a pair it is always the first kind.
+        """
+        new_run = run is None or (self.run is not None and run != self.run)
+        if run is not None:
+            self.run = run
         for topic, last in tseqs.items():
             t = self.topics.get(topic)
             if t is None or t.waiting:
@@ -190,6 +204,9 @@ class ShardStream(Generic[T]):
             if not t.next:
                 t.next, t.seq = last + 1, seq  # nothing came yet: start after what was published before us
             elif last < t.next - 1:
+                if not new_run or epoch:
+                    self.stale += 1  # sent before what was delivered, which came by a faster road
+                    continue
                 # The shard publishes again from behind what we delivered: it restarted having lost the end of
                 # its journal. Its next messages reuse numbers we have seen; take them as new, not duplicates.
                 log.error("shard %d: %r is back at tseq %d (seq %d) after %d was delivered: the matcher restarted "

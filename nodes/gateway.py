@@ -559,7 +559,8 @@ class Gateway:
             if self._current(lane, h.epoch, h.seq):
                 hb = decode_pub(body)
                 assert isinstance(hb, PubHeartbeat)
-                stream.heartbeat(hb.seq, {topic: hb.tseqs.get(topic[:-1].decode(), 0)}, now)
+                stream.heartbeat(hb.seq, {topic: hb.tseqs.get(topic[:-1].decode(), 0)}, now, run=hb.run,
+                                 epoch=hb.epoch)
         elif h.msgs is not None:  # a bundle: each message in it carries its own epoch
             for b in h.msgs:
                 m = _head(b)

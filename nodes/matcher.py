@@ -135,6 +135,7 @@ class Outbox:
         self.ring_limit = RING_BYTES if ring_bytes is None else ring_bytes
         self.pending: dict[bytes, list[bytes]] = {}  # topic -> bodies not yet published, in seq order
         self.last_heartbeat = time.monotonic()
+        self.run = int.from_bytes(os.urandom(6), "big") or 1  # this process's run (PubHeartbeat.run)
         self.publog = publog  # every message on disk, for replays older than the ring
         self.unlogged: list[bytes] = []  # messages not yet written to it
 
@@ -190,7 +191,7 @@ class Outbox:
         assert self.pub is not None
         tseqs = {topic[:-1].decode(): n for topic, n in self.tseq.items()}
         msg = PubHeartbeat(shard=self.shard_no, seq=self.seq, tseq=0, epoch=self.epoch, ts=time.time_ns(),
-                           tseqs=tseqs, alert=alert)
+                           tseqs=tseqs, alert=alert, run=self.run)
         self.pub.send_multipart((heartbeat_topic(self.shard_no), encode(msg)))
         self.last_heartbeat = time.monotonic()
 
@@ -828,7 +829,7 @@ class Matcher:
         if self._upstream is not None:
             self._upstream.close(0)
             self._upstream = None
-        reign = self.seat.take_over(self.journal.last_seq + 1)
+        reign = self.seat.take_over(self.journal.last_seq + 1, self.outbox.seq + 1)
         self.epoch = self.outbox.epoch = reign.epoch
         self.outbox.pub = pub
         self.role = "primary"

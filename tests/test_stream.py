@@ -122,6 +122,39 @@ def test_heartbeat_behind_what_was_delivered_follows_the_restarted_shard() -> No
     assert s.offer(X, 4, 31, "4'", in_order=True, now=0) == ["4'"]  # a new message, not a duplicate
 
 
+def test_heartbeat_of_a_new_run_behind_what_was_delivered_follows_the_restarted_shard() -> None:
+    s: ShardStream[str] = ShardStream(0)
+    s.heartbeat(0, {X: 0}, now=0, run=7)
+    for t in range(1, 6):
+        s.offer(X, t, 10 * t, str(t), in_order=True, now=0)
+    s.heartbeat(30, {X: 3}, now=0, run=8)  # a new run, behind: it lost 4 and 5 from its journal
+    assert s.rewinds == 1 and s.delivered(X) == 3
+    assert s.offer(X, 4, 31, "4'", in_order=True, now=0) == ["4'"]
+
+
+def test_heartbeat_of_the_same_run_behind_what_was_delivered_is_stale_not_a_restart() -> None:
+    # The chaos test's double fill: the matcher sent its heartbeat, then answered a batch; the gateway read the
+    # batch's reports from the reply first, then the heartbeat. Following it "from there" delivered them twice.
+    s: ShardStream[str] = ShardStream(0)
+    s.heartbeat(0, {X: 0}, now=0, run=7)
+    for t in range(1, 6):
+        s.offer(X, t, 10 * t, str(t), in_order=True, now=0)
+    s.heartbeat(30, {X: 3}, now=0, run=7)
+    assert (s.rewinds, s.stale, s.delivered(X)) == (0, 1, 5)
+    assert s.offer(X, 4, 40, "4", in_order=True, now=0) == []  # the PUB copy: a duplicate, dropped
+
+
+def test_heartbeat_of_a_pairs_new_primary_behind_what_was_delivered_is_stale() -> None:
+    # A pair's new primary (a new run, epoch 2) holds everything its predecessor published: behind means stale.
+    s: ShardStream[str] = ShardStream(0)
+    s.heartbeat(0, {X: 0}, now=0, run=7, epoch=1)
+    for t in range(1, 6):
+        s.offer(X, t, 10 * t, str(t), in_order=True, now=0)
+    s.heartbeat(30, {X: 3}, now=0, run=9, epoch=2)
+    assert (s.rewinds, s.stale, s.delivered(X)) == (0, 1, 5)
+    assert s.offer(X, 5, 50, "5", in_order=True, now=0) == []
+
+
 # ------------------------------------------------------------------ without replays: recovery by snapshot
 
 

@@ -145,8 +145,12 @@ class Seat:
             self._lock.release()
             self.lost.wait(RETRY_S * 4)
 
-    def take_over(self, from_seq: int) -> Reign:
-        """Become primary: raise the epoch, write the reign (call once :attr:`won` is set)."""
+    def take_over(self, from_seq: int, pub_from: int = 0) -> Reign:
+        """Become primary: raise the epoch, write the reign (call once :attr:`won` is set).
+
+        ``from_seq`` is the first journal record of the reign (what a returning matcher cuts from); ``pub_from``
+        the first PUB message's seq (what subscribers fence by, ``fabric.stream.deposed``).
+        """
         from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
         zk, name = self.zk, self.shard.name
@@ -170,7 +174,8 @@ class Seat:
             except BadVersionError:
                 continue
         r = self.replica
-        reign = {"name": r.name, "epoch": epoch, "from_seq": from_seq, "host": r.host, "pid": os.getpid(),
+        reign = {"name": r.name, "epoch": epoch, "from_seq": from_seq, "pub_from": pub_from, "host": r.host,
+                 "pid": os.getpid(),
                  "order": r.order.connect, "pub": r.pub.connect, "recovery": r.recovery.connect,
                  "repl": r.repl.connect if r.repl is not None else None}
         ppath = self.paths.primary(name)

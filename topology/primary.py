@@ -108,7 +108,8 @@ class ZkPrimaries:
                     return  # no primary now: keep the last one known until the next is elected
                 try:
                     replica = shard.replica(str(obj["name"]))
-                    epoch, from_seq = int(obj["epoch"]), int(obj["from_seq"])
+                    # The first PUB seq of the reign: what the fencing rule compares (fabric.stream.deposed).
+                    epoch, from_seq = int(obj["epoch"]), int(obj.get("pub_from", obj["from_seq"]))
                 except (KeyError, ValueError, TypeError):
                     return
                 if epoch >= self._primaries[no].epoch:
@@ -123,7 +124,7 @@ class ZkPrimaries:
         return self._primaries[shard]
 
     def from_seq(self, shard: int) -> int:
-        """Return the first sequence number of the current primary's reign (0 for a single matcher)."""
+        """Return the first PUB sequence number of the current primary's reign (0 for a single matcher)."""
         return self._from_seq[shard]
 
     def close(self) -> None:

@@ -5,7 +5,7 @@ Under the topology's ``[zookeeper] root`` (default ``/exfab/<name>``)::
     nodes/<kind>-<name>          ephemeral: a running node (JSON: kind, name, host, pid, state, ...)
     shards/<shard>/election      the election of the shard's primary (kazoo's Lock recipe)
     shards/<shard>/epoch         persistent: the last epoch, raised by each new primary (JSON: epoch, primary, from_seq)
-    shards/<shard>/primary       ephemeral: the primary (JSON: name, epoch, from_seq, its endpoints)
+    shards/<shard>/primary       ephemeral: the primary (JSON: name, epoch, from_seq, pub_from, its endpoints)
     shards/<shard>/secondary     ephemeral: the secondary as its primary sees it (JSON: name, in_sync, lag, ...)
     shards/<shard>/insync        persistent: the secondary that holds every record (JSON: name, epoch, seq)
     shards/<shard>/reigns/<E>    persistent: epoch E's primary and first sequence number (JSON)
