@@ -299,7 +299,8 @@ def test_levels_kept_by_add_and_remove_agree_with_levels_built_afresh(
     for o in orders:
         levels.add(o.side, o.price, o.qty)
         live.append(o)
-        if live and data.draw(st.booleans()):
+        drop: bool = data.draw(st.booleans())
+        if drop:
             gone = live.pop(data.draw(st.integers(0, len(live) - 1)))
             levels.remove(gone.side, gone.price, gone.qty)
         assert levels.table() == AuctionLevels.of(live).table()
