@@ -97,6 +97,7 @@ def test_the_random_close_falls_in_the_last_minute_of_entry_and_is_reproducible(
     assert len(offsets) > 100  # a different moment from day to day
     assert len({random_close_offset(seed, "BSE", MONDAY) for seed in range(50)}) > 45  # and from seed to seed
     assert random_close_offset(SEED, "BSE", MONDAY) != random_close_offset(SEED, "NSE", MONDAY)
+    assert cal.day(MONDAY, 42).entry_close == _at(MONDAY, 9, 7, 43) + 212_000_000  # docs/sessions.md, section 1
 
 
 def test_another_process_draws_the_same_random_close() -> None:
