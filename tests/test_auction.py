@@ -73,6 +73,8 @@ def test_example_3_nearest_the_previous_close_decides() -> None:
     assert AuctionLevels.of(EX3).table() == [(98, 15, 0), (99, 10, 10), (101, 10, 10), (102, 0, 15)]
     assert equilibrium(EX3, 95) == Equilibrium(99, 10, 0, "close")
     assert equilibrium(EX3, 105) == Equilibrium(101, 10, 0, "close")  # above both: the higher
+    assert equilibrium(EX3, 99) == Equilibrium(99, 10, 0, "close")  # the close is one of them: itself
+    assert equilibrium(EX3, 101) == Equilibrium(101, 10, 0, "close")
     out = uncross(EX3, 95)
     assert out.trades == (AuctionTrade(1, 3, 10),)
     assert out.leftovers == (Leftover(2, BUY, 98, 5, False), Leftover(4, SELL, 102, 5, False))
@@ -171,7 +173,9 @@ def books(draw: st.DrawFn) -> tuple[list[AuctionOrder], int]:
         side = draw(st.sampled_from([BUY, SELL]))
         price = draw(st.none() | st.integers(95, 105))
         orders.append(AuctionOrder(oid, side, price, draw(st.integers(1, 6)) * draw(st.sampled_from([1, 10]))))
-    return orders, draw(st.integers(90, 110))
+    prices = sorted({o.price for o in orders if o.price is not None})
+    close = st.integers(90, 110) | st.sampled_from(prices) if prices else st.integers(90, 110)
+    return orders, draw(close)  # a close often equal to an order's price: rule 3's edge
 
 
 def _figures(orders: list[AuctionOrder], p: int) -> tuple[int, int]:
