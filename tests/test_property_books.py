@@ -177,6 +177,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
             cmd = {"op": kind, "oid": oid, "broker": broker, "symbol": symbol}
             if kind == "replace":
                 if draw(st.booleans()):
+                    cmd["stp"] = draw(st.sampled_from(STP_NAMES))
+                if draw(st.booleans()):
                     prices = ["0.85", "0.90", "0.95", "1.00", "1.05", "1.10", "1.90", "2.00"]
                     cmd["price"] = draw(st.sampled_from(prices))
                 if draw(st.booleans()):
@@ -194,6 +196,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                 cmd["type"] = "limit"
                 cmd["price"] = draw(st.sampled_from(["0.80", "0.95", "1.00", "1.05", "1.02", "1.90", "2.00", "2.20"]))
                 cmd["tif"] = draw(st.sampled_from(["GTC", "DAY", "IOC", "FOK"]))
+            if draw(st.booleans()):
+                cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             used.append((symbol, broker, oid))
         cmds.append(cmd)
     return cmds

@@ -568,7 +568,7 @@ def test_the_model_keeps_ticker_and_tickers_in_step() -> None:
         Topology("t", Path("."), (), (), (), ticker=b, tickers=(a, b))
 
 
-# -- self-trade prevention per broker ------------------------------------------------------------------------------------
+# -- self-trade prevention per broker --------------------------------------------------------------------------------
 
 def test_broker_stp_mode_is_read_and_off_by_default() -> None:
     topo = loads(_text(extra='[[brokers]]\nid = "B1"\nstp = "cancel_both"\n[[brokers]]\nid = "B2"\n'))
