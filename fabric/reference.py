@@ -464,10 +464,19 @@ class ReferenceBook:
         Return whether self-trade prevention stopped it (the caller cancels
         its rest); a resting order it cancels gets its ``EV_CANCELLED`` here.
         """
-        while aggr.leaves > 0:
-            resting = next(self._crossing(aggr.side, limit), None)
-            if resting is None:
-                break
+        opposite = self._sides[1 - aggr.side]
+        if limit is None:  # a market order: the circuit filter's edge, or none without a band
+            limit = self.band_hi if aggr.side == BUY else self.band_lo
+        while aggr.leaves > 0 and opposite:
+            if aggr.side == BUY:
+                best = opposite.keys()[0]  # lowest ask
+                if limit is not None and best > limit:
+                    break
+            else:
+                best = opposite.keys()[-1]  # highest bid
+                if limit is not None and best < limit:
+                    break
+            resting = next(iter(opposite[best].values()))
             if stp != STP_OFF and resting.broker == aggr.broker:
                 if stp != STP_CANCEL_INCOMING:
                     self._unrest(resting)
