@@ -10,6 +10,8 @@ prints outside its band (the circuit filter).
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -212,6 +214,12 @@ def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict
         return ReferenceBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
 
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
+    bands = {"TCS": (Decimal("0.80"), Decimal("1.20")), "LOT": (Decimal("1.80"), Decimal("2.20"))}
     for cmd in cmds:
-        assert compiled.apply(dict(cmd)) == ref.apply(dict(cmd)), cmd
+        events = compiled.apply(dict(cmd))
+        assert events == ref.apply(dict(cmd)), cmd
+        for ev in events:
+            if ev["event"] == "trade" and ev["symbol"] in bands:
+                lo, hi = bands[ev["symbol"]]
+                assert lo <= Decimal(ev["price"]) <= hi, (cmd, ev)  # the circuit filter
     assert compiled.books() == ref.books()

@@ -29,6 +29,8 @@ from fabric.constants import (
     GTC,
     IOC,
     LIMIT,
+    M_BAND_HI,
+    M_BAND_LO,
     MARKET,
     NO_PRICE,
     NO_QTY,
@@ -901,3 +903,26 @@ def test_market_order_trades_only_inside_the_band_and_its_rest_is_cancelled(make
     ]
     book.new(7, 2, BUY, LIMIT, GTC, 100, 2)
     assert book.replace(7, 89, NO_QTY) == [rejected(7, BUY, OP_REPLACE, REJ_PRICE_OUT_OF_BAND)]
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_market_order_matching_itself_stops_at_the_band_edge(make: type) -> None:
+    # Nothing can rest outside the band; narrowing the band under resting orders shows that the
+    # matching loop would not go past the edge on its own either (the market order's limit).
+    book = make(band_lo=90, band_hi=110)
+    book.new(1, 2, SELL, LIMIT, GTC, 105, 2)
+    book.new(2, 2, SELL, LIMIT, GTC, 110, 2)
+    book.new(3, 2, BUY, LIMIT, GTC, 90, 2)
+    if isinstance(book, _Compiled):
+        book.book.meta[M_BAND_HI], book.book.meta[M_BAND_LO] = 109, 91
+    else:
+        book.band_hi, book.band_lo = 109, 91
+    assert book.new(4, 1, BUY, MARKET, IOC, 0, 10) == [
+        accepted(4, BUY, 0, 10),
+        trade(4, BUY, 105, 2, 8, 2, 1, 0, 2),
+        cancelled(4, BUY, 0, 8, 2, CXL_IOC_REMAINDER),
+    ]
+    assert book.new(5, 1, SELL, MARKET, FOK, 0, 1) == [
+        accepted(5, SELL, 0, 1),
+        cancelled(5, SELL, 0, 1, 0, CXL_FOK_UNFILLABLE),
+    ]
