@@ -61,6 +61,7 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
     stp_modes = st.sampled_from([mode, mode, mode, 0, 1, 2, 3])
     cmds: list[tuple[int, ...]] = []
     next_oid = 0
+    sides: list[int] = []  # of each new order: a replace may move it across the spread
     for _ in range(n):
         kind = draw(st.sampled_from(["new"] * 6 + ["cancel", "replace", "replace", "eod"] + ["new_mkt"]))
         if kind.startswith("new") or next_oid == 0:
@@ -70,15 +71,20 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
             price = 0 if market else draw(st.integers(max(plo - 2, -1), phi + 2) | st.integers(mid - 3, mid + 3))
             lots = st.sampled_from([lot, 2 * lot, 3 * lot, 7 * lot, lot + 1, 0, -lot])
             qty = draw(lots if lot > 1 else st.integers(-1, 25))
-            cmds.append((OP_NEW, next_oid, draw(st.integers(0, 3)), side, MARKET if market else LIMIT, tif, price, qty,
+            cmds.append((OP_NEW, next_oid, draw(st.integers(0, 2)), side, MARKET if market else LIMIT, tif, price, qty,
                          draw(stp_modes)))
             next_oid += 1
+            sides.append(side)
         elif kind == "cancel":
             cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0))
         elif kind == "replace":
-            price = draw(st.sampled_from([NO_PRICE]) | st.integers(mid - 3, mid + 3) | st.integers(plo - 2, phi + 2))
+            oid = draw(st.integers(0, next_oid))
+            across = st.nothing() if oid == next_oid else (
+                st.integers(mid, mid + 6) if sides[oid] == BUY else st.integers(mid - 6, mid))
+            price = draw(st.sampled_from([NO_PRICE]) | st.integers(mid - 3, mid + 3) | st.integers(plo - 2, phi + 2)
+                         | across)
             qty = draw(st.sampled_from([NO_QTY, 0, lot, 2 * lot, 5 * lot, 9 * lot, lot + 1]))
-            cmds.append((OP_REPLACE, draw(st.integers(0, next_oid)), 0, 0, 0, 0, price, qty, draw(stp_modes)))
+            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes)))
         else:
             cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0))
     return shape, cmds
