@@ -519,7 +519,8 @@ def _new(
         price = 0
         limit = meta[M_BAND_HI] if side == BUY else meta[M_BAND_LO]  # the circuit filter
     else:
-        limit = price
+        # Nothing rests above the band's top (MAX_PRICE_TICKS unbanded), and NO_ASK must stay above every limit.
+        limit = price if price <= meta[M_BAND_HI] else meta[M_BAND_HI]
         rests = tif != IOC and tif != FOK
         if rests and meta[M_FREE_HEAD] < 0:
             meta[M_NEED] = NEED_SLOTS
