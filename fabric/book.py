@@ -81,6 +81,7 @@ from fabric.constants import (
     OP_END_OF_DAY,
     OP_NEW,
     OP_REPLACE,
+    STP_OFF,
     WORD_BITS,
 )
 from fabric.constants import (
@@ -239,33 +240,35 @@ class OrderBook:
 
     # ---------------------------------------------------------------- commands
 
-    def _again(self, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int) -> int:
+    def _again(self, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
+               stp: int) -> int:
         # A region was too small: grow it and retry until the command fits.
         while True:
             self._grow()
-            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty)
+            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty, stp)
             if n >= 0:
                 return n
 
-    def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int) -> int:
-        """Enter a new order; return the number of events written to ``self.out``."""
-        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty)
-        return n if n >= 0 else self._again(OP_NEW, oid, broker, side, otype, tif, price, qty)
+    def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
+            stp: int = STP_OFF) -> int:
+        """Enter a new order (``stp``: its broker's self-trade prevention mode); return the number of events."""
+        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty, stp)
+        return n if n >= 0 else self._again(OP_NEW, oid, broker, side, otype, tif, price, qty, stp)
 
     def cancel(self, oid: int) -> int:
         """Cancel a resting order; return the number of events written to ``self.out``."""
-        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0)
-        return n if n >= 0 else self._again(OP_CANCEL, oid, 0, 0, 0, 0, 0, 0)
+        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0)
+        return n if n >= 0 else self._again(OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0)
 
-    def replace(self, oid: int, price: int = NO_PRICE, qty: int = NO_QTY) -> int:
-        """Cancel/replace a resting order (``qty`` is the new total); return the number of events."""
-        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty)
-        return n if n >= 0 else self._again(OP_REPLACE, oid, 0, 0, 0, 0, price, qty)
+    def replace(self, oid: int, price: int = NO_PRICE, qty: int = NO_QTY, stp: int = STP_OFF) -> int:
+        """Cancel/replace a resting order (``qty`` is the new total; ``stp`` as for :meth:`new`); return the events."""
+        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp)
+        return n if n >= 0 else self._again(OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp)
 
     def end_of_day(self) -> int:
         """Expire every resting DAY order; return the number of events."""
-        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0)
-        return n if n >= 0 else self._again(OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0)
+        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0)
+        return n if n >= 0 else self._again(OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0)
 
     def run(self, cmds: np.ndarray) -> np.ndarray:
         """Apply a batch of command rows (``C_*`` layout) in the compiled loop; return all their events.

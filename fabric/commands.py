@@ -20,11 +20,25 @@ from typing import Final, Literal, TypeAlias
 
 import msgspec
 
-from fabric.constants import BUY, DAY, FOK, GTC, IOC, LIMIT, MARKET, SELL
+from fabric.constants import (
+    BUY,
+    DAY,
+    FOK,
+    GTC,
+    IOC,
+    LIMIT,
+    MARKET,
+    SELL,
+    STP_CANCEL_BOTH,
+    STP_CANCEL_INCOMING,
+    STP_CANCEL_RESTING,
+    STP_OFF,
+)
 from fabric.protocol import Cancel, New, OrderCommand, Replace
 
 __all__ = [
     "SIDE_CODES",
+    "STP_CODES",
     "TIF_CODES",
     "TYPE_CODES",
     "AddInstrument",
@@ -34,6 +48,7 @@ __all__ = [
     "NewOrder",
     "OrderCommandT",
     "ReplaceOrder",
+    "Stp",
     "decode_command",
     "encode_command",
     "from_order",
@@ -43,10 +58,14 @@ __all__ = [
 SIDE_CODES: Final = {"buy": BUY, "sell": SELL}
 TYPE_CODES: Final = {"limit": LIMIT, "market": MARKET}
 TIF_CODES: Final = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK}
+# Self-trade prevention modes (a broker's, from the topology) and their codes in the books.
+STP_CODES: Final = {"off": STP_OFF, "cancel_resting": STP_CANCEL_RESTING, "cancel_incoming": STP_CANCEL_INCOMING,
+                    "cancel_both": STP_CANCEL_BOTH}
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["limit", "market"]
 Tif = Literal["GTC", "DAY", "IOC", "FOK"]
+Stp = Literal["off", "cancel_resting", "cancel_incoming", "cancel_both"]
 
 
 class _Command(msgspec.Struct, tag_field="op", kw_only=True, gc=False, omit_defaults=True,
@@ -75,6 +94,7 @@ class NewOrder(_Order, tag="new", kw_only=True):
     price: str | None = None
     qty: int
     tif: Tif
+    stp: Stp = "off"  # the broker's self-trade prevention mode when the matcher took it; "off" is not written
 
 
 class CancelOrder(_Order, tag="cancel", kw_only=True):
@@ -86,6 +106,7 @@ class ReplaceOrder(_Order, tag="replace", kw_only=True):
 
     price: str | None = None
     qty: int | None = None
+    stp: Stp = "off"  # as for NewOrder: applies when the order loses its place and crosses
 
 
 class AddInstrument(_Command, tag="instrument", kw_only=True):
@@ -108,21 +129,23 @@ OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder
 Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay
 
 
-def from_order(oc: OrderCommand, ts: int) -> OrderCommandT:
+def from_order(oc: OrderCommand, ts: int, stp: Stp = "off") -> OrderCommandT:
     """Return the command a gateway's ``order_cmd`` asks for, at matcher time ``ts`` (ns).
 
     ``oc.cmd`` is a broker's ``new``, ``cancel`` or ``replace``: a ``status`` or
-    ``orders`` changes nothing and has no command.
+    ``orders`` changes nothing and has no command.  ``stp`` is the broker's
+    self-trade prevention mode, stamped on a ``new`` or ``replace`` so that a
+    replay of the journal does what the matcher did, whatever the topology says later.
     """
     c = oc.cmd
     if type(c) is New:
         return NewOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, side=c.side, type=c.type, price=c.price,
-                        qty=c.qty, tif=c.tif, ts=ts, gw=oc.gateway, req=oc.req)
+                        qty=c.qty, tif=c.tif, ts=ts, gw=oc.gateway, req=oc.req, stp=stp)
     if type(c) is Cancel:
         return CancelOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, ts=ts, gw=oc.gateway, req=oc.req)
     if type(c) is Replace:
         return ReplaceOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, price=c.price, qty=c.qty, ts=ts,
-                            gw=oc.gateway, req=oc.req)
+                            gw=oc.gateway, req=oc.req, stp=stp)
     raise TypeError(f"{type(c).__name__} is a query, not a command")
 
 

@@ -30,9 +30,19 @@ DAY = 1
 IOC = 2
 FOK = 3
 
+# Self-trade prevention: what happens when an incoming order (a new order, or a
+# replace that loses its place and crosses) would trade against a resting order
+# of its own broker.  Each new and replace command carries its broker's mode
+# (``docs/book-semantics.md``, "Self-trade prevention").
+STP_OFF = 0  # the two orders trade
+STP_CANCEL_RESTING = 1  # the resting order is cancelled; matching goes on
+STP_CANCEL_INCOMING = 2  # the rest of the incoming order is cancelled
+STP_CANCEL_BOTH = 3  # both are cancelled
+
 SIDE_NAMES = ("buy", "sell")
 TYPE_NAMES = ("limit", "market")
 TIF_NAMES = ("GTC", "DAY", "IOC", "FOK")
+STP_NAMES = ("off", "cancel_resting", "cancel_incoming", "cancel_both")
 
 # --------------------------------------------------------------------------
 # Commands: one int64 row per command, used by the batch kernel.
@@ -50,7 +60,8 @@ C_TYPE = 4
 C_TIF = 5
 C_PRICE = 6  # ticks; for a replace, NO_PRICE keeps the price
 C_QTY = 7  # total order quantity; for a replace, NO_QTY keeps it
-C_NFIELDS = 8
+C_STP = 8  # self-trade prevention mode (STP_*) of a new or a replace; 0 elsewhere
+C_NFIELDS = 9
 
 NO_PRICE = -1
 NO_QTY = -1
@@ -105,11 +116,13 @@ E_NFIELDS = 11
 CXL_REQUESTED = 1  # the broker asked
 CXL_IOC_REMAINDER = 2  # unfilled rest of an IOC or market order
 CXL_FOK_UNFILLABLE = 3  # a FOK order that could not fill in full at once
+CXL_SELF_TRADE = 4  # self-trade prevention: it would have traded with its own broker's order
 
 CANCEL_REASON_NAMES = {
     CXL_REQUESTED: "requested",
     CXL_IOC_REMAINDER: "unfilled_ioc_remainder",
     CXL_FOK_UNFILLABLE: "fok_not_fillable",
+    CXL_SELF_TRADE: "self_trade",
 }
 
 # --------------------------------------------------------------------------

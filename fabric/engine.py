@@ -26,6 +26,7 @@ import msgspec
 from fabric.book import OrderBook
 from fabric.commands import (
     SIDE_CODES,
+    STP_CODES,
     TIF_CODES,
     TYPE_CODES,
     AddInstrument,
@@ -74,6 +75,7 @@ from fabric.constants import (
     REJ_UNKNOWN_ORDER,
     REJECT_NAMES,
     SIDE_NAMES,
+    STP_OFF,
     TIF_NAMES,
     TYPE_NAMES,
 )
@@ -100,9 +102,10 @@ class InstrumentExists(InstrumentError):
 class Book(Protocol):
     """What the engine needs of a book: see ``docs/book-semantics.md``."""
 
-    def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int) -> Any: ...
+    def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
+            stp: int = STP_OFF) -> Any: ...
     def cancel(self, oid: int) -> Any: ...
-    def replace(self, oid: int, price: int, qty: int) -> Any: ...
+    def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF) -> Any: ...
     def end_of_day(self) -> Any: ...
     def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]: ...
     def level(self, side: int, price: int) -> tuple[int, int]: ...
@@ -243,11 +246,11 @@ class MatchingEngine:
         """
         if isinstance(cmd, NewOrder):
             return self.new_order(cmd.symbol, cmd.broker, cmd.oid, SIDE_CODES[cmd.side], TYPE_CODES[cmd.type],
-                                  TIF_CODES[cmd.tif], cmd.price, cmd.qty, cmd.ts)
+                                  TIF_CODES[cmd.tif], cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp])
         if isinstance(cmd, CancelOrder):
             return self.cancel(cmd.symbol, cmd.broker, cmd.oid, cmd.ts)
         if isinstance(cmd, ReplaceOrder):
-            return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts)
+            return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp])
         if isinstance(cmd, EndOfDay):
             return list(self.end_of_day(cmd.ts))
         self.add_instrument(instrument_of(cmd))
@@ -264,8 +267,13 @@ class MatchingEngine:
         price: Decimal | str | None,
         qty: int,
         ts: int = 0,
+        stp: int = STP_OFF,
     ) -> list[Outcome]:
-        """Enter a new order and return its outcomes (accepted or rejected, trades and fills, cancel of a rest)."""
+        """Enter a new order and return its outcomes (accepted or rejected, trades and fills, cancel of a rest).
+
+        ``stp`` is the broker's self-trade prevention mode (``STP_*``): a resting order it cancels gets its
+        ``cancelled`` (``self_trade``) among the outcomes.
+        """
         inst, book = self._book(symbol)
         if (broker, clid) in self._by_clid or f"{broker}\x00{clid}" in self._archived:
             return [self._reject("new", clid, broker, symbol, REJ_DUPLICATE_OID,
@@ -288,7 +296,7 @@ class MatchingEngine:
         order = _Order(symbol, broker, clid, side, otype, tif)
         self._orders.append(order)
         bno = self._broker_no.setdefault(broker, len(self._broker_no))
-        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty))
+        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty, stp))
         out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif)
         if out and type(out[0]) is ExRejected:
             self._orders.pop()  # a rejected order does not use its client order id
@@ -330,8 +338,9 @@ class MatchingEngine:
                             self._reject_text(inst, REJ_ORDER_CLOSED, clid, None, None, None), ts)
 
     def replace(self, symbol: str, broker: str, clid: str, price: Decimal | str | None, qty: int | None,
-                ts: int = 0) -> list[Outcome]:
-        """Cancel/replace an open order: ``qty`` is the new total quantity; ``None`` keeps a field."""
+                ts: int = 0, stp: int = STP_OFF) -> list[Outcome]:
+        """Cancel/replace an open order: ``qty`` is the new total quantity; ``None`` keeps a field; ``stp`` as for
+        :meth:`new_order`."""
         oid, rej = self._lookup("replace", symbol, broker, clid, ts)
         if rej is not None:
             return [rej]
@@ -351,7 +360,7 @@ class MatchingEngine:
                                  f"qty {qty} exceeds the maximum {MAX_QTY}", ts)]
         if oid == _ARCHIVED_OID:
             return [self._closed("replace", clid, broker, inst, ts)]
-        rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty))
+        rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty, stp))
         out = self._outcomes(inst, rows, ts, price=price, qty=qty)
         self._archive_finished()
         return out
@@ -386,7 +395,7 @@ class MatchingEngine:
 
         ``state`` is one of ``new`` (open, nothing filled), ``partially_filled``, ``filled``,
         ``cancelled`` and ``expired``; ``reason`` is the cancel reason of a ``cancelled`` order
-        (``requested``, ``unfilled_ioc_remainder``, ``fok_not_fillable``) and ``None`` otherwise.
+        (``requested``, ``unfilled_ioc_remainder``, ``fok_not_fillable``, ``self_trade``) and ``None`` otherwise.
         ``op`` is the request the status answers (``docs/protocol.md``, section 5).
         """
         oid = self._by_clid.get((broker, clid), -1)

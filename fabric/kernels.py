@@ -29,11 +29,13 @@ from fabric.constants import (
     C_PRICE,
     C_QTY,
     C_SIDE,
+    C_STP,
     C_TIF,
     C_TYPE,
     CXL_FOK_UNFILLABLE,
     CXL_IOC_REMAINDER,
     CXL_REQUESTED,
+    CXL_SELF_TRADE,
     DAY,
     E_CUM,
     E_LEAVES,
@@ -124,6 +126,9 @@ from fabric.constants import (
     SELL,
     ST_FREE,
     ST_RESTING,
+    STP_CANCEL_INCOMING,
+    STP_CANCEL_RESTING,
+    STP_OFF,
 )
 
 # --------------------------------------------------------------------------
@@ -341,23 +346,34 @@ def _rest(
 
 @njit(cache=True, inline="always")
 def _crossing_qty(
-    lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, is_market: bool, limit: int, want: int
+    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, limit: int, want: int,
+    stp_broker: int, stp: int,
 ) -> int:
-    # Opposite quantity available at prices that cross `limit`; stops counting at `want`.
+    # Opposite quantity an order at `limit` could trade; stops counting at `want`.  With self-trade
+    # prevention (`stp_broker` >= 0) the own broker's orders are walked one by one: under cancel_resting
+    # they would be cancelled, not traded, so they do not count; otherwise matching would stop at the
+    # first of them, so counting stops there too.
     base = meta[M_BASE]
     nrows = meta[M_NLEVELS]
     avail = 0
-    if side == BUY:
-        p = meta[M_BEST_ASK]
-        while p != NO_ASK and (is_market or p <= limit) and avail < want:
-            avail += lvl[p - base, L_QTY]
-            r = scan_up(bits, p - base + 1, nrows)
+    p = meta[M_BEST_ASK] if side == BUY else meta[M_BEST_BID]
+    while (p <= limit if side == BUY else p >= limit) and avail < want:
+        row = p - base
+        if stp_broker < 0:
+            avail += lvl[row, L_QTY]
+        else:
+            slot = lvl[row, L_HEAD]
+            while slot >= 0 and avail < want:
+                if ords[slot, O_BROKER] != stp_broker:
+                    avail += ords[slot, O_LEAVES]
+                elif stp != STP_CANCEL_RESTING:
+                    return avail
+                slot = ords[slot, O_NEXT]
+        if side == BUY:
+            r = scan_up(bits, row + 1, nrows)
             p = NO_ASK if r < 0 else r + base
-    else:
-        p = meta[M_BEST_BID]
-        while p != NO_BID and (is_market or p >= limit) and avail < want:
-            avail += lvl[p - base, L_QTY]
-            r = scan_down(bits, p - base - 1)
+        else:
+            r = scan_down(bits, row - 1)
             p = NO_BID if r < 0 else r + base
     return avail
 
@@ -373,24 +389,39 @@ def _match(
     n: int,
     oid: int,
     side: int,
-    is_market: bool,
     limit: int,
     leaves: int,
     cum: int,
-) -> tuple[int, int, int]:
-    # Match an aggressor against the opposite side; return (events, leaves, cum).
+    stp_broker: int,
+    stp: int,
+) -> tuple[int, int, int, bool]:
+    # Match an aggressor against the opposite side up to `limit` (a market order's limit is its band's far
+    # edge: the circuit filter); return (events, leaves, cum, whether self-trade prevention stopped it: the
+    # caller then cancels its rest).  `stp_broker` is the aggressor's broker when its STP mode is on, else
+    # -1, which no order has: the check costs one comparison per match.
     base = meta[M_BASE]
     while leaves > 0:
+        # NO_ASK is above and NO_BID below every limit: an empty side stops the loop too.
         if side == BUY:
             best = meta[M_BEST_ASK]
-            if best == NO_ASK or (not is_market and best > limit):
+            if best > limit:
                 break
         else:
             best = meta[M_BEST_BID]
-            if best == NO_BID or (not is_market and best < limit):
+            if best < limit:
                 break
         row = best - base
         slot = lvl[row, L_HEAD]
+        if ords[slot, O_BROKER] == stp_broker:
+            if stp == STP_CANCEL_INCOMING:
+                return n, leaves, cum, True
+            n = _emit(out, n, EV_CANCELLED, ords[slot, O_OID], ords[slot, O_SIDE], best, ords[slot, O_LEAVES], 0,
+                      ords[slot, O_CUM], 0, 0, 0, CXL_SELF_TRADE)
+            _unlink(ords, lvl, bits, meta, slot)
+            _free(ords, meta, o2s, slot)
+            if stp == STP_CANCEL_RESTING:
+                continue
+            return n, leaves, cum, True
         r_leaves = ords[slot, O_LEAVES]
         fill = leaves if leaves < r_leaves else r_leaves
         leaves -= fill
@@ -405,7 +436,13 @@ def _match(
         if r_leaves == 0:
             _unlink(ords, lvl, bits, meta, slot)
             _free(ords, meta, o2s, slot)
-    return n, leaves, cum
+    return n, leaves, cum, False
+
+
+@njit(cache=True, inline="always")
+def _stp_broker(broker: int, stp: int) -> int:
+    # The broker whose resting orders an aggressor must not trade with: none (-1) when its mode is off.
+    return -1 if stp == STP_OFF else broker
 
 
 # --------------------------------------------------------------------------
@@ -466,6 +503,7 @@ def _new(
     tif: int,
     price: int,
     qty: int,
+    stp: int,
 ) -> int:
     is_market = otype == MARKET
     reason = 0
@@ -479,7 +517,10 @@ def _new(
         return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_NEW, 0, 0, reason)
     if is_market:
         price = 0
+        limit = meta[M_BAND_HI] if side == BUY else meta[M_BAND_LO]  # the circuit filter
     else:
+        # Nothing rests above the band's top (MAX_PRICE_TICKS unbanded), and NO_ASK must stay above every limit.
+        limit = price if price <= meta[M_BAND_HI] else meta[M_BAND_HI]
         rests = tif != IOC and tif != FOK
         if rests and meta[M_FREE_HEAD] < 0:
             meta[M_NEED] = NEED_SLOTS
@@ -488,11 +529,14 @@ def _new(
             return -1
         _see_price(meta, price)
     n = _emit(out, n, EV_ACCEPTED, oid, side, price, qty, qty, 0, 0, 0, 0, 0)
-    if tif == FOK and _crossing_qty(lvl, bits, meta, side, is_market, price, qty) < qty:
+    stp_broker = _stp_broker(broker, stp)
+    if tif == FOK and _crossing_qty(ords, lvl, bits, meta, side, limit, qty, stp_broker, stp) < qty:
         return _emit(out, n, EV_CANCELLED, oid, side, price, qty, 0, 0, 0, 0, 0, CXL_FOK_UNFILLABLE)
-    n, leaves, cum = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, is_market, price, qty, 0)
+    n, leaves, cum, self_trade = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, limit, qty, 0, stp_broker, stp)
     if leaves > 0:
-        if is_market or tif in (IOC, FOK):
+        if self_trade:
+            n = _emit(out, n, EV_CANCELLED, oid, side, price, leaves, 0, cum, 0, 0, 0, CXL_SELF_TRADE)
+        elif is_market or tif in (IOC, FOK):
             n = _emit(out, n, EV_CANCELLED, oid, side, price, leaves, 0, cum, 0, 0, 0, CXL_IOC_REMAINDER)
         else:
             _rest(ords, lvl, bits, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum)
@@ -542,6 +586,7 @@ def _replace(
     oid: int,
     price: int,
     qty: int,
+    stp: int,
 ) -> int:
     slot = _resting_slot(o2s, oid)
     if slot < 0:
@@ -583,8 +628,12 @@ def _replace(
     _unlink(ords, lvl, bits, meta, slot)
     leaves = new_qty - cum
     n = _emit(out, n, EV_REPLACED, oid, side, new_price, new_qty, leaves, cum, 0, 0, 0, 0)
-    n, leaves, cum = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, False, new_price, leaves, cum)
-    if leaves > 0:
+    n, leaves, cum, self_trade = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, new_price, leaves, cum,
+                                        _stp_broker(ords[slot, O_BROKER], stp), stp)
+    if self_trade:
+        n = _emit(out, n, EV_CANCELLED, oid, side, new_price, leaves, 0, cum, 0, 0, 0, CXL_SELF_TRADE)
+        _free(ords, meta, o2s, slot)
+    elif leaves > 0:
         ords[slot, O_PRICE] = new_price
         ords[slot, O_QTY] = new_qty
         ords[slot, O_LEAVES] = leaves
@@ -629,6 +678,7 @@ def apply(
     tif: int,
     price: int,
     qty: int,
+    stp: int,
 ) -> int:
     """Apply one command, writing its events to ``out`` from row ``n``.
 
@@ -645,11 +695,11 @@ def apply(
         if oid >= o2s.shape[0]:
             meta[M_NEED] = NEED_OIDS
             return -1
-        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty)
+        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty, stp)
     if op == OP_CANCEL:
         return _cancel(ords, lvl, bits, meta, o2s, out, n, oid)
     if op == OP_REPLACE:
-        return _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty)
+        return _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty, stp)
     if op == OP_END_OF_DAY:
         return _end_of_day(ords, lvl, bits, meta, o2s, out, n)
     return n
@@ -693,6 +743,7 @@ def run_batch(
             cmds[i, C_TIF],
             cmds[i, C_PRICE],
             cmds[i, C_QTY],
+            cmds[i, C_STP],
         )
         if r < 0:
             break
@@ -724,14 +775,14 @@ def views(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 @njit(cache=True)
 def apply_buf(
-    buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int
+    buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int
 ) -> int:
     """Apply one command to the book in ``buf``; events from row 0 of its event region.
 
     Return the number of events, or -1 when a region must grow (see :func:`apply`).
     """
     ords, lvl, bits, meta, o2s, out = views(buf)
-    return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty)
+    return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty, stp)
 
 
 @njit(cache=True)

@@ -25,6 +25,7 @@ from fabric.constants import (
     CXL_FOK_UNFILLABLE,
     CXL_IOC_REMAINDER,
     CXL_REQUESTED,
+    CXL_SELF_TRADE,
     DAY,
     EV_ACCEPTED,
     EV_CANCELLED,
@@ -48,6 +49,9 @@ from fabric.constants import (
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OUT_OF_BAND,
     REJ_QTY_NOT_LOT_MULTIPLE,
+    STP_CANCEL_INCOMING,
+    STP_CANCEL_RESTING,
+    STP_OFF,
 )
 
 __all__ = ["Event", "ReferenceBook"]
@@ -148,7 +152,7 @@ class ReferenceBook:
     # Commands
     # ------------------------------------------------------------------
     def new(
-        self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int
+        self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int = STP_OFF
     ) -> list[Event]:
         """Enter a new order, match it, and rest or cancel what is left.
 
@@ -157,7 +161,7 @@ class ReferenceBook:
         oid : int
             Order id, unique in this book and never reused.
         broker : int
-            Broker number (kept with the order, not used in matching).
+            Broker number (kept with the order; self-trade prevention compares it).
         side : int
             ``BUY`` or ``SELL``.
         otype : int
@@ -168,15 +172,18 @@ class ReferenceBook:
             Limit price in ticks; ignored for a market order.
         qty : int
             Order quantity in shares.
+        stp : int
+            The broker's self-trade prevention mode (``STP_*``).
 
         Returns
         -------
         list of Event
-            A reject; or the acceptance followed by the trades and, if any,
-            the cancel of the unfilled rest.
+            A reject; or the acceptance followed by the trades (and the
+            self-trade cancels of resting orders) and, if any, the cancel of
+            the unfilled rest.
         """
         oid, broker, side, otype, tif = int(oid), int(broker), int(side), int(otype), int(tif)
-        price, qty = int(price), int(qty)
+        price, qty, stp = int(price), int(qty), int(stp)
 
         reason = self._qty_reject(qty)
         if not reason and otype == MARKET and tif not in (IOC, FOK):
@@ -195,14 +202,17 @@ class ReferenceBook:
         events: list[Event] = [_row(EV_ACCEPTED, oid, side, price, qty, qty)]
         order = _Order(oid, broker, side, tif, price, qty, leaves=qty, cum=0)
 
-        if tif == FOK and self._crossing_leaves(side, limit) < qty:
+        if tif == FOK and self._fillable(order, limit, stp) < qty:
             events.append(_row(EV_CANCELLED, oid, side, price, qty, 0, 0, reason=CXL_FOK_UNFILLABLE))
             return events
 
-        self._match(order, limit, events)
+        self_trade = self._match(order, limit, stp, events)
 
         if order.leaves > 0:
-            if otype == MARKET or tif in (IOC, FOK):
+            if self_trade:
+                events.append(_row(EV_CANCELLED, oid, side, price, order.leaves, 0, order.cum,
+                                   reason=CXL_SELF_TRADE))
+            elif otype == MARKET or tif in (IOC, FOK):
                 events.append(
                     _row(
                         EV_CANCELLED,
@@ -251,7 +261,7 @@ class ReferenceBook:
             )
         ]
 
-    def replace(self, oid: int, price: int, qty: int) -> list[Event]:
+    def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF) -> list[Event]:
         """Change the price and/or total quantity of a resting order (FIX cancel/replace).
 
         Parameters
@@ -263,6 +273,9 @@ class ReferenceBook:
         qty : int
             New total order quantity (filled part included), or ``NO_QTY`` to
             keep it.
+        stp : int
+            The broker's self-trade prevention mode (``STP_*``), for when the
+            order crosses the book.
 
         Returns
         -------
@@ -270,7 +283,7 @@ class ReferenceBook:
             A reject; or one ``EV_REPLACED`` row, followed by trades when the
             order lost its place and now crosses the book.
         """
-        oid, price, qty = int(oid), int(price), int(qty)
+        oid, price, qty, stp = int(oid), int(price), int(qty), int(stp)
         order = self._orders.get(oid)
         if order is None:
             return [_row(EV_REJECTED, oid, 0, other=OP_REPLACE, reason=REJ_ORDER_CLOSED)]
@@ -300,8 +313,10 @@ class ReferenceBook:
         events: list[Event] = [
             _row(EV_REPLACED, oid, side, new_price, new_qty, order.leaves, cum, 0)
         ]
-        self._match(order, new_price, events)
-        if order.leaves > 0:
+        if self._match(order, new_price, stp, events):
+            events.append(_row(EV_CANCELLED, oid, side, new_price, order.leaves, 0, order.cum,
+                               reason=CXL_SELF_TRADE))
+        elif order.leaves > 0:
             self._rest(order)
         return events
 
@@ -410,24 +425,48 @@ class ReferenceBook:
         self._seen_lo = price if self._seen_lo is None else min(self._seen_lo, price)
         self._seen_hi = price if self._seen_hi is None else max(self._seen_hi, price)
 
-    def _crossing_leaves(self, side: int, limit: int | None) -> int:
-        """Return the total leaves on the opposite side at prices ``limit`` crosses.
+    def _crossing(self, side: int, limit: int | None) -> Iterator[_Order]:
+        """Yield the opposite orders ``limit`` crosses, in the order they would match.
 
-        ``limit`` is ``None`` for a market order, which crosses every price.
+        ``limit`` is ``None`` for a market order, which crosses every price
+        inside the band (the circuit filter): no trade prints outside it.
         """
         opposite = self._sides[1 - side]
+        lo, hi = self.band_lo, self.band_hi
         prices: Iterator[int]
-        if limit is None:
-            prices = iter(opposite)
-        elif side == BUY:
-            prices = opposite.irange(maximum=limit)
+        if side == BUY:
+            prices = opposite.irange(maximum=hi if limit is None else limit)
         else:
-            prices = opposite.irange(minimum=limit)
-        return sum(o.leaves for p in prices for o in opposite[p].values())
+            prices = opposite.irange(minimum=lo if limit is None else limit, reverse=True)
+        for p in prices:
+            yield from opposite[p].values()
 
-    def _match(self, aggr: _Order, limit: int | None, events: list[Event]) -> None:
-        """Fill ``aggr`` against the opposite side while it crosses, appending trades."""
+    def _fillable(self, aggr: _Order, limit: int | None, stp: int) -> int:
+        """Return how much ``aggr`` would fill if it matched now (what a FOK order checks).
+
+        Without self-trade prevention: every crossing order's leaves.  With
+        ``cancel_resting``: those of other brokers' orders (the broker's own
+        would be cancelled).  With the other two modes: those before the
+        broker's first own order, where matching would stop.
+        """
+        total = 0
+        for o in self._crossing(aggr.side, limit):
+            if stp != STP_OFF and o.broker == aggr.broker:
+                if stp == STP_CANCEL_RESTING:
+                    continue
+                break
+            total += o.leaves
+        return total
+
+    def _match(self, aggr: _Order, limit: int | None, stp: int, events: list[Event]) -> bool:
+        """Fill ``aggr`` against the opposite side while it crosses, appending trades.
+
+        Return whether self-trade prevention stopped it (the caller cancels
+        its rest); a resting order it cancels gets its ``EV_CANCELLED`` here.
+        """
         opposite = self._sides[1 - aggr.side]
+        if limit is None:  # a market order: the circuit filter's edge, or none without a band
+            limit = self.band_hi if aggr.side == BUY else self.band_lo
         while aggr.leaves > 0 and opposite:
             if aggr.side == BUY:
                 best = opposite.keys()[0]  # lowest ask
@@ -437,8 +476,15 @@ class ReferenceBook:
                 best = opposite.keys()[-1]  # highest bid
                 if limit is not None and best < limit:
                     break
-            level: _Level = opposite[best]
-            resting = next(iter(level.values()))
+            resting = next(iter(opposite[best].values()))
+            if stp != STP_OFF and resting.broker == aggr.broker:
+                if stp != STP_CANCEL_INCOMING:
+                    self._unrest(resting)
+                    events.append(_row(EV_CANCELLED, resting.oid, resting.side, resting.price, resting.leaves,
+                                       0, resting.cum, reason=CXL_SELF_TRADE))
+                if stp == STP_CANCEL_RESTING:
+                    continue
+                return True
             fill = min(aggr.leaves, resting.leaves)
             aggr.leaves -= fill
             aggr.cum += fill
@@ -461,6 +507,7 @@ class ReferenceBook:
             )
             if resting.leaves == 0:
                 self._unrest(resting)
+        return False
 
     def _rest(self, order: _Order) -> None:
         """Put ``order`` at the back of its price level."""

@@ -57,7 +57,15 @@ from typing import Any, NoReturn
 import zmq
 
 from fabric.book import warm_up
-from fabric.commands import AddInstrument, NewOrder, OrderCommandT, decode_command, encode_command, from_order
+from fabric.commands import (
+    AddInstrument,
+    NewOrder,
+    OrderCommandT,
+    Stp,
+    decode_command,
+    encode_command,
+    from_order,
+)
 from fabric.constants import SIDE_NAMES
 from fabric.engine import MatchingEngine, Outcome, instrument_command
 from fabric.instruments import Instrument
@@ -245,6 +253,8 @@ class Matcher:
             keep_finished = KEEP_FINISHED if topo.persistence is not None else None
         self.engine = MatchingEngine(keep_finished=keep_finished)
         self.engine.track_levels = True
+        # Brokers' self-trade prevention modes, stamped on the commands journaled: a replay does what was done.
+        self.stp: dict[str, Stp] = {b.id: b.stp for b in topo.brokers if b.stp != "off"}
         self.instruments: dict[str, Instrument] = {}
         for inst in topo.instruments_of(self.shard):
             self.engine.add_instrument(inst)
@@ -492,7 +502,7 @@ class Matcher:
                 steps.append((ident, oc, None, -1))
                 continue
             if type(oc.cmd) not in (Orders, Status) and oc.cmd.symbol in self.symbols:
-                cmd = from_order(oc, ts)
+                cmd = from_order(oc, ts, self.stp.get(oc.broker, "off"))
                 if type(cmd) is NewOrder:
                     key = (oc.broker, cmd.oid)
                     if key in news:

@@ -93,7 +93,7 @@ def _loop(book: Any, rows: list[list[int]]) -> None:
     # buffer, the reference book's returned list): decoding them is the caller's
     # business and is not part of either book's figure.
     new, cancel, replace, eod = book.new, book.cancel, book.replace, book.end_of_day
-    for op, oid, broker, side, otype, tif, price, qty in rows:
+    for op, oid, broker, side, otype, tif, price, qty, _stp in rows:
         if op == OP_NEW:
             new(oid, broker, side, otype, tif, price, qty)
         elif op == OP_CANCEL:
@@ -122,7 +122,7 @@ def per_command_latency(rows: list[list[int]]) -> np.ndarray:
     lat = np.empty(len(rows), dtype=INT)
     clock = time.perf_counter_ns
     new, cancel, replace = book.new, book.cancel, book.replace
-    for i, (op, oid, broker, side, otype, tif, price, qty) in enumerate(rows):
+    for i, (op, oid, broker, side, otype, tif, price, qty, _stp) in enumerate(rows):
         t0 = clock()
         if op == OP_NEW:
             new(oid, broker, side, otype, tif, price, qty)

@@ -180,7 +180,7 @@ def run_liquibook(cmds: np.ndarray, with_callback: bool, *, precreate: bool = Fa
     n_orders = int(cmds[:, C_OID].max(initial=-1)) + 1
     orders: list[liquibook.SimpleOrder | None] = [None] * n_orders
     if precreate:
-        for op, oid, _broker, side, otype, tif, price, qty in rows:
+        for op, oid, _broker, side, otype, tif, price, qty, _stp in rows:
             if op == OP_NEW:
                 orders[oid] = _new_order(side, otype, tif, price, qty)
     prices = [0] * n_orders  # current price and total quantity of every order,
@@ -189,7 +189,7 @@ def run_liquibook(cmds: np.ndarray, with_callback: bool, *, precreate: bool = Fa
     cond = _CONDITIONS
 
     start = time.perf_counter()
-    for op, oid, _broker, side, otype, tif, price, qty in rows:
+    for op, oid, _broker, side, otype, tif, price, qty, _stp in rows:
         if op == OP_NEW:
             if precreate:
                 order = orders[oid]

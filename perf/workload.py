@@ -42,6 +42,7 @@ import numpy as np
 from fabric.constants import (
     BUY,
     C_NFIELDS,
+    C_STP,
     DAY,
     FOK,
     GTC,
@@ -345,8 +346,10 @@ def generate(
             rows.append((OP_NEW, oid, brokers[i], side, otype, tif, price, qty))
         mid = min(max(mid + steps[i], lo + margin), hi - margin)
 
-    out = np.array(rows, dtype=np.int64)
-    return out.reshape(n, C_NFIELDS)
+    out = np.zeros((n, C_NFIELDS), dtype=np.int64)
+    if rows:
+        out[:, :C_STP] = rows  # C_STP stays 0: the flow runs without self-trade prevention
+    return out
 
 
 def to_replay(
@@ -382,7 +385,7 @@ def to_replay(
     def price_str(ticks: int) -> str:
         return str((tick_d * ticks).quantize(quantum))
 
-    for op, oid, broker, side, otype, tif, price, qty in cmds.tolist():
+    for op, oid, broker, side, otype, tif, price, qty, _stp in cmds.tolist():
         if op == OP_END_OF_DAY:
             yield {"op": "end_of_day"}
             continue

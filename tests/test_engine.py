@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from fabric.commands import NewOrder
+from fabric.commands import NewOrder, ReplaceOrder
 from fabric.constants import BUY, GTC, IOC, LIMIT, MARKET, SELL
 from fabric.engine import MatchingEngine
 from fabric.instruments import Instrument
-from fabric.protocol import ExAccepted, ExRejected
+from fabric.protocol import ExAccepted, ExCancelled, ExRejected, Trade
 
 
 def _engine() -> MatchingEngine:
@@ -111,3 +111,51 @@ def test_an_archived_order_is_closed_used_and_answered_from_the_stores() -> None
     assert isinstance(dup, ExRejected) and dup.reason == "duplicate_client_order_id"
     assert eng.order_status("TCS", "B1", "o1", "status").symbol == "TCS"  # type: ignore[union-attr]
     assert eng.order_status("INFY", "B1", "o1") is None, "another symbol's order of that id: none"
+
+
+# -- self-trade prevention: the engine's outcomes, by name ------------------------------------------------------------
+
+
+def _sell(eng: MatchingEngine, broker: str, oid: str, price: str, qty: int) -> None:
+    eng.apply(NewOrder(oid=oid, broker=broker, symbol="TCS", side="sell", type="limit", price=price, qty=qty,
+                       tif="GTC"))
+
+
+def test_stp_cancel_resting_reports_the_resting_orders_cancel_then_the_trade() -> None:
+    eng = _engine()
+    _sell(eng, "B1", "own", "3500.00", 4)
+    _sell(eng, "B2", "theirs", "3500.05", 5)
+    out = eng.apply(NewOrder(oid="b", broker="B1", symbol="TCS", side="buy", type="limit", price="3500.05", qty=6,
+                             tif="GTC", stp="cancel_resting"))
+    assert [(type(o).__name__, getattr(o, "oid", None), getattr(o, "reason", None)) for o in out] == [
+        ("ExAccepted", "b", None), ("ExCancelled", "own", "self_trade"), ("Trade", None, None),
+        ("ExFill", "b", None), ("ExFill", "theirs", None)]
+    cxl = out[1]
+    assert isinstance(cxl, ExCancelled) and (cxl.broker, cxl.qty, cxl.cum_qty) == ("B1", 4, 0)
+    st = eng.order_status("TCS", "B1", "own")
+    assert st is not None and (st.state, st.reason) == ("cancelled", "self_trade")
+    st = eng.order_status("TCS", "B1", "b")
+    assert st is not None and (st.state, st.cum_qty, st.leaves_qty) == ("partially_filled", 5, 1)
+
+
+def test_stp_cancel_both_market_order_and_resting_order_end_self_trade() -> None:
+    eng = _engine()
+    _sell(eng, "B1", "own", "3500.00", 4)
+    out = eng.apply(NewOrder(oid="m", broker="B1", symbol="TCS", side="buy", type="market", qty=3, tif="IOC",
+                             stp="cancel_both"))
+    assert [(type(o).__name__, o.oid, o.reason) for o in out if isinstance(o, ExCancelled)] == [
+        ("ExCancelled", "own", "self_trade"), ("ExCancelled", "m", "self_trade")]
+    assert not any(isinstance(o, Trade) for o in out)
+    assert eng.order_status("TCS", "B1", "m").reason == "self_trade"  # type: ignore[union-attr]
+    assert eng.book_levels("TCS")["asks"] == []
+
+
+def test_stp_replace_carries_its_own_mode_cancel_incoming_ends_the_order() -> None:
+    eng = _engine()
+    _sell(eng, "B1", "own", "3500.00", 4)
+    eng.new_order("TCS", "B1", "b", BUY, LIMIT, GTC, Decimal("3499.00"), 4)
+    out = eng.apply(ReplaceOrder(oid="b", broker="B1", symbol="TCS", price="3500.00", stp="cancel_incoming"))
+    assert [type(o).__name__ for o in out] == ["ExReplaced", "ExCancelled"]
+    st = eng.order_status("TCS", "B1", "b")
+    assert st is not None and (st.state, st.reason, st.leaves_qty) == ("cancelled", "self_trade", 0)
+    assert eng.order_status("TCS", "B1", "own").state == "new"  # type: ignore[union-attr]

@@ -3,10 +3,14 @@
 Each session is checked three ways: the compiled book called per command, the
 compiled book's batch loop over the whole session, and the plain-Python
 reference book must give the same events, command by command, and end with the
-same book (levels and the order of every queue).
+same book (levels and the order of every queue).  Sessions draw brokers and
+self-trade prevention modes at random, and no trade of a banded book ever
+prints outside its band (the circuit filter).
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 import numpy as np
 from hypothesis import given
@@ -17,6 +21,9 @@ from fabric.constants import (
     BUY,
     C_NFIELDS,
     DAY,
+    E_PRICE,
+    E_TYPE,
+    EV_TRADE,
     FOK,
     GTC,
     INT,
@@ -30,6 +37,7 @@ from fabric.constants import (
     OP_NEW,
     OP_REPLACE,
     SELL,
+    STP_NAMES,
 )
 from fabric.reference import ReferenceBook
 
@@ -48,8 +56,12 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
     lot, _, _, _, (plo, phi) = shape
     mid = draw(st.integers(plo, phi))
     n = draw(st.integers(1, 120))
+    # A session mostly of one mode, so that its effects compound, now and then another: brokers change modes.
+    mode = draw(st.integers(0, len(STP_NAMES) - 1))
+    stp_modes = st.sampled_from([mode, mode, mode, 0, 1, 2, 3])
     cmds: list[tuple[int, ...]] = []
     next_oid = 0
+    sides: list[int] = []  # of each new order: a replace may move it across the spread
     for _ in range(n):
         kind = draw(st.sampled_from(["new"] * 6 + ["cancel", "replace", "replace", "eod"] + ["new_mkt"]))
         if kind.startswith("new") or next_oid == 0:
@@ -59,27 +71,33 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
             price = 0 if market else draw(st.integers(max(plo - 2, -1), phi + 2) | st.integers(mid - 3, mid + 3))
             lots = st.sampled_from([lot, 2 * lot, 3 * lot, 7 * lot, lot + 1, 0, -lot])
             qty = draw(lots if lot > 1 else st.integers(-1, 25))
-            cmds.append((OP_NEW, next_oid, draw(st.integers(0, 3)), side, MARKET if market else LIMIT, tif, price, qty))
+            cmds.append((OP_NEW, next_oid, draw(st.integers(0, 2)), side, MARKET if market else LIMIT, tif, price, qty,
+                         draw(stp_modes)))
             next_oid += 1
+            sides.append(side)
         elif kind == "cancel":
-            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0))
+            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0))
         elif kind == "replace":
-            price = draw(st.sampled_from([NO_PRICE]) | st.integers(mid - 3, mid + 3) | st.integers(plo - 2, phi + 2))
+            oid = draw(st.integers(0, next_oid))
+            across = st.nothing() if oid == next_oid else (
+                st.integers(mid, mid + 6) if sides[oid] == BUY else st.integers(mid - 6, mid))
+            price = draw(st.sampled_from([NO_PRICE]) | st.integers(mid - 3, mid + 3) | st.integers(plo - 2, phi + 2)
+                         | across)
             qty = draw(st.sampled_from([NO_QTY, 0, lot, 2 * lot, 5 * lot, 9 * lot, lot + 1]))
-            cmds.append((OP_REPLACE, draw(st.integers(0, next_oid)), 0, 0, 0, 0, price, qty))
+            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes)))
         else:
-            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0))
+            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0))
     return shape, cmds
 
 
 def _apply(book: OrderBook | ReferenceBook, cmd: tuple[int, ...]) -> list[tuple[int, ...]]:
-    op, oid, broker, side, otype, tif, price, qty = cmd
+    op, oid, broker, side, otype, tif, price, qty, stp = cmd
     if op == OP_NEW:
-        evs = book.new(oid, broker, side, otype, tif, price, qty)
+        evs = book.new(oid, broker, side, otype, tif, price, qty, stp)
     elif op == OP_CANCEL:
         evs = book.cancel(oid)
     elif op == OP_REPLACE:
-        evs = book.replace(oid, price, qty)
+        evs = book.replace(oid, price, qty, stp)
     else:
         evs = book.end_of_day()
     rows = book.out[:evs].tolist() if isinstance(evs, int) else evs
@@ -129,6 +147,20 @@ def test_random_session_compiled_and_reference_agree(session: tuple) -> None:
 
 
 @given(sessions())
+def test_random_session_never_trades_outside_the_band(session: tuple) -> None:
+    shape, cmds = session
+    _, lo, hi, _, _ = shape
+    compiled, _, ref = _books(shape)
+    for cmd in cmds:
+        for book in (compiled, ref):
+            for ev in _apply(book, cmd):
+                if ev[E_TYPE] == EV_TRADE:
+                    assert ev[E_PRICE] > 0
+                    if lo is not None:
+                        assert lo <= ev[E_PRICE] <= hi, (cmd, ev)
+
+
+@given(sessions())
 def test_random_session_is_deterministic_same_events_twice(session: tuple) -> None:
     shape, cmds = session
     a, b, _ = _books(shape)
@@ -153,6 +185,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
             cmd = {"op": kind, "oid": oid, "broker": broker, "symbol": symbol}
             if kind == "replace":
                 if draw(st.booleans()):
+                    cmd["stp"] = draw(st.sampled_from(STP_NAMES))
+                if draw(st.booleans()):
                     prices = ["0.85", "0.90", "0.95", "1.00", "1.05", "1.10", "1.90", "2.00"]
                     cmd["price"] = draw(st.sampled_from(prices))
                 if draw(st.booleans()):
@@ -170,6 +204,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                 cmd["type"] = "limit"
                 cmd["price"] = draw(st.sampled_from(["0.80", "0.95", "1.00", "1.05", "1.02", "1.90", "2.00", "2.20"]))
                 cmd["tif"] = draw(st.sampled_from(["GTC", "DAY", "IOC", "FOK"]))
+            if draw(st.booleans()):
+                cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             used.append((symbol, broker, oid))
         cmds.append(cmd)
     return cmds
@@ -184,6 +220,12 @@ def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict
         return ReferenceBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
 
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
+    bands = {"TCS": (Decimal("0.80"), Decimal("1.20")), "LOT": (Decimal("1.80"), Decimal("2.20"))}
     for cmd in cmds:
-        assert compiled.apply(dict(cmd)) == ref.apply(dict(cmd)), cmd
+        events = compiled.apply(dict(cmd))
+        assert events == ref.apply(dict(cmd)), cmd
+        for ev in events:
+            if ev["event"] == "trade" and ev["symbol"] in bands:
+                lo, hi = bands[ev["symbol"]]
+                assert lo <= Decimal(ev["price"]) <= hi, (cmd, ev)  # the circuit filter
     assert compiled.books() == ref.books()

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fabric import protocol as p
-from fabric.constants import REJECT_NAMES, SELL
+from fabric.constants import CANCEL_REASON_NAMES, REJECT_NAMES, SELL
 from fabric.engine import MatchingEngine
 from fabric.instruments import Instrument
 from fabric.protocol import (
@@ -532,8 +532,7 @@ def test_price_memory_stays_bounded_and_holds_only_good_prices(monkeypatch: pyte
 
 def test_protocol_doc_lists_every_reason_and_message_type() -> None:
     doc = DOC.read_text()
-    for name in [*REJECT_NAMES.values(), *p.PROTOCOL_REASONS, "requested", "unfilled_ioc_remainder",
-                 "fok_not_fillable"]:
+    for name in [*REJECT_NAMES.values(), *p.PROTOCOL_REASONS, *CANCEL_REASON_NAMES.values()]:
         assert f"`{name}`" in doc, name
     for tag in TAGS:
         assert f"`{tag}`" in doc, tag

@@ -1,7 +1,8 @@
 """Hand-worked scenarios pinning docs/book-semantics.md on the reference book.
 
 Every expected event row below was worked out by hand from the contract, not
-produced by running the code.  The small builders mirror the event layouts of
+produced by running the code.  The self-trade prevention and circuit filter
+examples at the end run on the compiled book as well.  The small builders mirror the event layouts of
 the contract field by field (unused fields 0); ``test_event_rows_*`` pins the
 raw integer layout once without them.
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import pytest
 
+from fabric.book import OrderBook
 from fabric.constants import (
     BUY,
     CXL_FOK_UNFILLABLE,
     CXL_IOC_REMAINDER,
     CXL_REQUESTED,
+    CXL_SELF_TRADE,
     DAY,
     EV_ACCEPTED,
     EV_CANCELLED,
@@ -26,6 +29,8 @@ from fabric.constants import (
     GTC,
     IOC,
     LIMIT,
+    M_BAND_HI,
+    M_BAND_LO,
     MARKET,
     NO_PRICE,
     NO_QTY,
@@ -39,6 +44,10 @@ from fabric.constants import (
     REJ_PRICE_OUT_OF_BAND,
     REJ_QTY_NOT_LOT_MULTIPLE,
     SELL,
+    STP_CANCEL_BOTH,
+    STP_CANCEL_INCOMING,
+    STP_CANCEL_RESTING,
+    STP_OFF,
 )
 from fabric.reference import Event, ReferenceBook
 
@@ -707,3 +716,213 @@ def test_constructor_one_band_bound_rejected_value_error() -> None:
         ReferenceBook(band_lo=10)
     with pytest.raises(ValueError):
         ReferenceBook(lot=0)
+
+
+# ---------------------------------------------------------------------------
+# Self-trade prevention: the same worked examples on both books
+# ---------------------------------------------------------------------------
+# Broker 1 is "own", broker 2 "other".  Resting book for every example, asks in priority order:
+#   oid 1 broker 2 SELL 100 x 3;  oid 2 broker 1 SELL 100 x 4;  oid 3 broker 2 SELL 101 x 5
+
+
+class _Compiled:
+    """The compiled book behind the reference book's interface: event rows as tuples."""
+
+    def __init__(self, **kw: int) -> None:
+        self.book = OrderBook(**kw)
+
+    def new(self, *args: int) -> list[Event]:
+        return self._rows(self.book.new(*args))
+
+    def replace(self, *args: int) -> list[Event]:
+        return self._rows(self.book.replace(*args))
+
+    def _rows(self, n: int) -> list[Event]:
+        return [tuple(int(x) for x in r) for r in self.book.out[:n]]  # type: ignore[misc]
+
+    def depth(self, side: int) -> list[tuple[int, int, int]]:
+        return self.book.depth(side)
+
+    def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
+        return self.book.order(oid)
+
+
+BOOKS = [pytest.param(ReferenceBook, id="reference"), pytest.param(_Compiled, id="compiled")]
+
+
+def _stp_book(make: type) -> ReferenceBook:
+    book = make(band_lo=90, band_hi=110)
+    for oid, broker, price, qty in ((1, 2, 100, 3), (2, 1, 100, 4), (3, 2, 101, 5)):
+        assert book.new(oid, broker, SELL, LIMIT, GTC, price, qty) == [accepted(oid, SELL, price, qty)]
+    return book  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_stp_off_own_orders_trade(make: type) -> None:
+    book = _stp_book(make)
+    assert book.new(4, 1, BUY, LIMIT, GTC, 100, 6, STP_OFF) == [
+        accepted(4, BUY, 100, 6),
+        trade(4, BUY, 100, 3, 3, 3, 1, 0, 3),
+        trade(4, BUY, 100, 3, 0, 6, 2, 1, 3),
+    ]
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_stp_cancel_resting_cancels_own_resting_and_matching_goes_on(make: type) -> None:
+    book = _stp_book(make)
+    assert book.new(4, 1, BUY, LIMIT, GTC, 101, 10, STP_CANCEL_RESTING) == [
+        accepted(4, BUY, 101, 10),
+        trade(4, BUY, 100, 3, 7, 3, 1, 0, 3),
+        cancelled(2, SELL, 100, 4, 0, CXL_SELF_TRADE),
+        trade(4, BUY, 101, 5, 2, 8, 3, 0, 5),
+    ]
+    assert book.depth(SELL) == []
+    assert book.depth(BUY) == [(101, 2, 1)]  # the rest of the GTC order rests as usual
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_stp_cancel_incoming_cancels_the_rest_of_the_incoming_order(make: type) -> None:
+    book = _stp_book(make)
+    assert book.new(4, 1, BUY, LIMIT, GTC, 101, 10, STP_CANCEL_INCOMING) == [
+        accepted(4, BUY, 101, 10),
+        trade(4, BUY, 100, 3, 7, 3, 1, 0, 3),
+        cancelled(4, BUY, 101, 7, 3, CXL_SELF_TRADE),
+    ]
+    assert book.depth(SELL) == [(100, 4, 1), (101, 5, 1)]
+    assert book.order(4) is None  # a GTC order's rest does not rest
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_stp_cancel_both_cancels_resting_then_incoming(make: type) -> None:
+    book = _stp_book(make)
+    assert book.new(4, 1, BUY, LIMIT, GTC, 101, 10, STP_CANCEL_BOTH) == [
+        accepted(4, BUY, 101, 10),
+        trade(4, BUY, 100, 3, 7, 3, 1, 0, 3),
+        cancelled(2, SELL, 100, 4, 0, CXL_SELF_TRADE),
+        cancelled(4, BUY, 101, 7, 3, CXL_SELF_TRADE),
+    ]
+    assert book.depth(SELL) == [(101, 5, 1)]
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_stp_other_brokers_orders_trade_whatever_the_mode(make: type) -> None:
+    book = _stp_book(make)
+    assert book.new(4, 3, BUY, LIMIT, GTC, 100, 5, STP_CANCEL_BOTH) == [
+        accepted(4, BUY, 100, 5),
+        trade(4, BUY, 100, 3, 2, 3, 1, 0, 3),
+        trade(4, BUY, 100, 2, 0, 5, 2, 2, 2),
+    ]
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_stp_ioc_and_market_rest_is_cancelled_once_as_self_trade(make: type) -> None:
+    book = _stp_book(make)
+    assert book.new(4, 1, BUY, LIMIT, IOC, 100, 10, STP_CANCEL_INCOMING) == [
+        accepted(4, BUY, 100, 10),
+        trade(4, BUY, 100, 3, 7, 3, 1, 0, 3),
+        cancelled(4, BUY, 100, 7, 3, CXL_SELF_TRADE),  # not also unfilled_ioc_remainder
+    ]
+    book = _stp_book(make)
+    assert book.new(4, 1, BUY, MARKET, IOC, 0, 20, STP_CANCEL_RESTING) == [
+        accepted(4, BUY, 0, 20),
+        trade(4, BUY, 100, 3, 17, 3, 1, 0, 3),
+        cancelled(2, SELL, 100, 4, 0, CXL_SELF_TRADE),
+        trade(4, BUY, 101, 5, 12, 8, 3, 0, 5),
+        cancelled(4, BUY, 0, 12, 8, CXL_IOC_REMAINDER),  # the book ran out: an ordinary IOC remainder
+    ]
+
+
+@pytest.mark.parametrize("make", BOOKS)
+@pytest.mark.parametrize(
+    ("stp", "qty", "fills"),
+    [
+        pytest.param(STP_CANCEL_RESTING, 8, True, id="resting-8-of-8-others"),  # others hold 3 + 5
+        pytest.param(STP_CANCEL_RESTING, 9, False, id="resting-9-of-8-others"),
+        pytest.param(STP_CANCEL_INCOMING, 3, True, id="incoming-3-before-own"),  # 3 before the own order
+        pytest.param(STP_CANCEL_INCOMING, 4, False, id="incoming-4-past-own"),
+        pytest.param(STP_CANCEL_BOTH, 4, False, id="both-4-past-own"),
+    ],
+)
+def test_stp_fok_fills_in_full_without_a_self_trade_or_changes_nothing(make: type, stp: int, qty: int,
+                                                                       fills: bool) -> None:
+    book = _stp_book(make)
+    events = book.new(4, 1, BUY, LIMIT, FOK, 101, qty, stp)
+    if not fills:
+        assert events == [accepted(4, BUY, 101, qty), cancelled(4, BUY, 101, qty, 0, CXL_FOK_UNFILLABLE)]
+        assert book.depth(SELL) == [(100, 7, 2), (101, 5, 1)]  # own order not cancelled either
+        return
+    assert events[0] == accepted(4, BUY, 101, qty)
+    assert sum(e[4] for e in events if e[0] == EV_TRADE) == qty
+    assert all(e[7] != 2 for e in events if e[0] == EV_TRADE)  # never with its own order 2
+    # Under cancel_resting the own order met on the way is cancelled; under cancel_incoming none is met.
+    assert (cancelled(2, SELL, 100, 4, 0, CXL_SELF_TRADE) in events) == (stp == STP_CANCEL_RESTING)
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_stp_replace_that_crosses_applies_the_replace_commands_mode(make: type) -> None:
+    # Broker 1's resting buy at 99 is replaced up to 101: it crosses other's 3 at 100, then its own sell.
+    book = _stp_book(make)
+    assert book.new(4, 1, BUY, LIMIT, GTC, 99, 10) == [accepted(4, BUY, 99, 10)]
+    assert book.replace(4, 101, NO_QTY, STP_CANCEL_INCOMING) == [
+        replaced(4, BUY, 101, 10, 10, 0, 0),
+        trade(4, BUY, 100, 3, 7, 3, 1, 0, 3),
+        cancelled(4, BUY, 101, 7, 3, CXL_SELF_TRADE),
+    ]
+    assert book.order(4) is None and book.depth(BUY) == []
+    book = _stp_book(make)
+    book.new(4, 1, BUY, LIMIT, GTC, 99, 10)
+    assert book.replace(4, 101, NO_QTY, STP_CANCEL_RESTING) == [
+        replaced(4, BUY, 101, 10, 10, 0, 0),
+        trade(4, BUY, 100, 3, 7, 3, 1, 0, 3),
+        cancelled(2, SELL, 100, 4, 0, CXL_SELF_TRADE),
+        trade(4, BUY, 101, 5, 2, 8, 3, 0, 5),
+    ]
+    assert book.depth(BUY) == [(101, 2, 1)]
+
+
+# ---------------------------------------------------------------------------
+# The circuit filter
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_market_order_trades_only_inside_the_band_and_its_rest_is_cancelled(make: type) -> None:
+    book = make(band_lo=90, band_hi=110)
+    for oid, price in ((1, 110), (2, 109), (3, 90)):
+        book.new(oid, 2, SELL if price > 100 else BUY, LIMIT, GTC, price, 2)
+    assert book.new(4, 1, BUY, LIMIT, GTC, 111, 1) == [rejected(4, BUY, OP_NEW, REJ_PRICE_OUT_OF_BAND)]
+    assert book.new(5, 1, BUY, MARKET, IOC, 0, 10) == [
+        accepted(5, BUY, 0, 10),
+        trade(5, BUY, 109, 2, 8, 2, 2, 0, 2),
+        trade(5, BUY, 110, 2, 6, 4, 1, 0, 2),  # the band's upper edge: nothing can rest beyond it
+        cancelled(5, BUY, 0, 6, 4, CXL_IOC_REMAINDER),
+    ]
+    assert book.new(6, 1, SELL, MARKET, FOK, 0, 3) == [
+        accepted(6, SELL, 0, 3),
+        cancelled(6, SELL, 0, 3, 0, CXL_FOK_UNFILLABLE),  # 2 inside the band: not enough
+    ]
+    book.new(7, 2, BUY, LIMIT, GTC, 100, 2)
+    assert book.replace(7, 89, NO_QTY) == [rejected(7, BUY, OP_REPLACE, REJ_PRICE_OUT_OF_BAND)]
+
+
+@pytest.mark.parametrize("make", BOOKS)
+def test_market_order_matching_itself_stops_at_the_band_edge(make: type) -> None:
+    # Nothing can rest outside the band; narrowing the band under resting orders shows that the
+    # matching loop would not go past the edge on its own either (the market order's limit).
+    book = make(band_lo=90, band_hi=110)
+    book.new(1, 2, SELL, LIMIT, GTC, 105, 2)
+    book.new(2, 2, SELL, LIMIT, GTC, 110, 2)
+    book.new(3, 2, BUY, LIMIT, GTC, 90, 2)
+    if isinstance(book, _Compiled):
+        book.book.meta[M_BAND_HI], book.book.meta[M_BAND_LO] = 109, 91
+    else:
+        book.band_hi, book.band_lo = 109, 91
+    assert book.new(4, 1, BUY, MARKET, IOC, 0, 10) == [
+        accepted(4, BUY, 0, 10),
+        trade(4, BUY, 105, 2, 8, 2, 1, 0, 2),
+        cancelled(4, BUY, 0, 8, 2, CXL_IOC_REMAINDER),
+    ]
+    assert book.new(5, 1, SELL, MARKET, FOK, 0, 1) == [
+        accepted(5, SELL, 0, 1),
+        cancelled(5, SELL, 0, 1, 0, CXL_FOK_UNFILLABLE),
+    ]

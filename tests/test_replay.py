@@ -147,3 +147,38 @@ def test_summary_prints_per_symbol_table() -> None:
     assert replay.run(str(sample), summary=True, out=out, err=io.StringIO()) == 0
     text = out.getvalue()
     assert "Session summary" in text and "TCS" in text and "trade" in text
+
+
+def test_stp_field_applies_the_mode_absent_is_off() -> None:
+    events = replay_lines([
+        TCS,
+        _new("s1", "B1", "sell", "3500.00", 5),
+        _new("b1", "B1", "buy", "3500.00", 2),  # no stp: the broker trades with itself
+        _new("b2", "B1", "buy", "3500.00", 2, stp="cancel_incoming"),
+        '{"op":"replace","oid":"b2","broker":"B1","symbol":"TCS","price":"3499.00","stp":"cancel_both"}',
+        _new("b3", "B1", "buy", "3500.00", 1, stp="Cancel_Resting"),  # any case, as the other choices
+    ])
+    assert [(e["event"], e.get("oid"), e.get("reason")) for e in events] == [
+        ("accepted", "s1", None), ("accepted", "b1", None), ("trade", None, None),
+        ("accepted", "b2", None), ("cancelled", "b2", "self_trade"),
+        ("rejected", "b2", "order_closed"),  # b2 was cancelled: nothing to replace
+        ("accepted", "b3", None), ("cancelled", "s1", "self_trade")]
+
+
+def test_stp_replace_that_crosses_own_order_cancels_both() -> None:
+    events = replay_lines([
+        TCS,
+        _new("s1", "B1", "sell", "3500.00", 5),
+        _new("b1", "B1", "buy", "3499.00", 2),
+        '{"op":"replace","oid":"b1","broker":"B1","symbol":"TCS","price":"3500.00","stp":"cancel_both"}',
+    ], book=True)
+    assert [(e["event"], e.get("oid"), e.get("reason")) for e in events[2:]] == [
+        ("replaced", "b1", None), ("cancelled", "s1", "self_trade"), ("cancelled", "b1", "self_trade"),
+        ("book", None, None)]
+    assert events[-1]["bids"] == [] and events[-1]["asks"] == []
+
+
+def test_stp_bad_value_rejected_as_bad_field_naming_the_modes() -> None:
+    (ev,) = replay_lines([_new("o1", "B1", "buy", "1.00", 1, stp="yes")])
+    assert (ev["reason"], ev["text"]) == (
+        "bad_field", "field 'stp' must be one of off, cancel_resting, cancel_incoming, cancel_both, got 'yes'")

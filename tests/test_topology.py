@@ -566,3 +566,24 @@ def test_the_model_keeps_ticker_and_tickers_in_step() -> None:
     assert Topology("t", Path("."), (), (), (), tickers=(a, b)).ticker == a
     with pytest.raises(ValueError, match="first of tickers"):
         Topology("t", Path("."), (), (), (), ticker=b, tickers=(a, b))
+
+
+# -- self-trade prevention per broker --------------------------------------------------------------------------------
+
+def test_broker_stp_mode_is_read_and_off_by_default() -> None:
+    topo = loads(_text(extra='[[brokers]]\nid = "B1"\nstp = "cancel_both"\n[[brokers]]\nid = "B2"\n'))
+    assert [(b.id, b.stp) for b in topo.brokers] == [("B1", "cancel_both"), ("B2", "off")]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('"cancel_rest"', 'brokers[0] "B1".stp: unknown self-trade prevention mode "cancel_rest"; did you mean '
+                          '"cancel_resting"?'),
+        ('"never"', 'brokers[0] "B1".stp: unknown self-trade prevention mode "never"; expected one of "off", '
+                    '"cancel_resting", "cancel_incoming", "cancel_both"'),
+        ("true", 'brokers[0] "B1".stp: must be a string, got boolean true'),
+    ],
+)
+def test_bad_broker_stp_mode_is_reported_with_the_modes(value: str, expected: str) -> None:
+    assert _one(_text(extra=f'[[brokers]]\nid = "B1"\nstp = {value}\n')) == expected

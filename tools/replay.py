@@ -21,6 +21,7 @@ import msgspec
 
 from fabric.commands import (
     SIDE_CODES,
+    STP_CODES,
     TIF_CODES,
     TYPE_CODES,
     AddInstrument,
@@ -116,20 +117,22 @@ def parse_command(cmd: Any) -> Command:
         side = _choice(cmd, "side", SIDE_CODES)
         otype = _choice(cmd, "type", TYPE_CODES)
         qty = _int(cmd, "qty")
+        stp = _choice(cmd, "stp", STP_CODES, default="off")
         if otype == "limit":
             return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
-                            price=_decimal(cmd, "price"), tif=_choice(cmd, "tif", TIF_CODES, default="GTC"))
+                            price=_decimal(cmd, "price"), tif=_choice(cmd, "tif", TIF_CODES, default="GTC"), stp=stp)
         if cmd.get("price") is not None:
             raise CommandError(REJ_BAD_FIELD, "a market order takes no price")
         return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
-                        tif=_choice(cmd, "tif", TIF_CODES, default="IOC"))
+                        tif=_choice(cmd, "tif", TIF_CODES, default="IOC"), stp=stp)
     if op == "cancel":
         return CancelOrder(symbol=_str(cmd, "symbol"), broker=_str(cmd, "broker"), oid=_str(cmd, "oid"))
     if op == "replace":
         oid, broker, symbol = _str(cmd, "oid"), _str(cmd, "broker"), _str(cmd, "symbol")
         return ReplaceOrder(oid=oid, broker=broker, symbol=symbol,
                             price=_decimal(cmd, "price") if cmd.get("price") is not None else None,
-                            qty=_int(cmd, "qty") if cmd.get("qty") is not None else None)
+                            qty=_int(cmd, "qty") if cmd.get("qty") is not None else None,
+                            stp=_choice(cmd, "stp", STP_CODES, default="off"))
     if op == "end_of_day":
         return EndOfDay()
     if op == "instrument":

@@ -43,6 +43,8 @@ A topology file is TOML.  Every table and key, with its default::
     [[brokers]]                         # optional; when none is listed, any broker id may trade
     id = "BRK01"
     name = "Example Securities"         # optional
+    stp = "cancel_resting"              # optional: self-trade prevention, "off" (default), "cancel_resting",
+                                        # "cancel_incoming" or "cancel_both" (docs/book-semantics.md)
 
     [ticker]                            # optional: the market data node
     host = "127.0.0.1"
@@ -95,10 +97,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fabric.commands import STP_CODES, Stp
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
 from fabric.records import DEFAULT_TIMEZONE
 from topology.model import (
@@ -139,7 +142,7 @@ _MATCHER_PORTS = ("order_port", "pub_port", "recovery_port", "repl_port")
 _SHARD_KEYS = ("name", "symbols", "replicas", "host", *_MATCHER_PORTS)
 _REPLICA_KEYS = ("name", "host", *_MATCHER_PORTS)
 _GATEWAY_KEYS = ("name", "host", "port")
-_BROKER_KEYS = ("id", "name")
+_BROKER_KEYS = ("id", "name", "stp")
 _TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port")
 _TICKERS_KEYS = ("name", *_TICKER_KEYS)
 _PERSISTENCE_KEYS = ("host",)
@@ -736,13 +739,17 @@ class _Builder:
             self.keys(tbl, where, _BROKER_KEYS)
             bid = self.string(tbl, "id", where)
             name = self.string(tbl, "name", where, required=False)
+            stp = self.string(tbl, "stp", where, required=False) or "off"
+            if stp not in STP_CODES:
+                self.add(_at(where, "stp"), f"unknown self-trade prevention mode {_q(stp)}{_suggest(stp, STP_CODES)}")
+                continue
             if bid is None:
                 continue
             if bid in ids:
                 self.add(where, f"broker id {_q(bid)} is listed twice (also {ids[bid]})")
                 continue
             ids[bid] = where
-            out.append(Broker(bid, name))
+            out.append(Broker(bid, name, cast(Stp, stp)))
         return out
 
     def tickers(self, data: dict[str, Any]) -> list[Ticker]:

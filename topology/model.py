@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from fabric.commands import Stp
 from fabric.instruments import Instrument
 from fabric.records import DEFAULT_TIMEZONE
 
@@ -213,10 +214,14 @@ class Broker:
         The broker id carried on every order.
     name
         A readable name, for logs and screens.
+    stp
+        Self-trade prevention: what the book does when this broker's incoming order would trade against its own
+        resting order (``docs/book-semantics.md``); ``"off"`` lets them trade.
     """
 
     id: str
     name: str | None = None
+    stp: Stp = "off"
 
 
 @dataclass(frozen=True, slots=True)
