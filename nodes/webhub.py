@@ -60,6 +60,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from fabric.feed import KINDS, MarketFeed
+from fabric.feedtopics import MARKET_KINDS
 from fabric.history import HistoryError, interval_ns
 from fabric.instruments import Instrument
 from fabric.marketstate import TAPE_LEN
@@ -93,6 +94,8 @@ FLUSH_RETRY_S: Final = 0.05  # how soon a client that was too slow to be written
 BATCH_BYTES: Final = 1 << 18
 
 _json = msgspec.json.Encoder()
+# Sent to every client whatever it follows: small, rare, and what the page's banner and badges show.
+_EVERYONE: Final = frozenset({"heartbeat", *MARKET_KINDS})
 _OPEN: Final = State.OPEN
 
 
@@ -178,7 +181,7 @@ class WebClient:
         box = self.box
         kind = key[0]
         if kind == "snapshot":
-            for k in (*KINDS, "snapshot"):
+            for k in (*KINDS, "state", "snapshot"):
                 box.pop((k, key[1]), None)
         else:
             old = box.get(key)
@@ -258,7 +261,7 @@ class WebHub:
         self._server: Server | None = None
         # A client's mailbox holds at most one item per symbol and kind (and a snapshot per symbol, the hello, a
         # heartbeat): beyond those, MAX_ANSWERS answers to its requests.
-        self._feed_keys = len(instruments) * (len(KINDS) + 1) + 2
+        self._feed_keys = len(instruments) * (len(KINDS) + 2) + 4
         self._closing: set[asyncio.Task[None]] = set()
 
     # -------------------------------------------------------------- updates
@@ -359,7 +362,7 @@ class WebHub:
             items = wanted.get(key)
             if items is None:
                 items = wanted[key] = [it for it in out[c.mark:]
-                                       if it.key[0] == "heartbeat" or c.wants(it.key[0], it.key[1])]
+                                       if it.key[0] in _EVERYONE or c.wants(it.key[0], it.key[1])]
             c.mark = 0
             if c.box or ws.paused:
                 # Behind (or with messages of its own): everything goes through its conflating mailbox.
@@ -407,7 +410,7 @@ class WebHub:
     # ------------------------------------------------------------ messages
 
     def _post(self, c: WebClient, item: Item) -> None:
-        if item.key[0] not in KINDS and item.key[0] != "heartbeat" and len(c.box) >= MAX_ANSWERS + self._feed_keys:
+        if item.key[0] not in KINDS and item.key[0] not in _EVERYONE and len(c.box) >= MAX_ANSWERS + self._feed_keys:
             # A client that asks and does not read its answers (each ping with its own id, say) would make the
             # hub keep them all: it is dropped instead (docs/market-data.md, section 5).
             if not c.dropped:
@@ -443,6 +446,15 @@ class WebHub:
         """
         return [_instrument_json(i) for i in sorted(self.instruments.values(), key=lambda i: i.symbol)]
 
+    def _market_items(self) -> list[Item]:
+        # What a client is told after hello: the market's trading state, the index, the symbols halted now.
+        m = self.feed.market_snapshot()
+        items = [Item(("market", ""), m["market"])]
+        if m["index"] is not None:
+            items.append(Item(("index", m["index"]["name"]), m["index"]))
+        items.extend(Item(("state", o["symbol"]), o) for o in m["halted"])
+        return items
+
     def snapshot_obj(self, symbol: str) -> dict[str, Any]:
         """The WebSocket's ``snapshot`` of one symbol."""
         return {"t": "snapshot", "symbol": symbol, **self.feed.snapshot(symbol)}
@@ -464,6 +476,8 @@ class WebHub:
         self.clients.add(c)
         try:
             self._post(c, self._hello_item())
+            for item in self._market_items():
+                self._post(c, item)
             async for raw in ws:
                 self._request(c, raw)
         except ConnectionClosed:
@@ -479,7 +493,7 @@ class WebHub:
         out = self._out
         if c.mark < len(out):
             for it in out[c.mark:]:
-                if it.key[0] == "heartbeat" or c.wants(it.key[0], it.key[1]):
+                if it.key[0] in _EVERYONE or c.wants(it.key[0], it.key[1]):
                     c.post(it)
             c.mark = len(out)
             self._kick(c)

@@ -196,7 +196,7 @@ def test_every_time_has_its_exact_text_beside_it() -> None:
     assert [(b["start"], b["start_ns"]) for b in bars["1m"]] == [(T0, str(T0))]
     assert f.heartbeat(now) == {"t": "heartbeat", "v": 1, "ts": now, "ts_ns": str(now)}
     seen = exact_times(f.snapshot("TCS", now))
-    assert seen == {"ts": 3 + 1, "last_ts": 1, "start": 2}  # quote, depth, bars and the print; the quote; two bars
+    assert seen == {"ts": 4 + 1, "last_ts": 1, "start": 2}  # quote, depth, bars, state, the print; the quote; bars
     before = MarketFeed([_inst()]).snapshot("TCS", now)["quote"]
     assert (before["last_ts"], before["last_ts_ns"]) == (0, "0"), "before the first trade"
 
