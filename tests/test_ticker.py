@@ -112,7 +112,7 @@ def _strip(snap: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-NS_FIELDS = ("ts", "last_ts", "start", "from", "to", "until", "since")  # docs/market-data.md, section 2: each has its F_ns
+NS_FIELDS = ("ts", "last_ts", "start", "from", "to", "until", "since")  # market-data.md, 2: each has its F_ns
 JS_EXACT = 2**53  # the largest integer below which every integer is a double (a JavaScript number)
 
 
