@@ -105,7 +105,7 @@ def _agrees(state: dict[str, Any], trades: list[tuple[Decimal, int]], book: tupl
 def _strip(snap: dict[str, Any]) -> dict[str, Any]:
     # A snapshot without what legitimately differs between two tickers: publication times and topic seqs.
     out = json.loads(json.dumps(snap))
-    for part in ("quote", "depth", "bars"):
+    for part in ("quote", "depth", "bars", "state"):
         out[part].pop("ts", None)
         out[part].pop("ts_ns", None)
         out[part].pop("seq", None)

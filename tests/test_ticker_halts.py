@@ -438,3 +438,40 @@ def test_a_ticker_that_saw_the_halt_in_the_stream_or_is_a_standby_does_not_trip_
     t.links[0].synced = False
     assert t.check_breakers() is None
     t.store.close()
+
+
+def test_the_market_data_client_keeps_halts_market_and_index(world: dict[str, Any]) -> None:
+    from fabric.marketdata import MarketDataClient
+
+    m: ScriptedMatcher = world["matcher"]
+    ports = world["ports"]
+    m.trade("XA", "101.00")
+    running = Running(world["path"])
+    md = MarketDataClient(f"tcp://127.0.0.1:{ports['tpub']}", f"tcp://127.0.0.1:{ports['tsnap']}", ["XA", "XB"],
+                          ctx=world["ctx"])
+    try:
+        assert md.wait_ready(10)
+        ix = md.index()
+        assert ix is not None and ix["value"] == "1005.00", "from the snapshot"
+        market = md.market()
+        assert market is not None and market["state"] == "trading"
+        assert md.trading_state("XA") is not None and md.halted() == []
+        seen: list[tuple[str, str | None, str]] = []
+
+        def until_seen(kind: str, key: str | None, state: str) -> bool:
+            seen.extend((u.kind, u.symbol, u.data.get("state", "")) for u in md.poll(0.1))
+            return (kind, key, state) in seen
+
+        m.state("XB", "halted", text="results")
+        _wait_for(lambda: until_seen("state", "XB", "halted"), "XB halted at the client")
+        assert md.halted() == ["XB"]
+        assert (md.trading_state("XB") or {}).get("text") == "results"
+        m.state(None, "halted", reason="circuit_breaker", text="circuit breaker 1 %: IX down")
+        _wait_for(lambda: until_seen("market", None, "halted"), "the market halted at the client")
+        assert md.halted() == ["XA", "XB"], "every symbol followed (not XC: not asked for)"
+        m.trade("XB", "51.00")
+        _wait_for(lambda: (md.poll(0.1), (md.index() or {}).get("value") == "1015.00")[1], "the index live")
+        assert md.stats.gaps == 0 and md.stats.malformed == 0
+    finally:
+        md.close()
+        running.stop()
