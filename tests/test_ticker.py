@@ -289,7 +289,10 @@ def test_snapshot_socket_as_the_doc_describes_it(exchange: Launcher) -> None:
     assert not dealer.poll(300), "one answer per request"
     objs = snap["symbols"][sym]
     assert {k: (o["t"], o["v"], o["symbol"]) for k, o in objs.items()} == {
-        "quote": ("quote", 1, sym), "depth": ("depth", 1, sym), "bars": ("bars", 1, sym)}
+        "quote": ("quote", 1, sym), "depth": ("depth", 1, sym), "bars": ("bars", 1, sym),
+        "state": ("state", 1, sym)}
+    assert snap["market"]["t"] == "market" and snap["market"]["state"] == "trading" and snap["halted"] == []
+    assert snap["index"]["t"] == "index" and snap["index"]["name"] == "DEMO12", "the local topology's demo index"
     _wait_for(lambda: _get(f"{tk.http_url}snapshot?symbol={sym}")["quote"]["trades"] == len(trades[sym]))
     dealer.send(request)
     objs = msgpack.unpackb(answer(dealer)[0])["symbols"][sym]
