@@ -472,6 +472,21 @@ def test_the_market_data_client_keeps_halts_market_and_index(world: dict[str, An
         m.trade("XB", "51.00")
         _wait_for(lambda: (md.poll(0.1), (md.index() or {}).get("value") == "1015.00")[1], "the index live")
         assert md.stats.gaps == 0 and md.stats.malformed == 0
+        # exfab watch shows them: the index and the halt on the market's line, a HALTED mark per symbol.
+        import io
+
+        from rich.console import Console
+
+        from tools.watch import WatchTable
+
+        view = WatchTable(md, ["XA", "XB"])
+        view.refresh(time.monotonic())
+        buf = io.StringIO()
+        Console(file=buf, width=200).print(view.render(highlight=False))
+        text = buf.getvalue()
+        assert "IX 1015.00 +15.00 (+1.50%)" in text
+        assert "MARKET HALTED" in text and "circuit breaker: circuit breaker 1 %: IX down (until resumed)" in text
+        assert text.count("HALTED") == 3, text
     finally:
         md.close()
         running.stop()
