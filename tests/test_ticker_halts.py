@@ -490,3 +490,56 @@ def test_the_market_data_client_keeps_halts_market_and_index(world: dict[str, An
     finally:
         md.close()
         running.stop()
+
+
+def test_the_page_shows_the_index_a_halted_badge_and_the_market_banner(world: dict[str, Any]) -> None:
+    from tests.test_page import _require_browser
+
+    chromium = _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    m: ScriptedMatcher = world["matcher"]
+    running = Running(world["path"])
+    errors: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True, args=["--headless", "--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"http://127.0.0.1:{world['ports']['thttp']}/")
+            page.wait_for_function("() => window.exfab && window.exfab.index && window.exfab.market", timeout=10000)
+            assert page.inner_text("#index-name") == "IX" and page.inner_text("#index-value") == "1000.00"
+            assert page.is_hidden("#halt-banner")
+            assert page.is_hidden("tr[data-symbol=XA] .badge-halted")
+
+            m.trade("XA", "102.00")
+            page.wait_for_function("() => document.getElementById('index-value').textContent === '1010.00'",
+                                   timeout=10000)
+            assert page.inner_text("#index-change") == "+10.00 (+1.00%)"
+            assert "up" in (page.get_attribute("#index-change", "class") or "")
+
+            m.state("XA", "halted", text="news pending")
+            page.wait_for_selector("tr[data-symbol=XA] .badge-halted", state="visible", timeout=10000)
+            assert page.is_hidden("tr[data-symbol=XB] .badge-halted")
+            assert "news pending" in (page.get_attribute("tr[data-symbol=XA] .badge-halted", "title") or "")
+
+            until = (time.time_ns() // 10**9 + 3600) * 10**9
+            m.state(None, "halted", reason="circuit_breaker", text="circuit breaker 1 %: IX down 1.05 %",
+                    until=until)
+            page.wait_for_selector("#halt-banner", state="visible", timeout=10000)
+            banner = page.inner_text("#halt-banner")
+            assert "MARKET HALTED" in banner and "circuit breaker 1 %: IX down 1.05 %" in banner
+            local = page.evaluate("(ms) => new Date(ms).toTimeString().slice(0, 8)", until // 10**6)
+            assert f"resumes at {local}" in banner
+            for sym in SYMBOLS:
+                assert page.is_visible(f"tr[data-symbol={sym}] .badge-halted"), sym
+            page.screenshot(path=str(world["path"].parent / "halted.png"))
+
+            m.state(None, "trading")
+            page.wait_for_selector("#halt-banner", state="hidden", timeout=10000)
+            assert page.is_visible("tr[data-symbol=XA] .badge-halted"), "XA's own halt stays"
+            assert page.is_hidden("tr[data-symbol=XB] .badge-halted")
+            browser.close()
+        assert errors == []
+    finally:
+        running.stop()
