@@ -215,8 +215,15 @@ class Ticker:
             return
         link.stream.replay = None
         self.feed.apply_states(link.no, snap.states)
+        # The S topic goes on from the snapshot: the snapshot names no tseq for it, so from just before the first
+        # held change published after the snapshot, or else after the last halt the snapshot carries (a change
+        # lost after that shows as a gap again, and the next snapshot takes it).
         topic = state_topic(link.no)
-        if snap.states:  # (the halts in force; a later change comes after the last of them)
+        held = link.stream.topics[topic].held
+        after = min((k for k, (seq, _) in held.items() if seq > snap.seq), default=None)
+        if after is not None:
+            self._deliver(link, link.stream.jump(topic, after - 1, snap.seq))
+        elif snap.states:
             last = max(snap.states, key=lambda m: m.tseq)
             self._deliver(link, link.stream.jump(topic, last.tseq, last.seq))
         for book in snap.books:
@@ -271,19 +278,22 @@ class Ticker:
         t = trip(ix.change_pct, now, tripped, conf.breakers)
         if t is None:
             return None
-        tripped.update(lv.pct for lv in conf.breakers if lv.pct <= t.level)
+        levels = {lv.pct for lv in conf.breakers if lv.pct <= t.level} - tripped
+        tripped.update(levels)
         self.stats["breakers_tripped"] += 1
         text = halt_text(t.level, ix.name, ix.change_pct, ix.value, t.until)
         until = (t.until - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
         log.warning("%s: halting the whole market", text)
         self._halting = asyncio.get_running_loop().create_task(
-            self._send_halt(conf.operator, Admin(action="halt", symbol=None, until=until, text=text)))
+            self._send_halt(conf.operator, Admin(action="halt", symbol=None, until=until, text=text), tripped, levels))
         return t
 
-    async def _send_halt(self, operator: str, admin: Admin) -> None:
+    async def _send_halt(self, operator: str, admin: Admin, tripped: set[Decimal], levels: set[Decimal]) -> None:
         # Through a gateway as the operator, until a gateway says it is done (AdminAck) or refuses it (Error); a
-        # halt sent twice halts once (the market is halted already).
+        # halt sent twice halts once (the market is halted already). Unanswered: the levels count as not tripped,
+        # and the index's next move trips them again (a refusal is final: sending it again would not change it).
         client = operator_client(self.topo, operator, ctx=self.ctx)
+        done = False
         try:
             for attempt in range(1, ADMIN_ATTEMPTS + 1):
                 try:
@@ -294,10 +304,13 @@ class Ticker:
                         for m in await client.poll(left):
                             if isinstance(m, AdminAck):
                                 log.warning("market halted by the circuit breaker (%s)", admin.text)
+                                done = True
                                 return
                             if isinstance(m, Error):
-                                log.error("the circuit breaker's halt was refused by the gateway: %s (%s)", m.reason,
+                                log.error("the circuit breaker's halt was refused by the gateway: %s (%s): the "
+                                          "market is NOT halted (not sent again: the operator must act)", m.reason,
                                           m.text)
+                                done = True
                                 return
                 except Exception as e:
                     log.error("the circuit breaker's halt could not be sent (attempt %d): %s", attempt, e)
@@ -306,6 +319,8 @@ class Ticker:
         finally:
             client.close()
             self._halting = None
+            if not done:
+                tripped.difference_update(levels)
 
     # ----------------------------------------------------------------- history
 
@@ -449,6 +464,7 @@ class Ticker:
             await self.follow.start()
             await self.follow.wait_synced(60)  # READY does not wait longer for a matcher that does not answer
             self.publish_turn()
+            self.check_breakers()  # (a move made while the day was being rebuilt)
             gc.freeze()  # the rebuilt day and start-up's objects: out of the cycle collector's scans from now on
             # A loopback host binds its own address (hosts mapped onto one machine share ports), others every one.
             await self.web.serve(self.conf.http_host, self.conf.http_port)

@@ -192,6 +192,7 @@ class RecordingGateway:
         self.sock.bind(f"tcp://127.0.0.1:{port}")
         self.admins: list[tuple[str, Admin]] = []
         self.brokers: dict[bytes, str] = {}
+        self.answer = True  # acknowledge admin commands (False: take them and say nothing)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -209,7 +210,8 @@ class RecordingGateway:
                 self.sock.send_multipart([ident, encode(LogonAck(broker=msg.broker, heartbeat_ms=msg.heartbeat_ms))])
             elif isinstance(msg, Admin):
                 self.admins.append((self.brokers.get(ident, "?"), msg))
-                self.sock.send_multipart([ident, encode(AdminAck(action=msg.action, symbol=msg.symbol))])
+                if self.answer:
+                    self.sock.send_multipart([ident, encode(AdminAck(action=msg.action, symbol=msg.symbol))])
             elif isinstance(msg, Heartbeat):
                 self.sock.send_multipart([ident, encode(Heartbeat())])
 
@@ -541,5 +543,30 @@ def test_the_page_shows_the_index_a_halted_badge_and_the_market_banner(world: di
             assert page.is_hidden("tr[data-symbol=XB] .badge-halted")
             browser.close()
         assert errors == []
+    finally:
+        running.stop()
+
+
+def test_a_halt_no_gateway_answers_is_sent_again_at_the_next_move(world: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import nodes.ticker
+
+    monkeypatch.setattr(nodes.ticker, "ADMIN_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(nodes.ticker, "ADMIN_ATTEMPTS", 1)
+    m: ScriptedMatcher = world["matcher"]
+    gw: RecordingGateway = world["gateway"]
+    gw.answer = False
+    running = Running(world["path"])
+    try:
+        m.trade("XB", "48.70")  # -1.05 %: level 1
+        _wait_for(lambda: len(gw.admins) == 1, "the first try")
+        _wait_for(lambda: running.call(lambda: running.ticker._halting is None), "the first try given up")
+        assert running.call(lambda: set().union(*running.ticker.tripped.values())) == set(), "not tripped after all"
+        gw.answer = True
+        m.trade("XB", "48.65")
+        _wait_for(lambda: len(gw.admins) == 2, "the halt sent again at the next move")
+        assert level_of(gw.admins[1][1].text) == Decimal(1)
+        _wait_for(lambda: running.call(lambda: running.ticker._halting is None), "the second try answered")
+        assert running.call(lambda: set().union(*running.ticker.tripped.values())) == {Decimal(1)}
     finally:
         running.stop()
