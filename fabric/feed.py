@@ -44,7 +44,7 @@ from typing import Any, Final
 from fabric.feedtopics import HEARTBEAT_TOPIC, KINDS, feed_topic, split_feed_topic
 from fabric.index import MarketIndex
 from fabric.instruments import Instrument
-from fabric.marketstate import DEPTH, TRADING, Bar, MarketState, SymbolState, TapeEntry, price_of
+from fabric.marketstate import DEPTH, TRADING, Bar, BarSeries, MarketState, SymbolState, TapeEntry, price_of
 from fabric.protocol import BookLevel, BookSnapshot, Trade, TradingState
 
 __all__ = [
@@ -70,7 +70,8 @@ class FeedTurn:
     trades
         ``(symbol, trade)`` of every trade applied since the last turn, in order (the history's ticks).
     bars
-        ``(symbol, interval, bar)`` of every bar those trades touched (the history's bars).
+        ``(symbol, interval, bar)`` of every bar those trades touched (the history's bars), and of the index's
+        bars its moves touched (under the index's name).
     """
 
     messages: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
@@ -99,6 +100,7 @@ class MarketFeed:
         self._states: set[str] = set()  # symbols whose trading state changed since the last turn
         self._market = False  # the market's trading state changed since the last turn
         self._index_moved = False
+        self._index_first_ts = 0  # ts of the index's first move since the last turn (its bars for the history)
         self.seq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> seq of its last message
         self._prints: dict[str, list[TapeEntry]] = {}  # trades since the symbol's last quote
         self._first_ts: dict[str, int] = {}  # ts of the first trade since the symbol's last bars
@@ -176,6 +178,8 @@ class MarketFeed:
         self._first_ts.setdefault(sym, msg.ts)
         ix = self.index
         if ix is not None and ix.trade(sym, entry.price, msg.ts):
+            if not self._index_first_ts:
+                self._index_first_ts = msg.ts
             self._index_moved = True
 
     def trading_state(self, msg: TradingState) -> None:
@@ -247,7 +251,7 @@ class MarketFeed:
                     out.append(("depth", sym, self._depth_obj(sym, depth, ts)))
             if new:
                 turn.trades.extend((sym, t) for t in new)
-                changed = self._changed_bars(st, first_ts[sym])
+                changed = self._changed_bars(st.bars, first_ts[sym])
                 turn.bars.extend((sym, iv, b) for iv, bars in changed.items() for b in bars)
                 out.append(("bars", sym, self._bars_obj(sym, changed, ts)))
         if self._states:
@@ -258,7 +262,12 @@ class MarketFeed:
             out.append(("market", "", self._market_obj(ts)))
         if self._index_moved and self.index is not None:
             self._index_moved = False
-            out.append(("index", self.index.name, self._index_obj(ts)))
+            ix = self.index
+            out.append(("index", ix.name, self._index_obj(ts)))
+            if self._index_first_ts:
+                changed = self._changed_bars(ix.bars, self._index_first_ts)
+                turn.bars.extend((ix.name, iv, b) for iv, bars in changed.items() for b in bars)
+            self._index_first_ts = 0
         return turn
 
     def heartbeat(self, now: int | None = None) -> dict[str, Any]:
@@ -327,11 +336,11 @@ class MarketFeed:
                            if self.state.halt_of(s) is not None]}
 
     @staticmethod
-    def _changed_bars(st: SymbolState, first_ts: int) -> dict[str, list[Bar]]:
+    def _changed_bars(series_of: dict[str, BarSeries], first_ts: int) -> dict[str, list[Bar]]:
         # The bars from the one holding the turn's first trade up to the open one (trades stamped before the
         # open bar's start were folded into it, so the open bar always counts).
         out: dict[str, list[Bar]] = {}
-        for iv, series in st.bars.items():
+        for iv, series in series_of.items():
             cur = series.current
             if cur is None:
                 continue

@@ -6,6 +6,9 @@ shares), ``p_i`` its last price (its ``ref_price`` before its first trade of the
 price (the previous close).  The index therefore equals ``base`` at the previous close, and its move from
 there is the market's move (the one the circuit breakers of :mod:`fabric.circuit` watch).
 
+It keeps bars of its value as a symbol has (1 s and 1 min, volume 0, ``trades`` the moves), which the
+ticker writes to the price history under the index's name.
+
 A trade changes one term: :meth:`MarketIndex.trade` adjusts the weighted sum by ``w_i * (p - p_old)``, so an
 update costs the same for 30 constituents or 3,000.  Decimal arithmetic keeps the sum exact: no drift from
 millions of adjustments.
@@ -16,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, Final
+
+from fabric.marketstate import INTERVALS, BarSeries
 
 __all__ = ["MarketIndex"]
 
@@ -62,6 +67,8 @@ class MarketIndex:
         self.total = self.divisor  # sum(w_i * p_i)
         self.high = self.low = self.value
         self.ts = 0
+        # The index's own bars (1 s and 1 min; "trades" counts its moves, volume is 0), for the price history.
+        self.bars: dict[str, BarSeries] = {k: BarSeries(v) for k, v in INTERVALS.items()}
 
     def __contains__(self, symbol: str) -> bool:
         return symbol in self.weights
@@ -82,6 +89,10 @@ class MarketIndex:
         if v < self.low:
             self.low = v
         self.ts = max(self.ts, ts)
+        if ts:
+            r = v.quantize(_PLACES)
+            for series in self.bars.values():
+                series.add(ts, r, 0)
         return True
 
     def reset(self, symbols: Iterable[str]) -> None:

@@ -495,7 +495,8 @@ class Ticker:
     # ------------------------------------------------------------------ history
 
     def history(self, symbol: str, interval: str, start: int, end: int) -> list[dict[str, Any]]:
-        """Return the bars of ``symbol`` with ``start <= bar.start < end``: the store's, overlaid with memory's.
+        """Return the bars of ``symbol`` (or of the market index, by its name) with ``start <= bar.start < end``: the
+        store's, overlaid with memory's.
 
         Raises
         ------
@@ -504,12 +505,17 @@ class Ticker:
         ValueError
             Unknown interval.
         """
-        if symbol not in self.feed.state.symbols:
+        ix = self.index
+        if ix is not None and symbol == ix.name:
+            series_of = ix.bars  # the market index's bars, stored under its name
+        elif symbol in self.feed.state.symbols:
+            series_of = self.feed.state.symbols[symbol].bars
+        else:
             raise KeyError(symbol)
         step = interval_ns(interval)
         base = interval if interval in INTERVALS else "1m"
         stored = {b.start: b for b in self.store.bars(symbol, base, start - start % interval_ns(base), end)}
-        series = self.feed.state.symbols[symbol].bars[base]
+        series = series_of[base]
         for b in series.bars():
             if start - step < b.start < end:
                 stored[b.start] = BarRecord(symbol, base, b.start, b.open, b.high, b.low, b.close, b.volume, b.trades)

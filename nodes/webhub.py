@@ -630,7 +630,8 @@ class WebHub:
     async def _history_response(self, q: dict[str, str]) -> Response:
         symbol = q.get("symbol", "")
         interval = q.get("interval", "1m")
-        if symbol not in self.feed.state.symbols:
+        ix = self.feed.index
+        if symbol not in self.feed.state.symbols and (ix is None or symbol != ix.name):
             return _error_response(400, "unknown_symbol", f"unknown symbol {symbol!r}")
         try:
             interval_ns(interval)

@@ -66,6 +66,19 @@ def test_index_adjusting_one_term_equals_recomputing() -> None:
     assert ix.value == full
 
 
+def test_index_keeps_bars_of_its_value_for_the_history() -> None:
+    ix = MarketIndex("IX", D(1000), [("A", D(1), D(100))])
+    t0 = 1_764_063_000_000_000_000
+    ix.trade("A", D("101.234"), t0 + 1)
+    ix.trade("A", D(99), t0 + 2)
+    ix.trade("A", D(100), t0 + 1_500_000_000)
+    one_s = ix.bars["1s"].bars()
+    assert [(b.start, b.open, b.high, b.low, b.close, b.trades, b.volume) for b in one_s] == [
+        (t0, D("1012.34"), D("1012.34"), D("990.00"), D("990.00"), 2, 0),
+        (t0 + 1_000_000_000, D("1000.00"), D("1000.00"), D("1000.00"), D("1000.00"), 1, 0)]
+    assert len(ix.bars["1m"].bars()) == 1
+
+
 def test_index_reset_puts_symbols_back_at_reference() -> None:
     ix = MarketIndex("IX", D(1000), [("A", D(1), D(100)), ("B", D(1), D(100))])
     ix.trade("A", D(120))
@@ -233,6 +246,8 @@ def test_topology_index_breakers_load() -> None:
     ('[index]\nname = "IX"\nbase = "1"\n[index.constituents]\nA = 0\n', "index.constituents.A", "positive"),
     ('[index]\nname = "IX"\nbase = "1"\n[index.constituents]\nA = 1.5\n', "index.constituents.A", "decimal string"),
     ('[index]\nname = "IX"\nbase = "1"\nlevels = 3\n[index.constituents]\nA = 1\n', "index", "unknown key"),
+    ('[index]\nname = "A"\nbase = "1"\n[index.constituents]\nA = 1\n', "index.name", "an instrument's symbol"),
+    ('[index]\nname = "ix"\nbase = "1"\n[index.constituents]\nA = 1\n', "index.name", "A-Z, 0-9"),
     ('[[brokers]]\nid = "B1"\n[index]\nname = "IX"\nbase = "1"\noperator = "OPS"\n[index.constituents]\nA = 1\n',
      "index.operator", "not among the [[brokers]]"),
     ('[index]\nname = "IX"\nbase = "1"\n[index.constituents]\nA = 1\n[[index.breakers]]\npct = "2"\n'

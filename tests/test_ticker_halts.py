@@ -11,6 +11,7 @@ import asyncio
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +44,7 @@ from fabric.protocol import (
     topic_of,
 )
 from tests.helpers import free_port
+from tests.test_ticker import exact_times
 from topology.load import load
 
 SYMBOLS = ("XA", "XB", "XC")
@@ -332,6 +334,10 @@ def test_halts_reach_the_feed_the_websocket_and_the_snapshot(world: dict[str, An
             assert (market["state"], market["reason"], market["until"], market["until_ns"], market["shards"]) == \
                 ("halted", "circuit_breaker", until, str(until), ["A"])
             assert all(o["scope"] == "market" and o["reason"] == "circuit_breaker" for o in objs[:3])
+            seen: dict[str, int] = {}
+            for o in objs:
+                exact_times(o, None, seen)
+            assert seen["until"] == 4 and seen["since"] == 4, "until and since with their exact text"
 
             m.state(None, "trading", reason="operator")
             objs = [json.loads(ws.recv(timeout=5)) for _ in range(4)]
@@ -401,6 +407,12 @@ def test_the_index_moves_with_trades_and_a_breaker_halts_the_market_once(world: 
         assert len(gw.admins) == 1, "each level trips once a day"
         stats = running.call(lambda: dict(running.ticker.stats_view()))
         assert stats["breakers_tripped"] == 1
+        # The index's bars, as a symbol's, from /history under its name.
+        with urllib.request.urlopen(f"http://127.0.0.1:{world['ports']['thttp']}/history?symbol=IX&interval=1m",
+                                    timeout=5) as r:
+            hist = json.loads(r.read())
+        assert hist["bars"] and hist["bars"][-1]["close"] == "988.50" and hist["bars"][-1]["volume"] == 0
+        assert min(b["low"] for b in hist["bars"]) == "988.50" and max(b["high"] for b in hist["bars"]) == "1002.50"
         m.trade("XA", "93.00")  # 1000 * (930 + 972) / 2000 = 951.00: -4.9 %: level 3, for the rest of the day
         _, admin = _wait_for(lambda: gw.admins[1] if len(gw.admins) > 1 else None, "the second level's admin")
         assert level_of(admin.text) == Decimal(3) and "until the end of the day" in (admin.text or "")

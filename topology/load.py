@@ -176,6 +176,7 @@ _SERVER_OF = {
 _DEFAULT_SERVER_PORTS = {"redis": 6379, "rediss": 6379, "http": 8086, "https": 8086}
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_INDEX_NAME = re.compile(r"[A-Z0-9&._-]+")
 _KEYSPACE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}\Z")
 _MISSING: Any = object()
 
@@ -830,6 +831,11 @@ class _Builder:
             self.add("index.operator", f"{_q(operator)} is not among the [[brokers]]: list it there (the ticker logs "
                      "on as this operator to halt the market)")
         refs = {i.symbol: i.ref_price for i in instruments or ()}
+        if name is not None and name in refs:
+            self.add("index.name", f"{_q(name)} is an instrument's symbol: the index's history is kept under its name")
+        elif name is not None and not _INDEX_NAME.fullmatch(name):
+            self.add("index.name", f"{_q(name)}: an index name is made of A-Z, 0-9, '&', '.', '_' and '-' (as a "
+                     "symbol in the price history)")
         consts: list[tuple[str, Decimal]] = []
         raw = tbl.get("constituents")
         if raw is None:
