@@ -268,6 +268,8 @@ class WebHub:
 
     def publish(self, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
         """Take one turn's ``(kind, symbol, object)`` messages for the clients following them."""
+        if messages and messages[-1][0] in MARKET_KINDS:  # (a turn puts states, market and index last)
+            self._hello = None
         snaps = self._snapshots
         if snaps:
             for _, sym, _ in messages:  # their cached snapshots are stale now
@@ -429,11 +431,13 @@ class WebHub:
         self._post(c, Item(("error", str(self._error_no)), {"t": "error", "reason": reason, "text": text}))
 
     def _hello_item(self) -> Item:
-        # The same for every client (the instruments do not change while the ticker runs): built and encoded once.
+        # The same for every client, built and encoded once: the instruments do not change while the ticker runs,
+        # and the market's state, the index and the halts it carries are built again after they change (publish).
         if self._hello is None:
             self._hello = Item(("hello", ""), {"t": "hello", "v": 1, "exchange": self.exchange,
                                                "heartbeat_s": HEARTBEAT_S, "ticker": self.ticker,
-                                               "tickers": self.tickers, "symbols": self.symbols()})
+                                               "tickers": self.tickers, "symbols": self.symbols(),
+                                               **self.feed.market_snapshot()})
         return self._hello
 
     def symbols(self) -> list[dict[str, Any]]:
@@ -445,15 +449,6 @@ class WebHub:
         instrument without a band.
         """
         return [_instrument_json(i) for i in sorted(self.instruments.values(), key=lambda i: i.symbol)]
-
-    def _market_items(self) -> list[Item]:
-        # What a client is told after hello: the market's trading state, the index, the symbols halted now.
-        m = self.feed.market_snapshot()
-        items = [Item(("market", ""), m["market"])]
-        if m["index"] is not None:
-            items.append(Item(("index", m["index"]["name"]), m["index"]))
-        items.extend(Item(("state", o["symbol"]), o) for o in m["halted"])
-        return items
 
     def snapshot_obj(self, symbol: str) -> dict[str, Any]:
         """The WebSocket's ``snapshot`` of one symbol."""
@@ -476,8 +471,6 @@ class WebHub:
         self.clients.add(c)
         try:
             self._post(c, self._hello_item())
-            for item in self._market_items():
-                self._post(c, item)
             async for raw in ws:
                 self._request(c, raw)
         except ConnectionClosed:

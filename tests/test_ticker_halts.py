@@ -313,9 +313,9 @@ def test_halts_reach_the_feed_the_websocket_and_the_snapshot(world: dict[str, An
     try:
         time.sleep(0.3)  # the feed's subscription reaches the ticker
         with ws_connect(f"ws://127.0.0.1:{world['ports']['thttp']}/ws") as ws:
-            first = [json.loads(ws.recv(timeout=5)) for _ in range(3)]  # hello, market, index
-            assert [o["t"] for o in first] == ["hello", "market", "index"]
-            assert first[1]["state"] == "trading" and first[2]["value"] == "1000.00"
+            hello = json.loads(ws.recv(timeout=5))  # with the market's state, the index and the halts
+            assert hello["t"] == "hello" and hello["market"]["state"] == "trading" and hello["halted"] == []
+            assert hello["index"]["value"] == "1000.00"
 
             m.state("XA", "halted", text="news pending")
             got = json.loads(ws.recv(timeout=5))  # every client gets states, subscribed or not
@@ -339,8 +339,14 @@ def test_halts_reach_the_feed_the_websocket_and_the_snapshot(world: dict[str, An
                 exact_times(o, None, seen)
             assert seen["until"] == 4 and seen["since"] == 4, "until and since with their exact text"
 
+        with ws_connect(f"ws://127.0.0.1:{world['ports']['thttp']}/ws") as late:
+            hello = json.loads(late.recv(timeout=5))
+            assert hello["market"]["state"] == "halted" and hello["market"]["until"] == until
+            assert [o["symbol"] for o in hello["halted"]] == ["XA", "XB", "XC"], "a client connecting now is told"
+        with ws_connect(f"ws://127.0.0.1:{world['ports']['thttp']}/ws") as ws2:
+            json.loads(ws2.recv(timeout=5))
             m.state(None, "trading", reason="operator")
-            objs = [json.loads(ws.recv(timeout=5)) for _ in range(4)]
+            objs = [json.loads(ws2.recv(timeout=5)) for _ in range(4)]
             assert [(o["t"], o.get("symbol"), o["state"], o["scope"]) for o in objs] == \
                 [("state", "XA", "halted", "symbol"), ("state", "XB", "trading", None),
                  ("state", "XC", "trading", None), ("market", None, "trading", None)]
@@ -548,6 +554,10 @@ def test_the_page_shows_the_index_a_halted_badge_and_the_market_banner(world: di
             for sym in SYMBOLS:
                 assert page.is_visible(f"tr[data-symbol={sym}] .badge-halted"), sym
             page.screenshot(path=str(world["path"].parent / "halted.png"))
+            page.reload()  # a page opened during the halt learns it from the hello
+            page.wait_for_function("() => window.exfab && window.exfab.market", timeout=10000)
+            page.wait_for_selector("#halt-banner", state="visible", timeout=10000)
+            page.wait_for_selector("tr[data-symbol=XC] .badge-halted", state="visible", timeout=10000)
 
             m.state(None, "trading")
             page.wait_for_selector("#halt-banner", state="hidden", timeout=10000)

@@ -830,6 +830,11 @@
     state.qseq = {};   // a new connection: its ticker's numbers
     state.sseq = {};
     state.marketFresh = state.indexFresh = true;   // the next market and index objects stand, whatever their seq
+    // The market's state, the index and the halts as they stand now (each object's seq is this ticker's).
+    if (msg.market) applyMarket(msg.market);
+    if (msg.index) applyIndex(msg.index);
+    for (const sym of Object.keys(state.halts)) delete state.halts[sym];
+    for (const o of Array.isArray(msg.halted) ? msg.halted : []) applyState(o, true);
     const list = Array.isArray(msg.symbols) ? msg.symbols.map((s) => (typeof s === "string" ? { symbol: s } : s)) : [];
     const same = list.length === state.symbols.length && list.every((s, i) => s.symbol === state.symbols[i].symbol);
     state.symbols = list;
