@@ -6,7 +6,7 @@ symbol: last price, change and change % (green up, red down), best bid and
 ask with their quantities, volume, VWAP, high, low and the number of trades.
 A cell that just changed is shown reversed for a second.  The table is redrawn
 at most 4 times a second, under a line that names the ticker, the state of the
-connection, and how many gaps and snapshots there were, and a line with the market index
+connection, and how many gaps and snapshots there were, and over a line with the market index
 and, while the market is halted, why and until when; a halted symbol is marked ``HALTED``.  With two tickers in the
 topology (A and B feeds) it follows the first and fails over to the other when the
 one it follows dies or falls silent, and the line says how many times it did.  Ctrl-C (or SIGTERM)
@@ -186,7 +186,7 @@ class WatchTable:
                 row.append(Text(cells[col], style=style))
             t.add_row(*row)
         market = self.market_line()
-        return Group(Text.from_markup(self.header()), *([Text.from_markup(market)] if market else []), t)
+        return Group(Text.from_markup(self.header()), t, *([Text.from_markup(market)] if market else []))
 
 
 def run(symbols: Sequence[str], topology: str, *, once: bool = False, as_json: bool = False, timeout: float = 5.0,
