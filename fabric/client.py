@@ -52,6 +52,7 @@ import zmq.asyncio
 
 from fabric.protocol import (
     Accepted,
+    Admin,
     Cancel,
     Cancelled,
     Error,
@@ -451,7 +452,7 @@ class ClientCore:
         """
         return _OpenOrders(self, symbol)
 
-    def submit(self, msg: New | Cancel | Replace) -> Operation[None]:
+    def submit(self, msg: New | Cancel | Replace | Admin) -> Operation[None]:
         """Send a command without waiting for its answers, with no resend and no failover."""
         return _Submit(self, msg)
 
@@ -701,7 +702,7 @@ class _OpenOrders(Operation[list[OrderStatus]]):
 
 
 class _Submit(Operation[None]):
-    def __init__(self, core: ClientCore, msg: New | Cancel | Replace) -> None:
+    def __init__(self, core: ClientCore, msg: New | Cancel | Replace | Admin) -> None:
         super().__init__(core)
         self._msg = msg
 
@@ -1000,7 +1001,7 @@ class BrokerClient(_Shell):
         """
         return self._drive(self._core.open_orders(symbol))
 
-    def submit(self, msg: New | Cancel | Replace) -> None:
+    def submit(self, msg: New | Cancel | Replace | Admin) -> None:
         """Send a command without waiting (load generators); answers arrive through :meth:`poll`."""
         self._drive(self._core.submit(msg))
 
@@ -1147,7 +1148,7 @@ class AsyncBrokerClient(_Shell):
         """Return the broker's open orders (see :meth:`BrokerClient.open_orders`)."""
         return await self._in_turn(self._core.open_orders(symbol))
 
-    async def submit(self, msg: New | Cancel | Replace) -> None:
+    async def submit(self, msg: New | Cancel | Replace | Admin) -> None:
         """Send a command without waiting (see :meth:`BrokerClient.submit`)."""
         await self._logged_on()
         await self._drive(self._core.submit(msg))

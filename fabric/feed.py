@@ -26,20 +26,26 @@ Every time in nanoseconds since the epoch (``ts``, ``last_ts``, a print's
 with ``_ns`` appended, its exact decimal text: those integers exceed 2**53,
 which JavaScript's ``JSON.parse`` (and most msgpack decoders' default) rounds.
 
+Besides the symbols' objects, the feed carries the trading state of each symbol (``state``: halted or
+trading, from the matchers' ``trading_state`` messages, :meth:`MarketFeed.trading_state`), of the market
+(``market``: a market-wide halt), and the market index (``index``, when the topology names one: kept one
+trade at a time by :class:`~fabric.index.MarketIndex`), each at most once a turn.
+
 No sockets here: the ticker node and the benchmark drive it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from fabric.feedtopics import HEARTBEAT_TOPIC, KINDS, feed_topic, split_feed_topic
+from fabric.index import MarketIndex
 from fabric.instruments import Instrument
-from fabric.marketstate import DEPTH, Bar, MarketState, SymbolState, TapeEntry, price_of
-from fabric.protocol import BookLevel, BookSnapshot, Trade
+from fabric.marketstate import DEPTH, TRADING, Bar, BarSeries, MarketState, SymbolState, TapeEntry, price_of
+from fabric.protocol import BookLevel, BookSnapshot, Trade, TradingState
 
 __all__ = [
     "FEED_VERSION",
@@ -64,7 +70,8 @@ class FeedTurn:
     trades
         ``(symbol, trade)`` of every trade applied since the last turn, in order (the history's ticks).
     bars
-        ``(symbol, interval, bar)`` of every bar those trades touched (the history's bars).
+        ``(symbol, interval, bar)`` of every bar those trades touched (the history's bars), and of the index's
+        bars its moves touched (under the index's name).
     """
 
     messages: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
@@ -79,10 +86,21 @@ class MarketFeed:
     ----------
     instruments
         The instruments traded: their symbols and reference prices.
+    index
+        The market index to keep, or ``None``.
+    shards
+        ``(name, symbols)`` of each shard, by number: what a market-wide halt of a shard covers.
     """
 
-    def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
+    def __init__(self, instruments: Iterable[Instrument] = (), *, index: MarketIndex | None = None,
+                 shards: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
         self.state = MarketState(instruments)
+        self.index = index
+        self.shards = [(name, list(syms)) for name, syms in shards]
+        self._states: set[str] = set()  # symbols whose trading state changed since the last turn
+        self._market = False  # the market's trading state changed since the last turn
+        self._index_moved = False
+        self._index_first_ts = 0  # ts of the index's first move since the last turn (its bars for the history)
         self.seq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> seq of its last message
         self._prints: dict[str, list[TapeEntry]] = {}  # trades since the symbol's last quote
         self._first_ts: dict[str, int] = {}  # ts of the first trade since the symbol's last bars
@@ -155,8 +173,32 @@ class MarketFeed:
     def _traded(self, msg: Trade) -> None:
         # Remember an applied trade for the next turn: the quote's prints and the first bar it touched.
         sym = msg.symbol
-        self._prints.setdefault(sym, []).append(self.state.symbols[sym].tape[-1])
+        entry = self.state.symbols[sym].tape[-1]
+        self._prints.setdefault(sym, []).append(entry)
         self._first_ts.setdefault(sym, msg.ts)
+        ix = self.index
+        if ix is not None and ix.trade(sym, entry.price, msg.ts):
+            if not self._index_first_ts:
+                self._index_first_ts = msg.ts
+            self._index_moved = True
+
+    def trading_state(self, msg: TradingState) -> None:
+        """Apply a matcher's ``trading_state`` (a halt or a resume, of a symbol or of its whole shard)."""
+        syms = self.shards[msg.shard][1] if 0 <= msg.shard < len(self.shards) else []
+        self._states.update(self.state.trading_state(msg, syms))
+        if msg.symbol is None:
+            self._market = True
+
+    def apply_states(self, shard: int, states: Iterable[TradingState]) -> None:
+        """Take shard ``shard``'s trading states from a matcher's snapshot (``states``: its halts in force)."""
+        st = self.state
+        syms = self.shards[shard][1] if 0 <= shard < len(self.shards) else []
+        before = {s: st.halt_of(s) for s in syms}
+        st.clear_states(shard, syms)
+        for m in states:
+            self.trading_state(m)
+        self._states.update(s for s in syms if st.halt_of(s) != before[s])
+        self._market = True
 
     def apply_snapshot(self, book: BookSnapshot) -> None:
         """Take a symbol's levels and ``tseq`` baselines from a matcher's snapshot (when a replay is not possible)."""
@@ -171,6 +213,9 @@ class MarketFeed:
         if self._levels:
             self._apply_levels()
         self.state.reset(syms)
+        if self.index is not None:
+            self.index.reset(syms)
+            self._index_moved = True
         for sym in syms:
             self._prints.pop(sym, None)
             self._first_ts.pop(sym, None)
@@ -180,7 +225,7 @@ class MarketFeed:
     @property
     def dirty(self) -> bool:
         """Whether anything changed since the last :meth:`take`."""
-        return bool(self._prints or self._book or self._levels)
+        return bool(self._prints or self._book or self._levels or self._states or self._market or self._index_moved)
 
     def take(self, now: int | None = None) -> FeedTurn:
         """Return the objects to publish for what changed since the last call, each with its topic's next ``seq``."""
@@ -206,9 +251,23 @@ class MarketFeed:
                     out.append(("depth", sym, self._depth_obj(sym, depth, ts)))
             if new:
                 turn.trades.extend((sym, t) for t in new)
-                changed = self._changed_bars(st, first_ts[sym])
+                changed = self._changed_bars(st.bars, first_ts[sym])
                 turn.bars.extend((sym, iv, b) for iv, bars in changed.items() for b in bars)
                 out.append(("bars", sym, self._bars_obj(sym, changed, ts)))
+        if self._states:
+            states, self._states = self._states, set()
+            out.extend(("state", sym, self._state_obj(sym, ts)) for sym in sorted(states))
+        if self._market:
+            self._market = False
+            out.append(("market", "", self._market_obj(ts)))
+        if self._index_moved and self.index is not None:
+            self._index_moved = False
+            ix = self.index
+            out.append(("index", ix.name, self._index_obj(ts)))
+            if self._index_first_ts:
+                changed = self._changed_bars(ix.bars, self._index_first_ts)
+                turn.bars.extend((ix.name, iv, b) for iv, bars in changed.items() for b in bars)
+            self._index_first_ts = 0
         return turn
 
     def heartbeat(self, now: int | None = None) -> dict[str, Any]:
@@ -244,12 +303,44 @@ class MarketFeed:
                 "seq": self._next("bars", sym) if seq is None else seq, "ts": ts, "ts_ns": str(ts),
                 "bars": {iv: [b.to_json() for b in lst] for iv, lst in bars.items()}}
 
+    def _state_obj(self, sym: str, ts: int, seq: int | None = None) -> dict[str, Any]:
+        h = self.state.halt_of(sym)
+        return {"t": "state", "v": FEED_VERSION, "symbol": sym,
+                "seq": self._next("state", sym) if seq is None else seq, "ts": ts, "ts_ns": str(ts),
+                **(TRADING if h is None else h[0].to_json(h[1]))}
+
+    def _market_obj(self, ts: int, seq: int | None = None) -> dict[str, Any]:
+        # The market is halted while any shard is (a market-wide halt reaches every shard in turn); the latest
+        # shard's halt says why.
+        halts = self.state.shard_halts
+        latest = max(halts.values(), key=lambda h: h.ts) if halts else None
+        return {"t": "market", "v": FEED_VERSION, "seq": self._next("market", "") if seq is None else seq,
+                "ts": ts, "ts_ns": str(ts), **(TRADING if latest is None else latest.to_json("market")),
+                "shards": sorted(self.shards[n][0] if n < len(self.shards) else str(n) for n in halts),
+                "index": None if self.index is None else self.index.name}
+
+    def _index_obj(self, ts: int, seq: int | None = None) -> dict[str, Any]:
+        assert self.index is not None
+        name = self.index.name
+        return {"t": "index", "v": FEED_VERSION, "seq": self._next("index", name) if seq is None else seq,
+                "ts": ts, "ts_ns": str(ts), **self.index.fields()}
+
+    def market_snapshot(self, now: int | None = None) -> dict[str, Any]:
+        """Return ``{"market", "index", "halted"}``: the market's trading state, the index (``None`` without one),
+        and the ``state`` object of every symbol halted now, each with its topic's last ``seq``."""
+        ts = time.time_ns() if now is None else now
+        ix = self.index
+        return {"market": self._market_obj(ts, self.seq.get(("market", ""), 0)),
+                "index": None if ix is None else self._index_obj(ts, self.seq.get(("index", ix.name), 0)),
+                "halted": [self._state_obj(s, ts, self.seq.get(("state", s), 0)) for s in sorted(self.state.symbols)
+                           if self.state.halt_of(s) is not None]}
+
     @staticmethod
-    def _changed_bars(st: SymbolState, first_ts: int) -> dict[str, list[Bar]]:
+    def _changed_bars(series_of: dict[str, BarSeries], first_ts: int) -> dict[str, list[Bar]]:
         # The bars from the one holding the turn's first trade up to the open one (trades stamped before the
         # open bar's start were folded into it, so the open bar always counts).
         out: dict[str, list[Bar]] = {}
-        for iv, series in st.bars.items():
+        for iv, series in series_of.items():
             cur = series.current
             if cur is None:
                 continue
@@ -264,7 +355,8 @@ class MarketFeed:
         return out
 
     def snapshot(self, symbol: str, now: int | None = None) -> dict[str, Any]:
-        """Return ``{"quote", "depth", "bars"}`` of ``symbol``: its whole state, each with its topic's last ``seq``.
+        """Return ``{"quote", "depth", "bars", "state"}`` of ``symbol``: its whole state, each with its topic's last
+        ``seq`` (``state``: its trading state).
 
         The quote's ``prints`` is the tape (the last 50 trades); ``bars`` every bar kept in memory.
 
@@ -283,4 +375,5 @@ class MarketFeed:
                                      self.seq.get(("depth", symbol), 0)),
             "bars": self._bars_obj(symbol, {iv: s.bars() for iv, s in st.bars.items()}, ts,
                                    self.seq.get(("bars", symbol), 0)),
+            "state": self._state_obj(symbol, ts, self.seq.get(("state", symbol), 0)),
         }

@@ -76,6 +76,12 @@ the ticker is not running the client simply waits for it, holding nothing.  A
 malformed message or answer is logged and counted (``stats.malformed``), never
 raised.
 
+**Halts and the index.** The trading state of each symbol followed (``s<SYMBOL>\\0``), the market's
+(``m\\0``) and the market index (``i<NAME>\\0``) are whole objects, each a topic of its own: the
+client keeps the latest of each (:meth:`MarketDataClient.trading_state`, :meth:`MarketDataClient.market`,
+:meth:`MarketDataClient.index`), from the feed, and from every snapshot answer (which carries them
+all); one whose ``seq`` skips asks for a snapshot, as a gap does.
+
 Everything happens in the caller's thread, in :meth:`MarketDataClient.poll`: a
 ``zmq.Poller`` over the SUB, the DEALER and the SUB's monitor; no background
 thread.
@@ -102,7 +108,7 @@ from typing import Any, Final, NamedTuple, TypeGuard
 import msgpack
 import zmq
 
-from fabric.feedtopics import HEARTBEAT_TOPIC, KIND_OF, KINDS, PREFIX, feed_topic
+from fabric.feedtopics import HEARTBEAT_TOPIC, KIND_OF, KINDS, MARKET_TOPIC, PREFIX, feed_topic
 from fabric.marketstate import TAPE_LEN  # the prints a ticker keeps per symbol: the client keeps as many
 from fabric.stream import ShardStream
 
@@ -138,9 +144,10 @@ class Update(NamedTuple):
     Attributes
     ----------
     kind
-        ``"quote"``, ``"depth"``, ``"bars"`` or ``"heartbeat"``.
+        ``"quote"``, ``"depth"``, ``"bars"``, ``"state"`` (a symbol's trading state), ``"market"`` (the
+        market's), ``"index"`` or ``"heartbeat"``.
     symbol
-        The symbol (``None`` for a heartbeat).
+        The symbol (the index's name for ``index``; ``None`` for ``market`` and a heartbeat).
     data
         The object as the ticker sent it (``docs/market-data.md``, section 2): a
         ``quote`` whole, a ``depth`` whole, a ``bars`` with the bars that changed.
@@ -328,6 +335,9 @@ class MarketDataClient:
         self._heard = False  # something came on the feed since it (re)connected: the subscriptions are in place
         self._backlog: list[Update] = []  # updates produced by wait_ready, for the next poll
         self._closed = False
+        # The whole objects of the market: (kind, key) -> the latest, and the seq of this connection's last one.
+        self._market: dict[tuple[str, str], dict[str, Any]] = {}
+        self._mseq: dict[tuple[str, str], int] = {}
 
         self._heard_at = 0.0  # when something last came from the ticker followed (or it was chosen)
 
@@ -381,6 +391,22 @@ class MarketDataClient:
         """
         st = self._states.get(symbol)
         return [] if st is None else list(st.tape)
+
+    def trading_state(self, symbol: str) -> dict[str, Any] | None:
+        """Return the symbol's last ``state`` object (``state``: ``trading`` or ``halted``), or ``None`` before one."""
+        return self._market.get(("state", symbol))
+
+    def halted(self) -> list[str]:
+        """Return the symbols halted now (on their own or by a market-wide halt), sorted."""
+        return sorted(k for (kind, k), o in self._market.items() if kind == "state" and o.get("state") == "halted")
+
+    def market(self) -> dict[str, Any] | None:
+        """Return the market's last ``market`` object (a market-wide halt, or trading), or ``None`` before one."""
+        return self._market.get(("market", ""))
+
+    def index(self) -> dict[str, Any] | None:
+        """Return the market index's last ``index`` object (value, change...), or ``None`` (none yet, or no index)."""
+        return next((o for (kind, _), o in self._market.items() if kind == "index"), None)
 
     def seq(self, symbol: str, kind: str) -> int:
         """Return the ``seq`` of the last ``kind`` message applied for ``symbol`` (0 when none)."""
@@ -541,10 +567,14 @@ class MarketDataClient:
         if self.requested is None:
             for kind in self.kinds:
                 sub.subscribe(PREFIX[kind])
+            sub.subscribe(b"s")
         else:
             for sym in self.requested:
                 for kind in self.kinds:
                     sub.subscribe(topic_of(kind, sym))
+                sub.subscribe(topic_of("state", sym))
+        sub.subscribe(MARKET_TOPIC)
+        sub.subscribe(b"i")
         sub.subscribe(HEARTBEAT_TOPIC)  # last: once it is heard, the subscriptions before it are in place
         sub.connect(self.pub)
         self._poller.register(sub, zmq.POLLIN)
@@ -629,6 +659,7 @@ class MarketDataClient:
         """Forget the sequence of every symbol: hold what comes, and ask a snapshot of everything."""
         for st in self._states.values():
             self._hold(st)  # what is held is the old ticker's; the new one's numbers start over
+        self._mseq.clear()
         self._need.clear()
         self._need_all = True
         self._inflight = None
@@ -696,6 +727,9 @@ class MarketDataClient:
             self.stats.last_heartbeat_at = time.time()
             out.append(Update("heartbeat", None, msg))
             return
+        if topic == MARKET_TOPIC or topic[:1] in (b"s", b"i"):
+            self._on_market(topic, body, out)
+            return
         kind = KIND_OF.get(topic[0]) if topic else None
         if kind is None or len(topic) < 3 or topic[-1] != 0:
             raise _Malformed(f"not a feed topic: {topic[:60]!r}")
@@ -736,6 +770,50 @@ class MarketDataClient:
         self.stats.duplicates = stream.duplicates
         if topic in stream.holes:
             self._gap(st, kind, f"seq {seq} after {last} ({seq - last - 1} lost)")
+
+    def _on_market(self, topic: bytes, body: bytes, out: list[Update]) -> None:
+        # A trading state, the market's or the index: the latest whole object of its topic counts.
+        kind = "market" if topic == MARKET_TOPIC else "state" if topic[:1] == b"s" else "index"
+        if len(topic) < 2 or topic[-1] != 0 or (kind != "market" and len(topic) < 3):
+            raise _Malformed(f"not a feed topic: {topic[:60]!r}")
+        try:
+            key = topic[1:-1].decode()
+        except UnicodeDecodeError:
+            raise _Malformed(f"topic is not UTF-8: {topic[:60]!r}") from None
+        msg = _unpack(body)
+        if kind == "state" and ((self.requested is not None and key not in self.requested) or key in self.unknown):
+            return
+        seq = msg.get("seq")
+        if not _is_int(seq) or seq < 1 or msg.get("t") != kind:
+            raise _Malformed(f"{kind} {key}: not a {kind} object with a seq: {msg!r:.200}")
+        last = self._mseq.get((kind, key), 0)
+        if seq <= last:
+            self.stats.duplicates += 1
+            return
+        if last and seq > last + 1:
+            self.stats.gaps += 1
+            log.warning("%s %s: seq %d after %d; asking a snapshot", kind, key, seq, last)
+            self._need_all = True  # (the answer carries the market, the index and every state)
+        self._take_market(kind, key, msg, out, snapshot=False)
+
+    def _take_market(self, kind: str, key: str, msg: dict[str, Any], out: list[Update], snapshot: bool) -> None:
+        self._mseq[(kind, key)] = msg.get("seq", 0)
+        self._market[(kind, key)] = msg
+        self.stats.applied += 1
+        out.append(Update(kind, None if kind == "market" else key, msg, snapshot))
+
+    def _market_answer(self, msg: dict[str, Any], good: dict[str, dict[str, Any]], out: list[Update]) -> None:
+        # A snapshot answer's market, index and states: each taken unless this connection has a newer one.
+        objs: list[tuple[str, str, Any]] = [("market", "", msg.get("market"))]
+        ix = msg.get("index")
+        if isinstance(ix, dict):
+            objs.append(("index", str(ix.get("name")), ix))
+        objs.extend(("state", sym, o.get("state")) for sym, o in good.items())
+        for kind, key, obj in objs:
+            if not isinstance(obj, dict) or not _is_int(obj.get("seq")):
+                continue  # (a ticker without them)
+            if (kind, key) not in self._market or obj["seq"] >= self._mseq.get((kind, key), 0):
+                self._take_market(kind, key, obj, out, snapshot=True)
 
     def _new_state(self, sym: str) -> _Symbol:
         """Make the state of a symbol to follow; its topics hold what comes until its snapshot."""
@@ -873,6 +951,7 @@ class MarketDataClient:
         self._attempt = 0
         self.stats.snapshots += 1
         self._snapshotted = True
+        self._market_answer(msg, good, out)
         for sym in unknown:
             if isinstance(sym, str) and sym not in self.unknown:
                 log.warning("the ticker does not know the symbol %r", sym)

@@ -17,6 +17,10 @@ over each message once, in order (:meth:`MarketState.trade`,
 :meth:`MarketState.level`).  :meth:`MarketState.apply` only refuses a message
 the state has already (at or below its topic's last ``tseq``).
 
+Each symbol's trading state (trading, or halted by an operator or a circuit breaker) comes from the
+matchers' ``trading_state`` messages (:meth:`MarketState.trading_state`): a symbol's own halt, or its
+shard's market-wide one (``symbol`` nil); :meth:`MarketState.halt_of` is the one that applies.
+
 Prices are :class:`~decimal.Decimal` inside and decimal strings in the JSON
 views (:meth:`MarketState.snapshot`, :meth:`MarketState.ticks`); change percent
 is rounded there to 2 places and VWAP to 4.  A time in nanoseconds since the
@@ -35,15 +39,17 @@ from decimal import Decimal
 from typing import Any, Final, Literal
 
 from fabric.instruments import Instrument
-from fabric.protocol import BookLevel, BookSnapshot, Trade
+from fabric.protocol import BookLevel, BookSnapshot, Trade, TradingState
 
 __all__ = [
     "BAR_HISTORY",
     "DEPTH",
     "INTERVALS",
     "TAPE_LEN",
+    "TRADING",
     "Bar",
     "BarSeries",
+    "Halt",
     "Kind",
     "MarketState",
     "SymbolState",
@@ -60,6 +66,27 @@ _PCT_PLACES: Final = Decimal("0.01")
 _VWAP_PLACES: Final = Decimal("0.0001")
 
 Kind = Literal["trade", "book"]
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """A halt in force: who made it (``reason``: ``operator``, ``circuit_breaker``), their words, when it ends by
+    itself (``until``, ns since the epoch; ``None``: when resumed), and when it began (``ts``, the matcher's)."""
+
+    reason: str
+    text: str | None = None
+    until: int | None = None
+    ts: int = 0
+
+    def to_json(self, scope: str) -> dict[str, Any]:
+        """Return the halt as JSON-ready fields: ``state`` halted, ``scope`` (``symbol`` or ``market``), the rest."""
+        until = self.until
+        return {"state": "halted", "scope": scope, "reason": self.reason, "text": self.text, "until": until,
+                "until_ns": None if until is None else str(until), "since": self.ts, "since_ns": str(self.ts)}
+
+
+TRADING: Final[dict[str, Any]] = {"state": "trading", "scope": None, "reason": None, "text": None, "until": None,
+                                  "until_ns": None, "since": None, "since_ns": None}  # the fields of no halt
 
 
 @dataclass
@@ -306,6 +333,9 @@ class MarketState:
     def __init__(self, instruments: Iterable[Instrument] = ()) -> None:
         self.symbols: dict[str, SymbolState] = {i.symbol: SymbolState(i.symbol, i.ref_price) for i in instruments}
         self.tseq: dict[tuple[str, str], int] = {}  # (kind, symbol) -> last tseq applied
+        self.halts: dict[str, Halt] = {}  # symbol -> its own halt
+        self.shard_halts: dict[int, Halt] = {}  # shard number -> its market-wide halt
+        self.shard_of: dict[str, int] = {}  # symbol -> its shard, as trading_state was told
 
     def state(self, symbol: str) -> SymbolState:
         """Return the state of ``symbol``, creating an empty one for a symbol not seen yet."""
@@ -342,6 +372,47 @@ class MarketState:
             self.symbols[sym] = SymbolState(sym, None if old is None else old.ref_price)
             self.tseq.pop(("trade", sym), None)
             self.tseq.pop(("book", sym), None)
+
+    def halt_of(self, symbol: str) -> tuple[Halt, str] | None:
+        """Return the halt that applies to ``symbol`` and its scope (``market``: its shard's, over its own;
+        ``symbol``), or ``None`` while it trades."""
+        shard = self.shard_of.get(symbol)
+        h = None if shard is None else self.shard_halts.get(shard)
+        if h is not None:
+            return h, "market"
+        h = self.halts.get(symbol)
+        return None if h is None else (h, "symbol")
+
+    def trading_state(self, msg: TradingState, symbols: Iterable[str]) -> list[str]:
+        """Apply a matcher's ``trading_state`` of shard ``msg.shard``, whose symbols are ``symbols``.
+
+        ``symbol`` nil halts or resumes the whole shard (a market-wide halt), over the symbols' own halts: a
+        symbol halted on its own stays halted when the market resumes.  Return the symbols whose halt (the one
+        :meth:`halt_of` gives) changed.
+        """
+        syms = list(symbols)
+        for s in syms:
+            self.shard_of[s] = msg.shard
+        touched = syms if msg.symbol is None else [msg.symbol]
+        before = [self.halt_of(s) for s in touched]
+        halt = Halt(msg.reason, msg.text, msg.until, msg.ts) if msg.state == "halted" else None
+        if msg.symbol is None:
+            if halt is None:
+                self.shard_halts.pop(msg.shard, None)
+            else:
+                self.shard_halts[msg.shard] = halt
+        elif halt is None:
+            self.halts.pop(msg.symbol, None)
+        else:
+            self.halts[msg.symbol] = halt
+        return [s for s, b in zip(touched, before, strict=True) if self.halt_of(s) != b]
+
+    def clear_states(self, shard: int, symbols: Iterable[str]) -> None:
+        """Forget the halts of shard ``shard`` and its ``symbols`` (a snapshot's states replace them, or the shard
+        started over)."""
+        self.shard_halts.pop(shard, None)
+        for s in symbols:
+            self.halts.pop(s, None)
 
     def trade(self, msg: Trade) -> None:
         """Apply a trade known to be the next of its topic (the caller checked its ``tseq``)."""

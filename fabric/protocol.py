@@ -362,6 +362,7 @@ class Admin(_ClientMsg, tag="admin", frozen=True, kw_only=True):
     symbol: Symbol | None = None
     broker: BrokerId | None = None
     text: Annotated[str, Meta(max_length=MAX_TEXT_LEN)] | None = None
+    until: int | None = None
 
 
 class Heartbeat(_ClientMsg, tag="heartbeat", frozen=True, kw_only=True):
@@ -792,6 +793,7 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     epoch: Count
     exec_tseq: Count
     books: list[BookSnapshot]
+    states: list[TradingState] = []
 
 
 class ReplJoin(_InternalMsg, tag="repl_join", frozen=True, kw_only=True):

@@ -3,9 +3,9 @@
 One asyncio loop does everything, in this order of priority:
 
 - **ingest**: drain the SUB socket connected to every matcher's PUB (topics
-  ``T``, ``B`` and ``H``), up to ``MAX_TURN`` ZeroMQ messages a turn, and apply
-  each topic's trades and book changes in their ``tseq`` order to a
-  :class:`~fabric.feed.MarketFeed`;
+  ``T``, ``B``, ``S`` and ``H``), up to ``MAX_TURN`` ZeroMQ messages a turn, and apply
+  each topic's trades, book changes and trading states (halts) in their ``tseq`` order
+  to a :class:`~fabric.feed.MarketFeed`, which keeps the market index too;
 - **publish**: at the end of the turn, take what changed (per symbol at most one
   quote, one depth and one bars object) and send it on the ticker's PUB, to the
   web hub (which batches it for the WebSocket clients), and to the history writer;
@@ -20,6 +20,13 @@ One asyncio loop does everything, in this order of priority:
   HTTP port (the live page, ``/history``, ``/snapshot``, ``/stats`` and the
   WebSocket ``/ws``) is :class:`~nodes.webhub.WebHub`'s, which gets each turn's
   objects and fans them out to the browsers.
+
+**Market-wide circuit breakers** (``docs/security.md``): when the index's move from its previous close
+trips a level (:func:`fabric.circuit.trip`), the ticker halts the whole market through a gateway, as the
+operator ``[index] operator`` (an ``admin`` command with ``until``).  Only the ticker that writes the
+history (the first, or the one that took over) does it, and only once it has rebuilt the day, so it
+knows from the matchers' ``S`` streams which levels tripped today already: a standby ticker, or a
+restarted one, never trips a level twice.
 
 The history store (SQLite or InfluxDB) is written by its own thread
 (:class:`~fabric.history.HistoryWriter`), so a slow or absent database never
@@ -41,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import gc
 import logging
 import signal
@@ -48,12 +56,15 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import msgspec
 import zmq
 import zmq.asyncio
 
+from fabric.circuit import Trip, halt_text, level_of, trip
 from fabric.feed import HEARTBEAT_TOPIC, MarketFeed, feed_topic
 from fabric.follow import Follower, ShardLink
 from fabric.history import (
@@ -65,17 +76,26 @@ from fabric.history import (
     interval_ns,
     open_history,
 )
+from fabric.index import MarketIndex
 from fabric.marketstate import INTERVALS, Kind
 from fabric.protocol import (
     BOOK,
+    STATE,
     TRADE,
+    Admin,
+    AdminAck,
     BookLevel,
+    Error,
     Trade,
+    TradingState,
     book_topic,
+    state_topic,
     trade_topic,
 )
+from fabric.records import trading_day
 from fabric.standby import Standby
 from nodes.webhub import HEARTBEAT_S, WebHub
+from topology.clients import operator_client
 from topology.load import load
 from topology.model import TICKER, Topology
 from topology.model import Ticker as TickerConf
@@ -87,6 +107,8 @@ log = logging.getLogger("exfab.ticker")
 PUB_HWM: Final = 10_000  # messages queued per feed subscriber before ZeroMQ drops (docs/market-data.md, 5)
 HISTORY_SILENCE_S: Final = 3.0  # a ticker ahead not heard (heartbeats every second) this long: this one writes history
 KEEP_S: Final = 30.0  # seconds of history points a ticker that does not write keeps, to write them if it takes over
+ADMIN_TIMEOUT_S: Final = 5.0  # a gateway's answer to the breaker's halt, before the ticker sends it again
+ADMIN_ATTEMPTS: Final = 3
 
 _msgpack = msgspec.msgpack.Encoder()
 _unpack = msgspec.msgpack.Decoder()
@@ -124,12 +146,16 @@ class Ticker:
         self._kept: deque[tuple[float, list[TickRecord], list[BarRecord]]] = deque()  # while it does not
         instruments = [i for s in topo.shards for i in topo.instruments_of(s)]
         self.instruments = {i.symbol: i for i in instruments}
-        self.feed = MarketFeed(instruments)
+        ix = topo.index
+        self.index = None if ix is None else MarketIndex(ix.name, ix.base, [
+            (sym, w, self.instruments[sym].ref_price or Decimal(0)) for sym, w in ix.constituents])
+        self.feed = MarketFeed(instruments, index=self.index, shards=[(s.name, s.symbols) for s in topo.shards])
         self.ctx = zmq.asyncio.Context()
         self._symbols = [list(s.symbols) for s in topo.shards]
-        topics = [[t for sym in syms for t in (trade_topic(sym), book_topic(sym))] for syms in self._symbols]
+        topics = [[state_topic(no), *(t for sym in syms for t in (trade_topic(sym), book_topic(sym)))]
+                  for no, syms in enumerate(self._symbols)]
         sources, resolve = shard_sources(topo)  # (a pair's primary moves: the follower asks the new one for replays)
-        self.follow = Follower(self.ctx, sources, topics, (TRADE, BOOK), self._deliver, resolve=resolve,
+        self.follow = Follower(self.ctx, sources, topics, (TRADE, BOOK, STATE), self._deliver, resolve=resolve,
                                turn=self.publish_turn, on_restart=self._restart, on_unavailable=self._from_snapshot)
         for link in self.follow.links:
             for topic in link.stream.topics:
@@ -142,7 +168,11 @@ class Ticker:
         self._pub: zmq.asyncio.Socket | None = None  # the feed's PUB, bound by run()
         self._pub_raw: tuple[zmq.asyncio.Socket, zmq.Socket[bytes]] | None = None
         self._stop = asyncio.Event()
-        self.stats = {"trades": 0, "published": 0, "history_takeovers": 0}
+        self.stats = {"trades": 0, "published": 0, "history_takeovers": 0, "breakers_tripped": 0}
+        self.clock: Callable[[], int] = time.time_ns  # the breakers' clock (ns since the epoch)
+        self.zone = ZoneInfo(topo.timezone)
+        self.tripped: dict[str, set[Decimal]] = {}  # trading day -> breaker levels tripped that day
+        self._halting: asyncio.Task[None] | None = None  # a breaker's halt on its way to a gateway
 
     @property
     def links(self) -> list[ShardLink]:
@@ -155,17 +185,27 @@ class Ticker:
         """Apply a drained batch of ``[topic, body]`` messages from the matchers (bad ones are logged, skipped)."""
         self.follow.ingest(frames)
 
-    def _deliver(self, link: ShardLink, msgs: list[Trade | BookLevel]) -> None:
-        # Trades and book changes of one topic, in its order (the stream put them so).
+    def _deliver(self, link: ShardLink, msgs: list[Trade | BookLevel | TradingState]) -> None:
+        # Trades, book changes or trading states of one topic, in its order (the stream put them so).
         feed = self.feed
         for m in msgs:
             if type(m) is Trade:
                 feed.trade(m)
+            elif type(m) is BookLevel:
+                feed.level(m)
             else:
-                feed.level(m)  # type: ignore[arg-type]
+                self._trading_state(m)  # type: ignore[arg-type]
+
+    def _trading_state(self, m: TradingState) -> None:
+        self.feed.trading_state(m)
+        level = level_of(m.text) if m.symbol is None and m.state == "halted" else None
+        if level is not None and self.topo.index is not None:  # a breaker's halt: that level tripped that day
+            day = self.tripped.setdefault(trading_day(m.ts, self.topo.timezone), set())
+            day.update(lv.pct for lv in self.topo.index.breakers if lv.pct <= level)
 
     def _restart(self, link: ShardLink) -> None:
         self.feed.reset(self._symbols[link.no])  # a new journal: the shard's symbols are rebuilt from its seq 1
+        self.feed.apply_states(link.no, ())
 
     async def _from_snapshot(self, link: ShardLink) -> None:
         # A range the matcher no longer holds: the books from a snapshot (its trades are missing from volume, bars
@@ -174,6 +214,18 @@ class Ticker:
         if snap is None:
             return
         link.stream.replay = None
+        self.feed.apply_states(link.no, snap.states)
+        # The S topic goes on from the snapshot: the snapshot names no tseq for it, so from just before the first
+        # held change published after the snapshot, or else after the last halt the snapshot carries (a change
+        # lost after that shows as a gap again, and the next snapshot takes it).
+        topic = state_topic(link.no)
+        held = link.stream.topics[topic].held
+        after = min((k for k, (seq, _) in held.items() if seq > snap.seq), default=None)
+        if after is not None:
+            self._deliver(link, link.stream.jump(topic, after - 1, snap.seq))
+        elif snap.states:
+            last = max(snap.states, key=lambda m: m.tseq)
+            self._deliver(link, link.stream.jump(topic, last.tseq, last.seq))
         for book in snap.books:
             if book.symbol not in self.feed.state.symbols:
                 continue
@@ -193,6 +245,8 @@ class Ticker:
         for kind, sym, obj in turn.messages:
             send((feed_topic(kind, sym), _msgpack.encode(obj)), zmq.NOBLOCK)
         self.web.publish(turn.messages)
+        if self.index is not None and turn.messages and turn.messages[-1][0] == "index":
+            self.check_breakers()
         self.stats["published"] += len(turn.messages)
         self.stats["trades"] += len(turn.trades)
         if turn.trades:
@@ -205,6 +259,68 @@ class Ticker:
                 now = time.monotonic()
                 self._kept.append((now, ticks, bars))
                 self._forget(now)
+
+    # ------------------------------------------------------------- breakers
+
+    def check_breakers(self) -> Trip | None:
+        """Trip the market-wide circuit breaker the index's move calls for, if any; return the trip.
+
+        Only with ``[index] operator`` set, once the day is rebuilt (the halts of the day are known), on the ticker
+        that writes the history (a standby does not), and not while a halt is on its way.
+        """
+        conf = self.topo.index
+        ix = self.index
+        if (conf is None or ix is None or conf.operator is None or not self.writing or not self.follow.synced
+                or self._halting is not None):
+            return None
+        now = dt.datetime.fromtimestamp(self.clock() / 1e9, self.zone)
+        tripped = self.tripped.setdefault(now.date().isoformat(), set())
+        t = trip(ix.change_pct, now, tripped, conf.breakers)
+        if t is None:
+            return None
+        levels = {lv.pct for lv in conf.breakers if lv.pct <= t.level} - tripped
+        tripped.update(levels)
+        self.stats["breakers_tripped"] += 1
+        text = halt_text(t.level, ix.name, ix.change_pct, ix.value, t.until)
+        until = (t.until - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1) * 1000
+        log.warning("%s: halting the whole market", text)
+        self._halting = asyncio.get_running_loop().create_task(
+            self._send_halt(conf.operator, Admin(action="halt", symbol=None, until=until, text=text), tripped, levels))
+        return t
+
+    async def _send_halt(self, operator: str, admin: Admin, tripped: set[Decimal], levels: set[Decimal]) -> None:
+        # Through a gateway as the operator, until a gateway says it is done (AdminAck) or refuses it (Error); a
+        # halt sent twice halts once (the market is halted already). Unanswered: the levels count as not tripped,
+        # and the index's next move trips them again (a refusal is final: sending it again would not change it).
+        client = operator_client(self.topo, operator, ctx=self.ctx)
+        done = False
+        try:
+            for attempt in range(1, ADMIN_ATTEMPTS + 1):
+                try:
+                    await client.connect()
+                    await client.submit(admin)
+                    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+                    while (left := deadline - time.monotonic()) > 0:
+                        for m in await client.poll(left):
+                            if isinstance(m, AdminAck):
+                                log.warning("market halted by the circuit breaker (%s)", admin.text)
+                                done = True
+                                return
+                            if isinstance(m, Error):
+                                log.error("the circuit breaker's halt was refused by the gateway: %s (%s): the "
+                                          "market is NOT halted (not sent again: the operator must act)", m.reason,
+                                          m.text)
+                                done = True
+                                return
+                except Exception as e:
+                    log.error("the circuit breaker's halt could not be sent (attempt %d): %s", attempt, e)
+                log.warning("no answer to the circuit breaker's halt (attempt %d of %d)", attempt, ADMIN_ATTEMPTS)
+            log.error("the circuit breaker's halt got no answer: the market is NOT halted (%s)", admin.text)
+        finally:
+            client.close()
+            self._halting = None
+            if not done:
+                tripped.difference_update(levels)
 
     # ----------------------------------------------------------------- history
 
@@ -303,7 +419,7 @@ class Ticker:
         ts = time.time_ns()
         return {"t": "snapshot", "v": 1, "ts": ts, "ts_ns": str(ts),
                 "symbols": {s: self.feed.snapshot(s) for s in names if s in known},
-                "unknown": [s for s in names if s not in known]}
+                "unknown": [s for s in names if s not in known], **self.feed.market_snapshot(ts)}
 
     async def _serve_snapshots(self, sock: zmq.asyncio.Socket) -> None:
         # A request is [peer identity (added by the ROUTER), envelope frames..., body]: the answer goes back with
@@ -348,6 +464,7 @@ class Ticker:
             await self.follow.start()
             await self.follow.wait_synced(60)  # READY does not wait longer for a matcher that does not answer
             self.publish_turn()
+            self.check_breakers()  # (a move made while the day was being rebuilt)
             gc.freeze()  # the rebuilt day and start-up's objects: out of the cycle collector's scans from now on
             # A loopback host binds its own address (hosts mapped onto one machine share ports), others every one.
             await self.web.serve(self.conf.http_host, self.conf.http_port)
@@ -378,7 +495,8 @@ class Ticker:
     # ------------------------------------------------------------------ history
 
     def history(self, symbol: str, interval: str, start: int, end: int) -> list[dict[str, Any]]:
-        """Return the bars of ``symbol`` with ``start <= bar.start < end``: the store's, overlaid with memory's.
+        """Return the bars of ``symbol`` (or of the market index, by its name) with ``start <= bar.start < end``: the
+        store's, overlaid with memory's.
 
         Raises
         ------
@@ -387,12 +505,17 @@ class Ticker:
         ValueError
             Unknown interval.
         """
-        if symbol not in self.feed.state.symbols:
+        ix = self.index
+        if ix is not None and symbol == ix.name:
+            series_of = ix.bars  # the market index's bars, stored under its name
+        elif symbol in self.feed.state.symbols:
+            series_of = self.feed.state.symbols[symbol].bars
+        else:
             raise KeyError(symbol)
         step = interval_ns(interval)
         base = interval if interval in INTERVALS else "1m"
         stored = {b.start: b for b in self.store.bars(symbol, base, start - start % interval_ns(base), end)}
-        series = self.feed.state.symbols[symbol].bars[base]
+        series = series_of[base]
         for b in series.bars():
             if start - step < b.start < end:
                 stored[b.start] = BarRecord(symbol, base, b.start, b.open, b.high, b.low, b.close, b.volume, b.trades)

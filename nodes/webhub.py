@@ -60,6 +60,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from fabric.feed import KINDS, MarketFeed
+from fabric.feedtopics import MARKET_KINDS
 from fabric.history import HistoryError, interval_ns
 from fabric.instruments import Instrument
 from fabric.marketstate import TAPE_LEN
@@ -93,6 +94,8 @@ FLUSH_RETRY_S: Final = 0.05  # how soon a client that was too slow to be written
 BATCH_BYTES: Final = 1 << 18
 
 _json = msgspec.json.Encoder()
+# Sent to every client whatever it follows: small, rare, and what the page's banner and badges show.
+_EVERYONE: Final = frozenset({"heartbeat", *MARKET_KINDS})
 _OPEN: Final = State.OPEN
 
 
@@ -178,7 +181,7 @@ class WebClient:
         box = self.box
         kind = key[0]
         if kind == "snapshot":
-            for k in (*KINDS, "snapshot"):
+            for k in (*KINDS, "state", "snapshot"):
                 box.pop((k, key[1]), None)
         else:
             old = box.get(key)
@@ -258,13 +261,15 @@ class WebHub:
         self._server: Server | None = None
         # A client's mailbox holds at most one item per symbol and kind (and a snapshot per symbol, the hello, a
         # heartbeat): beyond those, MAX_ANSWERS answers to its requests.
-        self._feed_keys = len(instruments) * (len(KINDS) + 1) + 2
+        self._feed_keys = len(instruments) * (len(KINDS) + 2) + 4
         self._closing: set[asyncio.Task[None]] = set()
 
     # -------------------------------------------------------------- updates
 
     def publish(self, messages: list[tuple[str, str, dict[str, Any]]]) -> None:
         """Take one turn's ``(kind, symbol, object)`` messages for the clients following them."""
+        if messages and messages[-1][0] in MARKET_KINDS:  # (a turn puts states, market and index last)
+            self._hello = None
         snaps = self._snapshots
         if snaps:
             for _, sym, _ in messages:  # their cached snapshots are stale now
@@ -359,7 +364,7 @@ class WebHub:
             items = wanted.get(key)
             if items is None:
                 items = wanted[key] = [it for it in out[c.mark:]
-                                       if it.key[0] == "heartbeat" or c.wants(it.key[0], it.key[1])]
+                                       if it.key[0] in _EVERYONE or c.wants(it.key[0], it.key[1])]
             c.mark = 0
             if c.box or ws.paused:
                 # Behind (or with messages of its own): everything goes through its conflating mailbox.
@@ -407,7 +412,7 @@ class WebHub:
     # ------------------------------------------------------------ messages
 
     def _post(self, c: WebClient, item: Item) -> None:
-        if item.key[0] not in KINDS and item.key[0] != "heartbeat" and len(c.box) >= MAX_ANSWERS + self._feed_keys:
+        if item.key[0] not in KINDS and item.key[0] not in _EVERYONE and len(c.box) >= MAX_ANSWERS + self._feed_keys:
             # A client that asks and does not read its answers (each ping with its own id, say) would make the
             # hub keep them all: it is dropped instead (docs/market-data.md, section 5).
             if not c.dropped:
@@ -426,11 +431,13 @@ class WebHub:
         self._post(c, Item(("error", str(self._error_no)), {"t": "error", "reason": reason, "text": text}))
 
     def _hello_item(self) -> Item:
-        # The same for every client (the instruments do not change while the ticker runs): built and encoded once.
+        # The same for every client, built and encoded once: the instruments do not change while the ticker runs,
+        # and the market's state, the index and the halts it carries are built again after they change (publish).
         if self._hello is None:
             self._hello = Item(("hello", ""), {"t": "hello", "v": 1, "exchange": self.exchange,
                                                "heartbeat_s": HEARTBEAT_S, "ticker": self.ticker,
-                                               "tickers": self.tickers, "symbols": self.symbols()})
+                                               "tickers": self.tickers, "symbols": self.symbols(),
+                                               **self.feed.market_snapshot()})
         return self._hello
 
     def symbols(self) -> list[dict[str, Any]]:
@@ -479,7 +486,7 @@ class WebHub:
         out = self._out
         if c.mark < len(out):
             for it in out[c.mark:]:
-                if it.key[0] == "heartbeat" or c.wants(it.key[0], it.key[1]):
+                if it.key[0] in _EVERYONE or c.wants(it.key[0], it.key[1]):
                     c.post(it)
             c.mark = len(out)
             self._kick(c)
@@ -616,7 +623,8 @@ class WebHub:
     async def _history_response(self, q: dict[str, str]) -> Response:
         symbol = q.get("symbol", "")
         interval = q.get("interval", "1m")
-        if symbol not in self.feed.state.symbols:
+        ix = self.feed.index
+        if symbol not in self.feed.state.symbols and (ix is None or symbol != ix.name):
             return _error_response(400, "unknown_symbol", f"unknown symbol {symbol!r}")
         try:
             interval_ns(interval)

@@ -32,6 +32,9 @@ id = "OTHER"
 [[brokers]]
 id = "OFF"
 stp = "off"
+
+[[brokers]]
+id = "OPS-TICKER"  # the index's operator (local.toml's [index])
 """
 
 

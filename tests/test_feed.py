@@ -196,7 +196,7 @@ def test_every_time_has_its_exact_text_beside_it() -> None:
     assert [(b["start"], b["start_ns"]) for b in bars["1m"]] == [(T0, str(T0))]
     assert f.heartbeat(now) == {"t": "heartbeat", "v": 1, "ts": now, "ts_ns": str(now)}
     seen = exact_times(f.snapshot("TCS", now))
-    assert seen == {"ts": 3 + 1, "last_ts": 1, "start": 2}  # quote, depth, bars and the print; the quote; two bars
+    assert seen == {"ts": 4 + 1, "last_ts": 1, "start": 2}  # quote, depth, bars, state, the print; the quote; bars
     before = MarketFeed([_inst()]).snapshot("TCS", now)["quote"]
     assert (before["last_ts"], before["last_ts_ns"]) == (0, "0"), "before the first trade"
 
@@ -250,3 +250,70 @@ def test_batched_levels_leave_the_books_as_applying_every_message_in_order_does(
     assert batched.take(T0) == one_by_one.take(T0)
     st, ref = batched.state.symbols["TCS"], one_by_one.state.symbols["TCS"]
     assert (st.bids, st.asks) == (ref.bids, ref.asks) and batched.state.tseq == one_by_one.state.tseq
+
+
+# ------------------------------------------------------------------ trading states and the index
+
+
+def _state(tseq: int, symbol: str | None, state: str, reason: str = "operator", until: int | None = None,
+           shard: int = 0) -> Any:
+    from fabric.protocol import TradingState
+
+    return TradingState(shard=shard, seq=tseq, tseq=tseq, epoch=0, ts=T0 + tseq, symbol=symbol, state=state,
+                        reason=reason, text=f"t{tseq}", until=until)
+
+
+def _halts_feed() -> MarketFeed:
+    from fabric.index import MarketIndex
+
+    insts = [_inst("TCS"), _inst("INFY", "50.00"), _inst("SBIN", "10.00")]
+    ix = MarketIndex("IX", Decimal(1000), [("TCS", Decimal(1), Decimal(100)), ("INFY", Decimal(2), Decimal(50))])
+    return MarketFeed(insts, index=ix, shards=[("A", ["TCS", "INFY"]), ("B", ["SBIN"])])
+
+
+def test_a_market_halt_covers_its_shard_over_a_symbols_own_halt_and_publishes_once_a_turn() -> None:
+    f = _halts_feed()
+    f.trading_state(_state(1, "TCS", "halted"))
+    turn = f.take(T0)
+    assert kinds(turn.messages) == [("state", "TCS", 1)]
+    assert (turn.messages[0][2]["state"], turn.messages[0][2]["scope"], turn.messages[0][2]["text"]) == \
+        ("halted", "symbol", "t1")
+    f.trading_state(_state(2, None, "halted", "circuit_breaker", until=T0 + 60 * S))
+    turn = f.take(T0)
+    assert kinds(turn.messages) == [("state", "INFY", 1), ("state", "TCS", 2), ("market", "", 1)]
+    market = turn.messages[-1][2]
+    assert (market["state"], market["reason"], market["until"], market["shards"], market["index"]) == \
+        ("halted", "circuit_breaker", T0 + 60 * S, ["A"], "IX")
+    assert f.state.halt_of("SBIN") is None, "shard B trades on"
+    f.trading_state(_state(3, None, "trading"))
+    turn = f.take(T0)
+    objs = {sym: o for k, sym, o in turn.messages if k == "state"}
+    assert (objs["TCS"]["state"], objs["TCS"]["scope"]) == ("halted", "symbol"), "its own halt stays"
+    assert objs["INFY"]["state"] == "trading" and turn.messages[-1][2]["state"] == "trading"
+    assert f.take(T0).messages == [], "nothing changed"
+
+
+def test_a_snapshots_states_replace_the_shards() -> None:
+    f = _halts_feed()
+    f.trading_state(_state(1, "TCS", "halted"))
+    f.take(T0)
+    f.apply_states(0, [_state(5, "INFY", "halted")])
+    turn = f.take(T0)
+    assert [(sym, o["state"]) for k, sym, o in turn.messages if k == "state"] == [("INFY", "halted"),
+                                                                                  ("TCS", "trading")]
+    assert f.market_snapshot(T0)["halted"][0]["symbol"] == "INFY"
+    assert f.snapshot("INFY", T0)["state"]["seq"] == 1
+
+
+def test_the_index_moves_with_its_constituents_once_a_turn() -> None:
+    f = _halts_feed()
+    f.trade(trade(1, "101.00", 1, T0 + 1))
+    f.trade(trade(1, "49.00", 1, T0 + 2, symbol="INFY"))
+    f.trade(trade(1, "12.00", 1, T0 + 3, symbol="SBIN"))  # not a constituent
+    turn = f.take(T0 + S)
+    idx = [o for k, _, o in turn.messages if k == "index"]
+    # 1000 * (101 + 2 * 49) / (100 + 2 * 50) = 995
+    assert len(idx) == 1 and (idx[0]["value"], idx[0]["change_pct"], idx[0]["seq"]) == ("995.00", "-0.50", 1)
+    assert {(sym, iv) for sym, iv, _ in turn.bars if sym == "IX"} == {("IX", "1s"), ("IX", "1m")}
+    f.trade(trade(2, "12.50", 1, T0 + 4, symbol="SBIN"))
+    assert [k for k, _, _ in f.take(T0 + S).messages if k == "index"] == [], "only constituents move it"

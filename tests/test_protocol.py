@@ -135,6 +135,10 @@ SAMPLES: dict[str, list[Any]] = {
         p.ReplJoin(name="A-2", last_seq=41),
         p.ReplRecords(epoch=2, first=42, records=[b"\x81\xa1t\xa3new"], live=True),
         p.ReplAck(name="A-2", last_seq=42),
+        SnapshotReply(shard=3, seq=45, epoch=2, exec_tseq=30, books=[], states=[  # (the ticker's market-index part)
+            p.TradingState(**SEQ, symbol="TCS", state="halted", reason="operator", text="news pending")]),
+        OrderCommand(gateway="gw1", req=22, broker="OPS-TICKER",
+                     cmd=p.Admin(action="halt", until=1_700_000_000_000_000_000, text="circuit breaker 10 %")),
         p.ReplRefused(reason="not_primary", text="A-1 is not the primary of shard A"),
         SnapshotReply(shard=3, seq=44, epoch=2, exec_tseq=30, books=[
             BookSnapshot(symbol="TCS", bids=[("3500.00", 15, 2), ("3499.95", 1, 1)], asks=[("3500.50", 2, 1)],

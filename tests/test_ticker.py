@@ -105,7 +105,7 @@ def _agrees(state: dict[str, Any], trades: list[tuple[Decimal, int]], book: tupl
 def _strip(snap: dict[str, Any]) -> dict[str, Any]:
     # A snapshot without what legitimately differs between two tickers: publication times and topic seqs.
     out = json.loads(json.dumps(snap))
-    for part in ("quote", "depth", "bars"):
+    for part in ("quote", "depth", "bars", "state"):
         out[part].pop("ts", None)
         out[part].pop("ts_ns", None)
         out[part].pop("seq", None)
@@ -113,6 +113,7 @@ def _strip(snap: dict[str, Any]) -> dict[str, Any]:
 
 
 NS_FIELDS = ("ts", "last_ts", "start", "from", "to")  # docs/market-data.md, section 2: each has its F_ns
+NS_CHECKED = (*NS_FIELDS, "until", "since")  # and those of a halt (state, market), checked where they come
 JS_EXACT = 2**53  # the largest integer below which every integer is a double (a JavaScript number)
 
 
@@ -121,7 +122,7 @@ def exact_times(obj: Any, js: Any = None, seen: dict[str, int] | None = None) ->
 
     ``obj`` is a decoded JSON or msgpack object; ``js`` is the same text as JavaScript's ``JSON.parse`` reads it
     (every number a double: ``json.loads(text, parse_int=float)``).  Every integer field ``F`` of
-    :data:`NS_FIELDS` must have ``F_ns`` equal to its decimal text, and that text must give the integer exactly
+    :data:`NS_CHECKED` must have ``F_ns`` equal to its decimal text, and that text must give the integer exactly
     when read from ``js``; every ``F_ns`` must have its ``F``; and no other integer may exceed 2**53 (a time
     without its exact form).  ``seen["rounded"]`` counts the times a double could not hold exactly.
     """
@@ -129,14 +130,14 @@ def exact_times(obj: Any, js: Any = None, seen: dict[str, int] | None = None) ->
     if isinstance(obj, dict):
         for k, v in obj.items():
             jv: Any = js[k] if js is not None else None
-            if k in NS_FIELDS and isinstance(v, int) and not isinstance(v, bool):
+            if k in NS_CHECKED and isinstance(v, int) and not isinstance(v, bool):
                 assert obj.get(f"{k}_ns") == str(v), (k, v, obj.get(f"{k}_ns"))
                 if js is not None:
                     assert int(js[f"{k}_ns"]) == v, "the text form survives JSON.parse exactly"
                     if int(jv) != v:
                         seen["rounded"] = seen.get("rounded", 0) + 1
                 seen[k] = seen.get(k, 0) + 1
-            elif k.endswith("_ns") and k[:-3] in NS_FIELDS:
+            elif k.endswith("_ns") and k[:-3] in NS_CHECKED:
                 assert k[:-3] in obj, f"{k} without {k[:-3]}"
             elif isinstance(v, int) and not isinstance(v, bool):
                 assert abs(v) < JS_EXACT, f"{k} = {v}: an integer beyond 2**53 without an exact text form"
@@ -289,7 +290,10 @@ def test_snapshot_socket_as_the_doc_describes_it(exchange: Launcher) -> None:
     assert not dealer.poll(300), "one answer per request"
     objs = snap["symbols"][sym]
     assert {k: (o["t"], o["v"], o["symbol"]) for k, o in objs.items()} == {
-        "quote": ("quote", 1, sym), "depth": ("depth", 1, sym), "bars": ("bars", 1, sym)}
+        "quote": ("quote", 1, sym), "depth": ("depth", 1, sym), "bars": ("bars", 1, sym),
+        "state": ("state", 1, sym)}
+    assert snap["market"]["t"] == "market" and snap["market"]["state"] == "trading" and snap["halted"] == []
+    assert snap["index"]["t"] == "index" and snap["index"]["name"] == "DEMO12", "the local topology's demo index"
     _wait_for(lambda: _get(f"{tk.http_url}snapshot?symbol={sym}")["quote"]["trades"] == len(trades[sym]))
     dealer.send(request)
     objs = msgpack.unpackb(answer(dealer)[0])["symbols"][sym]

@@ -6,7 +6,8 @@ symbol: last price, change and change % (green up, red down), best bid and
 ask with their quantities, volume, VWAP, high, low and the number of trades.
 A cell that just changed is shown reversed for a second.  The table is redrawn
 at most 4 times a second, under a line that names the ticker, the state of the
-connection, and how many gaps and snapshots there were.  With two tickers in the
+connection, and how many gaps and snapshots there were, and over a line with the market index
+and, while the market is halted, why and until when; a halted symbol is marked ``HALTED``.  With two tickers in the
 topology (A and B feeds) it follows the first and fails over to the other when the
 one it follows dies or falls silent, and the line says how many times it did.  Ctrl-C (or SIGTERM)
 ends it, exit status 0.
@@ -23,6 +24,7 @@ did not answer within ``--timeout`` seconds.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import sys
@@ -139,6 +141,25 @@ class WatchTable:
                 f"{st.snapshots} snapshot{'s' if st.snapshots != 1 else ''}{over} · "
                 f"{st.messages:,} message{'s' if st.messages != 1 else ''}{beat}")
 
+    def market_line(self) -> str:
+        """The line of the market: the index (value, change, % change) and a market-wide halt, or ``""``."""
+        parts: list[str] = []
+        ix = self.md.index()
+        if ix is not None:
+            sign = _sign(ix.get("change"))
+            color = "green" if sign > 0 else "red" if sign < 0 else "white"
+            plus = "+" if sign > 0 else ""
+            parts.append(f"[bold]{ix.get('name')}[/] {ix.get('value')} [{color}]{plus}{ix.get('change')} "
+                         f"({plus}{ix.get('change_pct')}%)[/]")
+        m = self.md.market()
+        if m is not None and m.get("state") == "halted":
+            until = m.get("until")
+            end = ("until resumed" if not isinstance(until, int)
+                   else "until " + dt.datetime.fromtimestamp(until / 1e9).strftime("%H:%M:%S"))
+            why = str(m.get("reason") or "").replace("_", " ")
+            parts.append(f"[bold white on red] MARKET HALTED [/] {why}: {m.get('text') or ''} ({end})")
+        return " · ".join(parts)
+
     def render(self, now: float | None = None, highlight: bool = True) -> Any:
         """Return the header and the table as one rich renderable."""
         from rich.console import Group
@@ -154,14 +175,18 @@ class WatchTable:
             q = self.md.quote(sym)
             sign = _sign(q.get("change")) if q is not None else 0
             color = "green" if sign > 0 else "red" if sign < 0 else ""
+            st = self.md.trading_state(sym)
             row: list[Text] = [Text(sym, style="bold")]
+            if st is not None and st.get("state") == "halted":
+                row[0].append(" HALTED", style="bold white on red")
             for col in COLUMNS[1:]:
                 style = color if col in ("last", "change", "change %") else ""
                 if highlight and now - self.changed_at.get((sym, col), -1e9) < HIGHLIGHT_S:
                     style = f"{style} reverse".strip()
                 row.append(Text(cells[col], style=style))
             t.add_row(*row)
-        return Group(Text.from_markup(self.header()), t)
+        market = self.market_line()
+        return Group(Text.from_markup(self.header()), t, *([Text.from_markup(market)] if market else []))
 
 
 def run(symbols: Sequence[str], topology: str, *, once: bool = False, as_json: bool = False, timeout: float = 5.0,

@@ -11,6 +11,9 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import zmq.asyncio
+
+from fabric.client import AsyncBrokerClient
 from fabric.marketdata import MarketDataClient
 from topology.load import load
 from topology.model import Topology
@@ -52,4 +55,22 @@ def market_data_client(topo: Topology | str | os.PathLike[str], symbols: Iterabl
                             symbols, **kwargs)
 
 
-__all__ = ["market_data_client"]
+def operator_client(topo: Topology, operator: str, *, ctx: zmq.asyncio.Context | None = None) -> AsyncBrokerClient:
+    """Return an operator's session with the exchange (the ticker's, to trip a circuit breaker).
+
+    The one place an operator's connection is made: it logs on as ``operator`` to the topology's gateways, the
+    first that answers (its credentials, when the exchange asks for them, are given here).
+
+    Parameters
+    ----------
+    topo
+        The topology: its gateways.
+    operator
+        The operator's broker id (``[index] operator``).
+    ctx
+        The asyncio ZeroMQ context for the socket.
+    """
+    return AsyncBrokerClient([g.endpoint.connect for g in topo.gateways], operator, ctx=ctx, timeout=2.0, retries=1)
+
+
+__all__ = ["market_data_client", "operator_client"]

@@ -62,6 +62,19 @@ A topology file is TOML.  Every table and key, with its default::
     [persistence]                       # optional: the node that writes every order and trade
     host = "127.0.0.1"                  # (it listens on no port)
 
+    [index]                             # optional: the market index the ticker computes (docs/security.md)
+    name = "SENSEX"                     # required
+    base = "1000"                       # required: its value at the previous close
+    operator = "OPS-TICKER"             # optional: the broker id the ticker halts the market as when a
+                                        # breaker trips; without it the breakers are off
+    [index.constituents]                # required: symbol = weight (free-float shares), each an instrument
+    RELIANCE = 676                      # with a ref_price; an integer or a decimal string
+    [[index.breakers]]                  # optional, lowest level first; default SEBI's 10, 15 and 20 %
+    pct = "10"                          # a move of the index, either way, of this many percent
+    halts = [["13:00", "45m"], ["14:30", "15m"]]  # tripped before 13:00: 45 minutes; before 14:30: 15
+                                        # minutes; later: no halt ("24:00" is the day's end, "day" the
+                                        # rest of the day, durations "1h45m", "45m", "30s")
+
     [stores]                            # optional; the defaults need nothing installed
     recent = "embedded"                 # orders' status, open orders, last trades: in the persistence node's
                                         # memory; or "redis": needs [redis]
@@ -101,6 +114,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fabric.circuit import SEBI_LEVELS, Level, parse_halts
 from fabric.commands import STP_CODES, Stp
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
 from fabric.records import DEFAULT_TIMEZONE
@@ -109,6 +123,7 @@ from topology.model import (
     Broker,
     Cassandra,
     Gateway,
+    Index,
     InfluxDB,
     Persistence,
     Redis,
@@ -135,6 +150,7 @@ _TOP = {
     "redis": "[redis]",
     "cassandra": "[cassandra]",
     "influxdb": "[influxdb]",
+    "index": "[index]",
 }
 _EXCHANGE_KEYS = ("name", "data_dir", "timezone")
 _INSTRUMENT_KEYS = ("symbol", "tick", "lot", "ref_price", "band_pct")
@@ -151,6 +167,8 @@ _ZOOKEEPER_KEYS = ("hosts", "root")
 _REDIS_KEYS = ("url",)
 _CASSANDRA_KEYS = ("hosts", "keyspace", "port")
 _INFLUXDB_KEYS = ("url", "database")
+_INDEX_KEYS = ("name", "base", "operator", "constituents", "breakers")
+_BREAKER_KEYS = ("pct", "halts")
 
 # The server table each non-embedded store kind needs, and an example of it.
 _SERVER_OF = {
@@ -161,6 +179,7 @@ _SERVER_OF = {
 _DEFAULT_SERVER_PORTS = {"redis": 6379, "rediss": 6379, "http": 8086, "https": 8086}
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_INDEX_NAME = re.compile(r"[A-Z0-9&._-]+")
 _KEYSPACE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,47}\Z")
 _MISSING: Any = object()
 
@@ -465,6 +484,7 @@ class _Builder:
         cassandra = self.cassandra(data)
         influxdb = self.influxdb(data)
         stores = self.stores(data)
+        index = self.index(data, instruments, brokers)
         self.routing(data, known, shards)
         if shards is not None and zookeeper is None and "zookeeper" not in data:
             for where, shard in shards:
@@ -491,6 +511,7 @@ class _Builder:
             cassandra=cassandra,
             influxdb=influxdb,
             source=self.source,
+            index=index,
         )
         return topology, self.problems
 
@@ -795,6 +816,97 @@ class _Builder:
         if name is None or host is None or pub is None or snap is None or http is None:
             return None
         return Ticker(host, pub, http, snap, name)
+
+    def index(self, data: dict[str, Any], instruments: list[Instrument] | None, brokers: list[Broker]
+              ) -> Index | None:
+        """The market index and its circuit breakers (``docs/security.md``), or ``None`` without ``[index]``."""
+        tbl = self.table(data, "index")
+        if tbl is None:
+            return None
+        self.keys(tbl, "index", _INDEX_KEYS)
+        name = self.name(tbl, "name", "index")
+        base = None
+        if "base" not in tbl:
+            self.add("index", 'missing required key "base" (the index\'s value at the previous close)')
+        else:
+            base = self.decimal(tbl, "base", "index")
+        if base is not None and base <= 0:
+            self.add("index.base", f"must be positive, got {base}")
+            base = None
+        operator = self.string(tbl, "operator", "index", required=False)
+        if operator is not None and brokers and operator not in {b.id for b in brokers}:
+            self.add("index.operator", f"{_q(operator)} is not among the [[brokers]]: list it there (the ticker logs "
+                     "on as this operator to halt the market)")
+        refs = {i.symbol: i.ref_price for i in instruments or ()}
+        if name is not None and name in refs:
+            self.add("index.name", f"{_q(name)} is an instrument's symbol: the index's history is kept under its name")
+        elif name is not None and not _INDEX_NAME.fullmatch(name):
+            self.add("index.name", f"{_q(name)}: an index name is made of A-Z, 0-9, '&', '.', '_' and '-' (as a "
+                     "symbol in the price history)")
+        consts: list[tuple[str, Decimal]] = []
+        raw = tbl.get("constituents")
+        if raw is None:
+            self.add("index", 'missing required table "constituents" (symbol = weight, the free-float shares)')
+        elif not isinstance(raw, dict) or not raw:
+            self.add("index.constituents", f"must be a table of symbol = weight, got {_kind(raw)}")
+        else:
+            for sym, w in raw.items():
+                where = f"index.constituents.{sym}"
+                weight = None
+                if isinstance(w, bool) or not isinstance(w, int | str):
+                    self.add(where, f"the weight must be an integer or a decimal string, got {_kind(w)}")
+                else:
+                    weight = self.decimal(raw, sym, "index.constituents")
+                if weight is not None and weight <= 0:
+                    self.add(where, f"the weight must be positive, got {weight}")
+                    weight = None
+                if instruments is not None and sym not in refs:
+                    self.add(where, f"{_q(sym)} is not an instrument{_suggest(sym, refs)}")
+                elif instruments is not None and refs[sym] is None:
+                    self.add(where, f"{sym} has no ref_price: the index starts from its constituents' previous "
+                             "close")
+                elif weight is not None:
+                    consts.append((sym, weight))
+        levels = self.breakers(tbl)
+        if name is None or base is None or not consts or len(consts) != len(raw or ()) or levels is None:
+            return None
+        return Index(name, base, tuple(consts), operator, levels)
+
+    def breakers(self, tbl: dict[str, Any]) -> tuple[Level, ...] | None:
+        """The breaker levels of ``[index]`` (SEBI's without ``[[index.breakers]]``); ``None`` when broken."""
+        if "breakers" not in tbl:
+            return SEBI_LEVELS
+        entries = tbl["breakers"]
+        if not isinstance(entries, list) or not entries or not all(isinstance(t, dict) for t in entries):
+            self.add("index.breakers", "must be an array of tables (write [[index.breakers]] with pct and halts)")
+            return None
+        out: list[Level] = []
+        ok = True
+        for i, b in enumerate(entries):
+            where = f"[[index.breakers]][{i}]"
+            self.keys(b, where, _BREAKER_KEYS)
+            pct = None
+            if "pct" not in b:
+                self.add(where, 'missing required key "pct"')
+            else:
+                pct = self.decimal(b, "pct", where)
+            if pct is not None and not 0 < pct < 100:
+                self.add(_at(where, "pct"), f"must be between 0 and 100 percent, got {pct}")
+                pct = None
+            if pct is not None and out and pct <= out[-1].pct:
+                self.add(_at(where, "pct"), f"{pct} is not above the level before it ({out[-1].pct}): give the "
+                         "levels lowest first")
+                pct = None
+            try:
+                halts = parse_halts(b.get("halts"))
+            except ValueError as e:
+                self.add(_at(where, "halts"), str(e))
+                halts = None
+            if pct is None or halts is None:
+                ok = False
+            else:
+                out.append(Level(pct, halts))
+        return tuple(out) if ok else None
 
     def persistence(self, data: dict[str, Any]) -> Persistence | None:
         tbl = self.table(data, "persistence")

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
 
+from fabric.circuit import SEBI_LEVELS, Level
 from fabric.commands import Stp
 from fabric.instruments import Instrument
 from fabric.records import DEFAULT_TIMEZONE
@@ -284,6 +286,32 @@ class Ticker:
 
 
 @dataclass(frozen=True, slots=True)
+class Index:
+    """The market index the ticker computes, and its market-wide circuit breakers (``docs/security.md``).
+
+    Parameters
+    ----------
+    name
+        Its name (``SENSEX``).
+    base
+        Its value at the previous close (every constituent at its ``ref_price``).
+    constituents
+        ``(symbol, weight)`` of each constituent: the weight is its free-float shares.
+    operator
+        The broker id the ticker halts the market as when a breaker trips (an operator's id); ``None``: the
+        breakers are off, the index is only shown.
+    breakers
+        The breaker levels, lowest first (default SEBI's: 10, 15 and 20 %).
+    """
+
+    name: str
+    base: Decimal
+    constituents: tuple[tuple[str, Decimal], ...]
+    operator: str | None = None
+    breakers: tuple[Level, ...] = SEBI_LEVELS
+
+
+@dataclass(frozen=True, slots=True)
 class Persistence:
     """The persistence node: it only subscribes and writes, so it listens on no port.
 
@@ -431,6 +459,8 @@ class Topology:
     tickers
         Every market data node, in file order (empty without one): the first writes the price history, the
         next take over when the ones before are silent; clients follow one and fail over to the next.
+    index
+        The market index the ticker computes and its circuit breakers, or ``None``.
     stores
         Which store holds each kind of data.
     zookeeper, redis, cassandra, influxdb
@@ -455,6 +485,7 @@ class Topology:
     influxdb: InfluxDB | None = None
     source: Path | None = None
     tickers: tuple[Ticker, ...] = ()
+    index: Index | None = None
     _routes: dict[str, Shard] = field(init=False, repr=False, compare=False)
     _instruments: dict[str, Instrument] = field(init=False, repr=False, compare=False)
 

@@ -146,6 +146,12 @@
     updates: 0,
     helloCount: 0,
     qseq: {},             // symbol -> seq of the last quote of this connection (seq orders one ticker's messages)
+    halts: {},            // symbol -> its state object while halted (docs/market-data.md, section 2: state)
+    sseq: {},             // symbol -> seq of its last state object of this connection
+    marketFresh: true,    // a new connection: its first market and index objects stand, whatever their seq
+    indexFresh: true,
+    market: null,         // the market's trading state object
+    index: null,          // the market index object
     tickers: [],          // [{name, ws, http}] from hello: every ticker of the market
     tickerAt: -1,         // the one followed, in tickers
     home: null,           // the name of the ticker that served the page (reached through the page's own address)
@@ -165,6 +171,9 @@
     interval: state.interval,
     chart: { symbol: null, interval: null, bars: 0, draws: 0 },
     errors: [],
+    halts: state.halts,   // symbol -> state object while halted
+    market: null,         // the market's trading state object
+    index: null,          // the market index object
   };
   window.exfab = exfab;
 
@@ -173,6 +182,8 @@
     name: $("exchange-name"), brandSub: $("brand-sub"), session: $("session"), status: $("status"), statusText: $("status-text"), statusHb: $("status-hb"),
     clockTime: $("clock-time"), clockDate: $("clock-date"),
     banner: $("banner"), bannerText: $("banner-text"), bannerClose: $("banner-close"),
+    haltBanner: $("halt-banner"), haltText: $("halt-text"),
+    indexStat: $("index-stat"), indexName: $("index-name"), indexValue: $("index-value"), indexChange: $("index-change"),
     watchBody: $("watch-body"),
     chart: $("chart"), chartMsg: $("chart-msg"), chartSymbol: $("chart-symbol"), chartLast: $("chart-last"),
     chartChange: $("chart-change"), chartOhlc: $("chart-ohlc"), intervals: $("intervals"),
@@ -217,6 +228,11 @@
       sym.dataset.field = "symbol";
       sym.className = "l sym";
       sym.textContent = s.symbol;
+      const badge = document.createElement("span");
+      badge.className = "badge-halted";
+      badge.textContent = "HALTED";
+      badge.hidden = true;
+      sym.appendChild(badge);
       tr.appendChild(sym);
       const cells = {};
       for (const f of FIELDS) {
@@ -227,7 +243,7 @@
         tr.appendChild(td);
         cells[f] = td;
       }
-      rows[s.symbol] = { tr, cells, shown: {}, raw: {}, filled: false };
+      rows[s.symbol] = { tr, cells, badge, shown: {}, raw: {}, filled: false };
       frag.appendChild(tr);
       if (s.symbol === state.selected) tr.classList.add("sel");
     }
@@ -241,6 +257,12 @@
     const row = rows[sym];
     if (!row) return;
     const q = state.quotes[sym];
+    const halt = state.halts[sym];
+    if (row.badge.hidden === !!halt) {
+      row.badge.hidden = !halt;
+      row.tr.classList.toggle("halted", !!halt);
+    }
+    row.badge.title = halt ? haltWords(halt) : "";
     for (const f of FIELDS) {
       const text = fmtField(f, q);
       if (text === row.shown[f]) continue;
@@ -806,6 +828,13 @@
     if (state.home === null && msg.ticker) state.home = msg.ticker;
     exfab.ticker = msg.ticker || null;
     state.qseq = {};   // a new connection: its ticker's numbers
+    state.sseq = {};
+    state.marketFresh = state.indexFresh = true;   // the next market and index objects stand, whatever their seq
+    // The market's state, the index and the halts as they stand now (each object's seq is this ticker's).
+    if (msg.market) applyMarket(msg.market);
+    if (msg.index) applyIndex(msg.index);
+    for (const sym of Object.keys(state.halts)) delete state.halts[sym];
+    for (const o of Array.isArray(msg.halted) ? msg.halted : []) applyState(o, true);
     const list = Array.isArray(msg.symbols) ? msg.symbols.map((s) => (typeof s === "string" ? { symbol: s } : s)) : [];
     const same = list.length === state.symbols.length && list.every((s, i) => s.symbol === state.symbols[i].symbol);
     state.symbols = list;
@@ -868,8 +897,51 @@
     if (sym === state.selected) dirty.depth = true;
   }
 
+  /* A halt in words: who, why, until when (local time). */
+  function haltWords(o) {
+    const who = o.reason === "circuit_breaker" ? "circuit breaker" : o.reason === "operator" ? "by the operator" :
+      (o.reason || "");
+    const until = o.until !== null && o.until !== undefined ? "resumes at " + timeOfMs(msOf(o, "until"), false)
+      : "until resumed";
+    return [o.text || "", who, until].filter((x) => x).join(" · ");
+  }
+
+  // A symbol's trading state (seq orders one connection's; a snapshot's stands).
+  function applyState(o, snapshot) {
+    const sym = o.symbol;
+    if (!sym) return;
+    const last = state.sseq[sym];
+    if (!snapshot && last && o.seq && o.seq <= last) return;
+    if (o.seq) state.sseq[sym] = o.seq;
+    if (o.state === "halted") state.halts[sym] = o;
+    else delete state.halts[sym];
+    dirty.rows.add(sym);
+  }
+
+  function applyMarket(o) {
+    if (state.market && o.seq && state.market.seq && o.seq < state.market.seq && !state.marketFresh) return;
+    state.marketFresh = false;
+    state.market = exfab.market = o;
+    const halted = o.state === "halted";
+    el.haltBanner.hidden = !halted;
+    if (halted) el.haltText.textContent = haltWords(o);
+  }
+
+  function applyIndex(o) {
+    if (state.index && o.seq && state.index.seq && o.seq < state.index.seq && !state.indexFresh) return;
+    state.indexFresh = false;
+    state.index = exfab.index = o;
+    el.indexStat.hidden = false;
+    el.indexName.textContent = o.name;
+    el.indexValue.textContent = o.value;
+    el.indexChange.textContent = signed(o.change) + " (" + signed(o.change_pct) + "%)";
+    el.indexChange.classList.remove("up", "down", "flat");
+    el.indexChange.classList.add(dirClass(num(o.change) || 0));
+  }
+
   function applySnapshotOf(sym, snap) {
     if (!sym) return;
+    if (snap.state) applyState(snap.state, true);
     if (snap.quote) applyQuote(sym, snap.quote, true);
     if (snap.depth) applyDepth(sym, snap.depth, true);
     if (snap.bars) putBars(sym, snap.bars.bars || snap.bars);
@@ -889,6 +961,9 @@
       case "quote": applyQuote(msg.symbol, msg, false); break;
       case "depth": applyDepth(msg.symbol, msg, false); break;
       case "bars": putBars(msg.symbol, msg.bars); break;
+      case "state": applyState(msg, false); break;
+      case "market": applyMarket(msg); break;
+      case "index": applyIndex(msg); break;
       case "heartbeat":
         state.lastHeartbeatMs = msOf(msg, "ts");
         state.lastHeartbeatAt = performance.now();
