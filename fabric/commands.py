@@ -21,7 +21,7 @@ from typing import Final, Literal, TypeAlias
 import msgspec
 
 from fabric.constants import BUY, DAY, FOK, GTC, IOC, LIMIT, MARKET, SELL
-from fabric.protocol import Cancel, New, OrderCommand, Replace
+from fabric.protocol import Admin, Cancel, New, OrderCommand, Replace
 
 __all__ = [
     "SIDE_CODES",
@@ -30,12 +30,14 @@ __all__ = [
     "AddInstrument",
     "CancelOrder",
     "Command",
+    "Control",
     "EndOfDay",
     "NewOrder",
     "OrderCommandT",
     "ReplaceOrder",
     "decode_command",
     "encode_command",
+    "from_control",
     "from_order",
 ]
 
@@ -104,14 +106,38 @@ class EndOfDay(_Command, tag="end_of_day", kw_only=True):
     ts: int = 0
 
 
-OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder
-Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay
+ControlAction = Literal["halt", "resume", "disable", "enable", "disconnected"]
+
+
+class Control(_Command, tag="admin", kw_only=True):
+    """Market control: halt or resume ``symbol`` (``None``: every symbol of the shard), disable or enable
+    ``broker`` (``disable`` also cancels its open orders: the kill switch), or cancel every open order of a
+    ``broker`` whose session ended (``disconnected``: cancel-on-disconnect).
+
+    ``until`` (ns since the Unix epoch) ends a halt by itself: the primary matcher journals the ``resume`` when
+    the time comes, so a replay of the journal meets it at the same place. ``by`` is who sent it: the
+    operator's broker id, the gateway for ``disconnected``, ``clock`` for the resume at ``until``.
+    """
+
+    action: ControlAction
+    symbol: str | None = None
+    broker: str | None = None
+    text: str | None = None
+    until: int | None = None
+    by: str | None = None
+    ts: int = 0
+    gw: str | None = None
+    req: int = 0
+
+
+OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | Control
+Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay | Control
 
 
 def from_order(oc: OrderCommand, ts: int) -> OrderCommandT:
     """Return the command a gateway's ``order_cmd`` asks for, at matcher time ``ts`` (ns).
 
-    ``oc.cmd`` is a broker's ``new``, ``cancel`` or ``replace``: a ``status`` or
+    ``oc.cmd`` is a broker's ``new``, ``cancel`` or ``replace``, or an ``admin``: a ``status`` or
     ``orders`` changes nothing and has no command.
     """
     c = oc.cmd
@@ -123,7 +149,15 @@ def from_order(oc: OrderCommand, ts: int) -> OrderCommandT:
     if type(c) is Replace:
         return ReplaceOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, price=c.price, qty=c.qty, ts=ts,
                             gw=oc.gateway, req=oc.req)
+    if type(c) is Admin:
+        return from_control(oc, c, ts)
     raise TypeError(f"{type(c).__name__} is a query, not a command")
+
+
+def from_control(oc: OrderCommand, c: Admin, ts: int) -> Control:
+    """Return the ``admin`` journal command of an operator's (or a gateway's) :class:`~fabric.protocol.Admin`."""
+    return Control(action=c.action, symbol=c.symbol, broker=c.broker, text=c.text, until=c.until, by=oc.broker,
+                   ts=ts, gw=oc.gateway, req=oc.req)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -356,12 +356,15 @@ class Orders(_ClientMsg, tag="orders", frozen=True, kw_only=True):
 class Admin(_ClientMsg, tag="admin", frozen=True, kw_only=True):
     """An operator's command (from an operator's session only): halt or resume trading in ``symbol`` (nil: the
     whole market), or disable or enable ``broker`` (the kill switch: ``disable`` also cancels its open orders).
-    Answered with :class:`AdminAck` once every shard concerned has carried it out."""
+    Answered with :class:`AdminAck` once every shard concerned has carried it out. ``until`` ends a halt by
+    itself (ns since the Unix epoch). ``disconnected`` (cancel every open order of ``broker``) is sent by a
+    gateway when the session of a broker with cancel-on-disconnect ends; a session may not send it."""
 
-    action: Literal["halt", "resume", "disable", "enable"]
+    action: Literal["halt", "resume", "disable", "enable", "disconnected"]
     symbol: Symbol | None = None
     broker: BrokerId | None = None
     text: Annotated[str, Meta(max_length=MAX_TEXT_LEN)] | None = None
+    until: Annotated[int, Meta(ge=0)] | None = None  # a halt ends by itself then (ns since the Unix epoch)
 
 
 class Heartbeat(_ClientMsg, tag="heartbeat", frozen=True, kw_only=True):
@@ -790,6 +793,7 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     epoch: Count
     exec_tseq: Count
     books: list[BookSnapshot]
+    states: list[TradingState] = []
 
 
 class ReplJoin(_InternalMsg, tag="repl_join", frozen=True, kw_only=True):
