@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from fabric.instruments import Instrument
 from fabric.records import DEFAULT_TIMEZONE
+from fabric.risk import RiskLimits
 
 # Node kinds, in the order the launcher starts them: matchers first so that
 # persistence, the ticker and the gateways find their feeds ready.
@@ -213,10 +214,19 @@ class Broker:
         The broker id carried on every order.
     name
         A readable name, for logs and screens.
+    role
+        ``"operator"``: its sessions may send admin commands (halts, the kill switch); ``"broker"``: orders only.
+    cancel_on_disconnect
+        When its session ends (logout, heartbeat timeout), the gateway has every open order of it cancelled.
+    risk
+        Its own risk limits; a limit it leaves out is the ``[risk]`` table's.
     """
 
     id: str
     name: str | None = None
+    role: Literal["broker", "operator"] = "broker"
+    cancel_on_disconnect: bool = False
+    risk: RiskLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +442,10 @@ class Topology:
         The servers, or ``None`` when the file names none.
     source
         The file the topology was read from, if any.
+    risk
+        The ``[risk]`` table: every broker's default risk limits.
+    instrument_risk
+        The risk limits of the instruments that have any, by symbol.
     """
 
     name: str
@@ -450,6 +464,8 @@ class Topology:
     influxdb: InfluxDB | None = None
     source: Path | None = None
     tickers: tuple[Ticker, ...] = ()
+    risk: RiskLimits = field(default_factory=RiskLimits)
+    instrument_risk: Mapping[str, RiskLimits] = field(default_factory=dict)
     _routes: dict[str, Shard] = field(init=False, repr=False, compare=False)
     _instruments: dict[str, Instrument] = field(init=False, repr=False, compare=False)
 
