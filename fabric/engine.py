@@ -327,8 +327,9 @@ class MatchingEngine:
         if st is None:
             return None
         where = "the market" if st.symbol is None else f"trading in {symbol}"
+        why = f" ({st.text})" if st.text else ""
         return self._reject(op, clid, broker, symbol, REJ_HALTED,
-                            f"{where} is halted{': ' + st.text if st.text else ''}: {op} refused until it resumes", ts)
+                            f"{where} is halted{why}: {op} refused until it resumes", ts)
 
     def new_order(
         self,

@@ -193,7 +193,8 @@ class Gateway:
         self.topo = topo
         self.cfg = topo.gateway(name)
         self.name = name
-        self.allowed = {b.id for b in topo.brokers}  # empty: any broker id may log on
+        # Empty (no [[brokers]] entry of role "broker", operators aside): any broker id may log on.
+        self.allowed = {b.id for b in topo.brokers} if any(b.role == "broker" for b in topo.brokers) else set()
         self.operators = {b.id for b in topo.brokers if b.role == "operator"}  # may send admin commands
         self.cancel_on_disconnect = {b.id for b in topo.brokers if b.cancel_on_disconnect}
         self.risk = RiskChecks(topo.risk, {b.id: b.risk for b in topo.brokers if b.risk is not None},

@@ -427,7 +427,8 @@ class Topology:
     gateways
         Every gateway, in file order (at least one).
     brokers
-        The brokers allowed to trade; empty means any broker id is accepted.
+        The brokers allowed to trade, and the operators; with no entry of role ``broker``, any broker id is
+        accepted (operators aside).
     timezone
         The exchange's time zone (IANA name): which trading day a time belongs to.
     ticker, persistence
