@@ -209,8 +209,11 @@ PROTOCOL_REASONS: Final[dict[str, str]] = {
     "heartbeat_timeout": "nothing received for three heartbeat intervals: the gateway ends the session",
     # Risk and routing (the gateway).
     "unknown_symbol": "the symbol is not traded on this exchange",
-    "rate_limited": "the broker sent more messages per second than its limit",
+    "rate_limited": "the broker sent more new and replace messages per second than its limit (a token bucket)",
     "order_value_too_large": "price times quantity exceeds the broker's maximum order value",
+    "order_qty_too_large": "the quantity exceeds the broker's (or the instrument's) maximum order quantity",
+    "price_outside_risk_band": "the limit price is outside the risk band around the instrument's reference price",
+    "too_many_open_orders": "the broker has as many open orders as its limit allows: cancel some first",
     "shard_unavailable": "the matcher for the symbol is not reachable (failover in progress): retry with the same oid",
     # Market control (the matcher, on an operator's admin command or a circuit breaker).
     "halted": "trading in the symbol, or the whole market, is halted: new orders and replaces are refused",
