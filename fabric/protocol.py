@@ -1305,8 +1305,8 @@ def _compile(ti: Any, name: str = "", or_nil: str = "") -> tuple[_Check, str]:
             return tuple(c(e, f"{path}[{i}]") for i, (c, e) in enumerate(zip(items, x, strict=True)))
 
         return check_tuple, expected
-    if isinstance(ti, inspect.StructType):  # an untagged nested struct (a snapshot's book)
-        build = _compile_struct(ti.cls)
+    if isinstance(ti, inspect.StructType):  # a nested struct: a snapshot's book, or a tagged one (its states)
+        build = _compile_tagged([ti.cls]) if ti.cls.__struct_config__.tag_field else _compile_struct(ti.cls)
 
         def check_struct(x: Any, path: str) -> Any:
             if type(x) is not dict:
