@@ -40,11 +40,11 @@ def test_token_bucket_refills_at_its_rate_up_to_its_size() -> None:
     assert [b.take(100.0) for _ in range(4)] == [True, True, True, False]  # never more than its size
 
 
-def _checks(default: RiskLimits = RiskLimits(), brokers: dict[str, RiskLimits] | None = None,
+def _checks(default: RiskLimits | None = None, brokers: dict[str, RiskLimits] | None = None,
             inst: dict[str, RiskLimits] | None = None, clock: _Clock | None = None) -> RiskChecks:
     tcs = Instrument("TCS", tick=Decimal("0.05"), ref_price=Decimal("3500.00"), band_pct=Decimal("10"))
     noref = Instrument("NOREF", tick=Decimal("0.01"))
-    return RiskChecks(default, brokers or {}, {"TCS": tcs, "NOREF": noref}, inst or {}, clock or _Clock())
+    return RiskChecks(default or RiskLimits(), brokers or {}, {"TCS": tcs, "NOREF": noref}, inst or {}, clock or _Clock())
 
 
 def _new(qty: int, price: str | None = "3500.00", symbol: str = "TCS") -> New:
@@ -171,8 +171,9 @@ def test_topology_risk_mistakes_are_reported_where_they_are(extra: str, where: s
 
 
 def test_topology_instrument_risk_band_needs_a_reference_price() -> None:
-    text = _BASE.replace('[[instruments]]\nsymbol = "RELIANCE"', '[[instruments]]\nsymbol = "NEW1"\nrisk_band_pct = "5"\n\n'
-                         '[[instruments]]\nsymbol = "RELIANCE"').replace('symbols = ["RELIANCE",', 'symbols = ["NEW1", "RELIANCE",')
+    first = '[[instruments]]\nsymbol = "RELIANCE"'
+    text = _BASE.replace(first, f'[[instruments]]\nsymbol = "NEW1"\nrisk_band_pct = "5"\n\n{first}').replace(
+        'symbols = ["RELIANCE",', 'symbols = ["NEW1", "RELIANCE",')
     problems = check_text(text)
     assert [str(p) for p in problems] == ['instruments[0] "NEW1".risk_band_pct: a risk band is around the reference '
                                           "price: give ref_price"]
