@@ -44,7 +44,8 @@ def _checks(default: RiskLimits | None = None, brokers: dict[str, RiskLimits] | 
             inst: dict[str, RiskLimits] | None = None, clock: _Clock | None = None) -> RiskChecks:
     tcs = Instrument("TCS", tick=Decimal("0.05"), ref_price=Decimal("3500.00"), band_pct=Decimal("10"))
     noref = Instrument("NOREF", tick=Decimal("0.01"))
-    return RiskChecks(default or RiskLimits(), brokers or {}, {"TCS": tcs, "NOREF": noref}, inst or {}, clock or _Clock())
+    return RiskChecks(default or RiskLimits(), brokers or {}, {"TCS": tcs, "NOREF": noref}, inst or {},
+                      clock or _Clock())
 
 
 def _new(qty: int, price: str | None = "3500.00", symbol: str = "TCS") -> New:
