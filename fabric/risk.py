@@ -114,8 +114,17 @@ class TokenBucket:
 
 
 @dataclass(slots=True)
+class _Broker:
+    # One broker's limits that are not per symbol, and its state.
+    bucket: TokenBucket | None
+    max_open: int
+
+
+@dataclass(slots=True)
 class _Resolved:
-    # One (broker, symbol)'s limits, in the units of the checks.
+    # One (broker, symbol)'s limits, in the units of the checks, and its broker's state.
+    broker: _Broker
+    priced: bool  # a band or a value limit: the price is looked at
     inst: Instrument | None
     max_qty: int
     max_value: Decimal | None  # for the texts
@@ -124,13 +133,6 @@ class _Resolved:
     band_hi: int
     band_pct: Decimal | None
     ref_ticks: int  # the reference price in ticks (0: none): a market order's value
-
-
-@dataclass(slots=True)
-class _Broker:
-    # One broker's limits that are not per symbol, and its state.
-    bucket: TokenBucket | None
-    max_open: int
 
 
 def open_delta(kind: str, leaves_qty: int) -> int:
@@ -179,7 +181,7 @@ class RiskChecks:
         limits = [self.default, *self.brokers.values(), *self.instrument_limits.values()]
         self.active = any(lim != RiskLimits() for lim in limits)  # no limit anywhere: check() is one compare
         self.counts_open = any(lim.max_open_orders is not None for lim in limits)  # on_report is needed
-        self._resolved: dict[tuple[str, str], _Resolved] = {}
+        self._resolved: dict[str, dict[str, _Resolved]] = {}  # broker -> symbol -> its limits
         self._broker: dict[str, _Broker] = {}
         self.open: dict[str, int] = {}  # broker -> open orders, from the execution reports
 
@@ -215,7 +217,9 @@ class RiskChecks:
                     pct = Decimal(band) / 100
                     lo = math.ceil(inst.ref_price * (1 - pct) / inst.tick)  # inwards to whole ticks, as the band
                     hi = math.floor(inst.ref_price * (1 + pct) / inst.tick)
-        return _Resolved(inst, NO_LIMIT if max_qty is None else int(max_qty),
+        state = self._broker.get(broker) or self._broker_state(broker)
+        priced = inst is not None and (value_ticks != NO_LIMIT or hi != NO_LIMIT)
+        return _Resolved(state, priced, inst, NO_LIMIT if max_qty is None else int(max_qty),
                          None if max_value is None else Decimal(max_value), value_ticks, lo, hi,
                          None if band is None or ref_ticks == 0 else Decimal(band), ref_ticks)
 
@@ -236,35 +240,37 @@ class RiskChecks:
         """
         if not self.active:
             return None
-        b = self._broker.get(broker) or self._broker_state(broker)
+        per = self._resolved.get(broker)
+        r = None if per is None else per.get(msg.symbol)
+        if r is None:
+            r = self._resolved.setdefault(broker, {})[msg.symbol] = self._resolve(broker, msg.symbol)
+        b = r.broker
         if b.bucket is not None and not b.bucket.take(self.clock()):
             op = "new" if type(msg) is New else "replace"
             return ("rate_limited", f"broker {broker} sent more than {b.bucket.rate:g} orders per second (a burst "
                     f"of {b.bucket.size:g} at most): this {op} is refused; cancels are never limited", None)
-        r = self._resolved.get((broker, msg.symbol)) or self._resolved.setdefault((broker, msg.symbol),
-                                                                                 self._resolve(broker, msg.symbol))
         qty = msg.qty
         if qty is not None and qty > r.max_qty:
             return ("order_qty_too_large", f"qty {qty} exceeds the maximum order quantity {r.max_qty} of broker "
                     f"{broker} in {msg.symbol}", "qty")
-        price = msg.price
-        ticks = 0
-        if price is not None and r.inst is not None:
-            ticks = r.inst.ticks_of(price) or 0  # off the tick: the matcher refuses it with its own reason
-            if ticks and not r.band_lo <= ticks <= r.band_hi:
-                inst = r.inst
-                return ("price_outside_risk_band", f"price {price} is outside the risk band "
-                        f"{inst.to_price(r.band_lo)}-{inst.to_price(r.band_hi)} ({r.band_pct}% around the reference "
-                        f"price {inst.ref_price})", "price")
-        elif type(msg) is New and r.inst is not None:
-            ticks = r.ref_ticks  # a market order, valued at the reference price
-        if qty is not None and ticks and ticks * qty > r.max_value_ticks:
-            assert r.inst is not None
-            value = r.inst.tick * ticks * qty
-            at = f"{price} x {qty}" if price is not None else f"{qty} at the reference price {r.inst.ref_price}"
-            return ("order_value_too_large", f"order value {value} ({at}) exceeds the maximum order value "
-                    f"{r.max_value} of broker {broker}", "qty")
-        if type(msg) is New and self.open.get(broker, 0) >= b.max_open:
+        if r.priced:
+            price = msg.price
+            inst = r.inst
+            assert inst is not None
+            if price is not None:
+                ticks = inst.ticks_of(price) or 0  # off the tick: the matcher refuses it with its own reason
+                if ticks and not r.band_lo <= ticks <= r.band_hi:
+                    return ("price_outside_risk_band", f"price {price} is outside the risk band "
+                            f"{inst.to_price(r.band_lo)}-{inst.to_price(r.band_hi)} ({r.band_pct}% around the "
+                            f"reference price {inst.ref_price})", "price")
+            else:
+                ticks = r.ref_ticks if type(msg) is New else 0  # a market order, valued at the reference price
+            if qty is not None and ticks and ticks * qty > r.max_value_ticks:
+                value = inst.tick * ticks * qty
+                at = f"{price} x {qty}" if price is not None else f"{qty} at the reference price {inst.ref_price}"
+                return ("order_value_too_large", f"order value {value} ({at}) exceeds the maximum order value "
+                        f"{r.max_value} of broker {broker}", "qty")
+        if b.max_open != NO_LIMIT and type(msg) is New and self.open.get(broker, 0) >= b.max_open:
             return ("too_many_open_orders", f"broker {broker} has {self.open.get(broker, 0)} open orders, the most it "
                     f"may have (max_open_orders {b.max_open})", None)
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,8 +27,11 @@ from fabric.protocol import (
     heartbeat_topic,
     state_topic,
 )
-from tests.helpers import gateway_endpoints, journal_events
+from tests.helpers import LOCAL, gateway_endpoints, journal_events
+from tests.servers import start_zookeeper
 from topology.launcher import Launcher
+from topology.model import GATEWAY, MATCHER
+from topology.ports import pairs_on_free_ports
 
 pytestmark = pytest.mark.e2e
 
@@ -202,3 +206,76 @@ def test_a_halt_with_until_ends_by_a_journaled_resume(exchange: Launcher) -> Non
         ops.close()
         b1.close()
         states.close()
+
+
+def test_halts_and_cancel_on_disconnect_survive_a_fail_over_of_a_pair(tmp_path: Path) -> None:
+    # Shard A as a pair: a halt is replicated to the secondary, and a cancel-on-disconnect sent while the primary
+    # is dead is resent by the gateway to the new primary, which carries it out.
+    zk = start_zookeeper(tmp_path / "zk")
+    path = pairs_on_free_ports(LOCAL, tmp_path, f"127.0.0.1:{zk.port}", ("A",))
+    path.write_text(path.read_text() + '\n[[brokers]]\nid = "B1"\ncancel_on_disconnect = true\n')
+    ex = Launcher(path, workdir=tmp_path, kinds=(MATCHER, GATEWAY), extra_args={"matcher": ["--fsync", "none"]})
+    ex.start()
+    try:
+        reign = _until_elected(ex)
+        ops, b1 = _client(ex, "ops"), _client(ex, "B1")
+        ops.admin("halt", symbol="RELIANCE", text="before the fail-over")
+        oid = b1.buy("TCS", 1, "3400.00").oid
+        _wait_in_sync(ex)
+        ex.kill(MATCHER, reign)
+        b1.close()  # its session ends while shard A has no primary: the command waits in the gateway's lane
+        b1 = _client(ex, "B1")
+        assert b1.open_orders() == []  # answered after the new primary carried out the cancel-on-disconnect
+        assert _until_elected(ex) != reign
+        assert _reason(b1.buy("RELIANCE", 1, "1400.00")) == "halted"  # the new primary holds the halt
+        assert b1.buy("TCS", 1, "3400.00").accepted
+        ops.admin("resume", symbol="RELIANCE")
+        assert b1.buy("RELIANCE", 1, "1400.00").accepted
+        assert oid not in [o.oid for o in b1.open_orders()]
+        ops.close()
+        b1.close()
+    finally:
+        ex.stop()
+        zk.stop()
+
+
+def _until_elected(ex: Launcher, timeout: float = 30.0) -> str:
+    # The name of shard A's primary once ZooKeeper names one.
+    from topology.zk import connect, paths
+    from topology.zk import load as zload
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        zk = connect(ex.topo)
+        try:
+            data, _ = zk.get(paths(ex.topo).primary("A"))
+            name = zload(data).get("name")
+            if name and any(n.alive and n.name == name for n in ex.nodes):
+                return str(name)
+        except Exception:
+            pass
+        finally:
+            zk.stop()
+            zk.close()
+        time.sleep(0.2)
+    raise AssertionError("no primary elected")
+
+
+def _wait_in_sync(ex: Launcher, timeout: float = 30.0) -> None:
+    from topology.zk import connect, paths
+    from topology.zk import load as zload
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        zk = connect(ex.topo)
+        try:
+            data, _ = zk.get(paths(ex.topo).shard("A") + "/insync")
+            if zload(data).get("name"):
+                return
+        except Exception:
+            pass
+        finally:
+            zk.stop()
+            zk.close()
+        time.sleep(0.2)
+    raise AssertionError("the secondary is not in sync")
