@@ -6,6 +6,7 @@ The local topology names the operator ``ops``; any other broker id may trade.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,9 @@ from typing import Any
 import pytest
 import zmq
 
-from fabric.client import BrokerClient
+from fabric.client import AsyncBrokerClient, BrokerClient
 from fabric.protocol import (
+    AdminAck,
     ProtocolError,
     PubBundle,
     SnapshotReply,
@@ -135,7 +137,13 @@ def test_market_halt_reaches_every_shard_until_resumed(exchange: Launcher) -> No
         assert _reason(b1.buy("TCS", 1, "3400.00")) == "halted"
         r = b1.buy("ITC", 1, "420.00")
         assert _reason(r) == "halted" and r.rejected.text.startswith("the market is halted")
-        ops.admin("resume")
+        ops.close()
+
+        async def resume() -> AdminAck:  # the asyncio client has it too
+            async with AsyncBrokerClient(gateway_endpoints(exchange), "ops", timeout=5.0) as a:
+                return await a.admin("resume")
+
+        assert asyncio.run(resume()).action == "resume"
         assert b1.buy("TCS", 1, "3400.00").accepted and b1.buy("ITC", 1, "420.00").accepted
     finally:
         ops.close()
