@@ -35,6 +35,7 @@ __all__ = [
     "NewOrder",
     "OrderCommandT",
     "ReplaceOrder",
+    "admin_problem",
     "decode_command",
     "encode_command",
     "from_control",
@@ -152,6 +153,26 @@ def from_order(oc: OrderCommand, ts: int) -> OrderCommandT:
     if type(c) is Admin:
         return from_control(oc, c, ts)
     raise TypeError(f"{type(c).__name__} is a query, not a command")
+
+
+def admin_problem(c: Admin) -> tuple[str, str] | None:
+    """Return why an ``admin`` command is not well formed, ``(reason, text)``, or ``None``.
+
+    The rules across its fields (the gateway and the matcher both apply them): ``halt`` and ``resume`` are
+    about a symbol or the market and take no ``broker``, and only a ``halt`` takes ``until``; the broker
+    commands need ``broker`` and take no ``symbol`` and no ``until``.
+    """
+    if c.action == "halt" or c.action == "resume":
+        if c.broker is not None:
+            return "bad_field", f"{c.action} is about a symbol or the market: it takes no broker"
+        if c.action == "resume" and c.until is not None:
+            return "bad_field", "until is for a halt, not a resume"
+        return None
+    if c.broker is None:
+        return "missing_field", f"{c.action} needs the broker it is about"
+    if c.symbol is not None or c.until is not None:
+        return "bad_field", f"{c.action} is about a broker: it takes no symbol and no until"
+    return None
 
 
 def from_control(oc: OrderCommand, c: Admin, ts: int) -> Control:

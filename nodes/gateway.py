@@ -51,6 +51,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from fabric.commands import admin_problem
 from fabric.orderstore import StoreError
 from fabric.protocol import (
     ANSWER_OPS,
@@ -400,30 +401,20 @@ class Gateway:
         if msg.action == "disconnected":
             refuse("not_authorized", "disconnected is sent by a gateway when a session ends, not by a session")
             return
+        problem = admin_problem(msg)
+        if problem is not None:
+            refuse(*problem)
+            return
         shards = list(range(len(self.topo.shards)))
-        if msg.action in ("halt", "resume"):
-            if msg.broker is not None:
-                refuse("bad_field", f"{msg.action} is about a symbol or the market: it takes no broker")
+        if msg.symbol is not None:  # a halt or resume of one symbol
+            shard_no = self.shard_no.get(msg.symbol)
+            if shard_no is None:
+                refuse("unknown_symbol", f"{msg.symbol} is not traded on this exchange")
                 return
-            if msg.action == "resume" and msg.until is not None:
-                refuse("bad_field", "until is for a halt, not a resume")
-                return
-            if msg.symbol is not None:
-                shard_no = self.shard_no.get(msg.symbol)
-                if shard_no is None:
-                    refuse("unknown_symbol", f"{msg.symbol} is not traded on this exchange")
-                    return
-                shards = [shard_no]
-        else:
-            if msg.broker is None:
-                refuse("missing_field", f"{msg.action} needs the broker it is about")
-                return
-            if msg.symbol is not None or msg.until is not None:
-                refuse("bad_field", f"{msg.action} is about a broker: it takes no symbol and no until")
-                return
-            if self.allowed and msg.broker not in self.allowed:
-                refuse("bad_field", f"no broker {msg.broker} in the topology")
-                return
+            shards = [shard_no]
+        if msg.broker is not None and self.allowed and msg.broker not in self.allowed:
+            refuse("bad_field", f"no broker {msg.broker} in the topology")
+            return
         log.warning("operator %s: %s %s%s", session.broker, msg.action, msg.symbol or msg.broker or "the market",
                     f" ({msg.text})" if msg.text else "")
         job = _AdminJob(session.broker, msg, len(shards))

@@ -62,6 +62,7 @@ from fabric.commands import (
     Control,
     NewOrder,
     OrderCommandT,
+    admin_problem,
     decode_command,
     encode_command,
     from_order,
@@ -541,17 +542,9 @@ class Matcher:
 
     def _admin_refusal(self, cmd: Admin) -> tuple[str, str] | None:
         # Why this shard cannot carry out an admin command (the gateway checked the session may send it).
-        if cmd.action in ("halt", "resume"):
-            if cmd.symbol is not None and cmd.symbol not in self.symbols:
-                return "unknown_symbol", f"{cmd.symbol} is not traded on shard {self.shard.name}"
-            if cmd.action == "resume" and cmd.until is not None:
-                return "bad_field", "until is for a halt, not a resume"
-            return None
-        if cmd.broker is None:
-            return "missing_field", f"{cmd.action} needs the broker it is about"
-        if cmd.symbol is not None or cmd.until is not None:
-            return "bad_field", f"{cmd.action} is about a broker: it takes no symbol and no until"
-        return None
+        if cmd.symbol is not None and cmd.action in ("halt", "resume") and cmd.symbol not in self.symbols:
+            return "unknown_symbol", f"{cmd.symbol} is not traded on shard {self.shard.name}"
+        return admin_problem(cmd)
 
     def _execute(self, oc: OrderCommand, cmd: OrderCommandT, in_seq: int) -> CommandReply:
         # Apply one journaled command and return its reply, with the execution reports it published.
