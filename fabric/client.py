@@ -53,6 +53,7 @@ import zmq.asyncio
 from fabric.protocol import (
     Accepted,
     Admin,
+    AdminAck,
     Cancel,
     Cancelled,
     Error,
@@ -275,6 +276,25 @@ class _OrdersWaiter:
             self.done = True
 
 
+class _AdminWaiter:
+    # The answer to an operator's `admin` command: its `admin_ack`, or an `error`.
+
+    def __init__(self) -> None:
+        self.done = False
+        self.ack: AdminAck | None = None
+        self.error: Error | None = None
+
+    def feed(self, msg: ServerMessage) -> None:
+        if self.done:
+            return
+        if isinstance(msg, AdminAck):
+            self.ack = msg
+            self.done = True
+        elif isinstance(msg, Error):
+            self.error = msg
+            self.done = True
+
+
 class _Drain:
     # Never satisfied: read everything that is waiting.
     done = False
@@ -451,6 +471,18 @@ class ClientCore:
         when no answer came within ``timeout * (retries + 1)`` seconds.
         """
         return _OpenOrders(self, symbol)
+
+    def admin(self, action: str, *, symbol: str | None = None, broker: str | None = None, text: str | None = None,
+              until: int | None = None) -> Operation[AdminAck]:
+        """Send an operator's command (an operator's session only) and wait for its ``admin_ack``.
+
+        ``action`` is ``halt`` or ``resume`` (of ``symbol``; none: the whole market; ``until``, ns since the
+        Unix epoch, ends a halt by itself) or ``disable`` or ``enable`` (of ``broker``: the kill switch). It is
+        sent once: the operation raises ``ProtocolError`` when it is refused (``not_authorized``...) and
+        :class:`ExchangeUnavailable` when no answer came within ``timeout * (retries + 1)`` seconds.
+        """
+        return _AdminOp(self, Admin(action=action, symbol=symbol, broker=broker, text=text,  # type: ignore[arg-type]
+                                    until=until))
 
     def submit(self, msg: New | Cancel | Replace | Admin) -> Operation[None]:
         """Send a command without waiting for its answers, with no resend and no failover."""
@@ -697,6 +729,32 @@ class _OpenOrders(Operation[list[OrderStatus]]):
                 if core.heartbeat_due(now):
                     now = yield core._send(Heartbeat(), now)
             raise ExchangeUnavailable(f"no answer to an orders query from {core.endpoint}")
+        finally:
+            core._waiter = None
+
+
+class _AdminOp(Operation[AdminAck]):
+    def __init__(self, core: ClientCore, msg: Admin) -> None:
+        super().__init__(core)
+        self._msg = msg
+
+    def _run(self, now: float) -> Generator[Step, float, AdminAck]:
+        core = self._core
+        now = yield from self._logged_on(now)
+        waiter = _AdminWaiter()
+        core._waiter = waiter
+        try:
+            now = yield core._send(self._msg, now)
+            deadline = now + core.timeout * (core.retries + 1)
+            while now < deadline:
+                now = yield from self._wait(min(deadline, core.next_heartbeat), waiter)
+                if waiter.ack is not None:
+                    return waiter.ack
+                if waiter.error is not None:
+                    raise ProtocolError(waiter.error.reason, waiter.error.text)
+                if core.heartbeat_due(now):
+                    now = yield core._send(Heartbeat(), now)
+            raise ExchangeUnavailable(f"no answer to an admin command from {core.endpoint}")
         finally:
             core._waiter = None
 
@@ -1001,6 +1059,23 @@ class BrokerClient(_Shell):
         """
         return self._drive(self._core.open_orders(symbol))
 
+    def admin(self, action: str, *, symbol: str | None = None, broker: str | None = None, text: str | None = None,
+              until: int | None = None) -> AdminAck:
+        """Carry out an operator's command and return its ``admin_ack`` (an operator's session only).
+
+        ``halt``/``resume`` a ``symbol`` or (none) the whole market, ``until`` (ns since the Unix epoch) ending a
+        halt by itself; ``disable``/``enable`` a ``broker`` (``disable`` cancels its open orders too:
+        ``AdminAck.cancelled`` counts them).
+
+        Raises
+        ------
+        ProtocolError
+            When the gateway or a matcher refused it (``.reason``: ``not_authorized``, ``unknown_symbol``...).
+        ExchangeUnavailable
+            When no answer came within ``timeout * (retries + 1)`` seconds.
+        """
+        return self._drive(self._core.admin(action, symbol=symbol, broker=broker, text=text, until=until))
+
     def submit(self, msg: New | Cancel | Replace | Admin) -> None:
         """Send a command without waiting (load generators); answers arrive through :meth:`poll`."""
         self._drive(self._core.submit(msg))
@@ -1147,6 +1222,11 @@ class AsyncBrokerClient(_Shell):
     async def open_orders(self, symbol: str | None = None) -> list[OrderStatus]:
         """Return the broker's open orders (see :meth:`BrokerClient.open_orders`)."""
         return await self._in_turn(self._core.open_orders(symbol))
+
+    async def admin(self, action: str, *, symbol: str | None = None, broker: str | None = None,
+                    text: str | None = None, until: int | None = None) -> AdminAck:
+        """Carry out an operator's command (see :meth:`BrokerClient.admin`)."""
+        return await self._in_turn(self._core.admin(action, symbol=symbol, broker=broker, text=text, until=until))
 
     async def submit(self, msg: New | Cancel | Replace | Admin) -> None:
         """Send a command without waiting (see :meth:`BrokerClient.submit`)."""

@@ -34,7 +34,7 @@ from fabric.constants import (
     STP_CANCEL_RESTING,
     STP_OFF,
 )
-from fabric.protocol import Cancel, New, OrderCommand, Replace
+from fabric.protocol import Admin, Cancel, New, OrderCommand, Replace
 
 __all__ = [
     "SIDE_CODES",
@@ -44,13 +44,16 @@ __all__ = [
     "AddInstrument",
     "CancelOrder",
     "Command",
+    "Control",
     "EndOfDay",
     "NewOrder",
     "OrderCommandT",
     "ReplaceOrder",
     "Stp",
+    "admin_problem",
     "decode_command",
     "encode_command",
+    "from_control",
     "from_order",
 ]
 
@@ -125,14 +128,38 @@ class EndOfDay(_Command, tag="end_of_day", kw_only=True):
     ts: int = 0
 
 
-OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder
-Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay
+ControlAction = Literal["halt", "resume", "disable", "enable", "disconnected"]
+
+
+class Control(_Command, tag="admin", kw_only=True):
+    """Market control: halt or resume ``symbol`` (``None``: every symbol of the shard), disable or enable
+    ``broker`` (``disable`` also cancels its open orders: the kill switch), or cancel every open order of a
+    ``broker`` whose session ended (``disconnected``: cancel-on-disconnect).
+
+    ``until`` (ns since the Unix epoch) ends a halt by itself: the primary matcher journals the ``resume`` when
+    the time comes, so a replay of the journal meets it at the same place. ``by`` is who sent it: the
+    operator's broker id, the gateway for ``disconnected``, ``clock`` for the resume at ``until``.
+    """
+
+    action: ControlAction
+    symbol: str | None = None
+    broker: str | None = None
+    text: str | None = None
+    until: int | None = None
+    by: str | None = None
+    ts: int = 0
+    gw: str | None = None
+    req: int = 0
+
+
+OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | Control
+Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay | Control
 
 
 def from_order(oc: OrderCommand, ts: int, stp: Stp = "off") -> OrderCommandT:
     """Return the command a gateway's ``order_cmd`` asks for, at matcher time ``ts`` (ns).
 
-    ``oc.cmd`` is a broker's ``new``, ``cancel`` or ``replace``: a ``status`` or
+    ``oc.cmd`` is a broker's ``new``, ``cancel`` or ``replace``, or an operator's ``admin``: a ``status`` or
     ``orders`` changes nothing and has no command.  ``stp`` is the broker's
     self-trade prevention mode, stamped on a ``new`` or ``replace`` so that a
     replay of the journal does what the matcher did, whatever the topology says later.
@@ -146,7 +173,35 @@ def from_order(oc: OrderCommand, ts: int, stp: Stp = "off") -> OrderCommandT:
     if type(c) is Replace:
         return ReplaceOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, price=c.price, qty=c.qty, ts=ts,
                             gw=oc.gateway, req=oc.req, stp=stp)
+    if type(c) is Admin:
+        return from_control(oc, c, ts)
     raise TypeError(f"{type(c).__name__} is a query, not a command")
+
+
+def admin_problem(c: Admin) -> tuple[str, str] | None:
+    """Return why an ``admin`` command is not well formed, ``(reason, text)``, or ``None``.
+
+    The rules across its fields (the gateway and the matcher both apply them): ``halt`` and ``resume`` are
+    about a symbol or the market and take no ``broker``, and only a ``halt`` takes ``until``; the broker
+    commands need ``broker`` and take no ``symbol`` and no ``until``.
+    """
+    if c.action == "halt" or c.action == "resume":
+        if c.broker is not None:
+            return "bad_field", f"{c.action} is about a symbol or the market: it takes no broker"
+        if c.action == "resume" and c.until is not None:
+            return "bad_field", "until is for a halt, not a resume"
+        return None
+    if c.broker is None:
+        return "missing_field", f"{c.action} needs the broker it is about"
+    if c.symbol is not None or c.until is not None:
+        return "bad_field", f"{c.action} is about a broker: it takes no symbol and no until"
+    return None
+
+
+def from_control(oc: OrderCommand, c: Admin, ts: int) -> Control:
+    """Return the ``admin`` journal command of an operator's (or a gateway's) :class:`~fabric.protocol.Admin`."""
+    return Control(action=c.action, symbol=c.symbol, broker=c.broker, text=c.text, until=c.until, by=oc.broker,
+                   ts=ts, gw=oc.gateway, req=oc.req)
 
 
 _encoder = msgspec.msgpack.Encoder()

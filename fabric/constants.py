@@ -117,12 +117,17 @@ CXL_REQUESTED = 1  # the broker asked
 CXL_IOC_REMAINDER = 2  # unfilled rest of an IOC or market order
 CXL_FOK_UNFILLABLE = 3  # a FOK order that could not fill in full at once
 CXL_SELF_TRADE = 4  # self-trade prevention: it would have traded with its own broker's order
+# Set by the engine, not the book: every open order of a broker cancelled at once (fabric.engine.cancel_all).
+CXL_KILL_SWITCH = 5  # an operator disabled the broker
+CXL_DISCONNECT = 6  # the broker's session ended and it asked for cancel-on-disconnect
 
 CANCEL_REASON_NAMES = {
     CXL_REQUESTED: "requested",
     CXL_IOC_REMAINDER: "unfilled_ioc_remainder",
     CXL_FOK_UNFILLABLE: "fok_not_fillable",
     CXL_SELF_TRADE: "self_trade",
+    CXL_KILL_SWITCH: "kill_switch",
+    CXL_DISCONNECT: "cancel_on_disconnect",
 }
 
 # --------------------------------------------------------------------------
@@ -142,6 +147,8 @@ REJ_UNKNOWN_ORDER = 100
 REJ_DUPLICATE_OID = 101
 REJ_QTY_TOO_LARGE = 102
 REJ_PRICE_TOO_LARGE = 103
+REJ_HALTED = 104  # trading in the symbol (or the market) is halted
+REJ_BROKER_DISABLED = 105  # an operator disabled the broker (the kill switch)
 REJ_MALFORMED = 110  # not JSON / not an object
 REJ_UNKNOWN_OP = 111
 REJ_MISSING_FIELD = 112
@@ -161,6 +168,8 @@ REJECT_NAMES = {
     REJ_DUPLICATE_OID: "duplicate_client_order_id",
     REJ_QTY_TOO_LARGE: "qty_too_large",
     REJ_PRICE_TOO_LARGE: "price_too_large",
+    REJ_HALTED: "halted",
+    REJ_BROKER_DISABLED: "broker_disabled",
     REJ_MALFORMED: "malformed",
     REJ_UNKNOWN_OP: "unknown_op",
     REJ_MISSING_FIELD: "missing_field",

@@ -32,6 +32,7 @@ from fabric.commands import (
     AddInstrument,
     CancelOrder,
     Command,
+    Control,
     EndOfDay,
     NewOrder,
     ReplaceOrder,
@@ -39,6 +40,8 @@ from fabric.commands import (
 from fabric.constants import (
     BUY,
     CANCEL_REASON_NAMES,
+    CXL_DISCONNECT,
+    CXL_KILL_SWITCH,
     E_CUM,
     E_LEAVES,
     E_OID,
@@ -63,7 +66,9 @@ from fabric.constants import (
     NO_PRICE,
     NO_QTY,
     REJ_BAD_TIF,
+    REJ_BROKER_DISABLED,
     REJ_DUPLICATE_OID,
+    REJ_HALTED,
     REJ_LADDER_SPAN,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
@@ -90,9 +95,11 @@ from fabric.protocol import (
     ExReplaced,
     OrderStatus,
     Trade,
+    TradingState,
 )
 
-Outcome: TypeAlias = ExAccepted | ExRejected | Trade | ExFill | ExCancelled | ExReplaced | ExExpired
+Outcome: TypeAlias = ExAccepted | ExRejected | Trade | ExFill | ExCancelled | ExReplaced | ExExpired | TradingState
+MARKET_WIDE: Final = ""  # the key of a market-wide halt in MatchingEngine.halts
 
 
 class InstrumentExists(InstrumentError):
@@ -206,6 +213,11 @@ class MatchingEngine:
         # last drain may have changed: the matcher drains it to publish book level changes.
         self.track_levels = False
         self.touched: list[tuple[str, int, int]] = []
+        # Market control (`admin` commands): the halts in force, by symbol (MARKET_WIDE: the whole shard), as
+        # their `trading_state` messages; the brokers an operator disabled. Both empty on a normal day, which
+        # is all a new order or a replace pays for them.
+        self.halts: dict[str, TradingState] = {}
+        self.disabled: set[str] = set()
 
     # ------------------------------------------------------------ instruments
 
@@ -253,8 +265,74 @@ class MatchingEngine:
             return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp])
         if isinstance(cmd, EndOfDay):
             return list(self.end_of_day(cmd.ts))
+        if isinstance(cmd, Control):
+            return self.control(cmd)
         self.add_instrument(instrument_of(cmd))
         return []
+
+    # --------------------------------------------------------- market control
+
+    def control(self, cmd: Control) -> list[Outcome]:
+        """Apply an ``admin`` command: a halt or resume publishes a ``trading_state``; ``disable`` (the kill
+        switch) and ``disconnected`` (cancel-on-disconnect) cancel every open order of the broker."""
+        a = cmd.action
+        if a == "halt" or a == "resume":
+            key = MARKET_WIDE if cmd.symbol is None else cmd.symbol
+            st = TradingState(shard=0, seq=0, tseq=0, epoch=0, ts=cmd.ts, symbol=cmd.symbol,
+                              state="halted" if a == "halt" else "trading",
+                              reason="clock" if cmd.by == "clock" else "operator", text=cmd.text,
+                              until=cmd.until if a == "halt" else None)
+            if a == "halt":
+                self.halts[key] = st
+            else:
+                self.halts.pop(key, None)
+            return [st]
+        assert cmd.broker is not None, "the matcher refuses a broker command without a broker"
+        if a == "enable":
+            self.disabled.discard(cmd.broker)
+            return []
+        if a == "disable":
+            self.disabled.add(cmd.broker)
+            return self.cancel_all(cmd.broker, CXL_KILL_SWITCH, cmd.ts)
+        return self.cancel_all(cmd.broker, CXL_DISCONNECT, cmd.ts)
+
+    def cancel_all(self, broker: str, reason: int, ts: int = 0) -> list[Outcome]:
+        """Cancel every open order of ``broker``, oldest first, with cancel reason ``reason`` (a ``CXL_`` code)."""
+        name = CANCEL_REASON_NAMES[reason]
+        out: list[Outcome] = []
+        for oid, o in enumerate(self._orders):
+            if o is None or o.broker != broker or o.state not in ("new", "partially_filled"):
+                continue
+            inst, book = self._book(o.symbol)
+            for ev in self._outcomes(inst, _rows(book, book.cancel(oid)), ts):
+                if type(ev) is ExCancelled:
+                    ev.reason = name
+                    o.reason = name
+                out.append(ev)
+        self._archive_finished()
+        return out
+
+    def halt_of(self, symbol: str) -> TradingState | None:
+        """Return the halt in force on ``symbol`` (its own, else the market-wide one), or ``None``."""
+        return self.halts.get(symbol) or self.halts.get(MARKET_WIDE)
+
+    def next_resume(self) -> tuple[int, str | None] | None:
+        """Return the earliest ``until`` of the halts in force and its symbol (``None``: market-wide), if any."""
+        timed = [(st.until, st.symbol) for st in self.halts.values() if st.until is not None]
+        return min(timed, key=lambda t: (t[0], t[1] or "")) if timed else None
+
+    def _refused_by_control(self, op: str, symbol: str, broker: str, clid: str, ts: int) -> ExRejected | None:
+        # A new order or a replace while its broker is disabled or its symbol halted.
+        if broker in self.disabled:
+            return self._reject(op, clid, broker, symbol, REJ_BROKER_DISABLED,
+                                f"broker {broker} is disabled by an operator: {op} refused until it is enabled", ts)
+        st = self.halt_of(symbol)
+        if st is None:
+            return None
+        where = "the market" if st.symbol is None else f"trading in {symbol}"
+        why = f" ({st.text})" if st.text else ""
+        return self._reject(op, clid, broker, symbol, REJ_HALTED,
+                            f"{where} is halted{why}: {op} refused until it resumes", ts)
 
     def new_order(
         self,
@@ -275,6 +353,10 @@ class MatchingEngine:
         ``cancelled`` (``self_trade``) among the outcomes.
         """
         inst, book = self._book(symbol)
+        if self.halts or self.disabled:
+            rej = self._refused_by_control("new", symbol, broker, clid, ts)
+            if rej is not None:
+                return [rej]
         if (broker, clid) in self._by_clid or f"{broker}\x00{clid}" in self._archived:
             return [self._reject("new", clid, broker, symbol, REJ_DUPLICATE_OID,
                                  f"client order id {clid} already used by broker {broker}", ts)]
@@ -342,6 +424,8 @@ class MatchingEngine:
         """Cancel/replace an open order: ``qty`` is the new total quantity; ``None`` keeps a field; ``stp`` as for
         :meth:`new_order`."""
         oid, rej = self._lookup("replace", symbol, broker, clid, ts)
+        if rej is None and (self.halts or self.disabled):
+            rej = self._refused_by_control("replace", symbol, broker, clid, ts)
         if rej is not None:
             return [rej]
         inst, book = self._book(symbol)

@@ -209,8 +209,11 @@ PROTOCOL_REASONS: Final[dict[str, str]] = {
     "heartbeat_timeout": "nothing received for three heartbeat intervals: the gateway ends the session",
     # Risk and routing (the gateway).
     "unknown_symbol": "the symbol is not traded on this exchange",
-    "rate_limited": "the broker sent more messages per second than its limit",
+    "rate_limited": "the broker sent more new and replace messages per second than its limit (a token bucket)",
     "order_value_too_large": "price times quantity exceeds the broker's maximum order value",
+    "order_qty_too_large": "the quantity exceeds the broker's (or the instrument's) maximum order quantity",
+    "price_outside_risk_band": "the limit price is outside the risk band around the instrument's reference price",
+    "too_many_open_orders": "the broker has as many open orders as its limit allows: cancel some first",
     "shard_unavailable": "the matcher for the symbol is not reachable (failover in progress): retry with the same oid",
     # Market control (the matcher, on an operator's admin command or a circuit breaker).
     "halted": "trading in the symbol, or the whole market, is halted: new orders and replaces are refused",
@@ -356,13 +359,15 @@ class Orders(_ClientMsg, tag="orders", frozen=True, kw_only=True):
 class Admin(_ClientMsg, tag="admin", frozen=True, kw_only=True):
     """An operator's command (from an operator's session only): halt or resume trading in ``symbol`` (nil: the
     whole market), or disable or enable ``broker`` (the kill switch: ``disable`` also cancels its open orders).
-    Answered with :class:`AdminAck` once every shard concerned has carried it out."""
+    Answered with :class:`AdminAck` once every shard concerned has carried it out. ``until`` ends a halt by
+    itself (ns since the Unix epoch). ``disconnected`` (cancel every open order of ``broker``) is sent by a
+    gateway when the session of a broker with cancel-on-disconnect ends; a session may not send it."""
 
-    action: Literal["halt", "resume", "disable", "enable"]
+    action: Literal["halt", "resume", "disable", "enable", "disconnected"]
     symbol: Symbol | None = None
     broker: BrokerId | None = None
     text: Annotated[str, Meta(max_length=MAX_TEXT_LEN)] | None = None
-    until: int | None = None
+    until: Annotated[int, Meta(ge=0)] | None = None  # a halt ends by itself then (ns since the Unix epoch)
 
 
 class Heartbeat(_ClientMsg, tag="heartbeat", frozen=True, kw_only=True):
@@ -1302,8 +1307,8 @@ def _compile(ti: Any, name: str = "", or_nil: str = "") -> tuple[_Check, str]:
             return tuple(c(e, f"{path}[{i}]") for i, (c, e) in enumerate(zip(items, x, strict=True)))
 
         return check_tuple, expected
-    if isinstance(ti, inspect.StructType):  # an untagged nested struct (a snapshot's book)
-        build = _compile_struct(ti.cls)
+    if isinstance(ti, inspect.StructType):  # a nested struct: a snapshot's book, or a tagged one (its states)
+        build = _compile_tagged([ti.cls]) if ti.cls.__struct_config__.tag_field else _compile_struct(ti.cls)
 
         def check_struct(x: Any, path: str) -> Any:
             if type(x) is not dict:

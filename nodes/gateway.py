@@ -51,11 +51,13 @@ from typing import Any
 import msgspec
 import zmq
 
+from fabric.commands import admin_problem
 from fabric.orderstore import StoreError
 from fabric.protocol import (
     ANSWER_OPS,
     ARCHIVED,
     Admin,
+    AdminAck,
     Cancel,
     CommandReply,
     Error,
@@ -88,6 +90,7 @@ from fabric.protocol import (
     refused_status,
 )
 from fabric.records import OrderRow
+from fabric.risk import RiskChecks
 from fabric.sockets import readable, recv_frames, send_frames
 from fabric.stream import ShardStream, deposed
 from topology.load import load
@@ -125,6 +128,17 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _AdminJob:
+    # An admin command sent to every shard concerned; `broker` (the operator) is answered once all have replied
+    # (None: a gateway's own cancel-on-disconnect, answered to no one).
+    broker: str | None
+    cmd: Admin
+    waiting: int
+    cancelled: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (reason, text) of each shard that refused it
+
+
+@dataclass(slots=True)
 class _Query:
     # An `orders` query fanned out to several shards.
     broker: str
@@ -141,6 +155,7 @@ class _Head(msgspec.Struct, gc=False):
     epoch: int = 0
     broker: str = ""
     msgs: list[bytes] | None = None  # a bundle's messages
+    leaves_qty: int = -1  # (a fill or a replace's) what stays open of the order: the risk checks count open orders
 
 
 _head = msgspec.msgpack.Decoder(_Head).decode
@@ -179,7 +194,13 @@ class Gateway:
         self.topo = topo
         self.cfg = topo.gateway(name)
         self.name = name
-        self.allowed = {b.id for b in topo.brokers}  # empty: any broker id may log on
+        # Empty (no [[brokers]] entry of role "broker", operators aside): any broker id may log on.
+        self.allowed = {b.id for b in topo.brokers} if any(b.role == "broker" for b in topo.brokers) else set()
+        self.operators = {b.id for b in topo.brokers if b.role == "operator"}  # may send admin commands
+        self.cancel_on_disconnect = {b.id for b in topo.brokers if b.cancel_on_disconnect}
+        self.risk = RiskChecks(topo.risk, {b.id: b.risk for b in topo.brokers if b.risk is not None},
+                               {i.symbol: i for i in topo.instruments}, topo.instrument_risk)
+        self.admins: dict[int, _AdminJob] = {}
         self.ctx = ctx or zmq.Context.instance()
         self.sessions: dict[bytes, Session] = {}
         self.by_broker: dict[str, bytes] = {}
@@ -305,7 +326,7 @@ class Gateway:
             self._orders_query(session.broker, msg)
             return
         if isinstance(msg, Admin):
-            self._send(ident, Error(reason="not_authorized", text="this gateway takes no admin commands"))
+            self._admin(ident, session, msg)
             return
         # An order message: route it by symbol to its shard's matcher.
         shard_no = self.shard_no.get(msg.symbol)
@@ -313,14 +334,22 @@ class Gateway:
             self._refuse(ident, session, op_of(msg), msg.oid, msg.symbol, "unknown_symbol",
                          f"{msg.symbol} is not traded on this exchange")
             return
+        if self.risk.active and (type(msg) is New or type(msg) is Replace):
+            refusal = self.risk.check(session.broker, msg)
+            if refusal is not None:
+                self.counts[refusal[0]] += 1
+                self._refuse(ident, session, op_of(msg), msg.oid, msg.symbol, *refusal)
+                return
         self._route(session.broker, shard_no, msg, _Pending(session.broker, op_of(msg), msg.oid, msg.symbol, shard_no))
         self.counts["orders"] += 1
 
-    def _route(self, broker: str, shard_no: int, cmd: New | Cancel | Replace | Status | Orders,
-               pending: _Pending | _Query) -> None:
+    def _route(self, broker: str, shard_no: int, cmd: New | Cancel | Replace | Status | Orders | Admin,
+               pending: _Pending | _Query | _AdminJob) -> None:
         self.req += 1
         if isinstance(pending, _Query):
             self.queries[self.req] = pending
+        elif isinstance(pending, _AdminJob):
+            self.admins[self.req] = pending
         else:
             self.pending[self.req] = pending
         lane = self.lanes[shard_no]
@@ -360,6 +389,60 @@ class Gateway:
         for no in shards:
             self._route(broker, no, msg, query)
 
+    def _admin(self, ident: bytes, session: Session, msg: Admin) -> None:
+        # An operator's command: to the symbol's shard (a halt or resume of one symbol) or to every shard.
+        def refuse(reason: str, text: str) -> None:
+            self._send(ident, Error(reason=reason, text=text))
+
+        if session.broker not in self.operators:
+            refuse("not_authorized", f"broker {session.broker} is not an operator: admin commands need the session "
+                   'of a broker with role = "operator" in the topology')
+            return
+        if msg.action == "disconnected":
+            refuse("not_authorized", "disconnected is sent by a gateway when a session ends, not by a session")
+            return
+        problem = admin_problem(msg)
+        if problem is not None:
+            refuse(*problem)
+            return
+        shards = list(range(len(self.topo.shards)))
+        if msg.symbol is not None:  # a halt or resume of one symbol
+            shard_no = self.shard_no.get(msg.symbol)
+            if shard_no is None:
+                refuse("unknown_symbol", f"{msg.symbol} is not traded on this exchange")
+                return
+            shards = [shard_no]
+        if msg.broker is not None and self.allowed and msg.broker not in self.allowed:
+            refuse("bad_field", f"no broker {msg.broker} in the topology")
+            return
+        log.warning("operator %s: %s %s%s", session.broker, msg.action, msg.symbol or msg.broker or "the market",
+                    f" ({msg.text})" if msg.text else "")
+        job = _AdminJob(session.broker, msg, len(shards))
+        for no in shards:
+            self._route(session.broker, no, msg, job)
+
+    def _admin_part(self, job: _AdminJob, no: int, reason: str | None, text: str | None, cancelled: int) -> None:
+        # One shard's answer to an admin command; the operator is answered once every shard has answered.
+        job.waiting -= 1
+        job.cancelled += cancelled
+        if reason is not None:
+            job.failed.append((reason, f"shard {self.topo.shards[no].name}: {text or reason}"))
+        if job.waiting:
+            return
+        c = job.cmd
+        if job.broker is None:  # a gateway's cancel-on-disconnect
+            if job.failed:
+                log.error("cancel-on-disconnect of %s failed on %s; its orders there stay open", c.broker,
+                          "; ".join(t for _, t in job.failed))
+            else:
+                log.info("cancel-on-disconnect of %s: %d open orders cancelled", c.broker, job.cancelled)
+            return
+        if job.failed:
+            self._send_broker(job.broker, Error(reason=job.failed[0][0], text="; ".join(t for _, t in job.failed)))
+        else:
+            self._send_broker(job.broker, AdminAck(action=c.action, symbol=c.symbol, broker=c.broker,
+                                                   cancelled=job.cancelled))
+
     def _logon(self, ident: bytes, msg: Logon, now: float) -> None:
         if ident in self.sessions:
             self._send(ident, LogonReject(reason="already_logged_on", text="this connection is already logged on"))
@@ -386,6 +469,13 @@ class Gateway:
         if reason is not None:
             self.outq.setdefault(ident, []).append(encode(Logout(reason=reason, text=f"session ended: {reason}")))
         log.info("broker %s session ended (%s)", s.broker, reason or "logout")
+        if s.broker in self.cancel_on_disconnect and reason != "already_logged_on":  # (replaced: not an end)
+            # Every shard cancels the broker's open orders; with pairs the command survives a fail-over as
+            # any other (the lanes resend what is unanswered).
+            msg = Admin(action="disconnected", broker=s.broker)
+            job = _AdminJob(None, msg, len(self.lanes))
+            for no in range(len(self.lanes)):
+                self._route(s.broker, no, msg, job)
 
     def keep_alive(self) -> None:
         """Send heartbeats on idle sessions; end those silent for three intervals."""
@@ -428,6 +518,12 @@ class Gateway:
             self._query_part(q, msg.orders or [])
             self._pump(lane)
             return
+        job = self.admins.pop(msg.req, None)
+        if job is not None:
+            self._offer_reports(lane, msg.reports)  # the cancels a disable made, to their broker in the shard's order
+            self._admin_part(job, msg.shard, msg.reason, msg.text, len(msg.reports or ()))
+            self._pump(lane)
+            return
         p = self.pending.pop(msg.req)
         if p.refusal is not None:
             st = msg.status
@@ -442,16 +538,20 @@ class Gateway:
             if st is not None and st.state == "unknown" and st.reason == ARCHIVED:
                 answers = []  # the order left the matcher's memory: its state comes from the stores
                 self._look_up(p.broker, st)
-            if msg.reports:
-                # The short path: the command's reports came with the reply. They take their place in the
-                # shard's order, which the PUB stream may not have reached yet.
-                now = time.monotonic()
-                for body in msg.reports:
-                    h = _head(body)
-                    lane.ready.extend(lane.stream.offer(lane.topic, h.tseq, h.seq, (h.tseq, h.broker, body),
-                                                        in_order=False, now=now))
+            self._offer_reports(lane, msg.reports)
         lane.waiting.append((msg.x_tseq, p.broker, answers))
         self._pump(lane)
+
+    @staticmethod
+    def _offer_reports(lane: _Lane, reports: list[bytes] | None) -> None:
+        # The short path: a command's reports came with its reply. They take their place in the shard's order,
+        # which the PUB stream may not have reached yet.
+        if reports:
+            now = time.monotonic()
+            for body in reports:
+                h = _head(body)
+                lane.ready.extend(lane.stream.offer(lane.topic, h.tseq, h.seq, (h.tseq, h.broker, body),
+                                                    in_order=False, now=now))
 
     def _look_up(self, broker: str, st: OrderStatus) -> None:
         fut = self._lookups.submit(self.lookup.order, broker, st.oid)
@@ -492,6 +592,9 @@ class Gateway:
                 limit = waiting[0][0] if waiting else lane.gate if lane.inflight else None
                 if limit is None or tseq <= limit:
                     _, broker, body = ready.popleft()
+                    if self.risk.counts_open:  # every report, once, in the shard's order: the open orders' count
+                        h = _head(body)
+                        self.risk.on_report(broker, h.t, h.leaves_qty)
                     lane.sent = tseq
                     ident = self.by_broker.get(broker)
                     if ident is not None:  # forwarded as the matcher published it (docs/protocol.md, section 5)
@@ -525,6 +628,10 @@ class Gateway:
         q = self.queries.pop(req, None)
         if q is not None:
             self._query_part(q, [])
+            return
+        job = self.admins.pop(req, None)
+        if job is not None:
+            self._admin_part(job, no, "shard_unavailable", text, 0)
             return
         p = self.pending.pop(req, None)
         if p is not None:

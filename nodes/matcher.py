@@ -59,9 +59,11 @@ import zmq
 from fabric.book import warm_up
 from fabric.commands import (
     AddInstrument,
+    Control,
     NewOrder,
     OrderCommandT,
     Stp,
+    admin_problem,
     decode_command,
     encode_command,
     from_order,
@@ -95,12 +97,14 @@ from fabric.protocol import (
     SnapshotRequest,
     Status,
     Trade,
+    TradingState,
     book_topic,
     decode_internal,
     encode,
     exec_topic,
     heartbeat_topic,
     op_of,
+    state_topic,
     trade_topic,
 )
 from fabric.publog import PubLog
@@ -261,6 +265,7 @@ class Matcher:
             self.instruments[inst.symbol] = inst
         self.levels: dict[tuple[str, int, int], tuple[int, int]] = {}  # last published (qty, count)
         self.exec_topic = exec_topic(self.shard_no)
+        self.state_topic = state_topic(self.shard_no)
         self.trade_topics = {sym: trade_topic(sym) for sym in self.symbols}
         self.book_topics = {sym: book_topic(sym) for sym in self.symbols}
         jdir = topo.journal_dir(self.replica)
@@ -338,6 +343,8 @@ class Matcher:
         for o in outcomes:
             if type(o) is Trade:
                 out.send(o, self.trade_topics[o.symbol])
+            elif type(o) is TradingState:
+                out.send(o, self.state_topic)
             else:
                 execs.append(o)
         if self.engine.touched:
@@ -501,7 +508,9 @@ class Matcher:
                 self.expired += 1
                 steps.append((ident, oc, None, -1))
                 continue
-            if type(oc.cmd) not in (Orders, Status) and oc.cmd.symbol in self.symbols:
+            c = oc.cmd
+            if (type(c) is Admin and self._admin_refusal(c) is None) or (
+                    type(c) not in (Orders, Status, Admin) and c.symbol in self.symbols):
                 cmd = from_order(oc, ts, self.stp.get(oc.broker, "off"))
                 if type(cmd) is NewOrder:
                     key = (oc.broker, cmd.oid)
@@ -528,18 +537,50 @@ class Matcher:
             return self._reply(oc, orders=[st for st in self.engine.open_orders(oc.broker, cmd.symbol)
                                            if st.symbol in self.symbols])
         if isinstance(cmd, Admin):
-            return self._reply(oc, reason="not_authorized", text="this matcher does not take admin commands")
+            reason, text = self._admin_refusal(cmd) or ("bad_field", "the admin command was not carried out")
+            return self._reply(oc, reason=reason, text=text)
         if cmd.symbol not in self.symbols:
             return self._reply(oc, reason="unknown_symbol",
                                text=f"{cmd.symbol} is not traded on shard {self.shard.name}")
         return self._reply(oc, status=self._status(op_of(cmd), oc.broker, cmd.oid, cmd.symbol))
 
+    def _admin_refusal(self, cmd: Admin) -> tuple[str, str] | None:
+        # Why this shard cannot carry out an admin command (the gateway checked the session may send it).
+        if cmd.symbol is not None and cmd.action in ("halt", "resume") and cmd.symbol not in self.symbols:
+            return "unknown_symbol", f"{cmd.symbol} is not traded on shard {self.shard.name}"
+        return admin_problem(cmd)
+
     def _execute(self, oc: OrderCommand, cmd: OrderCommandT, in_seq: int) -> CommandReply:
         # Apply one journaled command and return its reply, with the execution reports it published.
         first, last, reports, outcomes = self._apply(cmd)
+        if isinstance(cmd, Control):  # no order of its own: its reply carries the cancels it made, if any
+            return self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
+                               last_seq=last if last >= first else 0, reports=reports)
         status = self._status(cmd.op, oc.broker, cmd.oid, cmd.symbol, outcomes)
         return self._reply(oc, in_seq=in_seq, first_seq=first if last >= first else 0,
                            last_seq=last if last >= first else 0, status=status, reports=reports)
+
+    def _resume_due(self, now_ns: int) -> None:
+        # (primary) A halt whose `until` has come ends: the primary journals its `resume` like any command, so
+        # the secondary, a restart and `exfab replay` meet it at the same place in the shard's order.
+        due = self.engine.next_resume()
+        if due is None or due[0] > now_ns or (self.seat is not None and self.seat.suspended):
+            return
+        cmd = Control(action="resume", symbol=due[1], by="clock", ts=now_ns)
+        payload = encode_command(cmd)
+        mark = self.journal.mark()
+        try:
+            self.journal.append(payload)
+            self.journal.commit()
+        except (OSError, JournalError) as e:
+            self._journal_failed(e, mark)
+            return
+        self.repl_out.append(payload)
+        self._replicate_live()
+        self._await_secondary()
+        self._apply(cmd)
+        self.outbox.flush()
+        log.info("matcher %s: the halt of %s ended at its time", self.name, due[1] or "the market")
 
     def handle_recovery(self, msg: list[bytes], sock: zmq.Socket) -> None:
         """Answer one replay or snapshot request (``msg``: the ROUTER's frames, identity first)."""
@@ -633,7 +674,8 @@ class Matcher:
                 trade_id=self.engine.trade_id(sym), book_tseq=self.outbox.tseq[book_topic(sym)],
                 trade_tseq=self.outbox.tseq[trade_topic(sym)]))
         return SnapshotReply(shard=self.shard_no, seq=self.outbox.seq, epoch=self.epoch,
-                             exec_tseq=self.outbox.tseq[exec_topic(self.shard_no)], books=books)
+                             exec_tseq=self.outbox.tseq[exec_topic(self.shard_no)], books=books,
+                             states=list(self.engine.halts.values()))
 
     def checksum(self) -> int:
         """Return a hash of every book of the shard (equal books, equal hash)."""
@@ -950,6 +992,8 @@ class Matcher:
                         self.handle_batch(batch, orders)
                     except Exception:
                         log.exception("a batch of %d order messages failed", len(batch))
+                if self.role == "primary" and self.engine.halts:
+                    self._resume_due(time.time_ns())
                 if recovery in events:
                     while True:
                         try:

@@ -134,6 +134,30 @@ def test_order_exchange_unreachable_exit_status_3(tmp_path: Path) -> None:
     assert listed.returncode == 3 and "cannot reach the exchange" in listed.stderr
 
 
+def test_admin_halts_disables_and_says_what_it_did(exchange: Launcher) -> None:
+    topo = str(exchange.path)
+    sym = exchange.topo.shards[1].symbols[3]
+    inst = exchange.topo.instrument(sym)
+    px = inst.to_price((inst.band_lo or 0) + 100)
+    halt = exfab("admin", "halt", sym, "--text", "news pending", "--topology", topo)
+    assert (halt.returncode, halt.stdout) == (0, f"halted {sym}\n"), halt.stderr
+    refused = exfab("order", "buy", sym, "1", px, "--broker", "CB7", "--topology", topo)
+    assert refused.returncode == 1 and "halted" in refused.stdout and "news pending" in refused.stdout
+    assert exfab("admin", "resume", sym, "--topology", topo).stdout == f"resumed {sym}\n"
+    assert exfab("order", "buy", sym, "1", px, "--broker", "CB7", "--topology", topo).returncode == 0
+    off = exfab("admin", "disable", "CB7", "--json", "--topology", topo)
+    assert off.returncode == 0, off.stderr
+    assert _json_lines(off.stdout) == [{"event": "admin_ack", "action": "disable", "symbol": None, "broker": "CB7",
+                                        "cancelled": 1}]
+    assert "broker_disabled" in exfab("order", "buy", sym, "1", px, "--broker", "CB7", "--topology", topo).stdout
+    on = exfab("admin", "enable", "CB7", "--topology", topo)
+    assert (on.returncode, on.stdout) == (0, "enabled broker CB7: it may trade again\n")
+    nope = exfab("admin", "halt", "--as", "CB7", "--topology", topo)
+    assert nope.returncode == 1 and "not_authorized" in nope.stderr
+    usage = exfab("admin", "disable", "--topology", topo)
+    assert usage.returncode == 2 and "required: BROKER" in usage.stderr
+
+
 def test_order_help_lists_the_exit_codes() -> None:
     for args in (("order", "--help"), ("order", "buy", "--help"), ("order", "cancel", "--help")):
         r = exfab(*args)

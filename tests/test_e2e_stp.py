@@ -32,9 +32,6 @@ id = "OTHER"
 [[brokers]]
 id = "OFF"
 stp = "off"
-
-[[brokers]]
-id = "OPS-TICKER"  # the index's operator (local.toml's [index])
 """
 
 

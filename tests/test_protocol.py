@@ -76,6 +76,8 @@ SAMPLES: dict[str, list[Any]] = {
         p.Orders(symbol="TCS"),
         p.Admin(action="halt", symbol="TCS", text="news pending"),
         p.Admin(action="disable", broker="B2"),
+        p.Admin(action="halt", text="index down 10%", until=1_760_000_000_000_000_000),
+        p.Admin(action="disconnected", broker="B1"),
     ],
     "server": [
         LogonAck(broker="B1", heartbeat_ms=2000),
@@ -143,6 +145,8 @@ SAMPLES: dict[str, list[Any]] = {
         SnapshotReply(shard=3, seq=44, epoch=2, exec_tseq=30, books=[
             BookSnapshot(symbol="TCS", bids=[("3500.00", 15, 2), ("3499.95", 1, 1)], asks=[("3500.50", 2, 1)],
                          trade_id=9, book_tseq=12, trade_tseq=9)]),
+        SnapshotReply(shard=0, seq=45, epoch=0, exec_tseq=31, books=[], states=[
+            p.TradingState(**SEQ, symbol="TCS", state="halted", reason="operator", text="news pending")]),
         p.OrderBatch(cmds=[OrderCommand(gateway="gw1", req=7, broker="B1", cmd=NEW)]),
         p.ReplyBatch(replies=[CommandReply(gateway="gw1", req=7, shard=0, epoch=0, in_seq=3, first_seq=4,
                                            last_seq=6)]),

@@ -92,6 +92,12 @@ def _cmd_order(args: argparse.Namespace) -> int:
     return order_cmd.order_command(args.action, args)
 
 
+def _cmd_admin(args: argparse.Namespace) -> int:
+    from tools import admin_cmd
+
+    return admin_cmd.admin_command(args)
+
+
 def _cmd_orders(args: argparse.Namespace) -> int:
     from tools import order_cmd
 
@@ -243,6 +249,30 @@ def build_parser() -> argparse.ArgumentParser:
         o.add_argument("--topology", default=_default_topology(), metavar="FILE")
         o.add_argument("--json", action="store_true", help="one JSON object per execution report")
     p.set_defaults(func=_cmd_order)
+
+    p = sub.add_parser("admin", help="an operator's market control: halt, resume, disable, enable",
+                       description="Log on as an operator and halt or resume a symbol or the whole market, or "
+                                   "disable a broker (the kill switch: its open orders are cancelled, its new orders "
+                                   "refused) or enable it again. Exit status as exfab order's (below).",
+                       formatter_class=raw, epilog=ORDER_EXIT_STATUS)
+    asub = p.add_subparsers(dest="action", metavar="ACTION")
+    asub.required = True
+    for action, target, text in (("halt", "SYMBOL", "halt SYMBOL, or (none) the whole market"),
+                                 ("resume", "SYMBOL", "resume SYMBOL, or (none) the whole market"),
+                                 ("disable", "BROKER", "disable BROKER and cancel its open orders (the kill switch)"),
+                                 ("enable", "BROKER", "let a disabled BROKER trade again")):
+        a = asub.add_parser(action, help=text, formatter_class=raw, epilog=ORDER_EXIT_STATUS)
+        a.add_argument("target", nargs="?" if target == "SYMBOL" else None, default=None, metavar=target)
+        if action == "halt":
+            a.add_argument("--for", dest="for_s", default=None, metavar="SECONDS",
+                           help="the halt ends by itself after this long")
+        a.add_argument("--as", dest="as_", default=None, metavar="OPERATOR",
+                       help='the operator to log on as (default: the first broker of role "operator")')
+        # (The authentication helper adds --key FILE here: the operator's key.)
+        a.add_argument("--text", default=None, help="why, for the record (in the trading_state message)")
+        a.add_argument("--topology", default=_default_topology(), metavar="FILE")
+        a.add_argument("--json", action="store_true", help="print the admin_ack as one JSON object")
+    p.set_defaults(func=_cmd_admin)
 
     p = sub.add_parser("perf", help="latency and throughput of the exchange against the pyzmq floor",
                        description="Drive the exchange open loop at a rate (or a sweep), measure the same against "

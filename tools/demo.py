@@ -57,7 +57,8 @@ class Demo:
         self.rate = rate
         gws = [g.endpoint.connect for g in self.topo.gateways]
         # A topology that lists its brokers lets only those log on: the demo trades as them, one session each.
-        ids = [b.id for b in self.topo.brokers][:brokers] or [f"DEMO{i + 1}" for i in range(brokers)]
+        listed = [b.id for b in self.topo.brokers if b.role == "broker"]  # (operators do not trade)
+        ids = listed[:brokers] or [f"DEMO{i + 1}" for i in range(brokers)]
         self.brokers = [_Broker(BrokerClient(gws[i % len(gws):] + gws[:i % len(gws)], broker, timeout=1.0))
                         for i, broker in enumerate(ids)]
         self.markets = []

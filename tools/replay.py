@@ -27,6 +27,7 @@ from fabric.commands import (
     AddInstrument,
     CancelOrder,
     Command,
+    Control,
     EndOfDay,
     NewOrder,
     ReplaceOrder,
@@ -42,10 +43,11 @@ from fabric.constants import (
 )
 from fabric.engine import InstrumentExists, MatchingEngine, Outcome
 from fabric.instruments import InstrumentError, parse_decimal
-from fabric.protocol import ExAccepted, ExCancelled, ExExpired, ExFill, ExRejected, ExReplaced, Trade
+from fabric.protocol import ExAccepted, ExCancelled, ExExpired, ExFill, ExRejected, ExReplaced, Trade, TradingState
 
 Event = dict[str, Any]  # one line of the replay's output, as docs/replay.md describes it
-OPS = ("instrument", "new", "cancel", "replace", "end_of_day")
+OPS = ("instrument", "new", "cancel", "replace", "end_of_day", "admin")
+_ADMIN_ACTIONS = {"halt": 0, "resume": 0, "disable": 0, "enable": 0, "disconnected": 0}
 
 
 class CommandError(ValueError):
@@ -135,6 +137,13 @@ def parse_command(cmd: Any) -> Command:
                             stp=_choice(cmd, "stp", STP_CODES, default="off"))
     if op == "end_of_day":
         return EndOfDay()
+    if op == "admin":
+        action = _choice(cmd, "action", _ADMIN_ACTIONS)
+        if action in ("halt", "resume"):
+            sym = _str(cmd, "symbol") if cmd.get("symbol") is not None else None
+            until = _int(cmd, "until") if action == "halt" and cmd.get("until") is not None else None
+            return Control(action=action, symbol=sym, until=until, text=cmd.get("text"), by=cmd.get("by"))
+        return Control(action=action, broker=_str(cmd, "broker"))
     if op == "instrument":
         symbol = _str(cmd, "symbol")
         band = cmd.get("band_pct")
@@ -183,6 +192,9 @@ def replay_events(outcomes: list[Outcome]) -> list[Event]:
         elif type(o) is ExExpired:
             events.append({"event": "expired", "symbol": o.symbol, "oid": o.oid, "broker": o.broker, "qty": o.qty,
                            "cum_qty": o.cum_qty})
+        elif type(o) is TradingState:
+            events.append({"event": "trading_state", "symbol": o.symbol, "state": o.state, "reason": o.reason,
+                           "text": o.text, "until": o.until})
         else:  # pragma: no cover - a fill outside a trade
             raise AssertionError(f"unexpected outcome {o!r}")
     return events

@@ -14,6 +14,9 @@ A topology file is TOML.  Every table and key, with its default::
     lot = 1                             # default 1
     ref_price = "3500.00"               # the previous close; needed for a band
     band_pct = "10"                     # the circuit filter in percent; absent or "0" for none
+    max_order_qty = 50000               # optional risk limits of the instrument, for every broker (the
+    max_order_value = "50000000"        #   [risk] table below says what they are); the stricter of these
+    risk_band_pct = "5"                 #   and the broker's own applies; risk_band_pct needs ref_price
 
     [[shards]]                          # every symbol on exactly one shard
     name = "A"
@@ -45,6 +48,23 @@ A topology file is TOML.  Every table and key, with its default::
     name = "Example Securities"         # optional
     stp = "cancel_resting"              # optional: self-trade prevention, "off" (default), "cancel_resting",
                                         # "cancel_incoming" or "cancel_both" (docs/book-semantics.md)
+    role = "broker"                     # or "operator": its sessions may send admin commands (halt, resume,
+                                        # disable, enable: exfab admin); default "broker"
+    cancel_on_disconnect = false        # true: when its session ends (logout, heartbeat timeout; not a
+                                        # reconnection that replaces it) its open orders are cancelled
+    [brokers.risk]                      # optional: this broker's own limits, any key of [risk]; a key left
+    max_open_orders = 500               # out is the [risk] table's
+
+    [risk]                              # optional: the gateway's risk checks, every broker's defaults; a key
+                                        # left out (or no table) is no limit (fabric/risk.py, docs/security.md)
+    max_order_qty = 100000              # the largest quantity of one order (a new, a replace's new qty)
+    max_order_value = "10000000"        # the largest price x quantity (market orders at the ref_price)
+    risk_band_pct = "10"                # limit prices within this % of the instrument's ref_price
+                                        # (instruments without a ref_price are not checked)
+    max_open_orders = 1000              # open orders of one broker, as each gateway counts them
+    max_orders_per_s = 500              # new and replace messages per second (a token bucket) ...
+    burst = 1000                        # ... of this size (default max_orders_per_s); cancels are never
+                                        # limited
 
     [ticker]                            # optional: the market data node
     host = "127.0.0.1"
@@ -128,6 +148,7 @@ from topology.model import (
     Persistence,
     Redis,
     Replica,
+    RiskLimits,
     Shard,
     Stores,
     Ticker,
@@ -151,14 +172,18 @@ _TOP = {
     "cassandra": "[cassandra]",
     "influxdb": "[influxdb]",
     "index": "[index]",
+    "risk": "[risk]",
 }
 _EXCHANGE_KEYS = ("name", "data_dir", "timezone")
-_INSTRUMENT_KEYS = ("symbol", "tick", "lot", "ref_price", "band_pct")
+_INSTRUMENT_RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct")
+_INSTRUMENT_KEYS = ("symbol", "tick", "lot", "ref_price", "band_pct", *_INSTRUMENT_RISK_KEYS)
 _MATCHER_PORTS = ("order_port", "pub_port", "recovery_port", "repl_port")
 _SHARD_KEYS = ("name", "symbols", "replicas", "host", *_MATCHER_PORTS)
 _REPLICA_KEYS = ("name", "host", *_MATCHER_PORTS)
 _GATEWAY_KEYS = ("name", "host", "port")
-_BROKER_KEYS = ("id", "name", "stp")
+_BROKER_KEYS = ("id", "name", "role", "cancel_on_disconnect", "risk", "stp")
+_RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct", "max_open_orders", "max_orders_per_s", "burst")
+_ROLES = ("broker", "operator")
 _TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port")
 _TICKERS_KEYS = ("name", *_TICKER_KEYS)
 _PERSISTENCE_KEYS = ("host",)
@@ -337,6 +362,7 @@ class _Builder:
         self.problems: list[Problem] = []
         # (normalised host, port) -> the first place that uses it
         self.ports: dict[tuple[str, int], str] = {}
+        self.instrument_risk: dict[str, RiskLimits] = {}
 
     def add(self, where: str, message: str) -> None:
         self.problems.append(Problem(where, message))
@@ -485,6 +511,7 @@ class _Builder:
         influxdb = self.influxdb(data)
         stores = self.stores(data)
         index = self.index(data, instruments, brokers)
+        risk = self.risk(data)
         self.routing(data, known, shards)
         if shards is not None and zookeeper is None and "zookeeper" not in data:
             for where, shard in shards:
@@ -512,6 +539,8 @@ class _Builder:
             influxdb=influxdb,
             source=self.source,
             index=index,
+            risk=risk,
+            instrument_risk=self.instrument_risk,
         )
         return topology, self.problems
 
@@ -558,7 +587,48 @@ class _Builder:
             inst = self.instrument(tbl, where, symbol)
             if inst is not None:
                 out.append(inst)
+            limits = self.risk_limits(tbl, where, _INSTRUMENT_RISK_KEYS)
+            if limits is not None and limits != RiskLimits() and symbol is not None:
+                if limits.risk_band_pct is not None and "ref_price" not in tbl:
+                    self.add(_at(where, "risk_band_pct"), "a risk band is around the reference price: give ref_price")
+                self.instrument_risk[symbol] = limits
         return out, known
+
+    def risk(self, data: dict[str, Any]) -> RiskLimits:
+        """The ``[risk]`` table: every broker's default limits (none without the table)."""
+        tbl = self.table(data, "risk")
+        if tbl is None:
+            return RiskLimits()
+        self.keys(tbl, "risk", _RISK_KEYS)
+        return self.risk_limits(tbl, "risk", _RISK_KEYS) or RiskLimits()
+
+    def risk_limits(self, tbl: dict[str, Any], where: str, keys: tuple[str, ...]) -> RiskLimits | None:
+        """Read the risk limits among ``keys`` of ``tbl`` (other keys are not looked at); ``None`` when one is wrong."""
+        ok = True
+        found: dict[str, Any] = {}
+        for key in keys:
+            if key not in tbl:
+                continue
+            if key in ("max_order_value", "risk_band_pct"):
+                d = self.decimal(tbl, key, where)
+                if d is not None and (d <= 0 or (key == "risk_band_pct" and d >= 100)):
+                    self.add(_at(where, key), f"must be above 0{' and below 100' if key == 'risk_band_pct' else ''}, "
+                             f"got {d}")
+                    d = None
+                value: Any = d
+            else:
+                value = self.integer(tbl, key, where)
+                if value is not None and value <= 0:
+                    self.add(_at(where, key), f"must be a positive integer, got {value}")
+                    value = None
+            if value is None:
+                ok = False
+            else:
+                found[key] = value
+        if "burst" in found and "max_orders_per_s" not in found:
+            self.add(_at(where, "burst"), "a burst is the size of the max_orders_per_s bucket: give max_orders_per_s")
+            ok = False
+        return RiskLimits(**found) if ok else None
 
     def decimal(self, tbl: dict[str, Any], key: str, where: str) -> Decimal | None:
         v = tbl[key]
@@ -764,13 +834,28 @@ class _Builder:
             if stp not in STP_CODES:
                 self.add(_at(where, "stp"), f"unknown self-trade prevention mode {_q(stp)}{_suggest(stp, STP_CODES)}")
                 continue
+            role = self.string(tbl, "role", where, required=False) or "broker"
+            if role not in _ROLES:
+                self.add(_at(where, "role"), f"unknown role {_q(role)}{_suggest(role, _ROLES)}")
+            cod = tbl.get("cancel_on_disconnect", False)
+            if not isinstance(cod, bool):
+                self.add(_at(where, "cancel_on_disconnect"), f"must be true or false, got {_kind(cod)}")
+                cod = False
+            risk: RiskLimits | None = None
+            if "risk" in tbl:
+                rt = tbl["risk"]
+                if not isinstance(rt, dict):
+                    self.add(_at(where, "risk"), f"must be a table (write [brokers.risk]), got {_kind(rt)}")
+                else:
+                    self.keys(rt, _at(where, "risk"), _RISK_KEYS)
+                    risk = self.risk_limits(rt, _at(where, "risk"), _RISK_KEYS)
             if bid is None:
                 continue
             if bid in ids:
                 self.add(where, f"broker id {_q(bid)} is listed twice (also {ids[bid]})")
                 continue
             ids[bid] = where
-            out.append(Broker(bid, name, cast(Stp, stp)))
+            out.append(Broker(bid, name, "operator" if role == "operator" else "broker", cod, risk, cast(Stp, stp)))
         return out
 
     def tickers(self, data: dict[str, Any]) -> list[Ticker]:
@@ -834,9 +919,9 @@ class _Builder:
             self.add("index.base", f"must be positive, got {base}")
             base = None
         operator = self.string(tbl, "operator", "index", required=False)
-        if operator is not None and brokers and operator not in {b.id for b in brokers}:
-            self.add("index.operator", f"{_q(operator)} is not among the [[brokers]]: list it there (the ticker logs "
-                     "on as this operator to halt the market)")
+        if operator is not None and operator not in {b.id for b in brokers if b.role == "operator"}:
+            self.add("index.operator", f"{_q(operator)} is not an operator among the [[brokers]]: list it there with "
+                     'role = "operator" (the ticker logs on as this operator to halt the market)')
         refs = {i.symbol: i.ref_price for i in instruments or ()}
         if name is not None and name in refs:
             self.add("index.name", f"{_q(name)} is an instrument's symbol: the index's history is kept under its name")

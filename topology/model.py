@@ -16,12 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from fabric.circuit import SEBI_LEVELS, Level
 from fabric.commands import Stp
 from fabric.instruments import Instrument
 from fabric.records import DEFAULT_TIMEZONE
+from fabric.risk import RiskLimits
 
 # Node kinds, in the order the launcher starts them: matchers first so that
 # persistence, the ticker and the gateways find their feeds ready.
@@ -216,6 +217,12 @@ class Broker:
         The broker id carried on every order.
     name
         A readable name, for logs and screens.
+    role
+        ``"operator"``: its sessions may send admin commands (halts, the kill switch); ``"broker"``: orders only.
+    cancel_on_disconnect
+        When its session ends (logout, heartbeat timeout), the gateway has every open order of it cancelled.
+    risk
+        Its own risk limits; a limit it leaves out is the ``[risk]`` table's.
     stp
         Self-trade prevention: what the book does when this broker's incoming order would trade against its own
         resting order (``docs/book-semantics.md``); ``"off"`` lets them trade.
@@ -223,6 +230,9 @@ class Broker:
 
     id: str
     name: str | None = None
+    role: Literal["broker", "operator"] = "broker"
+    cancel_on_disconnect: bool = False
+    risk: RiskLimits | None = None
     stp: Stp = "off"
 
 
@@ -450,7 +460,8 @@ class Topology:
     gateways
         Every gateway, in file order (at least one).
     brokers
-        The brokers allowed to trade; empty means any broker id is accepted.
+        The brokers allowed to trade, and the operators; with no entry of role ``broker``, any broker id is
+        accepted (operators aside).
     timezone
         The exchange's time zone (IANA name): which trading day a time belongs to.
     ticker, persistence
@@ -467,6 +478,10 @@ class Topology:
         The servers, or ``None`` when the file names none.
     source
         The file the topology was read from, if any.
+    risk
+        The ``[risk]`` table: every broker's default risk limits.
+    instrument_risk
+        The risk limits of the instruments that have any, by symbol.
     """
 
     name: str
@@ -486,6 +501,8 @@ class Topology:
     source: Path | None = None
     tickers: tuple[Ticker, ...] = ()
     index: Index | None = None
+    risk: RiskLimits = field(default_factory=RiskLimits)
+    instrument_risk: Mapping[str, RiskLimits] = field(default_factory=dict)
     _routes: dict[str, Shard] = field(init=False, repr=False, compare=False)
     _instruments: dict[str, Instrument] = field(init=False, repr=False, compare=False)
 
