@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -439,6 +440,42 @@ def test_ticker_snapshot_socket_drops_an_oversized_request_and_serves_the_others
     finally:
         big.close()
         ok.close()
+
+
+http_values = (st.text(max_size=20) | st.sampled_from(["TCS", "1m", "1d", "5m", "1s", "x", "", "-1", "0",
+                                                     "9" * 5000, "-" + "9" * 30, str(2**63), str(-(2**64)),
+                                                     "2025-13-45T99:00:00", "2025-11-25T09:15:00Z", "\x00", "%"]))
+http_requests = st.builds(
+    lambda path, query: path + ("?" + urllib.parse.urlencode(query) if query else ""),
+    st.sampled_from(["/", "/history", "/snapshot", "/symbols", "/stats", "/healthz", "/static/app.js",
+                     "/static/../../etc/passwd", "/nope", "//", "/ws"]),
+    st.dictionaries(st.sampled_from(["symbol", "interval", "from", "to", "batch"]) | st.text(max_size=4),
+                    http_values, max_size=4))
+
+
+async def _http_get(host: str, port: int, target: str) -> int:
+    """One raw HTTP/1.1 GET of ``target``: return the status (the server closes the connection after it)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        line = await asyncio.wait_for(reader.readline(), DEADLINE_S)
+        await asyncio.wait_for(reader.read(), DEADLINE_S)
+    finally:
+        writer.close()
+    return int(line.split()[1])
+
+
+@NODE_FUZZ
+@given(st.lists(http_requests, min_size=1, max_size=5))
+def test_http_answers_hostile_requests_with_a_status_never_an_internal_error(ex: Launcher, targets: list[str]) -> None:
+    assert ex.topo.ticker is not None
+    host, port = "127.0.0.1", ex.topo.ticker.http_port
+
+    async def scenario() -> list[int]:
+        return [await _http_get(host, port, t) for t in targets]
+
+    for target, status in zip(targets, asyncio.run(scenario()), strict=True):
+        assert status in (200, 400, 404, 414, 426, 431), (target, status)
 
 
 def test_ticker_after_fuzzing_is_unharmed(ex: Launcher, ctx: zmq.Context[Any],
