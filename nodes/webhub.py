@@ -124,6 +124,34 @@ class Item:
         self.frame: bytes | None = None  # its own WebSocket text frame (clients without batching)
 
 
+class _PipelinedRequest(logging.Filter):
+    """Say in one line what websockets 17 reports as its own failure: bytes sent after an HTTP request.
+
+    A client that sends anything after its request, before the answer (a second, pipelined request; junk),
+    makes websockets' handshake fail an assertion of its own (``send_eof``: the end of the stream was already
+    sent). It logs "unexpected internal error" with a traceback and drops the connection unanswered; the hub
+    is unharmed. A client could fill the log with those tracebacks, so the record becomes one INFO line.
+    """
+
+    TEXT: Final = ("a client sent bytes after its HTTP request, before the answer: its connection is dropped "
+                   "unanswered (websockets cannot answer it)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AssertionError) and record.msg == "unexpected internal error" and _raised_in(exc,
+                                                                                                   "send_eof"):
+            record.msg, record.args, record.exc_info, record.exc_text = self.TEXT, (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == function
+
+
 def _text_frame(payload: bytes) -> bytes:
     # A server's frame is never masked (RFC 6455, 5.1), so one frame's bytes fit every connection.
     return Frame(Opcode.TEXT, payload).serialize(mask=False)
@@ -568,6 +596,9 @@ class WebHub:
 
     async def serve(self, host: str | None, port: int) -> Server:
         """Start serving HTTP and the WebSocket on ``host:port`` (``None``: every interface); return the server."""
+        ws_log = logging.getLogger("websockets.server")
+        if not any(isinstance(f, _PipelinedRequest) for f in ws_log.filters):
+            ws_log.addFilter(_PipelinedRequest())
         self._server = await serve(self.handler, host, port, process_request=self.http, max_size=MAX_REQUEST,
                                    compression=None)
         return self._server

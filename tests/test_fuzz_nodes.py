@@ -478,6 +478,28 @@ def test_http_answers_hostile_requests_with_a_status_never_an_internal_error(ex:
         assert status in (200, 400, 404, 414, 426, 431), (target, status)
 
 
+@NODE_FUZZ
+@given(st.binary(max_size=300) | st.builds(lambda b: b"GET /" + b + b" HTTP/1.1\r\n", st.binary(max_size=100)))
+def test_http_port_answers_or_closes_on_bytes_that_are_no_request(ex: Launcher, junk: bytes) -> None:
+    assert ex.topo.ticker is not None
+    port = ex.topo.ticker.http_port
+
+    async def scenario() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(junk + b"\r\n\r\n")
+            # websockets answers a request it cannot parse, and closes a connection that sends no whole request
+            # within its opening handshake timeout (10 s): either way the connection ends.
+            return await asyncio.wait_for(reader.read(), DEADLINE_S + 5)
+        finally:
+            writer.close()
+
+    answer = asyncio.run(scenario())
+    if answer:
+        status = int(answer.split(b" ", 2)[1])
+        assert 200 <= status < 500, answer[:200]
+
+
 def test_ticker_after_fuzzing_is_unharmed(ex: Launcher, ctx: zmq.Context[Any],
                                           books0: dict[str, tuple[Any, Any]]) -> None:
     _assert_unharmed(ex, ctx, books0)

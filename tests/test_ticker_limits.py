@@ -152,3 +152,26 @@ def test_topology_sets_the_per_address_cap_and_refuses_one_below_1() -> None:
     assert t is not None and t.connections_per_address == 500
     assert _one(_text(extra=ticker + "connections_per_address = 0\n")) == (
         "ticker.connections_per_address: must be at least 1, got 0")
+
+
+def test_bytes_after_an_http_request_drop_that_connection_with_one_line_in_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # websockets 17 fails its own assertion on them (found by tests/test_fuzz_nodes.py): no traceback in the log.
+    async def scenario() -> None:
+        hub, host, port = await _hub()
+        try:
+            for junk in (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+                         b"GET /ws HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n"):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(junk)
+                await asyncio.wait_for(reader.read(), 10)
+                writer.close()
+            assert (await _http(host, port, "/healthz"))[0] == 200
+            await _released(hub, 0)
+        finally:
+            await hub.close()
+
+    with caplog.at_level("INFO", logger="websockets.server"):
+        asyncio.run(scenario())
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= 40], [r.getMessage() for r in caplog.records]
+    assert sum("sent bytes after its HTTP request" in r.getMessage() for r in caplog.records) == 2
