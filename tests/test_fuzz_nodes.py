@@ -254,9 +254,10 @@ def test_gateway_drops_a_connection_over_its_message_limit_and_serves_the_others
         # (refused with its reason).
         huge.send(b"\x92" + b"\xa1x" * (1 << 20))
         assert _collect(huge, quiet=0.5) == []
-        large.send(msgpack.packb({"t": "new", "oid": "o", "symbol": "x" * 100_000}))
-        got = [p.decode_server(f) for m in _collect(large, lambda m: True) for f in m]
-        assert [(type(a), a.reason) for a in got] == [(p.Error, "message_too_large")], got
+        for size in (100_000, 1_000_000):  # a string of 1 MB: under ZeroMQ's limit, over the protocol's
+            large.send(msgpack.packb({"t": "new", "oid": "o", "symbol": "x" * size}))
+            got = [p.decode_server(f) for m in _collect(large, lambda m: True) for f in m]
+            assert [(type(a), a.reason) for a in got] == [(p.Error, "message_too_large")], got
     finally:
         huge.close()
         large.close()
