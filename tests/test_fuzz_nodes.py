@@ -148,9 +148,13 @@ def _good_order_round_trip(ex: Launcher, ctx: zmq.Context[Any], gateway: int = 0
         s.close()
 
 
-def _assert_unharmed(ex: Launcher, ctx: zmq.Context[Any], books0: dict[str, tuple[Any, Any]]) -> None:
+def _assert_alive(ex: Launcher) -> None:
     dead = [n.label for n in ex.nodes if not n.alive]
     assert not dead, f"nodes died: {dead}"
+
+
+def _assert_unharmed(ex: Launcher, ctx: zmq.Context[Any], books0: dict[str, tuple[Any, Any]]) -> None:
+    _assert_alive(ex)
     assert _books(ex, ctx) == books0, "the books changed"
     _good_order_round_trip(ex, ctx)
     assert _books(ex, ctx) == books0
@@ -238,6 +242,7 @@ def test_gateway_refuses_hostile_broker_input_before_and_after_logon(
         assert answers, "every message is answered (an error, a refusal) until the connection is ignored"
     finally:
         s.close()
+    _assert_alive(ex)
 
 
 def test_gateway_after_fuzzing_is_unharmed(ex: Launcher, ctx: zmq.Context[Any],
@@ -312,6 +317,7 @@ def test_matcher_order_socket_refuses_hostile_commands(ex: Launcher, ctx: zmq.Co
             _check_internal(m[-1])
     finally:
         s.close()
+    _assert_alive(ex)
 
 
 @NODE_FUZZ
@@ -330,6 +336,7 @@ def test_matcher_recovery_socket_answers_or_refuses_hostile_requests(ex: Launche
             assert isinstance(msg, p.Error | p.ReplayReply | p.SnapshotReply), msg
     finally:
         s.close()
+    _assert_alive(ex)
 
 
 def test_matchers_after_fuzzing_are_unharmed(ex: Launcher, ctx: zmq.Context[Any],
@@ -373,6 +380,7 @@ def test_ticker_snapshot_socket_answers_every_request_with_a_snapshot_or_an_erro
                 assert answer["reason"] == "malformed" and answer["text"]
     finally:
         s.close()
+    _assert_alive(ex)
 
 
 ws_frames = (st.text(max_size=200) | st.binary(max_size=200)
@@ -407,6 +415,7 @@ def test_websocket_answers_hostile_requests_and_keeps_the_connection(ex: Launche
                     return
 
     asyncio.run(scenario())
+    _assert_alive(ex)
 
 
 def test_websocket_closes_an_oversized_message_with_1009_and_serves_the_others(ex: Launcher) -> None:
@@ -477,6 +486,7 @@ def test_http_answers_hostile_requests_with_a_status_never_an_internal_error(ex:
 
     for target, status in zip(targets, asyncio.run(scenario()), strict=True):
         assert status in (200, 400, 404, 414, 426, 431), (target, status)
+    _assert_alive(ex)
 
 
 @NODE_FUZZ
@@ -499,6 +509,7 @@ def test_http_port_answers_or_closes_on_bytes_that_are_no_request(ex: Launcher, 
     if answer:
         status = int(answer.split(b" ", 2)[1])
         assert 200 <= status < 500, answer[:200]
+    _assert_alive(ex)
 
 
 def test_ticker_after_fuzzing_is_unharmed(ex: Launcher, ctx: zmq.Context[Any],
