@@ -6,6 +6,8 @@
 #                   --fresh: it wipes .exfab/local first (an empty market every time);
 #                   .venv/bin/exfab up --demo keeps the journals
 #   make bench      order-book benchmark
+#   make soak-security  10 minutes of orders with hostile input mixed in: nodes alive, memory, every order
+#                   answered (SOAK_ARGS='--minutes 30 --rate 500'); report in .exfab/perf/soak-security/
 #   make lint       ruff + mypy, at the versions pinned in setup.cfg's lint extra
 #   make clean      build artefacts and caches (keeps .venv); distclean removes .venv too
 
@@ -14,12 +16,13 @@ VENV = .venv
 VPY = $(VENV)/bin/python
 PIP = $(VPY) -m pip
 PYTEST_ARGS ?=
+SOAK_ARGS ?=
 PACKAGES = fabric tools nodes topology perf
 STAMP = $(VENV)/.installed
 LINT_STAMP = $(VENV)/.lint-installed
 
 .DEFAULT_GOAL := venv
-.PHONY: venv run test bench lint clean distclean
+.PHONY: venv run test bench soak-security lint clean distclean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -41,6 +44,9 @@ test: venv
 
 bench: venv
 	$(VPY) perf/bench_book.py
+
+soak-security: venv
+	$(VPY) perf/soak_security.py $(SOAK_ARGS)
 
 # The lint extra pins ruff and mypy (setup.cfg); changing a pin reinstalls them.
 $(LINT_STAMP): $(STAMP) setup.cfg pyproject.toml

@@ -766,7 +766,15 @@ class Matcher:
     def _on_repl(self, frames: list[bytes]) -> None:
         # (primary) A secondary's join or acknowledgement.
         ident, body = frames[0], frames[-1]
-        msg = decode_internal(body)
+        try:
+            msg = decode_internal(body)
+        except ProtocolError as e:
+            # Not a replication message (a stray or hostile peer): told why, as on the order and recovery sockets.
+            assert self._repl is not None
+            with contextlib.suppress(zmq.ZMQError):
+                send_frames(self._repl, (ident, encode(Error(reason=e.reason, text=e.text, field=e.field))),
+                            zmq.NOBLOCK)
+            return
         if isinstance(msg, ReplAck):
             sec = self.secondary
             if sec is not None and sec.ident == ident:

@@ -164,7 +164,8 @@ class Ticker:
         self.writer = HistoryWriter(self.store)
         self.web = WebHub(topo.name, self.instruments, self.feed, stats=self.stats_view, history=self.history,
                           ticker=self.name, tickers=[{"name": t.name, "ws": t.ws_url, "http": t.http_url}
-                                                     for t in topo.tickers])
+                                                     for t in topo.tickers],
+                          per_address=self.conf.connections_per_address)
         self._pub: zmq.asyncio.Socket | None = None  # the feed's PUB, bound by run()
         self._pub_raw: tuple[zmq.asyncio.Socket, zmq.Socket[bytes]] | None = None
         self._stop = asyncio.Event()

@@ -39,6 +39,7 @@ closing handshake) never interleave with ours.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import http
 import logging
@@ -64,12 +65,15 @@ from fabric.feedtopics import MARKET_KINDS
 from fabric.history import HistoryError, interval_ns
 from fabric.instruments import Instrument
 from fabric.marketstate import TAPE_LEN
+from topology.model import DEFAULT_CONNECTIONS_PER_ADDRESS
 
 __all__ = [
     "BATCH_BYTES",
     "DAY_NS",
     "FLUSH_GAP_FACTOR",
     "HEARTBEAT_S",
+    "MAX_HTTP_REQUEST",
+    "MAX_REQUEST",
     "WEB_DIR",
     "Item",
     "WebClient",
@@ -83,6 +87,9 @@ HEARTBEAT_S: Final = 1.0  # feed and WebSocket heartbeat period (the hello messa
 WEB_DIR: Final = Path(__file__).with_name("web")
 DAY_NS: Final = 86_400 * 1_000_000_000
 MAX_REQUEST: Final = 1 << 16  # largest WebSocket message a client may send (a request is a few hundred bytes)
+# Largest HTTP request (its line and headers; a body is refused by websockets): a browser's are under 4 KiB.
+# websockets itself refuses a line over 8 KiB (414, 431) and more than 128 headers (431).
+MAX_HTTP_REQUEST: Final = 16 * 1024
 MAX_ANSWERS: Final = 64  # answers (pongs, errors, snapshots) waiting for one client: past it, the client is dropped
 # Pacing: after a flush that took d seconds of CPU, the next waits at least FLUSH_GAP_FACTOR * d (at most
 # FLUSH_MAX_GAP_S), so fan-out uses at most about 1 / (1 + FLUSH_GAP_FACTOR) of the loop when busy.
@@ -118,6 +125,34 @@ class Item:
         self.obj = obj
         self.body: bytes | None = None  # its JSON, shared by every client that gets it
         self.frame: bytes | None = None  # its own WebSocket text frame (clients without batching)
+
+
+class _PipelinedRequest(logging.Filter):
+    """Say in one line what websockets 17 reports as its own failure: bytes sent after an HTTP request.
+
+    A client that sends anything after its request, before the answer (a second, pipelined request; junk),
+    makes websockets' handshake fail an assertion of its own (``send_eof``: the end of the stream was already
+    sent). It logs "unexpected internal error" with a traceback and drops the connection unanswered; the hub
+    is unharmed. A client could fill the log with those tracebacks, so the record becomes one INFO line.
+    """
+
+    TEXT: Final = ("a client sent bytes after its HTTP request, before the answer: its connection is dropped "
+                   "unanswered (websockets cannot answer it)")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, AssertionError) and record.msg == "unexpected internal error" and _raised_in(exc,
+                                                                                                   "send_eof"):
+            record.msg, record.args, record.exc_info, record.exc_text = self.TEXT, (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _raised_in(exc: BaseException, function: str) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == function
 
 
 def _text_frame(payload: bytes) -> bytes:
@@ -232,6 +267,9 @@ class WebHub:
         ``history(symbol, interval, start, end)``: the bars ``GET /history`` answers (run on a worker thread).
     ticker
         This ticker's name (the ``hello`` message's ``ticker``).
+    per_address
+        The most connections (WebSocket or HTTP) one client address may hold open at once; past it a new one
+        is refused with HTTP 429 (``too_many_connections``).
     tickers
         Every ticker of the market, in the topology's order, each ``{"name", "ws", "http"}``: the ``hello``
         message's ``tickers``, where a client goes when this one dies (``docs/market-data.md``, section 9).
@@ -240,7 +278,8 @@ class WebHub:
     def __init__(self, exchange: str, instruments: Mapping[str, Instrument], feed: MarketFeed,
                  stats: Callable[[], dict[str, Any]],
                  history: Callable[[str, str, int, int], list[dict[str, Any]]], *, ticker: str = "ticker",
-                 tickers: list[dict[str, str]] | None = None) -> None:
+                 tickers: list[dict[str, str]] | None = None,
+                 per_address: int = DEFAULT_CONNECTIONS_PER_ADDRESS) -> None:
         self.exchange = exchange
         self.ticker = ticker
         self.tickers = list(tickers or ())
@@ -251,6 +290,9 @@ class WebHub:
         self.clients: set[WebClient] = set()
         self.static = _load_static()
         self.counts = {"ws_messages": 0, "ws_objects": 0, "ws_encodes": 0, "ws_flushes": 0}
+        self.per_address = per_address
+        self.open: collections.Counter[str] = collections.Counter()  # open connections (HTTP and WebSocket) per address
+        self.refused: collections.Counter[str] = collections.Counter()  # requests refused, by reason
         self._error_no = 0
         self._snapshots: dict[str, Item] = {}
         self._hello: Item | None = None
@@ -561,6 +603,9 @@ class WebHub:
 
     async def serve(self, host: str | None, port: int) -> Server:
         """Start serving HTTP and the WebSocket on ``host:port`` (``None``: every interface); return the server."""
+        ws_log = logging.getLogger("websockets.server")
+        if not any(isinstance(f, _PipelinedRequest) for f in ws_log.filters):
+            ws_log.addFilter(_PipelinedRequest())
         self._server = await serve(self.handler, host, port, process_request=self.http, max_size=MAX_REQUEST,
                                    compression=None)
         return self._server
@@ -579,7 +624,15 @@ class WebHub:
             self._server = None
 
     async def http(self, conn: ServerConnection, request: Request) -> Response | None:
-        """Answer a plain HTTP request; ``None`` lets ``/ws`` go on to the WebSocket handshake."""
+        """Answer a plain HTTP request; ``None`` lets ``/ws`` go on to the WebSocket handshake.
+
+        Every connection comes here first (websockets calls it with the parsed request): a request larger than
+        ``MAX_HTTP_REQUEST`` is refused with 431 (``request_too_large``), a connection from an address that holds
+        ``per_address`` open already with 429 (``too_many_connections``).
+        """
+        refusal = self._admit(conn, request)
+        if refusal is not None:
+            return refusal
         url = urlsplit(request.path)
         path = url.path
         if path == "/ws":
@@ -609,16 +662,42 @@ class WebHub:
             log.exception("HTTP %s failed", request.path)
             return _error_response(500, "internal_error", str(e)[:200])
 
+    def _admit(self, conn: ServerConnection, request: Request) -> Response | None:
+        # The limits a connection must pass before anything is served; an admitted one counts against its
+        # address until it closes (whenever and however it closes: the connection's own lost-waiter says so).
+        size = len(request.path) + sum(len(k) + len(v) + 4 for k, v in request.headers.raw_items())
+        if size > MAX_HTTP_REQUEST:
+            self.refused["request_too_large"] += 1
+            return _error_response(431, "request_too_large", f"the request line and headers are {size} bytes; the "
+                                   f"limit is {MAX_HTTP_REQUEST}")
+        peer = conn.remote_address
+        addr = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+        if self.open[addr] >= self.per_address:
+            self.refused["too_many_connections"] += 1
+            return _error_response(429, "too_many_connections", f"{addr} holds {self.open[addr]} connections to "
+                                   f"this ticker; the limit is {self.per_address} per address")
+        self.open[addr] += 1
+        conn.connection_lost_waiter.add_done_callback(lambda _: self._release(addr))
+        return None
+
+    def _release(self, addr: str) -> None:
+        n = self.open[addr] - 1
+        if n > 0:
+            self.open[addr] = n
+        else:
+            del self.open[addr]
+
     def stats(self) -> dict[str, Any]:
         """Return ``GET /stats``: the ticker's counters, then the WebSocket's.
 
         ``ws_clients`` connections; ``ws_messages`` WebSocket messages sent and ``ws_objects`` the objects in them
         (more objects than messages: batching); ``ws_encodes`` JSON serialisations of objects (one per object,
         however many clients get it); ``ws_conflated`` objects merged into an older one for a slow client;
-        ``ws_flushes`` wake-ups of the fan-out.
+        ``ws_flushes`` wake-ups of the fan-out; ``http_refused`` connections refused by reason
+        (``too_many_connections``, ``request_too_large``).
         """
         return {**self._stats(), "ws_clients": len(self.clients), **self.counts,
-                "ws_conflated": sum(c.conflated for c in self.clients)}
+                "ws_conflated": sum(c.conflated for c in self.clients), "http_refused": dict(self.refused)}
 
     async def _history_response(self, q: dict[str, str]) -> Response:
         symbol = q.get("symbol", "")

@@ -151,6 +151,8 @@ def _topology(workdir: Path) -> Path:
     path = topology_on_free_ports(LOCAL, workdir)
     lines = [f'data_dir = "{workdir / "data"}"' if ln.strip().startswith("data_dir") else ln
              for ln in path.read_text().splitlines()]
+    # Every fan-out client connects from this machine's one address: lift the ticker's per-address cap.
+    lines = [f"{ln}\nconnections_per_address = 1000000" if ln.strip().startswith("http_port") else ln for ln in lines]
     path.write_text("\n".join(lines) + "\n")
     return path
 

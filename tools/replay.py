@@ -247,9 +247,11 @@ class Replayer:
             return []
         try:
             cmd = _decode(text)
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, RecursionError) as e:
+            # msgspec raises RecursionError, not DecodeError, for JSON nested deeper than its stack.
+            why = "JSON nested too deeply" if isinstance(e, RecursionError) else str(e)
             ev: Event = {"event": "rejected", "op": None, "oid": None, "broker": None, "symbol": None,
-                         "reason": REJECT_NAMES[REJ_MALFORMED], "text": f"not JSON: {e}"}
+                         "reason": REJECT_NAMES[REJ_MALFORMED], "text": f"not JSON: {why}"}
             if line is not None:
                 ev["line"] = line
             return [ev]

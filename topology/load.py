@@ -71,6 +71,7 @@ A topology file is TOML.  Every table and key, with its default::
     pub_port = 7180                     # PUB: last prices, bars, depth (docs/market-data.md)
     snapshot_port = 7182                # ROUTER: snapshots for the feed's subscribers (the Clone pattern)
     http_port = 7181                    # the price page, its WebSocket and /history
+    connections_per_address = 32        # optional: connections one client address may hold on http_port
 
     [[tickers]]                         # ... or several, instead of [ticker]: A and B feeds of the same
     name = "ticker"                     # market; optional, default "ticker", then "ticker-b", "ticker-c"
@@ -139,6 +140,7 @@ from fabric.commands import STP_CODES, Stp
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
 from fabric.records import DEFAULT_TIMEZONE
 from topology.model import (
+    DEFAULT_CONNECTIONS_PER_ADDRESS,
     STORE_KINDS,
     Broker,
     Cassandra,
@@ -184,7 +186,7 @@ _GATEWAY_KEYS = ("name", "host", "port")
 _BROKER_KEYS = ("id", "name", "role", "cancel_on_disconnect", "risk", "stp")
 _RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct", "max_open_orders", "max_orders_per_s", "burst")
 _ROLES = ("broker", "operator")
-_TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port")
+_TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port", "connections_per_address")
 _TICKERS_KEYS = ("name", *_TICKER_KEYS)
 _PERSISTENCE_KEYS = ("host",)
 _STORES_KEYS = tuple(STORE_KINDS)
@@ -898,9 +900,13 @@ class _Builder:
         pub = self.port(tbl, "pub_port", where, host)
         snap = self.port(tbl, "snapshot_port", where, host)
         http = self.port(tbl, "http_port", where, host)
+        per_address = self.integer(tbl, "connections_per_address", where, required=False)
+        if per_address is not None and per_address < 1:
+            self.add(_at(where, "connections_per_address"), f"must be at least 1, got {per_address}")
         if name is None or host is None or pub is None or snap is None or http is None:
             return None
-        return Ticker(host, pub, http, snap, name)
+        return Ticker(host, pub, http, snap, name,
+                      DEFAULT_CONNECTIONS_PER_ADDRESS if per_address is None else per_address)
 
     def index(self, data: dict[str, Any], instruments: list[Instrument] | None, brokers: list[Broker]
               ) -> Index | None:

@@ -39,6 +39,10 @@ STORE_KINDS: Mapping[str, tuple[str, ...]] = {
     "history": ("sqlite", "influxdb"),
 }
 
+# A ticker's HTTP port: connections one client address may hold open at once (a page takes a WebSocket and a
+# few requests; a proxy in front of many browsers needs more: [ticker] connections_per_address).
+DEFAULT_CONNECTIONS_PER_ADDRESS = 32
+
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -256,6 +260,8 @@ class Ticker:
     name
         Its node name, unique among tickers: ``"ticker"`` for the first, ``"ticker-b"``, ``"ticker-c"``... for
         the others unless the file names them.
+    connections_per_address
+        The most connections (WebSocket or HTTP) one client address may hold open on its HTTP port.
     """
 
     host: str
@@ -263,6 +269,7 @@ class Ticker:
     http_port: int
     snapshot_port: int
     name: str = "ticker"
+    connections_per_address: int = DEFAULT_CONNECTIONS_PER_ADDRESS
 
     @property
     def snapshot(self) -> Endpoint:
