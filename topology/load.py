@@ -43,6 +43,9 @@ A topology file is TOML.  Every table and key, with its default::
     [[brokers]]                         # optional; when none is listed, any broker id may trade
     id = "BRK01"
     name = "Example Securities"         # optional
+    public_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # CURVE public key, Z85 (exfab keys new BRK01); needed
+                                        # with [security]: a connection with this key is this broker
+    role = "broker"                     # or "operator"; default "broker"
 
     [ticker]                            # optional: the market data node
     host = "127.0.0.1"
@@ -82,6 +85,15 @@ A topology file is TOML.  Every table and key, with its default::
     url = "http://ex-c.internal:8086"   # InfluxDB 1.x HTTP API
     database = "exfab"
 
+    [security]                          # CURVE on every socket but the ticker's feeds (docs/security.md);
+                                        # required when a node is on a host other than a loopback address
+    keys_dir = "keys"                   # the nodes' secret keys, <kind>-<name>.key_secret; relative to this file
+    brokers = "keys"                    # brokers log on with their [[brokers]] public_key; "open" (loopback
+                                        # topologies only): any broker id, in the clear, at the gateways
+    [security.nodes]                    # every node's public key, by node label (exfab keys new --node LABEL)
+    "matcher:A" = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+    "gateway:gw1" = "..."
+
 ``check`` reports every mistake it finds, each with where it is; ``load``
 raises :class:`TopologyError` carrying all of them.
 """
@@ -99,9 +111,11 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fabric.auth import check_public_key
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
 from fabric.records import DEFAULT_TIMEZONE
 from topology.model import (
+    BROKER_ROLES,
     STORE_KINDS,
     Broker,
     Cassandra,
@@ -110,11 +124,13 @@ from topology.model import (
     Persistence,
     Redis,
     Replica,
+    Security,
     Shard,
     Stores,
     Ticker,
     Topology,
     ZooKeeper,
+    is_loopback,
 )
 
 # How each top-level name is written in a file, for messages.
@@ -132,6 +148,7 @@ _TOP = {
     "redis": "[redis]",
     "cassandra": "[cassandra]",
     "influxdb": "[influxdb]",
+    "security": "[security]",
 }
 _EXCHANGE_KEYS = ("name", "data_dir", "timezone")
 _INSTRUMENT_KEYS = ("symbol", "tick", "lot", "ref_price", "band_pct")
@@ -139,7 +156,8 @@ _MATCHER_PORTS = ("order_port", "pub_port", "recovery_port", "repl_port")
 _SHARD_KEYS = ("name", "symbols", "replicas", "host", *_MATCHER_PORTS)
 _REPLICA_KEYS = ("name", "host", *_MATCHER_PORTS)
 _GATEWAY_KEYS = ("name", "host", "port")
-_BROKER_KEYS = ("id", "name")
+_BROKER_KEYS = ("id", "name", "public_key", "role")
+_SECURITY_KEYS = ("keys_dir", "brokers", "nodes")
 _TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port")
 _TICKERS_KEYS = ("name", *_TICKER_KEYS)
 _PERSISTENCE_KEYS = ("host",)
@@ -462,6 +480,7 @@ class _Builder:
         cassandra = self.cassandra(data)
         influxdb = self.influxdb(data)
         stores = self.stores(data)
+        security = self.security(data)
         self.routing(data, known, shards)
         if shards is not None and zookeeper is None and "zookeeper" not in data:
             for where, shard in shards:
@@ -488,7 +507,11 @@ class _Builder:
             cassandra=cassandra,
             influxdb=influxdb,
             source=self.source,
+            security=security,
         )
+        self.check_keys(topology)
+        if self.problems:
+            return None, self.problems
         return topology, self.problems
 
     def exchange(self, data: dict[str, Any]) -> tuple[str | None, Path | None, str]:
@@ -736,13 +759,18 @@ class _Builder:
             self.keys(tbl, where, _BROKER_KEYS)
             bid = self.string(tbl, "id", where)
             name = self.string(tbl, "name", where, required=False)
-            if bid is None:
+            key = self.key(tbl, "public_key", where) if "public_key" in tbl else None
+            role = self.string(tbl, "role", where, required=False) or "broker"
+            if role not in BROKER_ROLES:
+                self.add(_at(where, "role"), f"unknown role {_q(role)}{_suggest(role, BROKER_ROLES)}")
+                continue
+            if bid is None or ("public_key" in tbl and key is None):
                 continue
             if bid in ids:
                 self.add(where, f"broker id {_q(bid)} is listed twice (also {ids[bid]})")
                 continue
             ids[bid] = where
-            out.append(Broker(bid, name))
+            out.append(Broker(bid, name, key, role))
         return out
 
     def tickers(self, data: dict[str, Any]) -> list[Ticker]:
@@ -788,6 +816,82 @@ class _Builder:
         if name is None or host is None or pub is None or snap is None or http is None:
             return None
         return Ticker(host, pub, http, snap, name)
+
+    def key(self, tbl: dict[str, Any], key: str, where: str) -> str | None:
+        """Return a CURVE public key (Z85), reporting why it is not one."""
+        v = tbl[key]
+        why = check_public_key(v)
+        if why is not None:
+            self.add(_at(where, key), f"{_kind(v) if not isinstance(v, str) else 'the key'} {why}")
+            return None
+        assert isinstance(v, str)
+        return v
+
+    def security(self, data: dict[str, Any]) -> Security | None:
+        """The ``[security]`` table: where the nodes' secret keys are, their public keys, how brokers log on."""
+        tbl = self.table(data, "security")
+        if tbl is None:
+            return None
+        self.keys(tbl, "security", _SECURITY_KEYS)
+        folder = self.string(tbl, "keys_dir", "security", required=False) or "keys"
+        base = self.source.parent if self.source is not None else Path(".")
+        keys_dir = base / Path(folder).expanduser()
+        brokers = self.string(tbl, "brokers", "security", required=False) or "keys"
+        if brokers not in ("keys", "open"):
+            self.add("security.brokers", f"unknown value {_q(brokers)}{_suggest(brokers, ('keys', 'open'))}")
+        nodes = tbl.get("nodes", {})
+        if not isinstance(nodes, dict):
+            self.add("security.nodes", f"must be a table (write [security.nodes]), got {_kind(nodes)}")
+            nodes = {}
+        out: dict[str, str] = {}
+        for label in nodes:
+            k = self.key(nodes, label, "security.nodes")
+            if k is not None:
+                out[label] = k
+        return Security(keys_dir, out, brokers)
+
+    def check_keys(self, topo: Topology) -> None:
+        """Report what the topology's keys leave open or unclear (``docs/security.md``)."""
+        sec = topo.security
+        if sec is None:
+            remote = [n for n in topo.nodes() if not is_loopback(n.host)]
+            keyed = [b.id for b in topo.brokers if b.public_key is not None]
+            if remote:
+                self.add("security", f"missing table: {remote[0].label} runs on {remote[0].host}, not a loopback "
+                         "address, so every socket between nodes needs CURVE keys: add [security] with "
+                         "[security.nodes] (exfab keys new --node LABEL makes each node's pair)")
+            elif keyed:
+                self.add("brokers", f"broker {keyed[0]} has a public_key but the topology has no [security]: the "
+                         "gateways need their own keys ([security.nodes]) to take brokers' keys")
+            return
+        labels = [n.label for n in topo.nodes()]
+        for label in labels:
+            if label not in sec.nodes:
+                self.add("security.nodes", f"no public key for node {_q(label)}: add {_q(label)} = \"...\" "
+                         f"(exfab keys new --node {label} --dir {sec.keys_dir})")
+        for label in sec.nodes:
+            if label not in labels:
+                self.add("security.nodes", f"{_q(label)} is not a node of this topology{_suggest(label, labels)}")
+        if sec.brokers == "open":
+            remote = [n for n in topo.nodes() if not is_loopback(n.host)]
+            if remote:
+                self.add("security.brokers", f"\"open\" is for loopback topologies only, and {remote[0].label} "
+                         f"runs on {remote[0].host}: brokers must log on with keys")
+        else:
+            if not topo.brokers:
+                self.add("brokers", "no broker: with [security] only listed brokers may log on; add [[brokers]] "
+                         "entries with id and public_key (exfab keys new BROKER prints one)")
+            for i, b in enumerate(topo.brokers):
+                if b.public_key is None:
+                    self.add(f"brokers[{i}] {_q(b.id)}", "missing required key \"public_key\": with [security] a "
+                             f"broker logs on with its key (exfab keys new {b.id} makes one)")
+        seen: dict[str, str] = {}
+        owners = [*sec.nodes.items(), *((f"broker {b.id}", b.public_key) for b in topo.brokers if b.public_key)]
+        for who, k in owners:
+            if k in seen:
+                self.add("security", f"{who} has the same public key as {seen[k]}: each needs its own key pair")
+            else:
+                seen[k] = who
 
     def persistence(self, data: dict[str, Any]) -> Persistence | None:
         tbl = self.table(data, "persistence")
