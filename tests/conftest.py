@@ -20,7 +20,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 @pytest.fixture
 def exchange(tmp_path: Path) -> Iterator[Launcher]:
     """The local topology (two matchers, the ticker, two gateways) as processes on free ports, stopped after."""
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp_path, brokers="open"), workdir=tmp_path)
+    launcher = Launcher(topology_on_free_ports(LOCAL, tmp_path), workdir=tmp_path)
     launcher.start()
     try:
         yield launcher

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     tmp = tmp_path_factory.mktemp("cli")
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp)
+    launcher = Launcher(topology_on_free_ports(LOCAL, tmp, brokers="keys"), workdir=tmp)  # the demo brokers' keys
     launcher.start()
     try:
         yield launcher

@@ -78,9 +78,12 @@ _SHARD = r'\[\[shards\]\]\nname = "{name}"\nsymbols = (\[[^\]]*\])\n(?:[a-z_]+ =
 _REPLICA_KEYS = ("order_port", "pub_port", "recovery_port", "repl_port")
 
 
-def pairs_on_free_ports(src: Path, dst_dir: Path, zk_hosts: str, shards: tuple[str, ...]) -> Path:
+def pairs_on_free_ports(src: Path, dst_dir: Path, zk_hosts: str, shards: tuple[str, ...], *,
+                        brokers: str | None = None) -> Path:
     """Copy a topology of single matchers into ``dst_dir`` with ``shards`` as primary/secondary pairs on 127.0.0.1
-    (replicas ``<shard>-1`` and ``<shard>-2``) and ``[zookeeper] hosts = [zk_hosts]``, every port free; return it.
+    (replicas ``<shard>-1`` and ``<shard>-2``, each with a key pair of its own when the source has keys) and
+    ``[zookeeper] hosts = [zk_hosts]``, every port free; return it. ``brokers`` as for
+    :func:`topology_on_free_ports`.
     """
     text = src.read_text()
     for k, name in enumerate(shards):
@@ -96,7 +99,7 @@ def pairs_on_free_ports(src: Path, dst_dir: Path, zk_hosts: str, shards: tuple[s
     text = _with_keys_dir(src, text)
     paired = dst_dir / f"{src.stem}-pairs-src.toml"
     paired.write_text(text)
-    path = topology_on_free_ports(paired, dst_dir)
+    path = topology_on_free_ports(paired, dst_dir, brokers=brokers)
     path.write_text(path.read_text() + f'\n[zookeeper]\nhosts = ["{zk_hosts}"]\n')
     return path
 
