@@ -117,7 +117,7 @@ def test_order_fok_that_cannot_fill_is_not_a_reject(exchange: Launcher) -> None:
 
 
 def test_order_usage_errors_exit_2_without_the_exchange(tmp_path: Path) -> None:
-    topo = str(topology_on_free_ports(LOCAL, tmp_path))  # nothing runs there: usage is checked first
+    topo = str(topology_on_free_ports(LOCAL, tmp_path, brokers="keys"))  # nothing runs there: usage is checked first
     words = exfab("order", "buy", "TCS", "ten", "--broker", "DEMO7", "--topology", topo)
     assert words.returncode == 2 and "quantity must be a whole number" in words.stderr
     missing = exfab("order", "buy", "TCS", "1", "--topology", topo)  # no --broker: argparse
@@ -127,7 +127,7 @@ def test_order_usage_errors_exit_2_without_the_exchange(tmp_path: Path) -> None:
 
 
 def test_order_exchange_unreachable_exit_status_3(tmp_path: Path) -> None:
-    topo = topology_on_free_ports(LOCAL, tmp_path)  # nothing runs on these ports
+    topo = topology_on_free_ports(LOCAL, tmp_path, brokers="keys")  # nothing runs on these ports
     r = exfab("order", "buy", "TCS", "1", "@", "3500", "--broker", "B4", "--topology", str(topo))
     assert r.returncode == 3 and "cannot reach the exchange" in r.stderr
     listed = exfab("orders", "--broker", "B4", "--topology", str(topo))
@@ -146,7 +146,7 @@ def test_order_help_lists_the_exit_codes() -> None:
 
 @pytest.mark.timeout(180)
 def test_up_demo_runs_a_moving_market_and_stops_cleanly(tmp_path: Path) -> None:
-    topo = topology_on_free_ports(LOCAL, tmp_path)
+    topo = topology_on_free_ports(LOCAL, tmp_path, brokers="keys")
     r = exfab("up", str(topo), "--demo", "--duration", "10", cwd=tmp_path, timeout=170)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo brokers trading" in r.stdout
