@@ -330,3 +330,14 @@ def test_the_gateway_session_carries_the_keys_broker_and_role() -> None:
     finally:
         gw._lookups.shutdown(wait=False)
         gw.lookup.close()
+
+
+def test_loopback_copy_runs_open_without_the_secret_keys_and_keeps_them_when_present() -> None:
+    from topology.loopback import map_topology
+
+    cluster = map_topology(LOCAL.parent / "cluster.toml", can_run=lambda _server, _table: None)
+    assert cluster.topology.security is None and all(b.public_key is None for b in cluster.topology.brokers)
+    assert "# [security] dropped: no secret key of matcher:A-1" in cluster.text
+    local = map_topology(LOCAL, can_run=lambda _server, _table: None)
+    assert local.topology.security is not None
+    assert local.topology.security.keys_dir == (LOCAL.parent / "keys").resolve()
