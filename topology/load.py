@@ -865,11 +865,13 @@ class _Builder:
                          "gateways need their own keys ([security.nodes]) to take brokers' keys")
             return
         labels = [n.label for n in topo.nodes()]
-        for label in labels:
-            if label not in sec.nodes:
-                self.add("security.nodes", f"no public key for node {_q(label)}: add {_q(label)} = \"...\" "
-                         f"(exfab keys new --node {label} --dir {sec.keys_dir})")
-        for label in sec.nodes:
+        missing = [label for label in labels if label not in sec.nodes]
+        for label in missing:
+            self.add("security.nodes", f"no public key for node {_q(label)}: add {_q(label)} = \"...\" "
+                     f"(exfab keys new --node {label} --dir {sec.keys_dir})")
+        # A key of no node admits nobody more than the nodes' keys do; next to a node without a key, it is
+        # likely that node's, misspelt.
+        for label in sec.nodes if missing else ():
             if label not in labels:
                 self.add("security.nodes", f"{_q(label)} is not a node of this topology{_suggest(label, labels)}")
         if sec.brokers == "open":
