@@ -22,8 +22,8 @@ def topology_on_free_ports(src: Path, dst_dir: Path, *, brokers: str | None = No
 
     The copy's ``[security] keys_dir`` is the source's (an absolute path). ``brokers = "open"`` makes its
     gateways take any broker id in the clear (test rigs whose brokers have no keys; the nodes still use
-    CURVE); ``curve=False`` leaves ``[security]`` and the brokers' keys out: every socket open (to measure
-    what CURVE costs).
+    CURVE); ``curve=False`` leaves ``[security]`` and ``[[brokers]]`` out: every socket open, any broker id
+    (to measure what CURVE costs).
     """
     text = _with_keys_dir(src, src.read_text())
     if not curve:
@@ -63,13 +63,14 @@ def _with_keys_dir(src: Path, text: str) -> str:
 
 
 def without_security(text: str) -> str:
-    """Return a topology's text without ``[security]`` (and its sub-tables) and without brokers' ``public_key``."""
+    """Return a topology's text without ``[security]`` (and its sub-tables) and without ``[[brokers]]``: every
+    socket open and any broker id, as a loopback topology without keys runs (docs/security.md)."""
     out: list[str] = []
     skipping = False
     for line in text.splitlines(keepends=True):
         if line.startswith("["):
-            skipping = line.startswith(("[security]", "[security."))
-        if not skipping and not line.startswith("public_key"):
+            skipping = line.startswith(("[security]", "[security.", "[[brokers]]"))
+        if not skipping:
             out.append(line)
     return "".join(out)
 
