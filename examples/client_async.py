@@ -24,16 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from fabric.auth import Keyring  # noqa: E402
 from fabric.client import AsyncBrokerClient  # noqa: E402
 from fabric.protocol import Fill  # noqa: E402
+from topology.keys import broker_keyring  # noqa: E402
 from topology.load import load  # noqa: E402
 
 SYMBOL, PRICE, QTY = "INFY", "1580.00", 20
 
 
-async def buyer(gateways: list[str], resting: asyncio.Event) -> None:
+async def buyer(gateways: list[str], keys: Keyring | None, resting: asyncio.Event) -> None:
     """Rest a bid, then wait on the report stream until it is filled."""
-    async with AsyncBrokerClient(gateways, "B3") as c:
+    async with AsyncBrokerClient(gateways, "B3", keys=keys) as c:
         r = await c.buy(SYMBOL, QTY, PRICE)
         print(f"B3 bid {r.oid}: {r.state}, leaves {r.status.leaves_qty if r.status else 0}")
         resting.set()
@@ -51,9 +53,9 @@ async def buyer(gateways: list[str], resting: asyncio.Event) -> None:
         print(f"B3 {r.oid}: {st.state}, cum {st.cum_qty}")
 
 
-async def seller(gateways: list[str], resting: asyncio.Event) -> None:
+async def seller(gateways: list[str], keys: Keyring | None, resting: asyncio.Event) -> None:
     """Once the bid rests, sell into it in pieces."""
-    async with AsyncBrokerClient(gateways[::-1], "B4") as c:
+    async with AsyncBrokerClient(gateways[::-1], "B4", keys=keys) as c:
         await resting.wait()
         for _ in range(QTY // 5):
             r = await c.sell(SYMBOL, 5, PRICE, "IOC")
@@ -64,9 +66,12 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--topology", default=str(ROOT / "topology" / "examples" / "local.toml"))
     args = ap.parse_args()
-    gateways = [g.endpoint.connect for g in load(args.topology).gateways]
+    topo = load(args.topology)
+    gateways = [g.endpoint.connect for g in topo.gateways]
     resting = asyncio.Event()
-    await asyncio.gather(buyer(gateways, resting), seller(gateways, resting))
+    # Each broker logs on with its CURVE key: local.toml ships DEMO keys for B1-B4 (docs/security.md).
+    await asyncio.gather(buyer(gateways, broker_keyring(topo, "B3"), resting),
+                         seller(gateways, broker_keyring(topo, "B4"), resting))
 
 
 if __name__ == "__main__":

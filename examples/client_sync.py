@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from fabric.client import BrokerClient, OrderResult  # noqa: E402
 from fabric.protocol import Fill  # noqa: E402
+from topology.keys import broker_keyring  # noqa: E402
 from topology.load import load  # noqa: E402
 
 
@@ -46,9 +47,11 @@ def main() -> None:
     ap.add_argument("--topology", default=str(ROOT / "topology" / "examples" / "local.toml"))
     args = ap.parse_args()
     # The gateways' endpoints come from the topology: tcp://127.0.0.1:7101 and :7102 for local.toml.
-    gateways = [g.endpoint.connect for g in load(args.topology).gateways]
-
-    with BrokerClient(gateways, "B1") as b1, BrokerClient(gateways[::-1], "B2") as b2:
+    topo = load(args.topology)
+    gateways = [g.endpoint.connect for g in topo.gateways]
+    # Each broker logs on with its CURVE key: local.toml ships DEMO keys for B1-B4 (docs/security.md).
+    with (BrokerClient(gateways, "B1", keys=broker_keyring(topo, "B1")) as b1,
+          BrokerClient(gateways[::-1], "B2", keys=broker_keyring(topo, "B2")) as b2):
         print(f"B1 on {b1.endpoint}, B2 on {b2.endpoint}")
 
         bid = b1.buy("TCS", 10, "3500.00")              # limit, GTC: rests

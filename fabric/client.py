@@ -50,6 +50,7 @@ from typing import Any, Generic, Protocol, TypeAlias, TypeVar, overload
 import zmq
 import zmq.asyncio
 
+from fabric.auth import Keyring, connect
 from fabric.protocol import (
     Accepted,
     Admin,
@@ -893,6 +894,10 @@ class BrokerClient(_Shell):
         Resends on one gateway before moving to the next.
     ctx
         The ZeroMQ context for the socket (``zmq.Context.instance()`` by default).
+    keys
+        The broker's CURVE key pair and the gateways' public keys, when the exchange authenticates brokers by
+        key (``topology.keys.broker_keyring`` makes it from a topology and the broker's secret key file); the
+        broker id is then the key's, whatever ``broker`` says.
 
     Raises
     ------
@@ -907,9 +912,11 @@ class BrokerClient(_Shell):
     """
 
     def __init__(self, gateways: Sequence[str], broker: str, *, secret: str | None = None, heartbeat_ms: int = 5000,
-                 timeout: float = 2.0, retries: int = 2, ctx: zmq.Context | None = None) -> None:
+                 timeout: float = 2.0, retries: int = 2, ctx: zmq.Context | None = None,
+                 keys: Keyring | None = None) -> None:
         super().__init__(gateways, broker, secret=secret, heartbeat_ms=heartbeat_ms, timeout=timeout, retries=retries)
         self.ctx = ctx or zmq.Context.instance()
+        self.keys = keys
         self.sock: zmq.Socket | None = None
 
     def __enter__(self) -> BrokerClient:
@@ -943,7 +950,7 @@ class BrokerClient(_Shell):
             self.sock.close(0)
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        connect(sock, endpoint, self.keys)
         self.sock = sock
 
     def _receive(self, op: Operation[Any], until: float) -> None:
@@ -1102,7 +1109,7 @@ class AsyncBrokerClient(_Shell):
 
     Parameters
     ----------
-    gateways, broker, secret, heartbeat_ms, timeout, retries
+    gateways, broker, secret, heartbeat_ms, timeout, retries, keys
         As for :class:`BrokerClient`.
     ctx
         The ``zmq.asyncio`` context for the socket (``zmq.asyncio.Context.instance()`` by default).
@@ -1115,9 +1122,11 @@ class AsyncBrokerClient(_Shell):
     """
 
     def __init__(self, gateways: Sequence[str], broker: str, *, secret: str | None = None, heartbeat_ms: int = 5000,
-                 timeout: float = 2.0, retries: int = 2, ctx: zmq.asyncio.Context | None = None) -> None:
+                 timeout: float = 2.0, retries: int = 2, ctx: zmq.asyncio.Context | None = None,
+                 keys: Keyring | None = None) -> None:
         super().__init__(gateways, broker, secret=secret, heartbeat_ms=heartbeat_ms, timeout=timeout, retries=retries)
         self.ctx = ctx or zmq.asyncio.Context.instance()
+        self.keys = keys
         self.sock: zmq.asyncio.Socket | None = None
         # Serial operations take turns on the one socket: each reads answers until its own is done.
         self._turn = asyncio.Lock()
@@ -1164,7 +1173,7 @@ class AsyncBrokerClient(_Shell):
             self.sock.close(0)
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        connect(sock, endpoint, self.keys)
         self.sock = sock
 
     async def _receive(self, op: Operation[Any], until: float) -> None:

@@ -35,6 +35,7 @@ from typing import Any, Final
 import zmq
 import zmq.asyncio
 
+from fabric.auth import Keyring, connect
 from fabric.protocol import (
     BookLevel,
     PubHeartbeat,
@@ -155,14 +156,18 @@ class Follower:
     resolve
         Where every shard's stream comes from now (``topology.primary.shard_sources``), asked every
         ``RESOLVE_S``: a shard whose primary changed is followed from the new one (:meth:`move`).
+    keys
+        The node's CURVE keys for the matchers' PUB and recovery sockets (``topology.keys.node_keyring``);
+        ``None`` in an open topology.
     """
 
     def __init__(self, ctx: zmq.asyncio.Context, sources: Sequence[ShardSource], topics: Sequence[Sequence[bytes]],
                  prefixes: Sequence[bytes], deliver: Deliver, *, turn: Callable[[], None] | None = None,
                  on_restart: Callable[[ShardLink], None] | None = None,
                  on_unavailable: Callable[[ShardLink], Awaitable[None]] | None = None, rcvhwm: int = 0,
-                 resolve: Callable[[], Sequence[ShardSource]] | None = None) -> None:
+                 resolve: Callable[[], Sequence[ShardSource]] | None = None, keys: Keyring | None = None) -> None:
         self.ctx = ctx
+        self.keys = keys
         self.links = [ShardLink(src, ShardStream(src.no)) for src in sources]
         for link, tops in zip(self.links, topics, strict=True):
             for topic in tops:
@@ -218,7 +223,7 @@ class Follower:
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         for link in self.links:
             for addr in link.source.pubs or (link.source.pub,):
-                sub.connect(addr)
+                connect(sub, addr, self.keys)
         await asyncio.sleep(0.2)  # let the subscriptions reach the matchers before asking for their state
         for link in self.links:
             self.spawn(self._bootstrap(link))
@@ -428,7 +433,7 @@ class Follower:
         if link.sock is None:
             link.sock = self.ctx.socket(zmq.DEALER)
             link.sock.setsockopt(zmq.LINGER, 0)
-            link.sock.connect(link.source.recovery)
+            connect(link.sock, link.source.recovery, self.keys)
         sock = link.sock
         out: list[Any] = []
         try:

@@ -203,7 +203,7 @@ PROTOCOL_REASONS: Final[dict[str, str]] = {
     MISSING_FIELD: "a required field is absent",
     BAD_FIELD: "a field has the wrong type, value or length, or is not a field of the message",
     # Session (the gateway).
-    "auth_failed": "logon refused: unknown broker or wrong secret",
+    "auth_failed": "logon refused: an unknown broker, or another broker than the connection's key",
     "not_logged_on": "a message other than logon before a successful logon",
     "already_logged_on": "a second logon on a session, or the broker is logged on on another session",
     "heartbeat_timeout": "nothing received for three heartbeat intervals: the gateway ends the session",

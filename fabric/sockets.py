@@ -13,13 +13,15 @@ routing ids), which is all the nodes use.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 import zmq
 from zmq.backend import Socket as _Socket
 
-__all__ = ["readable", "recv_frames", "send_frames"]
+from fabric.auth import user_id
+
+__all__ = ["readable", "recv_frames", "recv_routed", "send_frames"]
 
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
@@ -58,3 +60,22 @@ def readable(poller: zmq.Poller, socks: Sequence[zmq.Socket[Any]], timeout_ms: i
     if waiting:
         return waiting
     return {s for s, _ in poller.poll(timeout_ms)}
+
+
+def recv_routed(sock: zmq.Socket[Any], known: Container[bytes]) -> tuple[list[bytes], str | None]:
+    """Receive one waiting message of a ROUTER without blocking, and who sent it when the peer is new.
+
+    Return its frames (the peer's routing id first) and, when that id is not in ``known``, the ``User-Id``
+    the ZAP handler gave the peer's connection (``None`` for a known peer, or a connection without one): a
+    peer's identity is read once, not on every message. Raise ``zmq.Again`` when none waits.
+    """
+    ident = _recv(sock, _NOBLOCK)
+    parts = [ident]
+    user = None
+    if ident not in known and _get(sock, _RCVMORE):
+        frame = sock.recv(_NOBLOCK, copy=False)
+        parts.append(frame.bytes)
+        user = user_id(frame)
+    while _get(sock, _RCVMORE):
+        parts.append(_recv(sock, _NOBLOCK))
+    return parts, user

@@ -51,6 +51,7 @@ from typing import Any
 import msgspec
 import zmq
 
+from fabric.auth import connect
 from fabric.commands import admin_problem
 from fabric.orderstore import StoreError
 from fabric.protocol import (
@@ -91,8 +92,9 @@ from fabric.protocol import (
 )
 from fabric.records import OrderRow
 from fabric.risk import RiskChecks
-from fabric.sockets import readable, recv_frames, send_frames
+from fabric.sockets import readable, recv_frames, recv_routed, send_frames
 from fabric.stream import ShardStream, deposed
+from topology.keys import BROKERS, admit, node_keyring, warn_if_open
 from topology.load import load
 from topology.model import GATEWAY, Topology
 from topology.primary import resolver
@@ -114,6 +116,7 @@ class Session:
     heartbeat_ms: int
     last_rx: float
     last_tx: float
+    role: str = "broker"  # the [[brokers]] entry's role: "broker" or "operator"
 
 
 @dataclass(slots=True)
@@ -196,11 +199,17 @@ class Gateway:
         self.name = name
         # Empty (no [[brokers]] entry of role "broker", operators aside): any broker id may log on.
         self.allowed = {b.id for b in topo.brokers} if any(b.role == "broker" for b in topo.brokers) else set()
+        self.roles = {b.id: b.role for b in topo.brokers}
         self.operators = {b.id for b in topo.brokers if b.role == "operator"}  # may send admin commands
         self.cancel_on_disconnect = {b.id for b in topo.brokers if b.cancel_on_disconnect}
         self.risk = RiskChecks(topo.risk, {b.id: b.risk for b in topo.brokers if b.risk is not None},
                                {i.symbol: i for i in topo.instruments}, topo.instrument_risk)
         self.admins: dict[int, _AdminJob] = {}
+        self.keys = node_keyring(topo, f"{GATEWAY}:{name}")  # CURVE to the matchers; None: an open topology
+        # Brokers connect with their keys: the broker id is the key's (ZAP's User-Id), never what a client writes.
+        self.keyed = self.keys is not None and topo.security is not None and topo.security.brokers == "keys"
+        if topo.security is not None and not self.keyed:
+            self.allowed = set()  # brokers = "open": any broker id, in the clear (a loopback rig)
         self.ctx = ctx or zmq.Context.instance()
         self.sessions: dict[bytes, Session] = {}
         self.by_broker: dict[str, bytes] = {}
@@ -292,8 +301,11 @@ class Gateway:
             return False
         return True
 
-    def on_client(self, ident: bytes, body: bytes) -> None:
-        """Handle one message from a broker's connection (one that :meth:`admit` let in)."""
+    def on_client(self, ident: bytes, body: bytes, user: str | None = None) -> None:
+        """Handle one message from a broker's connection (one that :meth:`admit` let in).
+
+        ``user`` is the broker id the connection's key authenticated (read for connections not logged on).
+        """
         now = time.monotonic()
         session = self.sessions.get(ident)
         try:
@@ -306,7 +318,7 @@ class Gateway:
                 self._send(ident, e.answer())
             return
         if isinstance(msg, Logon):
-            self._logon(ident, msg, now)
+            self._logon(ident, msg, now, user)
             return
         if session is None:
             if isinstance(msg, New | Cancel | Replace | Status):
@@ -443,9 +455,13 @@ class Gateway:
             self._send_broker(job.broker, AdminAck(action=c.action, symbol=c.symbol, broker=c.broker,
                                                    cancelled=job.cancelled))
 
-    def _logon(self, ident: bytes, msg: Logon, now: float) -> None:
+    def _logon(self, ident: bytes, msg: Logon, now: float, user: str | None) -> None:
         if ident in self.sessions:
             self._send(ident, LogonReject(reason="already_logged_on", text="this connection is already logged on"))
+            return
+        if self.keyed and user != msg.broker:
+            self._send(ident, LogonReject(reason="auth_failed", text=f"this connection's key is broker {user}'s: "
+                                          f"it cannot log on as {msg.broker}"))
             return
         if self.allowed and msg.broker not in self.allowed:
             self._send(ident, LogonReject(reason="auth_failed", text=f"unknown broker {msg.broker}"))
@@ -455,7 +471,8 @@ class Gateway:
             # The broker reconnected (a new socket): the newest connection wins.
             self._drop(old, "already_logged_on")
         self.strangers.pop(ident, None)
-        self.sessions[ident] = Session(ident, msg.broker, msg.heartbeat_ms, now, now)
+        self.sessions[ident] = Session(ident, msg.broker, msg.heartbeat_ms, now, now, self.roles.get(msg.broker,
+                                                                                                   "broker"))
         self.by_broker[msg.broker] = ident
         self._send(ident, LogonAck(broker=msg.broker, heartbeat_ms=msg.heartbeat_ms))
         log.info("broker %s logged on", msg.broker)
@@ -652,7 +669,7 @@ class Gateway:
         old.close(0)
         d = self.ctx.socket(zmq.DEALER)
         d.setsockopt(zmq.LINGER, 0)
-        d.connect(self.primaries.primary(no).order)
+        connect(d, self.primaries.primary(no).order, self.keys)
         self.orders[no] = d
         self.poller.register(d, zmq.POLLIN)
         self.socks = (*self.orders, self.sub, *self.recovery, self.front)
@@ -705,7 +722,7 @@ class Gateway:
             old.close(0)
             r = self.ctx.socket(zmq.DEALER)
             r.setsockopt(zmq.LINGER, 0)
-            r.connect(p.recovery)
+            connect(r, p.recovery, self.keys)
             self.recovery[no] = r
             self.poller.register(r, zmq.POLLIN)
             self.socks = (*self.orders, self.sub, *self.recovery, self.front)
@@ -766,6 +783,11 @@ class Gateway:
         self.front = ctx.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
         self.front.setsockopt(zmq.LINGER, 0)
+        warn_if_open(self.topo, f"{GATEWAY}:{self.name}", log)
+        if self.keyed:
+            assert self.keys is not None
+            admit(self.topo, ctx)
+            self.keys.serve(self.front, BROKERS)
         self.front.bind(self.cfg.endpoint.bind)
         self.orders: list[zmq.Socket] = []
         self.recovery: list[zmq.Socket] = []
@@ -775,14 +797,14 @@ class Gateway:
             primary = self.primaries.primary(no)
             d = ctx.socket(zmq.DEALER)
             d.setsockopt(zmq.LINGER, 0)
-            d.connect(primary.order)
+            connect(d, primary.order, self.keys)
             self.orders.append(d)
             r = ctx.socket(zmq.DEALER)
             r.setsockopt(zmq.LINGER, 0)
-            r.connect(primary.recovery)
+            connect(r, primary.recovery, self.keys)
             self.recovery.append(r)
             for replica in self.topo.shards[no].replicas:  # both of a pair: the stream goes on from the new primary
-                self.sub.connect(replica.pub.connect)
+                connect(self.sub, replica.pub.connect, self.keys)
             self.sub.subscribe(exec_topic(no))
             self.sub.subscribe(heartbeat_topic(no))
         self.poller = poller = zmq.Poller()
@@ -824,7 +846,7 @@ class Gateway:
                 if self.front in events:
                     for _ in range(MAX_DRAIN):
                         try:
-                            frames = recv_frames(self.front)
+                            frames, user = recv_routed(self.front, self.sessions)
                         except zmq.Again:
                             break
                         if not self.admit(frames[0]):
@@ -834,7 +856,7 @@ class Gateway:
                             self._send(frames[0], Error(reason="malformed", text=f"a message is one frame, got "
                                                                                    f"{len(frames) - 1}"))
                             continue
-                        self._guard(self.on_client, frames[0], frames[1])
+                        self._guard(self.on_client, frames[0], frames[1], user)
                 now = time.monotonic()
                 if now - last_keep_alive >= 0.05:
                     last_keep_alive = now

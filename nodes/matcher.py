@@ -56,6 +56,7 @@ from typing import Any, NoReturn
 
 import zmq
 
+from fabric.auth import connect
 from fabric.book import warm_up
 from fabric.commands import (
     AddInstrument,
@@ -109,6 +110,7 @@ from fabric.protocol import (
 )
 from fabric.publog import PubLog
 from fabric.sockets import readable, recv_frames, send_frames
+from topology.keys import NODES, ORDERS, admit, node_keyring, repl_domain, warn_if_open
 from topology.load import load
 from topology.model import MATCHER, Replica, Topology
 from topology.registry import Registration
@@ -251,6 +253,7 @@ class Matcher:
         self.shard, self.replica = topo.replica(name)
         self.name = name
         self.shard_no = topo.shards.index(self.shard)
+        self.keys = node_keyring(topo, f"{MATCHER}:{name}")  # CURVE on every socket; None: an open topology
         self.epoch = 0  # a single matcher; primary/secondary pairs fence with ZooKeeper epochs (later)
         self.symbols = set(self.shard.symbols)
         if keep_finished == -1:  # the default: a window when the stores answer for older orders, else every order
@@ -842,7 +845,7 @@ class Matcher:
             return
         up = self.ctx.socket(zmq.DEALER)
         up.setsockopt(zmq.LINGER, 0)
-        up.connect(primary.repl.connect)
+        connect(up, primary.repl.connect, self.keys)
         self._upstream = up
         send_frames(up, (encode(ReplJoin(name=self.name, last_seq=self.journal.last_seq)),))
         log.info("matcher %s: secondary of %s (epoch %d), joining at seq %d", self.name, reign.name, reign.epoch,
@@ -935,6 +938,12 @@ class Matcher:
         recovery.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full queue raises Again, a peer gone EHOSTUNREACH
         pub.setsockopt(zmq.SNDHWM, 1_000_000)  # a slow subscriber loses messages (and recovers them), never slows us
         pub.setsockopt(zmq.LINGER, 0)
+        warn_if_open(self.topo, f"{MATCHER}:{self.name}", log)
+        if self.keys is not None:  # orders from the gateways only; the stream and replays for nodes only
+            admit(self.topo, ctx)
+            self.keys.serve(orders, ORDERS)
+            self.keys.serve(recovery, NODES)
+            self.keys.serve(pub, NODES)
         orders.bind(self.replica.order.bind)
         recovery.bind(self.replica.recovery.bind)
         pub.bind(self.replica.pub.bind)
@@ -947,6 +956,8 @@ class Matcher:
                 self._repl = ctx.socket(zmq.ROUTER)
                 self._repl.setsockopt(zmq.LINGER, 0)
                 self._repl.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                if self.keys is not None:  # the shard's other matcher only
+                    self.keys.serve(self._repl, repl_domain(self.shard.name))
                 self._repl.bind(self.replica.repl.bind)
                 socks += (self._repl,)
             self._cut_divergent()

@@ -62,6 +62,7 @@ from fabric.orderstore import OrderStore, StoreError
 from fabric.protocol import EXEC, TRADE, Trade, exec_topic, trade_topic
 from fabric.recent import TAPE, RecentState
 from fabric.records import Batch, OrderBook, trading_day
+from topology.keys import node_keyring, warn_if_open
 from topology.load import load
 from topology.model import PERSISTENCE, Topology
 from topology.primary import shard_sources
@@ -106,7 +107,8 @@ class Persistence:
         sources, resolve = shard_sources(topo)
         self.follow = Follower(self.ctx, sources, topics, (EXEC, TRADE), self._deliver, turn=self._turn,
                                resolve=resolve,
-                               rcvhwm=RCVHWM)
+                               rcvhwm=RCVHWM, keys=node_keyring(topo, f"{PERSISTENCE}:{name}"))
+        warn_if_open(topo, f"{PERSISTENCE}:{name}", log)
         self._written: dict[tuple[int, bytes], int] = {}  # (shard, topic) -> tseq the store holds
         self._first = 0.0  # when the batch being gathered got its first message
         self._writing: asyncio.Task[None] | None = None

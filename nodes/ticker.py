@@ -96,6 +96,7 @@ from fabric.records import trading_day
 from fabric.standby import Standby
 from nodes.webhub import HEARTBEAT_S, WebHub
 from topology.clients import operator_client
+from topology.keys import node_keyring, warn_if_open
 from topology.load import load
 from topology.model import TICKER, Topology
 from topology.model import Ticker as TickerConf
@@ -155,7 +156,9 @@ class Ticker:
         topics = [[state_topic(no), *(t for sym in syms for t in (trade_topic(sym), book_topic(sym)))]
                   for no, syms in enumerate(self._symbols)]
         sources, resolve = shard_sources(topo)  # (a pair's primary moves: the follower asks the new one for replays)
+        warn_if_open(topo, f"{TICKER}:{self.name}", log)
         self.follow = Follower(self.ctx, sources, topics, (TRADE, BOOK, STATE), self._deliver, resolve=resolve,
+                               keys=node_keyring(topo, f"{TICKER}:{self.name}"),
                                turn=self.publish_turn, on_restart=self._restart, on_unavailable=self._from_snapshot)
         for link in self.follow.links:
             for topic in link.stream.topics:

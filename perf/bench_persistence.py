@@ -144,7 +144,7 @@ def _topology(workdir: Path, redis_url: str | None = None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / LOCAL.name
     if not path.exists():
-        path = topology_on_free_ports(LOCAL, workdir)
+        path = topology_on_free_ports(LOCAL, workdir, curve=False)  # (stand-in matchers: plain sockets)
         lines = [f'data_dir = "{workdir / "data"}"' if ln.strip().startswith("data_dir") else ln
                  for ln in path.read_text().splitlines()]
         path.write_text("\n".join(lines) + "\n")

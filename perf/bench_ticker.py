@@ -148,7 +148,7 @@ def _say(msg: str) -> None:
 def _topology(workdir: Path) -> Path:
     """Copy the local topology into ``workdir`` on free ports, its ``data_dir`` inside ``workdir``; return its path."""
     workdir.mkdir(parents=True, exist_ok=True)
-    path = topology_on_free_ports(LOCAL, workdir)
+    path = topology_on_free_ports(LOCAL, workdir, curve=False)  # (stand-in matchers: plain sockets)
     lines = [f'data_dir = "{workdir / "data"}"' if ln.strip().startswith("data_dir") else ln
              for ln in path.read_text().splitlines()]
     # Every fan-out client connects from this machine's one address: lift the ticker's per-address cap.

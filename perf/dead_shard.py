@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT})")
     args = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="exfab-deadshard-"))
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp,
+    launcher = Launcher(topology_on_free_ports(LOCAL, tmp, brokers="open"), workdir=tmp,
                         extra_args={"matcher": ["--fsync", args.fsync]})
     launcher.start()
     results: dict[str, Any] = {}

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import zmq
 
+from fabric.auth import connect
 from fabric.constants import (
     BUY,
     MARKET,
@@ -54,6 +55,7 @@ from fabric.protocol import (
 )
 from nodes.profiling import ENV_CLOCK, ENV_DIR
 from perf.workload import generate
+from topology.keys import broker_keyring, demo_key_file
 from topology.launcher import Launcher
 from topology.load import load
 from topology.model import GATEWAY, MATCHER, TICKER
@@ -71,10 +73,11 @@ class ExchangeTarget:
 
     def __init__(self, brokers: int = 8, fsync: str = "batch", commands: int = 2_000_000, seed: int = 1,
                  topology: str | None = None, profile_dir: str | os.PathLike[str] | None = None,
-                 profile_clock: str = "wall") -> None:
+                 profile_clock: str = "wall", curve: bool = True) -> None:
         if profile_dir is not None and topology is not None:
             raise ValueError("profiling applies to an exchange the harness starts, not to one already running")
         self.topology = topology  # an exchange already running; None: start one on free ports
+        self.curve = curve  # the exchange it starts uses CURVE (local.toml's demo keys) or runs open
         self.profile_dir = None if profile_dir is None else Path(profile_dir).resolve()
         self.profile_clock = profile_clock
         self.commands_sent = 0  # over the target's life: what a node's profile covers
@@ -97,7 +100,7 @@ class ExchangeTarget:
             topo = load(self.topology)
         else:
             self.tmp = tempfile.mkdtemp(prefix="exfab-perf-")
-            path = topology_on_free_ports(LOCAL, Path(self.tmp))
+            path = topology_on_free_ports(LOCAL, Path(self.tmp), curve=self.curve)
             env = {} if self.profile_dir is None else {ENV_DIR: str(self.profile_dir), ENV_CLOCK: self.profile_clock}
             # The order path and its market data; the persistence node, off the order path, has its own benchmark
             # (perf/bench_persistence.py) and on two cores would take the matchers' CPU.
@@ -113,13 +116,19 @@ class ExchangeTarget:
         self.to_price = inst.to_price
         endpoint = topo.gateways[0].endpoint.connect
         self.poller = zmq.Poller()
-        for b in range(self.n_brokers):
+        ids = [f"PERF{b}-{self.seed}" for b in range(self.n_brokers)]
+        if topo.security is not None and topo.security.brokers == "keys":  # brokers log on with keys: the demo's
+            ids = [b.id for b in topo.brokers if b.role == "broker" and demo_key_file(topo, b.id)][:self.n_brokers]
+            if len(ids) < self.n_brokers:
+                raise RuntimeError(f"the topology ships demo keys for {len(ids)} brokers, and {self.n_brokers} "
+                                   "are asked for (--brokers)")
+        for broker in ids:
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
-            s.connect(endpoint)
-            s.send(encode(Logon(broker=f"PERF{b}-{self.seed}", heartbeat_ms=60_000)))
+            connect(s, endpoint, broker_keyring(topo, broker))
+            s.send(encode(Logon(broker=broker, heartbeat_ms=60_000)))
             if not s.poll(10_000) or not isinstance(decode_server(s.recv_multipart()[0]), LogonAck):
-                raise RuntimeError(f"broker PERF{b}-{self.seed} could not log on to {endpoint}")
+                raise RuntimeError(f"broker {broker} could not log on to {endpoint}")
             self.socks.append(s)
             self.poller.register(s, zmq.POLLIN)
         self.owner: dict[int, int] = {}  # order -> broker socket

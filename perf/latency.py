@@ -107,7 +107,7 @@ def make_exchange_target(args: argparse.Namespace) -> Target:
     from perf.exchange_target import ExchangeTarget
 
     return ExchangeTarget(brokers=args.brokers, fsync=args.fsync, topology=args.topology,
-                          profile_dir=args.profile, profile_clock=args.profile_clock)
+                          profile_dir=args.profile, profile_clock=args.profile_clock, curve=not args.no_curve)
 
 
 # --------------------------------------------------------------------------- runs
@@ -153,6 +153,8 @@ def build_parser(prog: str = "perf/latency.py") -> argparse.ArgumentParser:
                         ".gitignore leaves .exfab/ out)")
     p.add_argument("--brokers", type=int, default=8, help="simulated brokers of the exchange target (default 8)")
     p.add_argument("--fsync", default="batch", help="the matchers' journal fsync policy (default batch)")
+    p.add_argument("--no-curve", action="store_true", help="start the exchange without [security]: every socket in "
+                   "the clear (default: CURVE everywhere, with local.toml's demo keys), to measure what CURVE costs")
     p.add_argument("--topology", default=None, metavar="FILE",
                    help="drive the exchange already running with this topology (default: start one on free ports)")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",

@@ -54,8 +54,9 @@ def measure(args: argparse.Namespace, nodes_from: str | None = None) -> dict[str
     """Start the exchange (its nodes from ``nodes_from``, a checkout, or this one), measure, stop it."""
     tmp = tempfile.mkdtemp(prefix="exfab-orderpath-")
     env = {} if nodes_from is None else {"PYTHONPATH": str(Path(nodes_from).resolve())}
-    launcher = Launcher(topology_on_free_ports(LOCAL, Path(tmp)), workdir=tmp, kinds=(MATCHER, TICKER, GATEWAY),
-                        extra_args={"matcher": ["--fsync", args.fsync]}, extra_env=env)
+    launcher = Launcher(topology_on_free_ports(LOCAL, Path(tmp), brokers="open"), workdir=tmp,
+                        kinds=(MATCHER, TICKER, GATEWAY), extra_args={"matcher": ["--fsync", args.fsync]},
+                        extra_env=env)
     launcher.start()
     try:
         topo = launcher.topo

@@ -8,13 +8,27 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import zmq
+
+from fabric.auth import Keyring, connect
+from topology.keys import node_keyring
 from topology.launcher import Launcher
-from topology.ports import free_port, topology_on_free_ports
+from topology.model import Topology
+from topology.ports import free_port
+from topology.ports import topology_on_free_ports as _on_free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / "topology" / "examples" / "local.toml"
 
-__all__ = ["LOCAL", "ROOT", "free_port", "gateway_endpoints", "journal_events", "topology_on_free_ports"]
+__all__ = ["LOCAL", "ROOT", "dial", "free_port", "gateway_endpoints", "journal_events", "node_keys",
+           "topology_on_free_ports"]
+
+
+def topology_on_free_ports(src: Path, dst_dir: Path, *, brokers: str = "open", curve: bool = True) -> Path:
+    """``topology.ports.topology_on_free_ports`` for tests: CURVE between the nodes, and by default the gateways
+    take any broker id in the clear (``brokers = "open"``: the tests' brokers have no keys); ``brokers="keys"``
+    keeps the topology's own (local.toml's demo brokers log on with their keys)."""
+    return _on_free_ports(src, dst_dir, brokers=brokers, curve=curve)
 
 
 def gateway_endpoints(ex: Launcher) -> list[str]:
@@ -30,3 +44,14 @@ def journal_events(ex: Launcher, shard: str) -> list[dict[str, Any]]:
     out = subprocess.run([sys.executable, "-m", "tools.cli", "journal", "inspect", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60, check=True)
     return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def node_keys(topo: Topology) -> Keyring | None:
+    """Return the keys a test dials a matcher's ports with: its first gateway's (the order port admits only
+    gateways), or ``None`` for a topology without ``[security]`` (docs/security.md)."""
+    return node_keyring(topo, f"gateway:{topo.gateways[0].name}")
+
+
+def dial(sock: zmq.Socket[Any], address: str, topo: Topology) -> None:
+    """Connect a test's socket to a node's port as a node does: with CURVE when the topology has keys."""
+    connect(sock, address, node_keys(topo))

@@ -29,7 +29,7 @@ from fabric.protocol import (
     heartbeat_topic,
     state_topic,
 )
-from tests.helpers import LOCAL, gateway_endpoints, journal_events
+from tests.helpers import LOCAL, dial, gateway_endpoints, journal_events
 from tests.servers import start_zookeeper
 from topology.launcher import Launcher
 from topology.model import GATEWAY, MATCHER
@@ -54,7 +54,7 @@ class _States:
     def __init__(self, ex: Launcher, no: int) -> None:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(ex.topo.shards[no].replicas[0].pub.connect)
+        dial(self.sock, ex.topo.shards[no].replicas[0].pub.connect, ex.topo)
         self.sock.subscribe(state_topic(no))
         self.sock.subscribe(heartbeat_topic(no))
         self.got: list[TradingState] = []
@@ -85,7 +85,7 @@ class _States:
 def _snapshot(ex: Launcher, no: int) -> SnapshotReply:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(ex.topo.shards[no].replicas[0].recovery.connect)
+    dial(sock, ex.topo.shards[no].replicas[0].recovery.connect, ex.topo)
     try:
         sock.send(encode(SnapshotRequest(shard=no)))
         assert sock.poll(10_000), "no snapshot"
@@ -220,8 +220,8 @@ def test_halts_and_cancel_on_disconnect_survive_a_fail_over_of_a_pair(tmp_path: 
     # Shard A as a pair: a halt is replicated to the secondary, and a cancel-on-disconnect sent while the primary
     # is dead is resent by the gateway to the new primary, which carries it out.
     zk = start_zookeeper(tmp_path / "zk")
-    path = pairs_on_free_ports(LOCAL, tmp_path, f"127.0.0.1:{zk.port}", ("A",))
-    path.write_text(path.read_text() + '\n[[brokers]]\nid = "B1"\ncancel_on_disconnect = true\n')
+    path = pairs_on_free_ports(LOCAL, tmp_path, f"127.0.0.1:{zk.port}", ("A",), brokers="open")
+    path.write_text(path.read_text().replace('id = "B1"\n', 'id = "B1"\ncancel_on_disconnect = true\n', 1))
     ex = Launcher(path, workdir=tmp_path, kinds=(MATCHER, GATEWAY), extra_args={"matcher": ["--fsync", "none"]})
     ex.start()
     try:

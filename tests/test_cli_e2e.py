@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     tmp = tmp_path_factory.mktemp("cli")
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp)
+    launcher = Launcher(topology_on_free_ports(LOCAL, tmp, brokers="keys"), workdir=tmp)  # the demo brokers' keys
     launcher.start()
     try:
         yield launcher
@@ -48,23 +48,23 @@ def test_order_json_prints_reports_named_as_replay_events(exchange: Launcher) ->
     sym = exchange.topo.shards[0].symbols[2]
     inst = exchange.topo.instrument(sym)
     px = inst.to_price((inst.band_lo or 0) + 300)
-    rest = exfab("order", "buy", sym, "10", "@", px, "--broker", "CB1", "--json", "--topology", topo)
+    rest = exfab("order", "buy", sym, "10", "@", px, "--broker", "B1", "--json", "--topology", topo)
     assert rest.returncode == 0, rest.stderr
     events = _json_lines(rest.stdout)
     assert [e["event"] for e in events] == ["accepted", "status"]
     assert events[0]["price"] == px and events[0]["qty"] == 10 and events[1]["state"] == "new"
     oid = events[0]["oid"]
 
-    hit = exfab("order", "sell", sym, "4", px, "--tif", "IOC", "--broker", "CB2", "--json", "--topology", topo)
+    hit = exfab("order", "sell", sym, "4", px, "--tif", "IOC", "--broker", "B2", "--json", "--topology", topo)
     assert hit.returncode == 0, hit.stderr
     events = _json_lines(hit.stdout)
     assert [e["event"] for e in events] == ["accepted", "trade", "status"]
     assert (events[1]["price"], events[1]["qty"], events[1]["aggressor"]) == (px, 4, True)
 
-    listed = exfab("orders", "--broker", "CB1", "--json", "--topology", topo)
+    listed = exfab("orders", "--broker", "B1", "--json", "--topology", topo)
     assert [(o["oid"], o["leaves_qty"]) for o in _json_lines(listed.stdout)] == [(oid, 6)]
 
-    gone = exfab("order", "cancel", oid, "--broker", "CB1", "--json", "--topology", topo)
+    gone = exfab("order", "cancel", oid, "--broker", "B1", "--json", "--topology", topo)
     assert gone.returncode == 0, gone.stderr
     events = _json_lines(gone.stdout)
     assert [e["event"] for e in events] == ["cancelled", "status"] and events[0]["qty"] == 6
@@ -75,13 +75,13 @@ def test_order_json_prints_reports_named_as_replay_events(exchange: Launcher) ->
 
 def test_order_rejected_exits_1_with_the_reason(exchange: Launcher) -> None:
     sym = exchange.topo.shards[1].symbols[2]
-    r = exfab("order", "buy", sym, "5", "@", "0.05", "--broker", "CB3", "--topology", str(exchange.path))
+    r = exfab("order", "buy", sym, "5", "@", "0.05", "--broker", "B3", "--topology", str(exchange.path))
     assert r.returncode == 1, r.stdout + r.stderr
     assert "REJECTED" in r.stdout and "price_out_of_band" in r.stdout
 
     inst = exchange.topo.instrument(sym)
     off_tick = str(Decimal(inst.to_price((inst.band_lo or 0) + 300)) + Decimal("0.01"))  # between two ticks
-    r = exfab("order", "sell", sym, "5", "@", off_tick, "--broker", "CB3", "--json", "--topology", str(exchange.path))
+    r = exfab("order", "sell", sym, "5", "@", off_tick, "--broker", "B3", "--json", "--topology", str(exchange.path))
     assert r.returncode == 1, r.stdout + r.stderr
     assert [(e["event"], e.get("reason")) for e in _json_lines(r.stdout)] == [
         ("rejected", "price_off_tick"), ("status", "price_off_tick")]
@@ -92,16 +92,16 @@ def test_order_cancel_of_a_closed_or_unknown_order_exits_1(exchange: Launcher) -
     sym = exchange.topo.shards[0].symbols[3]
     inst = exchange.topo.instrument(sym)
     px = inst.to_price((inst.band_lo or 0) + 200)
-    placed = exfab("order", "buy", sym, "3", "@", px, "--broker", "CB5", "--json", "--topology", topo)
+    placed = exfab("order", "buy", sym, "3", "@", px, "--broker", "DEMO5", "--json", "--topology", topo)
     assert placed.returncode == 0, placed.stderr
     oid = _json_lines(placed.stdout)[0]["oid"]
-    assert exfab("order", "cancel", oid, "--broker", "CB5", "--topology", topo).returncode == 0
+    assert exfab("order", "cancel", oid, "--broker", "DEMO5", "--topology", topo).returncode == 0
 
-    again = exfab("order", "cancel", oid, "--symbol", sym, "--broker", "CB5", "--topology", topo)
+    again = exfab("order", "cancel", oid, "--symbol", sym, "--broker", "DEMO5", "--topology", topo)
     assert again.returncode == 1 and "REJECTED" in again.stdout and "order_closed" in again.stdout
-    unknown = exfab("order", "cancel", oid, "--broker", "CB5", "--topology", topo)  # not open: not found
+    unknown = exfab("order", "cancel", oid, "--broker", "DEMO5", "--topology", topo)  # not open: not found
     assert unknown.returncode == 1 and "unknown_order" in unknown.stdout
-    replace = exfab("order", "replace", "CB5-nothing-1", "--symbol", sym, "--qty", "2", "--broker", "CB5",
+    replace = exfab("order", "replace", "DEMO5-nothing-1", "--symbol", sym, "--qty", "2", "--broker", "DEMO5",
                     "--topology", topo)
     assert replace.returncode == 1 and "REJECTED" in replace.stdout
 
@@ -110,27 +110,27 @@ def test_order_fok_that_cannot_fill_is_not_a_reject(exchange: Launcher) -> None:
     sym = exchange.topo.shards[1].symbols[3]
     inst = exchange.topo.instrument(sym)
     px = inst.to_price((inst.band_lo or 0) + 100)  # nothing rests there to sell
-    r = exfab("order", "buy", sym, "7", "@", px, "--tif", "FOK", "--broker", "CB6", "--json",
+    r = exfab("order", "buy", sym, "7", "@", px, "--tif", "FOK", "--broker", "DEMO6", "--json",
               "--topology", str(exchange.path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert [e["event"] for e in _json_lines(r.stdout)] == ["accepted", "cancelled", "status"]
 
 
 def test_order_usage_errors_exit_2_without_the_exchange(tmp_path: Path) -> None:
-    topo = str(topology_on_free_ports(LOCAL, tmp_path))  # nothing runs there: usage is checked first
-    words = exfab("order", "buy", "TCS", "ten", "--broker", "CB7", "--topology", topo)
+    topo = str(topology_on_free_ports(LOCAL, tmp_path, brokers="keys"))  # nothing runs there: usage is checked first
+    words = exfab("order", "buy", "TCS", "ten", "--broker", "DEMO7", "--topology", topo)
     assert words.returncode == 2 and "quantity must be a whole number" in words.stderr
     missing = exfab("order", "buy", "TCS", "1", "--topology", topo)  # no --broker: argparse
     assert missing.returncode == 2 and "--broker" in missing.stderr
-    no_file = exfab("order", "buy", "TCS", "1", "--broker", "CB7", "--topology", str(tmp_path / "none.toml"))
+    no_file = exfab("order", "buy", "TCS", "1", "--broker", "DEMO7", "--topology", str(tmp_path / "none.toml"))
     assert no_file.returncode == 2 and "cannot read the file" in no_file.stderr
 
 
 def test_order_exchange_unreachable_exit_status_3(tmp_path: Path) -> None:
-    topo = topology_on_free_ports(LOCAL, tmp_path)  # nothing runs on these ports
-    r = exfab("order", "buy", "TCS", "1", "@", "3500", "--broker", "CB4", "--topology", str(topo))
+    topo = topology_on_free_ports(LOCAL, tmp_path, brokers="keys")  # nothing runs on these ports
+    r = exfab("order", "buy", "TCS", "1", "@", "3500", "--broker", "B4", "--topology", str(topo))
     assert r.returncode == 3 and "cannot reach the exchange" in r.stderr
-    listed = exfab("orders", "--broker", "CB4", "--topology", str(topo))
+    listed = exfab("orders", "--broker", "B4", "--topology", str(topo))
     assert listed.returncode == 3 and "cannot reach the exchange" in listed.stderr
 
 
@@ -141,18 +141,18 @@ def test_admin_halts_disables_and_says_what_it_did(exchange: Launcher) -> None:
     px = inst.to_price((inst.band_lo or 0) + 100)
     halt = exfab("admin", "halt", sym, "--text", "news pending", "--topology", topo)
     assert (halt.returncode, halt.stdout) == (0, f"halted {sym}\n"), halt.stderr
-    refused = exfab("order", "buy", sym, "1", px, "--broker", "CB7", "--topology", topo)
+    refused = exfab("order", "buy", sym, "1", px, "--broker", "DEMO8", "--topology", topo)
     assert refused.returncode == 1 and "halted" in refused.stdout and "news pending" in refused.stdout
     assert exfab("admin", "resume", sym, "--topology", topo).stdout == f"resumed {sym}\n"
-    assert exfab("order", "buy", sym, "1", px, "--broker", "CB7", "--topology", topo).returncode == 0
-    off = exfab("admin", "disable", "CB7", "--json", "--topology", topo)
+    assert exfab("order", "buy", sym, "1", px, "--broker", "DEMO8", "--topology", topo).returncode == 0
+    off = exfab("admin", "disable", "DEMO8", "--json", "--topology", topo)
     assert off.returncode == 0, off.stderr
-    assert _json_lines(off.stdout) == [{"event": "admin_ack", "action": "disable", "symbol": None, "broker": "CB7",
+    assert _json_lines(off.stdout) == [{"event": "admin_ack", "action": "disable", "symbol": None, "broker": "DEMO8",
                                         "cancelled": 1}]
-    assert "broker_disabled" in exfab("order", "buy", sym, "1", px, "--broker", "CB7", "--topology", topo).stdout
-    on = exfab("admin", "enable", "CB7", "--topology", topo)
-    assert (on.returncode, on.stdout) == (0, "enabled broker CB7: it may trade again\n")
-    nope = exfab("admin", "halt", "--as", "CB7", "--topology", topo)
+    assert "broker_disabled" in exfab("order", "buy", sym, "1", px, "--broker", "DEMO8", "--topology", topo).stdout
+    on = exfab("admin", "enable", "DEMO8", "--topology", topo)
+    assert (on.returncode, on.stdout) == (0, "enabled broker DEMO8: it may trade again\n")
+    nope = exfab("admin", "halt", "--as", "DEMO8", "--topology", topo)
     assert nope.returncode == 1 and "not_authorized" in nope.stderr
     usage = exfab("admin", "disable", "--topology", topo)
     assert usage.returncode == 2 and "required: BROKER" in usage.stderr
@@ -170,7 +170,7 @@ def test_order_help_lists_the_exit_codes() -> None:
 
 @pytest.mark.timeout(180)
 def test_up_demo_runs_a_moving_market_and_stops_cleanly(tmp_path: Path) -> None:
-    topo = topology_on_free_ports(LOCAL, tmp_path)
+    topo = topology_on_free_ports(LOCAL, tmp_path, brokers="keys")
     r = exfab("up", str(topo), "--demo", "--duration", "10", cwd=tmp_path, timeout=170)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "demo brokers trading" in r.stdout

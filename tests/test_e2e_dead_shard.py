@@ -22,7 +22,7 @@ import zmq
 from fabric.client import BrokerClient
 from fabric.protocol import OrderStatus, Rejected, decode_server
 from nodes.gateway import PENDING_TIMEOUT_S
-from tests.helpers import gateway_endpoints
+from tests.helpers import dial, gateway_endpoints
 from topology.launcher import Launcher
 
 pytestmark = pytest.mark.e2e
@@ -150,7 +150,7 @@ def test_peer_that_never_reads_its_replays_holds_little_matcher_memory(exchange:
         if stingy:  # takes nearly nothing off the wire: what the matcher sends it stays with the matcher
             d.setsockopt(zmq.RCVHWM, 1)
             d.setsockopt(zmq.RCVBUF, 4096)
-        d.connect(replica.recovery.connect)
+        dial(d, replica.recovery.connect, exchange.topo)
         return d
 
     reader = dealer()
@@ -201,7 +201,7 @@ def test_journal_that_cannot_be_written_refuses_commands_and_resumes_by_itself(e
     sub: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.subscribe(heartbeat_topic(0))
-    sub.connect(replica.pub.connect)
+    dial(sub, replica.pub.connect, exchange.topo)
     with BrokerClient([g1], "DISK", timeout=3.0, retries=0) as c:
         assert c.buy(sym, 1, _price(exchange, sym, -5), oid="disk-0").state == "new"
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (path.stat().st_size + 400, resource.RLIM_INFINITY))
@@ -253,7 +253,7 @@ def test_replay_older_than_the_ring_is_served_from_the_published_file(tmp_path: 
         _flow(ex, g1, "DAY", sym, n, 5)
         reader: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         reader.setsockopt(zmq.LINGER, 0)
-        reader.connect(shard.replicas[0].recovery.connect)
+        dial(reader, shard.replicas[0].recovery.connect, ex.topo)
         time.sleep(1.2)  # a heartbeat has gone by: the shard's last seq is settled
         reader.send(encode(ReplayRequest(shard=0, first=1, last=1)))
         assert reader.poll(5000)

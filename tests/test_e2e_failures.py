@@ -22,6 +22,7 @@ import msgpack
 import pytest
 import zmq
 
+from fabric.auth import Keyring, connect
 from fabric.client import BrokerClient, OrderResult
 from fabric.journal import HEADER_SIZE, read_journal
 from fabric.protocol import (
@@ -49,8 +50,9 @@ from fabric.protocol import (
     iter_pub,
 )
 from nodes.gateway import Gateway
-from tests.helpers import gateway_endpoints, journal_events
+from tests.helpers import dial, gateway_endpoints, journal_events, node_keys
 from topology.launcher import Launcher
+from topology.model import Topology
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,12 +70,12 @@ def _price(ex: Launcher, symbol: str, ticks_from_ref: int) -> str:
     return inst.to_price(ref + ticks_from_ref)
 
 
-def _ask(endpoint: str, msg: InternalMessage, timeout: float = 5.0) -> list[Any]:
+def _ask(endpoint: str, msg: InternalMessage, topo: Topology, timeout: float = 5.0) -> list[Any]:
     """Send one message to a matcher's ROUTER from a fresh DEALER; return every decoded answer until done."""
     sock: zmq.Socket[bytes]
     with zmq.Context.instance().socket(zmq.DEALER) as sock:
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
+        dial(sock, endpoint, topo)
         sock.send(encode(msg))
         answers: list[Any] = []
         deadline = time.monotonic() + timeout
@@ -89,7 +91,7 @@ def _ask(endpoint: str, msg: InternalMessage, timeout: float = 5.0) -> list[Any]
 def _snapshot(ex: Launcher, shard: str, symbol: str | None = None) -> SnapshotReply:
     replica = ex.topo.shard(shard).replicas[0]
     no = ex.topo.shards.index(ex.topo.shard(shard))
-    (snap,) = _ask(replica.recovery.connect, SnapshotRequest(shard=no, symbol=symbol))
+    (snap,) = _ask(replica.recovery.connect, SnapshotRequest(shard=no, symbol=symbol), ex.topo)
     assert isinstance(snap, SnapshotReply)
     return snap
 
@@ -372,10 +374,10 @@ def test_gateway_killed_under_client_fails_over_without_doubling_orders(exchange
 class _Raw:
     """A raw DEALER on one of the exchange's ROUTERs: send any bytes, read what comes back."""
 
-    def __init__(self, endpoint: str, decode: Callable[[bytes], Any]) -> None:
+    def __init__(self, endpoint: str, decode: Callable[[bytes], Any], keys: Keyring | None = None) -> None:
         self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
+        connect(self.sock, endpoint, keys)
         self.decode = decode
 
     def ask(self, *frames: bytes, timeout: float = 5.0) -> list[Any]:
@@ -479,7 +481,7 @@ def test_bad_input_on_every_socket_is_refused_by_reason_and_every_node_keeps_run
     big.close()
 
     # The matcher's order ROUTER: what a gateway would never send.
-    orders = _Raw(replica.order.connect, _decode_matcher)
+    orders = _Raw(replica.order.connect, _decode_matcher, node_keys(exchange.topo))
     cmd = {"t": "order_cmd", "v": 1, "gateway": "raw", "req": 1, "broker": "RAW"}
     assert orders.reason(b"\xc1") == ("Error", "malformed", None)
     assert orders.reason(msgpack.packb(_NEW)) == ("Error", "unknown_message_type", "t")
@@ -494,7 +496,7 @@ def test_bad_input_on_every_socket_is_refused_by_reason_and_every_node_keeps_run
     orders.close()
 
     # The matcher's recovery ROUTER.
-    recovery = _Raw(replica.recovery.connect, _decode_matcher)
+    recovery = _Raw(replica.recovery.connect, _decode_matcher, node_keys(exchange.topo))
     assert recovery.reason(b"\xc1") == ("Error", "malformed", None)
     assert recovery.reason(_pack(**cmd, cmd=_NEW)) == ("Error", "unknown_message_type", None)
     assert recovery.reason(_pack(t="replay_request", v=1, shard=0, first=5, last=4)) == ("Error", "bad_field", "last")
@@ -536,7 +538,7 @@ def test_matcher_stream_is_contiguous_and_replay_returns_the_same_bytes(exchange
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.subscribe(b"")
-    sub.connect(replica.pub.connect)
+    dial(sub, replica.pub.connect, exchange.topo)
     try:
         # The shard's heartbeat says the subscription is live, and which seq the stream is at.
         assert sub.poll(10_000), "no heartbeat from the matcher"
@@ -589,7 +591,7 @@ def test_matcher_stream_is_contiguous_and_replay_returns_the_same_bytes(exchange
             assert tseqs[topic] == list(range(1, len(tseqs[topic]) + 1)), topic
 
         # A replay of the range gives the very bytes the stream carried.
-        parts = _ask(replica.recovery.connect, ReplayRequest(shard=0, first=hb.seq + 1, last=last))
+        parts = _ask(replica.recovery.connect, ReplayRequest(shard=0, first=hb.seq + 1, last=last), exchange.topo)
         assert parts[-1].done and all(p.reason is None for p in parts)
         assert [b for p in parts for b in p.msgs] == [bodies[q] for q in sorted(bodies)]
     finally:

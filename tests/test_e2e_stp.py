@@ -14,6 +14,7 @@ from fabric.journal import read_journal
 from fabric.protocol import Cancelled
 from tests.helpers import LOCAL, gateway_endpoints, journal_events, topology_on_free_ports
 from topology.launcher import Launcher
+from topology.ports import without_security
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +40,7 @@ stp = "off"
 def stp_exchange(tmp_path: Path) -> Iterator[Launcher]:
     """The local topology with four listed brokers, two of them with self-trade prevention."""
     src = tmp_path / "stp.toml"
-    src.write_text(LOCAL.read_text() + BROKERS)
+    src.write_text(without_security(LOCAL.read_text()) + BROKERS)
     launcher = Launcher(topology_on_free_ports(src, tmp_path), workdir=tmp_path)
     launcher.start()
     try:

@@ -33,9 +33,10 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from fabric import protocol as p
+from fabric.auth import Keyring, connect
 from fabric.constants import MAX_QTY, REJECT_NAMES
 from fabric.protocol import PROTOCOL_REASONS, ProtocolError
-from tests.helpers import LOCAL, topology_on_free_ports
+from tests.helpers import LOCAL, node_keys, topology_on_free_ports
 from tests.test_protocol import SAMPLES
 from topology.launcher import Launcher
 
@@ -54,13 +55,22 @@ REFUSING = (p.Rejected, p.OrderStatus, p.Error, p.LogonAck, p.LogonReject, p.Hea
 _ids = itertools.count(1)
 
 
-def _connect(ctx: zmq.Context[Any], kind: int, endpoint: str, identity: bytes | None = None) -> zmq.Socket[Any]:
-    """Open a socket of ``kind`` to a node's ``endpoint``: the one place the fuzzers connect (keys go here)."""
+_KEYS: list[Keyring | None] = [None]  # what the fuzzers dial the nodes with: set by the `ex` fixture
+
+
+def _connect(ctx: zmq.Context[Any], kind: int, endpoint: str, identity: bytes | None = None,
+             keys: Keyring | None = None) -> zmq.Socket[Any]:
+    """Open a socket of ``kind`` to a node's ``endpoint``: the one place the fuzzers connect.
+
+    The fuzzers are insiders: they dial the matchers with a node's key (a gateway's; ``keys`` for another), so
+    what they send reaches the code that reads it. Without a key, CURVE would refuse them before any byte is
+    read (tests/test_auth.py checks that).
+    """
     s = ctx.socket(kind)
     s.setsockopt(zmq.LINGER, 0)
     if identity is not None:
         s.setsockopt(zmq.ROUTING_ID, identity)
-    s.connect(endpoint)
+    connect(s, endpoint, keys if keys is not None else _KEYS[0])
     return s
 
 
@@ -93,9 +103,11 @@ def ex(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launcher]:
     tmp = tmp_path_factory.mktemp("fuzz-exchange")
     launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp, extra_args={"matcher": ["--fsync", "none"]})
     launcher.start()
+    _KEYS[0] = node_keys(launcher.topo)
     try:
         yield launcher
     finally:
+        _KEYS[0] = None
         launcher.stop()
 
 

@@ -23,6 +23,7 @@ from fabric import protocol as p
 from tests.servers import ZooKeeperServer, start_zookeeper
 from tests.test_fuzz_nodes import NODE_FUZZ, _collect, _connect, _good_order_round_trip, hostile_frames
 from tests.test_pair_failover import _insync, _reign, _snapshot, _wait, paired_topology
+from topology.keys import node_keyring
 from topology.launcher import Launcher
 from topology.model import GATEWAY, MATCHER
 
@@ -61,7 +62,7 @@ def _not_a_replica(frames: list[bytes], names: set[str]) -> list[bytes]:
         except Exception:
             out.append(f)
             continue
-        if isinstance(raw, dict) and raw.get("name") in names:
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"] in names:
             raw["name"] = "A-9"
             f = msgpack.packb(raw, use_bin_type=True)
         out.append(f)
@@ -76,7 +77,9 @@ def test_replication_sockets_refuse_hostile_input(pair: Launcher, ctx: zmq.Conte
     names = {r.name for r in shard.replicas}
     repl = shard.replicas[replica].repl
     assert repl is not None
-    s = _connect(ctx, zmq.DEALER, repl.connect)
+    # (as its peer: the replication port admits only the shard's two matchers)
+    peer = shard.replicas[1 - replica].name
+    s = _connect(ctx, zmq.DEALER, repl.connect, keys=node_keyring(pair.topo, f"{MATCHER}:{peer}"))
     try:
         for frames in batch:
             s.send_multipart(_not_a_replica(frames, names))

@@ -31,7 +31,7 @@ CLUSTER = ROOT / "topology" / "examples" / "cluster.toml"
 
 
 def _cluster_on_free_ports(tmp_path: Path) -> Path:
-    path = topology_on_free_ports(CLUSTER, tmp_path)  # every node's port key
+    path = topology_on_free_ports(CLUSTER, tmp_path, brokers="keys")  # every node's port key; its own keys
     text = path.read_text()
     for port in ("2181", "6379", "8086"):  # the servers' ports, in [zookeeper] hosts and the urls
         text = text.replace(f":{port}", f":{free_port()}")

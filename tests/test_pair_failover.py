@@ -26,7 +26,7 @@ import zmq
 
 from fabric.client import BrokerClient, ExchangeUnavailable
 from fabric.protocol import SnapshotReply, SnapshotRequest, decode_internal, encode
-from tests.helpers import LOCAL, ROOT, gateway_endpoints
+from tests.helpers import LOCAL, ROOT, dial, gateway_endpoints
 from tests.servers import ZooKeeperServer, start_zookeeper
 from topology.launcher import Launcher
 from topology.load import load
@@ -39,7 +39,7 @@ pytestmark = pytest.mark.e2e
 
 def paired_topology(tmp_path: Path, zk_hosts: str, shards: tuple[str, ...] = ("A",)) -> Path:
     """Write the local topology with ``shards`` as pairs and ``[zookeeper]``; return its path (ports free)."""
-    return pairs_on_free_ports(LOCAL, tmp_path, zk_hosts, shards)
+    return pairs_on_free_ports(LOCAL, tmp_path, zk_hosts, shards, brokers="open")
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def _snapshot(ex: Launcher, shard: str, name: str) -> SnapshotReply:
     ctx = zmq.Context.instance()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    s.connect(ex.topo.shard(shard).replica(name).recovery.connect)
+    dial(s, ex.topo.shard(shard).replica(name).recovery.connect, ex.topo)
     try:
         s.send(encode(SnapshotRequest(shard=[x.name for x in ex.topo.shards].index(shard))))
         assert s.poll(5000), f"{name} does not answer"

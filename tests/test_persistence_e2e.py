@@ -26,6 +26,7 @@ from fabric.records import OrderRow
 from tests.helpers import LOCAL, gateway_endpoints, journal_events, topology_on_free_ports
 from tests.servers import RedisServer, start_redis
 from tools.demo import Demo
+from topology.keys import broker_keyring
 from topology.launcher import Launcher
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +35,7 @@ REPORTS = ("accepted", "rejected", "cancelled", "replaced", "expired")  # and tw
 
 
 def _launch(tmp_path: Path, redis: RedisServer | None = None) -> Launcher:
-    path = topology_on_free_ports(LOCAL, tmp_path)
+    path = topology_on_free_ports(LOCAL, tmp_path, brokers="keys")  # the demo brokers log on with their keys
     if redis is not None:
         text = path.read_text().replace('recent = "embedded"', 'recent = "redis"')
         path.write_text(text + f'\n[redis]\nurl = "{redis.url}"\n')
@@ -129,7 +130,7 @@ def _check_orders(ex: Launcher, events: list[dict[str, Any]]) -> dict[tuple[str,
         assert Decimal(row.notional) == notional and abs(Decimal(row.avg_px) - notional / row.cum_qty) < Decimal(
             "0.000001"), key
     for b in sorted({b for b, _ in accepted}):
-        client = BrokerClient(gateway_endpoints(ex), b, timeout=5.0)
+        client = BrokerClient(gateway_endpoints(ex), b, timeout=5.0, keys=broker_keyring(ex.topo, b))
         client.connect()
         try:
             exchange_open = {o.oid for o in client.open_orders()}
@@ -227,12 +228,12 @@ def test_redis_killed_and_restarted_is_repaired_from_the_order_store(tmp_path: P
 
 
 def test_status_of_an_order_the_matcher_archived_is_answered_from_the_store(tmp_path: Path) -> None:
-    path = topology_on_free_ports(LOCAL, tmp_path)
+    path = topology_on_free_ports(LOCAL, tmp_path, brokers="keys")  # the demo brokers log on with their keys
     ex = Launcher(path, workdir=tmp_path, extra_args={"matcher": ["--keep-finished", "3"]})
     ex.start()
     try:
-        buyer = BrokerClient(gateway_endpoints(ex), "B1", timeout=5.0)
-        seller = BrokerClient(gateway_endpoints(ex), "B2", timeout=5.0)
+        buyer = BrokerClient(gateway_endpoints(ex), "B1", timeout=5.0, keys=broker_keyring(ex.topo, "B1"))
+        seller = BrokerClient(gateway_endpoints(ex), "B2", timeout=5.0, keys=broker_keyring(ex.topo, "B2"))
         buyer.connect()
         seller.connect()
         try:

@@ -19,6 +19,7 @@ from fabric.risk import RISK_REASONS, RiskChecks, RiskLimits, TokenBucket, open_
 from tests.helpers import LOCAL, gateway_endpoints, journal_events, topology_on_free_ports
 from topology.launcher import Launcher
 from topology.load import check_text, loads
+from topology.ports import without_security
 
 # ------------------------------------------------------------------------------------------------ unit tests
 
@@ -127,7 +128,7 @@ def test_every_risk_reason_is_a_protocol_reason() -> None:
 
 # ------------------------------------------------------------------------------------------------ topology
 
-_BASE = LOCAL.read_text()
+_BASE = without_security(LOCAL.read_text())  # (its own brokers, open: local.toml's keyed ones aside)
 
 
 def test_topology_risk_tables_load() -> None:

@@ -22,7 +22,7 @@ import zmq
 from fabric.client import BrokerClient
 from fabric.feed import feed_topic
 from fabric.protocol import SnapshotReply, SnapshotRequest, decode_internal, encode
-from tests.helpers import LOCAL, gateway_endpoints, topology_on_free_ports
+from tests.helpers import LOCAL, dial, gateway_endpoints, topology_on_free_ports
 from topology.launcher import Launcher
 from topology.model import GATEWAY, MATCHER, TICKER
 
@@ -78,7 +78,7 @@ def _matcher_books(ex: Launcher) -> dict[str, tuple[list[list[Any]], list[list[A
     for no, shard in enumerate(ex.topo.shards):
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.connect(shard.replicas[0].recovery.connect)
+        dial(s, shard.replicas[0].recovery.connect, ex.topo)
         s.send(encode(SnapshotRequest(shard=no)))
         assert s.poll(5000), "matcher did not answer a snapshot request"
         snap = decode_internal(s.recv())

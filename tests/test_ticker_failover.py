@@ -70,7 +70,7 @@ def two_tickers(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     (src / "local.toml").write_text(text.replace(one, SECOND))
-    return topology_on_free_ports(src / "local.toml", tmp_path)
+    return topology_on_free_ports(src / "local.toml", tmp_path, curve=False)  # (ticker-b has no key)
 
 
 def _get(url: str) -> Any:

@@ -88,6 +88,10 @@ pub_port = {tpub}
 snapshot_port = {tsnap}
 http_port = {thttp}
 
+[[brokers]]
+id = "OPS-TICKER"
+role = "operator"
+
 [index]
 name = "IX"
 base = "1000"

@@ -95,6 +95,20 @@ hosts = ["ex-a.internal:2181", "ex-b.internal:2181", "ex-c.internal:2181"]
 """
 
 
+# A topology with nodes on other hosts than loopback ones needs keys (docs/security.md).
+ZOOKEEPER = ZOOKEEPER + """
+[[brokers]]
+id = "B1"
+public_key = "=Q:8M9Q<-+v@AXB:zHd?7dpR)R?Z2p3j2jUu$Yat"
+
+[security]
+[security.nodes]
+"matcher:A-1" = "XY0%>/:IHQfooZsDi$$LBS(=llMl%xIT0lqpbbYP"
+"matcher:A-2" = "2Qb3c7uH>Tw2h@Xl!sg26e#(buaZ4h-liuDOHveG"
+"gateway:gw1" = "W3ms*MQu5=*g!i=dzjbUE1j$M=FCNT/E}vx:0(Pu"
+"""
+
+
 def _text(exchange: str = EXCHANGE, instruments: str = INSTRUMENTS, shards: str = SHARDS,
           gateways: str = GATEWAYS, extra: str = "") -> str:
     return exchange + instruments + shards + gateways + extra

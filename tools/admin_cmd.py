@@ -18,6 +18,7 @@ from typing import IO, Any
 from fabric.client import BrokerClient, ExchangeUnavailable, LogonRefused
 from fabric.protocol import AdminAck, ProtocolError
 from tools.order_cmd import EXIT_OK, EXIT_REJECTED, EXIT_UNREACHABLE, EXIT_USAGE
+from topology.keys import broker_keyring
 from topology.load import TopologyError, load
 
 ACTIONS = ("halt", "resume", "disable", "enable")
@@ -62,8 +63,12 @@ def admin_command(args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stder
         err.write('exfab admin: error: the topology names no operator ([[brokers]] with role = "operator"): give '
                   "--as OPERATOR\n")
         return EXIT_USAGE
-    # (Where the operator's key goes once sessions are authenticated: --key FILE, read here and given to the client.)
-    client = BrokerClient([g.endpoint.connect for g in topo.gateways], operator, timeout=5.0, retries=1)
+    try:  # the operator's key: --key FILE, or the demo key the topology ships for it (local.toml's operators)
+        keys = broker_keyring(topo, operator, getattr(args, "key", None))
+    except ValueError as e:
+        err.write(f"exfab admin: error: {e}\n")
+        return EXIT_USAGE
+    client = BrokerClient([g.endpoint.connect for g in topo.gateways], operator, timeout=5.0, retries=1, keys=keys)
     try:
         client.connect()
         symbol = target if action in ("halt", "resume") else None

@@ -24,6 +24,12 @@ def _cmd_topology_check(args: argparse.Namespace) -> int:
     return topology_cmd.check_command(args.file)
 
 
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from tools import keys_cmd
+
+    return keys_cmd.new_command(args.broker, args.node, args.dir, args.role, args.force)
+
+
 def _cmd_journal_inspect(args: argparse.Namespace) -> int:
     from tools import journal_cmd
 
@@ -173,6 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file", metavar="FILE", help="topology TOML file")
     t.set_defaults(func=_cmd_topology_check)
 
+    p = sub.add_parser("keys", help="CURVE key pairs for brokers and nodes")
+    ksub = p.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    k = ksub.add_parser("new", help="make a key pair and print the topology line for it",
+                        description="Make a CURVE key pair: for a broker (BROKER; its secret key file is the "
+                                    "broker's, given to its client with --key) or for a node (--node KIND:NAME; its "
+                                    "secret key file goes in the topology's keys_dir). Print what to add to the "
+                                    "topology (docs/security.md).")
+    k.add_argument("broker", nargs="?", metavar="BROKER", help="the broker id")
+    k.add_argument("--node", default=None, metavar="KIND:NAME", help="a node's label instead, as matcher:A")
+    k.add_argument("--role", default="broker", help="the broker's role: broker (default) or operator")
+    k.add_argument("--dir", default=None, metavar="DIR", help="where to write the files (default: . for a broker, "
+                   "keys for a node)")
+    k.add_argument("--force", action="store_true", help="replace an existing key file")
+    k.set_defaults(func=_cmd_keys_new)
+
     p = sub.add_parser("journal", help="work with a matcher's journal")
     jsub = p.add_subparsers(dest="journal_command", metavar="ACTION")
     jsub.required = True
@@ -246,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--qty", type=int, default=None)
     for o in osub.choices.values():
         o.add_argument("--broker", required=True, help="your broker id")
+        o.add_argument("--key", default=None, metavar="FILE", help="your secret key file (default: the demo key "
+                       "the topology ships for the broker, if any)")
         o.add_argument("--topology", default=_default_topology(), metavar="FILE")
         o.add_argument("--json", action="store_true", help="one JSON object per execution report")
     p.set_defaults(func=_cmd_order)
@@ -268,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the halt ends by itself after this long")
         a.add_argument("--as", dest="as_", default=None, metavar="OPERATOR",
                        help='the operator to log on as (default: the first broker of role "operator")')
-        # (The authentication helper adds --key FILE here: the operator's key.)
+        a.add_argument("--key", default=None, metavar="FILE", help="the operator's secret key file (default: the "
+                       "demo key the topology ships for the operator, if any)")
         a.add_argument("--text", default=None, help="why, for the record (in the trading_state message)")
         a.add_argument("--topology", default=_default_topology(), metavar="FILE")
         a.add_argument("--json", action="store_true", help="print the admin_ack as one JSON object")
@@ -285,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List a broker's open orders. Exit status 0; 1 when the exchange refuses the "
                                    "broker's logon, 2 for a usage error, 3 when the exchange cannot be reached.")
     p.add_argument("--broker", required=True)
+    p.add_argument("--key", default=None, metavar="FILE", help="your secret key file (default: the demo key the "
+                   "topology ships for the broker, if any)")
     p.add_argument("--symbol", default=None)
     p.add_argument("--topology", default=_default_topology(), metavar="FILE")
     p.add_argument("--json", action="store_true")

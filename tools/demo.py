@@ -25,6 +25,7 @@ from typing import Literal
 from fabric.client import BrokerClient
 from fabric.instruments import Instrument
 from fabric.protocol import Accepted, Cancel, Cancelled, Expired, Fill, New
+from topology.keys import broker_keyring
 from topology.load import load
 
 
@@ -59,7 +60,8 @@ class Demo:
         # A topology that lists its brokers lets only those log on: the demo trades as them, one session each.
         listed = [b.id for b in self.topo.brokers if b.role == "broker"]  # (operators do not trade)
         ids = listed[:brokers] or [f"DEMO{i + 1}" for i in range(brokers)]
-        self.brokers = [_Broker(BrokerClient(gws[i % len(gws):] + gws[:i % len(gws)], broker, timeout=1.0))
+        self.brokers = [_Broker(BrokerClient(gws[i % len(gws):] + gws[:i % len(gws)], broker, timeout=1.0,
+                                             keys=broker_keyring(self.topo, broker)))
                         for i, broker in enumerate(ids)]
         self.markets = []
         for inst in self.topo.instruments:

@@ -25,7 +25,8 @@ import msgspec
 
 from fabric.client import BrokerClient, ExchangeUnavailable, LogonRefused, OrderResult
 from fabric.protocol import Accepted, Cancelled, Expired, Fill, OrderStatus, Rejected, Replaced
-from topology.load import TopologyError, load
+from topology.keys import broker_keyring
+from topology.load import load
 
 EXIT_OK = 0  # the exchange carried the command out
 EXIT_REJECTED = 1  # the exchange refused the command (or the broker's logon)
@@ -84,9 +85,11 @@ def _print_result(r: OrderResult, as_json_lines: bool, out: IO[str]) -> None:
         out.write((json.dumps(as_json(m)) if as_json_lines else describe(m)) + "\n")
 
 
-def _client(topology: str, broker: str) -> BrokerClient:
+def _client(topology: str, broker: str, key: str | None = None) -> BrokerClient:
+    # The broker's key: --key FILE, or the demo key the topology ships for it (local.toml's brokers).
     topo = load(topology)
-    return BrokerClient([g.endpoint.connect for g in topo.gateways], broker, timeout=2.0, retries=1)
+    return BrokerClient([g.endpoint.connect for g in topo.gateways], broker, timeout=2.0, retries=1,
+                        keys=broker_keyring(topo, broker, key))
 
 
 def parse_order_words(words: Sequence[str]) -> tuple[str, int, str | None]:
@@ -118,8 +121,8 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
             err.write(f"exfab order {action}: error: {e}\n")
             return EXIT_USAGE
     try:
-        client = _client(args.topology, args.broker)
-    except TopologyError as e:
+        client = _client(args.topology, args.broker, getattr(args, "key", None))
+    except ValueError as e:  # the topology's problems, or the broker's key file's
         err.write(f"exfab order: error: {e}\n")
         return EXIT_USAGE
     try:
@@ -165,8 +168,8 @@ def _find_symbol(client: BrokerClient, oid: str) -> str | None:
 def orders_command(args: Any, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr) -> int:
     """Run ``exfab orders --broker B``: print the broker's open orders; return the exit status."""
     try:
-        client = _client(args.topology, args.broker)
-    except TopologyError as e:
+        client = _client(args.topology, args.broker, getattr(args, "key", None))
+    except ValueError as e:  # the topology's problems, or the broker's key file's
         err.write(f"exfab orders: error: {e}\n")
         return EXIT_USAGE
     try:

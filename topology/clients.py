@@ -59,7 +59,8 @@ def operator_client(topo: Topology, operator: str, *, ctx: zmq.asyncio.Context |
     """Return an operator's session with the exchange (the ticker's, to trip a circuit breaker).
 
     The one place an operator's connection is made: it logs on as ``operator`` to the topology's gateways, the
-    first that answers (its credentials, when the exchange asks for them, are given here).
+    first that answers, with the operator's key pair when the gateways take brokers by their keys (the file
+    ``broker-<operator>.key_secret`` in the topology's ``keys_dir``: ``topology.keys.broker_keyring``).
 
     Parameters
     ----------
@@ -70,7 +71,10 @@ def operator_client(topo: Topology, operator: str, *, ctx: zmq.asyncio.Context |
     ctx
         The asyncio ZeroMQ context for the socket.
     """
-    return AsyncBrokerClient([g.endpoint.connect for g in topo.gateways], operator, ctx=ctx, timeout=2.0, retries=1)
+    from topology.keys import broker_keyring
+
+    return AsyncBrokerClient([g.endpoint.connect for g in topo.gateways], operator, ctx=ctx, timeout=2.0, retries=1,
+                             keys=broker_keyring(topo, operator))
 
 
 __all__ = ["market_data_client", "operator_client"]

@@ -46,6 +46,8 @@ A topology file is TOML.  Every table and key, with its default::
     [[brokers]]                         # optional; when none is listed, any broker id may trade
     id = "BRK01"
     name = "Example Securities"         # optional
+    public_key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"  # CURVE public key, Z85 (exfab keys new BRK01); needed
+                                        # with [security]: a connection with this key is this broker
     stp = "cancel_resting"              # optional: self-trade prevention, "off" (default), "cancel_resting",
                                         # "cancel_incoming" or "cancel_both" (docs/book-semantics.md)
     role = "broker"                     # or "operator": its sessions may send admin commands (halt, resume,
@@ -118,6 +120,15 @@ A topology file is TOML.  Every table and key, with its default::
     url = "http://ex-c.internal:8086"   # InfluxDB 1.x HTTP API
     database = "exfab"
 
+    [security]                          # CURVE on every socket but the ticker's feeds (docs/security.md);
+                                        # required when a node is on a host other than a loopback address
+    keys_dir = "keys"                   # the nodes' secret keys, <kind>-<name>.key_secret; relative to this file
+    brokers = "keys"                    # brokers log on with their [[brokers]] public_key; "open" (loopback
+                                        # topologies only): any broker id, in the clear, at the gateways
+    [security.nodes]                    # every node's public key, by node label (exfab keys new --node LABEL)
+    "matcher:A" = "Yne@$w-vo<fVvi]a<NY6T1ed:M$fCG*[IaLV{hID"
+    "gateway:gw1" = "..."
+
 ``check`` reports every mistake it finds, each with where it is; ``load``
 raises :class:`TopologyError` carrying all of them.
 """
@@ -135,11 +146,13 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fabric.auth import check_public_key
 from fabric.circuit import SEBI_LEVELS, Level, parse_halts
 from fabric.commands import STP_CODES, Stp
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
 from fabric.records import DEFAULT_TIMEZONE
 from topology.model import (
+    BROKER_ROLES,
     DEFAULT_CONNECTIONS_PER_ADDRESS,
     STORE_KINDS,
     Broker,
@@ -151,11 +164,13 @@ from topology.model import (
     Redis,
     Replica,
     RiskLimits,
+    Security,
     Shard,
     Stores,
     Ticker,
     Topology,
     ZooKeeper,
+    is_loopback,
 )
 
 # How each top-level name is written in a file, for messages.
@@ -175,6 +190,7 @@ _TOP = {
     "influxdb": "[influxdb]",
     "index": "[index]",
     "risk": "[risk]",
+    "security": "[security]",
 }
 _EXCHANGE_KEYS = ("name", "data_dir", "timezone")
 _INSTRUMENT_RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct")
@@ -183,9 +199,9 @@ _MATCHER_PORTS = ("order_port", "pub_port", "recovery_port", "repl_port")
 _SHARD_KEYS = ("name", "symbols", "replicas", "host", *_MATCHER_PORTS)
 _REPLICA_KEYS = ("name", "host", *_MATCHER_PORTS)
 _GATEWAY_KEYS = ("name", "host", "port")
-_BROKER_KEYS = ("id", "name", "role", "cancel_on_disconnect", "risk", "stp")
+_BROKER_KEYS = ("id", "name", "public_key", "role", "cancel_on_disconnect", "risk", "stp")
 _RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct", "max_open_orders", "max_orders_per_s", "burst")
-_ROLES = ("broker", "operator")
+_SECURITY_KEYS = ("keys_dir", "brokers", "nodes")
 _TICKER_KEYS = ("host", "pub_port", "snapshot_port", "http_port", "connections_per_address")
 _TICKERS_KEYS = ("name", *_TICKER_KEYS)
 _PERSISTENCE_KEYS = ("host",)
@@ -514,6 +530,7 @@ class _Builder:
         stores = self.stores(data)
         index = self.index(data, instruments, brokers)
         risk = self.risk(data)
+        security = self.security(data)
         self.routing(data, known, shards)
         if shards is not None and zookeeper is None and "zookeeper" not in data:
             for where, shard in shards:
@@ -543,7 +560,11 @@ class _Builder:
             index=index,
             risk=risk,
             instrument_risk=self.instrument_risk,
+            security=security,
         )
+        self.check_keys(topology)
+        if self.problems:
+            return None, self.problems
         return topology, self.problems
 
     def exchange(self, data: dict[str, Any]) -> tuple[str | None, Path | None, str]:
@@ -836,9 +857,11 @@ class _Builder:
             if stp not in STP_CODES:
                 self.add(_at(where, "stp"), f"unknown self-trade prevention mode {_q(stp)}{_suggest(stp, STP_CODES)}")
                 continue
+            key = self.key(tbl, "public_key", where) if "public_key" in tbl else None
             role = self.string(tbl, "role", where, required=False) or "broker"
-            if role not in _ROLES:
-                self.add(_at(where, "role"), f"unknown role {_q(role)}{_suggest(role, _ROLES)}")
+            if role not in BROKER_ROLES:
+                self.add(_at(where, "role"), f"unknown role {_q(role)}{_suggest(role, BROKER_ROLES)}")
+                continue
             cod = tbl.get("cancel_on_disconnect", False)
             if not isinstance(cod, bool):
                 self.add(_at(where, "cancel_on_disconnect"), f"must be true or false, got {_kind(cod)}")
@@ -851,13 +874,14 @@ class _Builder:
                 else:
                     self.keys(rt, _at(where, "risk"), _RISK_KEYS)
                     risk = self.risk_limits(rt, _at(where, "risk"), _RISK_KEYS)
-            if bid is None:
+            if bid is None or ("public_key" in tbl and key is None):
                 continue
             if bid in ids:
                 self.add(where, f"broker id {_q(bid)} is listed twice (also {ids[bid]})")
                 continue
             ids[bid] = where
-            out.append(Broker(bid, name, "operator" if role == "operator" else "broker", cod, risk, cast(Stp, stp)))
+            out.append(Broker(bid, name, "operator" if role == "operator" else "broker", cod, risk, cast(Stp, stp),
+                              public_key=key))
         return out
 
     def tickers(self, data: dict[str, Any]) -> list[Ticker]:
@@ -998,6 +1022,84 @@ class _Builder:
             else:
                 out.append(Level(pct, halts))
         return tuple(out) if ok else None
+
+    def key(self, tbl: dict[str, Any], key: str, where: str) -> str | None:
+        """Return a CURVE public key (Z85), reporting why it is not one."""
+        v = tbl[key]
+        why = check_public_key(v)
+        if why is not None:
+            self.add(_at(where, key), f"{_kind(v) if not isinstance(v, str) else 'the key'} {why}")
+            return None
+        assert isinstance(v, str)
+        return v
+
+    def security(self, data: dict[str, Any]) -> Security | None:
+        """The ``[security]`` table: where the nodes' secret keys are, their public keys, how brokers log on."""
+        tbl = self.table(data, "security")
+        if tbl is None:
+            return None
+        self.keys(tbl, "security", _SECURITY_KEYS)
+        folder = self.string(tbl, "keys_dir", "security", required=False) or "keys"
+        base = self.source.parent if self.source is not None else Path(".")
+        keys_dir = base / Path(folder).expanduser()
+        brokers = self.string(tbl, "brokers", "security", required=False) or "keys"
+        if brokers not in ("keys", "open"):
+            self.add("security.brokers", f"unknown value {_q(brokers)}{_suggest(brokers, ('keys', 'open'))}")
+        nodes = tbl.get("nodes", {})
+        if not isinstance(nodes, dict):
+            self.add("security.nodes", f"must be a table (write [security.nodes]), got {_kind(nodes)}")
+            nodes = {}
+        out: dict[str, str] = {}
+        for label in nodes:
+            k = self.key(nodes, label, "security.nodes")
+            if k is not None:
+                out[label] = k
+        return Security(keys_dir, out, brokers)
+
+    def check_keys(self, topo: Topology) -> None:
+        """Report what the topology's keys leave open or unclear (``docs/security.md``)."""
+        sec = topo.security
+        if sec is None:
+            remote = [n for n in topo.nodes() if not is_loopback(n.host)]
+            keyed = [b.id for b in topo.brokers if b.public_key is not None]
+            if remote:
+                self.add("security", f"missing table: {remote[0].label} runs on {remote[0].host}, not a loopback "
+                         "address, so every socket between nodes needs CURVE keys: add [security] with "
+                         "[security.nodes] (exfab keys new --node LABEL makes each node's pair)")
+            elif keyed:
+                self.add("brokers", f"broker {keyed[0]} has a public_key but the topology has no [security]: the "
+                         "gateways need their own keys ([security.nodes]) to take brokers' keys")
+            return
+        labels = [n.label for n in topo.nodes()]
+        missing = [label for label in labels if label not in sec.nodes]
+        for label in missing:
+            self.add("security.nodes", f"no public key for node {_q(label)}: add {_q(label)} = \"...\" "
+                     f"(exfab keys new --node {label} --dir {sec.keys_dir})")
+        # A key of no node admits nobody more than the nodes' keys do; next to a node without a key, it is
+        # likely that node's, misspelt.
+        for label in sec.nodes if missing else ():
+            if label not in labels:
+                self.add("security.nodes", f"{_q(label)} is not a node of this topology{_suggest(label, labels)}")
+        if sec.brokers == "open":
+            remote = [n for n in topo.nodes() if not is_loopback(n.host)]
+            if remote:
+                self.add("security.brokers", f"\"open\" is for loopback topologies only, and {remote[0].label} "
+                         f"runs on {remote[0].host}: brokers must log on with keys")
+        else:
+            if not topo.brokers:
+                self.add("brokers", "no broker: with [security] only listed brokers may log on; add [[brokers]] "
+                         "entries with id and public_key (exfab keys new BROKER prints one)")
+            for i, b in enumerate(topo.brokers):
+                if b.public_key is None:
+                    self.add(f"brokers[{i}] {_q(b.id)}", "missing required key \"public_key\": with [security] a "
+                             f"broker logs on with its key (exfab keys new {b.id} makes one)")
+        seen: dict[str, str] = {}
+        owners = [*sec.nodes.items(), *((f"broker {b.id}", b.public_key) for b in topo.brokers if b.public_key)]
+        for who, k in owners:
+            if k in seen:
+                self.add("security", f"{who} has the same public key as {seen[k]}: each needs its own key pair")
+            else:
+                seen[k] = who
 
     def persistence(self, data: dict[str, Any]) -> Persistence | None:
         tbl = self.table(data, "persistence")

@@ -149,7 +149,7 @@ def map_topology(source: str | Path, *, can_run: CanRun | None = None) -> Loopba
         When the file, or the copy, is not a usable topology.
     """
     src = Path(source)
-    loads(src.read_text(encoding="utf-8"), src)  # the original's own mistakes, reported against it
+    original = loads(src.read_text(encoding="utf-8"), src)  # the original's own mistakes, reported against it
     data = tomllib.loads(src.read_text(encoding="utf-8"))
     found: list[str] = []
 
@@ -178,6 +178,7 @@ def map_topology(source: str | Path, *, can_run: CanRun | None = None) -> Loopba
             stores[store] = embedded
             out.pop(server, None)
             fallbacks.append(Fallback(store, server, embedded, why))
+    keys_note = _keys_here(original, out)
     header = [f"# {src.name} mapped onto this machine by exfab up --loopback (topology/loopback.py): every host on",
               "# a loopback address of its own, the same ports. Written anew at every such start; do not edit.",
               f"# From {src.resolve()}."]
@@ -186,9 +187,27 @@ def map_topology(source: str | Path, *, can_run: CanRun | None = None) -> Loopba
     if moved is not None:
         header.append(f"# data_dir {moved[0]} -> {moved[1]}")
     header += [f'# [stores] {f.store} = "{f.was}" -> "{f.now}": {f.why}' for f in fallbacks]
+    header += [f"# {keys_note}"] if keys_note else []
     text = "\n".join(header) + "\n\n" + dumps(out)
     topo = loads(text, src.with_name(f"{src.stem}.loopback.toml"))
     return LoopbackCopy(src, text, topo, mapped, moved, tuple(fallbacks))
+
+
+def _keys_here(original: Topology, out: dict[str, Any]) -> str | None:
+    # The copy is written elsewhere: its keys_dir names the original's folder. Without every node's secret key
+    # there (an example's placeholder keys), the copy runs open, as a loopback topology may (docs/security.md).
+    sec = original.security
+    if sec is None:
+        return None
+    missing = [n.label for n in original.nodes() if not sec.secret_file(n.label).is_file()]
+    if not missing:
+        out["security"]["keys_dir"] = str(sec.keys_dir.resolve())
+        return None
+    out.pop("security")
+    for b in out.get("brokers", []):
+        b.pop("public_key", None)
+    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+    return f"[security] dropped: no secret key of {missing[0]}{more} in {sec.keys_dir}: every socket open (loopback)"
 
 
 def assign(hosts: Iterable[str]) -> dict[str, str]:

@@ -85,6 +85,11 @@ class Endpoint:
         return self.connect
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, ``::1``, 127.0.0.0/8)."""
+    return host in _LOOPBACK or _is_ipv4_loopback(host)
+
+
 def _is_ipv4_loopback(host: str) -> bool:
     # 127.0.0.0/8, written as four decimal numbers (what ZeroMQ binds as it is).
     parts = host.split(".")
@@ -230,6 +235,9 @@ class Broker:
     stp
         Self-trade prevention: what the book does when this broker's incoming order would trade against its own
         resting order (``docs/book-semantics.md``); ``"off"`` lets them trade.
+    public_key
+        Its CURVE public key (Z85): a connection to a gateway with this key is this broker, and no other
+        (``docs/security.md``); ``None`` in a topology without ``[security]``.
     """
 
     id: str
@@ -238,6 +246,36 @@ class Broker:
     cancel_on_disconnect: bool = False
     risk: RiskLimits | None = None
     stp: Stp = "off"
+    public_key: str | None = None
+
+
+BROKER_ROLES = ("broker", "operator")
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Who may talk to the exchange's sockets (``[security]``; ``docs/security.md``).
+
+    Parameters
+    ----------
+    keys_dir
+        The folder of the nodes' secret key files, ``<kind>-<name>.key_secret`` (resolved against the
+        topology file's folder).
+    nodes
+        ``{node label: CURVE public key (Z85)}`` for every node (``"matcher:A"``, ``"gateway:gw1"``...).
+    brokers
+        ``"keys"``: a broker connects with the key its ``[[brokers]]`` entry lists; ``"open"`` (loopback-only
+        topologies: test rigs, benchmarks): the gateways' broker port takes any connection in the clear and
+        any broker id, while every socket between nodes still uses CURVE.
+    """
+
+    keys_dir: Path
+    nodes: Mapping[str, str]
+    brokers: str = "keys"
+
+    def secret_file(self, label: str) -> Path:
+        """Return the secret key file of the node labelled ``label`` (``kind:name``)."""
+        return self.keys_dir / (label.replace(":", "-", 1) + ".key_secret")
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,6 +527,9 @@ class Topology:
         The ``[risk]`` table: every broker's default risk limits.
     instrument_risk
         The risk limits of the instruments that have any, by symbol.
+    security
+        The keys of the nodes and how brokers authenticate; ``None``: every socket is open (a loopback-only
+        topology, ``docs/security.md``).
     """
 
     name: str
@@ -510,6 +551,7 @@ class Topology:
     index: Index | None = None
     risk: RiskLimits = field(default_factory=RiskLimits)
     instrument_risk: Mapping[str, RiskLimits] = field(default_factory=dict)
+    security: Security | None = None
     _routes: dict[str, Shard] = field(init=False, repr=False, compare=False)
     _instruments: dict[str, Instrument] = field(init=False, repr=False, compare=False)
 
