@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
+from fabric.auth import Keyring, connect  # noqa: E402
 from fabric.protocol import (  # noqa: E402
     Cancel,
     Error,
@@ -57,6 +58,7 @@ from fabric.protocol import (  # noqa: E402
     encode,
 )
 from perf.soak import growth_per_min, rss_mb  # noqa: E402
+from topology.keys import broker_keyring, node_keyring  # noqa: E402
 from topology.launcher import Launcher  # noqa: E402
 from topology.ports import topology_on_free_ports  # noqa: E402
 
@@ -73,13 +75,14 @@ HOSTILE_FIELDS: tuple[tuple[str, Any], ...] = (
     ("type", "stop"), ("oid", "x" * 1000), ("symbol", "NOPE"), ("symbol", ""), ("qty", "10"), ("extra", 1))
 
 
-def _connect(ctx: zmq.Context[Any], endpoint: str, identity: bytes | None = None) -> zmq.Socket[Any]:
-    """A DEALER to a node's socket: the one place this script connects (keys go here when the nodes need them)."""
+def _connect(ctx: zmq.Context[Any], endpoint: str, identity: bytes | None = None,
+             keys: Keyring | None = None) -> zmq.Socket[Any]:
+    """A DEALER to a node's socket: the one place this script connects (with ``keys``: over CURVE)."""
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     if identity is not None:
         s.setsockopt(zmq.ROUTING_ID, identity)
-    s.connect(endpoint)
+    connect(s, endpoint, keys)
     return s
 
 
@@ -119,16 +122,22 @@ class Soak:
         self.pending: dict[tuple[str, str, str], float] = {}  # (broker, op, oid) -> sent at
         self.ids = itertools.count(1)
         gws = [g.endpoint.connect for g in self.topo.gateways]
-        self.brokers = [_Broker(f"SOAK{i:02d}", _connect(self.ctx, gws[i % len(gws)], f"soak-{i}".encode()))
+        # The local topology's demo brokers, each with its key: the good flow, and one broker (B1) that sends the
+        # hostile input from an authenticated session. Strangers connect without a key: CURVE turns them away.
+        self.brokers = [_Broker(f"DEMO{i + 1}", _connect(self.ctx, gws[i % len(gws)], f"soak-{i}".encode(),
+                                                         broker_keyring(self.topo, f"DEMO{i + 1}")))
                         for i in range(brokers)]
-        self.bad = _Broker("HOSTILE", _connect(self.ctx, gws[0], b"hostile"))
+        self.bad = _Broker("B1", _connect(self.ctx, gws[0], b"hostile", broker_keyring(self.topo, "B1")))
+        # The garbage sent to the matchers comes from an insider (a gateway's key): it reaches their decoders.
+        self.node_keys = node_keyring(self.topo, f"gateway:{self.topo.gateways[0].name}")
         self.by_sock = {b.sock: b for b in self.brokers}
         for b in [*self.brokers, self.bad]:
             self._watch(b.sock, "good" if b is not self.bad else "bad")
         self.strangers: collections.deque[tuple[float, zmq.Socket[Any]]] = collections.deque()
         self.instruments = [self.topo.instrument(s) for s in self.topo.symbols]
-        self.recovery = [_connect(self.ctx, s.replicas[0].recovery.connect) for s in self.topo.shards]
-        self.orders = [_connect(self.ctx, s.replicas[0].order.connect) for s in self.topo.shards]
+        self.recovery = [_connect(self.ctx, s.replicas[0].recovery.connect, keys=self.node_keys)
+                         for s in self.topo.shards]
+        self.orders = [_connect(self.ctx, s.replicas[0].order.connect, keys=self.node_keys) for s in self.topo.shards]
         for s in [*self.recovery, *self.orders]:
             self._watch(s, "bad")
         self.snapshot: zmq.Socket[Any] | None = None
@@ -313,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="minutes of flow (default 10)")
     ap.add_argument("--rate", type=float, default=300.0, help="good commands per second in all (default 300)")
     ap.add_argument("--bad-rate", type=float, default=40.0, help="hostile messages per second (default 40)")
-    ap.add_argument("--brokers", type=int, default=6, help="good brokers (default 6)")
+    ap.add_argument("--brokers", type=int, default=6, choices=range(1, 9), metavar="N",
+                    help="good brokers, the demo brokers DEMO1 .. DEMO<N> (1-8; default 6)")
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples (default 10)")
     ap.add_argument("--seed", type=int, default=15)
     # The matchers keep recent PUB messages for replays (256 MB) and finished orders (100,000) by default: under
@@ -327,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.minutes * 60
     tmp = Path(tempfile.mkdtemp(prefix="exfab-soak-security-"))
     matcher_args = ["--fsync", "none", "--ring-mb", str(args.ring_mb), "--keep-finished", str(args.keep_finished)]
-    launcher = Launcher(topology_on_free_ports(LOCAL, tmp), workdir=tmp, extra_args={"matcher": matcher_args})
+    launcher = Launcher(topology_on_free_ports(LOCAL, tmp, brokers="keys"), workdir=tmp,
+                        extra_args={"matcher": matcher_args})
     print(f"soak-security: starting the exchange in {tmp} ...", file=sys.stderr, flush=True)
     launcher.start()
     series: dict[str, list[tuple[float, float]]] = {}

@@ -228,7 +228,8 @@ def test_topology_index_with_defaults_loads() -> None:
 
 
 def test_topology_index_breakers_load() -> None:
-    topo = loads(_TOPO + '[index]\nname = "IX"\nbase = "1000"\noperator = "OPS"\n[index.constituents]\nA = 1\n'
+    topo = loads(_TOPO + '[[brokers]]\nid = "OPS"\nrole = "operator"\n'
+                 '[index]\nname = "IX"\nbase = "1000"\noperator = "OPS"\n[index.constituents]\nA = 1\n'
                  '[[index.breakers]]\npct = "1"\nhalts = [["24:00", "1m"]]\n'
                  '[[index.breakers]]\npct = "2"\nhalts = [["12:00", "5m"], ["24:00", "day"]]\n')
     assert topo.index is not None and topo.index.operator == "OPS"
@@ -249,7 +250,9 @@ def test_topology_index_breakers_load() -> None:
     ('[index]\nname = "A"\nbase = "1"\n[index.constituents]\nA = 1\n', "index.name", "an instrument's symbol"),
     ('[index]\nname = "ix"\nbase = "1"\n[index.constituents]\nA = 1\n', "index.name", "A-Z, 0-9"),
     ('[[brokers]]\nid = "B1"\n[index]\nname = "IX"\nbase = "1"\noperator = "OPS"\n[index.constituents]\nA = 1\n',
-     "index.operator", "not among the [[brokers]]"),
+     "index.operator", "not an operator among the [[brokers]]"),
+    ('[[brokers]]\nid = "OPS"\n[index]\nname = "IX"\nbase = "1"\noperator = "OPS"\n[index.constituents]\nA = 1\n',
+     "index.operator", 'role = "operator"'),
     ('[index]\nname = "IX"\nbase = "1"\n[index.constituents]\nA = 1\n[[index.breakers]]\npct = "2"\n'
      'halts = [["24:00", "1m"]]\n[[index.breakers]]\npct = "1"\nhalts = [["24:00", "1m"]]\n', "pct", "lowest first"),
     ('[index]\nname = "IX"\nbase = "1"\n[index.constituents]\nA = 1\n[[index.breakers]]\npct = "1"\n'

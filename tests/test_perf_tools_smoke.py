@@ -57,6 +57,8 @@ def test_security_soak_short_run_answers_every_good_order_and_reports_the_hostil
     assert sum(good["sent"].values()) > 500 and good["sent"] == good["answered"] and good["unanswered"] == 0
     assert set(report["bad"]["sent"]) >= {"garbage", "bad_field", "stranger", "oversized", "flood"}
     reasons = report["bad"]["answers_by_reason"]
-    assert {"malformed", "not_logged_on", "message_too_large", "bad_field"} <= set(reasons), reasons
+    assert {"malformed", "message_too_large", "bad_field"} <= set(reasons), reasons
+    # Strangers have no key: CURVE turns them away before the gateway reads a byte, so none is told not_logged_on.
+    assert "not_logged_on" not in reasons, reasons
     assert report["undecodable_answers"] == 0
     assert (out / "soak_security.md").read_text().startswith("# Hostile input under a steady flow")
