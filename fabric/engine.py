@@ -720,17 +720,20 @@ class MatchingEngine:
                         vwap_from: int | None) -> list[Outcome]:
         # Each symbol's closing price (fabric.calendar.closing_price) as a `close` event, kept for the next day.
         start = ts - 30 * 60 * 1_000_000_000 if vwap_from is None else vwap_from
+        end = ts + 1  # the trades of commands before this one: at its instant at the latest
         day = TradingDay(day=_dt.date(1970, 1, 1), pre_open=0, entry_close=0, matching_end=0, continuous=0,
-                         vwap_from=start, continuous_end=ts, closing_session=ts, close=ts)
+                         vwap_from=start, continuous_end=end, closing_session=end, close=end)
         out: list[Outcome] = []
         for symbol, inst in self.instruments.items():
             ref = self._reference(symbol)
             ts_ = trades.get(symbol, [])
             if ref is None and not ts_:
                 continue
-            price, _how = closing_price(ts_, day, ref if ref is not None else 0)
+            price, how = closing_price(ts_, day, ref if ref is not None else 0)
+            if price <= 0:  # no reference and no trade before the close
+                continue
             self.closes[symbol] = price
-            vol = sum(q for _, q, t in ts_ if start <= t < ts)
+            vol = sum(q for _, q, t in ts_ if start <= t < end) if how == "vwap" else 0
             out.append(self._event("close", inst, ts, price, vol))
         return out
 

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fabric.book import OrderBook
+from fabric.calendar import PHASES
 from fabric.constants import (
     BUY,
     C_NFIELDS,
@@ -174,11 +175,16 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
         {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20"},
         {"op": "instrument", "symbol": "LOT", "tick": "0.10", "lot": 5, "ref_price": "2.00", "band_pct": "10"},
     ]
+    if draw(st.booleans()):  # a day with sessions: orders collected in the pre-open, then the call auction
+        cmds.append({"op": "session", "phase": "pre_open"})
     used: list[tuple[str, str, str]] = []
     for i in range(draw(st.integers(1, 80))):
         symbol = draw(st.sampled_from(["TCS", "LOT", "FREE"]))
         broker = draw(st.sampled_from(["B1", "B2", "B3"]))
-        kind = draw(st.sampled_from(["new", "new", "new", "market", "cancel", "replace", "eod"]))
+        kind = draw(st.sampled_from(["new", "new", "new", "market", "cancel", "replace", "eod", "session"]))
+        if kind == "session":
+            cmds.append({"op": "session", "phase": draw(st.sampled_from(PHASES))})
+            continue
         if kind in ("cancel", "replace") and used:
             symbol, broker, oid = draw(st.sampled_from(used))
             broker = draw(st.sampled_from([broker, broker, "B9"]))  # sometimes not the owner
@@ -221,11 +227,24 @@ def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict
 
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
     bands = {"TCS": (Decimal("0.80"), Decimal("1.20")), "LOT": (Decimal("1.80"), Decimal("2.20"))}
+    phase = "continuous"
     for cmd in cmds:
         events = compiled.apply(dict(cmd))
         assert events == ref.apply(dict(cmd)), cmd
+        if cmd["op"] == "session":
+            leaving_pre_open, phase = phase == "pre_open" and cmd["phase"] != "pre_open", cmd["phase"]
+        auctions = {ev["symbol"]: ev for ev in events if ev["event"] == "auction"}
         for ev in events:
             if ev["event"] == "trade" and ev["symbol"] in bands:
                 lo, hi = bands[ev["symbol"]]
                 assert lo <= Decimal(ev["price"]) <= hi, (cmd, ev)  # the circuit filter
+            if ev["event"] == "trade" and phase != "continuous":
+                # Outside continuous trading only the call auction trades (and what it leaves may meet the book).
+                assert cmd["op"] == "session" and leaving_pre_open, (cmd, ev)
+            if ev["event"] in ("accepted", "replaced") and phase not in ("pre_open", "continuous"):
+                raise AssertionError(f"{ev} outside order entry")
+        for sym, auc in auctions.items():  # the auction's trades come first, all at its price, and add up to it
+            first = [ev for ev in events[:events.index(auc)] if ev["event"] == "trade" and ev["symbol"] == sym]
+            assert sum(ev["qty"] for ev in first) == auc["qty"], (cmd, auc)
+            assert all(ev["price"] == auc["price"] for ev in first), (cmd, auc)
     assert compiled.books() == ref.books()
