@@ -57,11 +57,13 @@ from typing import Any, NoReturn
 import zmq
 
 from fabric.book import warm_up
+from fabric.calendar import session_at
 from fabric.commands import (
     AddInstrument,
     Control,
     NewOrder,
     OrderCommandT,
+    SessionChange,
     Stp,
     admin_problem,
     decode_command,
@@ -93,6 +95,7 @@ from fabric.protocol import (
     ReplRecords,
     ReplRefused,
     ReplyBatch,
+    SessionEvent,
     SnapshotReply,
     SnapshotRequest,
     Status,
@@ -300,6 +303,10 @@ class Matcher:
         self._follow_check = 0.0
         self.reg: Registration | None = None  # its entry in the registry (exfab status), set by main()
         self._stop = False
+        # (primary) The topology's trading calendar, and the real instant (ns) of its next transition: the
+        # primary journals each phase change as a `session` command (docs/sessions.md). None: continuous all day.
+        self.calendar = topo.calendar
+        self._session_until = 0
 
     # ---------------------------------------------------------------- recovery
 
@@ -343,7 +350,7 @@ class Matcher:
         for o in outcomes:
             if type(o) is Trade:
                 out.send(o, self.trade_topics[o.symbol])
-            elif type(o) is TradingState:
+            elif type(o) is TradingState or type(o) is SessionEvent:
                 out.send(o, self.state_topic)
             else:
                 execs.append(o)
@@ -566,7 +573,12 @@ class Matcher:
         due = self.engine.next_resume()
         if due is None or due[0] > now_ns or (self.seat is not None and self.seat.suspended):
             return
-        cmd = Control(action="resume", symbol=due[1], by="clock", ts=now_ns)
+        if self._journal_own(Control(action="resume", symbol=due[1], by="clock", ts=now_ns)):
+            log.info("matcher %s: the halt of %s ended at its time", self.name, due[1] or "the market")
+
+    def _journal_own(self, cmd: Control | SessionChange) -> bool:
+        # (primary) Journal a command of the matcher's own (the clock's), replicate it, apply it and publish its
+        # outcomes, like any command; False when the journal failed.
         payload = encode_command(cmd)
         mark = self.journal.mark()
         try:
@@ -574,13 +586,27 @@ class Matcher:
             self.journal.commit()
         except (OSError, JournalError) as e:
             self._journal_failed(e, mark)
-            return
+            return False
         self.repl_out.append(payload)
         self._replicate_live()
         self._await_secondary()
-        self._apply(cmd)
+        self._apply(cmd)  # type: ignore[arg-type]
         self.outbox.flush()
-        log.info("matcher %s: the halt of %s ended at its time", self.name, due[1] or "the market")
+        return True
+
+    def _session_due(self, now_ns: int) -> None:
+        # (primary) The calendar's phase at `now_ns`: when it is not the engine's, journal the change (leaving
+        # continuous trading, with the start of the closing price's stretch). Checked again at the next transition.
+        cal = self.calendar
+        if cal is None or now_ns < self._session_until or (self.seat is not None and self.seat.suspended):
+            return
+        s = session_at(cal, now_ns, cal.seed)
+        if s.phase != self.engine.phase:
+            vwap_from = cal.day(s.day, cal.seed).vwap_from if s.phase == "closing" else None
+            if not self._journal_own(SessionChange(phase=s.phase, vwap_from=vwap_from, ts=now_ns)):
+                return
+            log.info("matcher %s: the trading day enters %s", self.name, s.phase)
+        self._session_until = s.until
 
     def handle_recovery(self, msg: list[bytes], sock: zmq.Socket) -> None:
         """Answer one replay or snapshot request (``msg``: the ROUTER's frames, identity first)."""
@@ -1002,6 +1028,8 @@ class Matcher:
                         log.exception("a batch of %d order messages failed", len(batch))
                 if self.role == "primary" and self.engine.halts:
                     self._resume_due(time.time_ns())
+                if self.role == "primary" and self.calendar is not None:
+                    self._session_due(time.time_ns())
                 if recovery in events:
                     while True:
                         try:

@@ -66,6 +66,11 @@ A topology file is TOML.  Every table and key, with its default::
     burst = 1000                        # ... of this size (default max_orders_per_s); cancels are never
                                         # limited
 
+    [calendar]                          # optional: the trading day's sessions, every key optional (the BSE's
+    pre_open = "09:00"                  # day by default: fabric/calendar.py, docs/sessions.md); without the
+    continuous = "09:15"                # table every shard trades continuously all day
+    scale = 60                          # the compressed day of the demo, with anchor = <an instant>
+
     [ticker]                            # optional: the market data node
     host = "127.0.0.1"
     pub_port = 7180                     # PUB: last prices, bars, depth (docs/market-data.md)
@@ -135,6 +140,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fabric.calendar import Calendar, calendar_from_table
 from fabric.circuit import SEBI_LEVELS, Level, parse_halts
 from fabric.commands import STP_CODES, Stp
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
@@ -175,6 +181,7 @@ _TOP = {
     "influxdb": "[influxdb]",
     "index": "[index]",
     "risk": "[risk]",
+    "calendar": "[calendar]",
 }
 _EXCHANGE_KEYS = ("name", "data_dir", "timezone")
 _INSTRUMENT_RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct")
@@ -514,6 +521,7 @@ class _Builder:
         stores = self.stores(data)
         index = self.index(data, instruments, brokers)
         risk = self.risk(data)
+        calendar = self.calendar(data, name, timezone)
         self.routing(data, known, shards)
         if shards is not None and zookeeper is None and "zookeeper" not in data:
             for where, shard in shards:
@@ -543,6 +551,7 @@ class _Builder:
             index=index,
             risk=risk,
             instrument_risk=self.instrument_risk,
+            calendar=calendar,
         )
         return topology, self.problems
 
@@ -595,6 +604,16 @@ class _Builder:
                     self.add(_at(where, "risk_band_pct"), "a risk band is around the reference price: give ref_price")
                 self.instrument_risk[symbol] = limits
         return out, known
+
+    def calendar(self, data: dict[str, Any], market: str | None, timezone: str) -> Calendar | None:
+        """The ``[calendar]`` table: the trading day's sessions (``docs/sessions.md``); none: continuous all day."""
+        tbl = self.table(data, "calendar")
+        if tbl is None:
+            return None
+        cal, problems = calendar_from_table(tbl, market or "exchange", timezone)
+        for where, why in problems:
+            self.add(where, why)
+        return cal
 
     def risk(self, data: dict[str, Any]) -> RiskLimits:
         """The ``[risk]`` table: every broker's default limits (none without the table)."""
