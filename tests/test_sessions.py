@@ -252,3 +252,23 @@ def test_session_command_in_the_journal_and_the_replay_format() -> None:
     assert [(e["reason"], e["text"]) for e in events] == [
         ("bad_field", "field 'phase' must be one of pre_open, auction, continuous, closing, closed, got 'lunch'"),
         ("missing_field", "missing field 'phase'")]
+
+
+# -- the topology's [calendar] ----------------------------------------------------------------------------------------
+
+
+def test_the_topology_reads_its_calendar_and_names_each_mistake() -> None:
+    from tests.helpers import LOCAL
+    from topology.load import check_text, loads
+
+    text = LOCAL.read_text()
+    assert loads(text).calendar is None  # no table: continuous trading all day
+    topo = loads(text + '\n[calendar]\ncontinuous = "09:20"\nseed = 7\n')
+    assert topo.calendar is not None and topo.calendar.seed == 7 and topo.calendar.timezone == topo.timezone
+    assert topo.calendar.market == topo.name
+    problems = check_text(text + '\n[calendar]\ncontinuous = "9h"\nscale = 60\nlunch = "13:00"\n')
+    assert sorted((p.where, p.message[:30]) for p in problems) == [
+        ("calendar.anchor", "a compressed day (scale above "),
+        ("calendar.continuous", "must be a local time of day "),
+        ("calendar.lunch", "unknown key (known: pre_open, "),
+    ]
