@@ -86,6 +86,7 @@ from fabric.protocol import (
     AdminAck,
     BookLevel,
     Error,
+    SessionEvent,
     Trade,
     TradingState,
     book_topic,
@@ -194,6 +195,8 @@ class Ticker:
                 feed.trade(m)
             elif type(m) is BookLevel:
                 feed.level(m)
+            elif type(m) is SessionEvent:
+                feed.session(m)
             else:
                 self._trading_state(m)  # type: ignore[arg-type]
 

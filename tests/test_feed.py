@@ -317,3 +317,20 @@ def test_the_index_moves_with_its_constituents_once_a_turn() -> None:
     assert {(sym, iv) for sym, iv, _ in turn.bars if sym == "IX"} == {("IX", "1s"), ("IX", "1m")}
     f.trade(trade(2, "12.50", 1, T0 + 4, symbol="SBIN"))
     assert [k for k, _, _ in f.take(T0 + S).messages if k == "index"] == [], "only constituents move it"
+
+
+def test_the_trading_day_goes_in_the_market_object_and_a_symbols_auction_in_its_state() -> None:
+    from fabric.protocol import SessionEvent
+
+    f = MarketFeed([_inst()])
+    seq = {"shard": 0, "seq": 1, "tseq": 1, "epoch": 0, "ts": T0}
+    assert f.market_snapshot(T0)["market"]["phase"] is None  # no calendar: continuous all day, no phase
+    f.session(SessionEvent(**seq, kind="phase", phase="pre_open"))
+    f.session(SessionEvent(**seq, kind="indicative", phase="pre_open", symbol="TCS", price="101.00", qty=60,
+                           unmatched=10))
+    out = {(kind, sym): obj for kind, sym, obj in f.take(T0 + S).messages}
+    assert out[("market", "")]["phase"] == "pre_open"
+    assert out[("state", "TCS")]["auction"] == {"kind": "indicative", "price": "101.00", "qty": 60, "unmatched": 10}
+    assert out[("state", "TCS")]["state"] == "trading"
+    f.session(SessionEvent(**seq, kind="phase", phase="pre_open"))  # the same phase again: nothing to publish
+    assert not f.dirty
