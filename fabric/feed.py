@@ -39,6 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final
 
 from fabric.feedtopics import HEARTBEAT_TOPIC, KINDS, feed_topic, split_feed_topic
@@ -113,6 +114,7 @@ class MarketFeed:
         # continuous all day) and each symbol's last auction figures (indicative, auction or close).
         self.phase: str | None = None
         self._auction: dict[str, dict[str, Any]] = {}
+        self._closes: dict[str, Decimal] = {}  # the day's closing prices: the next pre-open's reference of change
 
     @property
     def symbols(self) -> list[str]:
@@ -200,7 +202,17 @@ class MarketFeed:
             if msg.phase != self.phase:
                 self.phase = msg.phase
                 self._market = True
+            if msg.phase == "pre_open":  # a new day: its change is against the last close
+                closes, self._closes = self._closes, {}
+                for sym, px in closes.items():
+                    st = self.state.symbols.get(sym)
+                    if st is not None and st.ref_price != px:
+                        st.ref_price = px
+                        self._prints.setdefault(sym, [])
+                        self._top.pop(sym, None)  # republish its quote
         elif msg.symbol is not None:
+            if msg.kind == "close" and msg.price is not None:
+                self._closes[msg.symbol] = Decimal(msg.price)
             self._auction[msg.symbol] = {"kind": msg.kind, "price": msg.price, "qty": msg.qty,
                                          "unmatched": msg.unmatched}
             self._states.add(msg.symbol)
