@@ -272,3 +272,22 @@ def test_the_topology_reads_its_calendar_and_names_each_mistake() -> None:
     assert got[0][1].startswith("a compressed day (scale above 1) needs the instant it starts")
     assert got[1][1] == "must be a local time of day such as \"09:15\", got '9h'"
     assert got[2][1].startswith("unknown key (known: pre_open, entry_close")
+
+
+def test_exfab_watch_shows_the_sessions_phase() -> None:
+    from tools.watch import WatchTable
+
+    class Md:  # the two reads of the market data client the line takes
+        phase: str | None = "pre_open"
+
+        def index(self) -> None:
+            return None
+
+        def market(self) -> dict[str, Any]:
+            return {"t": "market", "state": "trading", "phase": self.phase}
+
+    md = Md()
+    view = WatchTable(md, ["X"])  # type: ignore[arg-type]
+    assert view.market_line() == "[bold]session[/] pre-open"
+    md.phase = None  # a market without a calendar shows no phase
+    assert view.market_line() == ""
