@@ -171,7 +171,7 @@ def test_order_help_lists_the_exit_codes() -> None:
 @pytest.mark.timeout(240)
 def test_up_demo_runs_a_moving_market_and_stops_cleanly(tmp_path: Path) -> None:
     # The demo runs a compressed day (docs/sessions.md): its pre-open opens 11 s after the command, continuous
-    # trading about 16 s later; 40 s of demo brokers see it trade.
+    # trading 14 s later; 40 s of demo brokers see it trade.
     topo = topology_on_free_ports(LOCAL, tmp_path)
     r = exfab("up", str(topo), "--demo", "--duration", "40", cwd=tmp_path, timeout=230)
     assert r.returncode == 0, r.stdout + r.stderr

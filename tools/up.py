@@ -104,11 +104,20 @@ def _elsewhere(topology: str, hosts: list[str]) -> str:
 
 
 # `exfab up --demo` on a topology without a [calendar]: a compressed day, an hour of it a minute, whose pre-open opens
-# DEMO_START_S after the command (the nodes start meanwhile), so a newcomer sees every phase (docs/sessions.md).
+# DEMO_START_S after the command (the nodes start meanwhile), so a newcomer sees every phase (docs/sessions.md). The
+# demo's day is the BSE's phases stretched over the whole clock day, so that it trades most of the time: the
+# pre-open from 00:01, continuous trading from 00:15 to 23:30, closed from 23:50 to the next day's 00:01.
 DEMO_DAY: Final = """
 [calendar]                              # added by exfab up --demo: a compressed day (docs/sessions.md)
+pre_open = "00:01"
+entry_close = "00:08"
+matching_end = "00:12"
+continuous = "00:15"
+continuous_end = "23:30"
+closing_session = "23:40"
+close = "23:50"
 scale = 60
-start = "08:59"
+start = "00:00"
 anchor = {anchor}
 """
 DEMO_START_S: Final = 10
@@ -117,9 +126,9 @@ DEMO_START_S: Final = 10
 def with_demo_day(path: str, data_dir: Path, now: dt.datetime) -> Path:
     """Write a copy of the topology at ``path`` with the demo's compressed day, under ``data_dir``; return its path.
 
-    The day's 8:59 is ``DEMO_START_S`` seconds after ``now``: pre-open from a second later, continuous trading
-    from about 16 s later for six and a half minutes, the close, then the market is closed until the next
-    compressed day's pre-open (24 minutes after this one's).
+    The day's 00:00 is ``DEMO_START_S`` seconds after ``now``: pre-open from a second later, the call auction
+    about 7 s later, continuous trading from 14 s later for 23 minutes and a quarter, the close, then the market
+    is closed for 11 s until the next compressed day's pre-open (24 minutes after this one's).
     """
     anchor = (now + dt.timedelta(seconds=DEMO_START_S)).replace(microsecond=0)
     dst = data_dir / f"{Path(path).stem}.demo-day.toml"
