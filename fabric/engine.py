@@ -617,6 +617,8 @@ class MatchingEngine:
         symbol = inst.symbol
         o = cast(_Order, self._orders[oid])
         if oid not in self._collected.get(symbol, ()):
+            if o.state not in ("new", "partially_filled"):
+                return [self._closed("replace", o.clid, o.broker, inst, ts)]
             return [self._reject("replace", o.clid, o.broker, symbol, REJ_MARKET_CLOSED,
                                  f"order {o.clid} is in the book, which takes replaces in continuous trading only "
                                  f"(the phase is {self.phase}); it can be cancelled", ts)]

@@ -172,10 +172,13 @@ def test_pre_open_takes_cancels_and_replaces_without_matching() -> None:
     assert _levels(book) == ([("100.00", 5)], [])  # B3 left over as a limit buy at the equilibrium
 
 
-def test_a_book_order_cannot_be_replaced_in_the_pre_open() -> None:
+def test_a_book_order_cannot_be_replaced_in_the_pre_open_a_finished_one_is_closed() -> None:
     events = replay_lines([_inst(), _order("B1", 99, 10, "GTC"), _session("pre_open"),
-                           '{"op":"replace","oid":"B1","broker":"b","symbol":"X","price":"98"}'])
-    assert _reasons(events) == [("replace", "market_closed")]
+                           '{"op":"replace","oid":"B1","broker":"b","symbol":"X","price":"98"}',
+                           _order("B2", 99, 10), '{"op":"cancel","oid":"B2","broker":"b","symbol":"X"}',
+                           '{"op":"replace","oid":"B2","broker":"b","symbol":"X","price":"98"}',
+                           '{"op":"cancel","oid":"B2","broker":"b","symbol":"X"}'])
+    assert _reasons(events) == [("replace", "market_closed"), ("replace", "order_closed"), ("cancel", "order_closed")]
 
 
 def test_no_equilibrium_market_orders_are_cancelled_limits_go_on() -> None:
