@@ -245,6 +245,7 @@ class MatchingEngine:
         # levels and the last indicative figures published; `closes` is each symbol's last closing price (ticks),
         # taken over `_day_trades`, the trades (ticks, qty, ts) of the day's continuous trading.
         self.phase: str = CONTINUOUS
+        self.sessions = False  # whether a `session` command came: the day follows a calendar
         self._collected: dict[str, dict[int, None]] = {}
         self._levels: dict[str, AuctionLevels] = {}
         self._indicative: dict[str, tuple[int | None, int, int]] = {}
@@ -520,7 +521,7 @@ class MatchingEngine:
         the 30 minutes before ``ts``), kept as the next auction's previous close; ``closed`` expires every DAY
         order, as ``end_of_day`` does.
         """
-        prev, self.phase = self.phase, phase
+        prev, self.phase, self.sessions = self.phase, phase, True
         out: list[Outcome] = [SessionEvent(shard=0, seq=0, tseq=0, epoch=0, ts=ts, kind="phase",
                                            phase=phase)]  # type: ignore[arg-type]
         if prev == "pre_open" and phase != "pre_open":

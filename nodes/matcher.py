@@ -595,13 +595,14 @@ class Matcher:
         return True
 
     def _session_due(self, now_ns: int) -> None:
-        # (primary) The calendar's phase at `now_ns`: when it is not the engine's, journal the change (leaving
+        # (primary) The calendar's phase at `now_ns`: when it is not the engine's, or the engine has had none yet
+        # (a first start in continuous trading: its trades count for the close), journal the change (leaving
         # continuous trading, with the start of the closing price's stretch). Checked again at the next transition.
         cal = self.calendar
         if cal is None or now_ns < self._session_until or (self.seat is not None and self.seat.suspended):
             return
         s = session_at(cal, now_ns, cal.seed)
-        if s.phase != self.engine.phase:
+        if s.phase != self.engine.phase or not self.engine.sessions:
             vwap_from = cal.day(s.day, cal.seed).vwap_from if s.phase == "closing" else None
             if not self._journal_own(SessionChange(phase=s.phase, vwap_from=vwap_from, ts=now_ns)):
                 return
