@@ -195,13 +195,17 @@ class MarketFeed:
         if msg.symbol is None:
             self._market = True
 
+    def set_phase(self, phase: str) -> None:
+        """Take the trading day's phase (a ``session`` message's, or a matcher's snapshot's)."""
+        if phase != self.phase:
+            self.phase = phase
+            self._market = True
+
     def session(self, msg: SessionEvent) -> None:
         """Apply a matcher's ``session`` message: the phase goes in the ``market`` object, a symbol's auction
         figures in its ``state`` object."""
         if msg.kind == "phase":
-            if msg.phase != self.phase:
-                self.phase = msg.phase
-                self._market = True
+            self.set_phase(msg.phase)
             if msg.phase == "pre_open":  # a new day: its change is against the last close
                 closes, self._closes = self._closes, {}
                 for sym, px in closes.items():

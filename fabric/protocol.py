@@ -818,6 +818,8 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     exec_tseq: Count
     books: list[BookSnapshot]
     states: list[TradingState] = []
+    state_tseq: Count = 0  # the tseq of the shard's S topic at seq (its halts and its session messages)
+    phase: Literal["pre_open", "auction", "continuous", "closing", "closed"] | None = None
 
 
 class ReplJoin(_InternalMsg, tag="repl_join", frozen=True, kw_only=True):
