@@ -17,6 +17,7 @@ The same commands in the same order always give the same outcomes.
 from __future__ import annotations
 
 import datetime as _dt
+from array import array
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
@@ -243,7 +244,8 @@ class MatchingEngine:
         # The trading day (docs/sessions.md): continuous all day until a `session` command comes. In the pre-open
         # the orders are collected here, outside the books (engine ids in time priority, by symbol), with their
         # levels and the last indicative figures published; `closes` is each symbol's last closing price (ticks),
-        # taken over `_day_trades`, the trades (ticks, qty, ts) of the day's continuous trading.
+        # taken over `_day_trades`, the trades of the day's continuous trading as flat (ticks, qty, ts) triples of
+        # 64-bit integers (24 bytes a trade).
         self.phase: str = CONTINUOUS
         self.sessions = False  # whether a `session` command came: the day follows a calendar
         self._collected: dict[str, dict[int, None]] = {}
@@ -251,7 +253,7 @@ class MatchingEngine:
         self._indicative: dict[str, tuple[int | None, int, int]] = {}
         self._stp_of: dict[int, int] = {}
         self.closes: dict[str, int] = {}
-        self._day_trades: dict[str, list[tuple[int, int, int]]] | None = None
+        self._day_trades: dict[str, array[int]] | None = None
 
     # ------------------------------------------------------------ instruments
 
@@ -719,8 +721,7 @@ class MatchingEngine:
         self._archive_finished()
         return out
 
-    def _closing_prices(self, trades: dict[str, list[tuple[int, int, int]]], ts: int,
-                        vwap_from: int | None) -> list[Outcome]:
+    def _closing_prices(self, trades: dict[str, array[int]], ts: int, vwap_from: int | None) -> list[Outcome]:
         # Each symbol's closing price (fabric.calendar.closing_price) as a `close` event, kept for the next day.
         start = ts - 30 * 60 * 1_000_000_000 if vwap_from is None else vwap_from
         end = ts + 1  # the trades of commands before this one: at its instant at the latest
@@ -729,7 +730,8 @@ class MatchingEngine:
         out: list[Outcome] = []
         for symbol, inst in self.instruments.items():
             ref = self._reference(symbol)
-            ts_ = trades.get(symbol, [])
+            flat = iter(trades.get(symbol, ()))
+            ts_ = list(zip(flat, flat, flat, strict=True))  # (ticks, qty, ts)
             if ref is None and not ts_:
                 continue
             price, how = closing_price(ts_, day, ref if ref is not None else 0)
@@ -879,7 +881,7 @@ class MatchingEngine:
                 px = to_price(r[E_PRICE])
                 q = r[E_QTY]
                 if day is not None:
-                    day.setdefault(symbol, []).append((r[E_PRICE], q, ts))
+                    (day.get(symbol) or day.setdefault(symbol, array("q"))).extend((r[E_PRICE], q, ts))
                 buy, sell = (o, rest) if r[E_SIDE] == BUY else (rest, o)
                 out.append(Trade(shard=0, seq=0, tseq=0, epoch=0, ts=ts, symbol=symbol, trade_id=trade_id, price=px,
                                  qty=q, aggressor=SIDE_NAMES[r[E_SIDE]],  # type: ignore[arg-type]
