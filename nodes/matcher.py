@@ -1017,6 +1017,8 @@ class Matcher:
                             poller.register(upstream, zmq.POLLIN)
                 events = readable(poller, (*socks, upstream) if upstream is not None else socks, 20 if
                                   self.seat is not None else 100)
+                if self.role == "primary" and self.calendar is not None:  # before the orders that came after it
+                    self._session_due(time.time_ns())
                 if orders in events:
                     batch: list[list[bytes]] = []
                     while len(batch) < MAX_BATCH:
@@ -1030,8 +1032,6 @@ class Matcher:
                         log.exception("a batch of %d order messages failed", len(batch))
                 if self.role == "primary" and self.engine.halts:
                     self._resume_due(time.time_ns())
-                if self.role == "primary" and self.calendar is not None:
-                    self._session_due(time.time_ns())
                 if recovery in events:
                     while True:
                         try:
