@@ -49,6 +49,7 @@ __all__ = [
     "NewOrder",
     "OrderCommandT",
     "ReplaceOrder",
+    "SessionChange",
     "Stp",
     "admin_problem",
     "decode_command",
@@ -152,8 +153,25 @@ class Control(_Command, tag="admin", kw_only=True):
     req: int = 0
 
 
+SessionPhase = Literal["pre_open", "auction", "continuous", "closing", "closed"]  # fabric.calendar.Phase
+
+
+class SessionChange(_Command, tag="session", kw_only=True):
+    """The trading day enters ``phase`` (``docs/sessions.md``): the primary matcher journals one when its calendar
+    says so, so the secondary, a restart and a replay see the same day.
+
+    Leaving ``pre_open`` runs the call auction; entering ``closing`` computes each symbol's closing price over the
+    continuous trades from ``vwap_from`` (ns; ``None``: the 30 minutes before ``ts``); entering ``closed`` expires
+    every DAY order.
+    """
+
+    phase: SessionPhase
+    vwap_from: int | None = None
+    ts: int = 0
+
+
 OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | Control
-Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay | Control
+Command: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | AddInstrument | EndOfDay | Control | SessionChange
 
 
 def from_order(oc: OrderCommand, ts: int, stp: Stp = "off") -> OrderCommandT:

@@ -120,6 +120,7 @@ CXL_SELF_TRADE = 4  # self-trade prevention: it would have traded with its own b
 # Set by the engine, not the book: every open order of a broker cancelled at once (fabric.engine.cancel_all).
 CXL_KILL_SWITCH = 5  # an operator disabled the broker
 CXL_DISCONNECT = 6  # the broker's session ended and it asked for cancel-on-disconnect
+CXL_NO_AUCTION_PRICE = 7  # a market order of the pre-open when the call auction found no price (docs/sessions.md)
 
 CANCEL_REASON_NAMES = {
     CXL_REQUESTED: "requested",
@@ -128,6 +129,7 @@ CANCEL_REASON_NAMES = {
     CXL_SELF_TRADE: "self_trade",
     CXL_KILL_SWITCH: "kill_switch",
     CXL_DISCONNECT: "cancel_on_disconnect",
+    CXL_NO_AUCTION_PRICE: "no_auction_price",
 }
 
 # --------------------------------------------------------------------------
@@ -149,6 +151,7 @@ REJ_QTY_TOO_LARGE = 102
 REJ_PRICE_TOO_LARGE = 103
 REJ_HALTED = 104  # trading in the symbol (or the market) is halted
 REJ_BROKER_DISABLED = 105  # an operator disabled the broker (the kill switch)
+REJ_MARKET_CLOSED = 106  # the trading day's phase takes no such order now (docs/sessions.md)
 REJ_MALFORMED = 110  # not JSON / not an object
 REJ_UNKNOWN_OP = 111
 REJ_MISSING_FIELD = 112
@@ -170,6 +173,7 @@ REJECT_NAMES = {
     REJ_PRICE_TOO_LARGE: "price_too_large",
     REJ_HALTED: "halted",
     REJ_BROKER_DISABLED: "broker_disabled",
+    REJ_MARKET_CLOSED: "market_closed",
     REJ_MALFORMED: "malformed",
     REJ_UNKNOWN_OP: "unknown_op",
     REJ_MISSING_FIELD: "missing_field",

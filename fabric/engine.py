@@ -16,6 +16,8 @@ The same commands in the same order always give the same outcomes.
 
 from __future__ import annotations
 
+import datetime as _dt
+from array import array
 from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
@@ -23,7 +25,9 @@ from typing import Any, Final, Protocol, TypeAlias, cast
 
 import msgspec
 
+from fabric.auction import AuctionLevels, AuctionOrder, Uncross, uncross
 from fabric.book import OrderBook
+from fabric.calendar import TradingDay, closing_price
 from fabric.commands import (
     SIDE_CODES,
     STP_CODES,
@@ -36,14 +40,19 @@ from fabric.commands import (
     EndOfDay,
     NewOrder,
     ReplaceOrder,
+    SessionChange,
 )
 from fabric.constants import (
     BUY,
     CANCEL_REASON_NAMES,
     CXL_DISCONNECT,
     CXL_KILL_SWITCH,
+    CXL_NO_AUCTION_PRICE,
+    CXL_REQUESTED,
+    DAY,
     E_CUM,
     E_LEAVES,
+    E_NFIELDS,
     E_OID,
     E_OTHER,
     E_OTHER_CUM,
@@ -59,17 +68,22 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    FOK,
+    IOC,
+    LIMIT,
     MARKET,
     MAX_LADDER_ROWS,
     MAX_PRICE_TICKS,
     MAX_QTY,
     NO_PRICE,
     NO_QTY,
+    REJ_BAD_FIELD,
     REJ_BAD_TIF,
     REJ_BROKER_DISABLED,
     REJ_DUPLICATE_OID,
     REJ_HALTED,
     REJ_LADDER_SPAN,
+    REJ_MARKET_CLOSED,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OFF_TICK,
@@ -94,12 +108,20 @@ from fabric.protocol import (
     ExRejected,
     ExReplaced,
     OrderStatus,
+    SessionEvent,
     Trade,
     TradingState,
 )
 
-Outcome: TypeAlias = ExAccepted | ExRejected | Trade | ExFill | ExCancelled | ExReplaced | ExExpired | TradingState
+Outcome: TypeAlias = (ExAccepted | ExRejected | Trade | ExFill | ExCancelled | ExReplaced | ExExpired | TradingState
+                      | SessionEvent)
 MARKET_WIDE: Final = ""  # the key of a market-wide halt in MatchingEngine.halts
+CONTINUOUS: Final = "continuous"  # the phase of a day without a calendar, all day
+_NO_ENTRY: Final = {  # why a phase takes no new order (docs/sessions.md)
+    "auction": "order entry of the pre-open has closed; the call auction runs until continuous trading opens",
+    "closing": "continuous trading has ended; this exchange's closing session takes no orders",
+    "closed": "the market is closed until the next pre-open",
+}
 
 
 class InstrumentExists(InstrumentError):
@@ -172,6 +194,7 @@ class _Order(msgspec.Struct, gc=False):
     cum: int = 0
     state: str = "new"
     reason: str | None = None  # why a cancelled order was cancelled
+    base: int = 0  # what the call auction filled before the order entered the book (the book counts from 0)
 
 
 _ARCHIVED_OID: Final = -2
@@ -218,6 +241,19 @@ class MatchingEngine:
         # is all a new order or a replace pays for them.
         self.halts: dict[str, TradingState] = {}
         self.disabled: set[str] = set()
+        # The trading day (docs/sessions.md): continuous all day until a `session` command comes. In the pre-open
+        # the orders are collected here, outside the books (engine ids in time priority, by symbol), with their
+        # levels and the last indicative figures published; `closes` is each symbol's last closing price (ticks),
+        # taken over `_day_trades`, the trades of the day's continuous trading as flat (ticks, qty, ts) triples of
+        # 64-bit integers (24 bytes a trade).
+        self.phase: str = CONTINUOUS
+        self.sessions = False  # whether a `session` command came: the day follows a calendar
+        self._collected: dict[str, dict[int, None]] = {}
+        self._levels: dict[str, AuctionLevels] = {}
+        self._indicative: dict[str, tuple[int | None, int, int]] = {}
+        self._stp_of: dict[int, int] = {}
+        self.closes: dict[str, int] = {}
+        self._day_trades: dict[str, array[int]] | None = None
 
     # ------------------------------------------------------------ instruments
 
@@ -267,6 +303,8 @@ class MatchingEngine:
             return list(self.end_of_day(cmd.ts))
         if isinstance(cmd, Control):
             return self.control(cmd)
+        if isinstance(cmd, SessionChange):
+            return self.session(cmd.phase, cmd.ts, cmd.vwap_from)
         self.add_instrument(instrument_of(cmd))
         return []
 
@@ -374,6 +412,8 @@ class MatchingEngine:
                 return [self._reject("new", clid, broker, symbol, REJ_PRICE_TOO_LARGE,
                                      f"price {price} is too large", ts)]
             ticks = t
+        if self.phase != CONTINUOUS:
+            return self._session_new(inst, broker, clid, side, otype, tif, ticks, qty, ts, stp)
         oid = len(self._orders)
         order = _Order(symbol, broker, clid, side, otype, tif)
         self._orders.append(order)
@@ -410,6 +450,8 @@ class MatchingEngine:
         inst, book = self._book(symbol)
         if oid == _ARCHIVED_OID:
             return [self._closed("cancel", clid, broker, inst, ts)]
+        if self._collected and oid in self._collected.get(symbol, ()):
+            return self._session_cancel(inst, oid, ts)
         out = self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
         self._archive_finished()
         return out
@@ -444,6 +486,15 @@ class MatchingEngine:
                                  f"qty {qty} exceeds the maximum {MAX_QTY}", ts)]
         if oid == _ARCHIVED_OID:
             return [self._closed("replace", clid, broker, inst, ts)]
+        if self.phase != CONTINUOUS:
+            return self._session_replace(inst, oid, ticks, qty, ts)
+        base = self._orders[oid].base  # type: ignore[union-attr]
+        if base and qty is not None:  # the book knows the order from after its call auction
+            if qty <= base:
+                return [self._reject("replace", clid, broker, symbol, REJ_BAD_FIELD,
+                                     f"qty {qty} is not above the {base} the call auction filled: cancel the "
+                                     "order instead", ts)]
+            qty -= base
         rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty, stp))
         out = self._outcomes(inst, rows, ts, price=price, qty=qty)
         self._archive_finished()
@@ -461,6 +512,235 @@ class MatchingEngine:
         expired.sort(key=lambda pair: pair[0])
         self._archive_finished()
         return [ev for _, ev in expired]
+
+    # --------------------------------------------------------------- sessions
+
+    def session(self, phase: str, ts: int = 0, vwap_from: int | None = None) -> list[Outcome]:
+        """Enter ``phase`` of the trading day (``docs/sessions.md``); return its outcomes.
+
+        A ``phase`` event first. Leaving the pre-open runs each symbol's call auction (:meth:`_uncross`); leaving
+        continuous trading publishes each symbol's closing price over its trades from ``vwap_from`` (ns; ``None``:
+        the 30 minutes before ``ts``), kept as the next auction's previous close; ``closed`` expires every DAY
+        order, as ``end_of_day`` does.
+        """
+        prev, self.phase, self.sessions = self.phase, phase, True
+        out: list[Outcome] = [SessionEvent(shard=0, seq=0, tseq=0, epoch=0, ts=ts, kind="phase",
+                                           phase=phase)]  # type: ignore[arg-type]
+        if prev == "pre_open" and phase != "pre_open":
+            for symbol in list(self._collected):
+                out.extend(self._uncross(symbol, ts))
+            self._collected.clear()
+            self._levels.clear()
+            self._indicative.clear()
+        if phase == CONTINUOUS:
+            if self._day_trades is None:
+                self._day_trades = {}
+        elif self._day_trades is not None:
+            out.extend(self._closing_prices(self._day_trades, ts, vwap_from))
+            self._day_trades = None
+        if phase == "closed":
+            out.extend(self.end_of_day(ts))
+        return out
+
+    def _reference(self, symbol: str) -> int | None:
+        # The previous close of the auction's rule 3: the last closing price, else the instrument's reference price.
+        close = self.closes.get(symbol)
+        if close is not None:
+            return close
+        inst = self.instruments[symbol]
+        return None if inst.ref_price is None else inst.to_ticks(inst.ref_price)
+
+    def _event(self, kind: str, inst: Instrument, ts: int, price: int | None, qty: int = 0,
+               unmatched: int = 0) -> SessionEvent:
+        return SessionEvent(shard=0, seq=0, tseq=0, epoch=0, ts=ts, kind=kind, phase=self.phase,  # type: ignore[arg-type]
+                            symbol=inst.symbol, price=None if price is None else inst.to_price(price), qty=qty,
+                            unmatched=unmatched)
+
+    def _session_new(self, inst: Instrument, broker: str, clid: str, side: int, otype: int, tif: int, ticks: int,
+                     qty: int, ts: int, stp: int) -> list[Outcome]:
+        # A new order outside continuous trading: collected in the pre-open, refused in the other phases. The
+        # checks are the book's (docs/book-semantics.md), but for the time in force: a market order waits for
+        # the auction whatever its time in force, a limit order must be able to wait (DAY or GTC).
+        symbol = inst.symbol
+        if self.phase != "pre_open":
+            return [self._reject("new", clid, broker, symbol, REJ_MARKET_CLOSED,
+                                 f"{_NO_ENTRY.get(self.phase, self.phase)}: new refused", ts)]
+        market = otype == MARKET
+        code, text = 0, ""
+        if qty <= 0 or qty % inst.lot:
+            code = REJ_QTY_NOT_LOT_MULTIPLE
+        elif not market and tif in (IOC, FOK):
+            code, text = REJ_BAD_TIF, (f"a {TIF_NAMES[tif]} limit order cannot wait for the pre-open's call "
+                                       "auction: send it DAY or GTC, or in continuous trading")
+        elif not market and ticks <= 0:
+            code = REJ_PRICE_NOT_POSITIVE
+        elif not market and inst.band_lo is not None and not inst.band_lo <= ticks <= (inst.band_hi or 0):
+            code = REJ_PRICE_OUT_OF_BAND
+        if code:
+            return [self._reject("new", clid, broker, symbol, code, text or self._reject_text(
+                inst, code, clid, tif, None if market else inst.to_price(ticks), qty), ts)]
+        oid = len(self._orders)
+        self._orders.append(_Order(symbol, broker, clid, side, otype, tif, price=ticks, qty=qty, leaves=qty))
+        self._by_clid[(broker, clid)] = oid
+        self._terms.append((ticks, qty))
+        self._broker_no.setdefault(broker, len(self._broker_no))
+        if stp != STP_OFF:  # for when the order enters the book after the auction
+            self._stp_of[oid] = stp
+        self._collected.setdefault(symbol, {})[oid] = None
+        self._levels.setdefault(symbol, AuctionLevels()).add(side, None if market else ticks, qty)
+        out: list[Outcome] = [ExAccepted(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=broker, oid=clid,
+                                         symbol=symbol, side=SIDE_NAMES[side],  # type: ignore[arg-type]
+                                         type=TYPE_NAMES[otype],  # type: ignore[arg-type]
+                                         price=None if market else inst.to_price(ticks), qty=qty,
+                                         tif=TIF_NAMES[tif])]  # type: ignore[arg-type]
+        return out + self._indicate(inst, ts)
+
+    def _session_cancel(self, inst: Instrument, oid: int, ts: int) -> list[Outcome]:
+        # Cancel an order collected in the pre-open: it leaves the collection.
+        o = cast(_Order, self._orders[oid])
+        del self._collected[inst.symbol][oid]
+        self._levels[inst.symbol].remove(o.side, None if o.otype == MARKET else o.price, o.leaves)
+        out: list[Outcome] = [self._leave(inst, oid, CXL_REQUESTED, ts)]
+        return out + self._indicate(inst, ts)
+
+    def _leave(self, inst: Instrument, oid: int, reason: int, ts: int) -> ExCancelled:
+        # An order of the collection leaves the market unfilled (nothing of it is in a book).
+        o = cast(_Order, self._orders[oid])
+        qty, o.leaves, o.state, o.reason = o.leaves, 0, "cancelled", CANCEL_REASON_NAMES[reason]
+        self._stp_of.pop(oid, None)
+        if self.keep_finished is not None:
+            self._finished.append(oid)
+        return ExCancelled(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid, symbol=inst.symbol,
+                           qty=qty, cum_qty=o.cum, reason=o.reason)
+
+    def _session_replace(self, inst: Instrument, oid: int, ticks: int, qty: int | None, ts: int) -> list[Outcome]:
+        # A replace outside continuous trading: of an order collected in the pre-open, it changes the collection
+        # (keeping its place as the book would: same price, quantity not raised); a booked order waits for
+        # continuous trading (it can be cancelled at any time).
+        symbol = inst.symbol
+        o = cast(_Order, self._orders[oid])
+        if oid not in self._collected.get(symbol, ()):
+            if o.state not in ("new", "partially_filled"):
+                return [self._closed("replace", o.clid, o.broker, inst, ts)]
+            return [self._reject("replace", o.clid, o.broker, symbol, REJ_MARKET_CLOSED,
+                                 f"order {o.clid} is in the book, which takes replaces in continuous trading only "
+                                 f"(the phase is {self.phase}); it can be cancelled", ts)]
+        if o.otype == MARKET:
+            return [self._reject("replace", o.clid, o.broker, symbol, REJ_BAD_FIELD,
+                                 f"order {o.clid} is a market order waiting for the call auction: it cannot be "
+                                 "replaced; cancel it and send another", ts)]
+        price = o.price if ticks == NO_PRICE else ticks
+        new_qty = o.qty if qty is None else qty
+        code = 0
+        if new_qty <= 0 or new_qty % inst.lot:
+            code = REJ_QTY_NOT_LOT_MULTIPLE
+        elif price <= 0:
+            code = REJ_PRICE_NOT_POSITIVE
+        elif inst.band_lo is not None and not inst.band_lo <= price <= (inst.band_hi or 0):
+            code = REJ_PRICE_OUT_OF_BAND
+        if code:
+            return [self._reject("replace", o.clid, o.broker, symbol, code, self._reject_text(
+                inst, code, o.clid, o.tif, inst.to_price(price), new_qty), ts)]
+        kept = price == o.price and new_qty <= o.qty
+        levels = self._levels[symbol]
+        levels.remove(o.side, o.price, o.leaves)
+        levels.add(o.side, price, new_qty)
+        o.price, o.qty, o.leaves = price, new_qty, new_qty
+        if not kept:  # to the back of the time priority
+            coll = self._collected[symbol]
+            del coll[oid]
+            coll[oid] = None
+        out: list[Outcome] = [ExReplaced(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
+                                         symbol=symbol, price=inst.to_price(price), qty=new_qty, leaves_qty=new_qty,
+                                         cum_qty=0, kept_priority=kept)]
+        return out + self._indicate(inst, ts)
+
+    def _indicate(self, inst: Instrument, ts: int) -> list[Outcome]:
+        # The indicative equilibrium of the symbol's collection, when it differs from the last one published.
+        levels = self._levels.get(inst.symbol)
+        eq = None
+        if levels is not None:
+            prices = levels.prices()
+            ref = self._reference(inst.symbol)
+            ref = ref if ref is not None else (prices[0] if prices else None)
+            eq = None if ref is None else levels.equilibrium(ref)
+        figures = (None, 0, 0) if eq is None else (eq.price, eq.tradable, eq.unmatched)
+        if self._indicative.get(inst.symbol, (None, 0, 0)) == figures:
+            return []
+        self._indicative[inst.symbol] = figures
+        return [self._event("indicative", inst, ts, *figures)]
+
+    def _uncross(self, symbol: str, ts: int) -> list[Outcome]:
+        # The call auction of one symbol (fabric.auction.uncross): the trades at the equilibrium price, an
+        # `auction` event, then what is left enters the book as a limit order (a market order at the equilibrium
+        # price, DAY when it was IOC or FOK; with no equilibrium it is cancelled, `no_auction_price`), where it
+        # may trade with orders resting from an earlier day. Without a previous close, rule 3 takes the lowest
+        # collected price (and only market orders find no price).
+        inst, book = self._book(symbol)
+        orders = cast(list[_Order], self._orders)
+        coll = [AuctionOrder(oid, orders[oid].side, None if orders[oid].otype == MARKET else orders[oid].price,
+                             orders[oid].leaves) for oid in self._collected[symbol]]
+        if not coll:
+            return []
+        ref = self._reference(symbol)
+        if ref is None:
+            prices = [a.price for a in coll if a.price is not None]
+            ref = min(prices) if prices else None
+        u = uncross(coll, ref) if ref is not None else Uncross(None, (), (), tuple(coll))
+        out: list[Outcome] = []
+        for t in u.trades:
+            assert u.equilibrium is not None
+            b, s = orders[t.buy], orders[t.sell]
+            row = [0] * E_NFIELDS
+            row[E_TYPE], row[E_OID], row[E_OTHER], row[E_SIDE] = EV_TRADE, t.buy, t.sell, BUY
+            row[E_PRICE], row[E_QTY] = u.equilibrium.price, t.qty
+            row[E_LEAVES], row[E_CUM] = b.leaves - t.qty, b.cum + t.qty
+            row[E_OTHER_LEAVES], row[E_OTHER_CUM] = s.leaves - t.qty, s.cum + t.qty
+            out.extend(self._outcomes(inst, [row], ts))
+        eq = u.equilibrium
+        out.append(self._event("auction", inst, ts, None if eq is None else eq.price,
+                               0 if eq is None else eq.tradable, 0 if eq is None else eq.unmatched))
+        for a in u.unpriced:
+            out.append(self._leave(inst, a.oid, CXL_NO_AUCTION_PRICE, ts))
+        for lf in u.leftovers:
+            o = orders[lf.oid]
+            if lf.was_market:
+                o.otype, o.tif = LIMIT, DAY if o.tif in (IOC, FOK) else o.tif
+            o.price, o.base = lf.price, o.cum
+            rows = _rows(book, book.new(lf.oid, self._broker_no[o.broker], o.side, LIMIT, o.tif, lf.price, lf.qty,
+                                        self._stp_of.pop(lf.oid, STP_OFF)))
+            if rows and rows[0][E_TYPE] == EV_ACCEPTED:  # accepted in the pre-open already: not again
+                if self.track_levels:
+                    self.touched.append((symbol, o.side, lf.price))
+                out.extend(self._outcomes(inst, rows[1:], ts))
+            else:  # the book refused it (an unbanded book's ladder span): it leaves the market
+                o.leaves = lf.qty
+                ev = self._leave(inst, lf.oid, CXL_REQUESTED, ts)
+                ev.reason = o.reason = REJECT_NAMES[rows[0][E_REASON]] if rows else "rejected"
+                out.append(ev)
+        self._archive_finished()
+        return out
+
+    def _closing_prices(self, trades: dict[str, array[int]], ts: int, vwap_from: int | None) -> list[Outcome]:
+        # Each symbol's closing price (fabric.calendar.closing_price) as a `close` event, kept for the next day.
+        start = ts - 30 * 60 * 1_000_000_000 if vwap_from is None else vwap_from
+        end = ts + 1  # the trades of commands before this one: at its instant at the latest
+        day = TradingDay(day=_dt.date(1970, 1, 1), pre_open=0, entry_close=0, matching_end=0, continuous=0,
+                         vwap_from=start, continuous_end=end, closing_session=end, close=end)
+        out: list[Outcome] = []
+        for symbol, inst in self.instruments.items():
+            ref = self._reference(symbol)
+            flat = iter(trades.get(symbol, ()))
+            ts_ = list(zip(flat, flat, flat, strict=True))  # (ticks, qty, ts)
+            if ref is None and not ts_:
+                continue
+            price, how = closing_price(ts_, day, ref if ref is not None else 0)
+            if price <= 0:  # no reference and no trade before the close
+                continue
+            self.closes[symbol] = price
+            vol = sum(q for _, q, t in ts_ if start <= t < end) if how == "vwap" else 0
+            out.append(self._event("close", inst, ts, price, vol))
+        return out
 
     # ---------------------------------------------------------------- reading
 
@@ -579,6 +859,7 @@ class MatchingEngine:
         orders = cast(list[_Order], self._orders)  # rows name orders in memory only: resting, or the one entering
         track = self.touched.append if self.track_levels else None
         done = self._finished.append if self.keep_finished is not None else None  # orders that finish, for archiving
+        day = self._day_trades  # the continuous trades of a day with sessions, for its closing price
         out: list[Outcome] = []
         for r in rows:
             typ = r[E_TYPE]
@@ -586,9 +867,9 @@ class MatchingEngine:
             if typ == EV_TRADE:
                 trade_id = self._trade_no[symbol] = self._trade_no[symbol] + 1
                 rest = orders[r[E_OTHER]]
-                o.leaves, o.cum = r[E_LEAVES], r[E_CUM]
+                o.leaves, o.cum = r[E_LEAVES], r[E_CUM] + o.base
                 o.state = "filled" if o.leaves == 0 else "partially_filled"
-                rest.leaves, rest.cum = r[E_OTHER_LEAVES], r[E_OTHER_CUM]
+                rest.leaves, rest.cum = r[E_OTHER_LEAVES], r[E_OTHER_CUM] + rest.base
                 rest.state = "filled" if rest.leaves == 0 else "partially_filled"
                 if done is not None:
                     if o.leaves == 0:
@@ -599,6 +880,8 @@ class MatchingEngine:
                     track((symbol, rest.side, r[E_PRICE]))
                 px = to_price(r[E_PRICE])
                 q = r[E_QTY]
+                if day is not None:
+                    (day.get(symbol) or day.setdefault(symbol, array("q"))).extend((r[E_PRICE], q, ts))
                 buy, sell = (o, rest) if r[E_SIDE] == BUY else (rest, o)
                 out.append(Trade(shard=0, seq=0, tseq=0, epoch=0, ts=ts, symbol=symbol, trade_id=trade_id, price=px,
                                  qty=q, aggressor=SIDE_NAMES[r[E_SIDE]],  # type: ignore[arg-type]
@@ -628,19 +911,19 @@ class MatchingEngine:
                 if track is not None:
                     track((symbol, o.side, o.price))
                 out.append(ExCancelled(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
-                                       symbol=symbol, qty=r[E_QTY], cum_qty=r[E_CUM], reason=o.reason))
+                                       symbol=symbol, qty=r[E_QTY], cum_qty=r[E_CUM] + o.base, reason=o.reason))
             elif typ == EV_REPLACED:
                 if track is not None:
                     track((symbol, o.side, o.price))
                     track((symbol, o.side, r[E_PRICE]))
-                o.price, o.qty, o.leaves, o.cum = r[E_PRICE], r[E_QTY], r[E_LEAVES], r[E_CUM]
+                o.price, o.qty, o.leaves, o.cum = r[E_PRICE], r[E_QTY] + o.base, r[E_LEAVES], r[E_CUM] + o.base
                 if o.leaves == 0:
                     o.state = "filled"  # cut down to what had filled: done
                     if done is not None:
                         done(r[E_OID])
                 out.append(ExReplaced(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
-                                      symbol=symbol, price=to_price(r[E_PRICE]), qty=r[E_QTY],
-                                      leaves_qty=r[E_LEAVES], cum_qty=r[E_CUM], kept_priority=bool(r[E_OTHER])))
+                                      symbol=symbol, price=to_price(r[E_PRICE]), qty=o.qty,
+                                      leaves_qty=r[E_LEAVES], cum_qty=o.cum, kept_priority=bool(r[E_OTHER])))
             elif typ == EV_EXPIRED:
                 o.leaves, o.state = 0, "expired"
                 if done is not None:
@@ -648,7 +931,7 @@ class MatchingEngine:
                 if track is not None:
                     track((symbol, o.side, o.price))
                 out.append(ExExpired(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
-                                     symbol=symbol, qty=r[E_QTY], cum_qty=r[E_CUM]))
+                                     symbol=symbol, qty=r[E_QTY], cum_qty=r[E_CUM] + o.base))
             elif typ == EV_REJECTED:
                 code = r[E_REASON]
                 op = {1: "new", 2: "cancel", 3: "replace"}.get(r[E_OTHER], "new")

@@ -39,13 +39,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Final
 
 from fabric.feedtopics import HEARTBEAT_TOPIC, KINDS, feed_topic, split_feed_topic
 from fabric.index import MarketIndex
 from fabric.instruments import Instrument
 from fabric.marketstate import DEPTH, TRADING, Bar, BarSeries, MarketState, SymbolState, TapeEntry, price_of
-from fabric.protocol import BookLevel, BookSnapshot, Trade, TradingState
+from fabric.protocol import BookLevel, BookSnapshot, SessionEvent, Trade, TradingState
 
 __all__ = [
     "FEED_VERSION",
@@ -109,6 +110,11 @@ class MarketFeed:
         self._tseq = self.state.tseq  # the state's own dict: a level's tseq counts at once
         self._depth: dict[str, tuple[Any, Any]] = {}  # last published depth per symbol
         self._top: dict[str, tuple[Any, Any]] = {}  # last published best bid/ask per symbol
+        # The trading day (docs/sessions.md), from the matchers' `session` messages: the phase (None: no calendar,
+        # continuous all day) and each symbol's last auction figures (indicative, auction or close).
+        self.phase: str | None = None
+        self._auction: dict[str, dict[str, Any]] = {}
+        self._closes: dict[str, Decimal] = {}  # the day's closing prices: the next pre-open's reference of change
 
     @property
     def symbols(self) -> list[str]:
@@ -188,6 +194,32 @@ class MarketFeed:
         self._states.update(self.state.trading_state(msg, syms))
         if msg.symbol is None:
             self._market = True
+
+    def set_phase(self, phase: str) -> None:
+        """Take the trading day's phase (a ``session`` message's, or a matcher's snapshot's)."""
+        if phase != self.phase:
+            self.phase = phase
+            self._market = True
+
+    def session(self, msg: SessionEvent) -> None:
+        """Apply a matcher's ``session`` message: the phase goes in the ``market`` object, a symbol's auction
+        figures in its ``state`` object."""
+        if msg.kind == "phase":
+            self.set_phase(msg.phase)
+            if msg.phase == "pre_open":  # a new day: its change is against the last close
+                closes, self._closes = self._closes, {}
+                for sym, px in closes.items():
+                    st = self.state.symbols.get(sym)
+                    if st is not None and st.ref_price != px:
+                        st.ref_price = px
+                        self._prints.setdefault(sym, [])
+                        self._top.pop(sym, None)  # republish its quote
+        elif msg.symbol is not None:
+            if msg.kind == "close" and msg.price is not None:
+                self._closes[msg.symbol] = Decimal(msg.price)
+            self._auction[msg.symbol] = {"kind": msg.kind, "price": msg.price, "qty": msg.qty,
+                                         "unmatched": msg.unmatched}
+            self._states.add(msg.symbol)
 
     def apply_states(self, shard: int, states: Iterable[TradingState]) -> None:
         """Take shard ``shard``'s trading states from a matcher's snapshot (``states``: its halts in force)."""
@@ -307,7 +339,7 @@ class MarketFeed:
         h = self.state.halt_of(sym)
         return {"t": "state", "v": FEED_VERSION, "symbol": sym,
                 "seq": self._next("state", sym) if seq is None else seq, "ts": ts, "ts_ns": str(ts),
-                **(TRADING if h is None else h[0].to_json(h[1]))}
+                **(TRADING if h is None else h[0].to_json(h[1])), "auction": self._auction.get(sym)}
 
     def _market_obj(self, ts: int, seq: int | None = None) -> dict[str, Any]:
         # The market is halted while any shard is (a market-wide halt reaches every shard in turn); the latest
@@ -317,7 +349,7 @@ class MarketFeed:
         return {"t": "market", "v": FEED_VERSION, "seq": self._next("market", "") if seq is None else seq,
                 "ts": ts, "ts_ns": str(ts), **(TRADING if latest is None else latest.to_json("market")),
                 "shards": sorted(self.shards[n][0] if n < len(self.shards) else str(n) for n in halts),
-                "index": None if self.index is None else self.index.name}
+                "index": None if self.index is None else self.index.name, "phase": self.phase}
 
     def _index_obj(self, ts: int, seq: int | None = None) -> dict[str, Any]:
         assert self.index is not None

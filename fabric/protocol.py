@@ -135,6 +135,7 @@ __all__ = [
     "ReplayRequest",
     "ReplyBatch",
     "ServerMessage",
+    "SessionEvent",
     "SnapshotReply",
     "SnapshotRequest",
     "Status",
@@ -666,6 +667,24 @@ class TradingState(_PubMsg, tag="trading_state", kw_only=True):
     until: int | None = None
 
 
+class SessionEvent(_PubMsg, tag="session", kw_only=True):
+    """The trading day (``docs/sessions.md``), on the shard's state topic.
+
+    ``kind`` is ``phase`` (the shard entered ``phase``; ``symbol`` nil), ``indicative`` (the pre-open's equilibrium
+    of ``symbol`` changed as orders arrived: ``price`` nil when nothing would trade), ``auction`` (the call auction
+    of ``symbol`` traded ``qty`` at ``price``; nil: no price, nothing traded) or ``close`` (the closing price of
+    ``symbol``, the next auction's previous close; ``qty`` is the volume it was taken over). ``unmatched`` is the
+    quantity willing to trade at the equilibrium that does not.
+    """
+
+    kind: Literal["phase", "indicative", "auction", "close"]
+    phase: Literal["pre_open", "auction", "continuous", "closing", "closed"]
+    symbol: str | None = None
+    price: Price | None = None
+    qty: int = 0
+    unmatched: int = 0
+
+
 class PubBundle(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="bundle", tag_field="t"):
     """Several PUB messages of one topic in one body, in ``seq`` order: ``msgs`` are their bodies.
 
@@ -799,6 +818,8 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     exec_tseq: Count
     books: list[BookSnapshot]
     states: list[TradingState] = []
+    state_tseq: Count = 0  # the tseq of the shard's S topic at seq (its halts and its session messages)
+    phase: Literal["pre_open", "auction", "continuous", "closing", "closed"] | None = None
 
 
 class ReplJoin(_InternalMsg, tag="repl_join", frozen=True, kw_only=True):
@@ -839,7 +860,7 @@ ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Orders | Ad
 ServerMessage: TypeAlias = (LogonAck | LogonReject | Accepted | Rejected | Fill | Cancelled | Replaced | Expired
                             | OrderStatus | OpenOrders | AdminAck | Heartbeat | Logout | Error)
 ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired
-PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | TradingState | PubBundle
+PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | TradingState | SessionEvent | PubBundle
 InternalMessage: TypeAlias = (OrderCommand | CommandReply | OrderBatch | ReplyBatch | ReplayRequest | ReplayReply
                               | ReplJoin | ReplRecords | ReplAck | ReplRefused
                               | SnapshotRequest | SnapshotReply)
@@ -910,7 +931,7 @@ def topic_of(msg: PubMessage) -> bytes:
         return trade_topic(msg.symbol)
     if isinstance(msg, PubHeartbeat):
         return heartbeat_topic(msg.shard)
-    if isinstance(msg, TradingState):
+    if isinstance(msg, TradingState | SessionEvent):
         return state_topic(msg.shard)
     if isinstance(msg, PubBundle):
         raise ValueError("a bundle has the topic of the messages in it")
@@ -970,7 +991,7 @@ _CLIENT = _family("client", (Logon, New, Cancel, Replace, Status, Orders, Admin,
 _SERVER = _family("server", (LogonAck, LogonReject, Accepted, Rejected, Fill, Cancelled, Replaced, Expired,
                              OrderStatus, OpenOrders, AdminAck, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
 _PUB = _family("pub", (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired, Trade, BookLevel,
-                       PubHeartbeat, TradingState, PubBundle), MAX_INTERNAL_MESSAGE)
+                       PubHeartbeat, TradingState, SessionEvent, PubBundle), MAX_INTERNAL_MESSAGE)
 _INTERNAL = _family("internal", (OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest, ReplayReply,
                                  SnapshotRequest, SnapshotReply, ReplJoin, ReplRecords, ReplAck, ReplRefused),
                      MAX_INTERNAL_MESSAGE)

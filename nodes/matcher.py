@@ -58,11 +58,13 @@ import zmq
 
 from fabric.auth import connect
 from fabric.book import warm_up
+from fabric.calendar import session_at
 from fabric.commands import (
     AddInstrument,
     Control,
     NewOrder,
     OrderCommandT,
+    SessionChange,
     Stp,
     admin_problem,
     decode_command,
@@ -94,6 +96,7 @@ from fabric.protocol import (
     ReplRecords,
     ReplRefused,
     ReplyBatch,
+    SessionEvent,
     SnapshotReply,
     SnapshotRequest,
     Status,
@@ -303,6 +306,10 @@ class Matcher:
         self._follow_check = 0.0
         self.reg: Registration | None = None  # its entry in the registry (exfab status), set by main()
         self._stop = False
+        # (primary) The topology's trading calendar, and the real instant (ns) of its next transition: the
+        # primary journals each phase change as a `session` command (docs/sessions.md). None: continuous all day.
+        self.calendar = topo.calendar
+        self._session_until = 0
 
     # ---------------------------------------------------------------- recovery
 
@@ -346,7 +353,7 @@ class Matcher:
         for o in outcomes:
             if type(o) is Trade:
                 out.send(o, self.trade_topics[o.symbol])
-            elif type(o) is TradingState:
+            elif type(o) is TradingState or type(o) is SessionEvent:
                 out.send(o, self.state_topic)
             else:
                 execs.append(o)
@@ -569,7 +576,12 @@ class Matcher:
         due = self.engine.next_resume()
         if due is None or due[0] > now_ns or (self.seat is not None and self.seat.suspended):
             return
-        cmd = Control(action="resume", symbol=due[1], by="clock", ts=now_ns)
+        if self._journal_own(Control(action="resume", symbol=due[1], by="clock", ts=now_ns)):
+            log.info("matcher %s: the halt of %s ended at its time", self.name, due[1] or "the market")
+
+    def _journal_own(self, cmd: Control | SessionChange) -> bool:
+        # (primary) Journal a command of the matcher's own (the clock's), replicate it, apply it and publish its
+        # outcomes, like any command; False when the journal failed.
         payload = encode_command(cmd)
         mark = self.journal.mark()
         try:
@@ -577,13 +589,28 @@ class Matcher:
             self.journal.commit()
         except (OSError, JournalError) as e:
             self._journal_failed(e, mark)
-            return
+            return False
         self.repl_out.append(payload)
         self._replicate_live()
         self._await_secondary()
-        self._apply(cmd)
+        self._apply(cmd)  # type: ignore[arg-type]
         self.outbox.flush()
-        log.info("matcher %s: the halt of %s ended at its time", self.name, due[1] or "the market")
+        return True
+
+    def _session_due(self, now_ns: int) -> None:
+        # (primary) The calendar's phase at `now_ns`: when it is not the engine's, or the engine has had none yet
+        # (a first start in continuous trading: its trades count for the close), journal the change (leaving
+        # continuous trading, with the start of the closing price's stretch). Checked again at the next transition.
+        cal = self.calendar
+        if cal is None or now_ns < self._session_until or (self.seat is not None and self.seat.suspended):
+            return
+        s = session_at(cal, now_ns, cal.seed)
+        if s.phase != self.engine.phase or not self.engine.sessions:
+            vwap_from = cal.day(s.day, cal.seed).vwap_from if s.phase == "closing" else None
+            if not self._journal_own(SessionChange(phase=s.phase, vwap_from=vwap_from, ts=now_ns)):
+                return
+            log.info("matcher %s: the trading day enters %s", self.name, s.phase)
+        self._session_until = s.until
 
     def handle_recovery(self, msg: list[bytes], sock: zmq.Socket) -> None:
         """Answer one replay or snapshot request (``msg``: the ROUTER's frames, identity first)."""
@@ -678,7 +705,8 @@ class Matcher:
                 trade_tseq=self.outbox.tseq[trade_topic(sym)]))
         return SnapshotReply(shard=self.shard_no, seq=self.outbox.seq, epoch=self.epoch,
                              exec_tseq=self.outbox.tseq[exec_topic(self.shard_no)], books=books,
-                             states=list(self.engine.halts.values()))
+                             states=list(self.engine.halts.values()), state_tseq=self.outbox.tseq[self.state_topic],
+                             phase=self.engine.phase if self.engine.sessions else None)  # type: ignore[arg-type]
 
     def checksum(self) -> int:
         """Return a hash of every book of the shard (equal books, equal hash)."""
@@ -1000,6 +1028,8 @@ class Matcher:
                             poller.register(upstream, zmq.POLLIN)
                 events = readable(poller, (*socks, upstream) if upstream is not None else socks, 20 if
                                   self.seat is not None else 100)
+                if self.role == "primary" and self.calendar is not None:  # before the orders that came after it
+                    self._session_due(time.time_ns())
                 if orders in events:
                     batch: list[list[bytes]] = []
                     while len(batch) < MAX_BATCH:

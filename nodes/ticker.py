@@ -86,6 +86,7 @@ from fabric.protocol import (
     AdminAck,
     BookLevel,
     Error,
+    SessionEvent,
     Trade,
     TradingState,
     book_topic,
@@ -197,6 +198,8 @@ class Ticker:
                 feed.trade(m)
             elif type(m) is BookLevel:
                 feed.level(m)
+            elif type(m) is SessionEvent:
+                feed.session(m)
             else:
                 self._trading_state(m)  # type: ignore[arg-type]
 
@@ -219,6 +222,8 @@ class Ticker:
             return
         link.stream.replay = None
         self.feed.apply_states(link.no, snap.states)
+        if snap.phase is not None:
+            self.feed.set_phase(snap.phase)
         # The S topic goes on from the snapshot: the snapshot names no tseq for it, so from just before the first
         # held change published after the snapshot, or else after the last halt the snapshot carries (a change
         # lost after that shows as a gap again, and the next snapshot takes it).
@@ -227,6 +232,8 @@ class Ticker:
         after = min((k for k, (seq, _) in held.items() if seq > snap.seq), default=None)
         if after is not None:
             self._deliver(link, link.stream.jump(topic, after - 1, snap.seq))
+        elif snap.state_tseq:  # a matcher that says where its S topic stands
+            self._deliver(link, link.stream.jump(topic, snap.state_tseq, snap.seq))
         elif snap.states:
             last = max(snap.states, key=lambda m: m.tseq)
             self._deliver(link, link.stream.jump(topic, last.tseq, last.seq))

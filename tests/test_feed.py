@@ -317,3 +317,35 @@ def test_the_index_moves_with_its_constituents_once_a_turn() -> None:
     assert {(sym, iv) for sym, iv, _ in turn.bars if sym == "IX"} == {("IX", "1s"), ("IX", "1m")}
     f.trade(trade(2, "12.50", 1, T0 + 4, symbol="SBIN"))
     assert [k for k, _, _ in f.take(T0 + S).messages if k == "index"] == [], "only constituents move it"
+
+
+def test_the_trading_day_goes_in_the_market_object_and_a_symbols_auction_in_its_state() -> None:
+    from fabric.protocol import SessionEvent
+
+    f = MarketFeed([_inst()])
+    seq = {"shard": 0, "seq": 1, "tseq": 1, "epoch": 0, "ts": T0}
+    assert f.market_snapshot(T0)["market"]["phase"] is None  # no calendar: continuous all day, no phase
+    f.session(SessionEvent(**seq, kind="phase", phase="pre_open"))
+    f.session(SessionEvent(**seq, kind="indicative", phase="pre_open", symbol="TCS", price="101.00", qty=60,
+                           unmatched=10))
+    out = {(kind, sym): obj for kind, sym, obj in f.take(T0 + S).messages}
+    assert out[("market", "")]["phase"] == "pre_open"
+    assert out[("state", "TCS")]["auction"] == {"kind": "indicative", "price": "101.00", "qty": 60, "unmatched": 10}
+    assert out[("state", "TCS")]["state"] == "trading"
+    f.session(SessionEvent(**seq, kind="phase", phase="pre_open"))  # the same phase again: nothing to publish
+    assert not f.dirty
+
+
+def test_the_next_days_change_is_against_the_closing_price() -> None:
+    from fabric.protocol import SessionEvent
+
+    f = MarketFeed([_inst()])
+    seq = {"shard": 0, "seq": 1, "tseq": 1, "epoch": 0, "ts": T0}
+    f.trade(Trade(**seq, symbol="TCS", trade_id=1, price="104.00", qty=1, aggressor="buy", buy_broker="B1",
+                  buy_oid="o1", sell_broker="B2", sell_oid="o2"))
+    f.session(SessionEvent(**seq, kind="close", phase="closing", symbol="TCS", price="104.00", qty=1))
+    quote = next(o for k, _, o in f.take(T0 + S).messages if k == "quote")
+    assert (quote["ref_price"], quote["change"]) == ("100.00", "4.00")  # the day's change until the next pre-open
+    f.session(SessionEvent(**seq, kind="phase", phase="pre_open"))
+    quote = next(o for k, _, o in f.take(T0 + 2 * S).messages if k == "quote")
+    assert (quote["ref_price"], quote["change"]) == ("104.00", "0.00")

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fabric.book import OrderBook
+from fabric.calendar import PHASES
 from fabric.constants import (
     BUY,
     C_NFIELDS,
@@ -174,11 +175,16 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
         {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20"},
         {"op": "instrument", "symbol": "LOT", "tick": "0.10", "lot": 5, "ref_price": "2.00", "band_pct": "10"},
     ]
+    if draw(st.booleans()):  # a day with sessions: orders collected in the pre-open, then the call auction
+        cmds.append({"op": "session", "phase": "pre_open"})
     used: list[tuple[str, str, str]] = []
     for i in range(draw(st.integers(1, 80))):
         symbol = draw(st.sampled_from(["TCS", "LOT", "FREE"]))
         broker = draw(st.sampled_from(["B1", "B2", "B3"]))
-        kind = draw(st.sampled_from(["new", "new", "new", "market", "cancel", "replace", "eod"]))
+        kind = draw(st.sampled_from(["new", "new", "new", "market", "cancel", "replace", "eod", "session"]))
+        if kind == "session":
+            cmds.append({"op": "session", "phase": draw(st.sampled_from(PHASES))})
+            continue
         if kind in ("cancel", "replace") and used:
             symbol, broker, oid = draw(st.sampled_from(used))
             broker = draw(st.sampled_from([broker, broker, "B9"]))  # sometimes not the owner
@@ -221,11 +227,107 @@ def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict
 
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
     bands = {"TCS": (Decimal("0.80"), Decimal("1.20")), "LOT": (Decimal("1.80"), Decimal("2.20"))}
+    phase = "continuous"
     for cmd in cmds:
         events = compiled.apply(dict(cmd))
         assert events == ref.apply(dict(cmd)), cmd
+        if cmd["op"] == "session":
+            leaving_pre_open, phase = phase == "pre_open" and cmd["phase"] != "pre_open", cmd["phase"]
+        auctions = {ev["symbol"]: ev for ev in events if ev["event"] == "auction"}
         for ev in events:
             if ev["event"] == "trade" and ev["symbol"] in bands:
                 lo, hi = bands[ev["symbol"]]
                 assert lo <= Decimal(ev["price"]) <= hi, (cmd, ev)  # the circuit filter
+            if ev["event"] == "trade" and phase != "continuous":
+                # Outside continuous trading only the call auction trades (and what it leaves may meet the book).
+                assert cmd["op"] == "session" and leaving_pre_open, (cmd, ev)
+            if ev["event"] in ("accepted", "replaced") and phase not in ("pre_open", "continuous"):
+                raise AssertionError(f"{ev} outside order entry")
+        for sym, auc in auctions.items():  # the auction's trades come first, all at its price, and add up to it
+            first = [ev for ev in events[:events.index(auc)] if ev["event"] == "trade" and ev["symbol"] == sym]
+            assert sum(ev["qty"] for ev in first) == auc["qty"], (cmd, auc)
+            assert all(ev["price"] == auc["price"] for ev in first), (cmd, auc)
+    assert compiled.books() == ref.books()
+
+
+@st.composite
+def pre_open_days(draw: st.DrawFn) -> list[dict]:
+    # A day with sessions on an empty book: random orders collected in the pre-open (and some cancelled or
+    # replaced), the call auction, then continuous trading.
+    cmds: list[dict] = [
+        {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20"},
+        {"op": "session", "phase": "pre_open"},
+    ]
+    n = draw(st.integers(1, 40))
+    for i in range(n):
+        broker = draw(st.sampled_from(["B1", "B2", "B3"]))
+        roll = draw(st.integers(0, 9))
+        if roll == 0 and i:
+            cmds.append({"op": "cancel", "oid": f"o{draw(st.integers(0, i - 1))}", "broker": broker, "symbol": "TCS"})
+        elif roll == 1 and i:
+            cmds.append({"op": "replace", "oid": f"o{draw(st.integers(0, i - 1))}", "broker": broker, "symbol": "TCS",
+                         "price": draw(st.sampled_from(["0.90", "0.95", "1.00", "1.05", "1.10"])),
+                         "qty": draw(st.integers(1, 20))})
+        else:
+            cmd = {"op": "new", "oid": f"o{i}", "broker": broker, "symbol": "TCS",
+                   "side": draw(st.sampled_from(["buy", "sell"])), "qty": draw(st.integers(1, 20)),
+                   "tif": draw(st.sampled_from(["DAY", "GTC", "IOC"]))}
+            if roll == 2:
+                cmd["type"] = "market"
+            else:
+                cmd.update(type="limit", price=draw(st.sampled_from(["0.85", "0.90", "0.95", "1.00", "1.05", "1.10",
+                                                                     "1.15"])))
+            cmds.append(cmd)
+    cmds.append({"op": "session", "phase": "auction"})
+    cmds.append({"op": "session", "phase": "continuous"})
+    for i in range(draw(st.integers(0, 10))):
+        cmds.append({"op": "new", "oid": f"c{i}", "broker": "B1", "symbol": "TCS",
+                     "side": draw(st.sampled_from(["buy", "sell"])), "type": "limit", "tif": "DAY",
+                     "price": draw(st.sampled_from(["0.95", "1.00", "1.05"])), "qty": draw(st.integers(1, 20))})
+    return cmds
+
+
+@given(pre_open_days())
+def test_random_pre_open_auction_then_continuous_compiled_and_reference_agree(cmds: list[dict]) -> None:
+    from fabric.auction import AuctionLevels
+    from fabric.engine import MatchingEngine
+    from tools.replay import Replayer
+
+    def reference_book(inst):  # type: ignore[no-untyped-def]
+        return ReferenceBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
+
+    compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
+    collected: dict[str, tuple[int, int | None, int]] = {}  # oid -> (side, price ticks or None, qty)
+    for cmd in cmds:
+        events = compiled.apply(dict(cmd))
+        assert events == ref.apply(dict(cmd)), cmd
+        if cmd["op"] == "session" and cmd["phase"] == "auction":
+            # The auction is the equilibrium of the collection as the reports left it (an independent count).
+            levels = AuctionLevels()
+            for side, price, qty in collected.values():
+                levels.add(side, price, qty)
+            eq = levels.equilibrium(20)  # the previous close: 1.00 in ticks of 0.05
+            auctions = [e for e in events if e["event"] == "auction"]
+            assert len(auctions) == (1 if collected else 0)  # no call for a symbol that collected nothing
+            auction = auctions[0] if auctions else {"price": None, "qty": 0}
+            if eq is None:
+                assert (auction["price"], auction["qty"]) == (None, 0)
+            else:
+                assert (auction["price"], auction["qty"], auction["unmatched"]) == (
+                    f"{eq.price * 5 // 100}.{eq.price * 5 % 100:02d}", eq.tradable, eq.unmatched)
+            book = compiled.books()[0]
+            if book["bids"] and book["asks"]:  # what is left never crosses
+                assert Decimal(book["bids"][0][0]) < Decimal(book["asks"][0][0]), book
+            continue
+        for ev in events:
+            if ev["event"] == "trade":
+                assert cmd["op"] != "new" or cmd["oid"].startswith("c"), ev  # nothing trades in the pre-open
+            if ev["event"] == "accepted":
+                price = None if ev.get("price") is None else int(Decimal(ev["price"]) / Decimal("0.05"))
+                collected[ev["oid"]] = (0 if ev["side"] == "buy" else 1, price, ev["qty"])
+            elif ev["event"] == "cancelled":
+                collected.pop(ev["oid"], None)
+            elif ev["event"] == "replaced":
+                side, _, _ = collected[ev["oid"]]
+                collected[ev["oid"]] = (side, int(Decimal(ev["price"]) / Decimal("0.05")), ev["qty"])
     assert compiled.books() == ref.books()

@@ -31,6 +31,7 @@ from fabric.commands import (
     EndOfDay,
     NewOrder,
     ReplaceOrder,
+    SessionChange,
 )
 from fabric.constants import (
     REJ_BAD_FIELD,
@@ -43,10 +44,21 @@ from fabric.constants import (
 )
 from fabric.engine import InstrumentExists, MatchingEngine, Outcome
 from fabric.instruments import InstrumentError, parse_decimal
-from fabric.protocol import ExAccepted, ExCancelled, ExExpired, ExFill, ExRejected, ExReplaced, Trade, TradingState
+from fabric.protocol import (
+    ExAccepted,
+    ExCancelled,
+    ExExpired,
+    ExFill,
+    ExRejected,
+    ExReplaced,
+    SessionEvent,
+    Trade,
+    TradingState,
+)
 
 Event = dict[str, Any]  # one line of the replay's output, as docs/replay.md describes it
-OPS = ("instrument", "new", "cancel", "replace", "end_of_day", "admin")
+OPS = ("instrument", "new", "cancel", "replace", "end_of_day", "admin", "session")
+_PHASES = {"pre_open": 0, "auction": 0, "continuous": 0, "closing": 0, "closed": 0}
 _ADMIN_ACTIONS = {"halt": 0, "resume": 0, "disable": 0, "enable": 0, "disconnected": 0}
 
 
@@ -144,6 +156,9 @@ def parse_command(cmd: Any) -> Command:
             until = _int(cmd, "until") if action == "halt" and cmd.get("until") is not None else None
             return Control(action=action, symbol=sym, until=until, text=cmd.get("text"), by=cmd.get("by"))
         return Control(action=action, broker=_str(cmd, "broker"))
+    if op == "session":
+        vwap_from = _int(cmd, "vwap_from") if cmd.get("vwap_from") is not None else None
+        return SessionChange(phase=_choice(cmd, "phase", _PHASES), vwap_from=vwap_from, ts=_int(cmd, "ts", default=0))
     if op == "instrument":
         symbol = _str(cmd, "symbol")
         band = cmd.get("band_pct")
@@ -195,6 +210,12 @@ def replay_events(outcomes: list[Outcome]) -> list[Event]:
         elif type(o) is TradingState:
             events.append({"event": "trading_state", "symbol": o.symbol, "state": o.state, "reason": o.reason,
                            "text": o.text, "until": o.until})
+        elif type(o) is SessionEvent:
+            if o.kind == "phase":
+                events.append({"event": "session", "phase": o.phase})
+            else:  # "auction", "indicative", "close"
+                events.append({"event": o.kind, "symbol": o.symbol, "price": o.price, "qty": o.qty,
+                               "unmatched": o.unmatched})
         else:  # pragma: no cover - a fill outside a trade
             raise AssertionError(f"unexpected outcome {o!r}")
     return events

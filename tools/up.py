@@ -23,6 +23,7 @@ that fell back to its embedded kind, is printed first.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -30,13 +31,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from tools.watch import WatchTable
 from topology.clients import market_data_client
 from topology.launcher import Launcher, LaunchError, local_influxdb, local_redis, local_zookeeper, read_line
 from topology.load import TopologyError, load
 from topology.loopback import foreign_hosts, map_topology
+from topology.ports import absolute_keys_dir
 
 EXIT_USAGE = 2  # an unreadable topology, or one whose nodes are on other machines (without --loopback)
 
@@ -102,6 +104,43 @@ def _elsewhere(topology: str, hosts: list[str]) -> str:
             "loopback address of its own")
 
 
+# `exfab up --demo` on a topology without a [calendar]: a compressed day, an hour of it a minute, whose pre-open opens
+# DEMO_START_S after the command (the nodes start meanwhile), so a newcomer sees every phase (docs/sessions.md). The
+# demo's day is the BSE's phases stretched over the whole clock day, so that it trades most of the time: the
+# pre-open from 00:01, continuous trading from 00:15 to 23:30, closed from 23:50 to the next day's 00:01.
+DEMO_DAY: Final = """
+[calendar]                              # added by exfab up --demo: a compressed day (docs/sessions.md)
+pre_open = "00:01"
+entry_close = "00:08"
+matching_end = "00:12"
+continuous = "00:15"
+continuous_end = "23:30"
+closing_session = "23:40"
+close = "23:50"
+scale = 60
+start = "00:00"
+anchor = {anchor}
+"""
+DEMO_START_S: Final = 10
+
+
+def with_demo_day(path: str, data_dir: Path, now: dt.datetime) -> Path:
+    """Write a copy of the topology at ``path`` with the demo's compressed day, under ``data_dir``; return its path.
+
+    The day's 00:00 is ``DEMO_START_S`` seconds after ``now``: pre-open from a second later, the call auction
+    about 7 s later, continuous trading from 14 s later for 23 minutes and a quarter, the close, then the market
+    is closed for 11 s until the next compressed day's pre-open (24 minutes after this one's).
+    """
+    anchor = (now + dt.timedelta(seconds=DEMO_START_S)).replace(microsecond=0)
+    dst = data_dir / f"{Path(path).stem}.demo-day.toml"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # (a relative keys_dir is relative to the topology file: the copy names the source's folder)
+    text = absolute_keys_dir(Path(path), Path(path).read_text(encoding="utf-8"))
+    dst.write_text(text + DEMO_DAY.format(anchor=anchor.isoformat()),
+                   encoding="utf-8")
+    return dst
+
+
 def run(topology: str, *, demo: bool = False, duration: float | None = None, rate: float = 100.0,
         fresh: bool = False, loopback: bool = False, out: IO[str] = sys.stdout) -> int:
     """Run ``exfab up``; return the exit status."""
@@ -143,6 +182,10 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
         path = str(mapped.write())
         console.print(f"  the copy that runs: {path} (exfab status --topology {path})", markup=False,
                       highlight=False, soft_wrap=True)
+    if demo and topo.calendar is None:
+        path = str(with_demo_day(path, Path(topo.data_dir), dt.datetime.now(dt.UTC)))
+        console.print(f"--demo: a compressed day, an hour a minute, pre-open in {DEMO_START_S + 1} s: {path}",
+                      markup=False, highlight=False, soft_wrap=True)
     launcher = Launcher(path)
     runnable = [n for n in launcher.topo.nodes() if n.kind in launcher.kinds]
     console.print(f"starting {len(runnable)} nodes of {path} "

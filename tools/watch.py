@@ -142,7 +142,8 @@ class WatchTable:
                 f"{st.messages:,} message{'s' if st.messages != 1 else ''}{beat}")
 
     def market_line(self) -> str:
-        """The line of the market: the index (value, change, % change) and a market-wide halt, or ``""``."""
+        """The line of the market: the index (value, change, % change), the session's phase and a market-wide halt,
+        or ``""``."""
         parts: list[str] = []
         ix = self.md.index()
         if ix is not None:
@@ -152,6 +153,8 @@ class WatchTable:
             parts.append(f"[bold]{ix.get('name')}[/] {ix.get('value')} [{color}]{plus}{ix.get('change')} "
                          f"({plus}{ix.get('change_pct')}%)[/]")
         m = self.md.market()
+        if m is not None and m.get("phase"):  # a day with sessions (docs/sessions.md)
+            parts.append(f"[bold]session[/] {str(m['phase']).replace('_', '-')}")
         if m is not None and m.get("state") == "halted":
             until = m.get("until")
             end = ("until resumed" if not isinstance(until, int)

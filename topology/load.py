@@ -68,6 +68,11 @@ A topology file is TOML.  Every table and key, with its default::
     burst = 1000                        # ... of this size (default max_orders_per_s); cancels are never
                                         # limited
 
+    [calendar]                          # optional: the trading day's sessions, every key optional (the BSE's
+    pre_open = "09:00"                  # day by default: fabric/calendar.py, docs/sessions.md); without the
+    continuous = "09:15"                # table every shard trades continuously all day
+    scale = 60                          # the compressed day of the demo, with anchor = <an instant>
+
     [ticker]                            # optional: the market data node
     host = "127.0.0.1"
     pub_port = 7180                     # PUB: last prices, bars, depth (docs/market-data.md)
@@ -147,6 +152,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fabric.auth import check_public_key
+from fabric.calendar import Calendar, calendar_from_table
 from fabric.circuit import SEBI_LEVELS, Level, parse_halts
 from fabric.commands import STP_CODES, Stp
 from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
@@ -191,6 +197,7 @@ _TOP = {
     "index": "[index]",
     "risk": "[risk]",
     "security": "[security]",
+    "calendar": "[calendar]",
 }
 _EXCHANGE_KEYS = ("name", "data_dir", "timezone")
 _INSTRUMENT_RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct")
@@ -531,6 +538,7 @@ class _Builder:
         index = self.index(data, instruments, brokers)
         risk = self.risk(data)
         security = self.security(data)
+        calendar = self.calendar(data, name, timezone)
         self.routing(data, known, shards)
         if shards is not None and zookeeper is None and "zookeeper" not in data:
             for where, shard in shards:
@@ -561,6 +569,7 @@ class _Builder:
             risk=risk,
             instrument_risk=self.instrument_risk,
             security=security,
+            calendar=calendar,
         )
         self.check_keys(topology)
         if self.problems:
@@ -616,6 +625,16 @@ class _Builder:
                     self.add(_at(where, "risk_band_pct"), "a risk band is around the reference price: give ref_price")
                 self.instrument_risk[symbol] = limits
         return out, known
+
+    def calendar(self, data: dict[str, Any], market: str | None, timezone: str) -> Calendar | None:
+        """The ``[calendar]`` table: the trading day's sessions (``docs/sessions.md``); none: continuous all day."""
+        tbl = self.table(data, "calendar")
+        if tbl is None:
+            return None
+        cal, problems = calendar_from_table(tbl, market or "exchange", timezone)
+        for where, why in problems:
+            self.add(where, why)
+        return cal
 
     def risk(self, data: dict[str, Any]) -> RiskLimits:
         """The ``[risk]`` table: every broker's default limits (none without the table)."""

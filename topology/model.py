@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from fabric.calendar import Calendar
 from fabric.circuit import SEBI_LEVELS, Level
 from fabric.commands import Stp
 from fabric.instruments import Instrument
@@ -552,6 +553,7 @@ class Topology:
     risk: RiskLimits = field(default_factory=RiskLimits)
     instrument_risk: Mapping[str, RiskLimits] = field(default_factory=dict)
     security: Security | None = None
+    calendar: Calendar | None = None  # the [calendar] table (docs/sessions.md); None: continuous trading all day
     _routes: dict[str, Shard] = field(init=False, repr=False, compare=False)
     _instruments: dict[str, Instrument] = field(init=False, repr=False, compare=False)
 

@@ -25,7 +25,7 @@ def topology_on_free_ports(src: Path, dst_dir: Path, *, brokers: str | None = No
     CURVE); ``curve=False`` leaves ``[security]`` and ``[[brokers]]`` out: every socket open, any broker id
     (to measure what CURVE costs).
     """
-    text = _with_keys_dir(src, src.read_text())
+    text = absolute_keys_dir(src, src.read_text())
     if not curve:
         text = without_security(text)
     elif brokers is not None:
@@ -54,8 +54,9 @@ def topology_on_free_ports(src: Path, dst_dir: Path, *, brokers: str | None = No
 _KEYS_DIR = re.compile(r'^(\s*keys_dir\s*=\s*)"([^"]*)"', re.MULTILINE)
 
 
-def _with_keys_dir(src: Path, text: str) -> str:
-    # A relative keys_dir is relative to the topology file: the copy names the source's folder.
+def absolute_keys_dir(src: Path, text: str) -> str:
+    """Return topology text read from ``src`` with its ``keys_dir`` made absolute, for a copy written elsewhere (a
+    relative ``keys_dir`` is relative to the topology file)."""
     def repl(m: re.Match[str]) -> str:
         return f'{m.group(1)}"{(src.parent / m.group(2)).resolve()}"'
 
@@ -109,7 +110,7 @@ def pairs_on_free_ports(src: Path, dst_dir: Path, zk_hosts: str, shards: tuple[s
             block.append(f'\n[[shards.replicas]]\nname = "{name}-{r}"\nhost = "127.0.0.1"\n{ports}')
         text = text.replace(single.group(0), "".join(block))  # (placeholder ports: all made free below)
         text = _pair_keys(src, text, name, dst_dir)
-    text = _with_keys_dir(src, text)
+    text = absolute_keys_dir(src, text)
     paired = dst_dir / f"{src.stem}-pairs-src.toml"
     paired.write_text(text)
     path = topology_on_free_ports(paired, dst_dir, brokers=brokers)

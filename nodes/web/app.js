@@ -183,6 +183,7 @@
     clockTime: $("clock-time"), clockDate: $("clock-date"),
     banner: $("banner"), bannerText: $("banner-text"), bannerClose: $("banner-close"),
     haltBanner: $("halt-banner"), haltText: $("halt-text"),
+    phaseStat: $("phase-stat"), phaseValue: $("phase-value"),
     indexStat: $("index-stat"), indexName: $("index-name"), indexValue: $("index-value"), indexChange: $("index-change"),
     watchBody: $("watch-body"),
     chart: $("chart"), chartMsg: $("chart-msg"), chartSymbol: $("chart-symbol"), chartLast: $("chart-last"),
@@ -918,6 +919,9 @@
     dirty.rows.add(sym);
   }
 
+  const PHASE_WORDS = {pre_open: "Pre-open", auction: "Call auction", continuous: "Continuous",
+                       closing: "Closing", closed: "Closed"};
+
   function applyMarket(o) {
     if (state.market && o.seq && state.market.seq && o.seq < state.market.seq && !state.marketFresh) return;
     state.marketFresh = false;
@@ -925,6 +929,9 @@
     const halted = o.state === "halted";
     el.haltBanner.hidden = !halted;
     if (halted) el.haltText.textContent = haltWords(o);
+    // The trading day's phase (null: a market without a calendar, continuous all day).
+    el.phaseStat.hidden = !o.phase;
+    if (o.phase) el.phaseValue.textContent = PHASE_WORDS[o.phase] || o.phase;
   }
 
   function applyIndex(o) {
