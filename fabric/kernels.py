@@ -24,6 +24,8 @@ from numba import njit
 from fabric.constants import (
     BUY,
     C_BROKER,
+    C_EXPIRE,
+    C_FLAGS,
     C_OID,
     C_OP,
     C_PRICE,
@@ -55,7 +57,9 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    FLAG_POST_ONLY,
     FOK,
+    GTD,
     H_BITS,
     H_EVENTS,
     H_LVL,
@@ -80,6 +84,7 @@ from fabric.constants import (
     M_BEST_ASK,
     M_BEST_BID,
     M_FREE_HEAD,
+    M_LAST,
     M_LOT,
     M_MAX_ROWS,
     M_NEED,
@@ -87,6 +92,8 @@ from fabric.constants import (
     M_NEV,
     M_NFIELDS,
     M_NLEVELS,
+    M_PROTECT_BP,
+    M_REF,
     M_RESTING,
     M_SEEN_HI,
     M_SEEN_LO,
@@ -103,6 +110,8 @@ from fabric.constants import (
     NO_QTY,
     O_BROKER,
     O_CUM,
+    O_EXPIRE,
+    O_FLAGS,
     O_LEAVES,
     O_NEXT,
     O_NFIELDS,
@@ -123,6 +132,7 @@ from fabric.constants import (
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OUT_OF_BAND,
     REJ_QTY_NOT_LOT_MULTIPLE,
+    REJ_WOULD_CROSS,
     SELL,
     ST_FREE,
     ST_RESTING,
@@ -321,6 +331,8 @@ def _rest(
     qty: int,
     leaves: int,
     cum: int,
+    flags: int,
+    expire: int,
 ) -> None:
     # Put a new order's remainder in the book (a free slot is guaranteed by the caller).
     slot = meta[M_FREE_HEAD]
@@ -335,6 +347,8 @@ def _rest(
     ords[slot, O_LEAVES] = leaves
     ords[slot, O_CUM] = cum
     ords[slot, O_STATE] = ST_RESTING
+    ords[slot, O_FLAGS] = flags
+    ords[slot, O_EXPIRE] = expire
     o2s[oid] = slot
     _push_back(ords, lvl, bits, meta, slot)
 
@@ -432,6 +446,7 @@ def _match(
         ords[slot, O_CUM] = r_cum
         lvl[row, L_QTY] -= fill
         meta[M_TRADES] += 1
+        meta[M_LAST] = best
         n = _emit(out, n, EV_TRADE, oid, side, best, fill, leaves, cum, ords[slot, O_OID], r_leaves, r_cum, 0)
         if r_leaves == 0:
             _unlink(ords, lvl, bits, meta, slot)
@@ -464,6 +479,38 @@ def _check_price(meta: np.ndarray, price: int) -> int:
         if hi - lo + 1 > meta[M_MAX_ROWS]:
             return REJ_LADDER_SPAN
     return 0
+
+
+@njit(cache=True, inline="always")
+def _would_cross(meta: np.ndarray, side: int, price: int) -> bool:
+    # Whether a limit order at `price` would trade on entry (what a post-only order must not do).
+    if side == BUY:
+        return meta[M_BEST_ASK] <= price
+    return meta[M_BEST_BID] >= price
+
+
+@njit(cache=True, inline="always")
+def _market_limit(meta: np.ndarray, side: int) -> int:
+    # A market order's matching limit: the band's far edge (the circuit filter), tightened by market
+    # protection to the last trade price (else the reference price) plus or minus its percentage, rounded
+    # inwards to a whole tick.  No last nor reference price: the band's edge alone.
+    if side == BUY:
+        limit = meta[M_BAND_HI]
+    else:
+        limit = meta[M_BAND_LO]
+    bp = meta[M_PROTECT_BP]
+    if bp > 0:
+        base = meta[M_LAST] if meta[M_LAST] > 0 else meta[M_REF]
+        if base > 0:
+            if side == BUY:
+                p = base * (10000 + bp) // 10000
+                if p < limit:
+                    limit = p
+            else:
+                p = -((-base * (10000 - bp)) // 10000)
+                if p > limit:
+                    limit = p
+    return limit
 
 
 @njit(cache=True, inline="always")
@@ -504,20 +551,26 @@ def _new(
     price: int,
     qty: int,
     stp: int,
+    flags: int,
+    expire: int,
 ) -> int:
     is_market = otype == MARKET
     reason = 0
     if qty <= 0 or qty % meta[M_LOT] != 0:
         reason = REJ_QTY_NOT_LOT_MULTIPLE
-    elif is_market and tif != IOC and tif != FOK:
+    elif (is_market and tif != IOC and tif != FOK) or (tif == GTD and expire <= 0):
         reason = REJ_BAD_TIF
+    elif flags != 0 and tif in (IOC, FOK):
+        reason = REJ_BAD_TIF  # a post-only order rests or nothing: never IOC, FOK (nor market)
     elif not is_market:
         reason = _check_price(meta, price)
+        if reason == 0 and flags & FLAG_POST_ONLY and _would_cross(meta, side, price):
+            reason = REJ_WOULD_CROSS
     if reason != 0:
         return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_NEW, 0, 0, reason)
     if is_market:
         price = 0
-        limit = meta[M_BAND_HI] if side == BUY else meta[M_BAND_LO]  # the circuit filter
+        limit = _market_limit(meta, side)  # the circuit filter, and market protection
     else:
         # Nothing rests above the band's top (MAX_PRICE_TICKS unbanded), and NO_ASK must stay above every limit.
         limit = price if price <= meta[M_BAND_HI] else meta[M_BAND_HI]
@@ -539,7 +592,8 @@ def _new(
         elif is_market or tif in (IOC, FOK):
             n = _emit(out, n, EV_CANCELLED, oid, side, price, leaves, 0, cum, 0, 0, 0, CXL_IOC_REMAINDER)
         else:
-            _rest(ords, lvl, bits, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum)
+            _rest(ords, lvl, bits, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum, flags,
+                  expire if tif == GTD else 0)
     return n
 
 
@@ -601,6 +655,10 @@ def _replace(
         reason = REJ_QTY_NOT_LOT_MULTIPLE
     else:
         reason = _check_price(meta, new_price)
+        # A post-only order stays post-only: a replace that would trade is refused, the order unchanged.
+        if reason == 0 and ords[slot, O_FLAGS] & FLAG_POST_ONLY and new_qty > cum and \
+                _would_cross(meta, side, new_price):
+            reason = REJ_WOULD_CROSS
     if reason != 0:
         return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_REPLACE, 0, 0, reason)
     if new_qty > cum and _needs_ladder(meta, new_price):
@@ -646,12 +704,14 @@ def _replace(
 
 @njit(cache=True)
 def _end_of_day(
-    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int
+    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int,
+    day: int,
 ) -> int:
-    # Expire DAY orders in the order they were accepted (ascending order id).
+    # Expire DAY orders, and GTD orders whose expire day is `day` or before, in the order they were accepted
+    # (ascending order id).  `day` 0 (unknown): no GTD order expires.
     for oid in range(o2s.shape[0]):
         slot = o2s[oid]
-        if slot >= 0 and ords[slot, O_TIF] == DAY:
+        if slot >= 0 and (ords[slot, O_TIF] == DAY or (ords[slot, O_TIF] == GTD and ords[slot, O_EXPIRE] <= day)):
             n = _emit(
                 out, n, EV_EXPIRED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], ords[slot, O_LEAVES], 0,
                 ords[slot, O_CUM], 0, 0, 0, 0
@@ -679,6 +739,8 @@ def apply(
     price: int,
     qty: int,
     stp: int,
+    flags: int,
+    expire: int,
 ) -> int:
     """Apply one command, writing its events to ``out`` from row ``n``.
 
@@ -695,13 +757,14 @@ def apply(
         if oid >= o2s.shape[0]:
             meta[M_NEED] = NEED_OIDS
             return -1
-        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty, stp)
+        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty, stp, flags,
+                    expire)
     if op == OP_CANCEL:
         return _cancel(ords, lvl, bits, meta, o2s, out, n, oid)
     if op == OP_REPLACE:
         return _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty, stp)
     if op == OP_END_OF_DAY:
-        return _end_of_day(ords, lvl, bits, meta, o2s, out, n)
+        return _end_of_day(ords, lvl, bits, meta, o2s, out, n, expire)
     return n
 
 
@@ -744,6 +807,8 @@ def run_batch(
             cmds[i, C_PRICE],
             cmds[i, C_QTY],
             cmds[i, C_STP],
+            cmds[i, C_FLAGS],
+            cmds[i, C_EXPIRE],
         )
         if r < 0:
             break
@@ -775,14 +840,16 @@ def views(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 @njit(cache=True)
 def apply_buf(
-    buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int
+    buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int,
+    flags: int, expire: int,
 ) -> int:
     """Apply one command to the book in ``buf``; events from row 0 of its event region.
 
     Return the number of events, or -1 when a region must grow (see :func:`apply`).
     """
     ords, lvl, bits, meta, o2s, out = views(buf)
-    return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty, stp)
+    return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty, stp, flags,
+                 expire)
 
 
 @njit(cache=True)
@@ -866,7 +933,7 @@ def checksum(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarr
             row = p - base
             slot = lvl[row, L_HEAD]
             while slot >= 0:
-                for f in (O_OID, O_BROKER, O_SIDE, O_TIF, O_PRICE, O_QTY, O_LEAVES, O_CUM):
+                for f in (O_OID, O_BROKER, O_SIDE, O_TIF, O_PRICE, O_QTY, O_LEAVES, O_CUM, O_EXPIRE, O_FLAGS):
                     h = (h ^ np.uint64(ords[slot, f])) * prime
                 slot = ords[slot, O_NEXT]
             if side == BUY:
