@@ -14,6 +14,8 @@ from decimal import Decimal, InvalidOperation
 from fabric.constants import MAX_PRICE_TICKS
 
 DEFAULT_TICK = Decimal("0.01")
+# The topology's market protection when an instrument names none (an Instrument made in code has none).
+DEFAULT_MARKET_PROTECTION_PCT = Decimal("5")
 _CACHED = 100_000  # price texts remembered per instrument and direction; past it the memory starts afresh
 
 
@@ -38,6 +40,11 @@ class Instrument:
     band_pct
         The price band (the BSE's circuit filter) in percent of the reference
         price; ``None`` for no band.
+    market_protection_pct
+        Market protection: a market order matches no further than the last
+        traded price (before the first trade, ``ref_price``) plus or minus this
+        percentage, in steps of 0.01 %; ``None`` (or 0) for none.
+        ``docs/book-semantics.md``, "Market protection".
     """
 
     symbol: str
@@ -45,6 +52,7 @@ class Instrument:
     lot: int = 1
     ref_price: Decimal | None = None
     band_pct: Decimal | None = None
+    market_protection_pct: Decimal | None = None
     band_lo: int | None = field(init=False, default=None)
     band_hi: int | None = field(init=False, default=None)
     _places: int = field(init=False, default=2, repr=False)
@@ -68,6 +76,11 @@ class Instrument:
         # A price in ticks prints through integers: units of 10**-places.
         object.__setattr__(self, "_scale", 10**places)
         object.__setattr__(self, "_tick_units", int(self.tick * 10**places))
+        mp = self.market_protection_pct
+        if mp is not None and (not isinstance(mp, Decimal) or not mp.is_finite() or not 0 <= mp < 100
+                               or mp * 100 != int(mp * 100)):
+            raise InstrumentError(f"{self.symbol}: market_protection_pct must be from 0 to below 100 in steps of "
+                                  f"0.01, got {mp}")
         if self.band_pct is None:
             return
         if self.ref_price is None:
@@ -91,6 +104,16 @@ class Instrument:
     def banded(self) -> bool:
         """Whether limit prices must lie inside a band."""
         return self.band_lo is not None
+
+    @property
+    def protect_bp(self) -> int:
+        """Market protection in basis points (0: none), as the books take it."""
+        return 0 if self.market_protection_pct is None else int(self.market_protection_pct * 100)
+
+    @property
+    def ref_ticks(self) -> int:
+        """The reference price in whole ticks (rounded down; 0 without one), where market protection starts."""
+        return 0 if self.ref_price is None else int(self.ref_price / self.tick)
 
     def to_ticks(self, price: Decimal) -> int | None:
         """Return ``price`` in whole ticks, or ``None`` when it is not a multiple of the tick."""

@@ -243,7 +243,8 @@ def test_random_session_is_deterministic_same_events_twice(session: tuple) -> No
 @st.composite
 def replay_sessions(draw: st.DrawFn) -> list[dict]:
     cmds: list[dict] = [
-        {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20"},
+        {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20",
+         "market_protection_pct": draw(st.sampled_from(["0", "5", "2.5"]))},
         {"op": "instrument", "symbol": "LOT", "tick": "0.10", "lot": 5, "ref_price": "2.00", "band_pct": "10"},
     ]
     used: list[tuple[str, str, str]] = []
@@ -264,7 +265,7 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                 if draw(st.booleans()):
                     cmd["qty"] = draw(st.sampled_from([0, 5, 10, 15, 3]))
         elif kind == "eod":
-            cmd = {"op": "end_of_day"}
+            cmd = {"op": "end_of_day", "date": draw(st.sampled_from(["2026-01-05", "2026-01-06"]))}
         else:
             oid = draw(st.sampled_from([f"o{i}", f"o{i}", "dup"]))
             cmd = {"op": "new", "oid": oid, "broker": broker, "symbol": symbol,
@@ -275,7 +276,11 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
             else:
                 cmd["type"] = "limit"
                 cmd["price"] = draw(st.sampled_from(["0.80", "0.95", "1.00", "1.05", "1.02", "1.90", "2.00", "2.20"]))
-                cmd["tif"] = draw(st.sampled_from(["GTC", "DAY", "IOC", "FOK"]))
+                cmd["tif"] = draw(st.sampled_from(["GTC", "DAY", "IOC", "FOK", "GTD"]))
+                if cmd["tif"] == "GTD":
+                    cmd["expire_date"] = draw(st.sampled_from(["2026-01-05", "2026-01-06", "2026-02-30"]))
+                if draw(st.integers(0, 3)) == 0:
+                    cmd["post_only"] = True
             if draw(st.booleans()):
                 cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             used.append((symbol, broker, oid))
@@ -285,11 +290,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
 
 @given(replay_sessions())
 def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict]) -> None:
-    from fabric.engine import MatchingEngine
+    from fabric.engine import MatchingEngine, reference_book
     from tools.replay import Replayer
-
-    def reference_book(inst):  # type: ignore[no-untyped-def]
-        return ReferenceBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
 
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
     bands = {"TCS": (Decimal("0.80"), Decimal("1.20")), "LOT": (Decimal("1.80"), Decimal("2.20"))}
