@@ -253,35 +253,37 @@ class OrderBook:
     # ---------------------------------------------------------------- commands
 
     def _again(self, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-               stp: int, flags: int = 0, expire: int = 0) -> int:
+               stp: int, flags: int = 0, expire: int = 0, disclosed: int = 0) -> int:
         # A region was too small: grow it and retry until the command fits.
         while True:
             self._grow()
-            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty, stp, flags, expire)
+            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
             if n >= 0:
                 return n
 
     def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-            stp: int = STP_OFF, flags: int = 0, expire: int = 0) -> int:
+            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0) -> int:
         """Enter a new order (``stp``: its broker's self-trade prevention mode; ``flags``: ``FLAG_*`` bits;
-        ``expire``: a GTD order's expire day, yyyymmdd); return the number of events."""
-        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire)
-        return n if n >= 0 else self._again(OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire)
+        ``expire``: a GTD order's expire day, yyyymmdd; ``disclosed``: an iceberg's peak, 0 for none); return the
+        number of events."""
+        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
+        return n if n >= 0 else self._again(OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire,
+                                            disclosed)
 
     def cancel(self, oid: int) -> int:
         """Cancel a resting order; return the number of events written to ``self.out``."""
-        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         return n if n >= 0 else self._again(OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0)
 
     def replace(self, oid: int, price: int = NO_PRICE, qty: int = NO_QTY, stp: int = STP_OFF) -> int:
         """Cancel/replace a resting order (``qty`` is the new total; ``stp`` as for :meth:`new`); return the events."""
-        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp, 0, 0)
+        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp, 0, 0, 0)
         return n if n >= 0 else self._again(OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp)
 
     def end_of_day(self, day: int = 0) -> int:
         """Expire every resting DAY order, and every GTD order expiring on ``day`` (yyyymmdd; 0: unknown, none)
         or before; return the number of events."""
-        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day)
+        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day, 0)
         return n if n >= 0 else self._again(OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day)
 
     def run(self, cmds: np.ndarray) -> np.ndarray:
@@ -332,14 +334,14 @@ class OrderBook:
         return int(self.meta[M_TRADES])
 
     def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]:
-        """Return up to ``n`` price levels of one side, best first, as (price, qty, orders)."""
+        """Return up to ``n`` price levels of one side, best first, as (price, displayed qty, orders)."""
         nmax = int(self.meta[M_NLEVELS]) if n is None else n
         res = np.zeros((max(nmax, 0), 3), dtype=INT)
         k = kernels.depth_buf(self.buf, side, nmax, res)
         return [(int(p), int(q), int(c)) for p, q, c in res[:k]]
 
     def level(self, side: int, price: int) -> tuple[int, int]:
-        """Return (total open quantity, orders) resting on ``side`` at ``price``; (0, 0) when none."""
+        """Return (displayed open quantity, orders) resting on ``side`` at ``price``; (0, 0) when none."""
         qty, count = self._level(self.buf, side, price)
         return qty, count
 

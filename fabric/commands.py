@@ -101,6 +101,7 @@ class NewOrder(_Order, tag="new", kw_only=True):
     stp: Stp = "off"  # the broker's self-trade prevention mode when the matcher took it; "off" is not written
     post_only: bool = False  # rejected (would_cross) rather than trade on entry; False is not written
     expire_date: str | None = None  # a GTD order's last day, "YYYY-MM-DD"
+    disclosed_qty: int | None = None  # an iceberg's peak: what the depth shows of it
 
 
 class CancelOrder(_Order, tag="cancel", kw_only=True):
@@ -177,7 +178,7 @@ def from_order(oc: OrderCommand, ts: int, stp: Stp = "off") -> OrderCommandT:
     if type(c) is New:
         return NewOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, side=c.side, type=c.type, price=c.price,
                         qty=c.qty, tif=c.tif, ts=ts, gw=oc.gateway, req=oc.req, stp=stp, post_only=c.extras()[0],
-                        expire_date=c.extras()[1])
+                        expire_date=c.extras()[1], disclosed_qty=c.extras()[2] or None)
     if type(c) is Cancel:
         return CancelOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, ts=ts, gw=oc.gateway, req=oc.req)
     if type(c) is Replace:

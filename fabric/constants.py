@@ -67,7 +67,8 @@ C_QTY = 7  # total order quantity; for a replace, NO_QTY keeps it
 C_STP = 8  # self-trade prevention mode (STP_*) of a new or a replace; 0 elsewhere
 C_FLAGS = 9  # a new order's FLAG_* bits; 0 elsewhere
 C_EXPIRE = 10  # a GTD order's expire day, end_of_day's day that ends (both yyyymmdd; 0: none, unknown)
-C_NFIELDS = 11
+C_DISCLOSED = 11  # a new order's disclosed quantity (an iceberg's peak); 0: all of it shows
+C_NFIELDS = 12
 
 NO_PRICE = -1
 NO_QTY = -1
@@ -149,6 +150,7 @@ REJ_BAD_TIF = 5
 REJ_PRICE_OFF_TICK = 6
 REJ_LADDER_SPAN = 7  # unbanded instrument: price too far from the rest of the book
 REJ_WOULD_CROSS = 8  # a post-only order (or its replace) would trade on entry
+REJ_BAD_DISCLOSED = 9  # a disclosed quantity the rules refuse (docs/book-semantics.md, "Disclosed quantity")
 
 REJ_UNKNOWN_ORDER = 100
 REJ_DUPLICATE_OID = 101
@@ -173,6 +175,7 @@ REJECT_NAMES = {
     REJ_PRICE_OFF_TICK: "price_off_tick",
     REJ_LADDER_SPAN: "price_too_far_from_book",
     REJ_WOULD_CROSS: "would_cross",
+    REJ_BAD_DISCLOSED: "bad_disclosed_qty",
     REJ_UNKNOWN_ORDER: "unknown_order",
     REJ_DUPLICATE_OID: "duplicate_client_order_id",
     REJ_QTY_TOO_LARGE: "qty_too_large",
@@ -210,7 +213,9 @@ O_NEXT = 9
 O_STATE = 10
 O_EXPIRE = 11  # a GTD order's expire day (yyyymmdd), else 0
 O_FLAGS = 12  # the order's FLAG_* bits
-O_NFIELDS = 13
+O_DISCLOSED = 13  # an iceberg's disclosed quantity (its peak), 0 for an order that shows all of it
+O_SHOWN = 14  # an iceberg's displayed quantity (what is left of its current peak); unused for others
+O_NFIELDS = 15
 
 ST_FREE = 0
 ST_RESTING = 1
@@ -223,7 +228,8 @@ L_QTY = 0
 L_COUNT = 1
 L_HEAD = 2
 L_TAIL = 3
-L_NFIELDS = 4
+L_HIDDEN = 4  # the icebergs' undisplayed quantity at the level: the depth shows L_QTY - L_HIDDEN
+L_NFIELDS = 5
 
 # --------------------------------------------------------------------------
 # Book metadata: meta[M_*], int64.
@@ -248,6 +254,7 @@ M_NEV = 16  # events waiting in the output buffer (batch calls)
 M_LAST = 17  # price (ticks) of the book's last trade, 0 before the first
 M_REF = 18  # the instrument's reference price (ticks), 0 when it has none
 M_PROTECT_BP = 19  # market protection in basis points of the last (else reference) price; 0: none
+M_TRANCHES = 20  # the resting icebergs' peaks still hidden (each may make one more trade event): the event bound
 M_NFIELDS = 24
 
 NO_BID = -1

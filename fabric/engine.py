@@ -69,6 +69,7 @@ from fabric.constants import (
     MAX_QTY,
     NO_PRICE,
     NO_QTY,
+    REJ_BAD_DISCLOSED,
     REJ_BAD_TIF,
     REJ_BROKER_DISABLED,
     REJ_DUPLICATE_OID,
@@ -139,7 +140,7 @@ class Book(Protocol):
     """What the engine needs of a book: see ``docs/book-semantics.md``."""
 
     def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-            stp: int = STP_OFF, flags: int = 0, expire: int = 0) -> Any: ...
+            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0) -> Any: ...
     def cancel(self, oid: int) -> Any: ...
     def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF) -> Any: ...
     def end_of_day(self, day: int = 0) -> Any: ...
@@ -216,6 +217,7 @@ class _Order(msgspec.Struct, gc=False):
     reason: str | None = None  # why a cancelled order was cancelled
     flags: int = 0  # FLAG_* bits (post-only)
     expire: int = 0  # a GTD order's expire day, yyyymmdd
+    disclosed: int = 0  # an iceberg's peak
 
 
 _ARCHIVED_OID: Final = -2
@@ -303,7 +305,7 @@ class MatchingEngine:
         if isinstance(cmd, NewOrder):
             return self.new_order(cmd.symbol, cmd.broker, cmd.oid, SIDE_CODES[cmd.side], TYPE_CODES[cmd.type],
                                   TIF_CODES[cmd.tif], cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp], cmd.post_only,
-                                  cmd.expire_date)
+                                  cmd.expire_date, cmd.disclosed_qty or 0)
         if isinstance(cmd, CancelOrder):
             return self.cancel(cmd.symbol, cmd.broker, cmd.oid, cmd.ts)
         if isinstance(cmd, ReplaceOrder):
@@ -393,13 +395,14 @@ class MatchingEngine:
         stp: int = STP_OFF,
         post_only: bool = False,
         expire_date: str | None = None,
+        disclosed: int = 0,
     ) -> list[Outcome]:
         """Enter a new order and return its outcomes (accepted or rejected, trades and fills, cancel of a rest).
 
         ``stp`` is the broker's self-trade prevention mode (``STP_*``): a resting order it cancels gets its
         ``cancelled`` (``self_trade``) among the outcomes. ``post_only``: rejected (``would_cross``) rather
         than trade on entry. ``expire_date`` ("YYYY-MM-DD"): a GTD order's last day, not before the trading
-        day of ``ts`` (when ``ts`` is given).
+        day of ``ts`` (when ``ts`` is given). ``disclosed``: an iceberg's peak (0: all of it shows).
         """
         inst, book = self._book(symbol)
         if self.halts or self.disabled:
@@ -431,11 +434,11 @@ class MatchingEngine:
             expire = day_of(expire_date)  # type: ignore[arg-type]
         flags = FLAG_POST_ONLY if post_only else 0
         oid = len(self._orders)
-        order = _Order(symbol, broker, clid, side, otype, tif, flags=flags, expire=expire)
+        order = _Order(symbol, broker, clid, side, otype, tif, flags=flags, expire=expire, disclosed=disclosed)
         self._orders.append(order)
         bno = self._broker_no.setdefault(broker, len(self._broker_no))
-        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty, stp, flags, expire))
-        out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif)
+        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty, stp, flags, expire, disclosed))
+        out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif, disclosed=disclosed)
         if out and type(out[0]) is ExRejected:
             self._orders.pop()  # a rejected order does not use its client order id
         else:
@@ -571,7 +574,7 @@ class MatchingEngine:
                            price=None if o.otype == MARKET else self.instruments[o.symbol].to_price(o.price),
                            qty=o.qty, cum_qty=o.cum, leaves_qty=o.leaves, tif=TIF_NAMES[o.tif],  # type: ignore[arg-type]
                            reason=o.reason, post_only=bool(o.flags & FLAG_POST_ONLY),
-                           expire_date=_date_text(o.expire) if o.expire else None)
+                           expire_date=_date_text(o.expire) if o.expire else None, disclosed_qty=o.disclosed or None)
 
     def open_orders(self, broker: str, symbol: str | None = None) -> list[OrderStatus]:
         """Return the status of every open order of ``broker`` (of one symbol, or all), oldest first."""
@@ -629,7 +632,7 @@ class MatchingEngine:
                           reason=REJECT_NAMES[code], text=text)
 
     def _reject_text(self, inst: Instrument, code: int, clid: str, tif: int | None, price: Decimal | str | None,
-                     qty: int | None) -> str:
+                     qty: int | None, disclosed: int = 0) -> str:
         if code == REJ_QTY_NOT_LOT_MULTIPLE:
             return f"qty {qty} is not a positive multiple of the lot size {inst.lot}"
         if code == REJ_PRICE_OUT_OF_BAND:
@@ -642,6 +645,9 @@ class MatchingEngine:
             if tif is not None and TIF_NAMES[tif] in ("IOC", "FOK"):  # what a post-only order cannot be
                 return f"a post-only order rests: GTC, DAY or GTD, not {TIF_NAMES[tif]}"
             return f"market orders must be IOC or FOK, not {TIF_NAMES[tif or 0]}"
+        if code == REJ_BAD_DISCLOSED:
+            return (f"disclosed_qty {disclosed} must be a multiple of the lot size {inst.lot} from 10 % of qty {qty} "
+                    "up to qty, on a limit order that rests (GTC, DAY, GTD)")
         if code == REJ_WOULD_CROSS:
             return (f"post-only order at {price} would trade on entry"
                     if price is not None else "post-only order would trade on entry at its new price")
@@ -650,7 +656,7 @@ class MatchingEngine:
         return REJECT_NAMES.get(code, str(code))
 
     def _outcomes(self, inst: Instrument, rows: list[list[int]], ts: int, price: Decimal | str | None = None,
-                  qty: int | None = None, tif: int | None = None) -> list[Outcome]:
+                  qty: int | None = None, tif: int | None = None, disclosed: int = 0) -> list[Outcome]:
         # The book's rows as outcome messages, in the book's order; a trade gives the trade and its two
         # fills, the aggressor's first. The engine's memory of each order follows the rows.
         symbol = inst.symbol
@@ -701,7 +707,8 @@ class MatchingEngine:
                                       price=None if market else to_price(r[E_PRICE]), qty=r[E_QTY],
                                       tif=TIF_NAMES[o.tif],  # type: ignore[arg-type]
                                       post_only=bool(o.flags & FLAG_POST_ONLY),
-                                      expire_date=_date_text(o.expire) if o.expire else None))
+                                      expire_date=_date_text(o.expire) if o.expire else None,
+                                      disclosed_qty=o.disclosed or None))
             elif typ == EV_CANCELLED:
                 o.leaves, o.state, o.reason = 0, "cancelled", CANCEL_REASON_NAMES[r[E_REASON]]
                 if done is not None:
@@ -734,7 +741,7 @@ class MatchingEngine:
                 code = r[E_REASON]
                 op = {1: "new", 2: "cancel", 3: "replace"}.get(r[E_OTHER], "new")
                 out.append(self._reject(op, o.clid, o.broker, symbol, code,
-                                        self._reject_text(inst, code, o.clid, tif, price, qty), ts))
+                                        self._reject_text(inst, code, o.clid, tif, price, qty, disclosed), ts))
             else:  # pragma: no cover - a kernel bug
                 raise RuntimeError(f"unknown event row {r}")
         return out

@@ -330,11 +330,12 @@ class New(_ClientMsg, tag="new", frozen=True, kw_only=True):
     # Added fields: unset ones are not encoded at all, so a plain order's bytes are those of before them.
     post_only: bool | msgspec.UnsetType | None = msgspec.UNSET  # true: rejected (would_cross) rather than trade
     expire_date: ExpireDate | msgspec.UnsetType | None = msgspec.UNSET  # required with tif GTD, refused otherwise
+    disclosed_qty: Annotated[int, Meta(ge=1)] | msgspec.UnsetType | None = msgspec.UNSET  # an iceberg's peak
 
-    def extras(self) -> tuple[bool, str | None]:
-        """Return (post-only, expire date or ``None``) whether the added fields were given or not."""
-        e = self.expire_date
-        return self.post_only is True, e if isinstance(e, str) else None
+    def extras(self) -> tuple[bool, str | None, int]:
+        """Return (post-only, expire date or ``None``, disclosed quantity or 0), given or not."""
+        e, d = self.expire_date, self.disclosed_qty
+        return self.post_only is True, e if isinstance(e, str) else None, d if isinstance(d, int) else 0
 
 
 class Cancel(_ClientMsg, tag="cancel", frozen=True, kw_only=True):
@@ -427,6 +428,7 @@ class Accepted(_ServerMsg, tag="accepted", frozen=True, kw_only=True):
     ts: int | None = None
     post_only: bool = False
     expire_date: str | None = None
+    disclosed_qty: int | None = None
 
 
 class Rejected(_ServerMsg, tag="rejected", frozen=True, kw_only=True):
@@ -506,6 +508,7 @@ class OrderStatus(_ServerMsg, tag="order_status", frozen=True, kw_only=True):
     reason: str | None = None
     post_only: bool = False
     expire_date: str | None = None
+    disclosed_qty: int | None = None
 
 
 class OpenOrders(_ServerMsg, tag="open_orders", frozen=True, kw_only=True):
@@ -564,6 +567,7 @@ class ExAccepted(_PubMsg, tag="accepted", kw_only=True):
     tif: Tif
     post_only: bool = False
     expire_date: str | None = None
+    disclosed_qty: int | None = None
 
 
 class ExRejected(_PubMsg, tag="rejected", kw_only=True):
@@ -1008,6 +1012,9 @@ def _check_new(msg: New, path: str = "") -> None:
     elif msg.post_only is True:
         raise ProtocolError(BAD_FIELD, "field 'post_only': a market order always takes liquidity",
                             path + "post_only", "new", msg.oid, msg.symbol)
+    elif isinstance(msg.disclosed_qty, int):
+        raise ProtocolError(BAD_FIELD, "field 'disclosed_qty': a market order does not rest, it discloses nothing",
+                            path + "disclosed_qty", "new", msg.oid, msg.symbol)
     expire = msg.extras()[1]
     if msg.tif == "GTD" and expire is None:
         raise ProtocolError(MISSING_FIELD, "missing field 'expire_date': a GTD order needs its last day",
@@ -1077,8 +1084,9 @@ def _post_ok(msg: Any) -> bool:
         return False
     if cls is New:
         market = msg.type == "market"
-        post_only, expire = msg.extras()
-        return (price is None) is market and not (market and post_only) and (expire is None) is (msg.tif != "GTD")
+        post_only, expire, disclosed = msg.extras()
+        return ((price is None) is market and not (market and (post_only or disclosed))
+                and (expire is None) is (msg.tif != "GTD"))
     if cls is Replace:
         return price is not None or msg.qty is not None
     return True
@@ -1499,7 +1507,7 @@ def _plain(obj: Any) -> Any:
     else:
         out.update(zip(names, values, strict=True))
     if type(obj) is New:  # its added fields, unset, are not encoded (msgspec leaves them out too)
-        for k in ("post_only", "expire_date"):
+        for k in ("post_only", "expire_date", "disclosed_qty"):
             if out[k] is msgspec.UNSET:
                 del out[k]
     return out

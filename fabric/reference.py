@@ -45,6 +45,7 @@ from fabric.constants import (
     OP_CANCEL,
     OP_NEW,
     OP_REPLACE,
+    REJ_BAD_DISCLOSED,
     REJ_BAD_TIF,
     REJ_LADDER_SPAN,
     REJ_ORDER_CLOSED,
@@ -80,6 +81,13 @@ class _Order:
     cum: int
     flags: int = 0  # FLAG_* bits
     expire: int = 0  # a GTD order's expire day (yyyymmdd)
+    disclosed: int = 0  # an iceberg's peak; 0: all of it shows
+    shown: int = 0  # an iceberg's displayed quantity: what is left of its current peak
+
+    @property
+    def displayed(self) -> int:
+        """What the depth shows of it: an iceberg's current peak, else its leaves."""
+        return self.shown if self.disclosed else self.leaves
 
 
 def _row(
@@ -168,7 +176,7 @@ class ReferenceBook:
     # ------------------------------------------------------------------
     def new(
         self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int = STP_OFF,
-        flags: int = 0, expire: int = 0,
+        flags: int = 0, expire: int = 0, disclosed: int = 0,
     ) -> list[Event]:
         """Enter a new order, match it, and rest or cancel what is left.
 
@@ -194,6 +202,8 @@ class ReferenceBook:
             ``FLAG_*`` bits (``FLAG_POST_ONLY``).
         expire : int
             A GTD order's expire day (yyyymmdd).
+        disclosed : int
+            An iceberg's disclosed quantity (its peak); 0: all of it shows.
 
         Returns
         -------
@@ -205,7 +215,7 @@ class ReferenceBook:
         oid, broker, side, otype, tif = int(oid), int(broker), int(side), int(otype), int(tif)
         price, qty, stp = int(price), int(qty), int(stp)
 
-        flags, expire = int(flags), int(expire)
+        flags, expire, disclosed = int(flags), int(expire), int(disclosed)
         reason = self._qty_reject(qty)
         if not reason and otype == MARKET and tif not in (IOC, FOK):
             reason = REJ_BAD_TIF
@@ -213,6 +223,9 @@ class ReferenceBook:
             reason = REJ_BAD_TIF
         if not reason and flags and tif in (IOC, FOK):
             reason = REJ_BAD_TIF
+        if not reason and disclosed and (otype == MARKET or tif in (IOC, FOK) or not 0 < disclosed <= qty
+                                         or disclosed % self.lot or disclosed * 10 < qty):
+            reason = REJ_BAD_DISCLOSED
         if not reason and otype == LIMIT:
             reason = self._price_reject(price)
             if not reason and flags & FLAG_POST_ONLY and self._would_cross(side, price):
@@ -228,7 +241,7 @@ class ReferenceBook:
             limit = self._protected_limit(side)
         events: list[Event] = [_row(EV_ACCEPTED, oid, side, price, qty, qty)]
         order = _Order(oid, broker, side, tif, price, qty, leaves=qty, cum=0, flags=flags,
-                       expire=expire if tif == GTD else 0)
+                       expire=expire if tif == GTD else 0, disclosed=disclosed)
 
         if tif == FOK and self._fillable(order, limit, stp) < qty:
             events.append(_row(EV_CANCELLED, oid, side, price, qty, 0, 0, reason=CXL_FOK_UNFILLABLE))
@@ -336,6 +349,7 @@ class ReferenceBook:
             # Same price, not bigger: keeps its time priority.
             order.leaves -= order.qty - new_qty
             order.qty = new_qty
+            order.shown = min(order.shown, order.leaves)  # an iceberg's cut takes its hidden part first
             return [_row(EV_REPLACED, oid, side, new_price, new_qty, order.leaves, cum, 1)]
 
         # Loses its place: out of its level, re-enters as an aggressor.
@@ -395,7 +409,7 @@ class ReferenceBook:
         result: list[tuple[int, int, int]] = []
         for p in prices:
             level: _Level = book[p]
-            result.append((p, sum(o.leaves for o in level.values()), len(level)))
+            result.append((p, sum(o.displayed for o in level.values()), len(level)))
         return result
 
     def level(self, side: int, price: int) -> tuple[int, int]:
@@ -403,7 +417,7 @@ class ReferenceBook:
         level = self._sides[side].get(price)
         if not level:
             return 0, 0
-        return sum(o.leaves for o in level.values()), len(level)
+        return sum(o.displayed for o in level.values()), len(level)
 
     def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
         """Return ``(side, price, qty, leaves, cum)`` of a resting order, else ``None``.
@@ -540,7 +554,8 @@ class ReferenceBook:
                 if stp == STP_CANCEL_RESTING:
                     continue
                 return True
-            fill = min(aggr.leaves, resting.leaves)
+            # An iceberg trades its displayed peak; the next one shows at the back of the queue.
+            fill = min(aggr.leaves, resting.displayed)
             aggr.leaves -= fill
             aggr.cum += fill
             resting.leaves -= fill
@@ -561,12 +576,20 @@ class ReferenceBook:
                     resting.cum,
                 )
             )
+            if resting.disclosed:
+                resting.shown -= fill
+                if resting.leaves and not resting.shown:
+                    resting.shown = min(resting.disclosed, resting.leaves)
+                    level = opposite[best]
+                    del level[resting.oid]
+                    level[resting.oid] = resting
             if resting.leaves == 0:
                 self._unrest(resting)
         return False
 
     def _rest(self, order: _Order) -> None:
-        """Put ``order`` at the back of its price level."""
+        """Put ``order`` at the back of its price level (an iceberg with a new peak showing)."""
+        order.shown = min(order.disclosed, order.leaves)
         book = self._sides[order.side]
         level: _Level | None = book.get(order.price)
         if level is None:

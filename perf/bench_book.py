@@ -101,9 +101,9 @@ def _loop(book: Any, rows: list[list[int]]) -> None:
     # buffer, the reference book's returned list): decoding them is the caller's
     # business and is not part of either book's figure.
     new, cancel, replace, eod = book.new, book.cancel, book.replace, book.end_of_day
-    for op, oid, broker, side, otype, tif, price, qty, stp, flags, expire in rows:
+    for op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed in rows:
         if op == OP_NEW:
-            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire)
+            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
         elif op == OP_CANCEL:
             cancel(oid)
         elif op == OP_REPLACE:
@@ -130,10 +130,10 @@ def per_command_latency(rows: list[list[int]]) -> np.ndarray:
     lat = np.empty(len(rows), dtype=INT)
     clock = time.perf_counter_ns
     new, cancel, replace = book.new, book.cancel, book.replace
-    for i, (op, oid, broker, side, otype, tif, price, qty, stp, flags, expire) in enumerate(rows):
+    for i, (op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed) in enumerate(rows):
         t0 = clock()
         if op == OP_NEW:
-            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire)
+            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
         elif op == OP_CANCEL:
             cancel(oid)
         elif op == OP_REPLACE:

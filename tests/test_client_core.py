@@ -184,6 +184,8 @@ def test_post_only_and_gtd_go_out_only_when_asked_for() -> None:
                  0.0)
     assert decode_client(sent) == New(oid="o2", symbol="TCS", side="buy", type="limit", price="3499.00", qty=10,
                                       tif="GTD", post_only=True, expire_date="2026-01-05")
+    sent = _sent(core.sell("TCS", 30, "3501.00", oid="o3", disclosed_qty=10), 0.0)
+    assert decode_client(sent).extras() == (False, None, 10)
 
 
 def test_command_accepted_then_closing_status_done_with_events() -> None:

@@ -213,3 +213,19 @@ def test_market_order_stops_at_the_protection_from_the_last_trade() -> None:
     out = eng.apply(NewOrder(oid="m", broker="B1", symbol="TCS", side="buy", type="market", qty=20, tif="IOC"))
     assert [o.price for o in out if isinstance(o, Trade)] == ["100.00", "101.00", "102.00"]  # limit 102.00
     assert isinstance(out[-1], ExCancelled) and (out[-1].qty, out[-1].reason) == (5, "unfilled_ioc_remainder")
+
+
+def test_iceberg_depth_shows_the_peak_and_status_its_whole_quantity() -> None:
+    eng = _engine()
+    out = eng.apply(NewOrder(oid="ice", broker="B2", symbol="TCS", side="sell", type="limit", price="3500.00",
+                             qty=30, tif="GTC", disclosed_qty=10))
+    assert isinstance(out[0], ExAccepted) and out[0].disclosed_qty == 10
+    assert eng.book_levels("TCS")["asks"] == [["3500.00", 10, 1]]
+    eng.apply(NewOrder(oid="b", broker="B1", symbol="TCS", side="buy", type="limit", price="3500.00", qty=12,
+                       tif="IOC"))
+    assert eng.book_levels("TCS")["asks"] == [["3500.00", 8, 1]]  # the second peak, 2 of it traded
+    st = eng.order_status("TCS", "B2", "ice")
+    assert st is not None and (st.cum_qty, st.leaves_qty, st.disclosed_qty) == (12, 18, 10)
+    bad = eng.apply(NewOrder(oid="x", broker="B2", symbol="TCS", side="sell", type="limit", price="3500.00",
+                             qty=30, tif="GTC", disclosed_qty=2))
+    assert isinstance(bad[0], ExRejected) and bad[0].reason == "bad_disclosed_qty" and "10 %" in bad[0].text

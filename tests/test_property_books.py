@@ -5,9 +5,10 @@ compiled book's batch loop over the whole session, and the plain-Python
 reference book must give the same events, command by command, and end with the
 same book (levels and the order of every queue).  Sessions draw brokers and
 self-trade prevention modes at random, post-only orders, GTD orders and end
-of days that expire some of them, books with and without market protection;
-no trade of a banded book ever prints outside its band (the circuit filter)
-nor, for a market order, outside its protection.
+of days that expire some of them, icebergs (disclosed quantities, valid or
+not), books with and without market protection; no trade of a banded book
+ever prints outside its band (the circuit filter) nor, for a market order,
+outside its protection.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from fabric.constants import (
     OP_END_OF_DAY,
     OP_NEW,
     OP_REPLACE,
+    REJ_BAD_DISCLOSED,
     REJ_WOULD_CROSS,
     SELL,
     STP_NAMES,
@@ -86,12 +88,13 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
             qty = draw(lots if lot > 1 else st.integers(-1, 25))
             flags = draw(st.sampled_from([0, 0, 0, FLAG_POST_ONLY]))
             expire = draw(st.sampled_from([*DAYS, 0])) if tif == GTD or draw(st.integers(0, 9)) == 0 else 0
+            disclosed = draw(st.sampled_from([0, 0, 0, lot, lot, 2 * lot, lot + 1, -lot]))
             cmds.append((OP_NEW, next_oid, draw(st.integers(0, 2)), side, MARKET if market else LIMIT, tif, price, qty,
-                         draw(stp_modes), flags, expire))
+                         draw(stp_modes), flags, expire, disclosed))
             next_oid += 1
             sides.append(side)
         elif kind == "cancel":
-            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0, 0, 0))
+            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
         elif kind == "replace":
             oid = draw(st.integers(0, next_oid))
             across = st.nothing() if oid == next_oid else (
@@ -99,16 +102,16 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
             price = draw(st.sampled_from([NO_PRICE]) | st.integers(mid - 3, mid + 3) | st.integers(plo - 2, phi + 2)
                          | across)
             qty = draw(st.sampled_from([NO_QTY, 0, lot, 2 * lot, 5 * lot, 9 * lot, lot + 1]))
-            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes), 0, 0))
+            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes), 0, 0, 0))
         else:
-            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, draw(st.sampled_from([*DAYS, 0]))))
+            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, draw(st.sampled_from([*DAYS, 0])), 0))
     return shape, cmds
 
 
 def _apply(book: OrderBook | ReferenceBook, cmd: tuple[int, ...]) -> list[tuple[int, ...]]:
-    op, oid, broker, side, otype, tif, price, qty, stp, flags, expire = cmd
+    op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed = (*cmd, 0, 0, 0, 0)[:C_NFIELDS]
     if op == OP_NEW:
-        evs = book.new(oid, broker, side, otype, tif, price, qty, stp, flags, expire)
+        evs = book.new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
     elif op == OP_CANCEL:
         evs = book.cancel(oid)
     elif op == OP_REPLACE:
@@ -221,6 +224,22 @@ def test_gtd_expires_at_the_end_of_its_day_not_before() -> None:
         assert book.depth(BUY) == []
 
 
+def test_iceberg_shows_its_peak_refills_at_the_back_and_trades_through_peaks() -> None:
+    for book in (OrderBook(), ReferenceBook()):
+        _apply(book, (OP_NEW, 0, 0, SELL, LIMIT, GTC, 100, 10, 0, 0, 0, 3))  # iceberg: 10, peak 3
+        _apply(book, (OP_NEW, 1, 0, SELL, LIMIT, GTC, 100, 2))
+        assert book.depth(SELL) == [(100, 5, 2)] and book.level(SELL, 100) == (5, 2)  # 3 shown + 2
+        evs = _apply(book, (OP_NEW, 2, 1, BUY, LIMIT, IOC, 100, 4))
+        # The peak of 3 trades, the next peak goes behind order 1, which trades the last share.
+        assert [(ev[E_TYPE], ev[7], ev[4]) for ev in evs[1:]] == [(EV_TRADE, 0, 3), (EV_TRADE, 1, 1)]
+        assert book.queue(SELL, 100) == [1, 0] and book.depth(SELL) == [(100, 4, 2)]
+        evs = _apply(book, (OP_NEW, 3, 1, BUY, LIMIT, IOC, 100, 9))  # 1 of order 1, then peaks of 3, 3, 1
+        assert [ev[4] for ev in evs if ev[E_TYPE] == EV_TRADE] == [1, 3, 3, 1]
+        assert book.depth(SELL) == []
+        bad = _apply(book, (OP_NEW, 4, 0, SELL, LIMIT, GTC, 100, 100, 0, 0, 0, 9))  # under 10 % of 100
+        assert [(ev[E_TYPE], ev[-1]) for ev in bad] == [(EV_REJECTED, REJ_BAD_DISCLOSED)]
+
+
 def test_market_protection_stops_a_market_order_at_last_plus_pct() -> None:
     for book in (OrderBook(protect_bp=500, ref=100), ReferenceBook(protect_bp=500, ref=100)):
         for oid, px in enumerate((100, 104, 105, 106)):
@@ -281,6 +300,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                     cmd["expire_date"] = draw(st.sampled_from(["2026-01-05", "2026-01-06", "2026-02-30"]))
                 if draw(st.integers(0, 3)) == 0:
                     cmd["post_only"] = True
+                if draw(st.integers(0, 3)) == 0:
+                    cmd["disclosed_qty"] = draw(st.sampled_from([1, 5, 10, 2]))
             if draw(st.booleans()):
                 cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             used.append((symbol, broker, oid))

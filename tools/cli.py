@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a limit order that only adds liquidity: rejected (would_cross) if it would trade now")
         o.add_argument("--expire-date", default=None, metavar="YYYY-MM-DD",
                        help="a GTD order's last trading day (makes the order GTD)")
+        o.add_argument("--disclosed-qty", type=int, default=None, metavar="Q",
+                       help="an iceberg: only Q shows in the depth (a lot multiple, at least 10 %% of the quantity)")
     o = osub.add_parser("cancel", help="cancel OID", formatter_class=raw, epilog=ORDER_EXIT_STATUS)
     o.add_argument("oid", metavar="OID")
     o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")

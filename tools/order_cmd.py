@@ -54,6 +54,8 @@ def describe(msg: Any) -> str:
         at = f"@ {msg.price}" if msg.price is not None else "at market"
         tif = f"{msg.tif} {msg.expire_date}" if msg.expire_date else msg.tif
         post = " post-only" if msg.post_only else ""
+        if msg.disclosed_qty:
+            post += f" disclosing {msg.disclosed_qty}"
         return f"accepted   {msg.side} {msg.qty} {msg.symbol} {at} {tif}{post}   oid {msg.oid}"
     if isinstance(msg, Rejected):
         return f"REJECTED   {msg.op} {msg.oid or ''}: {msg.reason} ({msg.text})"
@@ -137,7 +139,8 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
         if action in ("buy", "sell"):
             send = client.buy if action == "buy" else client.sell
             r = send(symbol, qty, price, args.tif, type=None if price is not None else "market", oid=args.oid,
-                     post_only=getattr(args, "post_only", False), expire_date=getattr(args, "expire_date", None))
+                     post_only=getattr(args, "post_only", False), expire_date=getattr(args, "expire_date", None),
+                     disclosed_qty=getattr(args, "disclosed_qty", None))
         else:
             found = args.symbol or _find_symbol(client, args.oid)
             if found is None:

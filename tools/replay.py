@@ -129,14 +129,15 @@ def parse_command(cmd: Any) -> Command:
         stp = _choice(cmd, "stp", STP_CODES, default="off")
         post_only = _bool(cmd, "post_only")
         expire = _str(cmd, "expire_date") if cmd.get("expire_date") is not None else None
+        disclosed = _int(cmd, "disclosed_qty") if cmd.get("disclosed_qty") is not None else None
         if otype == "limit":
             return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
                             price=_decimal(cmd, "price"), tif=_choice(cmd, "tif", TIF_CODES, default="GTC"), stp=stp,
-                            post_only=post_only, expire_date=expire)
+                            post_only=post_only, expire_date=expire, disclosed_qty=disclosed)
         if cmd.get("price") is not None:
             raise CommandError(REJ_BAD_FIELD, "a market order takes no price")
-        if post_only:
-            raise CommandError(REJ_BAD_FIELD, "a market order cannot be post-only")
+        if post_only or disclosed is not None:
+            raise CommandError(REJ_BAD_FIELD, "a market order cannot be post-only nor disclose a quantity")
         return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
                         tif=_choice(cmd, "tif", TIF_CODES, default="IOC"), stp=stp)
     if op == "cancel":
@@ -196,6 +197,8 @@ def replay_events(outcomes: list[Outcome]) -> list[Event]:
                 ev["post_only"] = True
             if o.expire_date is not None:
                 ev["expire_date"] = o.expire_date
+            if o.disclosed_qty is not None:
+                ev["disclosed_qty"] = o.disclosed_qty
             events.append(ev)
         elif type(o) is ExRejected:
             events.append({"event": "rejected", "op": o.op, "oid": o.oid, "broker": o.broker, "symbol": o.symbol,
