@@ -49,6 +49,7 @@ from fabric.constants import (
     M_BEST_ASK,
     M_BEST_BID,
     M_FREE_HEAD,
+    M_LAST,
     M_LOT,
     M_MAX_ROWS,
     M_NEED,
@@ -56,6 +57,8 @@ from fabric.constants import (
     M_NEV,
     M_NFIELDS,
     M_NLEVELS,
+    M_PROTECT_BP,
+    M_REF,
     M_RESTING,
     M_SEEN_HI,
     M_SEEN_LO,
@@ -116,6 +119,9 @@ class OrderBook:
         Order slots preallocated; the book doubles them when they run out.
     events
         Rows of the event buffer preallocated; it grows when a command could overflow it.
+    ref, protect_bp
+        Market protection: a market order's limit is the last trade price (before the first trade, ``ref``,
+        the reference price in ticks; 0 for none) plus or minus ``protect_bp`` basis points (0: no protection).
     """
 
     def __init__(
@@ -126,6 +132,8 @@ class OrderBook:
         max_ladder_rows: int = MAX_LADDER_ROWS,
         slots: int = DEFAULT_SLOTS,
         events: int = DEFAULT_EVENTS,
+        ref: int = 0,
+        protect_bp: int = 0,
     ) -> None:
         if (band_lo is None) != (band_hi is None):
             raise ValueError("give both band_lo and band_hi, or neither")
@@ -139,6 +147,10 @@ class OrderBook:
         meta[M_SEEN_LO] = 1
         meta[M_SEEN_HI] = 0
         meta[M_FREE_HEAD] = -1
+        if ref < 0 or not 0 <= protect_bp < 10000:
+            raise ValueError(f"bad reference price {ref} or market protection {protect_bp} bp")
+        meta[M_REF] = ref
+        meta[M_PROTECT_BP] = protect_bp
         if band_lo is not None and band_hi is not None:
             if not 0 < band_lo <= band_hi <= MAX_PRICE_TICKS:
                 raise ValueError(f"bad band [{band_lo}, {band_hi}]")
@@ -241,34 +253,38 @@ class OrderBook:
     # ---------------------------------------------------------------- commands
 
     def _again(self, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-               stp: int) -> int:
+               stp: int, flags: int = 0, expire: int = 0, disclosed: int = 0) -> int:
         # A region was too small: grow it and retry until the command fits.
         while True:
             self._grow()
-            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty, stp)
+            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
             if n >= 0:
                 return n
 
     def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-            stp: int = STP_OFF) -> int:
-        """Enter a new order (``stp``: its broker's self-trade prevention mode); return the number of events."""
-        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty, stp)
-        return n if n >= 0 else self._again(OP_NEW, oid, broker, side, otype, tif, price, qty, stp)
+            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0) -> int:
+        """Enter a new order (``stp``: its broker's self-trade prevention mode; ``flags``: ``FLAG_*`` bits;
+        ``expire``: a GTD order's expire day, yyyymmdd; ``disclosed``: an iceberg's peak, 0 for none); return the
+        number of events."""
+        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
+        return n if n >= 0 else self._again(OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire,
+                                            disclosed)
 
     def cancel(self, oid: int) -> int:
         """Cancel a resting order; return the number of events written to ``self.out``."""
-        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0)
+        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         return n if n >= 0 else self._again(OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0)
 
     def replace(self, oid: int, price: int = NO_PRICE, qty: int = NO_QTY, stp: int = STP_OFF) -> int:
         """Cancel/replace a resting order (``qty`` is the new total; ``stp`` as for :meth:`new`); return the events."""
-        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp)
+        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp, 0, 0, 0)
         return n if n >= 0 else self._again(OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp)
 
-    def end_of_day(self) -> int:
-        """Expire every resting DAY order; return the number of events."""
-        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0)
-        return n if n >= 0 else self._again(OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0)
+    def end_of_day(self, day: int = 0) -> int:
+        """Expire every resting DAY order, and every GTD order expiring on ``day`` (yyyymmdd; 0: unknown, none)
+        or before; return the number of events."""
+        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day, 0)
+        return n if n >= 0 else self._again(OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day)
 
     def run(self, cmds: np.ndarray) -> np.ndarray:
         """Apply a batch of command rows (``C_*`` layout) in the compiled loop; return all their events.
@@ -308,19 +324,24 @@ class OrderBook:
         return int(self.meta[M_RESTING])
 
     @property
+    def last(self) -> int:
+        """Price (ticks) of the book's last trade, 0 before the first."""
+        return int(self.meta[M_LAST])
+
+    @property
     def trades(self) -> int:
         """Number of trades this book has matched."""
         return int(self.meta[M_TRADES])
 
     def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]:
-        """Return up to ``n`` price levels of one side, best first, as (price, qty, orders)."""
+        """Return up to ``n`` price levels of one side, best first, as (price, displayed qty, orders)."""
         nmax = int(self.meta[M_NLEVELS]) if n is None else n
         res = np.zeros((max(nmax, 0), 3), dtype=INT)
         k = kernels.depth_buf(self.buf, side, nmax, res)
         return [(int(p), int(q), int(c)) for p, q, c in res[:k]]
 
     def level(self, side: int, price: int) -> tuple[int, int]:
-        """Return (total open quantity, orders) resting on ``side`` at ``price``; (0, 0) when none."""
+        """Return (displayed open quantity, orders) resting on ``side`` at ``price``; (0, 0) when none."""
         qty, count = self._level(self.buf, side, price)
         return qty, count
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as _dt
 import math
 import secrets
 import time
@@ -319,11 +320,21 @@ _DRAIN = _Drain()
 
 
 def _new(oid: str, symbol: str, side: str, qty: int, price: Decimal | str | None, tif: str | None,
-         otype: str | None) -> New:
+         otype: str | None, post_only: bool = False, expire_date: _dt.date | str | None = None,
+         disclosed_qty: int | None = None) -> New:
     kind = otype or ("market" if price is None else "limit")
+    # The added fields go out only when used: a plain order's bytes are those an older gateway knows.
+    extra: dict[str, Any] = {}
+    if post_only:
+        extra["post_only"] = True
+    if expire_date is not None:
+        extra["expire_date"] = str(expire_date)  # a date prints as YYYY-MM-DD
+    if disclosed_qty is not None:
+        extra["disclosed_qty"] = disclosed_qty
     return New(oid=oid, symbol=symbol, side=side, type=kind,  # type: ignore[arg-type]
                price=None if price is None else str(price), qty=qty,
-               tif=tif or ("IOC" if kind == "market" else "GTC"))  # type: ignore[arg-type]
+               tif=tif or ("GTD" if expire_date is not None else "IOC" if kind == "market" else "GTC"),  # type: ignore[arg-type]
+               **extra)
 
 
 def _as_is(r: OrderResult) -> OrderResult:
@@ -442,14 +453,18 @@ class ClientCore:
         return _Connect(self)
 
     def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
-            type: str | None = None, oid: str | None = None) -> Operation[OrderResult]:
+            type: str | None = None, oid: str | None = None, post_only: bool = False,
+            expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> Operation[OrderResult]:
         """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
-        return _Command(self, _new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type), "new", _as_is)
+        return _Command(self, _new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type, post_only,
+                                   expire_date, disclosed_qty), "new", _as_is)
 
     def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
-             type: str | None = None, oid: str | None = None) -> Operation[OrderResult]:
+             type: str | None = None, oid: str | None = None, post_only: bool = False,
+             expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> Operation[OrderResult]:
         """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
-        return _Command(self, _new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type), "new", _as_is)
+        return _Command(self, _new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type, post_only,
+                                   expire_date, disclosed_qty), "new", _as_is)
 
     def cancel(self, oid: str, symbol: str) -> Operation[OrderResult]:
         """Cancel the open order ``oid``."""
@@ -991,7 +1006,8 @@ class BrokerClient(_Shell):
     # --------------------------------------------------------------- commands
 
     def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
-            type: str | None = None, oid: str | None = None) -> OrderResult:
+            type: str | None = None, oid: str | None = None, post_only: bool = False,
+            expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
         """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one.
 
         Parameters
@@ -1003,11 +1019,18 @@ class BrokerClient(_Shell):
         price
             The limit price as a decimal string or ``Decimal``; ``None`` for a market order.
         tif
-            ``GTC`` (the default for a limit order), ``DAY``, ``IOC`` (the default for a market order) or ``FOK``.
+            ``GTC`` (the default for a limit order), ``DAY``, ``IOC`` (the default for a market order), ``FOK``
+            or ``GTD`` (the default with ``expire_date``).
         type
             ``limit`` or ``market``; by default, from whether ``price`` is given.
         oid
             The client order id; a new one (:meth:`next_oid`) by default.
+        post_only
+            A limit order that must only add liquidity: ``rejected`` (``would_cross``) if it would trade now.
+        expire_date
+            A GTD order's last trading day (a ``date`` or ``"YYYY-MM-DD"``).
+        disclosed_qty
+            An iceberg: only this much shows in the depth, the rest refills peak by peak.
 
         Returns
         -------
@@ -1021,12 +1044,15 @@ class BrokerClient(_Shell):
         LogonRefused
             When logging on again was refused.
         """
-        return self._drive(self._core.buy(symbol, qty, price, tif, type=type, oid=oid))
+        return self._drive(self._core.buy(symbol, qty, price, tif, type=type, oid=oid, post_only=post_only,
+                                          expire_date=expire_date, disclosed_qty=disclosed_qty))
 
     def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
-             type: str | None = None, oid: str | None = None) -> OrderResult:
+             type: str | None = None, oid: str | None = None, post_only: bool = False,
+             expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
         """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one (see :meth:`buy`)."""
-        return self._drive(self._core.sell(symbol, qty, price, tif, type=type, oid=oid))
+        return self._drive(self._core.sell(symbol, qty, price, tif, type=type, oid=oid, post_only=post_only,
+                                           expire_date=expire_date, disclosed_qty=disclosed_qty))
 
     def cancel(self, oid: str, symbol: str) -> OrderResult:
         """Cancel the open order ``oid`` of ``symbol`` (raises as :meth:`buy`)."""
@@ -1206,14 +1232,19 @@ class AsyncBrokerClient(_Shell):
     # --------------------------------------------------------------- commands
 
     async def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
-                  type: str | None = None, oid: str | None = None) -> OrderResult:
+                  type: str | None = None, oid: str | None = None, post_only: bool = False,
+                  expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
         """Buy ``qty`` of ``symbol`` (see :meth:`BrokerClient.buy`)."""
-        return await self._in_turn(self._core.buy(symbol, qty, price, tif, type=type, oid=oid))
+        return await self._in_turn(self._core.buy(symbol, qty, price, tif, type=type, oid=oid, post_only=post_only,
+                                                  expire_date=expire_date, disclosed_qty=disclosed_qty))
 
     async def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
-                   type: str | None = None, oid: str | None = None) -> OrderResult:
+                   type: str | None = None, oid: str | None = None, post_only: bool = False,
+                   expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
         """Sell ``qty`` of ``symbol`` (see :meth:`BrokerClient.buy`)."""
-        return await self._in_turn(self._core.sell(symbol, qty, price, tif, type=type, oid=oid))
+        return await self._in_turn(self._core.sell(symbol, qty, price, tif, type=type, oid=oid,
+                                                   post_only=post_only, expire_date=expire_date,
+                                                   disclosed_qty=disclosed_qty))
 
     async def cancel(self, oid: str, symbol: str) -> OrderResult:
         """Cancel the open order ``oid`` (see :meth:`BrokerClient.cancel`)."""

@@ -25,6 +25,7 @@ from fabric.constants import (
     DAY,
     FOK,
     GTC,
+    GTD,
     IOC,
     LIMIT,
     MARKET,
@@ -61,14 +62,14 @@ __all__ = [
 # The wire's names of sides, order types and times in force, and their codes in the books.
 SIDE_CODES: Final = {"buy": BUY, "sell": SELL}
 TYPE_CODES: Final = {"limit": LIMIT, "market": MARKET}
-TIF_CODES: Final = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK}
+TIF_CODES: Final = {"GTC": GTC, "DAY": DAY, "IOC": IOC, "FOK": FOK, "GTD": GTD}
 # Self-trade prevention modes (a broker's, from the topology) and their codes in the books.
 STP_CODES: Final = {"off": STP_OFF, "cancel_resting": STP_CANCEL_RESTING, "cancel_incoming": STP_CANCEL_INCOMING,
                     "cancel_both": STP_CANCEL_BOTH}
 
 Side = Literal["buy", "sell"]
 OrderType = Literal["limit", "market"]
-Tif = Literal["GTC", "DAY", "IOC", "FOK"]
+Tif = Literal["GTC", "DAY", "IOC", "FOK", "GTD"]
 Stp = Literal["off", "cancel_resting", "cancel_incoming", "cancel_both"]
 
 
@@ -99,6 +100,9 @@ class NewOrder(_Order, tag="new", kw_only=True):
     qty: int
     tif: Tif
     stp: Stp = "off"  # the broker's self-trade prevention mode when the matcher took it; "off" is not written
+    post_only: bool = False  # rejected (would_cross) rather than trade on entry; False is not written
+    expire_date: str | None = None  # a GTD order's last day, "YYYY-MM-DD"
+    disclosed_qty: int | None = None  # an iceberg's peak: what the depth shows of it
 
 
 class CancelOrder(_Order, tag="cancel", kw_only=True):
@@ -121,12 +125,18 @@ class AddInstrument(_Command, tag="instrument", kw_only=True):
     lot: int = 1
     ref_price: str | None = None
     band_pct: str | None = None
+    market_protection_pct: str | None = None  # None (every journal from before it): no market protection
 
 
 class EndOfDay(_Command, tag="end_of_day", kw_only=True):
-    """Expire every resting DAY order."""
+    """Expire every resting DAY order, and the GTD orders whose ``expire_date`` is ``date`` or before.
+
+    ``date`` ("YYYY-MM-DD") is the trading day that ends; ``None``: the day of ``ts`` in the exchange's time
+    zone, and with neither no GTD order expires.
+    """
 
     ts: int = 0
+    date: str | None = None
 
 
 ControlAction = Literal["halt", "resume", "disable", "enable", "disconnected"]
@@ -185,7 +195,8 @@ def from_order(oc: OrderCommand, ts: int, stp: Stp = "off") -> OrderCommandT:
     c = oc.cmd
     if type(c) is New:
         return NewOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, side=c.side, type=c.type, price=c.price,
-                        qty=c.qty, tif=c.tif, ts=ts, gw=oc.gateway, req=oc.req, stp=stp)
+                        qty=c.qty, tif=c.tif, ts=ts, gw=oc.gateway, req=oc.req, stp=stp, post_only=c.extras()[0],
+                        expire_date=c.extras()[1], disclosed_qty=c.extras()[2] or None)
     if type(c) is Cancel:
         return CancelOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, ts=ts, gw=oc.gateway, req=oc.req)
     if type(c) is Replace:

@@ -29,6 +29,7 @@ GTC = 0
 DAY = 1
 IOC = 2
 FOK = 3
+GTD = 4  # good till date: as DAY, but it expires at the end of its expire day (``docs/book-semantics.md``)
 
 # Self-trade prevention: what happens when an incoming order (a new order, or a
 # replace that loses its place and crosses) would trade against a resting order
@@ -41,7 +42,10 @@ STP_CANCEL_BOTH = 3  # both are cancelled
 
 SIDE_NAMES = ("buy", "sell")
 TYPE_NAMES = ("limit", "market")
-TIF_NAMES = ("GTC", "DAY", "IOC", "FOK")
+TIF_NAMES = ("GTC", "DAY", "IOC", "FOK", "GTD")
+
+# Order flags (C_FLAGS of a new order; kept with the resting order).
+FLAG_POST_ONLY = 1  # a limit order that must not trade on entry: rejected (REJ_WOULD_CROSS) if it would
 STP_NAMES = ("off", "cancel_resting", "cancel_incoming", "cancel_both")
 
 # --------------------------------------------------------------------------
@@ -61,7 +65,10 @@ C_TIF = 5
 C_PRICE = 6  # ticks; for a replace, NO_PRICE keeps the price
 C_QTY = 7  # total order quantity; for a replace, NO_QTY keeps it
 C_STP = 8  # self-trade prevention mode (STP_*) of a new or a replace; 0 elsewhere
-C_NFIELDS = 9
+C_FLAGS = 9  # a new order's FLAG_* bits; 0 elsewhere
+C_EXPIRE = 10  # a GTD order's expire day, end_of_day's day that ends (both yyyymmdd; 0: none, unknown)
+C_DISCLOSED = 11  # a new order's disclosed quantity (an iceberg's peak); 0: all of it shows
+C_NFIELDS = 12
 
 NO_PRICE = -1
 NO_QTY = -1
@@ -144,6 +151,8 @@ REJ_ORDER_CLOSED = 4
 REJ_BAD_TIF = 5
 REJ_PRICE_OFF_TICK = 6
 REJ_LADDER_SPAN = 7  # unbanded instrument: price too far from the rest of the book
+REJ_WOULD_CROSS = 8  # a post-only order (or its replace) would trade on entry
+REJ_BAD_DISCLOSED = 9  # a disclosed quantity the rules refuse (docs/book-semantics.md, "Disclosed quantity")
 
 REJ_UNKNOWN_ORDER = 100
 REJ_DUPLICATE_OID = 101
@@ -152,6 +161,7 @@ REJ_PRICE_TOO_LARGE = 103
 REJ_HALTED = 104  # trading in the symbol (or the market) is halted
 REJ_BROKER_DISABLED = 105  # an operator disabled the broker (the kill switch)
 REJ_MARKET_CLOSED = 106  # the trading day's phase takes no such order now (docs/sessions.md)
+REJ_EXPIRE_DATE = 107  # a GTD order's expire_date is missing, not a date, or before the trading day
 REJ_MALFORMED = 110  # not JSON / not an object
 REJ_UNKNOWN_OP = 111
 REJ_MISSING_FIELD = 112
@@ -167,6 +177,8 @@ REJECT_NAMES = {
     REJ_BAD_TIF: "bad_time_in_force",
     REJ_PRICE_OFF_TICK: "price_off_tick",
     REJ_LADDER_SPAN: "price_too_far_from_book",
+    REJ_WOULD_CROSS: "would_cross",
+    REJ_BAD_DISCLOSED: "bad_disclosed_qty",
     REJ_UNKNOWN_ORDER: "unknown_order",
     REJ_DUPLICATE_OID: "duplicate_client_order_id",
     REJ_QTY_TOO_LARGE: "qty_too_large",
@@ -174,6 +186,7 @@ REJECT_NAMES = {
     REJ_HALTED: "halted",
     REJ_BROKER_DISABLED: "broker_disabled",
     REJ_MARKET_CLOSED: "market_closed",
+    REJ_EXPIRE_DATE: "bad_expire_date",
     REJ_MALFORMED: "malformed",
     REJ_UNKNOWN_OP: "unknown_op",
     REJ_MISSING_FIELD: "missing_field",
@@ -202,7 +215,11 @@ O_CUM = 7
 O_PREV = 8  # FIFO neighbours at the price level (slot numbers, -1 = none)
 O_NEXT = 9
 O_STATE = 10
-O_NFIELDS = 11
+O_EXPIRE = 11  # a GTD order's expire day (yyyymmdd), else 0
+O_FLAGS = 12  # the order's FLAG_* bits
+O_DISCLOSED = 13  # an iceberg's disclosed quantity (its peak), 0 for an order that shows all of it
+O_SHOWN = 14  # an iceberg's displayed quantity (what is left of its current peak); unused for others
+O_NFIELDS = 15
 
 ST_FREE = 0
 ST_RESTING = 1
@@ -215,7 +232,8 @@ L_QTY = 0
 L_COUNT = 1
 L_HEAD = 2
 L_TAIL = 3
-L_NFIELDS = 4
+L_HIDDEN = 4  # the icebergs' undisplayed quantity at the level: the depth shows L_QTY - L_HIDDEN
+L_NFIELDS = 5
 
 # --------------------------------------------------------------------------
 # Book metadata: meta[M_*], int64.
@@ -237,6 +255,10 @@ M_SEEN_LO = 13  # lowest limit price ever accepted (unbanded books: the ladder s
 M_SEEN_HI = 14  # highest; SEEN_HI < SEEN_LO means none yet
 M_MAX_ROWS = 15  # widest ladder an unbanded book may grow to
 M_NEV = 16  # events waiting in the output buffer (batch calls)
+M_LAST = 17  # price (ticks) of the book's last trade, 0 before the first
+M_REF = 18  # the instrument's reference price (ticks), 0 when it has none
+M_PROTECT_BP = 19  # market protection in basis points of the last (else reference) price; 0: none
+M_TRANCHES = 20  # the resting icebergs' peaks still hidden (each may make one more trade event): the event bound
 M_NFIELDS = 24
 
 NO_BID = -1

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final, Protocol, TypeAlias, cast
+from zoneinfo import ZoneInfo
 
 import msgspec
 
@@ -68,7 +69,9 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    FLAG_POST_ONLY,
     FOK,
+    GTD,
     IOC,
     LIMIT,
     MARKET,
@@ -77,10 +80,12 @@ from fabric.constants import (
     MAX_QTY,
     NO_PRICE,
     NO_QTY,
+    REJ_BAD_DISCLOSED,
     REJ_BAD_FIELD,
     REJ_BAD_TIF,
     REJ_BROKER_DISABLED,
     REJ_DUPLICATE_OID,
+    REJ_EXPIRE_DATE,
     REJ_HALTED,
     REJ_LADDER_SPAN,
     REJ_MARKET_CLOSED,
@@ -92,6 +97,7 @@ from fabric.constants import (
     REJ_QTY_NOT_LOT_MULTIPLE,
     REJ_QTY_TOO_LARGE,
     REJ_UNKNOWN_ORDER,
+    REJ_WOULD_CROSS,
     REJECT_NAMES,
     SIDE_NAMES,
     STP_OFF,
@@ -122,6 +128,29 @@ _NO_ENTRY: Final = {  # why a phase takes no new order (docs/sessions.md)
     "closing": "continuous trading has ended; this exchange's closing session takes no orders",
     "closed": "the market is closed until the next pre-open",
 }
+# The time zone trading days are counted in (a GTD order's expire_date, an end of day without a date).
+EXCHANGE_ZONE: Final = ZoneInfo("Asia/Kolkata")
+
+
+def trading_day(ts: int) -> int:
+    """Return the day (yyyymmdd) of ``ts`` (ns since the Unix epoch) in the exchange's time zone; 0 for ts 0."""
+    if ts <= 0:
+        return 0
+    d = _dt.datetime.fromtimestamp(ts / 1e9, EXCHANGE_ZONE).date()
+    return d.year * 10000 + d.month * 100 + d.day
+
+
+def day_of(date: str) -> int:
+    """Return a "YYYY-MM-DD" date as yyyymmdd; 0 when it is no real date."""
+    try:
+        d = _dt.date.fromisoformat(date)
+    except ValueError:
+        return 0
+    return d.year * 10000 + d.month * 100 + d.day if len(date) == 10 else 0
+
+
+def _date_text(day: int) -> str:
+    return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
 
 
 class InstrumentExists(InstrumentError):
@@ -132,10 +161,10 @@ class Book(Protocol):
     """What the engine needs of a book: see ``docs/book-semantics.md``."""
 
     def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-            stp: int = STP_OFF) -> Any: ...
+            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0) -> Any: ...
     def cancel(self, oid: int) -> Any: ...
     def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF) -> Any: ...
-    def end_of_day(self) -> Any: ...
+    def end_of_day(self, day: int = 0) -> Any: ...
     def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]: ...
     def level(self, side: int, price: int) -> tuple[int, int]: ...
 
@@ -153,7 +182,16 @@ def _rows(book: Book, result: Any) -> list[list[int]]:
 
 def compiled_book(inst: Instrument) -> Book:
     """Return a numba-compiled book for ``inst``."""
-    return OrderBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
+    return OrderBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi, ref=inst.ref_ticks,
+                     protect_bp=inst.protect_bp)
+
+
+def reference_book(inst: Instrument) -> Book:
+    """Return the plain-Python reference book for ``inst`` (the property tests' oracle)."""
+    from fabric.reference import ReferenceBook
+
+    return ReferenceBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi, ref=inst.ref_ticks,
+                         protect_bp=inst.protect_bp)
 
 
 def instrument_of(cmd: AddInstrument) -> Instrument:
@@ -167,14 +205,18 @@ def instrument_of(cmd: AddInstrument) -> Instrument:
     band = None if cmd.band_pct is None else Decimal(cmd.band_pct)
     return Instrument(cmd.symbol, tick=Decimal(cmd.tick), lot=cmd.lot,
                       ref_price=None if cmd.ref_price is None else Decimal(cmd.ref_price),
-                      band_pct=None if band == 0 else band)  # a band of 0 % is no band, as on the BSE
+                      band_pct=None if band == 0 else band,  # a band of 0 % is no band, as on the BSE
+                      market_protection_pct=None if cmd.market_protection_pct is None
+                      else Decimal(cmd.market_protection_pct) or None)
 
 
 def instrument_command(inst: Instrument) -> AddInstrument:
     """Return the ``instrument`` command that defines ``inst`` (how a journal starts)."""
     return AddInstrument(symbol=inst.symbol, tick=str(inst.tick), lot=inst.lot,
                          ref_price=None if inst.ref_price is None else str(inst.ref_price),
-                         band_pct=None if inst.band_pct is None else str(inst.band_pct))
+                         band_pct=None if inst.band_pct is None else str(inst.band_pct),
+                         market_protection_pct=None if inst.market_protection_pct is None
+                         else str(inst.market_protection_pct))
 
 
 class _Order(msgspec.Struct, gc=False):
@@ -195,6 +237,9 @@ class _Order(msgspec.Struct, gc=False):
     state: str = "new"
     reason: str | None = None  # why a cancelled order was cancelled
     base: int = 0  # what the call auction filled before the order entered the book (the book counts from 0)
+    flags: int = 0  # FLAG_* bits (post-only)
+    expire: int = 0  # a GTD order's expire day, yyyymmdd
+    disclosed: int = 0  # an iceberg's peak
 
 
 _ARCHIVED_OID: Final = -2
@@ -294,13 +339,14 @@ class MatchingEngine:
         """
         if isinstance(cmd, NewOrder):
             return self.new_order(cmd.symbol, cmd.broker, cmd.oid, SIDE_CODES[cmd.side], TYPE_CODES[cmd.type],
-                                  TIF_CODES[cmd.tif], cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp])
+                                  TIF_CODES[cmd.tif], cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp], cmd.post_only,
+                                  cmd.expire_date, cmd.disclosed_qty or 0)
         if isinstance(cmd, CancelOrder):
             return self.cancel(cmd.symbol, cmd.broker, cmd.oid, cmd.ts)
         if isinstance(cmd, ReplaceOrder):
             return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp])
         if isinstance(cmd, EndOfDay):
-            return list(self.end_of_day(cmd.ts))
+            return list(self.end_of_day(cmd.ts, cmd.date))
         if isinstance(cmd, Control):
             return self.control(cmd)
         if isinstance(cmd, SessionChange):
@@ -384,11 +430,16 @@ class MatchingEngine:
         qty: int,
         ts: int = 0,
         stp: int = STP_OFF,
+        post_only: bool = False,
+        expire_date: str | None = None,
+        disclosed: int = 0,
     ) -> list[Outcome]:
         """Enter a new order and return its outcomes (accepted or rejected, trades and fills, cancel of a rest).
 
         ``stp`` is the broker's self-trade prevention mode (``STP_*``): a resting order it cancels gets its
-        ``cancelled`` (``self_trade``) among the outcomes.
+        ``cancelled`` (``self_trade``) among the outcomes. ``post_only``: rejected (``would_cross``) rather
+        than trade on entry. ``expire_date`` ("YYYY-MM-DD"): a GTD order's last day, not before the trading
+        day of ``ts`` (when ``ts`` is given). ``disclosed``: an iceberg's peak (0: all of it shows).
         """
         inst, book = self._book(symbol)
         if self.halts or self.disabled:
@@ -412,14 +463,25 @@ class MatchingEngine:
                 return [self._reject("new", clid, broker, symbol, REJ_PRICE_TOO_LARGE,
                                      f"price {price} is too large", ts)]
             ticks = t
+        expire = 0
+        if tif == GTD or expire_date is not None:
+            problem = self._expire_problem(tif, expire_date, ts)
+            if problem is not None:
+                return [self._reject("new", clid, broker, symbol, REJ_EXPIRE_DATE, problem, ts)]
+            expire = day_of(expire_date)  # type: ignore[arg-type]
+        flags = FLAG_POST_ONLY if post_only else 0
         if self.phase != CONTINUOUS:
+            if flags or expire or disclosed:
+                return [self._reject("new", clid, broker, symbol, REJ_MARKET_CLOSED,
+                                     f"post-only, GTD and disclosed-quantity orders are taken in continuous trading "
+                                     f"only, not in the {self.phase} phase", ts)]
             return self._session_new(inst, broker, clid, side, otype, tif, ticks, qty, ts, stp)
         oid = len(self._orders)
-        order = _Order(symbol, broker, clid, side, otype, tif)
+        order = _Order(symbol, broker, clid, side, otype, tif, flags=flags, expire=expire, disclosed=disclosed)
         self._orders.append(order)
         bno = self._broker_no.setdefault(broker, len(self._broker_no))
-        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty, stp))
-        out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif)
+        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty, stp, flags, expire, disclosed))
+        out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif, disclosed=disclosed)
         if out and type(out[0]) is ExRejected:
             self._orders.pop()  # a rejected order does not use its client order id
         else:
@@ -428,6 +490,21 @@ class MatchingEngine:
             if self._finished:
                 self._archive_finished()
         return out
+
+    @staticmethod
+    def _expire_problem(tif: int, expire_date: str | None, ts: int) -> str | None:
+        # Why a GTD order's expire_date (or another order's) cannot be taken, or None.
+        if tif != GTD:
+            return f"expire_date is for a GTD order, not {TIF_NAMES[tif]}"
+        if expire_date is None:
+            return "a GTD order needs its expire_date"
+        day = day_of(expire_date)
+        if day == 0:
+            return f"expire_date {expire_date} is not a date (YYYY-MM-DD)"
+        today = trading_day(ts)
+        if day < today:
+            return f"expire_date {expire_date} is before the trading day {_date_text(today)}"
+        return None
 
     @staticmethod
     def _ticks(inst: Instrument, price: Decimal | str) -> int | None:
@@ -500,12 +577,14 @@ class MatchingEngine:
         self._archive_finished()
         return out
 
-    def end_of_day(self, ts: int = 0) -> list[ExExpired]:
-        """Expire every resting DAY order of every book, in the order they were accepted."""
+    def end_of_day(self, ts: int = 0, date: str | None = None) -> list[ExExpired]:
+        """Expire every resting DAY order of every book, and every GTD order whose expire_date is the day that
+        ends (``date``, else the trading day of ``ts``, else none) or before, in the order they were accepted."""
+        day = day_of(date) if date is not None else trading_day(ts)
         expired: list[tuple[int, ExExpired]] = []
         for symbol, book in self.books.items():
             inst = self.instruments[symbol]
-            rows = _rows(book, book.end_of_day())
+            rows = _rows(book, book.end_of_day(day))
             for row, ev in zip(rows, self._outcomes(inst, rows, ts), strict=True):
                 assert type(ev) is ExExpired
                 expired.append((row[E_OID], ev))
@@ -777,7 +856,8 @@ class MatchingEngine:
                            side=SIDE_NAMES[o.side], type=TYPE_NAMES[o.otype],  # type: ignore[arg-type]
                            price=None if o.otype == MARKET else self.instruments[o.symbol].to_price(o.price),
                            qty=o.qty, cum_qty=o.cum, leaves_qty=o.leaves, tif=TIF_NAMES[o.tif],  # type: ignore[arg-type]
-                           reason=o.reason)
+                           reason=o.reason, post_only=bool(o.flags & FLAG_POST_ONLY),
+                           expire_date=_date_text(o.expire) if o.expire else None, disclosed_qty=o.disclosed or None)
 
     def open_orders(self, broker: str, symbol: str | None = None) -> list[OrderStatus]:
         """Return the status of every open order of ``broker`` (of one symbol, or all), oldest first."""
@@ -835,7 +915,7 @@ class MatchingEngine:
                           reason=REJECT_NAMES[code], text=text)
 
     def _reject_text(self, inst: Instrument, code: int, clid: str, tif: int | None, price: Decimal | str | None,
-                     qty: int | None) -> str:
+                     qty: int | None, disclosed: int = 0) -> str:
         if code == REJ_QTY_NOT_LOT_MULTIPLE:
             return f"qty {qty} is not a positive multiple of the lot size {inst.lot}"
         if code == REJ_PRICE_OUT_OF_BAND:
@@ -845,13 +925,21 @@ class MatchingEngine:
         if code == REJ_ORDER_CLOSED:
             return f"order {clid} is no longer open (filled, cancelled, replaced away or expired)"
         if code == REJ_BAD_TIF:
+            if tif is not None and TIF_NAMES[tif] in ("IOC", "FOK"):  # what a post-only order cannot be
+                return f"a post-only order rests: GTC, DAY or GTD, not {TIF_NAMES[tif]}"
             return f"market orders must be IOC or FOK, not {TIF_NAMES[tif or 0]}"
+        if code == REJ_BAD_DISCLOSED:
+            return (f"disclosed_qty {disclosed} must be a multiple of the lot size {inst.lot} from 10 % of qty {qty} "
+                    "up to qty, on a limit order that rests (GTC, DAY, GTD)")
+        if code == REJ_WOULD_CROSS:
+            return (f"post-only order at {price} would trade on entry"
+                    if price is not None else "post-only order would trade on entry at its new price")
         if code == REJ_LADDER_SPAN:
             return f"price {price} is more than {self._max_ladder_rows} ticks away from this book's other prices"
         return REJECT_NAMES.get(code, str(code))
 
     def _outcomes(self, inst: Instrument, rows: list[list[int]], ts: int, price: Decimal | str | None = None,
-                  qty: int | None = None, tif: int | None = None) -> list[Outcome]:
+                  qty: int | None = None, tif: int | None = None, disclosed: int = 0) -> list[Outcome]:
         # The book's rows as outcome messages, in the book's order; a trade gives the trade and its two
         # fills, the aggressor's first. The engine's memory of each order follows the rows.
         symbol = inst.symbol
@@ -903,7 +991,10 @@ class MatchingEngine:
                                       symbol=symbol, side=SIDE_NAMES[o.side],  # type: ignore[arg-type]
                                       type=TYPE_NAMES[o.otype],  # type: ignore[arg-type]
                                       price=None if market else to_price(r[E_PRICE]), qty=r[E_QTY],
-                                      tif=TIF_NAMES[o.tif]))  # type: ignore[arg-type]
+                                      tif=TIF_NAMES[o.tif],  # type: ignore[arg-type]
+                                      post_only=bool(o.flags & FLAG_POST_ONLY),
+                                      expire_date=_date_text(o.expire) if o.expire else None,
+                                      disclosed_qty=o.disclosed or None))
             elif typ == EV_CANCELLED:
                 o.leaves, o.state, o.reason = 0, "cancelled", CANCEL_REASON_NAMES[r[E_REASON]]
                 if done is not None:
@@ -936,7 +1027,7 @@ class MatchingEngine:
                 code = r[E_REASON]
                 op = {1: "new", 2: "cancel", 3: "replace"}.get(r[E_OTHER], "new")
                 out.append(self._reject(op, o.clid, o.broker, symbol, code,
-                                        self._reject_text(inst, code, o.clid, tif, price, qty), ts))
+                                        self._reject_text(inst, code, o.clid, tif, price, qty, disclosed), ts))
             else:  # pragma: no cover - a kernel bug
                 raise RuntimeError(f"unknown event row {r}")
         return out

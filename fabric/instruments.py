@@ -11,9 +11,11 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from fabric.constants import MAX_PRICE_TICKS
+from fabric.constants import MAX_PRICE_TICKS, MAX_QTY
 
 DEFAULT_TICK = Decimal("0.01")
+# The topology's market protection when an instrument names none (an Instrument made in code has none).
+DEFAULT_MARKET_PROTECTION_PCT = Decimal("5")
 _CACHED = 100_000  # price texts remembered per instrument and direction; past it the memory starts afresh
 
 
@@ -38,6 +40,11 @@ class Instrument:
     band_pct
         The price band (the BSE's circuit filter) in percent of the reference
         price; ``None`` for no band.
+    market_protection_pct
+        Market protection: a market order matches no further than the last
+        traded price (before the first trade, ``ref_price``) plus or minus this
+        percentage, in steps of 0.01 %; ``None`` (or 0) for none.
+        ``docs/book-semantics.md``, "Market protection".
     """
 
     symbol: str
@@ -45,6 +52,7 @@ class Instrument:
     lot: int = 1
     ref_price: Decimal | None = None
     band_pct: Decimal | None = None
+    market_protection_pct: Decimal | None = None
     band_lo: int | None = field(init=False, default=None)
     band_hi: int | None = field(init=False, default=None)
     _places: int = field(init=False, default=2, repr=False)
@@ -59,8 +67,8 @@ class Instrument:
             raise InstrumentError("symbol must be a non-empty string")
         if not isinstance(self.tick, Decimal) or not self.tick.is_finite() or self.tick <= 0:
             raise InstrumentError(f"{self.symbol}: tick must be a positive decimal, got {self.tick!r}")
-        if isinstance(self.lot, bool) or not isinstance(self.lot, int) or self.lot <= 0:
-            raise InstrumentError(f"{self.symbol}: lot must be a positive integer, got {self.lot!r}")
+        if isinstance(self.lot, bool) or not isinstance(self.lot, int) or not 0 < self.lot <= MAX_QTY:
+            raise InstrumentError(f"{self.symbol}: lot must be a positive integer up to {MAX_QTY}, got {self.lot!r}")
         # Prices print with the tick's decimals as written, and at least two
         # (rupees and paise): tick 0.05 -> 3500.05, tick 0.10 -> 1420.60.
         places = max(2, -self.tick.as_tuple().exponent)  # type: ignore[operator]
@@ -68,12 +76,21 @@ class Instrument:
         # A price in ticks prints through integers: units of 10**-places.
         object.__setattr__(self, "_scale", 10**places)
         object.__setattr__(self, "_tick_units", int(self.tick * 10**places))
+        mp = self.market_protection_pct
+        if mp is not None and (not isinstance(mp, Decimal) or not mp.is_finite() or not 0 <= mp < 100
+                               or mp * 100 != int(mp * 100)):
+            raise InstrumentError(f"{self.symbol}: market_protection_pct must be from 0 to below 100 in steps of "
+                                  f"0.01, got {mp}")
+        # The reference price, with or without a band: market protection starts from it (ref_ticks).
+        ref = self.ref_price
+        if ref is not None and (not isinstance(ref, Decimal) or not ref.is_finite() or ref <= 0
+                                or ref / self.tick > MAX_PRICE_TICKS):
+            raise InstrumentError(f"{self.symbol}: ref_price must be positive and at most {MAX_PRICE_TICKS} ticks, "
+                                  f"got {ref}")
         if self.band_pct is None:
             return
         if self.ref_price is None:
             raise InstrumentError(f"{self.symbol}: a price band needs a reference price")
-        if not self.ref_price.is_finite() or self.ref_price <= 0:
-            raise InstrumentError(f"{self.symbol}: ref_price must be positive, got {self.ref_price}")
         if not self.band_pct.is_finite() or not 0 < self.band_pct < 100:
             raise InstrumentError(f"{self.symbol}: band_pct must be above 0 and below 100, got {self.band_pct}")
         # Round the band inwards to whole ticks: a limit price must lie inside it.
@@ -91,6 +108,16 @@ class Instrument:
     def banded(self) -> bool:
         """Whether limit prices must lie inside a band."""
         return self.band_lo is not None
+
+    @property
+    def protect_bp(self) -> int:
+        """Market protection in basis points (0: none), as the books take it."""
+        return 0 if self.market_protection_pct is None else int(self.market_protection_pct * 100)
+
+    @property
+    def ref_ticks(self) -> int:
+        """The reference price in whole ticks (rounded down; 0 without one), where market protection starts."""
+        return 0 if self.ref_price is None else int(self.ref_price / self.tick)
 
     def to_ticks(self, price: Decimal) -> int | None:
         """Return ``price`` in whole ticks, or ``None`` when it is not a multiple of the tick."""

@@ -24,6 +24,9 @@ from numba import njit
 from fabric.constants import (
     BUY,
     C_BROKER,
+    C_DISCLOSED,
+    C_EXPIRE,
+    C_FLAGS,
     C_OID,
     C_OP,
     C_PRICE,
@@ -55,7 +58,9 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    FLAG_POST_ONLY,
     FOK,
+    GTD,
     H_BITS,
     H_EVENTS,
     H_LVL,
@@ -70,6 +75,7 @@ from fabric.constants import (
     IOC,
     L_COUNT,
     L_HEAD,
+    L_HIDDEN,
     L_NFIELDS,
     L_QTY,
     L_TAIL,
@@ -80,6 +86,7 @@ from fabric.constants import (
     M_BEST_ASK,
     M_BEST_BID,
     M_FREE_HEAD,
+    M_LAST,
     M_LOT,
     M_MAX_ROWS,
     M_NEED,
@@ -87,10 +94,13 @@ from fabric.constants import (
     M_NEV,
     M_NFIELDS,
     M_NLEVELS,
+    M_PROTECT_BP,
+    M_REF,
     M_RESTING,
     M_SEEN_HI,
     M_SEEN_LO,
     M_TRADES,
+    M_TRANCHES,
     MARKET,
     NEED_EVENTS,
     NEED_LADDER,
@@ -103,6 +113,9 @@ from fabric.constants import (
     NO_QTY,
     O_BROKER,
     O_CUM,
+    O_DISCLOSED,
+    O_EXPIRE,
+    O_FLAGS,
     O_LEAVES,
     O_NEXT,
     O_NFIELDS,
@@ -110,6 +123,7 @@ from fabric.constants import (
     O_PREV,
     O_PRICE,
     O_QTY,
+    O_SHOWN,
     O_SIDE,
     O_STATE,
     O_TIF,
@@ -117,12 +131,14 @@ from fabric.constants import (
     OP_END_OF_DAY,
     OP_NEW,
     OP_REPLACE,
+    REJ_BAD_DISCLOSED,
     REJ_BAD_TIF,
     REJ_LADDER_SPAN,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OUT_OF_BAND,
     REJ_QTY_NOT_LOT_MULTIPLE,
+    REJ_WOULD_CROSS,
     SELL,
     ST_FREE,
     ST_RESTING,
@@ -244,6 +260,35 @@ def _emit(
 
 
 @njit(cache=True, inline="always")
+def _hide(ords: np.ndarray, lvl: np.ndarray, meta: np.ndarray, slot: int, row: int, sign: int) -> None:
+    # Count an iceberg's hidden quantity (leaves - shown) in (sign 1) or out of (sign -1) its level's hidden
+    # quantity and the book's hidden peaks (the event bound).
+    hidden = ords[slot, O_LEAVES] - ords[slot, O_SHOWN]
+    d = ords[slot, O_DISCLOSED]
+    lvl[row, L_HIDDEN] += sign * hidden
+    meta[M_TRANCHES] += sign * ((hidden + d - 1) // d)
+
+
+@njit(cache=True, inline="always")
+def _to_back(ords: np.ndarray, lvl: np.ndarray, row: int, slot: int) -> None:
+    # Move a resting slot to the back of its own level (an iceberg's refill), links only.
+    tail = lvl[row, L_TAIL]
+    if tail == slot:
+        return
+    prev = ords[slot, O_PREV]
+    nxt = ords[slot, O_NEXT]
+    if prev >= 0:
+        ords[prev, O_NEXT] = nxt
+    else:
+        lvl[row, L_HEAD] = nxt
+    ords[nxt, O_PREV] = prev
+    ords[tail, O_NEXT] = slot
+    ords[slot, O_PREV] = tail
+    ords[slot, O_NEXT] = -1
+    lvl[row, L_TAIL] = slot
+
+
+@njit(cache=True, inline="always")
 def _push_back(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, slot: int) -> None:
     # Append a slot (fields already set) at the back of its price level.
     price = ords[slot, O_PRICE]
@@ -259,6 +304,8 @@ def _push_back(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.nda
     lvl[row, L_TAIL] = slot
     lvl[row, L_COUNT] += 1
     lvl[row, L_QTY] += ords[slot, O_LEAVES]
+    if ords[slot, O_DISCLOSED] != 0:
+        _hide(ords, lvl, meta, slot, row, 1)
     if ords[slot, O_SIDE] == BUY:
         if price > meta[M_BEST_BID]:
             meta[M_BEST_BID] = price
@@ -283,6 +330,8 @@ def _unlink(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarra
     else:
         lvl[row, L_TAIL] = prev
     lvl[row, L_QTY] -= ords[slot, O_LEAVES]
+    if ords[slot, O_DISCLOSED] != 0:
+        _hide(ords, lvl, meta, slot, row, -1)
     lvl[row, L_COUNT] -= 1
     if lvl[row, L_COUNT] == 0:
         lvl[row, L_HEAD] = -1
@@ -321,6 +370,9 @@ def _rest(
     qty: int,
     leaves: int,
     cum: int,
+    flags: int,
+    expire: int,
+    disclosed: int,
 ) -> None:
     # Put a new order's remainder in the book (a free slot is guaranteed by the caller).
     slot = meta[M_FREE_HEAD]
@@ -335,6 +387,10 @@ def _rest(
     ords[slot, O_LEAVES] = leaves
     ords[slot, O_CUM] = cum
     ords[slot, O_STATE] = ST_RESTING
+    ords[slot, O_FLAGS] = flags
+    ords[slot, O_EXPIRE] = expire
+    ords[slot, O_DISCLOSED] = disclosed
+    ords[slot, O_SHOWN] = (disclosed if disclosed < leaves else leaves) if disclosed != 0 else 0
     o2s[oid] = slot
     _push_back(ords, lvl, bits, meta, slot)
 
@@ -423,7 +479,9 @@ def _match(
                 continue
             return n, leaves, cum, True
         r_leaves = ords[slot, O_LEAVES]
-        fill = leaves if leaves < r_leaves else r_leaves
+        iceberg = ords[slot, O_DISCLOSED] != 0
+        avail = ords[slot, O_SHOWN] if iceberg else r_leaves  # an iceberg trades its displayed peak
+        fill = leaves if leaves < avail else avail
         leaves -= fill
         cum += fill
         r_leaves -= fill
@@ -432,7 +490,18 @@ def _match(
         ords[slot, O_CUM] = r_cum
         lvl[row, L_QTY] -= fill
         meta[M_TRADES] += 1
+        meta[M_LAST] = best
         n = _emit(out, n, EV_TRADE, oid, side, best, fill, leaves, cum, ords[slot, O_OID], r_leaves, r_cum, 0)
+        if iceberg:
+            shown = avail - fill
+            ords[slot, O_SHOWN] = shown
+            if r_leaves > 0 and shown == 0:
+                # Its peak is gone: the next one shows, at the back of the queue.
+                _hide(ords, lvl, meta, slot, row, -1)
+                d = ords[slot, O_DISCLOSED]
+                ords[slot, O_SHOWN] = d if d < r_leaves else r_leaves
+                _hide(ords, lvl, meta, slot, row, 1)
+                _to_back(ords, lvl, row, slot)
         if r_leaves == 0:
             _unlink(ords, lvl, bits, meta, slot)
             _free(ords, meta, o2s, slot)
@@ -464,6 +533,38 @@ def _check_price(meta: np.ndarray, price: int) -> int:
         if hi - lo + 1 > meta[M_MAX_ROWS]:
             return REJ_LADDER_SPAN
     return 0
+
+
+@njit(cache=True, inline="always")
+def _would_cross(meta: np.ndarray, side: int, price: int) -> bool:
+    # Whether a limit order at `price` would trade on entry (what a post-only order must not do).
+    if side == BUY:
+        return meta[M_BEST_ASK] <= price
+    return meta[M_BEST_BID] >= price
+
+
+@njit(cache=True, inline="always")
+def _market_limit(meta: np.ndarray, side: int) -> int:
+    # A market order's matching limit: the band's far edge (the circuit filter), tightened by market
+    # protection to the last trade price (else the reference price) plus or minus its percentage, rounded
+    # inwards to a whole tick.  No last nor reference price: the band's edge alone.
+    if side == BUY:
+        limit = meta[M_BAND_HI]
+    else:
+        limit = meta[M_BAND_LO]
+    bp = meta[M_PROTECT_BP]
+    if bp > 0:
+        base = meta[M_LAST] if meta[M_LAST] > 0 else meta[M_REF]
+        if base > 0:
+            if side == BUY:
+                p = base * (10000 + bp) // 10000
+                if p < limit:
+                    limit = p
+            else:
+                p = -((-base * (10000 - bp)) // 10000)
+                if p > limit:
+                    limit = p
+    return limit
 
 
 @njit(cache=True, inline="always")
@@ -504,20 +605,30 @@ def _new(
     price: int,
     qty: int,
     stp: int,
+    flags: int,
+    expire: int,
+    disclosed: int,
 ) -> int:
     is_market = otype == MARKET
     reason = 0
     if qty <= 0 or qty % meta[M_LOT] != 0:
         reason = REJ_QTY_NOT_LOT_MULTIPLE
-    elif is_market and tif != IOC and tif != FOK:
+    elif (is_market and tif != IOC and tif != FOK) or (tif == GTD and expire <= 0):
         reason = REJ_BAD_TIF
+    elif flags != 0 and tif in (IOC, FOK):
+        reason = REJ_BAD_TIF  # a post-only order rests or nothing: never IOC, FOK (nor market)
+    elif disclosed != 0 and (is_market or tif in (IOC, FOK) or disclosed < 0 or disclosed > qty
+                             or disclosed % meta[M_LOT] != 0 or disclosed * 10 < qty):
+        reason = REJ_BAD_DISCLOSED
     elif not is_market:
         reason = _check_price(meta, price)
+        if reason == 0 and flags & FLAG_POST_ONLY and _would_cross(meta, side, price):
+            reason = REJ_WOULD_CROSS
     if reason != 0:
         return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_NEW, 0, 0, reason)
     if is_market:
         price = 0
-        limit = meta[M_BAND_HI] if side == BUY else meta[M_BAND_LO]  # the circuit filter
+        limit = _market_limit(meta, side)  # the circuit filter, and market protection
     else:
         # Nothing rests above the band's top (MAX_PRICE_TICKS unbanded), and NO_ASK must stay above every limit.
         limit = price if price <= meta[M_BAND_HI] else meta[M_BAND_HI]
@@ -539,7 +650,8 @@ def _new(
         elif is_market or tif in (IOC, FOK):
             n = _emit(out, n, EV_CANCELLED, oid, side, price, leaves, 0, cum, 0, 0, 0, CXL_IOC_REMAINDER)
         else:
-            _rest(ords, lvl, bits, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum)
+            _rest(ords, lvl, bits, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum, flags,
+                  expire if tif == GTD else 0, disclosed)
     return n
 
 
@@ -601,6 +713,10 @@ def _replace(
         reason = REJ_QTY_NOT_LOT_MULTIPLE
     else:
         reason = _check_price(meta, new_price)
+        # A post-only order stays post-only: a replace that would trade is refused, the order unchanged.
+        if reason == 0 and ords[slot, O_FLAGS] & FLAG_POST_ONLY and new_qty > cum and \
+                _would_cross(meta, side, new_price):
+            reason = REJ_WOULD_CROSS
     if reason != 0:
         return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_REPLACE, 0, 0, reason)
     if new_qty > cum and _needs_ladder(meta, new_price):
@@ -618,9 +734,18 @@ def _replace(
         # Same price, quantity not up: keeps its place in the queue.
         cut = old_qty - new_qty
         leaves = ords[slot, O_LEAVES] - cut
+        row = old_price - meta[M_BASE]
+        iceberg = ords[slot, O_DISCLOSED] != 0
+        if iceberg:
+            _hide(ords, lvl, meta, slot, row, -1)
         ords[slot, O_QTY] = new_qty
         ords[slot, O_LEAVES] = leaves
-        lvl[old_price - meta[M_BASE], L_QTY] -= cut
+        lvl[row, L_QTY] -= cut
+        if iceberg:
+            # The cut takes the hidden part first; what shows is at most what is left.
+            if ords[slot, O_SHOWN] > leaves:
+                ords[slot, O_SHOWN] = leaves
+            _hide(ords, lvl, meta, slot, row, 1)
         return _emit(out, n, EV_REPLACED, oid, side, new_price, new_qty, leaves, cum, 1, 0, 0, 0)
 
     # Loses its place: out of the book, may trade as the aggressor, the rest
@@ -638,6 +763,9 @@ def _replace(
         ords[slot, O_QTY] = new_qty
         ords[slot, O_LEAVES] = leaves
         ords[slot, O_CUM] = cum
+        d = ords[slot, O_DISCLOSED]
+        if d != 0:
+            ords[slot, O_SHOWN] = d if d < leaves else leaves  # a new peak, at the back of its new level
         _push_back(ords, lvl, bits, meta, slot)
     else:
         _free(ords, meta, o2s, slot)
@@ -646,12 +774,14 @@ def _replace(
 
 @njit(cache=True)
 def _end_of_day(
-    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int
+    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int,
+    day: int,
 ) -> int:
-    # Expire DAY orders in the order they were accepted (ascending order id).
+    # Expire DAY orders, and GTD orders whose expire day is `day` or before, in the order they were accepted
+    # (ascending order id).  `day` 0 (unknown): no GTD order expires.
     for oid in range(o2s.shape[0]):
         slot = o2s[oid]
-        if slot >= 0 and ords[slot, O_TIF] == DAY:
+        if slot >= 0 and (ords[slot, O_TIF] == DAY or (ords[slot, O_TIF] == GTD and ords[slot, O_EXPIRE] <= day)):
             n = _emit(
                 out, n, EV_EXPIRED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], ords[slot, O_LEAVES], 0,
                 ords[slot, O_CUM], 0, 0, 0, 0
@@ -679,6 +809,9 @@ def apply(
     price: int,
     qty: int,
     stp: int,
+    flags: int,
+    expire: int,
+    disclosed: int,
 ) -> int:
     """Apply one command, writing its events to ``out`` from row ``n``.
 
@@ -687,21 +820,22 @@ def apply(
     ``oid`` of a new order must be below ``o2s.shape[0]``.
     """
     meta[M_NEED] = NEED_NOTHING
-    # One command emits at most one event per resting order plus three.
-    if out.shape[0] - n < meta[M_RESTING] + 3:
+    # One command emits at most one event per resting order and per hidden peak of an iceberg, plus three.
+    if out.shape[0] - n < meta[M_RESTING] + meta[M_TRANCHES] + 3:
         meta[M_NEED] = NEED_EVENTS
         return -1
     if op == OP_NEW:
         if oid >= o2s.shape[0]:
             meta[M_NEED] = NEED_OIDS
             return -1
-        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty, stp)
+        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty, stp, flags,
+                    expire, disclosed)
     if op == OP_CANCEL:
         return _cancel(ords, lvl, bits, meta, o2s, out, n, oid)
     if op == OP_REPLACE:
         return _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty, stp)
     if op == OP_END_OF_DAY:
-        return _end_of_day(ords, lvl, bits, meta, o2s, out, n)
+        return _end_of_day(ords, lvl, bits, meta, o2s, out, n, expire)
     return n
 
 
@@ -744,6 +878,9 @@ def run_batch(
             cmds[i, C_PRICE],
             cmds[i, C_QTY],
             cmds[i, C_STP],
+            cmds[i, C_FLAGS],
+            cmds[i, C_EXPIRE],
+            cmds[i, C_DISCLOSED],
         )
         if r < 0:
             break
@@ -775,14 +912,16 @@ def views(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 @njit(cache=True)
 def apply_buf(
-    buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int
+    buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int,
+    flags: int, expire: int, disclosed: int,
 ) -> int:
     """Apply one command to the book in ``buf``; events from row 0 of its event region.
 
     Return the number of events, or -1 when a region must grow (see :func:`apply`).
     """
     ords, lvl, bits, meta, o2s, out = views(buf)
-    return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty, stp)
+    return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty, stp, flags,
+                 expire, disclosed)
 
 
 @njit(cache=True)
@@ -801,14 +940,14 @@ def depth_buf(buf: np.ndarray, side: int, nmax: int, res: np.ndarray) -> int:
 
 @njit(cache=True)
 def level_buf(buf: np.ndarray, side: int, price: int) -> tuple[int, int]:
-    """(total open quantity, orders) resting on ``side`` at ``price`` in the book in ``buf``; (0, 0) for none."""
+    """(displayed quantity, orders) resting on ``side`` at ``price`` in the book in ``buf``; (0, 0) for none."""
     ords, lvl, _, meta, _, _ = views(buf)
     row = price - meta[M_BASE]
     if row < 0 or row >= meta[M_NLEVELS] or lvl[row, L_COUNT] == 0:
         return 0, 0
     if ords[lvl[row, L_HEAD], O_SIDE] != side:
         return 0, 0
-    return lvl[row, L_QTY], lvl[row, L_COUNT]
+    return lvl[row, L_QTY] - lvl[row, L_HIDDEN], lvl[row, L_COUNT]
 
 
 @njit(cache=True)
@@ -825,7 +964,10 @@ def checksum_buf(buf: np.ndarray) -> int:
 
 @njit(cache=True)
 def depth(lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, nmax: int, res: np.ndarray) -> int:
-    """Write up to ``nmax`` levels of one side, best first, as (price, qty, count) rows of ``res``; return how many."""
+    """Write up to ``nmax`` levels of one side, best first, as (price, displayed qty, count) rows of ``res``.
+
+    Return how many.  An iceberg counts its displayed peak only (``L_QTY - L_HIDDEN``).
+    """
     base = meta[M_BASE]
     k = 0
     if side == BUY:
@@ -833,7 +975,7 @@ def depth(lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, nmax: 
         while p != NO_BID and k < nmax:
             row = p - base
             res[k, 0] = p
-            res[k, 1] = lvl[row, L_QTY]
+            res[k, 1] = lvl[row, L_QTY] - lvl[row, L_HIDDEN]
             res[k, 2] = lvl[row, L_COUNT]
             k += 1
             r = scan_down(bits, row - 1)
@@ -843,7 +985,7 @@ def depth(lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, side: int, nmax: 
         while p != NO_ASK and k < nmax:
             row = p - base
             res[k, 0] = p
-            res[k, 1] = lvl[row, L_QTY]
+            res[k, 1] = lvl[row, L_QTY] - lvl[row, L_HIDDEN]
             res[k, 2] = lvl[row, L_COUNT]
             k += 1
             r = scan_up(bits, row + 1, meta[M_NLEVELS])
@@ -866,7 +1008,8 @@ def checksum(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarr
             row = p - base
             slot = lvl[row, L_HEAD]
             while slot >= 0:
-                for f in (O_OID, O_BROKER, O_SIDE, O_TIF, O_PRICE, O_QTY, O_LEAVES, O_CUM):
+                for f in (O_OID, O_BROKER, O_SIDE, O_TIF, O_PRICE, O_QTY, O_LEAVES, O_CUM, O_EXPIRE, O_FLAGS,
+                          O_DISCLOSED, O_SHOWN):
                     h = (h ^ np.uint64(ords[slot, f])) * prime
                 slot = ords[slot, O_NEXT]
             if side == BUY:

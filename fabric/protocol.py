@@ -246,7 +246,9 @@ BrokerId = Annotated[str, Meta(min_length=1, max_length=MAX_BROKER_LEN)]
 Price = Annotated[str, Meta(min_length=1, max_length=MAX_PRICE_LEN)]
 Side = Literal["buy", "sell"]
 OrderType = Literal["limit", "market"]
-Tif = Literal["GTC", "DAY", "IOC", "FOK"]
+Tif = Literal["GTC", "DAY", "IOC", "FOK", "GTD"]
+# A GTD order's last trading day; whether it is a real day, and not past, the engine checks (bad_expire_date).
+ExpireDate = Annotated[str, Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
 OrderState = Literal["new", "partially_filled", "filled", "cancelled", "replaced", "expired", "rejected", "unknown"]
 Seq = Annotated[int, Meta(ge=1)]
 Count = Annotated[int, Meta(ge=0)]
@@ -326,6 +328,15 @@ class New(_ClientMsg, tag="new", frozen=True, kw_only=True):
     price: Price | None = None
     qty: int
     tif: Tif
+    # Added fields: unset ones are not encoded at all, so a plain order's bytes are those of before them.
+    post_only: bool | msgspec.UnsetType | None = msgspec.UNSET  # true: rejected (would_cross) rather than trade
+    expire_date: ExpireDate | msgspec.UnsetType | None = msgspec.UNSET  # required with tif GTD, refused otherwise
+    disclosed_qty: Annotated[int, Meta(ge=1)] | msgspec.UnsetType | None = msgspec.UNSET  # an iceberg's peak
+
+    def extras(self) -> tuple[bool, str | None, int]:
+        """Return (post-only, expire date or ``None``, disclosed quantity or 0), given or not."""
+        e, d = self.expire_date, self.disclosed_qty
+        return self.post_only is True, e if isinstance(e, str) else None, d if isinstance(d, int) else 0
 
 
 class Cancel(_ClientMsg, tag="cancel", frozen=True, kw_only=True):
@@ -416,6 +427,9 @@ class Accepted(_ServerMsg, tag="accepted", frozen=True, kw_only=True):
     qty: int
     tif: Tif
     ts: int | None = None
+    post_only: bool = False
+    expire_date: str | None = None
+    disclosed_qty: int | None = None
 
 
 class Rejected(_ServerMsg, tag="rejected", frozen=True, kw_only=True):
@@ -493,6 +507,9 @@ class OrderStatus(_ServerMsg, tag="order_status", frozen=True, kw_only=True):
     leaves_qty: int = 0
     tif: Tif | None = None
     reason: str | None = None
+    post_only: bool = False
+    expire_date: str | None = None
+    disclosed_qty: int | None = None
 
 
 class OpenOrders(_ServerMsg, tag="open_orders", frozen=True, kw_only=True):
@@ -549,6 +566,9 @@ class ExAccepted(_PubMsg, tag="accepted", kw_only=True):
     price: Price | None = None
     qty: int
     tif: Tif
+    post_only: bool = False
+    expire_date: str | None = None
+    disclosed_qty: int | None = None
 
 
 class ExRejected(_PubMsg, tag="rejected", kw_only=True):
@@ -1010,6 +1030,19 @@ def _check_new(msg: New, path: str = "") -> None:
     elif msg.price is not None:
         raise ProtocolError(BAD_FIELD, f"field 'price': a market order takes no price, got {msg.price!r}",
                             path + "price", "new", msg.oid, msg.symbol)
+    elif msg.post_only is True:
+        raise ProtocolError(BAD_FIELD, "field 'post_only': a market order always takes liquidity",
+                            path + "post_only", "new", msg.oid, msg.symbol)
+    elif isinstance(msg.disclosed_qty, int):
+        raise ProtocolError(BAD_FIELD, "field 'disclosed_qty': a market order does not rest, it discloses nothing",
+                            path + "disclosed_qty", "new", msg.oid, msg.symbol)
+    expire = msg.extras()[1]
+    if msg.tif == "GTD" and expire is None:
+        raise ProtocolError(MISSING_FIELD, "missing field 'expire_date': a GTD order needs its last day",
+                            path + "expire_date", "new", msg.oid, msg.symbol)
+    if msg.tif != "GTD" and expire is not None:
+        raise ProtocolError(BAD_FIELD, f"field 'expire_date': only a GTD order takes one, not {msg.tif}",
+                            path + "expire_date", "new", msg.oid, msg.symbol)
 
 
 def _check_replace(msg: Replace, path: str = "") -> None:
@@ -1035,6 +1068,7 @@ def _check(msg: Any) -> None:
                             "replay_request")
 
 
+_UNSET: Final = msgspec.UNSET
 _price_match = re.compile(PRICE_PATTERN).match
 _good_prices: set[str] = set()  # prices that matched the pattern: most prices recur all day
 _MAX_GOOD_PRICES: Final = 1 << 16
@@ -1070,7 +1104,10 @@ def _post_ok(msg: Any) -> bool:
     if price is not None and not _price_ok(price):
         return False
     if cls is New:
-        return (price is None) is (msg.type == "market")
+        market = msg.type == "market"
+        post_only, expire, disclosed = msg.extras()
+        return ((price is None) is market and not (market and (post_only or disclosed))
+                and (expire is None) is (msg.tif != "GTD"))
     if cls is Replace:
         return price is not None or msg.qty is not None
     return True
@@ -1121,7 +1158,8 @@ def decode_client(data: Buffer) -> ClientMessage:
         raise _refused(data, _CLIENT, exc) from None
     cls = type(msg)
     if cls is New:
-        if (msg.price not in _good_prices or msg.type != "limit") and not _post_ok(msg):
+        if (msg.price not in _good_prices or msg.type != "limit" or msg.expire_date is not _UNSET
+                or msg.tif == "GTD") and not _post_ok(msg):
             raise _refused(data, _CLIENT, None)
     elif cls is Replace and not _post_ok(msg):
         raise _refused(data, _CLIENT, None)
@@ -1489,6 +1527,10 @@ def _plain(obj: Any) -> Any:
         out.update(zip(names, map(_plain, values), strict=True))
     else:
         out.update(zip(names, values, strict=True))
+    if type(obj) is New:  # its added fields, unset, are not encoded (msgspec leaves them out too)
+        for k in ("post_only", "expire_date", "disclosed_qty"):
+            if out[k] is msgspec.UNSET:
+                del out[k]
     return out
 
 

@@ -33,7 +33,9 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    FLAG_POST_ONLY,
     FOK,
+    GTD,
     IOC,
     LIMIT,
     MARKET,
@@ -43,12 +45,14 @@ from fabric.constants import (
     OP_CANCEL,
     OP_NEW,
     OP_REPLACE,
+    REJ_BAD_DISCLOSED,
     REJ_BAD_TIF,
     REJ_LADDER_SPAN,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OUT_OF_BAND,
     REJ_QTY_NOT_LOT_MULTIPLE,
+    REJ_WOULD_CROSS,
     STP_CANCEL_INCOMING,
     STP_CANCEL_RESTING,
     STP_OFF,
@@ -75,6 +79,15 @@ class _Order:
     qty: int  # total order quantity
     leaves: int
     cum: int
+    flags: int = 0  # FLAG_* bits
+    expire: int = 0  # a GTD order's expire day (yyyymmdd)
+    disclosed: int = 0  # an iceberg's peak; 0: all of it shows
+    shown: int = 0  # an iceberg's displayed quantity: what is left of its current peak
+
+    @property
+    def displayed(self) -> int:
+        """What the depth shows of it: an iceberg's current peak, else its leaves."""
+        return self.shown if self.disclosed else self.leaves
 
 
 def _row(
@@ -107,6 +120,10 @@ class ReferenceBook:
     max_ladder_rows : int
         Unbanded books only: the widest span of limit prices, in ticks
         counted inclusively, that the book accepts over its life.
+    ref, protect_bp : int
+        Market protection: a market order matches up to the last trade
+        price (before the first trade ``ref``, 0 for none) plus (buy) or
+        minus (sell) ``protect_bp`` basis points; 0 for no protection.
 
     Raises
     ------
@@ -121,6 +138,8 @@ class ReferenceBook:
         band_lo: int | None = None,
         band_hi: int | None = None,
         max_ladder_rows: int = MAX_LADDER_ROWS,
+        ref: int = 0,
+        protect_bp: int = 0,
     ) -> None:
         if lot <= 0:
             raise ValueError(f"lot must be positive, got {lot}")
@@ -134,6 +153,10 @@ class ReferenceBook:
         self.band_lo = None if band_lo is None else int(band_lo)
         self.band_hi = None if band_hi is None else int(band_hi)
         self.max_ladder_rows = int(max_ladder_rows)
+        if ref < 0 or not 0 <= protect_bp < 10000:
+            raise ValueError(f"bad reference price {ref} or market protection {protect_bp} bp")
+        self.ref, self.protect_bp = int(ref), int(protect_bp)
+        self.last = 0  # price of the last trade, 0 before the first
         # Per side: price -> orders at that price, oldest first.  BUY, SELL.
         self._sides: tuple[SortedDict, SortedDict] = (SortedDict(), SortedDict())
         # Every resting order, by oid.
@@ -152,7 +175,8 @@ class ReferenceBook:
     # Commands
     # ------------------------------------------------------------------
     def new(
-        self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int = STP_OFF
+        self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int = STP_OFF,
+        flags: int = 0, expire: int = 0, disclosed: int = 0,
     ) -> list[Event]:
         """Enter a new order, match it, and rest or cancel what is left.
 
@@ -174,6 +198,12 @@ class ReferenceBook:
             Order quantity in shares.
         stp : int
             The broker's self-trade prevention mode (``STP_*``).
+        flags : int
+            ``FLAG_*`` bits (``FLAG_POST_ONLY``).
+        expire : int
+            A GTD order's expire day (yyyymmdd).
+        disclosed : int
+            An iceberg's disclosed quantity (its peak); 0: all of it shows.
 
         Returns
         -------
@@ -185,11 +215,21 @@ class ReferenceBook:
         oid, broker, side, otype, tif = int(oid), int(broker), int(side), int(otype), int(tif)
         price, qty, stp = int(price), int(qty), int(stp)
 
+        flags, expire, disclosed = int(flags), int(expire), int(disclosed)
         reason = self._qty_reject(qty)
         if not reason and otype == MARKET and tif not in (IOC, FOK):
             reason = REJ_BAD_TIF
+        if not reason and tif == GTD and expire <= 0:
+            reason = REJ_BAD_TIF
+        if not reason and flags and tif in (IOC, FOK):
+            reason = REJ_BAD_TIF
+        if not reason and disclosed and (otype == MARKET or tif in (IOC, FOK) or not 0 < disclosed <= qty
+                                         or disclosed % self.lot or disclosed * 10 < qty):
+            reason = REJ_BAD_DISCLOSED
         if not reason and otype == LIMIT:
             reason = self._price_reject(price)
+            if not reason and flags & FLAG_POST_ONLY and self._would_cross(side, price):
+                reason = REJ_WOULD_CROSS
         if reason:
             return [_row(EV_REJECTED, oid, side, other=OP_NEW, reason=reason)]
 
@@ -198,9 +238,10 @@ class ReferenceBook:
             limit: int | None = price
         else:
             price = 0
-            limit = None
+            limit = self._protected_limit(side)
         events: list[Event] = [_row(EV_ACCEPTED, oid, side, price, qty, qty)]
-        order = _Order(oid, broker, side, tif, price, qty, leaves=qty, cum=0)
+        order = _Order(oid, broker, side, tif, price, qty, leaves=qty, cum=0, flags=flags,
+                       expire=expire if tif == GTD else 0, disclosed=disclosed)
 
         if tif == FOK and self._fillable(order, limit, stp) < qty:
             events.append(_row(EV_CANCELLED, oid, side, price, qty, 0, 0, reason=CXL_FOK_UNFILLABLE))
@@ -291,6 +332,9 @@ class ReferenceBook:
         new_price = order.price if price == NO_PRICE else price
         new_qty = order.qty if qty == NO_QTY else qty
         reason = self._qty_reject(new_qty) or self._price_reject(new_price)
+        if (not reason and order.flags & FLAG_POST_ONLY and new_qty > order.cum
+                and self._would_cross(order.side, new_price)):
+            reason = REJ_WOULD_CROSS  # a post-only order stays post-only
         if reason:
             return [_row(EV_REJECTED, oid, order.side, other=OP_REPLACE, reason=reason)]
         self._see_price(new_price)
@@ -305,6 +349,7 @@ class ReferenceBook:
             # Same price, not bigger: keeps its time priority.
             order.leaves -= order.qty - new_qty
             order.qty = new_qty
+            order.shown = min(order.shown, order.leaves)  # an iceberg's cut takes its hidden part first
             return [_row(EV_REPLACED, oid, side, new_price, new_qty, order.leaves, cum, 1)]
 
         # Loses its place: out of its level, re-enters as an aggressor.
@@ -320,8 +365,9 @@ class ReferenceBook:
             self._rest(order)
         return events
 
-    def end_of_day(self) -> list[Event]:
-        """Expire every resting DAY order, in ascending oid order; GTC orders stay.
+    def end_of_day(self, day: int = 0) -> list[Event]:
+        """Expire every resting DAY order, and every GTD order whose expire day is ``day`` (yyyymmdd) or
+        before, in ascending oid order; GTC orders stay.  ``day`` 0 (unknown) expires no GTD order.
 
         Returns
         -------
@@ -329,7 +375,8 @@ class ReferenceBook:
             One ``EV_EXPIRED`` row per expired order.
         """
         events: list[Event] = []
-        for oid in sorted(o.oid for o in self._orders.values() if o.tif == DAY):
+        for oid in sorted(o.oid for o in self._orders.values()
+                          if o.tif == DAY or (o.tif == GTD and o.expire <= day)):
             order = self._orders[oid]
             self._unrest(order)
             events.append(
@@ -362,7 +409,7 @@ class ReferenceBook:
         result: list[tuple[int, int, int]] = []
         for p in prices:
             level: _Level = book[p]
-            result.append((p, sum(o.leaves for o in level.values()), len(level)))
+            result.append((p, sum(o.displayed for o in level.values()), len(level)))
         return result
 
     def level(self, side: int, price: int) -> tuple[int, int]:
@@ -370,7 +417,7 @@ class ReferenceBook:
         level = self._sides[side].get(price)
         if not level:
             return 0, 0
-        return sum(o.leaves for o in level.values()), len(level)
+        return sum(o.displayed for o in level.values()), len(level)
 
     def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
         """Return ``(side, price, qty, leaves, cum)`` of a resting order, else ``None``.
@@ -419,6 +466,28 @@ class ReferenceBook:
             if span > self.max_ladder_rows:
                 return REJ_LADDER_SPAN
         return 0
+
+    def _would_cross(self, side: int, price: int) -> bool:
+        """Whether a limit order at ``price`` would trade on entry (a post-only order must not)."""
+        opposite = self._sides[1 - side]
+        if not opposite:
+            return False
+        return opposite.keys()[0] <= price if side == BUY else opposite.keys()[-1] >= price
+
+    def _protected_limit(self, side: int) -> int | None:
+        """A market order's limit under market protection, or ``None`` (the band's edge, if any, applies).
+
+        The last trade price (else the reference price) plus (buy) or minus (sell) the protection,
+        rounded inwards to a whole tick, and never past the band's edge.
+        """
+        base = self.last or self.ref
+        if not self.protect_bp or not base:
+            return None
+        if side == BUY:
+            p = base * (10000 + self.protect_bp) // 10000
+            return p if self.band_hi is None else min(p, self.band_hi)
+        p = -(-base * (10000 - self.protect_bp) // 10000)
+        return p if self.band_lo is None else max(p, self.band_lo)
 
     def _see_price(self, price: int) -> None:
         """Widen the range of accepted limit prices to include ``price``."""
@@ -485,12 +554,14 @@ class ReferenceBook:
                 if stp == STP_CANCEL_RESTING:
                     continue
                 return True
-            fill = min(aggr.leaves, resting.leaves)
+            # An iceberg trades its displayed peak; the next one shows at the back of the queue.
+            fill = min(aggr.leaves, resting.displayed)
             aggr.leaves -= fill
             aggr.cum += fill
             resting.leaves -= fill
             resting.cum += fill
             self.trades += 1
+            self.last = resting.price
             events.append(
                 _row(
                     EV_TRADE,
@@ -505,12 +576,20 @@ class ReferenceBook:
                     resting.cum,
                 )
             )
+            if resting.disclosed:
+                resting.shown -= fill
+                if resting.leaves and not resting.shown:
+                    resting.shown = min(resting.disclosed, resting.leaves)
+                    level = opposite[best]
+                    del level[resting.oid]
+                    level[resting.oid] = resting
             if resting.leaves == 0:
                 self._unrest(resting)
         return False
 
     def _rest(self, order: _Order) -> None:
-        """Put ``order`` at the back of its price level."""
+        """Put ``order`` at the back of its price level (an iceberg with a new peak showing)."""
+        order.shown = min(order.disclosed, order.leaves)
         book = self._sides[order.side]
         level: _Level | None = book.get(order.price)
         if level is None:

@@ -54,6 +54,14 @@ from perf.workload import generate  # noqa: E402
 
 MID = 70_000  # 3500.00 at tick 0.05
 BAND = (63_000, 77_000)  # +/- 10 %
+# Market protection of the books (mid as their reference price): 0.05 %, 35 ticks, so that it stops some
+# market orders; the stream also has post-only and GTD orders (perf/workload.py, order_types).
+PROTECT_BP = 5
+
+
+def _book(**kw: Any) -> OrderBook:
+    return OrderBook(lot=1, band_lo=BAND[0], band_hi=BAND[1], slots=1 << 16, events=1 << 16, ref=MID,
+                     protect_bp=PROTECT_BP, **kw)
 
 
 def _say(msg: str) -> None:
@@ -75,7 +83,7 @@ def bench_batch(cmds: np.ndarray, chunk: int, repeat: int) -> tuple[float, int]:
     """Return (best commands/s, trades) of the compiled batch loop."""
     best, trades = 0.0, 0
     for _ in range(repeat):
-        book = OrderBook(lot=1, band_lo=BAND[0], band_hi=BAND[1], slots=1 << 16, events=1 << 16)
+        book = _book()
         book.reserve_oids(int(cmds[:, 1].max()))
         n_trades = 0
         start = time.perf_counter()
@@ -93,9 +101,9 @@ def _loop(book: Any, rows: list[list[int]]) -> None:
     # buffer, the reference book's returned list): decoding them is the caller's
     # business and is not part of either book's figure.
     new, cancel, replace, eod = book.new, book.cancel, book.replace, book.end_of_day
-    for op, oid, broker, side, otype, tif, price, qty, _stp in rows:
+    for op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed in rows:
         if op == OP_NEW:
-            new(oid, broker, side, otype, tif, price, qty)
+            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
         elif op == OP_CANCEL:
             cancel(oid)
         elif op == OP_REPLACE:
@@ -118,14 +126,14 @@ def bench_loop(make: Any, rows: list[list[int]], repeat: int) -> tuple[float, in
 
 def per_command_latency(rows: list[list[int]]) -> np.ndarray:
     """Return each command's latency in ns through the compiled book's per-command call."""
-    book = OrderBook(lot=1, band_lo=BAND[0], band_hi=BAND[1], slots=1 << 16, events=1 << 16)
+    book = _book()
     lat = np.empty(len(rows), dtype=INT)
     clock = time.perf_counter_ns
     new, cancel, replace = book.new, book.cancel, book.replace
-    for i, (op, oid, broker, side, otype, tif, price, qty, _stp) in enumerate(rows):
+    for i, (op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed) in enumerate(rows):
         t0 = clock()
         if op == OP_NEW:
-            new(oid, broker, side, otype, tif, price, qty)
+            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
         elif op == OP_CANCEL:
             cancel(oid)
         elif op == OP_REPLACE:
@@ -142,6 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--chunk", type=int, default=4096, help="commands per batch call in (a)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of (a) and (b); the best counts")
     ap.add_argument("--skip-liquibook", action="store_true")
+    ap.add_argument("--plain", action="store_true",
+                    help="the stream without post-only and GTD orders, books without market protection")
     ap.add_argument("--skip-start", action="store_true", help="do not measure first/warm start")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--out", metavar="FILE", help="also write the JSON object to FILE")
@@ -153,7 +163,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         res["first_start_s"], res["warm_start_s"] = start_times()
     warm_up()
     _say(f"generating {args.n:,} commands...")
-    cmds = generate(args.n, args.seed, mid=MID, band=BAND)
+    global PROTECT_BP
+    if args.plain:
+        PROTECT_BP = 0
+    cmds = generate(args.n, args.seed, mid=MID, band=BAND, order_types=not args.plain, protect_bp=PROTECT_BP)
     rows = cmds.tolist()
     ops = np.bincount(cmds[:, 0], minlength=5)
     res["mix"] = {"new": int(ops[OP_NEW]), "cancel": int(ops[OP_CANCEL]), "replace": int(ops[OP_REPLACE])}
@@ -162,12 +175,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["batch_cmds_per_s"], trades_a = bench_batch(cmds, args.chunk, args.repeat)
     _say("(b) per-command calls from Python...")
     res["per_cmd_per_s"], trades_b = bench_loop(
-        lambda: OrderBook(lot=1, band_lo=BAND[0], band_hi=BAND[1], slots=1 << 16, events=1 << 16), rows, args.repeat)
+        _book, rows, args.repeat)
     lat = per_command_latency(rows) / 1000.0
     res["p50_us"], res["p99_us"], res["p999_us"] = (float(np.percentile(lat, q)) for q in (50, 99, 99.9))
     _say("(c) reference book...")
     res["reference_cmds_per_s"], trades_c = bench_loop(
-        lambda: ReferenceBook(lot=1, band_lo=BAND[0], band_hi=BAND[1]), rows, 1)
+        lambda: ReferenceBook(lot=1, band_lo=BAND[0], band_hi=BAND[1], ref=MID, protect_bp=PROTECT_BP), rows, 1)
     if not trades_a == trades_b == trades_c:
         raise SystemExit(f"books disagree on the number of trades: {trades_a}, {trades_b}, {trades_c}")
     res["trades"] = trades_a

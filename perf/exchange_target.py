@@ -139,7 +139,7 @@ class ExchangeTarget:
 
     def send(self, i: int) -> None:
         """Send command ``i`` of the stream."""
-        op, oid, broker, side, otype, tif, price, qty, _stp = self.cmds[i % len(self.cmds)]
+        op, oid, broker, side, otype, tif, price, qty, *_ = self.cmds[i % len(self.cmds)]
         if i >= len(self.cmds):
             oid += (i // len(self.cmds)) * 10_000_000  # past the stream's end: fresh order ids
         key = f"h{self.run}-{oid}"

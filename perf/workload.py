@@ -16,6 +16,11 @@ The flow is modelled on a liquid cash-equity book:
   fill) and draw ``order_closed`` rejects, as in real traffic.
 * ~5% aggressive orders: limit orders crossing the spread by a few ticks (GTC,
   IOC or FOK) and market orders (IOC, some FOK).
+* With ``order_types``: 10 % of the passive orders are post-only (rejected,
+  ``would_cross``, when the mid has moved past them), 5 % good-till-date
+  (a far date: they rest as GTC orders do) and 5 % icebergs (a third of
+  their quantity disclosed), and market orders meet market protection
+  (``protect_bp`` of the last trade price).
 
 With this mix a stream makes about 0.5 trades per command, and the book
 stays small: about 10,000 orders rest after 1M commands.  The same seed always gives the same
@@ -42,10 +47,11 @@ import numpy as np
 from fabric.constants import (
     BUY,
     C_NFIELDS,
-    C_STP,
     DAY,
+    FLAG_POST_ONLY,
     FOK,
     GTC,
+    GTD,
     IOC,
     LIMIT,
     MARKET,
@@ -70,6 +76,10 @@ P_REPLACE = 0.10
 # The remaining 5% are aggressive orders.
 
 P_DAY = 0.20  # share of passive orders that are DAY rather than GTC
+P_POST_ONLY = 0.10  # with order_types: share of passive orders that are post-only ...
+P_GTD = 0.05  # ... and that are GTD (of GTC's share)
+GTD_DAY = 20991231  # their expire day: never reached in a benchmark
+P_ICEBERG = 0.05  # ... and that are icebergs, disclosing a third of their quantity
 P_AGGR_MARKET = 0.40  # share of aggressive orders that are market orders
 P_MARKET_FOK = 0.15  # share of market orders that are FOK rather than IOC
 P_AGGR_GTC = 0.50  # tif of aggressive limit orders: GTC, else IOC ...
@@ -107,8 +117,11 @@ class _BookModel:
     moved are skipped when they reach the top.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ref: int = 0, protect_bp: int = 0) -> None:
+        self.ref, self.protect_bp, self.last = ref, protect_bp, 0  # market protection, as the books have it
         self.side: list[int] = []
+        self.disclosed: list[int] = []  # an iceberg's peak, 0 for the others ...
+        self.shown: list[int] = []  # ... and what shows of it
         self.price: list[int] = []
         self.qty: list[int] = []
         self.leaves: list[int] = []
@@ -121,19 +134,25 @@ class _BookModel:
         self.just_filled: deque[int] = deque(maxlen=LATE_MEMORY)
         self.clock = 0
 
-    def new(self, side: int, otype: int, tif: int, price: int, qty: int, broker: int) -> int:
-        """Enter a new order; return its oid."""
+    def new(self, side: int, otype: int, tif: int, price: int, qty: int, broker: int, post_only: bool = False,
+            disclosed: int = 0) -> int:
+        """Enter a new order; return its oid (a post-only order that would cross is rejected: it never rests)."""
         oid = len(self.side)
         self.side.append(side)
+        self.disclosed.append(disclosed)
+        self.shown.append(0)
         self.price.append(price)
         self.qty.append(qty)
         self.leaves.append(qty)
         self.broker.append(broker)
         self.seq.append(0)
         market = otype == MARKET
+        if post_only and self._available(side, price, False, 1) > 0:
+            self.leaves[oid] = 0
+            return oid
         if tif != FOK or self._available(side, price, market, qty) >= qty:
             self._match(oid, market)
-        if self.leaves[oid] and tif in (GTC, DAY):
+        if self.leaves[oid] and tif in (GTC, DAY, GTD):
             self._rest(oid)
         return oid
 
@@ -151,6 +170,7 @@ class _BookModel:
             self._unrest(oid)
         elif price == self.price[oid] and qty <= self.qty[oid]:
             self.leaves[oid] -= self.qty[oid] - qty
+            self.shown[oid] = min(self.shown[oid], self.leaves[oid])
         else:
             self._unrest(oid)
             self.price[oid] = price
@@ -170,6 +190,7 @@ class _BookModel:
         return self.open[int((u - P_PICK_RECENT) / (1 - P_PICK_RECENT) * n)]
 
     def _rest(self, oid: int) -> None:
+        self.shown[oid] = min(self.disclosed[oid], self.leaves[oid])
         self.clock += 1
         self.seq[oid] = self.clock
         key = -self.price[oid] if self.side[oid] == BUY else self.price[oid]
@@ -194,8 +215,20 @@ class _BookModel:
         # Does an opposite resting order with heap key `key` cross `limit`?
         return key <= limit if side == BUY else -key >= limit
 
+    def _market_limit(self, side: int) -> int | None:
+        # A market order's limit under market protection (docs/book-semantics.md), None without it.
+        base = self.last or self.ref
+        if not self.protect_bp or not base:
+            return None
+        if side == BUY:
+            return base * (10000 + self.protect_bp) // 10000
+        return -(-base * (10000 - self.protect_bp) // 10000)
+
     def _match(self, oid: int, market: bool) -> None:
         side, limit = self.side[oid], self.price[oid]
+        if market:
+            protected = self._market_limit(side)
+            market, limit = protected is None, limit if protected is None else protected
         heap = self.heaps[1 - side]
         while self.leaves[oid] and heap:
             entry = heap[0]
@@ -205,9 +238,21 @@ class _BookModel:
             key, _, other = entry
             if not market and not self._crosses(side, key, limit):
                 break
-            fill = min(self.leaves[oid], self.leaves[other])
+            iceberg = self.disclosed[other] != 0
+            fill = min(self.leaves[oid], self.shown[other] if iceberg else self.leaves[other])
+            self.last = self.price[other]
             self.leaves[oid] -= fill
             self.leaves[other] -= fill
+            if iceberg:
+                self.shown[other] -= fill
+                if self.leaves[other] and not self.shown[other]:
+                    # The next peak shows at the back of the queue: a new heap entry, the old one stale.
+                    self.shown[other] = min(self.disclosed[other], self.leaves[other])
+                    self.clock += 1
+                    self.seq[other] = self.clock
+                    heapq.heappop(heap)
+                    heapq.heappush(heap, (entry[0], self.clock, other))
+                    continue
             if not self.leaves[other]:
                 heapq.heappop(heap)
                 self._unrest(other)
@@ -215,6 +260,9 @@ class _BookModel:
 
     def _available(self, side: int, limit: int, market: bool, need: int) -> int:
         # Opposite quantity at crossing prices, counted until `need` is reached.
+        if market:
+            protected = self._market_limit(side)
+            market, limit = protected is None, limit if protected is None else protected
         heap = self.heaps[1 - side]
         taken: list[tuple[int, int, int]] = []
         total = 0
@@ -238,6 +286,8 @@ def generate(
     mid: int = 70000,
     lot: int = 1,
     band: tuple[int, int] | None = None,
+    order_types: bool = False,
+    protect_bp: int = 0,
 ) -> np.ndarray:
     """Generate ``n`` commands of realistic order flow for one instrument.
 
@@ -255,6 +305,12 @@ def generate(
         Inclusive ``(low, high)`` price band in ticks.  Every price stays
         inside it, and the mid keeps a margin from its edges.  ``None`` means
         unbanded (prices only stay positive).
+    order_types
+        Put post-only and GTD orders in the mix (see the module's text).
+    protect_bp
+        The book's market protection in basis points, with ``mid`` as its
+        reference price (0: none): the generator's model matches market
+        orders as the book will.
 
     Returns
     -------
@@ -292,8 +348,9 @@ def generate(
     def clip(price: int) -> int:
         return min(max(price, lo), hi)
 
-    book = _BookModel()
+    book = _BookModel(mid, protect_bp)
     rows: list[tuple[int, ...]] = []
+    post_u = rng.random(n).tolist() if order_types else [1.0] * n
     for i in range(n):
         u = kind_u[i]
         side = sides[i]
@@ -301,9 +358,15 @@ def generate(
         if u < P_LIMIT or (u < P_LIMIT + P_CANCEL + P_REPLACE and not book.open):
             # Passive limit order near the touch.
             tif = DAY if tif_u[i] < P_DAY else GTC
+            post_only = post_u[i] < P_POST_ONLY
+            if tif == GTC and P_POST_ONLY <= post_u[i] < P_POST_ONLY + P_GTD:
+                tif = GTD
+            iceberg = P_POST_ONLY + P_GTD <= post_u[i] < P_POST_ONLY + P_GTD + P_ICEBERG
+            disclosed = lot * -(-lots[i] // 3) if iceberg else 0
             price = clip(mid - dists[i] if side == BUY else mid + dists[i])
-            oid = book.new(side, LIMIT, tif, price, qty, brokers[i])
-            rows.append((OP_NEW, oid, brokers[i], side, LIMIT, tif, price, qty))
+            oid = book.new(side, LIMIT, tif, price, qty, brokers[i], post_only, disclosed)
+            rows.append((OP_NEW, oid, brokers[i], side, LIMIT, tif, price, qty, 0, FLAG_POST_ONLY if post_only else 0,
+                         GTD_DAY if tif == GTD else 0, disclosed))
         elif u < P_LIMIT + P_CANCEL + P_REPLACE:
             # Cancel or replace an open order, or now and then one just filled.
             if late_u[i] < P_LATE and book.just_filled:
@@ -313,7 +376,7 @@ def generate(
             broker = book.broker[oid]
             if u < P_LIMIT + P_CANCEL:
                 book.cancel(oid)
-                rows.append((OP_CANCEL, oid, broker, 0, 0, 0, 0, 0))
+                rows.append((OP_CANCEL, oid, broker, 0, 0, 0, 0, 0, 0, 0, 0, 0))
                 continue
             old_side, old_price, old_qty = book.side[oid], book.price[oid], book.qty[oid]
             new_price, new_qty = NO_PRICE, NO_QTY
@@ -331,7 +394,7 @@ def generate(
                 old_price if new_price == NO_PRICE else new_price,
                 old_qty if new_qty == NO_QTY else new_qty,
             )
-            rows.append((OP_REPLACE, oid, broker, 0, 0, 0, new_price, new_qty))
+            rows.append((OP_REPLACE, oid, broker, 0, 0, 0, new_price, new_qty, 0, 0, 0, 0))
         else:
             # Aggressive order: a market order or a limit crossing the spread.
             qty *= AGGR_SIZE_FACTOR
@@ -343,12 +406,12 @@ def generate(
                 tif = GTC if t < P_AGGR_GTC else IOC if t < P_AGGR_GTC + P_AGGR_IOC else FOK
                 price = clip(mid + cross[i] if side == BUY else mid - cross[i])
             oid = book.new(side, otype, tif, price, qty, brokers[i])
-            rows.append((OP_NEW, oid, brokers[i], side, otype, tif, price, qty))
+            rows.append((OP_NEW, oid, brokers[i], side, otype, tif, price, qty, 0, 0, 0, 0))
         mid = min(max(mid + steps[i], lo + margin), hi - margin)
 
     out = np.zeros((n, C_NFIELDS), dtype=np.int64)
     if rows:
-        out[:, :C_STP] = rows  # C_STP stays 0: the flow runs without self-trade prevention
+        out[:] = rows  # C_STP stays 0: the flow runs without self-trade prevention
     return out
 
 
@@ -385,7 +448,7 @@ def to_replay(
     def price_str(ticks: int) -> str:
         return str((tick_d * ticks).quantize(quantum))
 
-    for op, oid, broker, side, otype, tif, price, qty, _stp in cmds.tolist():
+    for op, oid, broker, side, otype, tif, price, qty, _stp, flags, expire, disclosed in cmds.tolist():
         if op == OP_END_OF_DAY:
             yield {"op": "end_of_day"}
             continue
@@ -403,6 +466,12 @@ def to_replay(
                 head["price"] = price_str(price)
             head["qty"] = qty
             head["tif"] = TIF_NAMES[tif]
+            if flags & FLAG_POST_ONLY:
+                head["post_only"] = True
+            if disclosed:
+                head["disclosed_qty"] = disclosed
+            if tif == GTD:
+                head["expire_date"] = f"{expire // 10000:04d}-{expire // 100 % 100:02d}-{expire % 100:02d}"
         elif op == OP_CANCEL:
             head["op"] = "cancel"
         elif op == OP_REPLACE:

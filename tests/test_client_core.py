@@ -174,6 +174,20 @@ def test_command_on_new_core_logs_on_before_sending() -> None:
                                       tif="GTC")
 
 
+def test_post_only_and_gtd_go_out_only_when_asked_for() -> None:
+    import datetime
+
+    core = _connected()
+    plain = _sent(core.sell("TCS", 5, "3500.00", oid="o1"), 0.0)
+    assert b"post_only" not in plain and b"expire_date" not in plain  # an older gateway's bytes
+    sent = _sent(core.buy("TCS", 10, "3499.00", oid="o2", post_only=True, expire_date=datetime.date(2026, 1, 5)),
+                 0.0)
+    assert decode_client(sent) == New(oid="o2", symbol="TCS", side="buy", type="limit", price="3499.00", qty=10,
+                                      tif="GTD", post_only=True, expire_date="2026-01-05")
+    sent = _sent(core.sell("TCS", 30, "3501.00", oid="o3", disclosed_qty=10), 0.0)
+    assert decode_client(sent).extras() == (False, None, 10)
+
+
 def test_command_accepted_then_closing_status_done_with_events() -> None:
     core = _connected()
     op = core.buy("TCS", 10, "3500.00", oid="o1")

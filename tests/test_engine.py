@@ -159,3 +159,73 @@ def test_stp_replace_carries_its_own_mode_cancel_incoming_ends_the_order() -> No
     st = eng.order_status("TCS", "B1", "b")
     assert st is not None and (st.state, st.reason, st.leaves_qty) == ("cancelled", "self_trade", 0)
     assert eng.order_status("TCS", "B1", "own").state == "new"  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- order types
+
+
+_TS_2026_01_05 = 1_767_600_000_000_000_000  # 2026-01-05 13:30 IST (08:00 UTC)
+
+
+def test_post_only_that_would_cross_is_rejected_would_cross_and_nothing_trades() -> None:
+    eng = _engine()
+    _sell(eng, "B2", "s", "3500.00", 5)
+    out = eng.apply(NewOrder(oid="p", broker="B1", symbol="TCS", side="buy", type="limit", price="3500.00", qty=5,
+                             tif="GTC", post_only=True))
+    assert len(out) == 1 and isinstance(out[0], ExRejected)
+    assert (out[0].reason, out[0].text) == ("would_cross", "post-only order at 3500.00 would trade on entry")
+    out = eng.apply(NewOrder(oid="p", broker="B1", symbol="TCS", side="buy", type="limit", price="3499.95", qty=5,
+                             tif="DAY", post_only=True))
+    assert isinstance(out[0], ExAccepted) and out[0].post_only and len(out) == 1
+    st = eng.order_status("TCS", "B1", "p")
+    assert st is not None and st.post_only and st.state == "new"
+    out = eng.apply(NewOrder(oid="q", broker="B1", symbol="TCS", side="buy", type="limit", price="3499.95", qty=5,
+                             tif="IOC", post_only=True))
+    assert isinstance(out[0], ExRejected) and out[0].reason == "bad_time_in_force" and "post-only" in out[0].text
+
+
+def test_gtd_expire_date_checked_then_expires_at_the_end_of_that_day_only() -> None:
+    eng = _engine()
+
+    def gtd(oid: str, date: str) -> list:
+        return eng.apply(NewOrder(oid=oid, broker="B1", symbol="TCS", side="buy", type="limit", price="3400.00",
+                                  qty=5, tif="GTD", expire_date=date, ts=_TS_2026_01_05))
+
+    past = gtd("a", "2026-01-04")
+    assert isinstance(past[0], ExRejected) and past[0].reason == "bad_expire_date"
+    assert past[0].text == "expire_date 2026-01-04 is before the trading day 2026-01-05"
+    bad = gtd("a", "2026-02-30")
+    assert isinstance(bad[0], ExRejected) and bad[0].text == "expire_date 2026-02-30 is not a date (YYYY-MM-DD)"
+    acc = gtd("today", "2026-01-05")[0]
+    assert isinstance(acc, ExAccepted) and (acc.tif, acc.expire_date) == ("GTD", "2026-01-05")
+    assert isinstance(gtd("later", "2026-01-07")[0], ExAccepted)
+    assert [e.oid for e in eng.end_of_day(_TS_2026_01_05)] == ["today"]
+    assert [e.oid for e in eng.end_of_day(0, "2026-01-06")] == []
+    assert [e.oid for e in eng.end_of_day(0, "2026-01-07")] == ["later"]
+
+
+def test_market_order_stops_at_the_protection_from_the_last_trade() -> None:
+    eng = MatchingEngine()
+    eng.add_instrument(Instrument("TCS", tick=Decimal("0.05"), ref_price=Decimal("100"),
+                                  market_protection_pct=Decimal("2")))
+    for i, px in enumerate(("100.00", "101.00", "102.00", "102.05")):
+        _sell(eng, "B2", f"s{i}", px, 5)
+    out = eng.apply(NewOrder(oid="m", broker="B1", symbol="TCS", side="buy", type="market", qty=20, tif="IOC"))
+    assert [o.price for o in out if isinstance(o, Trade)] == ["100.00", "101.00", "102.00"]  # limit 102.00
+    assert isinstance(out[-1], ExCancelled) and (out[-1].qty, out[-1].reason) == (5, "unfilled_ioc_remainder")
+
+
+def test_iceberg_depth_shows_the_peak_and_status_its_whole_quantity() -> None:
+    eng = _engine()
+    out = eng.apply(NewOrder(oid="ice", broker="B2", symbol="TCS", side="sell", type="limit", price="3500.00",
+                             qty=30, tif="GTC", disclosed_qty=10))
+    assert isinstance(out[0], ExAccepted) and out[0].disclosed_qty == 10
+    assert eng.book_levels("TCS")["asks"] == [["3500.00", 10, 1]]
+    eng.apply(NewOrder(oid="b", broker="B1", symbol="TCS", side="buy", type="limit", price="3500.00", qty=12,
+                       tif="IOC"))
+    assert eng.book_levels("TCS")["asks"] == [["3500.00", 8, 1]]  # the second peak, 2 of it traded
+    st = eng.order_status("TCS", "B2", "ice")
+    assert st is not None and (st.cum_qty, st.leaves_qty, st.disclosed_qty) == (12, 18, 10)
+    bad = eng.apply(NewOrder(oid="x", broker="B2", symbol="TCS", side="sell", type="limit", price="3500.00",
+                             qty=30, tif="GTC", disclosed_qty=2))
+    assert isinstance(bad[0], ExRejected) and bad[0].reason == "bad_disclosed_qty" and "10 %" in bad[0].text

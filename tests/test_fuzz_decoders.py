@@ -116,7 +116,7 @@ def test_every_order_field_refuses_wrong_types_with_bad_field_naming_it(field: s
     assert isinstance(e.value.answer(), p.Rejected if field != "oid" else p.Error | p.Rejected)
 
 
-@pytest.mark.parametrize(("field", "value"), [("side", "short"), ("type", "stop"), ("tif", "GTD"), ("tif", "gtc"),
+@pytest.mark.parametrize(("field", "value"), [("side", "short"), ("type", "stop"), ("tif", "GTT"), ("tif", "gtc"),
                                               ("side", "BUY")])
 def test_unknown_enum_values_are_bad_field(field: str, value: str) -> None:
     raw = {"t": "new", "oid": "o1", "symbol": "TCS", "side": "buy", "type": "limit", "price": "1.00", "qty": 1,

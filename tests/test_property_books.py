@@ -4,8 +4,11 @@ Each session is checked three ways: the compiled book called per command, the
 compiled book's batch loop over the whole session, and the plain-Python
 reference book must give the same events, command by command, and end with the
 same book (levels and the order of every queue).  Sessions draw brokers and
-self-trade prevention modes at random, and no trade of a banded book ever
-prints outside its band (the circuit filter).
+self-trade prevention modes at random, post-only orders, GTD orders and end
+of days that expire some of them, icebergs (disclosed quantities, valid or
+not), books with and without market protection; no trade of a banded book
+ever prints outside its band (the circuit filter) nor, for a market order,
+outside its protection.
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ from fabric.constants import (
     DAY,
     E_PRICE,
     E_TYPE,
+    EV_ACCEPTED,
+    EV_REJECTED,
     EV_TRADE,
+    FLAG_POST_ONLY,
     FOK,
     GTC,
+    GTD,
     INT,
     IOC,
     LIMIT,
@@ -37,24 +44,31 @@ from fabric.constants import (
     OP_END_OF_DAY,
     OP_NEW,
     OP_REPLACE,
+    REJ_BAD_DISCLOSED,
+    REJ_WOULD_CROSS,
     SELL,
     STP_NAMES,
 )
 from fabric.reference import ReferenceBook
 
-# Book shapes: (lot, band_lo, band_hi, max_ladder_rows, price range the session draws from)
+# Book shapes: (lot, band_lo, band_hi, max_ladder_rows, price range the session draws from, reference price,
+# market protection in basis points)
 SHAPES = [
-    (1, 90, 110, 1 << 24, (85, 115)),  # banded, some prices outside the band
-    (5, 95, 105, 1 << 24, (94, 106)),  # lot of 5, tight band
-    (1, None, None, 1 << 24, (1, 60)),  # unbanded, grows its ladder both ways
-    (1, None, None, 40, (1, 120)),  # unbanded, narrow ladder limit: span rejects
+    (1, 90, 110, 1 << 24, (85, 115), 0, 0),  # banded, some prices outside the band
+    (5, 95, 105, 1 << 24, (94, 106), 0, 0),  # lot of 5, tight band
+    (1, None, None, 1 << 24, (1, 60), 0, 0),  # unbanded, grows its ladder both ways
+    (1, None, None, 40, (1, 120), 0, 0),  # unbanded, narrow ladder limit: span rejects
+    (1, 90, 110, 1 << 24, (85, 115), 100, 500),  # banded, 5 % protection inside the 10 % band
+    (1, None, None, 1 << 24, (1, 60), 30, 1000),  # unbanded with 10 % protection: a market order has a limit
+    (1, None, None, 1 << 24, (1, 60), 0, 2500),  # protection without a reference price: none until a trade
 ]
+DAYS = (20260105, 20260106, 20260107)  # expire days of GTD orders and the days end_of_day ends
 
 
 @st.composite
 def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
     shape = draw(st.sampled_from(SHAPES))
-    lot, _, _, _, (plo, phi) = shape
+    lot, _, _, _, (plo, phi), _, _ = shape
     mid = draw(st.integers(plo, phi))
     n = draw(st.integers(1, 120))
     # A session mostly of one mode, so that its effects compound, now and then another: brokers change modes.
@@ -68,16 +82,20 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
         if kind.startswith("new") or next_oid == 0:
             side = draw(st.sampled_from([BUY, SELL]))
             market = kind == "new_mkt"
-            tif = draw(st.sampled_from([IOC, FOK] if market and draw(st.booleans()) else [GTC, GTC, DAY, IOC, FOK]))
+            tif = draw(st.sampled_from([IOC, FOK] if market and draw(st.booleans())
+                                       else [GTC, GTC, DAY, IOC, FOK, GTD]))
             price = 0 if market else draw(st.integers(max(plo - 2, -1), phi + 2) | st.integers(mid - 3, mid + 3))
             lots = st.sampled_from([lot, 2 * lot, 3 * lot, 7 * lot, lot + 1, 0, -lot])
             qty = draw(lots if lot > 1 else st.integers(-1, 25))
+            flags = draw(st.sampled_from([0, 0, 0, FLAG_POST_ONLY]))
+            expire = draw(st.sampled_from([*DAYS, 0])) if tif == GTD or draw(st.integers(0, 9)) == 0 else 0
+            disclosed = draw(st.sampled_from([0, 0, 0, lot, lot, 2 * lot, lot + 1, -lot]))
             cmds.append((OP_NEW, next_oid, draw(st.integers(0, 2)), side, MARKET if market else LIMIT, tif, price, qty,
-                         draw(stp_modes)))
+                         draw(stp_modes), flags, expire, disclosed))
             next_oid += 1
             sides.append(side)
         elif kind == "cancel":
-            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0))
+            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
         elif kind == "replace":
             oid = draw(st.integers(0, next_oid))
             across = st.nothing() if oid == next_oid else (
@@ -85,32 +103,34 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
             price = draw(st.sampled_from([NO_PRICE]) | st.integers(mid - 3, mid + 3) | st.integers(plo - 2, phi + 2)
                          | across)
             qty = draw(st.sampled_from([NO_QTY, 0, lot, 2 * lot, 5 * lot, 9 * lot, lot + 1]))
-            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes)))
+            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes), 0, 0, 0))
         else:
-            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0))
+            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, draw(st.sampled_from([*DAYS, 0])), 0))
     return shape, cmds
 
 
 def _apply(book: OrderBook | ReferenceBook, cmd: tuple[int, ...]) -> list[tuple[int, ...]]:
-    op, oid, broker, side, otype, tif, price, qty, stp = cmd
+    op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed = (*cmd, 0, 0, 0, 0)[:C_NFIELDS]
     if op == OP_NEW:
-        evs = book.new(oid, broker, side, otype, tif, price, qty, stp)
+        evs = book.new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
     elif op == OP_CANCEL:
         evs = book.cancel(oid)
     elif op == OP_REPLACE:
         evs = book.replace(oid, price, qty, stp)
     else:
-        evs = book.end_of_day()
+        evs = book.end_of_day(expire)
     rows = book.out[:evs].tolist() if isinstance(evs, int) else evs
     return [tuple(int(x) for x in r) for r in rows]
 
 
 def _books(shape: tuple) -> tuple[OrderBook, OrderBook, ReferenceBook]:
-    lot, lo, hi, rows, _ = shape
+    lot, lo, hi, rows, _, ref_price, bp = shape
     # Tiny initial arrays so that every growth path runs.
-    small = OrderBook(lot=lot, band_lo=lo, band_hi=hi, max_ladder_rows=rows, slots=2, events=4)
-    batch = OrderBook(lot=lot, band_lo=lo, band_hi=hi, max_ladder_rows=rows, slots=3, events=4)
-    ref = ReferenceBook(lot=lot, band_lo=lo, band_hi=hi, max_ladder_rows=rows)
+    small = OrderBook(lot=lot, band_lo=lo, band_hi=hi, max_ladder_rows=rows, slots=2, events=4, ref=ref_price,
+                      protect_bp=bp)
+    batch = OrderBook(lot=lot, band_lo=lo, band_hi=hi, max_ladder_rows=rows, slots=3, events=4, ref=ref_price,
+                      protect_bp=bp)
+    ref = ReferenceBook(lot=lot, band_lo=lo, band_hi=hi, max_ladder_rows=rows, ref=ref_price, protect_bp=bp)
     return small, batch, ref
 
 
@@ -150,15 +170,86 @@ def test_random_session_compiled_and_reference_agree(session: tuple) -> None:
 @given(sessions())
 def test_random_session_never_trades_outside_the_band(session: tuple) -> None:
     shape, cmds = session
-    _, lo, hi, _, _ = shape
+    _, lo, hi, _, _, ref_price, bp = shape
     compiled, _, ref = _books(shape)
     for cmd in cmds:
         for book in (compiled, ref):
+            last = book.last or ref_price  # what market protection starts from
             for ev in _apply(book, cmd):
                 if ev[E_TYPE] == EV_TRADE:
                     assert ev[E_PRICE] > 0
                     if lo is not None:
                         assert lo <= ev[E_PRICE] <= hi, (cmd, ev)
+                    if cmd[4] == MARKET and bp and last:  # market protection: no worse than last -/+ bp
+                        worse = ev[E_PRICE] - last if cmd[3] == BUY else last - ev[E_PRICE]
+                        assert worse * 10000 <= last * bp, (cmd, ev, last)
+
+
+@given(sessions())
+def test_random_session_post_only_never_trades_on_entry(session: tuple) -> None:
+    shape, cmds = session
+    compiled, _, ref = _books(shape)
+    for cmd in cmds:
+        for book in (compiled, ref):
+            asks, bids = book.depth(SELL, 1), book.depth(BUY, 1)
+            evs = _apply(book, cmd)
+            if cmd[0] == OP_NEW and cmd[9] & FLAG_POST_ONLY:
+                assert not any(ev[E_TYPE] == EV_TRADE for ev in evs), (cmd, evs)
+                crosses = bool(asks) and cmd[6] >= asks[0][0] if cmd[3] == BUY else bool(bids) and cmd[6] <= bids[0][0]
+                # What would cross is rejected (would_cross, unless an earlier check rejected it); what is
+                # rejected as would_cross did cross.
+                assert not (crosses and evs[0][E_TYPE] == EV_ACCEPTED), (cmd, evs)
+                if evs[0][E_TYPE] == EV_REJECTED and evs[0][-1] == REJ_WOULD_CROSS:
+                    assert crosses, (cmd, evs)
+
+
+def test_post_only_rejected_when_it_would_cross_and_rests_otherwise() -> None:
+    for book in (OrderBook(), ReferenceBook()):
+        _apply(book, (OP_NEW, 0, 0, SELL, LIMIT, GTC, 100, 5, 0, 0, 0))
+        evs = _apply(book, (OP_NEW, 1, 1, BUY, LIMIT, GTC, 100, 5, 0, FLAG_POST_ONLY, 0))
+        assert [(ev[E_TYPE], ev[-1]) for ev in evs] == [(EV_REJECTED, REJ_WOULD_CROSS)]
+        assert book.depth(SELL) == [(100, 5, 1)]  # nothing of it traded
+        assert _apply(book, (OP_NEW, 2, 1, BUY, LIMIT, GTC, 99, 5, 0, FLAG_POST_ONLY, 0))[0][E_TYPE] == EV_ACCEPTED
+        # It stays post-only: a replace up to the ask is refused and the order keeps its price.
+        evs = _apply(book, (OP_REPLACE, 2, 0, 0, 0, 0, 100, NO_QTY, 0, 0, 0))
+        assert [(ev[E_TYPE], ev[-1]) for ev in evs] == [(EV_REJECTED, REJ_WOULD_CROSS)]
+        assert book.depth(BUY) == [(99, 5, 1)]
+
+
+def test_gtd_expires_at_the_end_of_its_day_not_before() -> None:
+    for book in (OrderBook(), ReferenceBook()):
+        _apply(book, (OP_NEW, 0, 0, BUY, LIMIT, GTD, 90, 5, 0, 0, 20260106))
+        _apply(book, (OP_NEW, 1, 0, BUY, LIMIT, DAY, 91, 5, 0, 0, 0))
+        assert [ev[1] for ev in _apply(book, (OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20260105))] == [1]
+        assert [ev[1] for ev in _apply(book, (OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, 20260106))] == [0]
+        assert book.depth(BUY) == []
+
+
+def test_iceberg_shows_its_peak_refills_at_the_back_and_trades_through_peaks() -> None:
+    for book in (OrderBook(), ReferenceBook()):
+        _apply(book, (OP_NEW, 0, 0, SELL, LIMIT, GTC, 100, 10, 0, 0, 0, 3))  # iceberg: 10, peak 3
+        _apply(book, (OP_NEW, 1, 0, SELL, LIMIT, GTC, 100, 2))
+        assert book.depth(SELL) == [(100, 5, 2)] and book.level(SELL, 100) == (5, 2)  # 3 shown + 2
+        evs = _apply(book, (OP_NEW, 2, 1, BUY, LIMIT, IOC, 100, 4))
+        # The peak of 3 trades, the next peak goes behind order 1, which trades the last share.
+        assert [(ev[E_TYPE], ev[7], ev[4]) for ev in evs[1:]] == [(EV_TRADE, 0, 3), (EV_TRADE, 1, 1)]
+        assert book.queue(SELL, 100) == [1, 0] and book.depth(SELL) == [(100, 4, 2)]
+        evs = _apply(book, (OP_NEW, 3, 1, BUY, LIMIT, IOC, 100, 9))  # 1 of order 1, then peaks of 3, 3, 1
+        assert [ev[4] for ev in evs if ev[E_TYPE] == EV_TRADE] == [1, 3, 3, 1]
+        assert book.depth(SELL) == []
+        bad = _apply(book, (OP_NEW, 4, 0, SELL, LIMIT, GTC, 100, 100, 0, 0, 0, 9))  # under 10 % of 100
+        assert [(ev[E_TYPE], ev[-1]) for ev in bad] == [(EV_REJECTED, REJ_BAD_DISCLOSED)]
+
+
+def test_market_protection_stops_a_market_order_at_last_plus_pct() -> None:
+    for book in (OrderBook(protect_bp=500, ref=100), ReferenceBook(protect_bp=500, ref=100)):
+        for oid, px in enumerate((100, 104, 105, 106)):
+            _apply(book, (OP_NEW, oid, 0, SELL, LIMIT, GTC, px, 5, 0, 0, 0))
+        evs = _apply(book, (OP_NEW, 9, 1, BUY, MARKET, IOC, 0, 20, 0, 0, 0))
+        # Limit 105 (100 + 5 %): three asks trade, the rest of the order is cancelled, 106 stays.
+        assert [ev[E_PRICE] for ev in evs if ev[E_TYPE] == EV_TRADE] == [100, 104, 105]
+        assert book.depth(SELL) == [(106, 5, 1)]
+        assert book.last == 105
 
 
 @given(sessions())
@@ -172,7 +263,8 @@ def test_random_session_is_deterministic_same_events_twice(session: tuple) -> No
 @st.composite
 def replay_sessions(draw: st.DrawFn) -> list[dict]:
     cmds: list[dict] = [
-        {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20"},
+        {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20",
+         "market_protection_pct": draw(st.sampled_from(["0", "5", "2.5"]))},
         {"op": "instrument", "symbol": "LOT", "tick": "0.10", "lot": 5, "ref_price": "2.00", "band_pct": "10"},
     ]
     if draw(st.booleans()):  # a day with sessions: orders collected in the pre-open, then the call auction
@@ -198,7 +290,7 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                 if draw(st.booleans()):
                     cmd["qty"] = draw(st.sampled_from([0, 5, 10, 15, 3]))
         elif kind == "eod":
-            cmd = {"op": "end_of_day"}
+            cmd = {"op": "end_of_day", "date": draw(st.sampled_from(["2026-01-05", "2026-01-06"]))}
         else:
             oid = draw(st.sampled_from([f"o{i}", f"o{i}", "dup"]))
             cmd = {"op": "new", "oid": oid, "broker": broker, "symbol": symbol,
@@ -209,7 +301,13 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
             else:
                 cmd["type"] = "limit"
                 cmd["price"] = draw(st.sampled_from(["0.80", "0.95", "1.00", "1.05", "1.02", "1.90", "2.00", "2.20"]))
-                cmd["tif"] = draw(st.sampled_from(["GTC", "DAY", "IOC", "FOK"]))
+                cmd["tif"] = draw(st.sampled_from(["GTC", "DAY", "IOC", "FOK", "GTD"]))
+                if cmd["tif"] == "GTD":
+                    cmd["expire_date"] = draw(st.sampled_from(["2026-01-05", "2026-01-06", "2026-02-30"]))
+                if draw(st.integers(0, 3)) == 0:
+                    cmd["post_only"] = True
+                if draw(st.integers(0, 3)) == 0:
+                    cmd["disclosed_qty"] = draw(st.sampled_from([1, 5, 10, 2]))
             if draw(st.booleans()):
                 cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             used.append((symbol, broker, oid))
@@ -219,11 +317,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
 
 @given(replay_sessions())
 def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict]) -> None:
-    from fabric.engine import MatchingEngine
+    from fabric.engine import MatchingEngine, reference_book
     from tools.replay import Replayer
-
-    def reference_book(inst):  # type: ignore[no-untyped-def]
-        return ReferenceBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
 
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
     bands = {"TCS": (Decimal("0.80"), Decimal("1.20")), "LOT": (Decimal("1.80"), Decimal("2.20"))}

@@ -66,6 +66,9 @@ SAMPLES: dict[str, list[Any]] = {
         Logon(broker="B2"),
         NEW,
         New(oid="o2", symbol="TCS", side="sell", type="market", qty=5, tif="IOC"),
+        New(oid="o5", symbol="TCS", side="buy", type="limit", price="3499.00", qty=5, tif="GTD", post_only=True,
+            expire_date="2026-12-31"),
+        New(oid="o6", symbol="TCS", side="sell", type="limit", price="3501.00", qty=30, tif="DAY", disclosed_qty=10),
         Cancel(oid="o1", symbol="TCS"),
         Replace(oid="o1", symbol="TCS", price="3500.10", qty=8),
         Replace(oid="o1", symbol="TCS", qty=4),
@@ -84,6 +87,8 @@ SAMPLES: dict[str, list[Any]] = {
         LogonReject(reason="auth_failed", text="unknown broker B9"),
         Accepted(oid="o1", symbol="TCS", side="buy", type="limit", price="3500.05", qty=10, tif="GTC", ts=5),
         Accepted(oid="o2", symbol="TCS", side="sell", type="market", qty=5, tif="IOC"),
+        Accepted(oid="o5", symbol="TCS", side="buy", type="limit", price="3499.00", qty=5, tif="GTD", post_only=True,
+                 expire_date="2026-12-31", disclosed_qty=5),
         Rejected(op="new", oid="o3", symbol="TCS", reason="price_out_of_band", text="price 9.00 is outside"),
         Rejected(op="new", oid="o4", reason="bad_field", text="field 'qty' must be an integer", field="qty"),
         Fill(oid="o1", symbol="TCS", side="buy", price="3500.05", last_qty=5, cum_qty=5, leaves_qty=5, trade_id=1,
@@ -569,3 +574,26 @@ def test_undecodable_bytes_refusal_names_the_complaint_never_an_empty_text(data:
     assert e.value.reason == "malformed"
     assert not e.value.text.rstrip().endswith(":"), e.value.text
     assert e.value.text.split(": ", 2)[-1].strip()
+
+
+@pytest.mark.parametrize(("fields", "reason", "field"), [
+    ({"type": "market", "tif": "IOC", "post_only": True}, "bad_field", "post_only"),
+    ({"type": "market", "tif": "IOC", "disclosed_qty": 5}, "bad_field", "disclosed_qty"),
+    ({"type": "limit", "price": "1.00", "tif": "GTC", "disclosed_qty": 0}, "bad_field", "disclosed_qty"),
+    ({"type": "limit", "price": "1.00", "tif": "GTD"}, "missing_field", "expire_date"),
+    ({"type": "limit", "price": "1.00", "tif": "DAY", "expire_date": "2026-01-05"}, "bad_field", "expire_date"),
+    ({"type": "limit", "price": "1.00", "tif": "GTD", "expire_date": "5 Jan"}, "bad_field", "expire_date"),
+])
+def test_new_order_type_fields_refused_with_the_field_named(fields: dict, reason: str, field: str) -> None:
+    data = msgpack.packb({"t": "new", "v": 1, "oid": "o", "symbol": "S", "side": "buy", "qty": 1, **fields})
+    with pytest.raises(ProtocolError) as e:
+        p.decode_client(data)
+    assert (e.value.reason, e.value.field) == (reason, field), e.value.text
+
+
+def test_new_without_the_added_fields_encodes_them_not_at_all() -> None:
+    plain = New(oid="o", symbol="S", side="buy", type="limit", price="1.00", qty=1, tif="GTC")
+    assert "post_only" not in msgpack.unpackb(p.encode(plain)) and p.encode_plain(plain) == p.encode(plain)
+    gtd = New(oid="o", symbol="S", side="buy", type="limit", price="1.00", qty=1, tif="GTD", post_only=True,
+              expire_date="2026-01-05")
+    assert p.decode_client(p.encode(gtd)).extras() == (True, "2026-01-05", 0)

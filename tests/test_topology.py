@@ -147,7 +147,7 @@ def test_local_example_is_one_machine_with_embedded_stores() -> None:
     assert all(7100 <= p.port <= 7199 for p in topo.all_ports())
     reliance = topo.instrument("RELIANCE")
     assert reliance == Instrument("RELIANCE", tick=Decimal("0.10"), lot=1, ref_price=Decimal("1420.00"),
-                                  band_pct=Decimal("10"))
+                                  band_pct=Decimal("10"), market_protection_pct=Decimal("5"))  # the default
 
 
 def test_cluster_example_pairs_each_shard_across_two_hosts() -> None:
@@ -403,7 +403,7 @@ def test_duplicate_matcher_name_across_shards_is_reported() -> None:
         ('band_pct = "10"\n\n[[instruments]]\nsymbol = "INFY"', 'band_pct = "150"\n\n[[instruments]]\nsymbol = "INFY"',
          'instruments[0] "TCS": band_pct must be above 0 and below 100, got 150'),
         ('tick = "0.05"\nlot = 1', 'tick = "0"\nlot = 1', 'instruments[0] "TCS": tick must be a positive decimal'),
-        ("lot = 1", "lot = 0", 'instruments[0] "TCS": lot must be a positive integer, got 0'),
+        ("lot = 1", "lot = 0", 'instruments[0] "TCS": lot must be a positive integer up to 1000000000000, got 0'),
         ('tick = "0.05"\nlot = 1', 'tick = "abc"\nlot = 1', "instruments[0] \"TCS\".tick: not a decimal number: 'abc'"),
         ('tick = "0.05"\nlot = 1', "tick = 0.05\nlot = 1", 'instruments[0] "TCS".tick: write decimals as strings'),
         ("lot = 1", "lot = 1.5", 'instruments[0] "TCS".lot: must be a whole number, got float 1.5'),
@@ -420,6 +420,17 @@ def test_lot_as_digit_string_and_zero_band_are_accepted() -> None:
     topo = loads(_text(instruments=instruments))
     assert topo.instrument("TCS").lot == 5
     assert not topo.instrument("SBIN").banded
+
+
+def test_market_protection_defaults_to_five_percent_and_can_be_set_or_off() -> None:
+    instruments = INSTRUMENTS.replace("lot = 1", 'lot = 1\nmarket_protection_pct = "2.5"', 1)
+    topo = loads(_text(instruments=instruments))
+    assert topo.instrument("TCS").protect_bp == 250
+    assert topo.instrument("INFY").protect_bp == 500
+    off = loads(_text(instruments=INSTRUMENTS.replace("lot = 1", 'lot = 1\nmarket_protection_pct = "0"', 1)))
+    assert off.instrument("TCS").market_protection_pct is None and off.instrument("TCS").protect_bp == 0
+    msg = _one(_text(instruments=INSTRUMENTS.replace("lot = 1", 'lot = 1\nmarket_protection_pct = "120"', 1)))
+    assert msg.startswith('instruments[0] "TCS": market_protection_pct must be from 0 to below 100'), msg
 
 
 def test_bad_server_tables_are_reported() -> None:

@@ -255,8 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         o = osub.add_parser(action, help=f"{action} SYMBOL QTY [@ PRICE] (no price: a market order)",
                             formatter_class=raw, epilog=ORDER_EXIT_STATUS)
         o.add_argument("words", nargs="+", metavar="SYMBOL QTY [@ PRICE]")
-        o.add_argument("--tif", choices=("GTC", "DAY", "IOC", "FOK"), default=None)
+        o.add_argument("--tif", choices=("GTC", "DAY", "IOC", "FOK", "GTD"), default=None,
+                       help="time in force (default GTC for a limit order, IOC at market, GTD with --expire-date)")
         o.add_argument("--oid", default=None, help="your client order id (default: generated)")
+        o.add_argument("--post-only", action="store_true",
+                       help="a limit order that only adds liquidity: rejected (would_cross) if it would trade now")
+        o.add_argument("--expire-date", default=None, metavar="YYYY-MM-DD",
+                       help="a GTD order's last trading day (makes the order GTD)")
+        o.add_argument("--disclosed-qty", type=int, default=None, metavar="Q",
+                       help="an iceberg: only Q shows in the depth (a lot multiple, at least 10 %% of the quantity)")
     o = osub.add_parser("cancel", help="cancel OID", formatter_class=raw, epilog=ORDER_EXIT_STATUS)
     o.add_argument("oid", metavar="OID")
     o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")

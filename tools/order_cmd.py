@@ -40,7 +40,8 @@ EVENT_NAMES: dict[type, str] = {Accepted: "accepted", Rejected: "rejected", Fill
 
 def as_json(msg: Any) -> dict[str, Any]:
     """Return a report as a JSON-ready dict: ``event`` first, then the protocol's fields."""
-    fields = {k: v for k, v in msgspec.structs.asdict(msg).items() if k != "v" and v is not None}
+    fields = {k: v for k, v in msgspec.structs.asdict(msg).items()
+              if k != "v" and v is not None and not (k == "post_only" and v is False)}
     out: dict[str, Any] = {"event": EVENT_NAMES.get(type(msg), type(msg).__name__.lower())}
     if isinstance(msg, Fill):
         out["qty"] = msg.last_qty  # as a replay `trade` has it
@@ -52,7 +53,11 @@ def describe(msg: Any) -> str:
     """Return one line for a person."""
     if isinstance(msg, Accepted):
         at = f"@ {msg.price}" if msg.price is not None else "at market"
-        return f"accepted   {msg.side} {msg.qty} {msg.symbol} {at} {msg.tif}   oid {msg.oid}"
+        tif = f"{msg.tif} {msg.expire_date}" if msg.expire_date else msg.tif
+        post = " post-only" if msg.post_only else ""
+        if msg.disclosed_qty:
+            post += f" disclosing {msg.disclosed_qty}"
+        return f"accepted   {msg.side} {msg.qty} {msg.symbol} {at} {tif}{post}   oid {msg.oid}"
     if isinstance(msg, Rejected):
         return f"REJECTED   {msg.op} {msg.oid or ''}: {msg.reason} ({msg.text})"
     if isinstance(msg, Fill):
@@ -136,7 +141,9 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
             return EXIT_UNREACHABLE
         if action in ("buy", "sell"):
             send = client.buy if action == "buy" else client.sell
-            r = send(symbol, qty, price, args.tif, type=None if price is not None else "market", oid=args.oid)
+            r = send(symbol, qty, price, args.tif, type=None if price is not None else "market", oid=args.oid,
+                     post_only=getattr(args, "post_only", False), expire_date=getattr(args, "expire_date", None),
+                     disclosed_qty=getattr(args, "disclosed_qty", None))
         else:
             found = args.symbol or _find_symbol(client, args.oid)
             if found is None:

@@ -100,6 +100,13 @@ def _decimal(cmd: dict[str, Any], name: str) -> str:
         raise CommandError(REJ_BAD_FIELD, f"field '{name}': {e}") from None
 
 
+def _bool(cmd: dict[str, Any], name: str) -> bool:
+    v = cmd.get(name, False)
+    if not isinstance(v, bool):
+        raise CommandError(REJ_BAD_FIELD, f"field '{name}' must be true or false, got {v!r}")
+    return v
+
+
 def _choice(cmd: dict[str, Any], name: str, choices: dict[str, int], default: str | None = None) -> Any:
     # The wire's name of a choice; the replay format takes any case.
     if name not in cmd:
@@ -132,11 +139,17 @@ def parse_command(cmd: Any) -> Command:
         otype = _choice(cmd, "type", TYPE_CODES)
         qty = _int(cmd, "qty")
         stp = _choice(cmd, "stp", STP_CODES, default="off")
+        post_only = _bool(cmd, "post_only")
+        expire = _str(cmd, "expire_date") if cmd.get("expire_date") is not None else None
+        disclosed = _int(cmd, "disclosed_qty") if cmd.get("disclosed_qty") is not None else None
         if otype == "limit":
             return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
-                            price=_decimal(cmd, "price"), tif=_choice(cmd, "tif", TIF_CODES, default="GTC"), stp=stp)
+                            price=_decimal(cmd, "price"), tif=_choice(cmd, "tif", TIF_CODES, default="GTC"), stp=stp,
+                            post_only=post_only, expire_date=expire, disclosed_qty=disclosed)
         if cmd.get("price") is not None:
             raise CommandError(REJ_BAD_FIELD, "a market order takes no price")
+        if post_only or disclosed is not None:
+            raise CommandError(REJ_BAD_FIELD, "a market order cannot be post-only nor disclose a quantity")
         return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
                         tif=_choice(cmd, "tif", TIF_CODES, default="IOC"), stp=stp)
     if op == "cancel":
@@ -148,7 +161,7 @@ def parse_command(cmd: Any) -> Command:
                             qty=_int(cmd, "qty") if cmd.get("qty") is not None else None,
                             stp=_choice(cmd, "stp", STP_CODES, default="off"))
     if op == "end_of_day":
-        return EndOfDay()
+        return EndOfDay(date=_str(cmd, "date") if cmd.get("date") is not None else None)
     if op == "admin":
         action = _choice(cmd, "action", _ADMIN_ACTIONS)
         if action in ("halt", "resume"):
@@ -165,7 +178,9 @@ def parse_command(cmd: Any) -> Command:
         return AddInstrument(symbol=symbol, tick=_decimal(cmd, "tick") if "tick" in cmd else "0.01",
                              lot=_int(cmd, "lot", default=1),
                              ref_price=_decimal(cmd, "ref_price") if "ref_price" in cmd else None,
-                             band_pct=_decimal(cmd, "band_pct") if band is not None else None)
+                             band_pct=_decimal(cmd, "band_pct") if band is not None else None,
+                             market_protection_pct=_decimal(cmd, "market_protection_pct")
+                             if cmd.get("market_protection_pct") is not None else None)
     raise CommandError(REJ_UNKNOWN_OP, f"unknown op {op!r}; expected one of {', '.join(OPS)}")
 
 
@@ -193,6 +208,12 @@ def replay_events(outcomes: list[Outcome]) -> list[Event]:
                 ev["price"] = o.price
             ev["qty"] = o.qty
             ev["tif"] = o.tif
+            if o.post_only:
+                ev["post_only"] = True
+            if o.expire_date is not None:
+                ev["expire_date"] = o.expire_date
+            if o.disclosed_qty is not None:
+                ev["disclosed_qty"] = o.disclosed_qty
             events.append(ev)
         elif type(o) is ExRejected:
             events.append({"event": "rejected", "op": o.op, "oid": o.oid, "broker": o.broker, "symbol": o.symbol,

@@ -14,6 +14,7 @@ A topology file is TOML.  Every table and key, with its default::
     lot = 1                             # default 1
     ref_price = "3500.00"               # the previous close; needed for a band
     band_pct = "10"                     # the circuit filter in percent; absent or "0" for none
+    market_protection_pct = "5"         # market orders trade within this % of the last price (default 5; "0": none)
     max_order_qty = 50000               # optional risk limits of the instrument, for every broker (the
     max_order_value = "50000000"        #   [risk] table below says what they are); the stricter of these
     risk_band_pct = "5"                 #   and the broker's own applies; risk_band_pct needs ref_price
@@ -155,7 +156,7 @@ from fabric.auth import check_public_key
 from fabric.calendar import Calendar, calendar_from_table
 from fabric.circuit import SEBI_LEVELS, Level, parse_halts
 from fabric.commands import STP_CODES, Stp
-from fabric.instruments import DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
+from fabric.instruments import DEFAULT_MARKET_PROTECTION_PCT, DEFAULT_TICK, Instrument, InstrumentError, parse_decimal
 from fabric.records import DEFAULT_TIMEZONE
 from topology.model import (
     BROKER_ROLES,
@@ -201,7 +202,7 @@ _TOP = {
 }
 _EXCHANGE_KEYS = ("name", "data_dir", "timezone")
 _INSTRUMENT_RISK_KEYS = ("max_order_qty", "max_order_value", "risk_band_pct")
-_INSTRUMENT_KEYS = ("symbol", "tick", "lot", "ref_price", "band_pct", *_INSTRUMENT_RISK_KEYS)
+_INSTRUMENT_KEYS = ("symbol", "tick", "lot", "ref_price", "band_pct", "market_protection_pct", *_INSTRUMENT_RISK_KEYS)
 _MATCHER_PORTS = ("order_port", "pub_port", "recovery_port", "repl_port")
 _SHARD_KEYS = ("name", "symbols", "replicas", "host", *_MATCHER_PORTS)
 _REPLICA_KEYS = ("name", "host", *_MATCHER_PORTS)
@@ -700,6 +701,10 @@ class _Builder:
             ok = ok and band is not None
             if band == 0:
                 band = None  # as in `exfab replay`: a band of 0 % means no band
+        protection: Decimal | None = DEFAULT_MARKET_PROTECTION_PCT
+        if "market_protection_pct" in tbl:
+            protection = self.decimal(tbl, "market_protection_pct", where)
+            ok = ok and protection is not None
         lot: int | None = 1
         if "lot" in tbl:
             v = tbl["lot"]
@@ -714,7 +719,8 @@ class _Builder:
         if not ok or symbol is None or tick is None or lot is None:
             return None
         try:
-            return Instrument(symbol, tick=tick, lot=lot, ref_price=ref, band_pct=band)
+            return Instrument(symbol, tick=tick, lot=lot, ref_price=ref, band_pct=band,
+                              market_protection_pct=protection or None)
         except InstrumentError as e:
             text = str(e)
             self.add(where, text.removeprefix(f"{symbol}: "))
