@@ -122,19 +122,19 @@ def test_order_post_only_gtd_and_iceberg_through_the_whole_exchange(exchange: La
     inst = exchange.topo.instrument(sym)
     px = inst.to_price((inst.band_lo or 0) + 40)
     ice = exfab("order", "sell", sym, "30", "@", px, "--disclosed-qty", "10", "--expire-date", "2099-12-31",
-                "--broker", "CB21", "--json", "--topology", topo)
+                "--broker", "DEMO3", "--json", "--topology", topo)
     assert ice.returncode == 0, ice.stderr
     acc = _json_lines(ice.stdout)[0]
     assert (acc["event"], acc["tif"], acc["expire_date"], acc["disclosed_qty"]) == ("accepted", "GTD", "2099-12-31",
                                                                                      10)
-    cross = exfab("order", "buy", sym, "5", "@", px, "--post-only", "--broker", "CB22", "--json", "--topology", topo)
+    cross = exfab("order", "buy", sym, "5", "@", px, "--post-only", "--broker", "DEMO4", "--json", "--topology", topo)
     assert cross.returncode == 1, cross.stderr
     rej = _json_lines(cross.stdout)[0]
     assert (rej["event"], rej["reason"]) == ("rejected", "would_cross") and "post-only" in rej["text"]
-    past = exfab("order", "buy", sym, "5", "@", px, "--expire-date", "2001-01-01", "--broker", "CB22", "--topology",
+    past = exfab("order", "buy", sym, "5", "@", px, "--expire-date", "2001-01-01", "--broker", "DEMO4", "--topology",
                  topo)
     assert past.returncode == 1 and "bad_expire_date" in past.stdout, past.stdout
-    take = exfab("order", "buy", sym, "12", "@", px, "--tif", "IOC", "--broker", "CB22", "--json", "--topology", topo)
+    take = exfab("order", "buy", sym, "12", "@", px, "--tif", "IOC", "--broker", "DEMO4", "--json", "--topology", topo)
     fills = [e for e in _json_lines(take.stdout) if e["event"] == "trade"]
     assert [f["qty"] for f in fills] == [10, 2]  # a peak, then the next one
 
