@@ -324,6 +324,24 @@ def test_zookeeper_restarted_under_load_loses_and_doubles_nothing(pairs: tuple[L
     _check_pairs(ex, trader, ("A", "B"))
 
 
+def test_nodes_stop_on_sigterm_while_zookeeper_is_gone(pair: tuple[Launcher, ZooKeeperServer]) -> None:
+    # With the ensemble gone, kazoo's stop() can wait for ever (a watch's read retries until a server answers,
+    # and stop() joins its thread): gateways left over from a test whose ZooKeeper had stopped ignored SIGTERM.
+    ex, zk = pair
+    _wait(lambda: _reign(ex) is not None, "a primary")
+    zk.stop()
+    time.sleep(6.0)  # past the sessions' timeout: every client has seen the ensemble go
+    nodes = [ex.node(GATEWAY, g.name) for g in ex.topo.gateways]
+    nodes += [ex.node(MATCHER, r.name) for r in ex.topo.shard("A").replicas]
+    for node in nodes:
+        node.proc.send_signal(signal.SIGTERM)
+    for node in nodes:
+        try:
+            node.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{node.kind} {node.name} did not stop on SIGTERM with ZooKeeper gone")
+
+
 def test_ticker_and_persistence_follow_the_new_primary(tmp_path: Path) -> None:
     zk = start_zookeeper(tmp_path / "zk")
     path = paired_topology(tmp_path, f"127.0.0.1:{zk.port}")

@@ -43,6 +43,7 @@ from topology.model import Topology
 from topology.registry import registered
 from topology.zk import connect, paths
 from topology.zk import load as load_znode
+from topology.zk import stop as zk_stop
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -158,8 +159,7 @@ def status(topology: str, *, as_json: bool = False, timeout: float = 5.0, out: I
             err.write(f"exfab: ZooKeeper at {hosts} stopped answering: {type(e).__name__} {e}\n")
             return EXIT_UNREACHABLE
         finally:
-            zk.stop()
-            zk.close()
+            zk_stop(zk)
     if as_json:
         out.write(json.dumps(view) + "\n")
     else:

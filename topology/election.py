@@ -35,10 +35,12 @@ from typing import Any
 
 from topology.model import Replica, Shard, Topology
 from topology.zk import MATCHER_SESSION_TIMEOUT_S, connect, dump, load, paths
+from topology.zk import stop as zk_stop
 
 log = logging.getLogger("exfab.election")
 
 RETRY_S = 0.5  # a candidate that won but may not lead lets go for this long
+READ_TIMEOUT_S = 1.0  # a read of the shard's znodes gives up after this long (the ensemble is unreachable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +96,11 @@ class Seat:
     # ----------------------------------------------------------------- reading
 
     def _json(self, path: str) -> dict[str, Any] | None:
+        # Never waits long: with the ensemble gone a plain get waits until it is back, and a secondary's loop,
+        # which reads the primary's znode, would hang (not even stopping on SIGTERM).
         try:
-            data, _ = self.zk.get(path)
-        except Exception:  # NoNodeError, or a connection problem: nothing known
+            data, _ = self.zk.get_async(path).get(timeout=READ_TIMEOUT_S)
+        except Exception:  # NoNodeError, a timeout, or a connection problem: nothing known
             return None
         return load(data)
 
@@ -247,8 +251,7 @@ class Seat:
         self._closing = True
         with contextlib.suppress(Exception):
             self.zk.remove_listener(self._state)  # (leaving is not losing the session)
-            self.zk.stop()
-            self.zk.close()
+        zk_stop(self.zk)
 
 
 __all__ = ["Reign", "Seat"]

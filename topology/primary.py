@@ -128,9 +128,10 @@ class ZkPrimaries:
         return self._from_seq[shard]
 
     def close(self) -> None:
-        """Stop watching."""
-        self.zk.stop()
-        self.zk.close()
+        """Stop watching (never waiting long for an ensemble that is gone)."""
+        from topology.zk import stop
+
+        stop(self.zk)
 
 
 def resolver(topo: Topology) -> PrimaryResolver:

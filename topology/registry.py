@@ -29,7 +29,8 @@ import time
 from typing import Any
 
 from topology.model import NODE_KINDS, Topology
-from topology.zk import SESSION_TIMEOUT_S, client, dump, load, paths
+from topology.zk import SESSION_TIMEOUT_S, client, dump, load, no_exit_join, paths
+from topology.zk import stop as zk_stop
 
 log = logging.getLogger("exfab.registry")
 
@@ -81,6 +82,7 @@ class Registration:
         self._zk.add_listener(self._on_state)
         if self._own:
             self._zk.start_async()  # the listener registers once connected
+            no_exit_join(self._zk)
         elif self._zk.connected:
             self._zk.handler.spawn(self._ensure)
 
@@ -128,8 +130,7 @@ class Registration:
         zk.remove_listener(self._on_state)
         try:
             if self._own:
-                zk.stop()  # ends the session: ZooKeeper deletes its ephemeral znodes at once
-                zk.close()
+                zk_stop(zk)  # ends the session: ZooKeeper deletes its ephemeral znodes at once
             elif zk.connected:
                 stat = zk.exists_async(self.path).get(timeout=CLOSE_TIMEOUT_S)
                 if stat is not None and stat.ephemeralOwner == _session(zk):

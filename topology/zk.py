@@ -77,7 +77,20 @@ def connect(topo: Topology, *, timeout: float = 10.0, read_only: bool = False,
     """
     zk = client(topo, read_only=read_only, session_timeout=session_timeout)
     zk.start(timeout=timeout)
+    no_exit_join(zk)
     return zk
+
+
+def no_exit_join(zk: Any) -> None:
+    """Take back the exit hook kazoo's ``start`` registers for a started client.
+
+    At exit, kazoo joins its threads; with the ensemble gone, a watch's read waits for a server that never
+    answers and the process never ends (a node ignoring SIGTERM). Its threads are daemons: a node stops its
+    clients with :func:`stop`, and whatever is left ends with the process.
+    """
+    import atexit
+
+    atexit.unregister(zk.handler.stop)
 
 
 def client(topo: Topology, *, read_only: bool = False, session_timeout: float = SESSION_TIMEOUT_S) -> Any:
@@ -89,8 +102,41 @@ def client(topo: Topology, *, read_only: bool = False, session_timeout: float = 
 
     if topo.zookeeper is None:
         raise ValueError("the topology has no [zookeeper] table")
+    # The connection is retried for ever; a command (and a watch's read) a few times over about 4 s, then it
+    # raises: with the ensemble gone, a read retried for ever would hold its thread, and kazoo's stop() joins it.
     return KazooClient(hosts=topo.zookeeper.connect_string, timeout=session_timeout, read_only=read_only,
-                       connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0})
+                       connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
+                       command_retry={"max_tries": 6, "delay": 0.1, "max_delay": 1.0})
+
+
+STOP_TIMEOUT_S = 2.0  # a node stopping waits this long for its ZooKeeper client to stop
+
+
+def stop(zk: Any, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop and close a kazoo client, waiting at most ``timeout`` seconds; return whether it stopped.
+
+    With the ensemble gone, kazoo's ``stop`` can wait for ever: a watch's callback retries its read until a
+    server answers, and ``stop`` joins the thread running it. A node that is stopping must not hang on that,
+    so the stop runs on a thread of its own; kazoo's threads are daemons and end with the process.
+    """
+    import threading
+
+    no_exit_join(zk)  # (a stop left waiting here must not hold the process at exit either)
+
+    def run() -> None:
+        try:
+            zk.stop()
+            zk.close()
+        except Exception as e:  # (stopping a client whose connection is gone)
+            log.debug("ZooKeeper client stop: %s", e)
+
+    t = threading.Thread(target=run, name="zk-stop", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        log.warning("ZooKeeper client did not stop within %g s (the ensemble is unreachable): leaving it", timeout)
+        return False
+    return True
 
 
 def dump(obj: dict[str, Any]) -> bytes:
@@ -109,4 +155,5 @@ def load(data: bytes | None) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-__all__ = ["MATCHER_SESSION_TIMEOUT_S", "SESSION_TIMEOUT_S", "ZkPaths", "client", "connect", "dump", "load", "paths"]
+__all__ = ["MATCHER_SESSION_TIMEOUT_S", "SESSION_TIMEOUT_S", "ZkPaths", "client", "connect", "dump", "load",
+           "no_exit_join", "paths", "stop"]
