@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +58,47 @@ def node_keys(topo: Topology) -> Keyring | None:
 def dial(sock: zmq.Socket[Any], address: str, topo: Topology) -> None:
     """Connect a test's socket to a node's port as a node does: with CURVE when the topology has keys."""
     connect(sock, address, node_keys(topo))
+
+
+class RunningTicker:
+    """A :class:`~nodes.ticker.Ticker` of ``topo`` run in this process, on a thread of its own.
+
+    ``lose`` (optional) picks matcher messages the ticker never sees, to test how it recovers them.
+    """
+
+    def __init__(self, topo: Topology, name: str | None = None,
+                 lose: Callable[[list[bytes]], bool] | None = None) -> None:
+        from nodes.ticker import Ticker
+
+        self.ticker = Ticker(topo, name=name)
+        if lose is not None:
+            take = self.ticker.follow.ingest
+            self.ticker.follow.ingest = (  # type: ignore[method-assign]
+                lambda frames: take([f for f in frames if not lose(f)]))
+        self.ready = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+        def run() -> None:
+            async def main() -> None:
+                self.loop = asyncio.get_running_loop()
+                await self.ticker.run(ready=self.ready.set)
+
+            asyncio.run(main())
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert self.ready.wait(30), "the in-process ticker did not start"
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Return ``fn()`` run on the ticker's event loop (so it sees the ticker's state between turns)."""
+        assert self.loop is not None
+
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(10)
+
+    def stop(self) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.ticker.stop)
+        self.thread.join(20)

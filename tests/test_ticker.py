@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import threading
@@ -22,7 +21,7 @@ import zmq
 from fabric.client import BrokerClient
 from fabric.feed import feed_topic
 from fabric.protocol import SnapshotReply, SnapshotRequest, decode_internal, encode
-from tests.helpers import LOCAL, dial, gateway_endpoints, topology_on_free_ports
+from tests.helpers import LOCAL, RunningTicker, dial, gateway_endpoints, topology_on_free_ports
 from topology.launcher import Launcher
 from topology.model import GATEWAY, MATCHER, TICKER
 
@@ -374,44 +373,6 @@ def fabric_only(tmp_path: Path) -> Iterator[Launcher]:
         launcher.stop()
 
 
-class _Running:
-    """A :class:`~nodes.ticker.Ticker` on a thread of its own, losing the matcher messages ``lose`` picks."""
-
-    def __init__(self, ex: Launcher, lose: Any) -> None:
-        from nodes.ticker import Ticker
-
-        self.ticker = Ticker(ex.topo)
-        take = self.ticker.follow.ingest
-        self.ticker.follow.ingest = lambda frames: take([f for f in frames if not lose(f)])  # type: ignore[method-assign]
-        self.ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-        def run() -> None:
-            async def main() -> None:
-                self.loop = asyncio.get_running_loop()
-                await self.ticker.run(ready=self.ready.set)
-
-            asyncio.run(main())
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(30), "the in-process ticker did not start"
-
-    def call(self, fn: Any) -> Any:
-        assert self.loop is not None
-        fut = asyncio.run_coroutine_threadsafe(_call(fn), self.loop)
-        return fut.result(10)
-
-    def stop(self) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.ticker.stop)
-        self.thread.join(20)
-
-
-async def _call(fn: Any) -> Any:
-    return fn()
-
-
 def test_lost_messages_are_replayed_so_the_state_stays_exact(fabric_only: Launcher) -> None:
     ex = fabric_only
     lost = {"n": 0, "seen": 0}
@@ -426,7 +387,7 @@ def test_lost_messages_are_replayed_so_the_state_stays_exact(fabric_only: Launch
             return True
         return False
 
-    running = _Running(ex, lose)
+    running = RunningTicker(ex.topo, lose=lose)
     try:
         symbols = [ex.topo.shards[0].symbols[0], ex.topo.shards[1].symbols[0], ex.topo.shards[1].symbols[1]]
         trades = _trade_flow(ex, symbols, 50)
@@ -445,7 +406,7 @@ def test_a_lost_last_message_is_found_by_the_heartbeat(fabric_only: Launcher) ->
     ex = fabric_only
     state = {"drop": False}
 
-    running = _Running(ex, lambda f: state["drop"] and f[0][:1] in (b"T", b"B"))
+    running = RunningTicker(ex.topo, lose=lambda f: state["drop"] and f[0][:1] in (b"T", b"B"))
     try:
         sym = ex.topo.shards[0].symbols[0]
         first = _trade_flow(ex, [sym], 3)
@@ -465,7 +426,7 @@ def test_batches_published_topic_by_topic_need_no_replay(fabric_only: Launcher) 
     # Brokers sending at once make the matchers batch several commands, published topic by topic: seq
     # arrives out of order across topics, which is no gap (each topic is in order).
     ex = fabric_only
-    running = _Running(ex, lambda f: False)
+    running = RunningTicker(ex.topo, lose=lambda f: False)
     try:
         groups = [[ex.topo.shards[0].symbols[0], ex.topo.shards[1].symbols[0]],
                   [ex.topo.shards[0].symbols[1], ex.topo.shards[1].symbols[1]],

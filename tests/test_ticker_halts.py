@@ -7,7 +7,6 @@ records the ``admin`` commands the ticker's circuit breaker sends.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -43,7 +42,7 @@ from fabric.protocol import (
     encode,
     topic_of,
 )
-from tests.helpers import free_port
+from tests.helpers import RunningTicker, free_port
 from tests.test_ticker import exact_times
 from topology.load import load
 
@@ -227,41 +226,6 @@ class RecordingGateway:
         self.sock.close(0)
 
 
-class Running:
-    """A :class:`~nodes.ticker.Ticker` on a thread of its own."""
-
-    def __init__(self, topo_path: Path, name: str | None = None) -> None:
-        from nodes.ticker import Ticker
-
-        self.ticker = Ticker(load(topo_path), name=name)
-        self.ready = threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-        def run() -> None:
-            async def main() -> None:
-                self.loop = asyncio.get_running_loop()
-                await self.ticker.run(ready=self.ready.set)
-
-            asyncio.run(main())
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert self.ready.wait(30), "the in-process ticker did not start"
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        assert self.loop is not None
-
-        async def call() -> Any:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(10)
-
-    def stop(self) -> None:
-        assert self.loop is not None
-        self.loop.call_soon_threadsafe(self.ticker.stop)
-        self.thread.join(20)
-
-
 def _wait_for(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     last = None
@@ -312,7 +276,7 @@ class FeedReader:
 
 def test_halts_reach_the_feed_the_websocket_and_the_snapshot(world: dict[str, Any]) -> None:
     m: ScriptedMatcher = world["matcher"]
-    running = Running(world["path"])
+    running = RunningTicker(load(world["path"]))
     feed = FeedReader(world["ctx"], world["ports"]["tpub"])
     try:
         time.sleep(0.3)  # the feed's subscription reaches the ticker
@@ -373,7 +337,7 @@ def test_a_ticker_that_starts_from_a_snapshot_takes_its_halts(tmp_path: Path) ->
     try:
         m.state("XB", "halted", text="results")  # before the ticker: gone from the matcher, in its snapshot
         m.trade("XA", "100.00")
-        running = Running(path)
+        running = RunningTicker(load(path))
         try:
             st = _wait_for(lambda: running.call(lambda: running.ticker.feed.state.halt_of("XB")),
                            "XB's halt from the snapshot")
@@ -389,7 +353,7 @@ def test_a_ticker_that_starts_from_a_snapshot_takes_its_halts(tmp_path: Path) ->
 def test_the_index_moves_with_trades_and_a_breaker_halts_the_market_once(world: dict[str, Any]) -> None:
     m: ScriptedMatcher = world["matcher"]
     gw: RecordingGateway = world["gateway"]
-    running = Running(world["path"])
+    running = RunningTicker(load(world["path"]))
     feed = FeedReader(world["ctx"], world["ports"]["tpub"])
     try:
         time.sleep(0.3)
@@ -470,7 +434,7 @@ def test_the_market_data_client_keeps_halts_market_and_index(world: dict[str, An
     m: ScriptedMatcher = world["matcher"]
     ports = world["ports"]
     m.trade("XA", "101.00")
-    running = Running(world["path"])
+    running = RunningTicker(load(world["path"]))
     md = MarketDataClient(f"tcp://127.0.0.1:{ports['tpub']}", f"tcp://127.0.0.1:{ports['tsnap']}", ["XA", "XB"],
                           ctx=world["ctx"])
     try:
@@ -523,7 +487,7 @@ def test_the_page_shows_the_index_a_halted_badge_and_the_market_banner(world: di
     from playwright.sync_api import sync_playwright
 
     m: ScriptedMatcher = world["matcher"]
-    running = Running(world["path"])
+    running = RunningTicker(load(world["path"]))
     errors: list[str] = []
     try:
         with sync_playwright() as p:
@@ -582,7 +546,7 @@ def test_a_halt_no_gateway_answers_is_sent_again_at_the_next_move(world: dict[st
     m: ScriptedMatcher = world["matcher"]
     gw: RecordingGateway = world["gateway"]
     gw.answer = False
-    running = Running(world["path"])
+    running = RunningTicker(load(world["path"]))
     try:
         m.trade("XB", "48.70")  # -1.05 %: level 1
         _wait_for(lambda: len(gw.admins) == 1, "the first try")
