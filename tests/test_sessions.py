@@ -602,3 +602,21 @@ def test_reason_codes_are_unique() -> None:
     for prefix, names in (("REJ_", constants.REJECT_NAMES), ("CXL_", constants.CANCEL_REASON_NAMES)):
         codes = [v for k, v in vars(constants).items() if k.startswith(prefix) and isinstance(v, int)]
         assert len(codes) == len(set(codes)) == len(names), prefix
+
+
+def test_the_kill_switch_cancels_orders_of_the_call_and_of_the_closing_session() -> None:
+    disable = json.dumps({"op": "admin", "action": "disable", "broker": "b"})
+    events = replay_lines([_inst("100"), _session("continuous"), _new("g1", "b", "buy", 99, 10, "GTC"),
+                           _session("closing"), _session("closed"), _session("pre_open"),
+                           _new("p1", "b", "buy", 100, 5), _new("p2", "s", "sell", 98, 5), disable,
+                           _session("auction")], book=True)
+    kill = events[next(i for i, e in enumerate(events) if e["event"] == "indicative" and e["qty"] == 5) + 1:]
+    assert [(e["oid"], e["reason"]) for e in kill if e["event"] == "cancelled"] == [
+        ("g1", "kill_switch"), ("p1", "kill_switch")]
+    assert [e["price"] for e in kill if e["event"] == "indicative"] == [None]  # nothing left to trade
+    assert not [e for e in events if e["event"] == "trade"] and _levels(events[-1]) == ([], [("98.00", 5)])
+    events = replay_lines([*_TO_CLOSING, _session("closing", entry=True), _new("c1", "b", "buy", 104, 5), disable,
+                           _new("c2", "s", "sell", 104, 5)])
+    assert [(e["oid"], e["reason"]) for e in events if e["event"] == "cancelled"] == [
+        ("g1", "kill_switch"), ("c1", "kill_switch")]
+    assert not [e for e in events if e["event"] == "trade" and e["sell_oid"] == "c2"]
