@@ -842,6 +842,7 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     states: list[TradingState] = []
     state_tseq: Count = 0  # the tseq of the shard's S topic at seq (its halts and its session messages)
     phase: Literal["pre_open", "auction", "continuous", "closing", "closed"] | None = None
+    entry: bool = False  # whether the phase takes orders at seq (of `closing`: the closing session is open)
 
 
 class ReplJoin(_InternalMsg, tag="repl_join", frozen=True, kw_only=True):

@@ -709,7 +709,8 @@ class Matcher:
         return SnapshotReply(shard=self.shard_no, seq=self.outbox.seq, epoch=self.epoch,
                              exec_tseq=self.outbox.tseq[exec_topic(self.shard_no)], books=books,
                              states=list(self.engine.halts.values()), state_tseq=self.outbox.tseq[self.state_topic],
-                             phase=self.engine.phase if self.engine.sessions else None)  # type: ignore[arg-type]
+                             phase=self.engine.phase if self.engine.sessions else None,  # type: ignore[arg-type]
+                             entry=self.engine.sessions and self.engine.entry)
 
     def checksum(self) -> int:
         """Return a hash of every book of the shard (equal books, equal hash)."""

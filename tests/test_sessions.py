@@ -289,12 +289,18 @@ def test_exfab_watch_shows_the_sessions_phase() -> None:
         def index(self) -> None:
             return None
 
+        entry = True
+
         def market(self) -> dict[str, Any]:
-            return {"t": "market", "state": "trading", "phase": self.phase}
+            return {"t": "market", "state": "trading", "phase": self.phase, "entry": self.entry}
 
     md = Md()
     view = WatchTable(md, ["X"])  # type: ignore[arg-type]
     assert view.market_line() == "[bold]session[/] pre-open"
+    md.phase = "closing"
+    assert view.market_line() == "[bold]session[/] closing session"  # orders at the closing price
+    md.entry = False
+    assert view.market_line() == "[bold]session[/] closing"  # the closing price's minutes
     md.phase = None  # a market without a calendar shows no phase
     assert view.market_line() == ""
 
