@@ -42,6 +42,14 @@ market against market.  Within a round each side is taken in price-time priority
 Whatever is left goes to the continuous book: a limit order at its own price, a
 market order as a limit order at the equilibrium price.
 
+Self-trade prevention: when the allocation would pair a buy and a sell of the same
+broker and the later of the two (in time priority: the incoming one) carries a mode
+(``fabric.constants.STP_*``), the mode cancels the earlier order (``cancel_resting``),
+the later one (``cancel_incoming``) or both, whole: nothing trades before the call,
+so nothing of them has traded.  The auction then starts over without them, so its
+price and figures are those of the orders left (``Uncross.stp_cancelled`` lists the
+cancelled ones), and what is left still never crosses.
+
 Prices are whole ticks (``fabric.instruments``); quantities whole shares.  Time
 priority is the order of the sequence the caller gives.
 """
@@ -53,7 +61,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from fabric.constants import BUY, SELL
+from fabric.constants import BUY, SELL, STP_CANCEL_BOTH, STP_CANCEL_INCOMING, STP_CANCEL_RESTING, STP_OFF
 
 # Which rule decided the equilibrium price: 1 (tradable), 2 (unmatched), 3 (close), or only market orders.
 Rule = Literal["tradable", "unmatched", "close", "market_only"]
@@ -77,12 +85,16 @@ class AuctionOrder:
         The limit price in ticks, or ``None`` for a market order.
     qty
         The quantity still open, in shares (positive).
+    broker, stp
+        The order's broker (a number) and its self-trade prevention mode (``STP_*``; the module's docstring).
     """
 
     oid: int
     side: int
     price: int | None
     qty: int
+    broker: int = 0
+    stp: int = STP_OFF
 
     def __post_init__(self) -> None:
         if self.side not in (BUY, SELL):
@@ -146,12 +158,15 @@ class Uncross:
     ``equilibrium`` is ``None`` when nothing could trade (then ``trades`` is empty
     and every order is left over, a market order with no price to become: see
     :func:`uncross`).  ``leftovers`` are in the time priority of the orders given.
+    ``stp_cancelled`` are the orders self-trade prevention cancelled, in the order
+    it met them (of a pair, the earlier order first), which trade nothing.
     """
 
     equilibrium: Equilibrium | None
     trades: tuple[AuctionTrade, ...]
     leftovers: tuple[Leftover, ...]
     unpriced: tuple[AuctionOrder, ...] = ()
+    stp_cancelled: tuple[AuctionOrder, ...] = ()
 
 
 def _check_close(prev_close: int) -> None:
@@ -312,7 +327,9 @@ def uncross(orders: Sequence[AuctionOrder], prev_close: int) -> Uncross:
     market; price-time priority within each round), and every order's leftover in
     time priority.  When there is no equilibrium nothing trades: limit orders are
     left over at their prices and market orders, which have no price to become,
-    are returned in ``unpriced`` (the caller cancels them).
+    are returned in ``unpriced`` (the caller cancels them).  Orders that self-trade
+    prevention cancels (the module's docstring) are in ``stp_cancelled`` and
+    nowhere else; the auction is that of the orders left.
 
     Raises
     ------
@@ -322,12 +339,30 @@ def uncross(orders: Sequence[AuctionOrder], prev_close: int) -> Uncross:
     _check_close(prev_close)
     if len({o.oid for o in orders}) != len(orders):
         raise AuctionError("two orders share an id")
-    eq = equilibrium(orders, prev_close)
-    if eq is None:
-        return Uncross(None, (),
-                       tuple(Leftover(o.oid, o.side, o.price, o.qty, False) for o in orders if o.price is not None),
-                       tuple(o for o in orders if o.price is None))
+    live = list(orders)
+    stopped: list[AuctionOrder] = []
+    while True:
+        eq = equilibrium(live, prev_close)
+        if eq is None:
+            return Uncross(None, (),
+                           tuple(Leftover(o.oid, o.side, o.price, o.qty, False) for o in live if o.price is not None),
+                           tuple(o for o in live if o.price is None), tuple(stopped))
+        trades, leaves, stop = _allocate(live, eq.price)
+        if not stop:
+            break
+        # Self-trade prevention cancelled orders: the call starts over without them (each round drops one at least).
+        stopped.extend(live[i] for i in stop)
+        live = [o for i, o in enumerate(live) if i not in stop]
+    assert sum(t.qty for t in trades) == eq.tradable, "the uncross must trade the equilibrium's quantity"
     p = eq.price
+    left = tuple(Leftover(o.oid, o.side, p if o.price is None else o.price, leaves[i], o.price is None)
+                 for i, o in enumerate(live) if leaves[i])
+    return Uncross(eq, tuple(trades), left, (), tuple(stopped))
+
+
+def _allocate(orders: list[AuctionOrder], p: int) -> tuple[list[AuctionTrade], list[int], tuple[int, ...]]:
+    # The three rounds at price p: the trades and each order's leaves; or, at the first pair of one broker whose
+    # later order has a self-trade prevention mode, the indices of the orders that mode cancels (earlier first).
     leaves = [o.qty for o in orders]
     lim_b = _priority([(i, o) for i, o in enumerate(orders) if o.side == BUY and o.price is not None
                        and o.price >= p], BUY)
@@ -337,7 +372,7 @@ def uncross(orders: Sequence[AuctionOrder], prev_close: int) -> Uncross:
     mkt_s = [(i, o) for i, o in enumerate(orders) if o.side == SELL and o.price is None]
     trades: list[AuctionTrade] = []
 
-    def match(buys: list[tuple[int, AuctionOrder]], sells: list[tuple[int, AuctionOrder]]) -> None:
+    def match(buys: list[tuple[int, AuctionOrder]], sells: list[tuple[int, AuctionOrder]]) -> tuple[int, ...]:
         bi = si = 0
         while bi < len(buys) and si < len(sells):
             b, s = buys[bi][0], sells[si][0]
@@ -347,16 +382,23 @@ def uncross(orders: Sequence[AuctionOrder], prev_close: int) -> Uncross:
             if not leaves[s]:
                 si += 1
                 continue
+            if orders[b].broker == orders[s].broker:
+                first, later = min(b, s), max(b, s)
+                mode = orders[later].stp
+                if mode == STP_CANCEL_RESTING:
+                    return (first,)
+                if mode == STP_CANCEL_INCOMING:
+                    return (later,)
+                if mode == STP_CANCEL_BOTH:
+                    return (first, later)
             q = min(leaves[b], leaves[s])
             leaves[b] -= q
             leaves[s] -= q
             trades.append(AuctionTrade(orders[b].oid, orders[s].oid, q))
+        return ()
 
-    match(lim_b, lim_s)
-    match(lim_b, mkt_s)
-    match(mkt_b, lim_s)
-    match(mkt_b, mkt_s)
-    assert sum(t.qty for t in trades) == eq.tradable, "the uncross must trade the equilibrium's quantity"
-    left = tuple(Leftover(o.oid, o.side, p if o.price is None else o.price, leaves[i], o.price is None)
-                 for i, o in enumerate(orders) if leaves[i])
-    return Uncross(eq, tuple(trades), left)
+    for buys, sells in ((lim_b, lim_s), (lim_b, mkt_s), (mkt_b, lim_s), (mkt_b, mkt_s)):
+        stop = match(buys, sells)
+        if stop:
+            return trades, leaves, stop
+    return trades, leaves, ()

@@ -369,6 +369,39 @@ class OrderBook:
         """Return a 64-bit hash of every resting order in priority order; equal books hash equal."""
         return int(kernels.checksum_buf(self.buf))
 
+    def resting_orders(self, side: int) -> list[int]:
+        """Return the ids of the orders resting on ``side`` in priority order: the best price first, then time."""
+        rows = np.flatnonzero(self.lvl[:, L_COUNT])
+        base = int(self.meta[M_BASE])
+        return [oid for r in (rows[::-1] if side == BUY else rows) for oid in self.queue(side, base + int(r))]
+
+    def set_band(self, band_lo: int | None, band_hi: int | None, ref: int) -> None:
+        """Give the book a new price band (ticks, inclusive; ``None``: keep the book as it is, unbanded or not) and
+        reference price, as a new trading day does around its previous close (``docs/sessions.md``).
+
+        Every resting order keeps its place; the ladder is laid out afresh over the new band.
+
+        Raises
+        ------
+        ValueError
+            When the band is empty or not positive, or an order rests outside it (cancel those first).
+        """
+        if ref < 0:
+            raise ValueError(f"bad reference price {ref}")
+        if band_lo is None or band_hi is None:
+            self.meta[M_REF] = ref
+            return
+        if not 0 < band_lo <= band_hi <= MAX_PRICE_TICKS:
+            raise ValueError(f"bad band [{band_lo}, {band_hi}]")
+        rows = np.flatnonzero(self.lvl[:, L_COUNT])
+        base = int(self.meta[M_BASE])
+        if rows.size and not band_lo <= base + int(rows[0]) <= base + int(rows[-1]) <= band_hi:
+            raise ValueError(f"orders rest outside the new band [{band_lo}, {band_hi}]: cancel them first")
+        meta = self.meta.copy()
+        meta[M_REF] = ref
+        meta[M_BANDED], meta[M_BAND_LO], meta[M_BAND_HI] = 1, band_lo, band_hi
+        self._layout(meta, self.ords.shape[0], band_hi - band_lo + 1, band_lo, self.o2s.shape[0], self.out.shape[0])
+
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel, so the first real order pays nothing."""

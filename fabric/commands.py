@@ -172,12 +172,14 @@ class SessionChange(_Command, tag="session", kw_only=True):
 
     Leaving ``pre_open`` runs the call auction; entering ``closing`` computes each symbol's closing price over the
     continuous trades from ``vwap_from`` (ns; ``None``: the 30 minutes before ``ts``); entering ``closed`` expires
-    every DAY order.
+    every DAY order. ``entry`` is for ``closing`` only: true, the closing session (orders at the closing price) is
+    open; false (the default, which is not written: every journal from before it), the closing price's minutes.
     """
 
     phase: SessionPhase
     vwap_from: int | None = None
     ts: int = 0
+    entry: bool = False
 
 
 OrderCommandT: TypeAlias = NewOrder | CancelOrder | ReplaceOrder | Control

@@ -128,6 +128,7 @@ CXL_SELF_TRADE = 4  # self-trade prevention: it would have traded with its own b
 CXL_KILL_SWITCH = 5  # an operator disabled the broker
 CXL_DISCONNECT = 6  # the broker's session ended and it asked for cancel-on-disconnect
 CXL_NO_AUCTION_PRICE = 7  # a market order of the pre-open when the call auction found no price (docs/sessions.md)
+CXL_OUTSIDE_NEW_BAND = 20  # a resting order outside the band a new day's reference price gives (docs/sessions.md)
 
 CANCEL_REASON_NAMES = {
     CXL_REQUESTED: "requested",
@@ -137,6 +138,7 @@ CANCEL_REASON_NAMES = {
     CXL_KILL_SWITCH: "kill_switch",
     CXL_DISCONNECT: "cancel_on_disconnect",
     CXL_NO_AUCTION_PRICE: "no_auction_price",
+    CXL_OUTSIDE_NEW_BAND: "outside_new_band",
 }
 
 # --------------------------------------------------------------------------
@@ -162,6 +164,7 @@ REJ_HALTED = 104  # trading in the symbol (or the market) is halted
 REJ_BROKER_DISABLED = 105  # an operator disabled the broker (the kill switch)
 REJ_MARKET_CLOSED = 106  # the trading day's phase takes no such order now (docs/sessions.md)
 REJ_EXPIRE_DATE = 107  # a GTD order's expire_date is missing, not a date, or before the trading day
+REJ_NOT_CLOSING_PRICE = 120  # the closing session trades at the closing price only (docs/sessions.md)
 REJ_MALFORMED = 110  # not JSON / not an object
 REJ_UNKNOWN_OP = 111
 REJ_MISSING_FIELD = 112
@@ -187,6 +190,7 @@ REJECT_NAMES = {
     REJ_BROKER_DISABLED: "broker_disabled",
     REJ_MARKET_CLOSED: "market_closed",
     REJ_EXPIRE_DATE: "bad_expire_date",
+    REJ_NOT_CLOSING_PRICE: "not_closing_price",
     REJ_MALFORMED: "malformed",
     REJ_UNKNOWN_OP: "unknown_op",
     REJ_MISSING_FIELD: "missing_field",

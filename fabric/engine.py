@@ -49,7 +49,9 @@ from fabric.constants import (
     CXL_DISCONNECT,
     CXL_KILL_SWITCH,
     CXL_NO_AUCTION_PRICE,
+    CXL_OUTSIDE_NEW_BAND,
     CXL_REQUESTED,
+    CXL_SELF_TRADE,
     DAY,
     E_CUM,
     E_LEAVES,
@@ -71,6 +73,7 @@ from fabric.constants import (
     EV_TRADE,
     FLAG_POST_ONLY,
     FOK,
+    GTC,
     GTD,
     IOC,
     LIMIT,
@@ -89,6 +92,7 @@ from fabric.constants import (
     REJ_HALTED,
     REJ_LADDER_SPAN,
     REJ_MARKET_CLOSED,
+    REJ_NOT_CLOSING_PRICE,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OFF_TICK,
@@ -99,6 +103,7 @@ from fabric.constants import (
     REJ_UNKNOWN_ORDER,
     REJ_WOULD_CROSS,
     REJECT_NAMES,
+    SELL,
     SIDE_NAMES,
     STP_OFF,
     TIF_NAMES,
@@ -125,18 +130,20 @@ MARKET_WIDE: Final = ""  # the key of a market-wide halt in MatchingEngine.halts
 CONTINUOUS: Final = "continuous"  # the phase of a day without a calendar, all day
 _NO_ENTRY: Final = {  # why a phase takes no new order (docs/sessions.md)
     "auction": "order entry of the pre-open has closed; the call auction runs until continuous trading opens",
-    "closing": "continuous trading has ended; this exchange's closing session takes no orders",
+    "closing": "continuous trading has ended and the closing price is being computed; the closing session takes "
+               "orders at the closing price once it opens",
     "closed": "the market is closed until the next pre-open",
 }
-# The time zone trading days are counted in (a GTD order's expire_date, an end of day without a date).
+# The time zone trading days are counted in (a GTD order's expire_date, an end of day without a date) when the
+# engine is given none: the topology's `[exchange] timezone` default.
 EXCHANGE_ZONE: Final = ZoneInfo("Asia/Kolkata")
 
 
-def trading_day(ts: int) -> int:
-    """Return the day (yyyymmdd) of ``ts`` (ns since the Unix epoch) in the exchange's time zone; 0 for ts 0."""
+def trading_day(ts: int, zone: ZoneInfo = EXCHANGE_ZONE) -> int:
+    """Return the day (yyyymmdd) of ``ts`` (ns since the Unix epoch) in ``zone``, the exchange's; 0 for ts 0."""
     if ts <= 0:
         return 0
-    d = _dt.datetime.fromtimestamp(ts / 1e9, EXCHANGE_ZONE).date()
+    d = _dt.datetime.fromtimestamp(ts / 1e9, zone).date()
     return d.year * 10000 + d.month * 100 + d.day
 
 
@@ -167,6 +174,9 @@ class Book(Protocol):
     def end_of_day(self, day: int = 0) -> Any: ...
     def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]: ...
     def level(self, side: int, price: int) -> tuple[int, int]: ...
+    def order(self, oid: int) -> tuple[int, int, int, int, int] | None: ...
+    def resting_orders(self, side: int) -> list[int]: ...
+    def set_band(self, band_lo: int | None, band_hi: int | None, ref: int) -> None: ...
 
 
 BookFactory = Callable[[Instrument], Book]
@@ -259,10 +269,14 @@ class MatchingEngine:
         How many finished orders (filled, cancelled, expired) stay in memory; older ones are archived
         (:data:`ARCHIVED`): the stores answer for them. ``None`` keeps every order (a deployment without
         stores). Archiving changes no outcome, only where an old order's state is read.
+    timezone
+        The exchange's time zone (an IANA name; the topology's ``[exchange] timezone``): the trading day of a
+        command's ``ts``, which a GTD order's ``expire_date`` and an ``end_of_day`` without a date are counted in.
     """
 
     def __init__(self, book_factory: BookFactory = compiled_book, max_ladder_rows: int = MAX_LADDER_ROWS,
-                 keep_finished: int | None = None) -> None:
+                 keep_finished: int | None = None, timezone: str = "Asia/Kolkata") -> None:
+        self.zone = ZoneInfo(timezone)
         self._book_factory = book_factory
         self._max_ladder_rows = max_ladder_rows
         self.keep_finished = keep_finished
@@ -299,6 +313,13 @@ class MatchingEngine:
         self._stp_of: dict[int, int] = {}
         self.closes: dict[str, int] = {}
         self._day_trades: dict[str, array[int]] | None = None
+        # Orders resting in the book when the pre-open began take part in its call where they rest (`_carried`,
+        # in `_collected` ahead of the pre-open's own). The closing session (`closing` with entry) has a book per
+        # symbol of its own, banded at exactly the closing price, and `_closing_orders` are the orders in them.
+        self._carried: set[int] = set()
+        self._closing_session = False
+        self._closing_books: dict[str, Book] = {}
+        self._closing_orders: dict[int, None] = {}
 
     # ------------------------------------------------------------ instruments
 
@@ -350,7 +371,7 @@ class MatchingEngine:
         if isinstance(cmd, Control):
             return self.control(cmd)
         if isinstance(cmd, SessionChange):
-            return self.session(cmd.phase, cmd.ts, cmd.vwap_from)
+            return self.session(cmd.phase, cmd.ts, cmd.vwap_from, cmd.entry)
         self.add_instrument(instrument_of(cmd))
         return []
 
@@ -388,7 +409,12 @@ class MatchingEngine:
             if o is None or o.broker != broker or o.state not in ("new", "partially_filled"):
                 continue
             inst, book = self._book(o.symbol)
-            for ev in self._outcomes(inst, _rows(book, book.cancel(oid)), ts):
+            if self._collected and oid in self._collected.get(o.symbol, ()):
+                evs = self._session_cancel(inst, oid, ts)
+            else:
+                book = self._closing_books[o.symbol] if oid in self._closing_orders else book
+                evs = self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
+            for ev in evs:
                 if type(ev) is ExCancelled:
                     ev.reason = name
                     o.reason = name
@@ -491,8 +517,7 @@ class MatchingEngine:
                 self._archive_finished()
         return out
 
-    @staticmethod
-    def _expire_problem(tif: int, expire_date: str | None, ts: int) -> str | None:
+    def _expire_problem(self, tif: int, expire_date: str | None, ts: int) -> str | None:
         # Why a GTD order's expire_date (or another order's) cannot be taken, or None.
         if tif != GTD:
             return f"expire_date is for a GTD order, not {TIF_NAMES[tif]}"
@@ -501,7 +526,7 @@ class MatchingEngine:
         day = day_of(expire_date)
         if day == 0:
             return f"expire_date {expire_date} is not a date (YYYY-MM-DD)"
-        today = trading_day(ts)
+        today = trading_day(ts, self.zone)
         if day < today:
             return f"expire_date {expire_date} is before the trading day {_date_text(today)}"
         return None
@@ -529,6 +554,8 @@ class MatchingEngine:
             return [self._closed("cancel", clid, broker, inst, ts)]
         if self._collected and oid in self._collected.get(symbol, ()):
             return self._session_cancel(inst, oid, ts)
+        if self._closing_orders and oid in self._closing_orders:
+            book = self._closing_books[symbol]
         out = self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
         self._archive_finished()
         return out
@@ -564,7 +591,7 @@ class MatchingEngine:
         if oid == _ARCHIVED_OID:
             return [self._closed("replace", clid, broker, inst, ts)]
         if self.phase != CONTINUOUS:
-            return self._session_replace(inst, oid, ticks, qty, ts)
+            return self._session_replace(inst, oid, ticks, qty, ts, stp)
         base = self._orders[oid].base  # type: ignore[union-attr]
         if base and qty is not None:  # the book knows the order from after its call auction
             if qty <= base:
@@ -580,7 +607,7 @@ class MatchingEngine:
     def end_of_day(self, ts: int = 0, date: str | None = None) -> list[ExExpired]:
         """Expire every resting DAY order of every book, and every GTD order whose expire_date is the day that
         ends (``date``, else the trading day of ``ts``, else none) or before, in the order they were accepted."""
-        day = day_of(date) if date is not None else trading_day(ts)
+        day = day_of(date) if date is not None else trading_day(ts, self.zone)
         expired: list[tuple[int, ExExpired]] = []
         for symbol, book in self.books.items():
             inst = self.instruments[symbol]
@@ -588,38 +615,131 @@ class MatchingEngine:
             for row, ev in zip(rows, self._outcomes(inst, rows, ts), strict=True):
                 assert type(ev) is ExExpired
                 expired.append((row[E_OID], ev))
+                if row[E_OID] in self._carried:  # an end of day in the pre-open: it leaves the call too
+                    self._carried.discard(row[E_OID])
+                    del self._collected[symbol][row[E_OID]]
+                    self._levels[symbol].remove(row[E_SIDE], row[E_PRICE], ev.qty)
         expired.sort(key=lambda pair: pair[0])
         self._archive_finished()
         return [ev for _, ev in expired]
 
     # --------------------------------------------------------------- sessions
 
-    def session(self, phase: str, ts: int = 0, vwap_from: int | None = None) -> list[Outcome]:
+    @property
+    def entry(self) -> bool:
+        """Whether the phase takes new orders: the pre-open, continuous trading and the closing session."""
+        return self.phase in ("pre_open", CONTINUOUS) or self._closing_session
+
+    def session(self, phase: str, ts: int = 0, vwap_from: int | None = None, entry: bool = False) -> list[Outcome]:
         """Enter ``phase`` of the trading day (``docs/sessions.md``); return its outcomes.
 
         A ``phase`` event first. Leaving the pre-open runs each symbol's call auction (:meth:`_uncross`); leaving
         continuous trading publishes each symbol's closing price over its trades from ``vwap_from`` (ns; ``None``:
-        the 30 minutes before ``ts``), kept as the next auction's previous close; ``closed`` expires every DAY
-        order, as ``end_of_day`` does.
+        the 30 minutes before ``ts``), kept as the next auction's previous close; ``closing`` with ``entry`` opens
+        the closing session (orders at the closing price), whose orders expire when it ends; ``closed`` expires
+        every DAY order, as ``end_of_day`` does, and moves the bands to the new closes. Entering the pre-open moves
+        the bands (when no ``closed`` did) and brings the orders resting in the book into its call auction.
         """
-        prev, self.phase, self.sessions = self.phase, phase, True
+        entry = entry and phase == "closing"
+        prev, closing_session = self.phase, self._closing_session
+        self.phase, self.sessions, self._closing_session = phase, True, entry
         out: list[Outcome] = [SessionEvent(shard=0, seq=0, tseq=0, epoch=0, ts=ts, kind="phase",
-                                           phase=phase)]  # type: ignore[arg-type]
+                                           phase=phase, entry=self.entry)]  # type: ignore[arg-type]
         if prev == "pre_open" and phase != "pre_open":
             for symbol in list(self._collected):
                 out.extend(self._uncross(symbol, ts))
             self._collected.clear()
             self._levels.clear()
             self._indicative.clear()
+            self._carried.clear()
+        if closing_session and not entry:
+            out.extend(self._end_closing_session(ts))
         if phase == CONTINUOUS:
             if self._day_trades is None:
                 self._day_trades = {}
         elif self._day_trades is not None:
             out.extend(self._closing_prices(self._day_trades, ts, vwap_from))
             self._day_trades = None
+        if entry and not closing_session:
+            self._open_closing_session()
         if phase == "closed":
             out.extend(self.end_of_day(ts))
+            out.extend(self._move_bands(ts))
+        if phase == "pre_open" and prev != "pre_open":
+            out.extend(self._move_bands(ts))
+            for symbol in self.books:
+                out.extend(self._carry_into_call(symbol, ts))
         return out
+
+    def _move_bands(self, ts: int) -> list[Outcome]:
+        # A new day: each symbol's reference price becomes its last close, and a band around the reference
+        # (band_pct) moves with it. The book takes the new band; an order resting outside it is cancelled first
+        # (outside_new_band), bids then asks, each side in priority order.
+        out: list[Outcome] = []
+        for symbol, close in self.closes.items():
+            inst = self.instruments[symbol]
+            if inst.ref_price is not None and inst.to_ticks(inst.ref_price) == close:
+                continue
+            try:
+                new = Instrument(symbol, tick=inst.tick, lot=inst.lot, ref_price=close * inst.tick,
+                                 band_pct=inst.band_pct, market_protection_pct=inst.market_protection_pct)
+            except InstrumentError:  # a band past the largest price: the day keeps the old one
+                continue
+            book = self.books[symbol]
+            if new.band_lo is not None and new.band_hi is not None:
+                lo, hi = new.band_lo, new.band_hi
+                for side in (BUY, SELL):
+                    for oid in book.resting_orders(side):
+                        o = cast(_Order, self._orders[oid])
+                        if lo <= o.price <= hi:
+                            continue
+                        for ev in self._outcomes(inst, _rows(book, book.cancel(oid)), ts):
+                            if type(ev) is ExCancelled:
+                                ev.reason = o.reason = CANCEL_REASON_NAMES[CXL_OUTSIDE_NEW_BAND]
+                            out.append(ev)
+            book.set_band(new.band_lo, new.band_hi, new.ref_ticks)
+            self.instruments[symbol] = new
+        self._archive_finished()
+        return out
+
+    def _carry_into_call(self, symbol: str, ts: int) -> list[Outcome]:
+        # The orders resting in the book as the pre-open begins take part in its call auction where they rest, ahead
+        # of the pre-open's orders: each side in the book's priority (price, then time), bids first. They count in
+        # the indicative price from now.
+        book = self.books[symbol]
+        oids = book.resting_orders(BUY) + book.resting_orders(SELL)
+        if not oids:
+            return []
+        coll = self._collected.setdefault(symbol, {})
+        levels = self._levels.setdefault(symbol, AuctionLevels())
+        for oid in oids:
+            o = cast(_Order, self._orders[oid])
+            coll[oid] = None
+            self._carried.add(oid)
+            levels.add(o.side, o.price, o.leaves)
+        return self._indicate(self.instruments[symbol], ts)
+
+    def _open_closing_session(self) -> None:
+        # A book per symbol with a closing price, banded at exactly that price: its orders meet only each other.
+        for symbol, inst in self.instruments.items():
+            close = self.closes.get(symbol)
+            if close is not None:
+                book = self._book_factory(inst)
+                book.set_band(close, close, close)
+                self._closing_books[symbol] = book
+
+    def _end_closing_session(self, ts: int) -> list[Outcome]:
+        # The closing session's orders left expire (they are all DAY), in acceptance order, and its books go.
+        expired: list[tuple[int, Outcome]] = []
+        for symbol, book in self._closing_books.items():
+            rows = _rows(book, book.end_of_day(0))
+            expired.extend(zip((r[E_OID] for r in rows), self._outcomes(self.instruments[symbol], rows, ts),
+                               strict=True))
+        expired.sort(key=lambda pair: pair[0])
+        self._closing_books.clear()
+        self._closing_orders.clear()
+        self._archive_finished()
+        return [ev for _, ev in expired]
 
     def _reference(self, symbol: str) -> int | None:
         # The previous close of the auction's rule 3: the last closing price, else the instrument's reference price.
@@ -641,6 +761,8 @@ class MatchingEngine:
         # checks are the book's (docs/book-semantics.md), but for the time in force: a market order waits for
         # the auction whatever its time in force, a limit order must be able to wait (DAY or GTC).
         symbol = inst.symbol
+        if self._closing_session:
+            return self._closing_new(inst, broker, clid, side, otype, tif, ticks, qty, ts, stp)
         if self.phase != "pre_open":
             return [self._reject("new", clid, broker, symbol, REJ_MARKET_CLOSED,
                                  f"{_NO_ENTRY.get(self.phase, self.phase)}: new refused", ts)]
@@ -675,11 +797,17 @@ class MatchingEngine:
         return out + self._indicate(inst, ts)
 
     def _session_cancel(self, inst: Instrument, oid: int, ts: int) -> list[Outcome]:
-        # Cancel an order collected in the pre-open: it leaves the collection.
+        # Cancel an order collected in the pre-open: it leaves the collection (and the book, where it rests there).
         o = cast(_Order, self._orders[oid])
         del self._collected[inst.symbol][oid]
         self._levels[inst.symbol].remove(o.side, None if o.otype == MARKET else o.price, o.leaves)
-        out: list[Outcome] = [self._leave(inst, oid, CXL_REQUESTED, ts)]
+        if oid in self._carried:
+            self._carried.discard(oid)
+            book = self.books[inst.symbol]
+            out = self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
+            self._archive_finished()
+        else:
+            out = [self._leave(inst, oid, CXL_REQUESTED, ts)]
         return out + self._indicate(inst, ts)
 
     def _leave(self, inst: Instrument, oid: int, reason: int, ts: int) -> ExCancelled:
@@ -692,12 +820,21 @@ class MatchingEngine:
         return ExCancelled(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid, symbol=inst.symbol,
                            qty=qty, cum_qty=o.cum, reason=o.reason)
 
-    def _session_replace(self, inst: Instrument, oid: int, ticks: int, qty: int | None, ts: int) -> list[Outcome]:
+    def _session_replace(self, inst: Instrument, oid: int, ticks: int, qty: int | None, ts: int,
+                         stp: int = STP_OFF) -> list[Outcome]:
         # A replace outside continuous trading: of an order collected in the pre-open, it changes the collection
-        # (keeping its place as the book would: same price, quantity not raised); a booked order waits for
-        # continuous trading (it can be cancelled at any time).
+        # (keeping its place as the book would: same price, quantity not raised); of an order of the closing session,
+        # its quantity; a booked order waits for continuous trading (it can be cancelled at any time), also when it
+        # takes part in the pre-open's call.
         symbol = inst.symbol
         o = cast(_Order, self._orders[oid])
+        if self._closing_orders and oid in self._closing_orders:
+            return self._closing_replace(inst, oid, ticks, qty, ts, stp)
+        if oid in self._carried:
+            return [self._reject("replace", o.clid, o.broker, symbol, REJ_MARKET_CLOSED,
+                                 f"order {o.clid} rests in the book from before the pre-open: it takes part in the "
+                                 "call auction as it is and can be replaced in continuous trading; it can be "
+                                 "cancelled", ts)]
         if oid not in self._collected.get(symbol, ()):
             if o.state not in ("new", "partially_filled"):
                 return [self._closed("replace", o.clid, o.broker, inst, ts)]
@@ -734,6 +871,62 @@ class MatchingEngine:
                                          cum_qty=0, kept_priority=kept)]
         return out + self._indicate(inst, ts)
 
+    def _closing_new(self, inst: Instrument, broker: str, clid: str, side: int, otype: int, tif: int, ticks: int,
+                     qty: int, ts: int, stp: int) -> list[Outcome]:
+        # A new order of the closing session: a market order, or a limit order at exactly the closing price, into the
+        # symbol's closing book, where it trades at the closing price with the session's other orders (price-time
+        # priority, the broker's self-trade prevention) or rests until the session ends. A market order is a limit
+        # order at the closing price there. GTC and GTD orders are refused: the session ends with the day.
+        symbol = inst.symbol
+        book = self._closing_books.get(symbol)
+        if book is None:
+            return [self._reject("new", clid, broker, symbol, REJ_MARKET_CLOSED,
+                                 f"{symbol} has no closing price (no trade and no reference price): its closing "
+                                 "session takes no orders", ts)]
+        close = self.closes[symbol]
+        if tif in (GTC, GTD):
+            return [self._reject("new", clid, broker, symbol, REJ_BAD_TIF,
+                                 f"the closing session's orders end with the day: send DAY (or IOC, FOK), not "
+                                 f"{TIF_NAMES[tif]}", ts)]
+        market = otype == MARKET
+        if not market and ticks != close:
+            return [self._reject("new", clid, broker, symbol, REJ_NOT_CLOSING_PRICE,
+                                 f"price {inst.to_price(ticks)} is not the closing price {inst.to_price(close)}: the "
+                                 "closing session trades at the closing price only (a market order takes it)", ts)]
+        oid = len(self._orders)
+        self._orders.append(_Order(symbol, broker, clid, side, otype, tif))
+        bno = self._broker_no.setdefault(broker, len(self._broker_no))
+        rows = _rows(book, book.new(oid, bno, side, LIMIT, tif, close, qty, stp))
+        out = self._outcomes(inst, rows, ts, price=None if market else inst.to_price(ticks), qty=qty, tif=tif)
+        if out and type(out[0]) is ExRejected:
+            self._orders.pop()
+        else:
+            self._by_clid[(broker, clid)] = oid
+            self._terms.append((ticks, qty))
+            self._closing_orders[oid] = None
+            self._archive_finished()
+        return out
+
+    def _closing_replace(self, inst: Instrument, oid: int, ticks: int, qty: int | None, ts: int,
+                         stp: int) -> list[Outcome]:
+        # A replace of a closing session's order changes its quantity (down: it keeps its place; up: to the back,
+        # trading first if it can); a price, where given, must be the closing price (none for a market order).
+        o = cast(_Order, self._orders[oid])
+        close = self.closes[inst.symbol]
+        if ticks != NO_PRICE and o.otype == MARKET:
+            return [self._reject("replace", o.clid, o.broker, inst.symbol, REJ_BAD_FIELD,
+                                 f"order {o.clid} is a market order of the closing session: it has no price to "
+                                 "replace; change its qty", ts)]
+        if ticks != NO_PRICE and ticks != close:
+            return [self._reject("replace", o.clid, o.broker, inst.symbol, REJ_NOT_CLOSING_PRICE,
+                                 f"price {inst.to_price(ticks)} is not the closing price {inst.to_price(close)}: the "
+                                 "closing session trades at the closing price only", ts)]
+        book = self._closing_books[inst.symbol]
+        rows = _rows(book, book.replace(oid, NO_PRICE, NO_QTY if qty is None else qty, stp))
+        out = self._outcomes(inst, rows, ts, price=inst.to_price(close), qty=qty)
+        self._archive_finished()
+        return out
+
     def _indicate(self, inst: Instrument, ts: int) -> list[Outcome]:
         # The indicative equilibrium of the symbol's collection, when it differs from the last one published.
         levels = self._levels.get(inst.symbol)
@@ -750,15 +943,18 @@ class MatchingEngine:
         return [self._event("indicative", inst, ts, *figures)]
 
     def _uncross(self, symbol: str, ts: int) -> list[Outcome]:
-        # The call auction of one symbol (fabric.auction.uncross): the trades at the equilibrium price, an
-        # `auction` event, then what is left enters the book as a limit order (a market order at the equilibrium
-        # price, DAY when it was IOC or FOK; with no equilibrium it is cancelled, `no_auction_price`), where it
-        # may trade with orders resting from an earlier day. Without a previous close, rule 3 takes the lowest
+        # The call auction of one symbol (fabric.auction.uncross): the cancels of self-trade prevention, the trades at
+        # the equilibrium price, an `auction` event, then what is left of the pre-open's orders enters the book as a
+        # limit order (a market order at the equilibrium price, DAY when it was IOC or FOK; with no equilibrium it is
+        # cancelled, `no_auction_price`). The orders that took part from the book stay there, less what they traded
+        # (the book's replace down, which keeps their place). Without a previous close, rule 3 takes the lowest
         # collected price (and only market orders find no price).
         inst, book = self._book(symbol)
         orders = cast(list[_Order], self._orders)
+        bno, stp_of, carried = self._broker_no, self._stp_of, self._carried
         coll = [AuctionOrder(oid, orders[oid].side, None if orders[oid].otype == MARKET else orders[oid].price,
-                             orders[oid].leaves) for oid in self._collected[symbol]]
+                             orders[oid].leaves, bno[orders[oid].broker], stp_of.get(oid, STP_OFF))
+                for oid in self._collected[symbol]]
         if not coll:
             return []
         ref = self._reference(symbol)
@@ -767,21 +963,45 @@ class MatchingEngine:
             ref = min(prices) if prices else None
         u = uncross(coll, ref) if ref is not None else Uncross(None, (), (), tuple(coll))
         out: list[Outcome] = []
+        for a in u.stp_cancelled:  # self-trade prevention, before the call trades
+            if a.oid in carried:
+                for ev in self._outcomes(inst, _rows(book, book.cancel(a.oid)), ts):
+                    if type(ev) is ExCancelled:
+                        ev.reason = orders[a.oid].reason = CANCEL_REASON_NAMES[CXL_SELF_TRADE]
+                    out.append(ev)
+            else:
+                out.append(self._leave(inst, a.oid, CXL_SELF_TRADE, ts))
+        filled: dict[int, int] = {}  # what each order from the book traded in the call
         for t in u.trades:
             assert u.equilibrium is not None
             b, s = orders[t.buy], orders[t.sell]
             row = [0] * E_NFIELDS
             row[E_TYPE], row[E_OID], row[E_OTHER], row[E_SIDE] = EV_TRADE, t.buy, t.sell, BUY
             row[E_PRICE], row[E_QTY] = u.equilibrium.price, t.qty
-            row[E_LEAVES], row[E_CUM] = b.leaves - t.qty, b.cum + t.qty
-            row[E_OTHER_LEAVES], row[E_OTHER_CUM] = s.leaves - t.qty, s.cum + t.qty
+            # Cumulative quantities as the book would count them (the engine adds an order's `base`).
+            row[E_LEAVES], row[E_CUM] = b.leaves - t.qty, b.cum - b.base + t.qty
+            row[E_OTHER_LEAVES], row[E_OTHER_CUM] = s.leaves - t.qty, s.cum - s.base + t.qty
             out.extend(self._outcomes(inst, [row], ts))
+            for oid in (t.buy, t.sell):
+                if oid in carried:
+                    filled[oid] = filled.get(oid, 0) + t.qty
+        for oid, q in filled.items():  # the book's orders keep their place with what is left of them
+            side, price, qty, leaves, _ = cast(tuple[int, int, int, int, int], book.order(oid))
+            if q < leaves:
+                book.replace(oid, NO_PRICE, qty - q)
+            else:  # filled: out of the book (a replace down to nothing would be refused for its quantity 0)
+                book.cancel(oid)
+            orders[oid].base += q
+            if self.track_levels:
+                self.touched.append((symbol, side, price))
         eq = u.equilibrium
         out.append(self._event("auction", inst, ts, None if eq is None else eq.price,
                                0 if eq is None else eq.tradable, 0 if eq is None else eq.unmatched))
         for a in u.unpriced:
             out.append(self._leave(inst, a.oid, CXL_NO_AUCTION_PRICE, ts))
         for lf in u.leftovers:
+            if lf.oid in carried:  # it never left the book
+                continue
             o = orders[lf.oid]
             if lf.was_market:
                 o.otype, o.tif = LIMIT, DAY if o.tif in (IOC, FOK) else o.tif
@@ -797,6 +1017,8 @@ class MatchingEngine:
                 ev = self._leave(inst, lf.oid, CXL_REQUESTED, ts)
                 ev.reason = o.reason = REJECT_NAMES[rows[0][E_REASON]] if rows else "rejected"
                 out.append(ev)
+        for oid in self._collected[symbol]:
+            self._stp_of.pop(oid, None)
         self._archive_finished()
         return out
 

@@ -113,6 +113,7 @@ class MarketFeed:
         # The trading day (docs/sessions.md), from the matchers' `session` messages: the phase (None: no calendar,
         # continuous all day) and each symbol's last auction figures (indicative, auction or close).
         self.phase: str | None = None
+        self.entry = False  # whether the phase takes orders (of `closing`: the closing session is open)
         self._auction: dict[str, dict[str, Any]] = {}
         self._closes: dict[str, Decimal] = {}  # the day's closing prices: the next pre-open's reference of change
 
@@ -195,17 +196,18 @@ class MarketFeed:
         if msg.symbol is None:
             self._market = True
 
-    def set_phase(self, phase: str) -> None:
-        """Take the trading day's phase (a ``session`` message's, or a matcher's snapshot's)."""
-        if phase != self.phase:
-            self.phase = phase
+    def set_phase(self, phase: str, entry: bool = False) -> None:
+        """Take the trading day's phase and whether it takes orders (a ``session`` message's, or a matcher's
+        snapshot's)."""
+        if (phase, entry) != (self.phase, self.entry):
+            self.phase, self.entry = phase, entry
             self._market = True
 
     def session(self, msg: SessionEvent) -> None:
         """Apply a matcher's ``session`` message: the phase goes in the ``market`` object, a symbol's auction
         figures in its ``state`` object."""
         if msg.kind == "phase":
-            self.set_phase(msg.phase)
+            self.set_phase(msg.phase, msg.entry)
             if msg.phase == "pre_open":  # a new day: its change is against the last close
                 closes, self._closes = self._closes, {}
                 for sym, px in closes.items():
@@ -349,7 +351,8 @@ class MarketFeed:
         return {"t": "market", "v": FEED_VERSION, "seq": self._next("market", "") if seq is None else seq,
                 "ts": ts, "ts_ns": str(ts), **(TRADING if latest is None else latest.to_json("market")),
                 "shards": sorted(self.shards[n][0] if n < len(self.shards) else str(n) for n in halts),
-                "index": None if self.index is None else self.index.name, "phase": self.phase}
+                "index": None if self.index is None else self.index.name, "phase": self.phase,
+                "entry": self.entry}
 
     def _index_obj(self, ts: int, seq: int | None = None) -> dict[str, Any]:
         assert self.index is not None

@@ -694,7 +694,8 @@ class SessionEvent(_PubMsg, tag="session", kw_only=True):
     of ``symbol`` changed as orders arrived: ``price`` nil when nothing would trade), ``auction`` (the call auction
     of ``symbol`` traded ``qty`` at ``price``; nil: no price, nothing traded) or ``close`` (the closing price of
     ``symbol``, the next auction's previous close; ``qty`` is the volume it was taken over). ``unmatched`` is the
-    quantity willing to trade at the equilibrium that does not.
+    quantity willing to trade at the equilibrium that does not. ``entry`` (a ``phase`` event): whether the phase
+    takes orders; of ``closing``, true once the closing session (orders at the closing price) opens.
     """
 
     kind: Literal["phase", "indicative", "auction", "close"]
@@ -703,6 +704,7 @@ class SessionEvent(_PubMsg, tag="session", kw_only=True):
     price: Price | None = None
     qty: int = 0
     unmatched: int = 0
+    entry: bool = False
 
 
 class PubBundle(msgspec.Struct, frozen=True, kw_only=True, gc=False, tag="bundle", tag_field="t"):
@@ -840,6 +842,7 @@ class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):
     states: list[TradingState] = []
     state_tseq: Count = 0  # the tseq of the shard's S topic at seq (its halts and its session messages)
     phase: Literal["pre_open", "auction", "continuous", "closing", "closed"] | None = None
+    entry: bool = False  # whether the phase takes orders at seq (of `closing`: the closing session is open)
 
 
 class ReplJoin(_InternalMsg, tag="repl_join", frozen=True, kw_only=True):

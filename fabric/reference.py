@@ -445,6 +445,30 @@ class ReferenceBook:
         level: _Level | None = self._sides[side].get(int(price))
         return [] if level is None else list(level)
 
+    def resting_orders(self, side: int) -> list[int]:
+        """Return the oids resting on ``side`` in priority order: the best price first, then time."""
+        book = self._sides[side]
+        return [oid for p in (reversed(book) if side == BUY else book) for oid in book[p]]
+
+    def set_band(self, band_lo: int | None, band_hi: int | None, ref: int) -> None:
+        """Give the book a new price band (``None``: keep the book's) and reference price; every resting order
+        keeps its place.
+
+        Raises
+        ------
+        ValueError
+            When the band is empty or not positive, or an order rests outside it.
+        """
+        if ref < 0:
+            raise ValueError(f"bad reference price {ref}")
+        if band_lo is not None and band_hi is not None:
+            if not 0 < band_lo <= band_hi:
+                raise ValueError(f"bad price band [{band_lo}, {band_hi}]")
+            if any(not band_lo <= o.price <= band_hi for o in self._orders.values()):
+                raise ValueError(f"orders rest outside the new band [{band_lo}, {band_hi}]: cancel them first")
+            self.band_lo, self.band_hi = int(band_lo), int(band_hi)
+        self.ref = int(ref)
+
     # ------------------------------------------------------------------
     # Internals
     # ------------------------------------------------------------------

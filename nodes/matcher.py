@@ -261,7 +261,7 @@ class Matcher:
         self.symbols = set(self.shard.symbols)
         if keep_finished == -1:  # the default: a window when the stores answer for older orders, else every order
             keep_finished = KEEP_FINISHED if topo.persistence is not None else None
-        self.engine = MatchingEngine(keep_finished=keep_finished)
+        self.engine = MatchingEngine(keep_finished=keep_finished, timezone=topo.timezone)
         self.engine.track_levels = True
         # Brokers' self-trade prevention modes, stamped on the commands journaled: a replay does what was done.
         self.stp: dict[str, Stp] = {b.id: b.stp for b in topo.brokers if b.stp != "off"}
@@ -598,18 +598,21 @@ class Matcher:
         return True
 
     def _session_due(self, now_ns: int) -> None:
-        # (primary) The calendar's phase at `now_ns`: when it is not the engine's, or the engine has had none yet
-        # (a first start in continuous trading: its trades count for the close), journal the change (leaving
-        # continuous trading, with the start of the closing price's stretch). Checked again at the next transition.
+        # (primary) The calendar's phase at `now_ns`: when it (or whether it takes orders: the closing session opens
+        # within `closing`) is not the engine's, or the engine has had none yet (a first start in continuous
+        # trading: its trades count for the close), journal the change (leaving continuous trading, with the start
+        # of the closing price's stretch). Checked again at the next transition.
         cal = self.calendar
         if cal is None or now_ns < self._session_until or (self.seat is not None and self.seat.suspended):
             return
         s = session_at(cal, now_ns, cal.seed)
-        if s.phase != self.engine.phase or not self.engine.sessions:
+        if s.phase != self.engine.phase or s.entry != self.engine.entry or not self.engine.sessions:
             vwap_from = cal.day(s.day, cal.seed).vwap_from if s.phase == "closing" else None
-            if not self._journal_own(SessionChange(phase=s.phase, vwap_from=vwap_from, ts=now_ns)):
+            entry = s.entry and s.phase == "closing"  # the other phases' entry follows from them
+            if not self._journal_own(SessionChange(phase=s.phase, vwap_from=vwap_from, ts=now_ns, entry=entry)):
                 return
-            log.info("matcher %s: the trading day enters %s", self.name, s.phase)
+            log.info("matcher %s: the trading day enters %s%s", self.name, s.phase,
+                     " (the closing session)" if entry else "")
         self._session_until = s.until
 
     def handle_recovery(self, msg: list[bytes], sock: zmq.Socket) -> None:
@@ -706,7 +709,8 @@ class Matcher:
         return SnapshotReply(shard=self.shard_no, seq=self.outbox.seq, epoch=self.epoch,
                              exec_tseq=self.outbox.tseq[exec_topic(self.shard_no)], books=books,
                              states=list(self.engine.halts.values()), state_tseq=self.outbox.tseq[self.state_topic],
-                             phase=self.engine.phase if self.engine.sessions else None)  # type: ignore[arg-type]
+                             phase=self.engine.phase if self.engine.sessions else None,  # type: ignore[arg-type]
+                             entry=self.engine.sessions and self.engine.entry)
 
     def checksum(self) -> int:
         """Return a hash of every book of the shard (equal books, equal hash)."""

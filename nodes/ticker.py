@@ -223,7 +223,7 @@ class Ticker:
         link.stream.replay = None
         self.feed.apply_states(link.no, snap.states)
         if snap.phase is not None:
-            self.feed.set_phase(snap.phase)
+            self.feed.set_phase(snap.phase, snap.entry)
         # The S topic goes on from the snapshot: the snapshot names no tseq for it, so from just before the first
         # held change published after the snapshot, or else after the last halt the snapshot carries (a change
         # lost after that shows as a gap again, and the next snapshot takes it).

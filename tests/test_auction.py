@@ -21,7 +21,7 @@ from fabric.auction import (
     equilibrium,
     uncross,
 )
-from fabric.constants import BUY, SELL
+from fabric.constants import BUY, SELL, STP_CANCEL_BOTH, STP_CANCEL_INCOMING, STP_CANCEL_RESTING, STP_OFF
 
 
 def _b(oid: int, price: int | None, qty: int) -> AuctionOrder:
@@ -309,3 +309,50 @@ def test_levels_kept_by_add_and_remove_agree_with_levels_built_afresh(
             levels.remove(gone.side, gone.price, gone.qty)
         assert levels.table() == AuctionLevels.of(live).table()
         assert levels.equilibrium(close) == equilibrium(live, close)
+
+
+# -- self-trade prevention in the call (docs/sessions.md, section 4 and example 7) ------------------------------------
+
+
+def test_example_7_self_trade_prevention_cancels_and_the_call_starts_over() -> None:
+    x, y = 1, 2
+    orders = [AuctionOrder(1, BUY, 101, 10, x), AuctionOrder(2, SELL, 100, 5, y),
+              AuctionOrder(3, SELL, 99, 10, x, STP_CANCEL_INCOMING), AuctionOrder(4, BUY, 100, 5, y)]
+    assert equilibrium(orders, 100) == Equilibrium(100, 15, 0, "tradable")  # the last indicative figures
+    out = uncross(orders, 100)
+    assert [o.oid for o in out.stp_cancelled] == [3]
+    assert out.equilibrium == Equilibrium(101, 5, 5, "unmatched")
+    assert out.trades == (AuctionTrade(1, 2, 5),)
+    assert [(lo.oid, lo.price, lo.qty) for lo in out.leftovers] == [(1, 101, 5), (4, 100, 5)]
+    # The mode is the later order's: the same pair with the mode on the earlier order trades.
+    orders[0], orders[2] = AuctionOrder(1, BUY, 101, 10, x, STP_CANCEL_BOTH), AuctionOrder(3, SELL, 99, 10, x)
+    assert uncross(orders, 100).stp_cancelled == ()
+
+
+@st.composite
+def broker_books(draw: st.DrawFn) -> list[AuctionOrder]:
+    n = draw(st.integers(1, 25))
+    return [AuctionOrder(i, draw(st.sampled_from([BUY, SELL])),
+                         None if draw(st.integers(0, 5)) == 0 else draw(st.integers(95, 105)), draw(st.integers(1, 20)),
+                         draw(st.integers(0, 2)), draw(st.sampled_from([STP_OFF, STP_CANCEL_RESTING,
+                                                                        STP_CANCEL_INCOMING, STP_CANCEL_BOTH])))
+            for i in range(n)]
+
+
+@given(broker_books())
+def test_the_call_with_self_trade_prevention_is_the_call_of_the_orders_it_leaves(orders: list[AuctionOrder]) -> None:
+    out = uncross(orders, 100)
+    gone = {o.oid for o in out.stp_cancelled}
+    rest = [o for o in orders if o.oid not in gone]
+    again = uncross(rest, 100)
+    assert (again.equilibrium, again.trades, again.leftovers, again.unpriced, again.stp_cancelled) == (
+        out.equilibrium, out.trades, out.leftovers, out.unpriced, ())
+    by_oid = {o.oid: o for o in orders}
+    for t in out.trades:
+        b, s = by_oid[t.buy], by_oid[t.sell]
+        assert b.broker != s.broker or by_oid[max(t.buy, t.sell)].stp == STP_OFF  # no self-trade its mode forbade
+    traded = {t.buy for t in out.trades} | {t.sell for t in out.trades}
+    assert not gone & {lo.oid for lo in out.leftovers} and not gone & traded
+    bids = [lo.price for lo in out.leftovers if lo.side == BUY]
+    asks = [lo.price for lo in out.leftovers if lo.side == SELL]
+    assert not (bids and asks and max(bids) >= min(asks))  # still nothing crosses

@@ -334,6 +334,11 @@ def test_the_trading_day_goes_in_the_market_object_and_a_symbols_auction_in_its_
     assert out[("state", "TCS")]["state"] == "trading"
     f.session(SessionEvent(**seq, kind="phase", phase="pre_open"))  # the same phase again: nothing to publish
     assert not f.dirty
+    # The closing phase, then its closing session: the same phase, now taking orders at the closing price.
+    f.session(SessionEvent(**seq, kind="phase", phase="closing"))
+    f.session(SessionEvent(**seq, kind="phase", phase="closing", entry=True))
+    markets = [obj for kind, _, obj in f.take(T0 + 2 * S).messages if kind == "market"]
+    assert [(m["phase"], m["entry"]) for m in markets] == [("closing", True)]
 
 
 def test_the_next_days_change_is_against_the_closing_price() -> None:

@@ -275,7 +275,9 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
         broker = draw(st.sampled_from(["B1", "B2", "B3"]))
         kind = draw(st.sampled_from(["new", "new", "new", "market", "cancel", "replace", "eod", "session"]))
         if kind == "session":
-            cmds.append({"op": "session", "phase": draw(st.sampled_from(PHASES))})
+            phase = draw(st.sampled_from(PHASES))
+            cmds.append({"op": "session", "phase": phase, **({"entry": True} if phase == "closing"
+                                                             and draw(st.booleans()) else {})})
             continue
         if kind in ("cancel", "replace") and used:
             symbol, broker, oid = draw(st.sampled_from(used))
@@ -321,22 +323,30 @@ def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict
     from tools.replay import Replayer
 
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
-    bands = {"TCS": (Decimal("0.80"), Decimal("1.20")), "LOT": (Decimal("1.80"), Decimal("2.20"))}
-    phase = "continuous"
+    phase, closing_session, closes = "continuous", False, {}
     for cmd in cmds:
+        # The bands a command trades under: each day's, around its previous close once there is one.
+        insts = compiled.engine.instruments
+        bands = {s: (insts[s].to_price(insts[s].band_lo), insts[s].to_price(insts[s].band_hi))  # type: ignore[arg-type]
+                 for s in ("TCS", "LOT") if s in insts}
         events = compiled.apply(dict(cmd))
         assert events == ref.apply(dict(cmd)), cmd
         if cmd["op"] == "session":
             leaving_pre_open, phase = phase == "pre_open" and cmd["phase"] != "pre_open", cmd["phase"]
+            closing_session = phase == "closing" and cmd.get("entry", False)
+        closes.update((ev["symbol"], ev["price"]) for ev in events if ev["event"] == "close")
         auctions = {ev["symbol"]: ev for ev in events if ev["event"] == "auction"}
         for ev in events:
             if ev["event"] == "trade" and ev["symbol"] in bands:
                 lo, hi = bands[ev["symbol"]]
-                assert lo <= Decimal(ev["price"]) <= hi, (cmd, ev)  # the circuit filter
-            if ev["event"] == "trade" and phase != "continuous":
+                assert Decimal(lo) <= Decimal(ev["price"]) <= Decimal(hi), (cmd, ev)  # the circuit filter
+            if ev["event"] == "trade" and closing_session and cmd["op"] != "session":
+                assert ev["price"] == closes[ev["symbol"]], (cmd, ev)  # the closing session: at the close only
+            elif ev["event"] == "trade" and phase != "continuous":
                 # Outside continuous trading only the call auction trades (and what it leaves may meet the book).
                 assert cmd["op"] == "session" and leaving_pre_open, (cmd, ev)
-            if ev["event"] in ("accepted", "replaced") and phase not in ("pre_open", "continuous"):
+            if ev["event"] in ("accepted", "replaced") and phase not in ("pre_open", "continuous") \
+                    and not closing_session:
                 raise AssertionError(f"{ev} outside order entry")
         for sym, auc in auctions.items():  # the auction's trades come first, all at its price, and add up to it
             first = [ev for ev in events[:events.index(auc)] if ev["event"] == "trade" and ev["symbol"] == sym]
@@ -347,18 +357,30 @@ def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict
 
 @st.composite
 def pre_open_days(draw: st.DrawFn) -> list[dict]:
-    # A day with sessions on an empty book: random orders collected in the pre-open (and some cancelled or
-    # replaced), the call auction, then continuous trading.
+    # A day with sessions: sometimes a day of continuous trading before it, whose GTC orders join the call (its
+    # close moves the band); random orders collected in the pre-open (some cancelled or replaced, some with a
+    # self-trade prevention mode), the call auction, then continuous trading.
     cmds: list[dict] = [
         {"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00", "band_pct": "20"},
-        {"op": "session", "phase": "pre_open"},
     ]
+    prices = ["0.85", "0.90", "0.95", "1.00", "1.05", "1.10", "1.15"]
     n = draw(st.integers(1, 40))
+    if draw(st.booleans()):
+        cmds.append({"op": "session", "phase": "continuous"})
+        for i in range(draw(st.integers(1, 12))):
+            cmds.append({"op": "new", "oid": f"d{i}", "broker": draw(st.sampled_from(["B1", "B2", "B3"])),
+                         "symbol": "TCS", "side": draw(st.sampled_from(["buy", "sell"])), "type": "limit",
+                         "price": draw(st.sampled_from(prices)), "qty": draw(st.integers(1, 20)),
+                         "tif": draw(st.sampled_from(["DAY", "GTC", "GTC"]))})
+        cmds += [{"op": "session", "phase": "closing"}, {"op": "session", "phase": "closed"}]
+    cmds.append({"op": "session", "phase": "pre_open"})
     for i in range(n):
         broker = draw(st.sampled_from(["B1", "B2", "B3"]))
         roll = draw(st.integers(0, 9))
         if roll == 0 and i:
-            cmds.append({"op": "cancel", "oid": f"o{draw(st.integers(0, i - 1))}", "broker": broker, "symbol": "TCS"})
+            pick = draw(st.integers(0, i - 1))
+            oid = f"o{pick}" if draw(st.integers(0, 3)) else f"d{pick}"
+            cmds.append({"op": "cancel", "oid": oid, "broker": broker, "symbol": "TCS"})
         elif roll == 1 and i:
             cmds.append({"op": "replace", "oid": f"o{draw(st.integers(0, i - 1))}", "broker": broker, "symbol": "TCS",
                          "price": draw(st.sampled_from(["0.90", "0.95", "1.00", "1.05", "1.10"])),
@@ -370,8 +392,9 @@ def pre_open_days(draw: st.DrawFn) -> list[dict]:
             if roll == 2:
                 cmd["type"] = "market"
             else:
-                cmd.update(type="limit", price=draw(st.sampled_from(["0.85", "0.90", "0.95", "1.00", "1.05", "1.10",
-                                                                     "1.15"])))
+                cmd.update(type="limit", price=draw(st.sampled_from(prices)))
+            if draw(st.integers(0, 3)) == 0:
+                cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             cmds.append(cmd)
     cmds.append({"op": "session", "phase": "auction"})
     cmds.append({"op": "session", "phase": "continuous"})
@@ -391,38 +414,62 @@ def test_random_pre_open_auction_then_continuous_compiled_and_reference_agree(cm
     def reference_book(inst):  # type: ignore[no-untyped-def]
         return ReferenceBook(lot=inst.lot, band_lo=inst.band_lo, band_hi=inst.band_hi)
 
+    def ticks(price: str) -> int:
+        return int(Decimal(price) / Decimal("0.05"))
+
     compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
-    collected: dict[str, tuple[int, int | None, int]] = {}  # oid -> (side, price ticks or None, qty)
+    # Every open order as the reports left it (an independent count): oid -> (side, price ticks or None, open qty).
+    open_: dict[str, tuple[int, int | None, int]] = {}
+    prev_close, phase = 20, "closed"  # the previous close: 1.00 in ticks of 0.05, until a day closes
     for cmd in cmds:
         events = compiled.apply(dict(cmd))
         assert events == ref.apply(dict(cmd)), cmd
         if cmd["op"] == "session" and cmd["phase"] == "auction":
-            # The auction is the equilibrium of the collection as the reports left it (an independent count).
+            # Self-trade prevention's cancels come first; the auction is the equilibrium of the orders left: the
+            # pre-open's and the book's, which joined it.
+            took_part = bool(open_)
+            for e in events:
+                if e["event"] == "auction":
+                    break
+                if e["event"] == "cancelled":
+                    assert e["reason"] == "self_trade", e
+                    open_.pop(e["oid"])
             levels = AuctionLevels()
-            for side, price, qty in collected.values():
+            for side, price, qty in open_.values():
                 levels.add(side, price, qty)
-            eq = levels.equilibrium(20)  # the previous close: 1.00 in ticks of 0.05
+            eq = levels.equilibrium(prev_close)
             auctions = [e for e in events if e["event"] == "auction"]
-            assert len(auctions) == (1 if collected else 0)  # no call for a symbol that collected nothing
+            assert len(auctions) == (1 if took_part else 0)  # no call for a symbol without orders
             auction = auctions[0] if auctions else {"price": None, "qty": 0}
             if eq is None:
                 assert (auction["price"], auction["qty"]) == (None, 0)
             else:
-                assert (auction["price"], auction["qty"], auction["unmatched"]) == (
-                    f"{eq.price * 5 // 100}.{eq.price * 5 % 100:02d}", eq.tradable, eq.unmatched)
+                assert (ticks(auction["price"]), auction["qty"], auction["unmatched"]) == (
+                    eq.price, eq.tradable, eq.unmatched)
             book = compiled.books()[0]
             if book["bids"] and book["asks"]:  # what is left never crosses
                 assert Decimal(book["bids"][0][0]) < Decimal(book["asks"][0][0]), book
+            phase = "auction"
             continue
+        if cmd["op"] == "session":
+            phase = cmd["phase"]
         for ev in events:
             if ev["event"] == "trade":
-                assert cmd["op"] != "new" or cmd["oid"].startswith("c"), ev  # nothing trades in the pre-open
-            if ev["event"] == "accepted":
-                price = None if ev.get("price") is None else int(Decimal(ev["price"]) / Decimal("0.05"))
-                collected[ev["oid"]] = (0 if ev["side"] == "buy" else 1, price, ev["qty"])
-            elif ev["event"] == "cancelled":
-                collected.pop(ev["oid"], None)
+                assert phase == "continuous", ev  # nothing trades in the pre-open
+                for oid in (ev["buy_oid"], ev["sell_oid"]):
+                    side, price, qty = open_[oid]
+                    if qty == ev["qty"]:
+                        del open_[oid]
+                    else:
+                        open_[oid] = (side, price, qty - ev["qty"])
+            elif ev["event"] == "accepted":
+                price = None if ev.get("price") is None else ticks(ev["price"])
+                open_[ev["oid"]] = (0 if ev["side"] == "buy" else 1, price, ev["qty"])
+            elif ev["event"] in ("cancelled", "expired"):
+                open_.pop(ev["oid"], None)
             elif ev["event"] == "replaced":
-                side, _, _ = collected[ev["oid"]]
-                collected[ev["oid"]] = (side, int(Decimal(ev["price"]) / Decimal("0.05")), ev["qty"])
+                side, _, _ = open_[ev["oid"]]
+                open_[ev["oid"]] = (side, ticks(ev["price"]), ev["leaves_qty"])
+            elif ev["event"] == "close":
+                prev_close = ticks(ev["price"])
     assert compiled.books() == ref.books()

@@ -124,6 +124,7 @@ SAMPLES: dict[str, list[Any]] = {
         p.TradingState(**SEQ, symbol=None, state="halted", reason="circuit_breaker", text="index down 10%",
                        until=1_700_000_000_000_000_000),
         p.SessionEvent(**SEQ, kind="auction", phase="auction", symbol="TCS", price="3500.05", qty=60, unmatched=10),
+        p.SessionEvent(**SEQ, kind="phase", phase="closing", entry=True),  # the closing session opens
         p.PubBundle(msgs=[p.encode(ExAccepted(**SEQ, broker="B1", oid="o1", symbol="TCS", side="buy", type="limit",
                                               price="3500.05", qty=10, tif="GTC"))]),
     ],

@@ -8,9 +8,12 @@ orders carried into the book, the closing price and the DAY orders' expiry.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -286,11 +289,340 @@ def test_exfab_watch_shows_the_sessions_phase() -> None:
         def index(self) -> None:
             return None
 
+        entry = True
+
         def market(self) -> dict[str, Any]:
-            return {"t": "market", "state": "trading", "phase": self.phase}
+            return {"t": "market", "state": "trading", "phase": self.phase, "entry": self.entry}
 
     md = Md()
     view = WatchTable(md, ["X"])  # type: ignore[arg-type]
     assert view.market_line() == "[bold]session[/] pre-open"
+    md.phase = "closing"
+    assert view.market_line() == "[bold]session[/] closing session"  # orders at the closing price
+    md.entry = False
+    assert view.market_line() == "[bold]session[/] closing"  # the closing price's minutes
     md.phase = None  # a market without a calendar shows no phase
     assert view.market_line() == ""
+
+
+# -- the closing session: orders at the closing price -----------------------------------------------------------------
+
+
+def _new(oid: str, broker: str, side: str, price: int | None, qty: int, tif: str = "DAY", **kw: Any) -> str:
+    cmd: dict[str, Any] = {"op": "new", "oid": oid, "broker": broker, "symbol": "X", "side": side, "qty": qty,
+                           "tif": tif, **kw}
+    if price is None:
+        cmd["type"] = "market"
+    else:
+        cmd.update(type="limit", price=str(price))
+    return json.dumps(cmd)
+
+
+def _op(op: str, oid: str, broker: str, **kw: Any) -> str:
+    return json.dumps({"op": op, "oid": oid, "broker": broker, "symbol": "X", **kw})
+
+
+# A day to the closing session: the close is 104 (the one trade, in the last half hour); a GTC buy rests at 104 in
+# the continuous book.
+_TO_CLOSING = [_inst("100", band_pct="10"), _session("continuous"), _new("b1", "b", "buy", 104, 10),
+               _new("s1", "s", "sell", 104, 10), _new("g1", "b", "buy", 104, 5, "GTC"),
+               _session("closing", ts=10**12, vwap_from=0)]
+
+
+def test_the_closing_session_trades_at_the_closing_price_only() -> None:
+    events = replay_lines([*_TO_CLOSING,
+                           _new("c0", "s", "sell", 104, 1),  # 15:30-15:40: not yet
+                           _session("closing", entry=True),
+                           _new("c1", "s", "sell", 104, 5),  # at the close: rests in the closing book
+                           _new("c2", "b", "buy", None, 3),  # a market order: the close, DAY
+                           _new("c3", "b", "buy", 103, 3),  # another price: refused
+                           _new("c4", "b", "buy", 104, 1, "GTC"),  # the session ends with the day
+                           _new("c5", "b", "buy", None, 4, "IOC"),  # trades 2, the rest cancelled
+                           _new("c6", "s", "sell", None, 6),
+                           _session("closed")], book=True)
+    assert _reasons(events) == [("new", "market_closed"), ("new", "not_closing_price"), ("new", "bad_time_in_force")]
+    rej = {e["oid"]: e["text"] for e in events if e["event"] == "rejected"}
+    assert rej["c3"].startswith("price 103.00 is not the closing price 104.00")
+    assert rej["c4"] == "the closing session's orders end with the day: send DAY (or IOC, FOK), not GTC"
+    assert [e for e in events if e["event"] == "session"][-2:] == [
+        {"event": "session", "phase": "closing", "entry": True}, {"event": "session", "phase": "closed"}]
+    trades = [(e["buy_oid"], e["sell_oid"], e["price"], e["qty"]) for e in events if e["event"] == "trade"]
+    # The GTC buy resting at 104 in the continuous book takes no part: the closing session is a book of its own.
+    assert trades[1:] == [("c2", "c1", "104.00", 3), ("c5", "c1", "104.00", 2)]
+    accepted = next(e for e in events if e["event"] == "accepted" and e["oid"] == "c2")
+    assert (accepted["type"], accepted.get("price"), accepted["tif"]) == ("market", None, "DAY")
+    assert [(e["oid"], e["qty"], e["reason"]) for e in events if e["event"] == "cancelled"] == [
+        ("c5", 2, "unfilled_ioc_remainder")]
+    # The closing session's orders left expire as the market closes, with the day's DAY orders; the GTC stays.
+    assert [(e["oid"], e["qty"]) for e in events if e["event"] == "expired"] == [("c6", 6)]
+    assert _levels(events[-1]) == ([("104.00", 5)], [])
+
+
+def test_closing_session_orders_are_cancelled_replaced_and_queried() -> None:
+    from fabric.engine import MatchingEngine
+    from tools.replay import Replayer
+
+    r = Replayer(MatchingEngine())
+    for line in [*_TO_CLOSING, _session("closing", entry=True), _new("c1", "s", "sell", 104, 5),
+                 _new("c2", "s", "sell", 104, 5), _new("c3", "s", "sell", None, 5)]:
+        r.apply_line(line)
+    st = r.engine.order_status("X", "s", "c1")
+    assert st is not None and (st.state, st.price, st.leaves_qty) == ("new", "104.00", 5)
+    got = [r.apply_line(line) for line in [
+        _op("replace", "c1", "s", price="105"),  # another price: refused
+        _op("replace", "c3", "s", price="104"),  # a market order has no price to replace
+        _op("replace", "c2", "s", qty=3),  # down: keeps its place, behind c1
+        _op("replace", "c1", "s", qty=8, price="104"),  # up: to the back, behind c3
+        _new("c4", "b", "buy", 104, 6),
+        _op("cancel", "c2", "s"),
+        _op("replace", "g1", "b", price="103"),  # the continuous book's order waits for continuous trading
+    ]]
+    assert [(e["reason"]) for e in got[0] + got[1] + got[6]] == ["not_closing_price", "bad_field", "market_closed"]
+    assert got[2][0]["kept_priority"] is True and got[3][0]["kept_priority"] is False
+    assert [(e["buy_oid"], e["sell_oid"], e["qty"]) for e in got[4] if e["event"] == "trade"] == [
+        ("c4", "c2", 3), ("c4", "c3", 3)]
+    assert [e["reason"] for e in got[5]] == ["order_closed"]  # c2 had filled in full
+    st = r.engine.order_status("X", "s", "c3")
+    assert st is not None and (st.state, st.type, st.price, st.cum_qty, st.leaves_qty) == (
+        "partially_filled", "market", None, 3, 2)
+    out = r.apply_line(_op("cancel", "c1", "s"))
+    assert [(e["event"], e["qty"], e["cum_qty"]) for e in out] == [("cancelled", 8, 0)]
+
+
+def test_a_symbol_without_a_close_takes_no_closing_session_orders() -> None:
+    events = replay_lines([_inst(None), _session("continuous"), _session("closing", entry=True),
+                           _new("c1", "s", "sell", 104, 5)])
+    assert _reasons(events) == [("new", "market_closed")]
+    assert "no closing price" in events[-1]["text"]
+
+
+def test_session_entry_in_the_journal_and_the_replay_format() -> None:
+    cmd = SessionChange(phase="closing", entry=True, ts=7)
+    assert decode_command(encode_command(cmd)) == cmd
+    # A journal from before the flag, and a replay line without it: the closing price's minutes, as before.
+    assert b"entry" not in encode_command(SessionChange(phase="closing"))
+    assert parse_command({"op": "session", "phase": "closing"}) == SessionChange(phase="closing", entry=False)
+    events = replay_lines(['{"op":"session","phase":"pre_open","entry":true}',
+                           '{"op":"session","phase":"closing","entry":"yes"}'])
+    assert [(e["reason"], e["text"]) for e in events] == [
+        ("bad_field", "field 'entry' is for the closing phase (its closing session), not pre_open, whose entry "
+                      "follows from it"),
+        ("bad_field", "field 'entry' must be true or false, got 'yes'")]
+
+
+# -- the bands move to the new close -----------------------------------------------------------------------------------
+
+
+def test_the_band_moves_to_the_close_orders_outside_it_are_cancelled() -> None:
+    # Band 10 % around 100: 90-110. The day closes at 109, so the next day's band is 98.1-119.9: 99-119. The GTC buy
+    # at 95 is outside it and leaves the book; the GTC sell at 110 stays. The next pre-open takes 115, refuses 95.
+    lines = [_inst("100", band_pct="10"), _session("continuous"), _new("g1", "b", "buy", 95, 10, "GTC"),
+             _new("g2", "s", "sell", 110, 10, "GTC"), _new("b1", "b", "buy", 109, 10), _new("s1", "s", "sell", 109, 10),
+             _new("x", "b", "buy", 115, 1),  # outside today's band
+             _session("closing", ts=10**12, vwap_from=0), _session("closed"), _session("pre_open"),
+             _new("p1", "b", "buy", 115, 1), _new("p2", "b", "buy", 95, 1)]
+    events = replay_lines(lines, book=True)
+    assert [(e["oid"], e["qty"], e["reason"]) for e in events if e["event"] == "cancelled"] == [
+        ("g1", 10, "outside_new_band")]
+    assert [(e["oid"], e["reason"], e["text"]) for e in events if e["event"] == "rejected"] == [
+        ("x", "price_out_of_band", "price 115 is outside the price band 90.00-110.00"),
+        ("p2", "price_out_of_band", "price 95.00 is outside the price band 99.00-119.00")]
+    assert _levels(events[-1]) == ([], [("110.00", 10)])
+
+
+def test_the_band_moves_in_both_books_and_the_compiled_ladder_is_laid_out_afresh() -> None:
+    from fabric.book import OrderBook
+    from fabric.constants import BUY, EV_ACCEPTED, EV_REJECTED, EV_TRADE, GTC, LIMIT, REJ_PRICE_OUT_OF_BAND, SELL
+    from fabric.reference import ReferenceBook
+
+    def rows(book: OrderBook | ReferenceBook, out: Any) -> list[list[int]]:
+        return book.out[:out].tolist() if isinstance(book, OrderBook) else [list(r) for r in out]
+
+    for book in (OrderBook(band_lo=90, band_hi=110, slots=2), ReferenceBook(band_lo=90, band_hi=110)):
+        book.new(0, 0, BUY, LIMIT, GTC, 100, 5)
+        book.new(1, 0, BUY, LIMIT, GTC, 100, 3)
+        book.new(2, 1, SELL, LIMIT, GTC, 105, 4)
+        book.new(3, 0, BUY, LIMIT, GTC, 99, 1)
+        assert book.resting_orders(BUY) == [0, 1, 3] and book.resting_orders(SELL) == [2]
+        with pytest.raises(ValueError, match="outside the new band"):
+            book.set_band(100, 120, 110)
+        book.set_band(95, 130, 110)
+        assert book.depth(BUY) == [(100, 8, 2), (99, 1, 1)] and book.queue(BUY, 100) == [0, 1]
+        assert [e[0] for e in rows(book, book.new(4, 1, SELL, LIMIT, GTC, 130, 1))] == [EV_ACCEPTED]  # inside now
+        assert [(e[0], e[-1]) for e in rows(book, book.new(5, 1, SELL, LIMIT, GTC, 131, 1))] == [
+            (EV_REJECTED, REJ_PRICE_OUT_OF_BAND)]
+        trades = rows(book, book.new(6, 1, SELL, LIMIT, GTC, 99, 9))
+        assert [(e[1], e[7], e[4]) for e in trades if e[0] == EV_TRADE] == [(6, 0, 5), (6, 1, 3), (6, 3, 1)]
+
+
+# -- orders resting in the book join the pre-open's call auction -------------------------------------------------------
+
+
+def test_gtc_orders_from_an_earlier_day_join_the_call_auction_ahead_of_the_pre_opens() -> None:
+    from fabric.engine import MatchingEngine
+    from tools.replay import Replayer
+
+    r = Replayer(MatchingEngine())
+    r.engine.track_levels = True
+    setup = [_inst("100", band_pct="10"), _session("continuous"), _new("g1", "b", "buy", 99, 10, "GTC"),
+             _new("g2", "s", "sell", 103, 10, "GTC"), _new("g3", "b", "buy", 98, 5, "GTC"),
+             _session("closing"), _session("closed")]
+    for line in setup:
+        r.apply_line(line)
+    r.engine.touched.clear()
+    pre = [e for line in [_session("pre_open"), _new("p1", "c", "buy", 99, 10), _new("p2", "s", "sell", 99, 15),
+                          _op("cancel", "g3", "b"), _op("replace", "g1", "b", price="100")]
+           for e in r.apply_line(line)]
+    # The book's orders count in the indicative price from the start of the pre-open.
+    assert [(e["price"], e["qty"], e["unmatched"]) for e in pre if e["event"] == "indicative"] == [
+        ("99.00", 15, 5)]
+    assert [(e["oid"], e["reason"]) for e in pre if e["event"] in ("cancelled", "rejected")] == [
+        ("g3", "requested"), ("g1", "market_closed")]
+    assert next(e for e in pre if e["event"] == "rejected")["text"].startswith("order g1 rests in the book from")
+    assert ("X", 0, 98) in r.engine.touched  # the cancel of a book order changes the depth
+    events = r.apply_line(_session("auction"))
+    auction = next(e for e in events if e["event"] == "auction")
+    assert (auction["price"], auction["qty"], auction["unmatched"]) == ("99.00", 15, 5)
+    # g1, from the book, is ahead of the pre-open's p1 at the same price; it keeps its place with what is left.
+    assert [(e["buy_oid"], e["sell_oid"], e["qty"]) for e in events if e["event"] == "trade"] == [
+        ("g1", "p2", 10), ("p1", "p2", 5)]
+    assert ("X", 0, 99) in r.engine.touched
+    assert r.books()[0]["bids"] == [["99.00", 5, 1]] and r.books()[0]["asks"] == [["103.00", 10, 1]]
+    st = r.engine.order_status("X", "b", "g1")
+    assert st is not None and (st.state, st.cum_qty) == ("filled", 10)
+    events = [e for line in [_session("continuous"), _new("c1", "s", "sell", 98, 5)] for e in r.apply_line(line)]
+    assert [(e["buy_oid"], e["price"], e["qty"]) for e in events if e["event"] == "trade"] == [("p1", "99.00", 5)]
+
+
+def test_a_partly_filled_book_order_keeps_its_fills_through_the_call() -> None:
+    events = replay_lines([_inst("100"), _session("continuous"), _new("g1", "b", "buy", 100, 20, "GTC"),
+                           _new("s1", "s", "sell", 100, 5), _session("closing"), _session("closed"),
+                           _session("pre_open"), _new("p1", "s", "sell", 100, 10), _session("auction"),
+                           _session("continuous"), _op("replace", "g1", "b", qty=18),
+                           _new("s2", "s", "sell", 100, 5)])
+    fills = [(e["resting_cum_qty"] if e["sell_oid"] != "p1" else e["aggressor_cum_qty"], e["qty"])
+             for e in events if e["event"] == "trade"]
+    assert fills == [(5, 5), (15, 10), (18, 3)]
+    replaced = next(e for e in events if e["event"] == "replaced")
+    assert (replaced["qty"], replaced["cum_qty"], replaced["leaves_qty"], replaced["kept_priority"]) == (
+        18, 15, 3, True)
+
+
+# -- self-trade prevention in the call auction -------------------------------------------------------------------------
+
+
+# docs/sessions.md, example 7: B1 and S3 are broker X's, B4 and S2 broker Y's (no mode); S3, the later of X's two,
+# carries X's mode. Without it the price is 100 and 15 trade, B1 buying 10 from S3 first.
+EXAMPLE_7 = [_new("B1", "X", "buy", 101, 10), _new("S2", "Y", "sell", 100, 5),
+             _new("S3", "X", "sell", 99, 10, stp="{mode}"), _new("B4", "Y", "buy", 100, 5)]
+
+
+@pytest.mark.parametrize(("mode", "cancelled", "auction", "trades"), [
+    ("off", [], ("100.00", 15, 0), [("B1", "S3", 10), ("B4", "S2", 5)]),
+    ("cancel_incoming", ["S3"], ("101.00", 5, 5), [("B1", "S2", 5)]),
+    ("cancel_resting", ["B1"], ("99.00", 5, 5), [("B4", "S3", 5)]),
+    ("cancel_both", ["B1", "S3"], ("100.00", 5, 0), [("B4", "S2", 5)]),
+])
+def test_example_7_self_trade_prevention_in_the_call(mode: str, cancelled: list[str], auction: tuple[str, int, int],
+                                                     trades: list[tuple[str, str, int]]) -> None:
+    events = replay_lines([_inst("100"), _session("pre_open"), *[o.replace("{mode}", mode) for o in EXAMPLE_7],
+                           _session("auction")], book=True)
+    indicative = [e for e in events if e["event"] == "indicative"][-1]
+    assert (indicative["price"], indicative["qty"]) == ("100.00", 15)  # the collection's, whatever the modes
+    got, trades_, book = _after_auction(events)
+    assert [(e["oid"], e["reason"]) for e in events if e["event"] == "cancelled"] == [
+        (oid, "self_trade") for oid in cancelled]
+    assert (got["price"], got["qty"], got["unmatched"]) == auction
+    assert trades_ == trades
+    bids, asks = _levels(book)
+    assert not (bids and asks and Decimal(bids[0][0]) >= Decimal(asks[0][0]))  # what is left never crosses
+
+
+# -- the exchange's time zone -----------------------------------------------------------------------------------------
+
+
+# 23:00 in New York on 5 January is already 6 January in Kolkata (09:30).
+_NY_EVENING = int(dt.datetime(2026, 1, 6, 4, 0, tzinfo=dt.UTC).timestamp()) * 10**9
+
+
+def test_a_gtd_order_is_taken_and_expires_on_the_day_of_the_engines_time_zone() -> None:
+    from fabric.commands import EndOfDay, NewOrder
+    from fabric.engine import MatchingEngine
+
+    def gtd(expire: str) -> NewOrder:
+        return NewOrder(oid=expire, broker="b", symbol="X", side="buy", type="limit", price="100", qty=1, tif="GTD",
+                        expire_date=expire, ts=_NY_EVENING)
+
+    ny, kolkata = MatchingEngine(timezone="America/New_York"), MatchingEngine()
+    assert [type(o).__name__ for o in ny.apply(gtd("2026-01-05"))] == ["ExAccepted"]
+    refused = kolkata.apply(gtd("2026-01-05"))
+    assert [(type(o).__name__, getattr(o, "reason", None)) for o in refused] == [("ExRejected", "bad_expire_date")]
+    assert "before the trading day 2026-01-06" in refused[0].text  # type: ignore[union-attr]
+    assert [o.oid for o in ny.apply(EndOfDay(ts=_NY_EVENING))] == ["2026-01-05"]  # type: ignore[union-attr]
+    # A GTD order of the 6th outlives the 5th's close in New York; in Kolkata that instant ends the 6th.
+    for engine, expired in ((ny, []), (kolkata, ["2026-01-06"])):
+        engine.apply(gtd("2026-01-06"))
+        assert [o.oid for o in engine.apply(EndOfDay(ts=_NY_EVENING))] == expired  # type: ignore[union-attr]
+
+
+def test_exfab_replay_closes_the_day_of_its_time_zone() -> None:
+    lines = [_inst(), json.dumps({"op": "new", "oid": "g", "broker": "b", "symbol": "X", "side": "buy",
+                                  "type": "limit", "price": "100", "qty": 1, "tif": "GTD",
+                                  "expire_date": "2026-01-06"}),
+             _session("closed", ts=_NY_EVENING)]
+    assert [e["event"] for e in replay_lines(lines, timezone="America/New_York")] == ["accepted", "session"]
+    assert [e["event"] for e in replay_lines(lines)] == ["accepted", "session", "expired"]
+
+
+def test_the_matcher_counts_days_in_its_topologys_time_zone(tmp_path: Path) -> None:
+    from fabric.commands import EndOfDay, NewOrder
+    from nodes.matcher import Matcher
+    from tests.helpers import LOCAL, topology_on_free_ports
+    from topology.load import load
+
+    path = topology_on_free_ports(LOCAL, tmp_path)
+    path.write_text(path.read_text().replace('[exchange]\n', '[exchange]\ntimezone = "America/New_York"\n', 1))
+    m = Matcher(load(path), load(path).shards[0].replicas[0].name, fsync="none")
+    try:
+        ts = _NY_EVENING  # 5 January in New York
+        symbol = sorted(m.symbols)[0]
+        price = m.instruments[symbol].to_price(m.instruments[symbol].ref_ticks)
+        out = m.engine.apply(NewOrder(oid="g", broker="B1", symbol=symbol, side="buy", type="limit", price=price,
+                                      qty=1, tif="GTD", expire_date="2026-01-05", ts=ts))
+        assert [type(o).__name__ for o in out] == ["ExAccepted"]
+        assert [type(o).__name__ for o in m.engine.apply(EndOfDay(ts=ts))] == ["ExExpired"]
+    finally:
+        m.journal.close()
+
+
+def test_exfab_replay_takes_the_time_zone_and_names_a_bad_one() -> None:
+    proc = subprocess.run([sys.executable, "-m", "tools.cli", "replay", "--timezone", "Mars/Olympus", "-"], input="",
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "'Mars/Olympus' is not a time zone this machine knows" in proc.stderr
+
+
+def test_reason_codes_are_unique() -> None:
+    # Codes added on several branches must not share a number: a dict of names would lose one without a word.
+    from fabric import constants
+
+    for prefix, names in (("REJ_", constants.REJECT_NAMES), ("CXL_", constants.CANCEL_REASON_NAMES)):
+        codes = [v for k, v in vars(constants).items() if k.startswith(prefix) and isinstance(v, int)]
+        assert len(codes) == len(set(codes)) == len(names), prefix
+
+
+def test_the_kill_switch_cancels_orders_of_the_call_and_of_the_closing_session() -> None:
+    disable = json.dumps({"op": "admin", "action": "disable", "broker": "b"})
+    events = replay_lines([_inst("100"), _session("continuous"), _new("g1", "b", "buy", 99, 10, "GTC"),
+                           _session("closing"), _session("closed"), _session("pre_open"),
+                           _new("p1", "b", "buy", 100, 5), _new("p2", "s", "sell", 98, 5), disable,
+                           _session("auction")], book=True)
+    kill = events[next(i for i, e in enumerate(events) if e["event"] == "indicative" and e["qty"] == 5) + 1:]
+    assert [(e["oid"], e["reason"]) for e in kill if e["event"] == "cancelled"] == [
+        ("g1", "kill_switch"), ("p1", "kill_switch")]
+    assert [e["price"] for e in kill if e["event"] == "indicative"] == [None]  # nothing left to trade
+    assert not [e for e in events if e["event"] == "trade"] and _levels(events[-1]) == ([], [("98.00", 5)])
+    events = replay_lines([*_TO_CLOSING, _session("closing", entry=True), _new("c1", "b", "buy", 104, 5), disable,
+                           _new("c2", "s", "sell", 104, 5)])
+    assert [(e["oid"], e["reason"]) for e in events if e["event"] == "cancelled"] == [
+        ("g1", "kill_switch"), ("c1", "kill_switch")]
+    assert not [e for e in events if e["event"] == "trade" and e["sell_oid"] == "c2"]

@@ -15,7 +15,7 @@ from pathlib import Path
 def _cmd_replay(args: argparse.Namespace) -> int:
     from tools import replay
 
-    return replay.run(args.file, book=args.book, summary=args.summary)
+    return replay.run(args.file, book=args.book, summary=args.summary, timezone=args.timezone)
 
 
 def _cmd_topology_check(args: argparse.Namespace) -> int:
@@ -33,7 +33,7 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 def _cmd_journal_inspect(args: argparse.Namespace) -> int:
     from tools import journal_cmd
 
-    return journal_cmd.inspect(args.file, commands=args.commands)
+    return journal_cmd.inspect(args.file, commands=args.commands, timezone=args.timezone)
 
 
 def _cmd_journal_verify(args: argparse.Namespace) -> int:
@@ -43,6 +43,18 @@ def _cmd_journal_verify(args: argparse.Namespace) -> int:
 
 
 DEFAULT_TOPOLOGY = "topology/examples/local.toml"
+
+
+def _timezone(text: str) -> str:
+    # --timezone: an IANA name this machine knows (the trading day of a command's ts is counted in it).
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ValueError, ZoneInfoNotFoundError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time zone this machine knows (an IANA name such as "
+                                         "Asia/Kolkata)") from None
+    return text
 
 # The epilog of `exfab order --help`: tools/order_cmd.py's EXIT_* codes (not imported here, to keep
 # every exfab command's start light).
@@ -169,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="commands file, or - for standard input")
     p.add_argument("--book", action="store_true", help="after the last command, print every symbol's book")
     p.add_argument("--summary", action="store_true", help="print a readable summary of the session instead of events")
+    p.add_argument("--timezone", type=_timezone, default="Asia/Kolkata", metavar="ZONE",
+                   help="the exchange's time zone, which a line's ts is a trading day of (default Asia/Kolkata, as "
+                        "the topology's [exchange] timezone)")
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("topology", help="work with topology files")
@@ -203,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "exfab replay does, each with the seq of its input record. The file is only read.")
     j.add_argument("file", metavar="FILE", help="journal file")
     j.add_argument("--commands", action="store_true", help="print the journaled commands instead of events")
+    j.add_argument("--timezone", type=_timezone, default="Asia/Kolkata", metavar="ZONE",
+                   help="the topology's [exchange] timezone, in which the journal's trading days are counted "
+                        "(default Asia/Kolkata)")
     j.set_defaults(func=_cmd_journal_inspect)
     j = jsub.add_parser("verify", help="check every record of a journal; report its last seq and any damage",
                         description="Check every record (length, CRC32, sequence, a command inside) and print the "

@@ -41,8 +41,11 @@ def _malformed(seq: int, error: ValueError) -> Event:
             "reason": REJECT_NAMES[REJ_MALFORMED], "text": f"record {seq}: {error}", "line": seq}
 
 
-def inspect(path: str, *, commands: bool = False, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+def inspect(path: str, *, commands: bool = False, out: IO[str] | None = None, err: IO[str] | None = None,
+            timezone: str = "Asia/Kolkata") -> int:
     """Print the journal at ``path`` as JSON Lines events (or, with ``commands``, commands) to ``out``.
+
+    ``timezone`` is the exchange's (the topology's ``[exchange] timezone``), which trading days are counted in.
 
     The first line on ``err`` summarises the journal.  The file is only read:
     a torn last record is reported, not cut.  A rejected event's ``"line"`` is
@@ -70,7 +73,7 @@ def inspect(path: str, *, commands: bool = False, out: IO[str] | None = None, er
     err.write(summary_line(info) + "\n")
     err.flush()
 
-    replayer = Replayer()
+    replayer = Replayer(timezone=timezone)
     lines: list[str] = []
     try:
         for seq, payload in read_journal(path):

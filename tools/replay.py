@@ -171,7 +171,12 @@ def parse_command(cmd: Any) -> Command:
         return Control(action=action, broker=_str(cmd, "broker"))
     if op == "session":
         vwap_from = _int(cmd, "vwap_from") if cmd.get("vwap_from") is not None else None
-        return SessionChange(phase=_choice(cmd, "phase", _PHASES), vwap_from=vwap_from, ts=_int(cmd, "ts", default=0))
+        phase = _choice(cmd, "phase", _PHASES)
+        entry = _bool(cmd, "entry")
+        if entry and phase != "closing":
+            raise CommandError(REJ_BAD_FIELD, f"field 'entry' is for the closing phase (its closing session), not "
+                                              f"{phase}, whose entry follows from it")
+        return SessionChange(phase=phase, vwap_from=vwap_from, ts=_int(cmd, "ts", default=0), entry=entry)
     if op == "instrument":
         symbol = _str(cmd, "symbol")
         band = cmd.get("band_pct")
@@ -233,7 +238,8 @@ def replay_events(outcomes: list[Outcome]) -> list[Event]:
                            "text": o.text, "until": o.until})
         elif type(o) is SessionEvent:
             if o.kind == "phase":
-                events.append({"event": "session", "phase": o.phase})
+                events.append({"event": "session", "phase": o.phase, "entry": True} if o.phase == "closing" and o.entry
+                              else {"event": "session", "phase": o.phase})
             else:  # "auction", "indicative", "close"
                 events.append({"event": o.kind, "symbol": o.symbol, "price": o.price, "qty": o.qty,
                                "unmatched": o.unmatched})
@@ -255,8 +261,8 @@ def dumps(event: Event) -> str:
 class Replayer:
     """Apply replay-format commands (JSON objects, or typed commands) to a :class:`MatchingEngine`, in order."""
 
-    def __init__(self, engine: MatchingEngine | None = None) -> None:
-        self.engine = engine if engine is not None else MatchingEngine()
+    def __init__(self, engine: MatchingEngine | None = None, timezone: str = "Asia/Kolkata") -> None:
+        self.engine = engine if engine is not None else MatchingEngine(timezone=timezone)
 
     def apply(self, cmd: Any, line: int | None = None) -> list[Event]:
         """Apply one command; return its events (a ``rejected`` event for a bad command)."""
@@ -428,8 +434,11 @@ def run(
     out: IO[str] = sys.stdout,
     err: IO[str] = sys.stderr,
     progress_every: float = 1.0,
+    timezone: str = "Asia/Kolkata",
 ) -> int:
     """Replay ``path`` (``-`` for standard input) and write events (or a summary) to ``out``.
+
+    ``timezone`` is the exchange's (an IANA name): the trading day a line's ``ts`` falls on.
 
     Returns
     -------
@@ -442,7 +451,7 @@ def run(
         err.write(f"exfab replay: cannot read {path}: {e.strerror}\n")
         return 2
     total = None if path == "-" else os.path.getsize(path)
-    replayer = Replayer()
+    replayer = Replayer(timezone=timezone)
     progress = Progress(total, err, progress_every)
     stats = Summary()
     write = out.buffer.write if hasattr(out, "buffer") else (lambda b: out.write(b.decode()))
@@ -481,9 +490,9 @@ def run(
     return 0
 
 
-def replay_lines(lines: Iterable[str], *, book: bool = False) -> list[Event]:
+def replay_lines(lines: Iterable[str], *, book: bool = False, timezone: str = "Asia/Kolkata") -> list[Event]:
     """Replay in memory: return every event of ``lines`` (and the books when ``book``)."""
-    r = Replayer()
+    r = Replayer(timezone=timezone)
     events = [ev for i, text in enumerate(lines, 1) for ev in r.apply_line(text, i)]
     if book:
         events.extend(r.books())

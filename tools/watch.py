@@ -154,7 +154,8 @@ class WatchTable:
                          f"({plus}{ix.get('change_pct')}%)[/]")
         m = self.md.market()
         if m is not None and m.get("phase"):  # a day with sessions (docs/sessions.md)
-            parts.append(f"[bold]session[/] {str(m['phase']).replace('_', '-')}")
+            words = "closing session" if m["phase"] == "closing" and m.get("entry") else str(m["phase"])
+            parts.append(f"[bold]session[/] {words.replace('_', '-')}")
         if m is not None and m.get("state") == "halted":
             until = m.get("until")
             end = ("until resumed" if not isinstance(until, int)

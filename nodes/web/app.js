@@ -931,7 +931,9 @@
     if (halted) el.haltText.textContent = haltWords(o);
     // The trading day's phase (null: a market without a calendar, continuous all day).
     el.phaseStat.hidden = !o.phase;
-    if (o.phase) el.phaseValue.textContent = PHASE_WORDS[o.phase] || o.phase;
+    if (o.phase) {
+      el.phaseValue.textContent = o.phase === "closing" && o.entry ? "Closing session" : PHASE_WORDS[o.phase] || o.phase;
+    }
   }
 
   function applyIndex(o) {
