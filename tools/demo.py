@@ -7,7 +7,10 @@ commands per second in total, mostly passive limit orders near each symbol's
 wandering mid price, some
 orders that cross the spread (IOC limits and market orders), and cancels of
 their own resting orders.  Answers are read as they come, to know which orders
-rest.  Run by ``exfab up --demo``, or alone:
+rest.  With a ticker in the topology they follow the trading day from its
+market data (``docs/sessions.md``): in the pre-open they send only orders that
+can wait for the call auction, in the closing session orders at the closing
+price, and nothing while the market takes no orders.  Run by ``exfab up --demo``, or alone:
 ``python -m tools.demo --topology topology/examples/local.toml``.
 """
 
@@ -18,13 +21,15 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from fabric.client import BrokerClient
 from fabric.instruments import Instrument
+from fabric.marketdata import MarketDataClient
 from fabric.protocol import Accepted, Cancel, Cancelled, Expired, Fill, New
+from topology.clients import market_data_client
 from topology.keys import broker_keyring
 from topology.load import load
 
@@ -67,41 +72,79 @@ class Demo:
         for inst in self.topo.instruments:
             lo, hi = inst.band_lo or 1, inst.band_hi or 10**6
             self.markets.append(_Market(inst, (lo + hi) / 2, lo, hi))
+        # The trading day's phase and each symbol's closing price, from the market data (no ticker: continuous).
+        self.md: MarketDataClient | None = (market_data_client(self.topo, [m.inst.symbol for m in self.markets],
+                                                               kinds=("quote",)) if self.topo.tickers else None)
         self.sent = 0
         self._stop = False
+
+    def _phase(self) -> tuple[str, bool]:
+        # (phase, entry) of the market now; continuous without a calendar or before the market data says.
+        market = self.md.market() if self.md is not None else None
+        phase = (market or {}).get("phase") or "continuous"
+        return phase, bool((market or {}).get("entry", True))
+
+    def _close(self, symbol: str) -> str | None:
+        # The symbol's closing price of the day (decimal text), once its matcher has published it.
+        state = self.md.trading_state(symbol) if self.md is not None else None
+        auction = (state or {}).get("auction") or {}
+        return auction.get("price") if auction.get("kind") == "close" else None
 
     def stop(self, *_: object) -> None:
         """Finish the current step and exit."""
         self._stop = True
 
-    def _order(self, b: _Broker) -> None:
+    def _order(self, b: _Broker, phase: str = "continuous", entry: bool = True) -> bool:
+        # One command of broker `b` in the day's `phase`, sent; False when the market takes none now.
+        cmd = self.command(b, phase, entry, self._close)
+        if cmd is not None:
+            b.client.submit(cmd)
+        return cmd is not None
+
+    def command(self, b: _Broker, phase: str, entry: bool,
+                close_of: Callable[[str], str | None]) -> New | Cancel | None:
+        """Return broker ``b``'s next command in the day's ``phase`` (``entry``: whether it takes orders), or
+        ``None`` when it takes none now; ``close_of(symbol)`` gives a symbol's closing price, once published."""
         rng = self.rng
         m = rng.choice(self.markets)
         m.step(rng)
         sym = m.inst.symbol
         roll = rng.random()
+        if not entry:  # the call auction, the closing price's minutes, the night: no orders
+            return None
         if roll < 0.15 and b.resting:
             oid = rng.choice(list(b.resting))
-            b.client.submit(Cancel(oid=oid, symbol=b.resting.pop(oid)))
-            return
+            return Cancel(oid=oid, symbol=b.resting.pop(oid))
         side: Literal["buy", "sell"] = "buy" if rng.random() < 0.5 else "sell"
         qty = rng.choice((1, 1, 2, 5, 10, 25, 50, 100)) * m.inst.lot
         oid = b.client.next_oid()
+        if phase == "closing":  # the closing session: at the closing price, or a market order that takes it
+            close = close_of(sym)
+            if close is None:
+                return None
+            if roll < 0.3:
+                return New(oid=oid, symbol=sym, side=side, type="market", qty=qty, tif="DAY")
+            return New(oid=oid, symbol=sym, side=side, type="limit", price=close, qty=qty, tif="DAY")
+        pre_open = phase == "pre_open"  # orders that wait for the call: DAY or GTC limits, market orders
         if roll < 0.20:
-            b.client.submit(New(oid=oid, symbol=sym, side=side, type="market", qty=qty, tif="IOC"))
-            return
+            return New(oid=oid, symbol=sym, side=side, type="market", qty=qty, tif="DAY" if pre_open else "IOC")
         sign = 1 if side == "buy" else -1
-        if roll < 0.30:
+        if roll < 0.30 and not pre_open:
             ticks = round(m.mid) + sign * rng.randint(1, 4)  # crosses the spread
             tif = "IOC"
+        elif pre_open:  # either side of the mid, so that the call auction has something to cross
+            ticks = round(m.mid) + rng.randint(-6, 6)
+            tif = "DAY" if rng.random() < 0.5 else "GTC"
         else:
             ticks = round(m.mid) - sign * (1 + int(rng.expovariate(0.35)))  # passive, near the touch
             tif = "DAY" if rng.random() < 0.3 else "GTC"
         ticks = min(max(ticks, m.lo), m.hi)
-        b.client.submit(New(oid=oid, symbol=sym, side=side, type="limit", price=m.inst.to_price(ticks), qty=qty,
-                            tif=tif))  # type: ignore[arg-type]
+        return New(oid=oid, symbol=sym, side=side, type="limit", price=m.inst.to_price(ticks), qty=qty,
+                   tif=tif)  # type: ignore[arg-type]
 
     def _drain(self) -> None:
+        if self.md is not None:
+            self.md.poll(0)
         for b in self.brokers:
             for msg in b.client.poll(0):
                 if isinstance(msg, Accepted) and msg.tif in ("GTC", "DAY"):
@@ -123,14 +166,16 @@ class Demo:
         next_at = start
         while not self._stop and (duration is None or time.monotonic() - start < duration):
             now = time.monotonic()
+            phase, entry = self._phase()
             while next_at <= now:  # open loop: catch up on the schedule, never slow down the flow
-                self._order(self.rng.choice(self.brokers))
-                self.sent += 1
+                self.sent += self._order(self.rng.choice(self.brokers), phase, entry)
                 next_at += interval
             self._drain()
             time.sleep(min(max(0.0, next_at - time.monotonic()), 0.01))
         for b in self.brokers:
             b.client.close()
+        if self.md is not None:
+            self.md.close()
         return self.sent
 
 
