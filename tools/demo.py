@@ -81,8 +81,10 @@ class Demo:
     def _phase(self) -> tuple[str, bool]:
         # (phase, entry) of the market now; continuous without a calendar or before the market data says.
         market = self.md.market() if self.md is not None else None
-        phase = (market or {}).get("phase") or "continuous"
-        return phase, bool((market or {}).get("entry", True))
+        phase = (market or {}).get("phase")
+        if phase is None:  # a market without a [calendar] trades continuously all day
+            return "continuous", True
+        return phase, bool(market.get("entry")) if market is not None else True
 
     def _close(self, symbol: str) -> str | None:
         # The symbol's closing price of the day (decimal text), once its matcher has published it.
@@ -159,6 +161,9 @@ class Demo:
         """Trade until stopped (or for ``duration`` seconds); return the commands sent."""
         for b in self.brokers:
             b.client.connect()
+        if self.md is not None and not self.md.wait_ready(10):  # the phase first: trade as continuous without it
+            print("demo: no market data from the ticker within 10 s: trading as if continuously", file=sys.stderr,
+                  flush=True)
         if ready:
             print("READY demo", flush=True)
         start = time.monotonic()
