@@ -715,7 +715,7 @@ def _new(
     reason = 0
     if qty <= 0 or qty % meta[M_LOT] != 0:
         reason = REJ_QTY_NOT_LOT_MULTIPLE
-    elif is_stop and (tif == IOC or tif == FOK or flags != 0 or disclosed != 0):
+    elif is_stop and (tif in (IOC, FOK) or flags != 0 or disclosed != 0):
         reason = REJ_BAD_STOP  # a stop waits for its trigger: GTC, DAY or GTD; never post-only nor an iceberg
     elif (is_market and not is_stop and tif != IOC and tif != FOK) or (tif == GTD and expire <= 0):
         reason = REJ_BAD_TIF

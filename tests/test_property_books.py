@@ -339,6 +339,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                     cmd["price"] = draw(st.sampled_from(prices))
                 if draw(st.booleans()):
                     cmd["qty"] = draw(st.sampled_from([0, 5, 10, 15, 3]))
+                if draw(st.integers(0, 3)) == 0:
+                    cmd["stop_price"] = draw(st.sampled_from(["0.95", "1.00", "1.05", "1.90", "2.10", "0.97"]))
         elif kind == "eod":
             cmd = {"op": "end_of_day", "date": draw(st.sampled_from(["2026-01-05", "2026-01-06"]))}
         else:
@@ -358,6 +360,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                     cmd["post_only"] = True
                 if draw(st.integers(0, 3)) == 0:
                     cmd["disclosed_qty"] = draw(st.sampled_from([1, 5, 10, 2]))
+            if draw(st.integers(0, 3)) == 0:  # a stop order (SL, or SL-M when market)
+                cmd["stop_price"] = draw(st.sampled_from(["0.90", "0.95", "1.00", "1.05", "1.10", "1.90", "2.10", "0"]))
             if draw(st.booleans()):
                 cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             used.append((symbol, broker, oid))
