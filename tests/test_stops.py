@@ -228,3 +228,96 @@ def test_replace_of_a_plain_order_without_a_trigger_is_taken() -> None:
     for book in _books():
         book.new(1, 0, BUY, LIMIT, GTC, 100, 5)
         assert _rows(book, book.replace(1, NO_PRICE, 3))[0][E_TYPE] == EV_REPLACED
+
+
+# ------------------------------------------------------------------ the engine
+
+
+def _engine() -> object:
+    from decimal import Decimal
+
+    from fabric.engine import MatchingEngine
+    from fabric.instruments import Instrument
+
+    eng = MatchingEngine()
+    eng.add_instrument(Instrument("TCS", tick=Decimal("0.05"), ref_price=Decimal("100"), band_pct=Decimal("10")))
+    return eng
+
+
+def _names(out: list) -> list[str]:
+    return [type(o).__name__ for o in out]
+
+
+def test_engine_stop_waits_reports_triggered_and_is_an_ordinary_order_after() -> None:
+    from fabric.protocol import ExAccepted, ExTriggered
+
+    eng = _engine()
+    eng.new_order("TCS", "B1", "s1", SELL, LIMIT, GTC, "100.00", 5)
+    eng.new_order("TCS", "B2", "b1", BUY, LIMIT, IOC, "100.00", 1)  # last 100.00
+    acc = eng.new_order("TCS", "B3", "st", BUY, LIMIT, DAY, "100.10", 3, stop_price="100.05")
+    assert type(acc[0]) is ExAccepted and acc[0].stop_price == "100.05"
+    st = eng.order_status("TCS", "B3", "st")
+    assert (st.state, st.stop_price, st.triggered, st.leaves_qty) == ("new", "100.05", False, 3)
+    assert eng.book_levels("TCS")["bids"] == []  # not in the depth
+    assert eng.open_orders("B3")[0].oid == "st"
+    eng.new_order("TCS", "B1", "s2", SELL, LIMIT, GTC, "100.05", 2)
+    out = eng.new_order("TCS", "B2", "b2", BUY, LIMIT, IOC, "100.05", 5)  # 4 at 100.00, 1 at 100.05: triggers
+    assert _names(out) == ["ExAccepted", "Trade", "ExFill", "ExFill", "Trade", "ExFill", "ExFill", "ExTriggered",
+                           "Trade", "ExFill", "ExFill"]
+    trig = out[7]
+    assert type(trig) is ExTriggered and (trig.broker, trig.oid, trig.price, trig.stop_price) == (
+        "B3", "st", "100.10", "100.05")
+    st = eng.order_status("TCS", "B3", "st")
+    assert (st.state, st.triggered, st.cum_qty, st.leaves_qty) == ("partially_filled", True, 1, 2)
+    assert eng.book_levels("TCS")["bids"] == [["100.10", 2, 1]]
+    rej = eng.replace("TCS", "B3", "st", None, None, stop_price="100.50")
+    assert rej[0].reason == "not_a_waiting_stop"
+
+
+def test_engine_rejects_stops_with_their_reason_and_a_text_naming_stop_price() -> None:
+    eng = _engine()
+    eng.new_order("TCS", "B1", "s1", SELL, LIMIT, GTC, "100.00", 5)
+    eng.new_order("TCS", "B2", "b1", BUY, LIMIT, IOC, "100.00", 1)
+    cases = [
+        (dict(side=BUY, otype=LIMIT, tif=DAY, price="101.00", stop_price="100.02"), "price_off_tick"),
+        (dict(side=BUY, otype=LIMIT, tif=DAY, price="101.00", stop_price="0"), "price_not_positive"),
+        (dict(side=BUY, otype=LIMIT, tif=DAY, price="101.00", stop_price="120.00"), "price_out_of_band"),
+        (dict(side=BUY, otype=LIMIT, tif=DAY, price="101.00", stop_price="102.00"), "bad_stop_limit"),
+        (dict(side=SELL, otype=MARKET, tif=DAY, price=None, stop_price="100.00"), "stop_would_trigger"),
+        (dict(side=SELL, otype=MARKET, tif=IOC, price=None, stop_price="99.00"), "bad_stop_order"),
+    ]
+    for kw, reason in cases:
+        out = eng.new_order("TCS", "B3", "x", kw["side"], kw["otype"], kw["tif"], kw["price"], 5,
+                            stop_price=kw["stop_price"])
+        assert out[0].reason == reason, (kw, out)
+        if reason != "bad_stop_order":
+            assert "stop_price" in out[0].text, out[0].text
+
+
+def test_engine_stop_refused_outside_continuous_held_through_the_auction_expired_at_close() -> None:
+    eng = _engine()
+    eng.new_order("TCS", "B1", "s1", SELL, LIMIT, GTC, "100.00", 5)
+    eng.new_order("TCS", "B2", "b1", BUY, LIMIT, IOC, "100.00", 1)
+    eng.new_order("TCS", "B3", "sd", SELL, MARKET, DAY, None, 2, stop_price="99.00")
+    eng.new_order("TCS", "B3", "sg", SELL, MARKET, GTC, None, 2, stop_price="98.00")
+    eng.session("closed")
+    eng.session("pre_open")
+    late = eng.new_order("TCS", "B3", "sp", SELL, MARKET, DAY, None, 2, stop_price="97.00")
+    assert late[0].reason == "market_closed"
+    out = eng.new_order("TCS", "B4", "p1", BUY, LIMIT, DAY, "98.00", 3)  # collected, no trade
+    out += eng.session("auction") + eng.session("continuous")
+    assert "ExTriggered" not in _names(out)
+    assert eng.order_status("TCS", "B3", "sd").state == "expired"  # the DAY stop expired at the close
+    assert eng.order_status("TCS", "B3", "sg").state == "new"  # the GTC one still waits
+    out = eng.new_order("TCS", "B5", "x1", SELL, LIMIT, IOC, "98.00", 1)  # continuous: prints 98.00
+    assert "ExTriggered" in _names(out) and eng.order_status("TCS", "B3", "sg").triggered
+
+
+def test_engine_kill_switch_cancels_a_waiting_stop() -> None:
+    from fabric.commands import Control
+
+    eng = _engine()
+    eng.new_order("TCS", "B3", "st", BUY, LIMIT, GTC, "101.00", 3, stop_price="100.50")
+    out = eng.apply(Control(action="disable", broker="B3"))
+    assert _names(out) == ["ExCancelled"] and out[0].reason == "kill_switch"
+    assert eng.order_status("TCS", "B3", "st").state == "cancelled"
