@@ -1066,6 +1066,7 @@ def apply(
     if out.shape[0] - n < meta[M_RESTING] + meta[M_TRANCHES] + 3 + 3 * meta[M_STOPS]:
         meta[M_NEED] = NEED_EVENTS
         return -1
+    trades = meta[M_TRADES]
     if op == OP_NEW:
         if oid >= o2s.shape[0]:
             meta[M_NEED] = NEED_OIDS
@@ -1080,8 +1081,8 @@ def apply(
         return _end_of_day(ords, lvl, bits, meta, o2s, out, n, expire)
     else:
         return n
-    # The waiting stops its trades reach: one comparison when there are none.
-    if meta[M_STOPS] > 0 and r > n:
+    # The waiting stops its trades reach: one comparison when there are none, two when it traded nothing.
+    if meta[M_STOPS] > 0 and meta[M_TRADES] != trades and r > n:
         r = _trigger(ords, lvl, bits, meta, o2s, out, n, r)
     return r
 
