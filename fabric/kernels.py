@@ -943,7 +943,7 @@ def _replace_stop(
     return _emit(out, n, EV_REPLACED, oid, side, new_price, new_qty, new_qty, 0, 1 if kept else 0, new_stop, 0, 0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _enter(
     ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int,
     slot: int,
@@ -972,7 +972,7 @@ def _enter(
     return n
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _trigger(
     ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, i: int,
     n: int,
