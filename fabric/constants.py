@@ -70,7 +70,7 @@ C_STP = 8  # self-trade prevention mode (STP_*) of a new or a replace; 0 elsewhe
 C_FLAGS = 9  # a new order's FLAG_* bits; 0 elsewhere
 C_EXPIRE = 10  # a GTD order's expire day, end_of_day's day that ends (both yyyymmdd; 0: none, unknown)
 C_DISCLOSED = 11  # a new order's disclosed quantity (an iceberg's peak); 0: all of it shows
-C_STOP = 12  # a stop order's trigger price (ticks): a new's (0: not a stop), a replace's (NO_PRICE keeps it)
+C_STOP = 12  # a stop order's trigger price (ticks): a new's (0: not a stop), a replace's (NO_PRICE or 0 keeps it)
 C_NFIELDS = 13
 
 NO_PRICE = -1

@@ -831,7 +831,7 @@ def _replace(
     if ords[slot, O_STATE] == ST_STOP:
         return _replace_stop(ords, meta, out, n, slot, price, qty, stp, stop)
     side = ords[slot, O_SIDE]
-    if stop != NO_PRICE:
+    if stop > 0:  # NO_PRICE, or 0 (a row that leaves C_STOP empty), keeps: there is none
         return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_REPLACE, 0, 0, REJ_NOT_STOP)
     old_price = ords[slot, O_PRICE]
     old_qty = ords[slot, O_QTY]
@@ -914,7 +914,7 @@ def _replace_stop(
     old_stop = ords[slot, O_STOP]
     new_price = ords[slot, O_PRICE] if price == NO_PRICE else price
     new_qty = ords[slot, O_QTY] if qty == NO_QTY else qty
-    new_stop = old_stop if stop == NO_PRICE else stop
+    new_stop = old_stop if stop <= 0 else stop  # NO_PRICE (or 0) keeps the trigger
     reason = 0
     if new_qty <= 0 or new_qty % meta[M_LOT] != 0:
         reason = REJ_QTY_NOT_LOT_MULTIPLE

@@ -347,8 +347,8 @@ class ReferenceBook:
             The broker's self-trade prevention mode (``STP_*``), for when the
             order crosses the book.
         stop : int
-            A waiting stop's new trigger price, or ``NO_PRICE`` to keep it
-            (refused for any other order).
+            A waiting stop's new trigger price, or ``NO_PRICE`` (or 0) to
+            keep it (a trigger is refused for any other order).
 
         Returns
         -------
@@ -362,7 +362,7 @@ class ReferenceBook:
         order = self._orders.get(oid)
         if order is None:
             return [_row(EV_REJECTED, oid, 0, other=OP_REPLACE, reason=REJ_ORDER_CLOSED)]
-        if stop != NO_PRICE:
+        if stop > 0:  # NO_PRICE or 0 keeps the trigger: this order has none
             return [_row(EV_REJECTED, oid, order.side, other=OP_REPLACE, reason=REJ_NOT_STOP)]
 
         new_price = order.price if price == NO_PRICE else price
@@ -405,7 +405,7 @@ class ReferenceBook:
         """Replace a waiting stop's limit price, quantity and trigger (a new trigger: a new place)."""
         new_price = order.price if price == NO_PRICE else price
         new_qty = order.qty if qty == NO_QTY else qty
-        new_stop = order.stop if stop == NO_PRICE else stop
+        new_stop = order.stop if stop <= 0 else stop
         reason = self._qty_reject(new_qty)
         if not reason and order.otype == MARKET and price != NO_PRICE:
             reason = REJ_BAD_STOP
