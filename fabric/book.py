@@ -62,7 +62,11 @@ from fabric.constants import (
     M_RESTING,
     M_SEEN_HI,
     M_SEEN_LO,
+    M_STOP_BUY,
+    M_STOP_SELL,
+    M_STOPS,
     M_TRADES,
+    MARKET,
     MAX_LADDER_ROWS,
     MAX_PRICE_TICKS,
     NEED_EVENTS,
@@ -80,10 +84,14 @@ from fabric.constants import (
     O_PRICE,
     O_QTY,
     O_SIDE,
+    O_STATE,
+    O_STOP,
+    O_TYPE,
     OP_CANCEL,
     OP_END_OF_DAY,
     OP_NEW,
     OP_REPLACE,
+    ST_STOP,
     STP_OFF,
     WORD_BITS,
 )
@@ -147,6 +155,8 @@ class OrderBook:
         meta[M_SEEN_LO] = 1
         meta[M_SEEN_HI] = 0
         meta[M_FREE_HEAD] = -1
+        meta[M_STOP_BUY] = -1
+        meta[M_STOP_SELL] = -1
         if ref < 0 or not 0 <= protect_bp < 10000:
             raise ValueError(f"bad reference price {ref} or market protection {protect_bp} bp")
         meta[M_REF] = ref
@@ -253,37 +263,41 @@ class OrderBook:
     # ---------------------------------------------------------------- commands
 
     def _again(self, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-               stp: int, flags: int = 0, expire: int = 0, disclosed: int = 0) -> int:
+               stp: int, flags: int = 0, expire: int = 0, disclosed: int = 0, stop: int = 0) -> int:
         # A region was too small: grow it and retry until the command fits.
         while True:
             self._grow()
-            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
+            n = self._apply(self.buf, op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed,
+                            stop)
             if n >= 0:
                 return n
 
     def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0) -> int:
+            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0, stop: int = 0) -> int:
         """Enter a new order (``stp``: its broker's self-trade prevention mode; ``flags``: ``FLAG_*`` bits;
-        ``expire``: a GTD order's expire day, yyyymmdd; ``disclosed``: an iceberg's peak, 0 for none); return the
-        number of events."""
-        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
+        ``expire``: a GTD order's expire day, yyyymmdd; ``disclosed``: an iceberg's peak, 0 for none; ``stop``:
+        a stop order's trigger price, 0 for none); return the number of events."""
+        n = self._apply(self.buf, OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed,
+                        stop)
         return n if n >= 0 else self._again(OP_NEW, oid, broker, side, otype, tif, price, qty, stp, flags, expire,
-                                            disclosed)
+                                            disclosed, stop)
 
     def cancel(self, oid: int) -> int:
-        """Cancel a resting order; return the number of events written to ``self.out``."""
-        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        """Cancel a resting order or a waiting stop; return the number of events written to ``self.out``."""
+        n = self._apply(self.buf, OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         return n if n >= 0 else self._again(OP_CANCEL, oid, 0, 0, 0, 0, 0, 0, 0)
 
-    def replace(self, oid: int, price: int = NO_PRICE, qty: int = NO_QTY, stp: int = STP_OFF) -> int:
-        """Cancel/replace a resting order (``qty`` is the new total; ``stp`` as for :meth:`new`); return the events."""
-        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp, 0, 0, 0)
-        return n if n >= 0 else self._again(OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp)
+    def replace(self, oid: int, price: int = NO_PRICE, qty: int = NO_QTY, stp: int = STP_OFF,
+                stop: int = NO_PRICE) -> int:
+        """Cancel/replace a resting order or a waiting stop (``qty`` is the new total; ``stp`` as for :meth:`new`;
+        ``stop``: a waiting stop's new trigger, ``NO_PRICE`` keeps it); return the events."""
+        n = self._apply(self.buf, OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp, 0, 0, 0, stop)
+        return n if n >= 0 else self._again(OP_REPLACE, oid, 0, 0, 0, 0, price, qty, stp, stop=stop)
 
     def end_of_day(self, day: int = 0) -> int:
         """Expire every resting DAY order, and every GTD order expiring on ``day`` (yyyymmdd; 0: unknown, none)
-        or before; return the number of events."""
-        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day, 0)
+        or before, waiting stops too; return the number of events."""
+        n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day, 0, 0)
         return n if n >= 0 else self._again(OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day)
 
     def run(self, cmds: np.ndarray) -> np.ndarray:
@@ -320,8 +334,30 @@ class OrderBook:
 
     @property
     def resting(self) -> int:
-        """Number of orders resting in the book."""
-        return int(self.meta[M_RESTING])
+        """Number of orders resting in the book (waiting stops not counted)."""
+        return int(self.meta[M_RESTING] - self.meta[M_STOPS])
+
+    @property
+    def stops(self) -> int:
+        """Number of stop orders waiting for their trigger."""
+        return int(self.meta[M_STOPS])
+
+    def stop(self, oid: int) -> int | None:
+        """Return the trigger price of a stop order waiting for it, else ``None``."""
+        if not 0 <= oid < self.o2s.shape[0] or self.o2s[oid] < 0:
+            return None
+        row = self.ords[self.o2s[oid]]
+        return int(row[O_STOP]) if row[O_STATE] == ST_STOP else None
+
+    def stop_queue(self, side: int) -> list[int]:
+        """Return the order ids of the waiting stops of ``side`` in trigger order (buys ascending, sells
+        descending; then acceptance)."""
+        oids = []
+        slot = int(self.meta[M_STOP_BUY if side == BUY else M_STOP_SELL])
+        while slot >= 0:
+            oids.append(int(self.ords[slot, 0]))
+            slot = int(self.ords[slot, O_NEXT])
+        return oids
 
     @property
     def last(self) -> int:
@@ -346,7 +382,7 @@ class OrderBook:
         return qty, count
 
     def order(self, oid: int) -> tuple[int, int, int, int, int] | None:
-        """Return (side, price, qty, leaves, cum) of a resting order, or ``None``."""
+        """Return (side, price, qty, leaves, cum) of a resting order or a waiting stop, or ``None``."""
         if not 0 <= oid < self.o2s.shape[0] or self.o2s[oid] < 0:
             return None
         row = self.ords[self.o2s[oid]]
@@ -397,6 +433,13 @@ class OrderBook:
         base = int(self.meta[M_BASE])
         if rows.size and not band_lo <= base + int(rows[0]) <= base + int(rows[-1]) <= band_hi:
             raise ValueError(f"orders rest outside the new band [{band_lo}, {band_hi}]: cancel them first")
+        for side in (BUY, 1 - BUY):  # a waiting stop's trigger and limit price must lie in the band too
+            for oid in self.stop_queue(side):
+                row = self.ords[self.o2s[oid]]
+                if not band_lo <= row[O_STOP] <= band_hi or (row[O_TYPE] != MARKET
+                                                           and not band_lo <= row[O_PRICE] <= band_hi):
+                    raise ValueError(f"stop order {oid} waits outside the new band [{band_lo}, {band_hi}]: "
+                                     "cancel it first")
         meta = self.meta.copy()
         meta[M_REF] = ref
         meta[M_BANDED], meta[M_BAND_LO], meta[M_BAND_HI] = 1, band_lo, band_hi
@@ -409,6 +452,8 @@ def warm_up() -> None:
     book.new(0, 0, BUY, 0, 0, 100, 5)
     book.new(1, 1, 1, 0, 3, 100, 2)
     book.replace(0, 99, 4)
+    book.new(2, 1, 1, 0, 0, 98, 2, stop=99)  # a sell stop that the next order's trade at 99 triggers
+    book.new(3, 1, 1, 0, 0, 99, 2)
     book.cancel(0)
     book.end_of_day()
     book.run(np.zeros((1, C_NFIELDS), dtype=INT))

@@ -76,11 +76,12 @@ from fabric.protocol import (
     Replaced,
     ServerMessage,
     Status,
+    Triggered,
     decode_server,
     encode,
 )
 
-Report = Accepted | Rejected | Fill | Cancelled | Replaced | Expired
+Report = Accepted | Rejected | Fill | Cancelled | Replaced | Expired | Triggered
 _CommandMsg: TypeAlias = New | Cancel | Replace | Status
 
 T = TypeVar("T")
@@ -244,7 +245,7 @@ class _Waiter:
         elif isinstance(msg, Error):
             r.error = msg
             self.done = True
-        elif isinstance(msg, Accepted | Fill | Cancelled | Replaced | Expired) and msg.oid == r.oid:
+        elif isinstance(msg, Accepted | Fill | Cancelled | Replaced | Expired | Triggered) and msg.oid == r.oid:
             r.events.append(msg)
 
 
@@ -321,7 +322,7 @@ _DRAIN = _Drain()
 
 def _new(oid: str, symbol: str, side: str, qty: int, price: Decimal | str | None, tif: str | None,
          otype: str | None, post_only: bool = False, expire_date: _dt.date | str | None = None,
-         disclosed_qty: int | None = None) -> New:
+         disclosed_qty: int | None = None, stop_price: Decimal | str | None = None) -> New:
     kind = otype or ("market" if price is None else "limit")
     # The added fields go out only when used: a plain order's bytes are those an older gateway knows.
     extra: dict[str, Any] = {}
@@ -331,9 +332,13 @@ def _new(oid: str, symbol: str, side: str, qty: int, price: Decimal | str | None
         extra["expire_date"] = str(expire_date)  # a date prints as YYYY-MM-DD
     if disclosed_qty is not None:
         extra["disclosed_qty"] = disclosed_qty
+    if stop_price is not None:
+        extra["stop_price"] = str(stop_price)
+    # A stop order waits for its trigger: DAY by default, the stop-loss market order (SL-M) too.
+    default = "GTD" if expire_date is not None else "DAY" if stop_price is not None else \
+        "IOC" if kind == "market" else "GTC"
     return New(oid=oid, symbol=symbol, side=side, type=kind,  # type: ignore[arg-type]
-               price=None if price is None else str(price), qty=qty,
-               tif=tif or ("GTD" if expire_date is not None else "IOC" if kind == "market" else "GTC"),  # type: ignore[arg-type]
+               price=None if price is None else str(price), qty=qty, tif=tif or default,  # type: ignore[arg-type]
                **extra)
 
 
@@ -454,26 +459,29 @@ class ClientCore:
 
     def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
             type: str | None = None, oid: str | None = None, post_only: bool = False,
-            expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> Operation[OrderResult]:
+            expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None,
+            stop_price: Decimal | str | None = None) -> Operation[OrderResult]:
         """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
         return _Command(self, _new(oid or self.next_oid(), symbol, "buy", qty, price, tif, type, post_only,
-                                   expire_date, disclosed_qty), "new", _as_is)
+                                   expire_date, disclosed_qty, stop_price), "new", _as_is)
 
     def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
              type: str | None = None, oid: str | None = None, post_only: bool = False,
-             expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> Operation[OrderResult]:
+             expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None,
+             stop_price: Decimal | str | None = None) -> Operation[OrderResult]:
         """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one."""
         return _Command(self, _new(oid or self.next_oid(), symbol, "sell", qty, price, tif, type, post_only,
-                                   expire_date, disclosed_qty), "new", _as_is)
+                                   expire_date, disclosed_qty, stop_price), "new", _as_is)
 
     def cancel(self, oid: str, symbol: str) -> Operation[OrderResult]:
         """Cancel the open order ``oid``."""
         return _Command(self, Cancel(oid=oid, symbol=symbol), "cancel", _as_is)
 
     def replace(self, oid: str, symbol: str, price: Decimal | str | None = None,
-                qty: int | None = None) -> Operation[OrderResult]:
-        """Change an open order's price and/or total quantity (FIX cancel/replace)."""
-        msg = Replace(oid=oid, symbol=symbol, price=None if price is None else str(price), qty=qty)
+                qty: int | None = None, stop_price: Decimal | str | None = None) -> Operation[OrderResult]:
+        """Change an open order's price and/or total quantity, and a waiting stop's trigger (FIX cancel/replace)."""
+        extra: dict[str, Any] = {} if stop_price is None else {"stop_price": str(stop_price)}
+        msg = Replace(oid=oid, symbol=symbol, price=None if price is None else str(price), qty=qty, **extra)
         return _Command(self, msg, "replace", _as_is)
 
     def order_status(self, oid: str, symbol: str) -> Operation[OrderStatus]:
@@ -539,7 +547,7 @@ class ClientCore:
                 msg = decode_server(body)
             except ProtocolError:
                 continue
-            if isinstance(msg, Accepted | Rejected | Fill | Cancelled | Replaced | Expired):
+            if isinstance(msg, Accepted | Rejected | Fill | Cancelled | Replaced | Expired | Triggered):
                 self.reports.append(msg)
             if self._waiter is not None:
                 self._waiter.feed(msg)
@@ -1007,7 +1015,8 @@ class BrokerClient(_Shell):
 
     def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
             type: str | None = None, oid: str | None = None, post_only: bool = False,
-            expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
+            expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None,
+            stop_price: Decimal | str | None = None) -> OrderResult:
         """Buy ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one.
 
         Parameters
@@ -1019,8 +1028,8 @@ class BrokerClient(_Shell):
         price
             The limit price as a decimal string or ``Decimal``; ``None`` for a market order.
         tif
-            ``GTC`` (the default for a limit order), ``DAY``, ``IOC`` (the default for a market order), ``FOK``
-            or ``GTD`` (the default with ``expire_date``).
+            ``GTC`` (the default for a limit order), ``DAY`` (the default for a stop order), ``IOC`` (the default
+            for a market order), ``FOK`` or ``GTD`` (the default with ``expire_date``).
         type
             ``limit`` or ``market``; by default, from whether ``price`` is given.
         oid
@@ -1031,6 +1040,10 @@ class BrokerClient(_Shell):
             A GTD order's last trading day (a ``date`` or ``"YYYY-MM-DD"``).
         disclosed_qty
             An iceberg: only this much shows in the depth, the rest refills peak by peak.
+        stop_price
+            A stop-loss order's trigger: the order waits outside the book until a trade prints at or above it
+            (a buy) or at or below it (a sell), then enters as its limit order (SL) or market order (SL-M); a
+            ``triggered`` report says when.
 
         Returns
         -------
@@ -1045,20 +1058,24 @@ class BrokerClient(_Shell):
             When logging on again was refused.
         """
         return self._drive(self._core.buy(symbol, qty, price, tif, type=type, oid=oid, post_only=post_only,
-                                          expire_date=expire_date, disclosed_qty=disclosed_qty))
+                                          expire_date=expire_date, disclosed_qty=disclosed_qty,
+                                          stop_price=stop_price))
 
     def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
              type: str | None = None, oid: str | None = None, post_only: bool = False,
-             expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
+             expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None,
+             stop_price: Decimal | str | None = None) -> OrderResult:
         """Sell ``qty`` of ``symbol``: a limit order at ``price``, or a market order without one (see :meth:`buy`)."""
         return self._drive(self._core.sell(symbol, qty, price, tif, type=type, oid=oid, post_only=post_only,
-                                           expire_date=expire_date, disclosed_qty=disclosed_qty))
+                                           expire_date=expire_date, disclosed_qty=disclosed_qty,
+                                           stop_price=stop_price))
 
     def cancel(self, oid: str, symbol: str) -> OrderResult:
         """Cancel the open order ``oid`` of ``symbol`` (raises as :meth:`buy`)."""
         return self._drive(self._core.cancel(oid, symbol))
 
-    def replace(self, oid: str, symbol: str, price: Decimal | str | None = None, qty: int | None = None) -> OrderResult:
+    def replace(self, oid: str, symbol: str, price: Decimal | str | None = None, qty: int | None = None,
+                stop_price: Decimal | str | None = None) -> OrderResult:
         """Change an open order's price and/or total quantity (FIX cancel/replace; raises as :meth:`buy`).
 
         Parameters
@@ -1069,8 +1086,10 @@ class BrokerClient(_Shell):
             The new limit price; ``None`` keeps it.
         qty
             The new total quantity, the shares already filled included; ``None`` keeps it.
+        stop_price
+            A stop order still waiting for its trigger: the new trigger; ``None`` keeps it.
         """
-        return self._drive(self._core.replace(oid, symbol, price, qty))
+        return self._drive(self._core.replace(oid, symbol, price, qty, stop_price))
 
     def order_status(self, oid: str, symbol: str) -> OrderStatus:
         """Return the state of order ``oid`` (``state`` is ``unknown`` for an order the exchange never accepted).
@@ -1233,27 +1252,31 @@ class AsyncBrokerClient(_Shell):
 
     async def buy(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
                   type: str | None = None, oid: str | None = None, post_only: bool = False,
-                  expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
+                  expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None,
+                  stop_price: Decimal | str | None = None) -> OrderResult:
         """Buy ``qty`` of ``symbol`` (see :meth:`BrokerClient.buy`)."""
         return await self._in_turn(self._core.buy(symbol, qty, price, tif, type=type, oid=oid, post_only=post_only,
-                                                  expire_date=expire_date, disclosed_qty=disclosed_qty))
+                                                  expire_date=expire_date, disclosed_qty=disclosed_qty,
+                                                  stop_price=stop_price))
 
     async def sell(self, symbol: str, qty: int, price: Decimal | str | None = None, tif: str | None = None, *,
                    type: str | None = None, oid: str | None = None, post_only: bool = False,
-                   expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None) -> OrderResult:
+                   expire_date: _dt.date | str | None = None, disclosed_qty: int | None = None,
+                   stop_price: Decimal | str | None = None) -> OrderResult:
         """Sell ``qty`` of ``symbol`` (see :meth:`BrokerClient.buy`)."""
         return await self._in_turn(self._core.sell(symbol, qty, price, tif, type=type, oid=oid,
                                                    post_only=post_only, expire_date=expire_date,
-                                                   disclosed_qty=disclosed_qty))
+                                                   disclosed_qty=disclosed_qty, stop_price=stop_price))
 
     async def cancel(self, oid: str, symbol: str) -> OrderResult:
         """Cancel the open order ``oid`` (see :meth:`BrokerClient.cancel`)."""
         return await self._in_turn(self._core.cancel(oid, symbol))
 
     async def replace(self, oid: str, symbol: str, price: Decimal | str | None = None,
-                      qty: int | None = None) -> OrderResult:
-        """Change an open order's price and/or total quantity (see :meth:`BrokerClient.replace`)."""
-        return await self._in_turn(self._core.replace(oid, symbol, price, qty))
+                      qty: int | None = None, stop_price: Decimal | str | None = None) -> OrderResult:
+        """Change an open order's price and/or total quantity, a waiting stop's trigger (see
+        :meth:`BrokerClient.replace`)."""
+        return await self._in_turn(self._core.replace(oid, symbol, price, qty, stop_price))
 
     async def order_status(self, oid: str, symbol: str) -> OrderStatus:
         """Return the state of order ``oid`` (see :meth:`BrokerClient.order_status`)."""

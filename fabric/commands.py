@@ -103,6 +103,7 @@ class NewOrder(_Order, tag="new", kw_only=True):
     post_only: bool = False  # rejected (would_cross) rather than trade on entry; False is not written
     expire_date: str | None = None  # a GTD order's last day, "YYYY-MM-DD"
     disclosed_qty: int | None = None  # an iceberg's peak: what the depth shows of it
+    stop_price: str | None = None  # a stop-loss order's trigger (decimal text); None: not a stop order
 
 
 class CancelOrder(_Order, tag="cancel", kw_only=True):
@@ -115,6 +116,7 @@ class ReplaceOrder(_Order, tag="replace", kw_only=True):
     price: str | None = None
     qty: int | None = None
     stp: Stp = "off"  # as for NewOrder: applies when the order loses its place and crosses
+    stop_price: str | None = None  # a waiting stop order's new trigger; None keeps it
 
 
 class AddInstrument(_Command, tag="instrument", kw_only=True):
@@ -198,12 +200,12 @@ def from_order(oc: OrderCommand, ts: int, stp: Stp = "off") -> OrderCommandT:
     if type(c) is New:
         return NewOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, side=c.side, type=c.type, price=c.price,
                         qty=c.qty, tif=c.tif, ts=ts, gw=oc.gateway, req=oc.req, stp=stp, post_only=c.extras()[0],
-                        expire_date=c.extras()[1], disclosed_qty=c.extras()[2] or None)
+                        expire_date=c.extras()[1], disclosed_qty=c.extras()[2] or None, stop_price=c.stop())
     if type(c) is Cancel:
         return CancelOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, ts=ts, gw=oc.gateway, req=oc.req)
     if type(c) is Replace:
         return ReplaceOrder(oid=c.oid, broker=oc.broker, symbol=c.symbol, price=c.price, qty=c.qty, ts=ts,
-                            gw=oc.gateway, req=oc.req, stp=stp)
+                            gw=oc.gateway, req=oc.req, stp=stp, stop_price=c.stop())
     if type(c) is Admin:
         return from_control(oc, c, ts)
     raise TypeError(f"{type(c).__name__} is a query, not a command")

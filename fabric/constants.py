@@ -46,6 +46,8 @@ TIF_NAMES = ("GTC", "DAY", "IOC", "FOK", "GTD")
 
 # Order flags (C_FLAGS of a new order; kept with the resting order).
 FLAG_POST_ONLY = 1  # a limit order that must not trade on entry: rejected (REJ_WOULD_CROSS) if it would
+# A new order with a trigger price (C_STOP) is a stop-loss order: held outside the book until a trade prints
+# at or through its trigger, then it enters as its limit (SL) or market (SL-M) order ("Stop-loss orders").
 STP_NAMES = ("off", "cancel_resting", "cancel_incoming", "cancel_both")
 
 # --------------------------------------------------------------------------
@@ -68,7 +70,8 @@ C_STP = 8  # self-trade prevention mode (STP_*) of a new or a replace; 0 elsewhe
 C_FLAGS = 9  # a new order's FLAG_* bits; 0 elsewhere
 C_EXPIRE = 10  # a GTD order's expire day, end_of_day's day that ends (both yyyymmdd; 0: none, unknown)
 C_DISCLOSED = 11  # a new order's disclosed quantity (an iceberg's peak); 0: all of it shows
-C_NFIELDS = 12
+C_STOP = 12  # a stop order's trigger price (ticks): a new's (0: not a stop), a replace's (NO_PRICE or 0 keeps it)
+C_NFIELDS = 13
 
 NO_PRICE = -1
 NO_QTY = -1
@@ -87,6 +90,11 @@ NO_QTY = -1
 #   REPLACED   OID SIDE PRICE=new price QTY=new total quantity LEAVES CUM
 #              OTHER=1 when the order kept its time priority, else 0
 #   EXPIRED    OID SIDE PRICE QTY=quantity taken out of the market LEAVES=0 CUM
+#   TRIGGERED  OID SIDE PRICE (0 for a market order) QTY LEAVES CUM=0 OTHER=its trigger price: a stop order
+#              leaves the stop list and enters the book now
+#
+# A stop order's ACCEPTED carries its trigger in OTHER; a stop's REPLACED (while it waits) carries
+# OTHER=1 when it kept its place among the stops (same trigger) and OTHER_LEAVES=its trigger.
 # --------------------------------------------------------------------------
 EV_ACCEPTED = 1
 EV_REJECTED = 2
@@ -94,6 +102,7 @@ EV_TRADE = 3
 EV_CANCELLED = 4
 EV_REPLACED = 5
 EV_EXPIRED = 6
+EV_TRIGGERED = 7
 
 EVENT_NAMES = {
     EV_ACCEPTED: "accepted",
@@ -102,6 +111,7 @@ EVENT_NAMES = {
     EV_CANCELLED: "cancelled",
     EV_REPLACED: "replaced",
     EV_EXPIRED: "expired",
+    EV_TRIGGERED: "triggered",
 }
 
 E_TYPE = 0
@@ -128,7 +138,7 @@ CXL_SELF_TRADE = 4  # self-trade prevention: it would have traded with its own b
 CXL_KILL_SWITCH = 5  # an operator disabled the broker
 CXL_DISCONNECT = 6  # the broker's session ended and it asked for cancel-on-disconnect
 CXL_NO_AUCTION_PRICE = 7  # a market order of the pre-open when the call auction found no price (docs/sessions.md)
-CXL_OUTSIDE_NEW_BAND = 20  # a resting order outside the band a new day's reference price gives (docs/sessions.md)
+CXL_OUTSIDE_NEW_BAND = 8  # a resting order outside the band a new day's reference price gives (docs/sessions.md)
 
 CANCEL_REASON_NAMES = {
     CXL_REQUESTED: "requested",
@@ -155,6 +165,10 @@ REJ_PRICE_OFF_TICK = 6
 REJ_LADDER_SPAN = 7  # unbanded instrument: price too far from the rest of the book
 REJ_WOULD_CROSS = 8  # a post-only order (or its replace) would trade on entry
 REJ_BAD_DISCLOSED = 9  # a disclosed quantity the rules refuse (docs/book-semantics.md, "Disclosed quantity")
+REJ_STOP_LIMIT = 10  # a stop-loss limit order's price on the wrong side of its trigger (buy below, sell above)
+REJ_STOP_WOULD_TRIGGER = 11  # a trigger the last traded price has already reached (buy: at or below it)
+REJ_BAD_STOP = 12  # a stop order that cannot wait: IOC, FOK, post-only, disclosed; a limit price on a stop market
+REJ_NOT_STOP = 13  # a replace's stop_price for an order that is not a stop waiting for its trigger
 
 REJ_UNKNOWN_ORDER = 100
 REJ_DUPLICATE_OID = 101
@@ -164,7 +178,7 @@ REJ_HALTED = 104  # trading in the symbol (or the market) is halted
 REJ_BROKER_DISABLED = 105  # an operator disabled the broker (the kill switch)
 REJ_MARKET_CLOSED = 106  # the trading day's phase takes no such order now (docs/sessions.md)
 REJ_EXPIRE_DATE = 107  # a GTD order's expire_date is missing, not a date, or before the trading day
-REJ_NOT_CLOSING_PRICE = 120  # the closing session trades at the closing price only (docs/sessions.md)
+REJ_NOT_CLOSING_PRICE = 108  # the closing session trades at the closing price only (docs/sessions.md)
 REJ_MALFORMED = 110  # not JSON / not an object
 REJ_UNKNOWN_OP = 111
 REJ_MISSING_FIELD = 112
@@ -182,6 +196,10 @@ REJECT_NAMES = {
     REJ_LADDER_SPAN: "price_too_far_from_book",
     REJ_WOULD_CROSS: "would_cross",
     REJ_BAD_DISCLOSED: "bad_disclosed_qty",
+    REJ_STOP_LIMIT: "bad_stop_limit",
+    REJ_STOP_WOULD_TRIGGER: "stop_would_trigger",
+    REJ_BAD_STOP: "bad_stop_order",
+    REJ_NOT_STOP: "not_a_waiting_stop",
     REJ_UNKNOWN_ORDER: "unknown_order",
     REJ_DUPLICATE_OID: "duplicate_client_order_id",
     REJ_QTY_TOO_LARGE: "qty_too_large",
@@ -223,10 +241,14 @@ O_EXPIRE = 11  # a GTD order's expire day (yyyymmdd), else 0
 O_FLAGS = 12  # the order's FLAG_* bits
 O_DISCLOSED = 13  # an iceberg's disclosed quantity (its peak), 0 for an order that shows all of it
 O_SHOWN = 14  # an iceberg's displayed quantity (what is left of its current peak); unused for others
-O_NFIELDS = 15
+O_TYPE = 15  # a waiting stop's order type (LIMIT or MARKET); unused for others
+O_STOP = 16  # a waiting stop's trigger price (ticks)
+O_STP = 17  # a waiting stop's self-trade prevention mode (its broker's, from the command that set it)
+O_NFIELDS = 18
 
 ST_FREE = 0
 ST_RESTING = 1
+ST_STOP = 2  # a stop order waiting for its trigger: in a stop list (O_PREV/O_NEXT), not in the ladder
 
 # --------------------------------------------------------------------------
 # Price levels: lvl[price_ticks - base, L_*], int64.  A level holds bids or
@@ -250,7 +272,7 @@ M_LOT = 4
 M_BEST_BID = 5  # ticks, or NO_BID
 M_BEST_ASK = 6  # ticks, or NO_ASK
 M_FREE_HEAD = 7  # first free order slot, -1 when full
-M_RESTING = 8  # orders resting in the book
+M_RESTING = 8  # order slots in use: orders resting in the book, and stop orders waiting (M_STOPS)
 M_NEED = 9  # why the kernel stopped early (NEED_*), 0 otherwise
 M_NEED_PRICE = 10  # the price that needs a wider ladder
 M_TRADES = 11  # trades matched so far (the book's trade counter)
@@ -263,6 +285,9 @@ M_LAST = 17  # price (ticks) of the book's last trade, 0 before the first
 M_REF = 18  # the instrument's reference price (ticks), 0 when it has none
 M_PROTECT_BP = 19  # market protection in basis points of the last (else reference) price; 0: none
 M_TRANCHES = 20  # the resting icebergs' peaks still hidden (each may make one more trade event): the event bound
+M_STOPS = 21  # stop orders waiting for their trigger (they hold order slots: M_RESTING counts them too)
+M_STOP_BUY = 22  # first slot of the buy stops, by ascending trigger then acceptance; -1: none
+M_STOP_SELL = 23  # first slot of the sell stops, by descending trigger then acceptance; -1: none
 M_NFIELDS = 24
 
 NO_BID = -1

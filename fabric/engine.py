@@ -71,6 +71,7 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    EV_TRIGGERED,
     FLAG_POST_ONLY,
     FOK,
     GTC,
@@ -85,6 +86,7 @@ from fabric.constants import (
     NO_QTY,
     REJ_BAD_DISCLOSED,
     REJ_BAD_FIELD,
+    REJ_BAD_STOP,
     REJ_BAD_TIF,
     REJ_BROKER_DISABLED,
     REJ_DUPLICATE_OID,
@@ -93,6 +95,7 @@ from fabric.constants import (
     REJ_LADDER_SPAN,
     REJ_MARKET_CLOSED,
     REJ_NOT_CLOSING_PRICE,
+    REJ_NOT_STOP,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OFF_TICK,
@@ -100,6 +103,8 @@ from fabric.constants import (
     REJ_PRICE_TOO_LARGE,
     REJ_QTY_NOT_LOT_MULTIPLE,
     REJ_QTY_TOO_LARGE,
+    REJ_STOP_LIMIT,
+    REJ_STOP_WOULD_TRIGGER,
     REJ_UNKNOWN_ORDER,
     REJ_WOULD_CROSS,
     REJECT_NAMES,
@@ -118,6 +123,7 @@ from fabric.protocol import (
     ExFill,
     ExRejected,
     ExReplaced,
+    ExTriggered,
     OrderStatus,
     SessionEvent,
     Trade,
@@ -125,7 +131,7 @@ from fabric.protocol import (
 )
 
 Outcome: TypeAlias = (ExAccepted | ExRejected | Trade | ExFill | ExCancelled | ExReplaced | ExExpired | TradingState
-                      | SessionEvent)
+                      | SessionEvent | ExTriggered)
 MARKET_WIDE: Final = ""  # the key of a market-wide halt in MatchingEngine.halts
 CONTINUOUS: Final = "continuous"  # the phase of a day without a calendar, all day
 _NO_ENTRY: Final = {  # why a phase takes no new order (docs/sessions.md)
@@ -168,14 +174,15 @@ class Book(Protocol):
     """What the engine needs of a book: see ``docs/book-semantics.md``."""
 
     def new(self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int,
-            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0) -> Any: ...
+            stp: int = STP_OFF, flags: int = 0, expire: int = 0, disclosed: int = 0, stop: int = 0) -> Any: ...
     def cancel(self, oid: int) -> Any: ...
-    def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF) -> Any: ...
+    def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF, stop: int = NO_PRICE) -> Any: ...
     def end_of_day(self, day: int = 0) -> Any: ...
     def depth(self, side: int, n: int | None = None) -> list[tuple[int, int, int]]: ...
     def level(self, side: int, price: int) -> tuple[int, int]: ...
     def order(self, oid: int) -> tuple[int, int, int, int, int] | None: ...
     def resting_orders(self, side: int) -> list[int]: ...
+    def stop_queue(self, side: int) -> list[int]: ...
     def set_band(self, band_lo: int | None, band_hi: int | None, ref: int) -> None: ...
 
 
@@ -250,6 +257,8 @@ class _Order(msgspec.Struct, gc=False):
     flags: int = 0  # FLAG_* bits (post-only)
     expire: int = 0  # a GTD order's expire day, yyyymmdd
     disclosed: int = 0  # an iceberg's peak
+    stop: int = 0  # a stop order's trigger (ticks), 0 for other orders
+    triggered: bool = False  # a stop order that has entered the book
 
 
 _ARCHIVED_OID: Final = -2
@@ -361,11 +370,12 @@ class MatchingEngine:
         if isinstance(cmd, NewOrder):
             return self.new_order(cmd.symbol, cmd.broker, cmd.oid, SIDE_CODES[cmd.side], TYPE_CODES[cmd.type],
                                   TIF_CODES[cmd.tif], cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp], cmd.post_only,
-                                  cmd.expire_date, cmd.disclosed_qty or 0)
+                                  cmd.expire_date, cmd.disclosed_qty or 0, cmd.stop_price)
         if isinstance(cmd, CancelOrder):
             return self.cancel(cmd.symbol, cmd.broker, cmd.oid, cmd.ts)
         if isinstance(cmd, ReplaceOrder):
-            return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp])
+            return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp],
+                                cmd.stop_price)
         if isinstance(cmd, EndOfDay):
             return list(self.end_of_day(cmd.ts, cmd.date))
         if isinstance(cmd, Control):
@@ -459,6 +469,7 @@ class MatchingEngine:
         post_only: bool = False,
         expire_date: str | None = None,
         disclosed: int = 0,
+        stop_price: Decimal | str | None = None,
     ) -> list[Outcome]:
         """Enter a new order and return its outcomes (accepted or rejected, trades and fills, cancel of a rest).
 
@@ -466,6 +477,7 @@ class MatchingEngine:
         ``cancelled`` (``self_trade``) among the outcomes. ``post_only``: rejected (``would_cross``) rather
         than trade on entry. ``expire_date`` ("YYYY-MM-DD"): a GTD order's last day, not before the trading
         day of ``ts`` (when ``ts`` is given). ``disclosed``: an iceberg's peak (0: all of it shows).
+        ``stop_price``: a stop-loss order's trigger (``docs/book-semantics.md``, "Stop-loss orders").
         """
         inst, book = self._book(symbol)
         if self.halts or self.disabled:
@@ -495,19 +507,25 @@ class MatchingEngine:
             if problem is not None:
                 return [self._reject("new", clid, broker, symbol, REJ_EXPIRE_DATE, problem, ts)]
             expire = day_of(expire_date)  # type: ignore[arg-type]
+        stop = 0
+        if stop_price is not None:
+            rej, stop = self._stop_ticks("new", inst, broker, clid, stop_price, ts)
+            if rej is not None:
+                return [rej]
         flags = FLAG_POST_ONLY if post_only else 0
         if self.phase != CONTINUOUS:
-            if flags or expire or disclosed:
+            if flags or expire or disclosed or stop:
                 return [self._reject("new", clid, broker, symbol, REJ_MARKET_CLOSED,
-                                     f"post-only, GTD and disclosed-quantity orders are taken in continuous trading "
-                                     f"only, not in the {self.phase} phase", ts)]
+                                     f"post-only, GTD, disclosed-quantity and stop orders are taken in continuous "
+                                     f"trading only, not in the {self.phase} phase", ts)]
             return self._session_new(inst, broker, clid, side, otype, tif, ticks, qty, ts, stp)
         oid = len(self._orders)
-        order = _Order(symbol, broker, clid, side, otype, tif, flags=flags, expire=expire, disclosed=disclosed)
+        order = _Order(symbol, broker, clid, side, otype, tif, flags=flags, expire=expire, disclosed=disclosed,
+                       stop=stop)
         self._orders.append(order)
         bno = self._broker_no.setdefault(broker, len(self._broker_no))
-        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty, stp, flags, expire, disclosed))
-        out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif, disclosed=disclosed)
+        rows = _rows(book, book.new(oid, bno, side, otype, tif, ticks, qty, stp, flags, expire, disclosed, stop))
+        out = self._outcomes(inst, rows, ts, price=price, qty=qty, tif=tif, disclosed=disclosed, stop=stop)
         if out and type(out[0]) is ExRejected:
             self._orders.pop()  # a rejected order does not use its client order id
         else:
@@ -530,6 +548,22 @@ class MatchingEngine:
         if day < today:
             return f"expire_date {expire_date} is before the trading day {_date_text(today)}"
         return None
+
+    def _stop_ticks(self, op: str, inst: Instrument, broker: str, clid: str, stop_price: Decimal | str,
+                    ts: int) -> tuple[ExRejected | None, int]:
+        # A stop price in ticks, or why it cannot be one (the tick, its size, not positive: 0 means "no stop"
+        # to the books); the books check the rest (band, limit against trigger, the last price).
+        t = self._ticks(inst, stop_price)
+        if t is None:
+            return self._reject(op, clid, broker, inst.symbol, REJ_PRICE_OFF_TICK,
+                                f"stop_price {stop_price} is not a multiple of the tick size {inst.tick}", ts), 0
+        if t > MAX_PRICE_TICKS:
+            return self._reject(op, clid, broker, inst.symbol, REJ_PRICE_TOO_LARGE,
+                                f"stop_price {stop_price} is too large", ts), 0
+        if t <= 0:
+            return self._reject(op, clid, broker, inst.symbol, REJ_PRICE_NOT_POSITIVE,
+                                f"stop_price {stop_price} is not positive", ts), 0
+        return None, t
 
     @staticmethod
     def _ticks(inst: Instrument, price: Decimal | str) -> int | None:
@@ -566,9 +600,9 @@ class MatchingEngine:
                             self._reject_text(inst, REJ_ORDER_CLOSED, clid, None, None, None), ts)
 
     def replace(self, symbol: str, broker: str, clid: str, price: Decimal | str | None, qty: int | None,
-                ts: int = 0, stp: int = STP_OFF) -> list[Outcome]:
+                ts: int = 0, stp: int = STP_OFF, stop_price: Decimal | str | None = None) -> list[Outcome]:
         """Cancel/replace an open order: ``qty`` is the new total quantity; ``None`` keeps a field; ``stp`` as for
-        :meth:`new_order`."""
+        :meth:`new_order`; ``stop_price``: a waiting stop order's new trigger."""
         oid, rej = self._lookup("replace", symbol, broker, clid, ts)
         if rej is None and (self.halts or self.disabled):
             rej = self._refused_by_control("replace", symbol, broker, clid, ts)
@@ -588,8 +622,17 @@ class MatchingEngine:
         if qty is not None and qty > MAX_QTY:
             return [self._reject("replace", clid, broker, symbol, REJ_QTY_TOO_LARGE,
                                  f"qty {qty} exceeds the maximum {MAX_QTY}", ts)]
+        stop = NO_PRICE
+        if stop_price is not None:
+            srej, stop = self._stop_ticks("replace", inst, broker, clid, stop_price, ts)
+            if srej is not None:
+                return [srej]
         if oid == _ARCHIVED_OID:
             return [self._closed("replace", clid, broker, inst, ts)]
+        if self.phase != CONTINUOUS and stop != NO_PRICE:
+            return [self._reject("replace", clid, broker, symbol, REJ_MARKET_CLOSED,
+                                 f"a stop order's trigger is changed in continuous trading only, not in the "
+                                 f"{self.phase} phase", ts)]
         if self.phase != CONTINUOUS:
             return self._session_replace(inst, oid, ticks, qty, ts, stp)
         base = self._orders[oid].base  # type: ignore[union-attr]
@@ -599,8 +642,8 @@ class MatchingEngine:
                                      f"qty {qty} is not above the {base} the call auction filled: cancel the "
                                      "order instead", ts)]
             qty -= base
-        rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty, stp))
-        out = self._outcomes(inst, rows, ts, price=price, qty=qty)
+        rows = _rows(book, book.replace(oid, ticks, NO_QTY if qty is None else qty, stp, stop))
+        out = self._outcomes(inst, rows, ts, price=price, qty=qty, stop=stop)
         self._archive_finished()
         return out
 
@@ -692,6 +735,15 @@ class MatchingEngine:
                     for oid in book.resting_orders(side):
                         o = cast(_Order, self._orders[oid])
                         if lo <= o.price <= hi:
+                            continue
+                        for ev in self._outcomes(inst, _rows(book, book.cancel(oid)), ts):
+                            if type(ev) is ExCancelled:
+                                ev.reason = o.reason = CANCEL_REASON_NAMES[CXL_OUTSIDE_NEW_BAND]
+                            out.append(ev)
+                for side in (BUY, SELL):  # then the waiting stops whose trigger or limit price the band leaves out
+                    for oid in book.stop_queue(side):
+                        o = cast(_Order, self._orders[oid])
+                        if lo <= o.stop <= hi and (o.otype == MARKET or lo <= o.price <= hi):
                             continue
                         for ev in self._outcomes(inst, _rows(book, book.cancel(oid)), ts):
                             if type(ev) is ExCancelled:
@@ -1079,7 +1131,9 @@ class MatchingEngine:
                            price=None if o.otype == MARKET else self.instruments[o.symbol].to_price(o.price),
                            qty=o.qty, cum_qty=o.cum, leaves_qty=o.leaves, tif=TIF_NAMES[o.tif],  # type: ignore[arg-type]
                            reason=o.reason, post_only=bool(o.flags & FLAG_POST_ONLY),
-                           expire_date=_date_text(o.expire) if o.expire else None, disclosed_qty=o.disclosed or None)
+                           expire_date=_date_text(o.expire) if o.expire else None, disclosed_qty=o.disclosed or None,
+                           stop_price=self.instruments[o.symbol].to_price(o.stop) if o.stop else None,
+                           triggered=o.triggered)
 
     def open_orders(self, broker: str, symbol: str | None = None) -> list[OrderStatus]:
         """Return the status of every open order of ``broker`` (of one symbol, or all), oldest first."""
@@ -1137,11 +1191,25 @@ class MatchingEngine:
                           reason=REJECT_NAMES[code], text=text)
 
     def _reject_text(self, inst: Instrument, code: int, clid: str, tif: int | None, price: Decimal | str | None,
-                     qty: int | None, disclosed: int = 0) -> str:
+                     qty: int | None, disclosed: int = 0, stop: int = 0) -> str:
         if code == REJ_QTY_NOT_LOT_MULTIPLE:
             return f"qty {qty} is not a positive multiple of the lot size {inst.lot}"
         if code == REJ_PRICE_OUT_OF_BAND:
+            ticks = None if price is None else self._ticks(inst, price)
+            if stop > 0 and (ticks is None or inst.band_lo is None or inst.band_lo <= ticks <= (inst.band_hi or 0)):
+                return f"stop_price {inst.to_price(stop)} is outside the price band {inst.band_text()}"
             return f"price {price} is outside the price band {inst.band_text()}"
+        if code == REJ_STOP_LIMIT:
+            return (f"a stop-loss limit order's price must be at or beyond its trigger: a buy's at or above, a "
+                    f"sell's at or below stop_price{'' if stop <= 0 else ' ' + str(inst.to_price(stop))}")
+        if code == REJ_STOP_WOULD_TRIGGER:
+            return (f"stop_price{'' if stop <= 0 else ' ' + str(inst.to_price(stop))} has already been reached by the "
+                    "last traded price: a buy stop's trigger must be above it, a sell stop's below it")
+        if code == REJ_BAD_STOP:
+            return ("a stop order waits for its trigger: GTC, DAY or GTD, not IOC or FOK, never post-only nor with a "
+                    "disclosed quantity; a stop-loss market order has no limit price to replace")
+        if code == REJ_NOT_STOP:
+            return f"order {clid} is not a stop order waiting for its trigger: it has no stop_price to change"
         if code == REJ_PRICE_NOT_POSITIVE:
             return f"price {price} is not positive"
         if code == REJ_ORDER_CLOSED:
@@ -1161,7 +1229,8 @@ class MatchingEngine:
         return REJECT_NAMES.get(code, str(code))
 
     def _outcomes(self, inst: Instrument, rows: list[list[int]], ts: int, price: Decimal | str | None = None,
-                  qty: int | None = None, tif: int | None = None, disclosed: int = 0) -> list[Outcome]:
+                  qty: int | None = None, tif: int | None = None, disclosed: int = 0,
+                  stop: int = 0) -> list[Outcome]:
         # The book's rows as outcome messages, in the book's order; a trade gives the trade and its two
         # fills, the aggressor's first. The engine's memory of each order follows the rows.
         symbol = inst.symbol
@@ -1216,7 +1285,18 @@ class MatchingEngine:
                                       tif=TIF_NAMES[o.tif],  # type: ignore[arg-type]
                                       post_only=bool(o.flags & FLAG_POST_ONLY),
                                       expire_date=_date_text(o.expire) if o.expire else None,
-                                      disclosed_qty=o.disclosed or None))
+                                      disclosed_qty=o.disclosed or None,
+                                      stop_price=to_price(r[E_OTHER]) if r[E_OTHER] else None))
+            elif typ == EV_TRIGGERED:
+                o.triggered = True
+                market = o.otype == MARKET
+                if track is not None and not market:
+                    track((symbol, o.side, o.price))
+                out.append(ExTriggered(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
+                                       symbol=symbol, side=SIDE_NAMES[o.side],  # type: ignore[arg-type]
+                                       type=TYPE_NAMES[o.otype],  # type: ignore[arg-type]
+                                       price=None if market else to_price(r[E_PRICE]), qty=r[E_QTY],
+                                       stop_price=to_price(r[E_OTHER])))
             elif typ == EV_CANCELLED:
                 o.leaves, o.state, o.reason = 0, "cancelled", CANCEL_REASON_NAMES[r[E_REASON]]
                 if done is not None:
@@ -1230,13 +1310,16 @@ class MatchingEngine:
                     track((symbol, o.side, o.price))
                     track((symbol, o.side, r[E_PRICE]))
                 o.price, o.qty, o.leaves, o.cum = r[E_PRICE], r[E_QTY] + o.base, r[E_LEAVES], r[E_CUM] + o.base
+                if r[E_OTHER_LEAVES]:  # a waiting stop: its trigger
+                    o.stop = r[E_OTHER_LEAVES]
                 if o.leaves == 0:
                     o.state = "filled"  # cut down to what had filled: done
                     if done is not None:
                         done(r[E_OID])
                 out.append(ExReplaced(shard=0, seq=0, tseq=0, epoch=0, ts=ts, broker=o.broker, oid=o.clid,
-                                      symbol=symbol, price=to_price(r[E_PRICE]), qty=o.qty,
-                                      leaves_qty=r[E_LEAVES], cum_qty=o.cum, kept_priority=bool(r[E_OTHER])))
+                                      symbol=symbol, price=None if o.otype == MARKET else to_price(r[E_PRICE]),
+                                      qty=o.qty, leaves_qty=r[E_LEAVES], cum_qty=o.cum, kept_priority=bool(r[E_OTHER]),
+                                      stop_price=to_price(r[E_OTHER_LEAVES]) if r[E_OTHER_LEAVES] else None))
             elif typ == EV_EXPIRED:
                 o.leaves, o.state = 0, "expired"
                 if done is not None:
@@ -1249,7 +1332,8 @@ class MatchingEngine:
                 code = r[E_REASON]
                 op = {1: "new", 2: "cancel", 3: "replace"}.get(r[E_OTHER], "new")
                 out.append(self._reject(op, o.clid, o.broker, symbol, code,
-                                        self._reject_text(inst, code, o.clid, tif, price, qty, disclosed), ts))
+                                        self._reject_text(inst, code, o.clid, tif, price, qty, disclosed,
+                                                          o.stop if stop == NO_PRICE else stop), ts))
             else:  # pragma: no cover - a kernel bug
                 raise RuntimeError(f"unknown event row {r}")
         return out

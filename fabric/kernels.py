@@ -32,6 +32,7 @@ from fabric.constants import (
     C_PRICE,
     C_QTY,
     C_SIDE,
+    C_STOP,
     C_STP,
     C_TIF,
     C_TYPE,
@@ -58,6 +59,7 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    EV_TRIGGERED,
     FLAG_POST_ONLY,
     FOK,
     GTD,
@@ -99,6 +101,9 @@ from fabric.constants import (
     M_RESTING,
     M_SEEN_HI,
     M_SEEN_LO,
+    M_STOP_BUY,
+    M_STOP_SELL,
+    M_STOPS,
     M_TRADES,
     M_TRANCHES,
     MARKET,
@@ -126,22 +131,30 @@ from fabric.constants import (
     O_SHOWN,
     O_SIDE,
     O_STATE,
+    O_STOP,
+    O_STP,
     O_TIF,
+    O_TYPE,
     OP_CANCEL,
     OP_END_OF_DAY,
     OP_NEW,
     OP_REPLACE,
     REJ_BAD_DISCLOSED,
+    REJ_BAD_STOP,
     REJ_BAD_TIF,
     REJ_LADDER_SPAN,
+    REJ_NOT_STOP,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OUT_OF_BAND,
     REJ_QTY_NOT_LOT_MULTIPLE,
+    REJ_STOP_LIMIT,
+    REJ_STOP_WOULD_TRIGGER,
     REJ_WOULD_CROSS,
     SELL,
     ST_FREE,
     ST_RESTING,
+    ST_STOP,
     STP_CANCEL_INCOMING,
     STP_CANCEL_RESTING,
     STP_OFF,
@@ -396,6 +409,93 @@ def _rest(
 
 
 # --------------------------------------------------------------------------
+# Stop orders: waiting outside the book in two trigger-sorted lists
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _stop_link(ords: np.ndarray, meta: np.ndarray, slot: int) -> None:
+    # Put a waiting stop into its side's list: buys by ascending trigger, sells by descending, after the stops
+    # of the same trigger (acceptance order).  O(waiting stops of its side).
+    side = ords[slot, O_SIDE]
+    stop = ords[slot, O_STOP]
+    head = M_STOP_BUY if side == BUY else M_STOP_SELL
+    prev = -1
+    cur = meta[head]
+    while cur >= 0 and (ords[cur, O_STOP] <= stop if side == BUY else ords[cur, O_STOP] >= stop):
+        prev = cur
+        cur = ords[cur, O_NEXT]
+    ords[slot, O_PREV] = prev
+    ords[slot, O_NEXT] = cur
+    if prev >= 0:
+        ords[prev, O_NEXT] = slot
+    else:
+        meta[head] = slot
+    if cur >= 0:
+        ords[cur, O_PREV] = slot
+    meta[M_STOPS] += 1
+
+
+@njit(cache=True, inline="always")
+def _stop_unlink(ords: np.ndarray, meta: np.ndarray, slot: int) -> None:
+    # Take a waiting stop out of its list; the slot stays allocated.
+    head = M_STOP_BUY if ords[slot, O_SIDE] == BUY else M_STOP_SELL
+    prev = ords[slot, O_PREV]
+    nxt = ords[slot, O_NEXT]
+    if prev >= 0:
+        ords[prev, O_NEXT] = nxt
+    else:
+        meta[head] = nxt
+    if nxt >= 0:
+        ords[nxt, O_PREV] = prev
+    meta[M_STOPS] -= 1
+
+
+@njit(cache=True, inline="always")
+def _check_stop(meta: np.ndarray, side: int, is_market: bool, price: int, stop: int) -> int:
+    # Reject reason for a stop order's trigger (and its limit against it), or 0.
+    if stop <= 0:
+        return REJ_PRICE_NOT_POSITIVE
+    if meta[M_BANDED] and (stop < meta[M_BAND_LO] or stop > meta[M_BAND_HI]):
+        return REJ_PRICE_OUT_OF_BAND
+    if not is_market and (price < stop if side == BUY else price > stop):
+        return REJ_STOP_LIMIT
+    last = meta[M_LAST]
+    if last > 0 and (stop <= last if side == BUY else stop >= last):
+        return REJ_STOP_WOULD_TRIGGER
+    return 0
+
+
+@njit(cache=True, inline="always")
+def _hold(
+    ords: np.ndarray, meta: np.ndarray, o2s: np.ndarray, oid: int, broker: int, side: int, otype: int, tif: int,
+    price: int, qty: int, stp: int, expire: int, stop: int,
+) -> None:
+    # Keep an accepted stop order in a free slot (guaranteed by the caller) and in its stop list.
+    slot = meta[M_FREE_HEAD]
+    meta[M_FREE_HEAD] = ords[slot, O_NEXT]
+    meta[M_RESTING] += 1
+    ords[slot, O_OID] = oid
+    ords[slot, O_BROKER] = broker
+    ords[slot, O_SIDE] = side
+    ords[slot, O_TIF] = tif
+    ords[slot, O_PRICE] = price
+    ords[slot, O_QTY] = qty
+    ords[slot, O_LEAVES] = qty
+    ords[slot, O_CUM] = 0
+    ords[slot, O_STATE] = ST_STOP
+    ords[slot, O_FLAGS] = 0
+    ords[slot, O_EXPIRE] = expire
+    ords[slot, O_DISCLOSED] = 0
+    ords[slot, O_SHOWN] = 0
+    ords[slot, O_TYPE] = otype
+    ords[slot, O_STOP] = stop
+    ords[slot, O_STP] = stp
+    o2s[oid] = slot
+    _stop_link(ords, meta, slot)
+
+
+# --------------------------------------------------------------------------
 # Matching
 # --------------------------------------------------------------------------
 
@@ -608,12 +708,16 @@ def _new(
     flags: int,
     expire: int,
     disclosed: int,
+    stop: int,
 ) -> int:
     is_market = otype == MARKET
+    is_stop = stop != 0
     reason = 0
     if qty <= 0 or qty % meta[M_LOT] != 0:
         reason = REJ_QTY_NOT_LOT_MULTIPLE
-    elif (is_market and tif != IOC and tif != FOK) or (tif == GTD and expire <= 0):
+    elif is_stop and (tif in (IOC, FOK) or flags != 0 or disclosed != 0):
+        reason = REJ_BAD_STOP  # a stop waits for its trigger: GTC, DAY or GTD; never post-only nor an iceberg
+    elif (is_market and not is_stop and tif != IOC and tif != FOK) or (tif == GTD and expire <= 0):
         reason = REJ_BAD_TIF
     elif flags != 0 and tif in (IOC, FOK):
         reason = REJ_BAD_TIF  # a post-only order rests or nothing: never IOC, FOK (nor market)
@@ -624,8 +728,25 @@ def _new(
         reason = _check_price(meta, price)
         if reason == 0 and flags & FLAG_POST_ONLY and _would_cross(meta, side, price):
             reason = REJ_WOULD_CROSS
+    if reason == 0 and is_stop:
+        reason = _check_stop(meta, side, is_market, price, stop)
     if reason != 0:
         return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_NEW, 0, 0, reason)
+    if is_stop:
+        # Held outside the book; its slot, and the ladder row of a limit price, are taken now, so that
+        # triggering it never needs to grow anything.
+        if meta[M_FREE_HEAD] < 0:
+            meta[M_NEED] = NEED_SLOTS
+            return -1
+        if is_market:
+            price = 0
+        else:
+            if _needs_ladder(meta, price):
+                return -1
+            _see_price(meta, price)
+        n = _emit(out, n, EV_ACCEPTED, oid, side, price, qty, qty, 0, stop, 0, 0, 0)
+        _hold(ords, meta, o2s, oid, broker, side, otype, tif, price, qty, stp, expire if tif == GTD else 0, stop)
+        return n
     if is_market:
         price = 0
         limit = _market_limit(meta, side)  # the circuit filter, and market protection
@@ -681,7 +802,10 @@ def _cancel(
         out, n, EV_CANCELLED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], leaves, 0, ords[slot, O_CUM],
         0, 0, 0, CXL_REQUESTED
     )
-    _unlink(ords, lvl, bits, meta, slot)
+    if ords[slot, O_STATE] == ST_STOP:
+        _stop_unlink(ords, meta, slot)
+    else:
+        _unlink(ords, lvl, bits, meta, slot)
     _free(ords, meta, o2s, slot)
     return n
 
@@ -699,11 +823,16 @@ def _replace(
     price: int,
     qty: int,
     stp: int,
+    stop: int,
 ) -> int:
     slot = _resting_slot(o2s, oid)
     if slot < 0:
         return _emit(out, n, EV_REJECTED, oid, 0, 0, 0, 0, 0, OP_REPLACE, 0, 0, REJ_ORDER_CLOSED)
+    if ords[slot, O_STATE] == ST_STOP:
+        return _replace_stop(ords, meta, out, n, slot, price, qty, stp, stop)
     side = ords[slot, O_SIDE]
+    if stop > 0:  # NO_PRICE, or 0 (a row that leaves C_STOP empty), keeps: there is none
+        return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_REPLACE, 0, 0, REJ_NOT_STOP)
     old_price = ords[slot, O_PRICE]
     old_qty = ords[slot, O_QTY]
     cum = ords[slot, O_CUM]
@@ -773,6 +902,114 @@ def _replace(
 
 
 @njit(cache=True)
+def _replace_stop(
+    ords: np.ndarray, meta: np.ndarray, out: np.ndarray, n: int, slot: int, price: int, qty: int, stp: int,
+    stop: int,
+) -> int:
+    # Replace a stop waiting for its trigger: its price, quantity and trigger.  It keeps its place among the
+    # stops when the trigger stays; a new trigger puts it behind the stops of that trigger.
+    oid = ords[slot, O_OID]
+    side = ords[slot, O_SIDE]
+    is_market = ords[slot, O_TYPE] == MARKET
+    old_stop = ords[slot, O_STOP]
+    new_price = ords[slot, O_PRICE] if price == NO_PRICE else price
+    new_qty = ords[slot, O_QTY] if qty == NO_QTY else qty
+    new_stop = old_stop if stop <= 0 else stop  # NO_PRICE (or 0) keeps the trigger
+    reason = 0
+    if new_qty <= 0 or new_qty % meta[M_LOT] != 0:
+        reason = REJ_QTY_NOT_LOT_MULTIPLE
+    elif is_market and price != NO_PRICE:
+        reason = REJ_BAD_STOP  # a stop-loss market order has no limit price
+    else:
+        if not is_market:
+            reason = _check_price(meta, new_price)
+        if reason == 0:
+            reason = _check_stop(meta, side, is_market, new_price, new_stop)
+    if reason != 0:
+        return _emit(out, n, EV_REJECTED, oid, side, 0, 0, 0, 0, OP_REPLACE, 0, 0, reason)
+    if not is_market:
+        if _needs_ladder(meta, new_price):
+            return -1
+        _see_price(meta, new_price)
+    kept = new_stop == old_stop
+    if not kept:
+        _stop_unlink(ords, meta, slot)
+        ords[slot, O_STOP] = new_stop
+        _stop_link(ords, meta, slot)
+    ords[slot, O_PRICE] = new_price
+    ords[slot, O_QTY] = new_qty
+    ords[slot, O_LEAVES] = new_qty
+    ords[slot, O_STP] = stp
+    return _emit(out, n, EV_REPLACED, oid, side, new_price, new_qty, new_qty, 0, 1 if kept else 0, new_stop, 0, 0)
+
+
+@njit(cache=True)
+def _enter(
+    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int,
+    slot: int,
+) -> int:
+    # A triggered stop (already out of its list) enters the book as its limit or market order, the aggressor.
+    oid = ords[slot, O_OID]
+    side = ords[slot, O_SIDE]
+    price = ords[slot, O_PRICE]
+    qty = ords[slot, O_QTY]
+    is_market = ords[slot, O_TYPE] == MARKET
+    stp = ords[slot, O_STP]
+    n = _emit(out, n, EV_TRIGGERED, oid, side, price, qty, qty, 0, ords[slot, O_STOP], 0, 0, 0)
+    limit = _market_limit(meta, side) if is_market else price
+    n, leaves, cum, self_trade = _match(ords, lvl, bits, meta, o2s, out, n, oid, side, limit, qty, 0,
+                                        _stp_broker(ords[slot, O_BROKER], stp), stp)
+    if leaves > 0 and not self_trade and not is_market:
+        ords[slot, O_LEAVES] = leaves
+        ords[slot, O_CUM] = cum
+        ords[slot, O_STATE] = ST_RESTING
+        _push_back(ords, lvl, bits, meta, slot)
+        return n
+    if leaves > 0:
+        n = _emit(out, n, EV_CANCELLED, oid, side, price, leaves, 0, cum, 0, 0, 0,
+                  CXL_SELF_TRADE if self_trade else CXL_IOC_REMAINDER)
+    _free(ords, meta, o2s, slot)
+    return n
+
+
+@njit(cache=True, inline="always")
+def _trigger(
+    ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, i: int,
+    n: int,
+) -> int:
+    # The stops the trades in out[i:n] reach, and those the trades of the triggered orders reach in turn (the
+    # cascade): at each print in order, the buy stops with a trigger at or below it (ascending trigger), then
+    # the sell stops with a trigger at or above it (descending), join a queue; the queue's stops enter the book
+    # one after the other, each once the prints before it have been read.  The queue is chained through O_NEXT.
+    qhead = -1
+    qtail = -1
+    while True:
+        while i < n and meta[M_STOPS] > 0:
+            if out[i, E_TYPE] == EV_TRADE:
+                p = out[i, E_PRICE]
+                for head in (M_STOP_BUY, M_STOP_SELL):
+                    s = meta[head]
+                    while s >= 0 and (ords[s, O_STOP] <= p if head == M_STOP_BUY else ords[s, O_STOP] >= p):
+                        _stop_unlink(ords, meta, s)
+                        ords[s, O_NEXT] = -1
+                        if qtail >= 0:
+                            ords[qtail, O_NEXT] = s
+                        else:
+                            qhead = s
+                        qtail = s
+                        s = meta[head]
+            i += 1
+        if qhead < 0:
+            return n
+        s = qhead
+        qhead = ords[s, O_NEXT]
+        if qhead < 0:
+            qtail = -1
+        i = n
+        n = _enter(ords, lvl, bits, meta, o2s, out, n, s)
+
+
+@njit(cache=True)
 def _end_of_day(
     ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, n: int,
     day: int,
@@ -786,7 +1023,10 @@ def _end_of_day(
                 out, n, EV_EXPIRED, oid, ords[slot, O_SIDE], ords[slot, O_PRICE], ords[slot, O_LEAVES], 0,
                 ords[slot, O_CUM], 0, 0, 0, 0
             )
-            _unlink(ords, lvl, bits, meta, slot)
+            if ords[slot, O_STATE] == ST_STOP:
+                _stop_unlink(ords, meta, slot)
+            else:
+                _unlink(ords, lvl, bits, meta, slot)
             _free(ords, meta, o2s, slot)
     return n
 
@@ -812,6 +1052,7 @@ def apply(
     flags: int,
     expire: int,
     disclosed: int,
+    stop: int,
 ) -> int:
     """Apply one command, writing its events to ``out`` from row ``n``.
 
@@ -820,23 +1061,30 @@ def apply(
     ``oid`` of a new order must be below ``o2s.shape[0]``.
     """
     meta[M_NEED] = NEED_NOTHING
-    # One command emits at most one event per resting order and per hidden peak of an iceberg, plus three.
-    if out.shape[0] - n < meta[M_RESTING] + meta[M_TRANCHES] + 3:
+    # One command emits at most one event per order slot in use (resting or waiting stop) and per hidden peak
+    # of an iceberg, plus three, plus three per waiting stop (its trigger, its last partial trade, its cancel).
+    if out.shape[0] - n < meta[M_RESTING] + meta[M_TRANCHES] + 3 + 3 * meta[M_STOPS]:
         meta[M_NEED] = NEED_EVENTS
         return -1
+    trades = meta[M_TRADES]
     if op == OP_NEW:
         if oid >= o2s.shape[0]:
             meta[M_NEED] = NEED_OIDS
             return -1
-        return _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty, stp, flags,
-                    expire, disclosed)
-    if op == OP_CANCEL:
+        r = _new(ords, lvl, bits, meta, o2s, out, n, oid, broker, side, otype, tif, price, qty, stp, flags,
+                 expire, disclosed, stop)
+    elif op == OP_CANCEL:
         return _cancel(ords, lvl, bits, meta, o2s, out, n, oid)
-    if op == OP_REPLACE:
-        return _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty, stp)
-    if op == OP_END_OF_DAY:
+    elif op == OP_REPLACE:
+        r = _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty, stp, stop)
+    elif op == OP_END_OF_DAY:
         return _end_of_day(ords, lvl, bits, meta, o2s, out, n, expire)
-    return n
+    else:
+        return n
+    # The waiting stops its trades reach: one comparison when there are none, two when it traded nothing.
+    if meta[M_STOPS] > 0 and meta[M_TRADES] != trades and r > n:
+        r = _trigger(ords, lvl, bits, meta, o2s, out, n, r)
+    return r
 
 
 @njit(cache=True)
@@ -881,6 +1129,7 @@ def run_batch(
             cmds[i, C_FLAGS],
             cmds[i, C_EXPIRE],
             cmds[i, C_DISCLOSED],
+            cmds[i, C_STOP],
         )
         if r < 0:
             break
@@ -913,7 +1162,7 @@ def views(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 @njit(cache=True)
 def apply_buf(
     buf: np.ndarray, op: int, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int,
-    flags: int, expire: int, disclosed: int,
+    flags: int, expire: int, disclosed: int, stop: int,
 ) -> int:
     """Apply one command to the book in ``buf``; events from row 0 of its event region.
 
@@ -921,7 +1170,7 @@ def apply_buf(
     """
     ords, lvl, bits, meta, o2s, out = views(buf)
     return apply(ords, lvl, bits, meta, o2s, out, 0, op, oid, broker, side, otype, tif, price, qty, stp, flags,
-                 expire, disclosed)
+                 expire, disclosed, stop)
 
 
 @njit(cache=True)
@@ -1018,5 +1267,11 @@ def checksum(ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarr
             else:
                 r = scan_up(bits, row + 1, meta[M_NLEVELS])
                 p = NO_ASK if r < 0 else r + base
+    for head in (M_STOP_BUY, M_STOP_SELL):  # the waiting stops, in trigger order
+        slot = meta[head]
+        while slot >= 0:
+            for f in (O_OID, O_BROKER, O_SIDE, O_TIF, O_PRICE, O_QTY, O_EXPIRE, O_TYPE, O_STOP, O_STP):
+                h = (h ^ np.uint64(ords[slot, f])) * prime
+            slot = ords[slot, O_NEXT]
     return np.int64(h)  # type: ignore[return-value]  # numba's int64 is the caller's int
 

@@ -104,6 +104,7 @@ __all__ = [
     "ExFill",
     "ExRejected",
     "ExReplaced",
+    "ExTriggered",
     "ExecReport",
     "Expired",
     "Fill",
@@ -141,6 +142,7 @@ __all__ = [
     "Status",
     "Trade",
     "TradingState",
+    "Triggered",
     "book_topic",
     "decode_client",
     "decode_client_plain",
@@ -332,11 +334,18 @@ class New(_ClientMsg, tag="new", frozen=True, kw_only=True):
     post_only: bool | msgspec.UnsetType | None = msgspec.UNSET  # true: rejected (would_cross) rather than trade
     expire_date: ExpireDate | msgspec.UnsetType | None = msgspec.UNSET  # required with tif GTD, refused otherwise
     disclosed_qty: Annotated[int, Meta(ge=1)] | msgspec.UnsetType | None = msgspec.UNSET  # an iceberg's peak
+    # A stop-loss order's trigger: it waits outside the book until a trade prints at or through it.
+    stop_price: Price | msgspec.UnsetType | None = msgspec.UNSET
 
     def extras(self) -> tuple[bool, str | None, int]:
         """Return (post-only, expire date or ``None``, disclosed quantity or 0), given or not."""
         e, d = self.expire_date, self.disclosed_qty
         return self.post_only is True, e if isinstance(e, str) else None, d if isinstance(d, int) else 0
+
+    def stop(self) -> str | None:
+        """Return the stop price (a stop-loss order's trigger), or ``None``."""
+        s = self.stop_price
+        return s if isinstance(s, str) else None
 
 
 class Cancel(_ClientMsg, tag="cancel", frozen=True, kw_only=True):
@@ -347,12 +356,19 @@ class Cancel(_ClientMsg, tag="cancel", frozen=True, kw_only=True):
 
 
 class Replace(_ClientMsg, tag="replace", frozen=True, kw_only=True):
-    """Change an open order's price, total quantity, or both (``None`` keeps a field; one is required)."""
+    """Change an open order's price, total quantity, or both (``None`` keeps a field; one is required); a stop
+    order waiting for its trigger may change its ``stop_price`` too."""
 
     oid: Oid
     symbol: Symbol
     price: Price | None = None
     qty: int | None = None
+    stop_price: Price | msgspec.UnsetType | None = msgspec.UNSET  # unset: not encoded, as New's added fields
+
+    def stop(self) -> str | None:
+        """Return the new stop price, or ``None`` (kept)."""
+        s = self.stop_price
+        return s if isinstance(s, str) else None
 
 
 class Status(_ClientMsg, tag="status", frozen=True, kw_only=True):
@@ -430,6 +446,20 @@ class Accepted(_ServerMsg, tag="accepted", frozen=True, kw_only=True):
     post_only: bool = False
     expire_date: str | None = None
     disclosed_qty: int | None = None
+    stop_price: Price | None = None  # a stop order: it waits for its trigger (a `triggered` report follows)
+
+
+class Triggered(_ServerMsg, tag="triggered", frozen=True, kw_only=True):
+    """A stop order's trigger was reached: it enters the book now as its limit (or market) order; fills follow."""
+
+    oid: str
+    symbol: str
+    side: Side
+    type: OrderType
+    price: Price | None = None
+    qty: int
+    stop_price: Price
+    ts: int | None = None
 
 
 class Rejected(_ServerMsg, tag="rejected", frozen=True, kw_only=True):
@@ -474,12 +504,13 @@ class Replaced(_ServerMsg, tag="replaced", frozen=True, kw_only=True):
 
     oid: str
     symbol: str
-    price: Price
+    price: Price | None  # nil: a stop-loss market order waiting for its trigger
     qty: int
     leaves_qty: int
     cum_qty: int
     kept_priority: bool
     ts: int | None = None
+    stop_price: Price | None = None  # a stop order still waiting: its trigger (kept_priority: among the stops)
 
 
 class Expired(_ServerMsg, tag="expired", frozen=True, kw_only=True):
@@ -510,6 +541,8 @@ class OrderStatus(_ServerMsg, tag="order_status", frozen=True, kw_only=True):
     post_only: bool = False
     expire_date: str | None = None
     disclosed_qty: int | None = None
+    stop_price: Price | None = None  # a stop order's trigger
+    triggered: bool = False  # a stop order that has entered the book; false (and state "new") while it waits
 
 
 class OpenOrders(_ServerMsg, tag="open_orders", frozen=True, kw_only=True):
@@ -569,6 +602,20 @@ class ExAccepted(_PubMsg, tag="accepted", kw_only=True):
     post_only: bool = False
     expire_date: str | None = None
     disclosed_qty: int | None = None
+    stop_price: Price | None = None
+
+
+class ExTriggered(_PubMsg, tag="triggered", kw_only=True):
+    """Execution report: a stop order's trigger was reached; it enters the book now (its trades follow)."""
+
+    broker: str
+    oid: str
+    symbol: str
+    side: Side
+    type: OrderType
+    price: Price | None = None
+    qty: int
+    stop_price: Price
 
 
 class ExRejected(_PubMsg, tag="rejected", kw_only=True):
@@ -614,11 +661,12 @@ class ExReplaced(_PubMsg, tag="replaced", kw_only=True):
     broker: str
     oid: str
     symbol: str
-    price: Price
+    price: Price | None  # nil: a stop-loss market order waiting for its trigger
     qty: int
     leaves_qty: int
     cum_qty: int
     kept_priority: bool
+    stop_price: Price | None = None
 
 
 class ExExpired(_PubMsg, tag="expired", kw_only=True):
@@ -881,8 +929,8 @@ class ReplRefused(_InternalMsg, tag="repl_refused", frozen=True, kw_only=True):
 
 ClientMessage: TypeAlias = Logon | New | Cancel | Replace | Status | Orders | Admin | Heartbeat | Logout
 ServerMessage: TypeAlias = (LogonAck | LogonReject | Accepted | Rejected | Fill | Cancelled | Replaced | Expired
-                            | OrderStatus | OpenOrders | AdminAck | Heartbeat | Logout | Error)
-ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired
+                            | OrderStatus | OpenOrders | AdminAck | Heartbeat | Logout | Error | Triggered)
+ExecReport: TypeAlias = ExAccepted | ExRejected | ExFill | ExCancelled | ExReplaced | ExExpired | ExTriggered
 PubMessage: TypeAlias = ExecReport | Trade | BookLevel | PubHeartbeat | TradingState | SessionEvent | PubBundle
 InternalMessage: TypeAlias = (OrderCommand | CommandReply | OrderBatch | ReplyBatch | ReplayRequest | ReplayReply
                               | ReplJoin | ReplRecords | ReplAck | ReplRefused
@@ -1012,9 +1060,10 @@ def _family(name: str, types: tuple[type[msgspec.Struct], ...], limit: int) -> _
 _CLIENT = _family("client", (Logon, New, Cancel, Replace, Status, Orders, Admin, Heartbeat, Logout),
                   MAX_CLIENT_MESSAGE)
 _SERVER = _family("server", (LogonAck, LogonReject, Accepted, Rejected, Fill, Cancelled, Replaced, Expired,
-                             OrderStatus, OpenOrders, AdminAck, Heartbeat, Logout, Error), MAX_CLIENT_MESSAGE)
+                             OrderStatus, OpenOrders, AdminAck, Heartbeat, Logout, Error, Triggered),
+                  MAX_CLIENT_MESSAGE)
 _PUB = _family("pub", (ExAccepted, ExRejected, ExFill, ExCancelled, ExReplaced, ExExpired, Trade, BookLevel,
-                       PubHeartbeat, TradingState, SessionEvent, PubBundle), MAX_INTERNAL_MESSAGE)
+                       PubHeartbeat, TradingState, SessionEvent, PubBundle, ExTriggered), MAX_INTERNAL_MESSAGE)
 _INTERNAL = _family("internal", (OrderCommand, CommandReply, OrderBatch, ReplyBatch, ReplayRequest, ReplayReply,
                                  SnapshotRequest, SnapshotReply, ReplJoin, ReplRecords, ReplAck, ReplRefused),
                      MAX_INTERNAL_MESSAGE)
@@ -1049,9 +1098,9 @@ def _check_new(msg: New, path: str = "") -> None:
 
 
 def _check_replace(msg: Replace, path: str = "") -> None:
-    if msg.price is None and msg.qty is None:
-        raise ProtocolError(MISSING_FIELD, "missing field 'price' or 'qty': a replace changes one or both",
-                            path + "price", "replace", msg.oid, msg.symbol)
+    if msg.price is None and msg.qty is None and msg.stop() is None:
+        raise ProtocolError(MISSING_FIELD, "missing field 'price', 'qty' or 'stop_price': a replace changes one or "
+                            "more", path + "price", "replace", msg.oid, msg.symbol)
 
 
 def _check(msg: Any) -> None:
@@ -1109,11 +1158,16 @@ def _post_ok(msg: Any) -> bool:
     if cls is New:
         market = msg.type == "market"
         post_only, expire, disclosed = msg.extras()
+        stop = msg.stop()
         return ((price is None) is market and not (market and (post_only or disclosed))
-                and (expire is None) is (msg.tif != "GTD"))
+                and (expire is None) is (msg.tif != "GTD") and (stop is None or _price_ok(stop)))
     if cls is Replace:
-        return price is not None or msg.qty is not None
-    return True
+        stop = msg.stop()
+        return (price is not None or msg.qty is not None or stop is not None) and (stop is None or _price_ok(stop))
+    if cls is Triggered or cls is ExTriggered:
+        return _price_ok(msg.stop_price)
+    stop = getattr(msg, "stop_price", None)  # accepted, replaced, order_status of a stop order
+    return stop is None or _price_ok(stop)
 
 
 def _refused(data: Buffer, fam: _Family, exc: Exception | None) -> ProtocolError:
@@ -1162,7 +1216,7 @@ def decode_client(data: Buffer) -> ClientMessage:
     cls = type(msg)
     if cls is New:
         if (msg.price not in _good_prices or msg.type != "limit" or msg.expire_date is not _UNSET
-                or msg.tif == "GTD") and not _post_ok(msg):
+                or msg.tif == "GTD" or msg.stop_price is not _UNSET) and not _post_ok(msg):
             raise _refused(data, _CLIENT, None)
     elif cls is Replace and not _post_ok(msg):
         raise _refused(data, _CLIENT, None)
@@ -1249,7 +1303,7 @@ def _compile(ti: Any, name: str = "", or_nil: str = "") -> tuple[_Check, str]:
     inspect = msgspec.inspect
     if isinstance(ti, inspect.StrType):
         lo, hi, pat = ti.min_length, ti.max_length, ti.pattern
-        if name == "price":  # every field named price is a price (see Price)
+        if name in ("price", "stop_price"):  # every field named price (or stop_price) is a price (see Price)
             lo, hi, pat = None, None, PRICE_PATTERN
         rx = re.compile(pat) if pat is not None else None
         if pat is not None:
@@ -1531,9 +1585,11 @@ def _plain(obj: Any) -> Any:
     else:
         out.update(zip(names, values, strict=True))
     if type(obj) is New:  # its added fields, unset, are not encoded (msgspec leaves them out too)
-        for k in ("post_only", "expire_date", "disclosed_qty"):
+        for k in ("post_only", "expire_date", "disclosed_qty", "stop_price"):
             if out[k] is msgspec.UNSET:
                 del out[k]
+    elif type(obj) is Replace and out["stop_price"] is msgspec.UNSET:
+        del out["stop_price"]
     return out
 
 

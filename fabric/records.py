@@ -39,6 +39,7 @@ from fabric.protocol import (
     ExFill,
     ExRejected,
     ExReplaced,
+    ExTriggered,
     OrderStatus,
     Trade,
     encode,
@@ -174,7 +175,8 @@ class Batch(msgspec.Struct, kw_only=True):
 
 _DUPLICATE: Final = REJECT_NAMES[REJ_DUPLICATE_OID]
 _KIND: Final[dict[type, str]] = {ExAccepted: "accepted", ExRejected: "rejected", ExFill: "fill",
-                                 ExCancelled: "cancelled", ExReplaced: "replaced", ExExpired: "expired"}
+                                 ExCancelled: "cancelled", ExReplaced: "replaced", ExExpired: "expired",
+                                 ExTriggered: "triggered"}
 
 
 class OrderBook:
@@ -259,6 +261,8 @@ class OrderBook:
             row.price, row.qty, row.leaves_qty, row.cum_qty = p.price, p.qty, p.leaves_qty, p.cum_qty
             if p.leaves_qty == 0:
                 row.state = "filled"
+        elif t is ExTriggered:
+            pass  # a stop order entered the book: its row is as it was (its fills follow); the event is kept
         else:
             e: ExExpired = m  # type: ignore[assignment]
             row.leaves_qty, row.cum_qty, row.state = 0, e.cum_qty, "expired"

@@ -33,6 +33,7 @@ from fabric.constants import (
     EV_REJECTED,
     EV_REPLACED,
     EV_TRADE,
+    EV_TRIGGERED,
     FLAG_POST_ONLY,
     FOK,
     GTD,
@@ -46,12 +47,16 @@ from fabric.constants import (
     OP_NEW,
     OP_REPLACE,
     REJ_BAD_DISCLOSED,
+    REJ_BAD_STOP,
     REJ_BAD_TIF,
     REJ_LADDER_SPAN,
+    REJ_NOT_STOP,
     REJ_ORDER_CLOSED,
     REJ_PRICE_NOT_POSITIVE,
     REJ_PRICE_OUT_OF_BAND,
     REJ_QTY_NOT_LOT_MULTIPLE,
+    REJ_STOP_LIMIT,
+    REJ_STOP_WOULD_TRIGGER,
     REJ_WOULD_CROSS,
     STP_CANCEL_INCOMING,
     STP_CANCEL_RESTING,
@@ -83,6 +88,10 @@ class _Order:
     expire: int = 0  # a GTD order's expire day (yyyymmdd)
     disclosed: int = 0  # an iceberg's peak; 0: all of it shows
     shown: int = 0  # an iceberg's displayed quantity: what is left of its current peak
+    otype: int = LIMIT
+    stop: int = 0  # a waiting stop's trigger price
+    stp: int = STP_OFF  # a waiting stop's self-trade prevention mode
+    seq: int = 0  # a waiting stop's place among the stops of its trigger (when it took that trigger)
 
     @property
     def displayed(self) -> int:
@@ -165,6 +174,9 @@ class ReferenceBook:
         self._seen_lo: int | None = None
         self._seen_hi: int | None = None
         self.trades = 0  # trades matched so far
+        # Stop orders waiting for their trigger, by oid; `_stop_seq` numbers them as they take their trigger.
+        self._stops: dict[int, _Order] = {}
+        self._stop_seq = 0
 
     @property
     def banded(self) -> bool:
@@ -176,7 +188,7 @@ class ReferenceBook:
     # ------------------------------------------------------------------
     def new(
         self, oid: int, broker: int, side: int, otype: int, tif: int, price: int, qty: int, stp: int = STP_OFF,
-        flags: int = 0, expire: int = 0, disclosed: int = 0,
+        flags: int = 0, expire: int = 0, disclosed: int = 0, stop: int = 0,
     ) -> list[Event]:
         """Enter a new order, match it, and rest or cancel what is left.
 
@@ -204,6 +216,8 @@ class ReferenceBook:
             A GTD order's expire day (yyyymmdd).
         disclosed : int
             An iceberg's disclosed quantity (its peak); 0: all of it shows.
+        stop : int
+            A stop order's trigger price (ticks); 0: not a stop order.
 
         Returns
         -------
@@ -215,9 +229,11 @@ class ReferenceBook:
         oid, broker, side, otype, tif = int(oid), int(broker), int(side), int(otype), int(tif)
         price, qty, stp = int(price), int(qty), int(stp)
 
-        flags, expire, disclosed = int(flags), int(expire), int(disclosed)
+        flags, expire, disclosed, stop = int(flags), int(expire), int(disclosed), int(stop)
         reason = self._qty_reject(qty)
-        if not reason and otype == MARKET and tif not in (IOC, FOK):
+        if not reason and stop and (tif in (IOC, FOK) or flags or disclosed):
+            reason = REJ_BAD_STOP
+        if not reason and otype == MARKET and not stop and tif not in (IOC, FOK):
             reason = REJ_BAD_TIF
         if not reason and tif == GTD and expire <= 0:
             reason = REJ_BAD_TIF
@@ -230,8 +246,20 @@ class ReferenceBook:
             reason = self._price_reject(price)
             if not reason and flags & FLAG_POST_ONLY and self._would_cross(side, price):
                 reason = REJ_WOULD_CROSS
+        if not reason and stop:
+            reason = self._stop_reject(side, otype, price, stop)
         if reason:
             return [_row(EV_REJECTED, oid, side, other=OP_NEW, reason=reason)]
+        if stop:
+            if otype == LIMIT:
+                self._see_price(price)
+            else:
+                price = 0
+            self._stop_seq += 1
+            self._stops[oid] = _Order(oid, broker, side, tif, price, qty, leaves=qty, cum=0,
+                                      expire=expire if tif == GTD else 0, otype=otype, stop=stop, stp=stp,
+                                      seq=self._stop_seq)
+            return [_row(EV_ACCEPTED, oid, side, price, qty, qty, other=stop)]
 
         if otype == LIMIT:
             self._see_price(price)
@@ -268,7 +296,7 @@ class ReferenceBook:
                 )
             else:
                 self._rest(order)
-        return events
+        return self._cascade(events)
 
     def cancel(self, oid: int) -> list[Event]:
         """Take a resting order out of the book at the broker's request.
@@ -285,10 +313,11 @@ class ReferenceBook:
             order is not resting.
         """
         oid = int(oid)
-        order = self._orders.get(oid)
+        order = self._orders.get(oid) or self._stops.pop(oid, None)
         if order is None:
             return [_row(EV_REJECTED, oid, 0, other=OP_CANCEL, reason=REJ_ORDER_CLOSED)]
-        self._unrest(order)
+        if not order.stop:
+            self._unrest(order)
         return [
             _row(
                 EV_CANCELLED,
@@ -302,7 +331,7 @@ class ReferenceBook:
             )
         ]
 
-    def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF) -> list[Event]:
+    def replace(self, oid: int, price: int, qty: int, stp: int = STP_OFF, stop: int = NO_PRICE) -> list[Event]:
         """Change the price and/or total quantity of a resting order (FIX cancel/replace).
 
         Parameters
@@ -317,6 +346,9 @@ class ReferenceBook:
         stp : int
             The broker's self-trade prevention mode (``STP_*``), for when the
             order crosses the book.
+        stop : int
+            A waiting stop's new trigger price, or ``NO_PRICE`` (or 0) to
+            keep it (a trigger is refused for any other order).
 
         Returns
         -------
@@ -324,10 +356,14 @@ class ReferenceBook:
             A reject; or one ``EV_REPLACED`` row, followed by trades when the
             order lost its place and now crosses the book.
         """
-        oid, price, qty, stp = int(oid), int(price), int(qty), int(stp)
+        oid, price, qty, stp, stop = int(oid), int(price), int(qty), int(stp), int(stop)
+        if oid in self._stops:
+            return self._replace_stop(self._stops[oid], price, qty, stp, stop)
         order = self._orders.get(oid)
         if order is None:
             return [_row(EV_REJECTED, oid, 0, other=OP_REPLACE, reason=REJ_ORDER_CLOSED)]
+        if stop > 0:  # NO_PRICE or 0 keeps the trigger: this order has none
+            return [_row(EV_REJECTED, oid, order.side, other=OP_REPLACE, reason=REJ_NOT_STOP)]
 
         new_price = order.price if price == NO_PRICE else price
         new_qty = order.qty if qty == NO_QTY else qty
@@ -363,7 +399,82 @@ class ReferenceBook:
                                reason=CXL_SELF_TRADE))
         elif order.leaves > 0:
             self._rest(order)
-        return events
+        return self._cascade(events)
+
+    def _replace_stop(self, order: _Order, price: int, qty: int, stp: int, stop: int) -> list[Event]:
+        """Replace a waiting stop's limit price, quantity and trigger (a new trigger: a new place)."""
+        new_price = order.price if price == NO_PRICE else price
+        new_qty = order.qty if qty == NO_QTY else qty
+        new_stop = order.stop if stop <= 0 else stop
+        reason = self._qty_reject(new_qty)
+        if not reason and order.otype == MARKET and price != NO_PRICE:
+            reason = REJ_BAD_STOP
+        if not reason and order.otype == LIMIT:
+            reason = self._price_reject(new_price)
+        if not reason:
+            reason = self._stop_reject(order.side, order.otype, new_price, new_stop)
+        if reason:
+            return [_row(EV_REJECTED, order.oid, order.side, other=OP_REPLACE, reason=reason)]
+        if order.otype == LIMIT:
+            self._see_price(new_price)
+        kept = new_stop == order.stop
+        if not kept:
+            self._stop_seq += 1
+            order.seq = self._stop_seq
+        order.price, order.qty, order.leaves, order.stop, order.stp = new_price, new_qty, new_qty, new_stop, stp
+        return [_row(EV_REPLACED, order.oid, order.side, new_price, new_qty, new_qty, 0, int(kept), new_stop)]
+
+    def _stop_reject(self, side: int, otype: int, price: int, stop: int) -> int:
+        """Check a stop order's trigger (and its limit price against it); return the reject reason or 0."""
+        if stop <= 0:
+            return REJ_PRICE_NOT_POSITIVE
+        if self.band_lo is not None and self.band_hi is not None and not self.band_lo <= stop <= self.band_hi:
+            return REJ_PRICE_OUT_OF_BAND
+        if otype == LIMIT and (price < stop if side == BUY else price > stop):
+            return REJ_STOP_LIMIT
+        if self.last and (stop <= self.last if side == BUY else stop >= self.last):
+            return REJ_STOP_WOULD_TRIGGER
+        return 0
+
+    def _cascade(self, events: list[Event]) -> list[Event]:
+        """Trigger the waiting stops the trades in ``events`` reach, and those their own trades reach.
+
+        Read the trades in order; at each, every waiting buy stop with a trigger at or below its price and
+        every sell stop with a trigger at or above it is triggered, buys before sells, buys by ascending and
+        sells by descending trigger, then by when they took their trigger.  Triggered stops enter the book
+        one after the other in that order, each after every trade before it has been read.
+        """
+        queue: list[_Order] = []
+        i = 0
+        while True:
+            for ev in events[i:]:
+                if ev[0] == EV_TRADE and self._stops:
+                    p = ev[3]
+                    reached = [o for o in self._stops.values()
+                               if (o.stop <= p if o.side == BUY else o.stop >= p)]
+                    reached.sort(key=lambda o: (o.side, o.stop if o.side == BUY else -o.stop, o.seq))
+                    for o in reached:
+                        del self._stops[o.oid]
+                    queue.extend(reached)
+            i = len(events)
+            if not queue:
+                return events
+            self._enter(queue.pop(0), events)
+
+    def _enter(self, order: _Order, events: list[Event]) -> None:
+        """A triggered stop enters the book now as its limit or market order, matching first."""
+        events.append(_row(EV_TRIGGERED, order.oid, order.side, order.price, order.qty, order.qty, other=order.stop))
+        limit = order.price if order.otype == LIMIT else self._protected_limit(order.side)
+        stp, order.stop = order.stp, 0
+        if self._match(order, limit, stp, events):
+            events.append(_row(EV_CANCELLED, order.oid, order.side, order.price, order.leaves, 0, order.cum,
+                               reason=CXL_SELF_TRADE))
+        elif order.leaves > 0:
+            if order.otype == MARKET:
+                events.append(_row(EV_CANCELLED, order.oid, order.side, order.price, order.leaves, 0, order.cum,
+                                   reason=CXL_IOC_REMAINDER))
+            else:
+                self._rest(order)
 
     def end_of_day(self, day: int = 0) -> list[Event]:
         """Expire every resting DAY order, and every GTD order whose expire day is ``day`` (yyyymmdd) or
@@ -375,10 +486,11 @@ class ReferenceBook:
             One ``EV_EXPIRED`` row per expired order.
         """
         events: list[Event] = []
-        for oid in sorted(o.oid for o in self._orders.values()
+        for oid in sorted(o.oid for o in (*self._orders.values(), *self._stops.values())
                           if o.tif == DAY or (o.tif == GTD and o.expire <= day)):
-            order = self._orders[oid]
-            self._unrest(order)
+            order = self._orders.get(oid) or self._stops.pop(oid)
+            if not order.stop:
+                self._unrest(order)
             events.append(
                 _row(EV_EXPIRED, oid, order.side, order.price, order.leaves, 0, order.cum)
             )
@@ -427,10 +539,26 @@ class ReferenceBook:
         oid : int
             The order to look up.
         """
-        o = self._orders.get(int(oid))
+        o = self._orders.get(int(oid)) or self._stops.get(int(oid))
         if o is None:
             return None
         return (o.side, o.price, o.qty, o.leaves, o.cum)
+
+    def stop(self, oid: int) -> int | None:
+        """Return the trigger price of a stop order waiting for it, else ``None``."""
+        o = self._stops.get(int(oid))
+        return None if o is None else o.stop
+
+    @property
+    def stops(self) -> int:
+        """Number of stop orders waiting for their trigger."""
+        return len(self._stops)
+
+    def stop_queue(self, side: int) -> list[int]:
+        """Return the oids of the waiting stops of ``side`` in trigger order (buys ascending, sells descending)."""
+        mine = [o for o in self._stops.values() if o.side == side]
+        mine.sort(key=lambda o: (o.stop if side == BUY else -o.stop, o.seq))
+        return [o.oid for o in mine]
 
     def queue(self, side: int, price: int) -> list[int]:
         """Return the oids resting at one price of one side, in time priority.
@@ -466,6 +594,9 @@ class ReferenceBook:
                 raise ValueError(f"bad price band [{band_lo}, {band_hi}]")
             if any(not band_lo <= o.price <= band_hi for o in self._orders.values()):
                 raise ValueError(f"orders rest outside the new band [{band_lo}, {band_hi}]: cancel them first")
+            if any(not band_lo <= o.stop <= band_hi or (o.otype == LIMIT and not band_lo <= o.price <= band_hi)
+                   for o in self._stops.values()):
+                raise ValueError(f"stop orders wait outside the new band [{band_lo}, {band_hi}]: cancel them first")
             self.band_lo, self.band_hi = int(band_lo), int(band_hi)
         self.ref = int(ref)
 

@@ -162,7 +162,7 @@ class _Head(msgspec.Struct, gc=False):
 
 
 _head = msgspec.msgpack.Decoder(_Head).decode
-_EXEC_KINDS = frozenset({"accepted", "rejected", "fill", "cancelled", "replaced", "expired"})
+_EXEC_KINDS = frozenset({"accepted", "rejected", "fill", "cancelled", "replaced", "expired", "triggered"})
 Report = tuple[int, str, bytes]  # (tseq, broker, the report's body as published)
 BEFORE_LOGON = 16  # messages a connection may send before it logs on; past them it is ignored
 STRANGERS_KEPT = 100_000  # connections without a session whose count is kept (the oldest are forgotten)

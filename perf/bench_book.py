@@ -55,7 +55,7 @@ from perf.workload import generate  # noqa: E402
 MID = 70_000  # 3500.00 at tick 0.05
 BAND = (63_000, 77_000)  # +/- 10 %
 # Market protection of the books (mid as their reference price): 0.05 %, 35 ticks, so that it stops some
-# market orders; the stream also has post-only and GTD orders (perf/workload.py, order_types).
+# market orders; the stream also has post-only, GTD, iceberg and stop-loss orders (perf/workload.py, order_types).
 PROTECT_BP = 5
 
 
@@ -101,9 +101,9 @@ def _loop(book: Any, rows: list[list[int]]) -> None:
     # buffer, the reference book's returned list): decoding them is the caller's
     # business and is not part of either book's figure.
     new, cancel, replace, eod = book.new, book.cancel, book.replace, book.end_of_day
-    for op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed in rows:
+    for op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed, stop in rows:
         if op == OP_NEW:
-            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
+            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed, stop)
         elif op == OP_CANCEL:
             cancel(oid)
         elif op == OP_REPLACE:
@@ -130,10 +130,10 @@ def per_command_latency(rows: list[list[int]]) -> np.ndarray:
     lat = np.empty(len(rows), dtype=INT)
     clock = time.perf_counter_ns
     new, cancel, replace = book.new, book.cancel, book.replace
-    for i, (op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed) in enumerate(rows):
+    for i, (op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed, stop) in enumerate(rows):
         t0 = clock()
         if op == OP_NEW:
-            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
+            new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed, stop)
         elif op == OP_CANCEL:
             cancel(oid)
         elif op == OP_REPLACE:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeat", type=int, default=3, help="runs of (a) and (b); the best counts")
     ap.add_argument("--skip-liquibook", action="store_true")
     ap.add_argument("--plain", action="store_true",
-                    help="the stream without post-only and GTD orders, books without market protection")
+                    help="the stream without post-only, GTD, iceberg and stop orders, books without market protection")
     ap.add_argument("--skip-start", action="store_true", help="do not measure first/warm start")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--out", metavar="FILE", help="also write the JSON object to FILE")

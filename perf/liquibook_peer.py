@@ -34,6 +34,8 @@ limit DAY           the same as GTC; Liquibook has no sessions or DAY orders.
 limit IOC           conditions ``oc_immediate_or_cancel``
 limit FOK           conditions ``oc_fill_or_kill`` (all-or-none + IOC)
 market IOC / FOK    price 0 (``MARKET_ORDER_PRICE``) with the same conditions
+stop (SL, SL-M)     the same order with its ``stop_price``: Liquibook holds
+                    it until its own last trade price reaches the trigger
 cancel              ``book.cancel(order)``
 replace             ``book.replace(order, size_delta, new_price)`` with
                     ``size_delta = new total qty - current total qty`` (it is
@@ -140,9 +142,9 @@ class FillCounter(liquibook.OrderListener):
         pass
 
 
-def _new_order(side: int, otype: int, tif: int, price: int, qty: int) -> liquibook.SimpleOrder:
+def _new_order(side: int, otype: int, tif: int, price: int, qty: int, stop: int = 0) -> liquibook.SimpleOrder:
     """Create the Liquibook order for one of our new-order commands, marked accepted."""
-    order = liquibook.SimpleOrder(side == BUY, 0 if otype == MARKET else price, qty, 0, _CONDITIONS[tif])
+    order = liquibook.SimpleOrder(side == BUY, 0 if otype == MARKET else price, qty, stop, _CONDITIONS[tif])
     order.accept()  # SimpleOrder.replace() only updates accepted orders
     return order
 
@@ -183,21 +185,21 @@ def run_liquibook(cmds: np.ndarray, with_callback: bool, *, precreate: bool = Fa
     n_orders = int(cmds[:, C_OID].max(initial=-1)) + 1
     orders: list[liquibook.SimpleOrder | None] = [None] * n_orders
     if precreate:
-        for op, oid, _broker, side, otype, tif, price, qty, *_ in rows:
+        for op, oid, _broker, side, otype, tif, price, qty, *_, stop in rows:
             if op == OP_NEW:
-                orders[oid] = _new_order(side, otype, tif, price, qty)
+                orders[oid] = _new_order(side, otype, tif, price, qty, stop)
     prices = [0] * n_orders  # current price and total quantity of every order,
     totals = [0] * n_orders  # to turn our replaces into Liquibook's deltas
     day_oids: list[int] = []
     cond = _CONDITIONS
 
     start = time.perf_counter()
-    for op, oid, _broker, side, otype, tif, price, qty, *_ in rows:
+    for op, oid, _broker, side, otype, tif, price, qty, *_, stop in rows:
         if op == OP_NEW:
             if precreate:
                 order = orders[oid]
             else:  # _new_order(), inlined
-                order = liquibook.SimpleOrder(side == BUY, 0 if otype == MARKET else price, qty, 0, cond[tif])
+                order = liquibook.SimpleOrder(side == BUY, 0 if otype == MARKET else price, qty, stop, cond[tif])
                 order.accept()
                 orders[oid] = order
             prices[oid] = price

@@ -18,9 +18,15 @@ The flow is modelled on a liquid cash-equity book:
   IOC or FOK) and market orders (IOC, some FOK).
 * With ``order_types``: 10 % of the passive orders are post-only (rejected,
   ``would_cross``, when the mid has moved past them), 5 % good-till-date
-  (a far date: they rest as GTC orders do) and 5 % icebergs (a third of
-  their quantity disclosed), and market orders meet market protection
-  (``protect_bp`` of the last trade price).
+  (a far date: they rest as GTC orders do), 5 % icebergs (a third of
+  their quantity disclosed) and 3 % stop-loss orders (half SL, half SL-M, GTC
+  or DAY, their trigger a few ticks beyond the last trade price: they wait
+  outside the book, and most trigger as the mid walks), and market orders
+  meet market protection (``protect_bp`` of the last trade price).
+
+The model follows the books exactly without icebergs; with them it drifts
+now and then (a few hundred commands in a million see another last price), so
+a handful of stop orders (about 1 in 400) are refused ``stop_would_trigger``.
 
 With this mix a stream makes about 0.5 trades per command, and the book
 stays small: about 10,000 orders rest after 1M commands.  The same seed always gives the same
@@ -80,6 +86,7 @@ P_POST_ONLY = 0.10  # with order_types: share of passive orders that are post-on
 P_GTD = 0.05  # ... and that are GTD (of GTC's share)
 GTD_DAY = 20991231  # their expire day: never reached in a benchmark
 P_ICEBERG = 0.05  # ... and that are icebergs, disclosing a third of their quantity
+P_STOP = 0.03  # ... and that are stop-loss orders (half of them SL-M), a few ticks beyond the last price
 P_AGGR_MARKET = 0.40  # share of aggressive orders that are market orders
 P_MARKET_FOK = 0.15  # share of market orders that are FOK rather than IOC
 P_AGGR_GTC = 0.50  # tif of aggressive limit orders: GTC, else IOC ...
@@ -114,7 +121,9 @@ class _BookModel:
     orders that are really open.  It has no rejects and no DAY expiry because
     the generated flow never causes them.  Resting orders sit in one heap per
     side keyed by ``(price, time)``; entries of orders that left the book or
-    moved are skipped when they reach the top.
+    moved are skipped when they reach the top.  Waiting stop orders sit in one
+    heap per side in trigger order; each trade price triggers those it reaches,
+    as the books do (``docs/book-semantics.md``, "Stop-loss orders").
     """
 
     def __init__(self, ref: int = 0, protect_bp: int = 0) -> None:
@@ -133,10 +142,45 @@ class _BookModel:
         self.where: dict[int, int] = {}  # oid -> index in self.open
         self.just_filled: deque[int] = deque(maxlen=LATE_MEMORY)
         self.clock = 0
+        # Waiting stops: buys by (trigger, seq), sells by (-trigger, seq); the generator never cancels them.
+        self.stops: tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]] = ([], [])
+        self.market: dict[int, bool] = {}  # a waiting stop: whether it is a stop-loss market order
+        self.prints: list[int] = []  # trade prices not yet read for stops
+
+    def new_stop(self, side: int, otype: int, price: int, qty: int, broker: int, trigger: int) -> int:
+        """Enter a stop order (valid: its trigger beyond the last price); return its oid."""
+        oid = self.new(side, otype, GTC, price, qty, broker, hold=True)
+        self.clock += 1
+        heapq.heappush(self.stops[side], (trigger if side == BUY else -trigger, self.clock, oid))
+        self.market[oid] = otype == MARKET
+        return oid
+
+    def _cascade(self) -> None:
+        # The stops the trades reached enter the book one after the other; their trades may reach more.
+        queue: deque[int] = deque()
+        i = 0
+        while True:
+            while i < len(self.prints):
+                p = self.prints[i]
+                i += 1
+                for side in (BUY, 1 - BUY):
+                    heap = self.stops[side]
+                    while heap and (heap[0][0] <= p if side == BUY else -heap[0][0] >= p):
+                        queue.append(heapq.heappop(heap)[2])
+            if not queue:
+                break
+            oid = queue.popleft()
+            market = self.market.pop(oid)
+            self._match(oid, market)
+            if self.leaves[oid] and not market:
+                self._rest(oid)
+        self.prints.clear()
 
     def new(self, side: int, otype: int, tif: int, price: int, qty: int, broker: int, post_only: bool = False,
-            disclosed: int = 0) -> int:
-        """Enter a new order; return its oid (a post-only order that would cross is rejected: it never rests)."""
+            disclosed: int = 0, hold: bool = False) -> int:
+        """Enter a new order; return its oid (a post-only order that would cross is rejected: it never rests).
+
+        ``hold``: only record it (a stop order, see :meth:`new_stop`)."""
         oid = len(self.side)
         self.side.append(side)
         self.disclosed.append(disclosed)
@@ -146,6 +190,8 @@ class _BookModel:
         self.leaves.append(qty)
         self.broker.append(broker)
         self.seq.append(0)
+        if hold:
+            return oid
         market = otype == MARKET
         if post_only and self._available(side, price, False, 1) > 0:
             self.leaves[oid] = 0
@@ -154,6 +200,8 @@ class _BookModel:
             self._match(oid, market)
         if self.leaves[oid] and tif in (GTC, DAY, GTD):
             self._rest(oid)
+        if self.prints:
+            self._cascade()
         return oid
 
     def cancel(self, oid: int) -> None:
@@ -179,6 +227,8 @@ class _BookModel:
             if self.leaves[oid]:
                 self._rest(oid)
         self.qty[oid] = qty
+        if self.prints:
+            self._cascade()
 
     def pick(self, u: float, recent: int) -> int:
         """Return an open oid, mostly a recent one, or -1 if none is open."""
@@ -241,6 +291,7 @@ class _BookModel:
             iceberg = self.disclosed[other] != 0
             fill = min(self.leaves[oid], self.shown[other] if iceberg else self.leaves[other])
             self.last = self.price[other]
+            self.prints.append(self.last)
             self.leaves[oid] -= fill
             self.leaves[other] -= fill
             if iceberg:
@@ -306,7 +357,7 @@ def generate(
         inside it, and the mid keeps a margin from its edges.  ``None`` means
         unbanded (prices only stay positive).
     order_types
-        Put post-only and GTD orders in the mix (see the module's text).
+        Put post-only, GTD, iceberg and stop-loss orders in the mix (see the module's text).
     protect_bp
         The book's market protection in basis points, with ``mid`` as its
         reference price (0: none): the generator's model matches market
@@ -363,10 +414,25 @@ def generate(
                 tif = GTD
             iceberg = P_POST_ONLY + P_GTD <= post_u[i] < P_POST_ONLY + P_GTD + P_ICEBERG
             disclosed = lot * -(-lots[i] // 3) if iceberg else 0
+            stop_u = post_u[i] - (P_POST_ONLY + P_GTD + P_ICEBERG)
+            if 0 <= stop_u < P_STOP:
+                # A stop-loss order: buy stops above the last price, sell stops below (so it waits), its limit
+                # (SL) the trigger or a tick or two beyond; half are SL-M.
+                base = book.last or mid
+                trigger = clip(base + dists[i] if side == BUY else base - dists[i])
+                if book.last == 0 or (trigger > book.last if side == BUY else trigger < book.last):
+                    otype = MARKET if stop_u < P_STOP / 2 else LIMIT
+                    price = 0 if otype == MARKET else clip(trigger + cross[i] - 1 if side == BUY
+                                                           else trigger - cross[i] + 1)
+                    tif = DAY if tif == DAY else GTC
+                    oid = book.new_stop(side, otype, price, qty, brokers[i], trigger)
+                    rows.append((OP_NEW, oid, brokers[i], side, otype, tif, price, qty, 0, 0, 0, 0, trigger))
+                    mid = min(max(mid + steps[i], lo + margin), hi - margin)
+                    continue
             price = clip(mid - dists[i] if side == BUY else mid + dists[i])
             oid = book.new(side, LIMIT, tif, price, qty, brokers[i], post_only, disclosed)
             rows.append((OP_NEW, oid, brokers[i], side, LIMIT, tif, price, qty, 0, FLAG_POST_ONLY if post_only else 0,
-                         GTD_DAY if tif == GTD else 0, disclosed))
+                         GTD_DAY if tif == GTD else 0, disclosed, 0))
         elif u < P_LIMIT + P_CANCEL + P_REPLACE:
             # Cancel or replace an open order, or now and then one just filled.
             if late_u[i] < P_LATE and book.just_filled:
@@ -376,7 +442,7 @@ def generate(
             broker = book.broker[oid]
             if u < P_LIMIT + P_CANCEL:
                 book.cancel(oid)
-                rows.append((OP_CANCEL, oid, broker, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+                rows.append((OP_CANCEL, oid, broker, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
                 continue
             old_side, old_price, old_qty = book.side[oid], book.price[oid], book.qty[oid]
             new_price, new_qty = NO_PRICE, NO_QTY
@@ -394,7 +460,7 @@ def generate(
                 old_price if new_price == NO_PRICE else new_price,
                 old_qty if new_qty == NO_QTY else new_qty,
             )
-            rows.append((OP_REPLACE, oid, broker, 0, 0, 0, new_price, new_qty, 0, 0, 0, 0))
+            rows.append((OP_REPLACE, oid, broker, 0, 0, 0, new_price, new_qty, 0, 0, 0, 0, NO_PRICE))
         else:
             # Aggressive order: a market order or a limit crossing the spread.
             qty *= AGGR_SIZE_FACTOR
@@ -406,7 +472,7 @@ def generate(
                 tif = GTC if t < P_AGGR_GTC else IOC if t < P_AGGR_GTC + P_AGGR_IOC else FOK
                 price = clip(mid + cross[i] if side == BUY else mid - cross[i])
             oid = book.new(side, otype, tif, price, qty, brokers[i])
-            rows.append((OP_NEW, oid, brokers[i], side, otype, tif, price, qty, 0, 0, 0, 0))
+            rows.append((OP_NEW, oid, brokers[i], side, otype, tif, price, qty, 0, 0, 0, 0, 0))
         mid = min(max(mid + steps[i], lo + margin), hi - margin)
 
     out = np.zeros((n, C_NFIELDS), dtype=np.int64)
@@ -448,7 +514,7 @@ def to_replay(
     def price_str(ticks: int) -> str:
         return str((tick_d * ticks).quantize(quantum))
 
-    for op, oid, broker, side, otype, tif, price, qty, _stp, flags, expire, disclosed in cmds.tolist():
+    for op, oid, broker, side, otype, tif, price, qty, _stp, flags, expire, disclosed, stop in cmds.tolist():
         if op == OP_END_OF_DAY:
             yield {"op": "end_of_day"}
             continue
@@ -470,6 +536,8 @@ def to_replay(
                 head["post_only"] = True
             if disclosed:
                 head["disclosed_qty"] = disclosed
+            if stop:
+                head["stop_price"] = price_str(stop)
             if tif == GTD:
                 head["expire_date"] = f"{expire // 10000:04d}-{expire // 100 % 100:02d}-{expire % 100:02d}"
         elif op == OP_CANCEL:

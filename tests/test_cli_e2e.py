@@ -139,6 +139,39 @@ def test_order_post_only_gtd_and_iceberg_through_the_whole_exchange(exchange: La
     assert [f["qty"] for f in fills] == [10, 2]  # a peak, then the next one
 
 
+def test_order_stop_price_waits_is_replaced_and_triggers_through_the_whole_exchange(exchange: Launcher) -> None:
+    topo = str(exchange.path)
+    sym = exchange.topo.shards[0].symbols[1]
+    inst = exchange.topo.instrument(sym)
+    base = (inst.band_lo or 0) + 60
+
+    def px(d: int) -> str:
+        return str(inst.to_price(base + d))
+
+    def order(*args: str) -> subprocess.CompletedProcess[str]:
+        return exfab("order", *args, "--json", "--topology", topo)
+
+    assert order("sell", sym, "1", "@", px(0), "--broker", "DEMO3").returncode == 0
+    assert order("buy", sym, "1", "@", px(0), "--tif", "IOC", "--broker", "DEMO4").returncode == 0  # last: px(0)
+    stop = order("buy", sym, "5", "@", px(2), "--stop-price", px(1), "--broker", "DEMO5")
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    acc, status = _json_lines(stop.stdout)
+    assert (acc["event"], acc["tif"], acc["stop_price"]) == ("accepted", "DAY", px(1))
+    assert (status["state"], status["stop_price"], "triggered" in status) == ("new", px(1), False)  # waiting
+    oid = acc["oid"]
+    rep = order("replace", oid, "--stop-price", px(2), "--broker", "DEMO5")
+    assert rep.returncode == 0 and _json_lines(rep.stdout)[0]["stop_price"] == px(2), rep.stdout
+    late = order("sell", sym, "5", "--stop-price", px(1), "--broker", "DEMO5")  # a sell stop above the last price
+    assert late.returncode == 1 and _json_lines(late.stdout)[0]["reason"] == "stop_would_trigger", late.stdout
+    # A trade at px(2) reaches the trigger: the stop buys the 4 left at px(2) and rests with 1.
+    assert order("sell", sym, "5", "@", px(2), "--broker", "DEMO3").returncode == 0
+    assert order("buy", sym, "1", "@", px(2), "--tif", "IOC", "--broker", "DEMO6").returncode == 0
+    listed = exfab("orders", "--broker", "DEMO5", "--symbol", sym, "--json", "--topology", topo)
+    mine = [o for o in _json_lines(listed.stdout) if o["oid"] == oid]
+    assert len(mine) == 1 and (mine[0]["state"], mine[0]["cum_qty"], mine[0]["triggered"]) == (
+        "partially_filled", 4, True), listed.stdout
+
+
 def test_order_usage_errors_exit_2_without_the_exchange(tmp_path: Path) -> None:
     topo = str(topology_on_free_ports(LOCAL, tmp_path, brokers="keys"))  # nothing runs there: usage is checked first
     words = exfab("order", "buy", "TCS", "ten", "--broker", "DEMO7", "--topology", topo)

@@ -188,6 +188,45 @@ def test_post_only_and_gtd_go_out_only_when_asked_for() -> None:
     assert decode_client(sent).extras() == (False, None, 10)
 
 
+def test_stop_price_goes_out_with_a_day_default_and_its_triggered_report_is_a_report() -> None:
+    from fabric.protocol import Replace, Triggered
+
+    core = _connected()
+    sent = _sent(core.sell("TCS", 5, oid="s1", stop_price="3480.00"), 0.0)  # a stop-loss market order (SL-M)
+    assert decode_client(sent) == New(oid="s1", symbol="TCS", side="sell", type="market", qty=5, tif="DAY",
+                                      stop_price="3480.00")
+    assert b"stop_price" not in _sent(core.sell("TCS", 5, "3500.00", oid="o1"), 0.0)
+    op = core.replace("s1", "TCS", stop_price="3475.00")
+    assert decode_client(_sent(op, 0.0)) == Replace(oid="s1", symbol="TCS", stop_price="3475.00")
+    trig = Triggered(oid="s1", symbol="TCS", side="sell", type="market", qty=5, stop_price="3475.00")
+    op.receive(_frames(trig, _status("s1", op="replace")), 0.1)
+    r = _done(op, 0.1)
+    assert r.events == [trig] and list(core.reports) == [trig]  # a triggered report belongs to its order's command
+
+
+def test_async_client_passes_stop_price_to_the_core() -> None:
+    import asyncio
+    import inspect
+
+    from fabric.client import AsyncBrokerClient, BrokerClient
+
+    for cls in (BrokerClient, AsyncBrokerClient):
+        for name in ("buy", "sell", "replace"):
+            assert "stop_price" in inspect.signature(getattr(cls, name)).parameters, (cls, name)
+    seen: list[Any] = []
+
+    class Probe(AsyncBrokerClient):
+        async def _in_turn(self, op: Any) -> Any:  # the operation the shell would drive
+            seen.append(op)
+            return op
+
+    c = Probe(["tcp://127.0.0.1:1"], "B1")
+    op = asyncio.run(c.buy("TCS", 5, "3510.00", stop_price="3505.00", oid="b1"))
+    rep = asyncio.run(c.replace("b1", "TCS", stop_price="3506.00"))
+    c.close()
+    assert op._msg.stop() == "3505.00" and rep._msg.stop() == "3506.00"  # what the operation will send
+
+
 def test_command_accepted_then_closing_status_done_with_events() -> None:
     core = _connected()
     op = core.buy("TCS", 10, "3500.00", oid="o1")

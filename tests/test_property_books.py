@@ -6,9 +6,11 @@ reference book must give the same events, command by command, and end with the
 same book (levels and the order of every queue).  Sessions draw brokers and
 self-trade prevention modes at random, post-only orders, GTD orders and end
 of days that expire some of them, icebergs (disclosed quantities, valid or
-not), books with and without market protection; no trade of a banded book
-ever prints outside its band (the circuit filter) nor, for a market order,
-outside its protection.
+not), books with and without market protection, stop orders (limit and
+market, their triggers replaced, cancelled, expired and cascading); no trade of
+a banded book ever prints outside its band (the circuit filter) nor, for a
+market order, outside its protection; no stop order trades before a trade
+prints through its trigger, and none waits once one has.
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ from fabric.constants import (
     BUY,
     C_NFIELDS,
     DAY,
+    E_OID,
+    E_OTHER,
     E_PRICE,
+    E_SIDE,
     E_TYPE,
     EV_ACCEPTED,
+    EV_CANCELLED,
+    EV_EXPIRED,
     EV_REJECTED,
+    EV_REPLACED,
     EV_TRADE,
+    EV_TRIGGERED,
     FLAG_POST_ONLY,
     FOK,
     GTC,
@@ -78,24 +87,30 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
     next_oid = 0
     sides: list[int] = []  # of each new order: a replace may move it across the spread
     for _ in range(n):
-        kind = draw(st.sampled_from(["new"] * 6 + ["cancel", "replace", "replace", "eod"] + ["new_mkt"]))
+        kind = draw(st.sampled_from(["new"] * 6 + ["cancel", "replace", "replace", "eod"] + ["new_mkt"]
+                                    + ["new_stop"] * 2))
         if kind.startswith("new") or next_oid == 0:
             side = draw(st.sampled_from([BUY, SELL]))
+            stop = 0
+            if kind == "new_stop":  # a trigger near the middle mostly, on either side of the last price
+                stop = draw(st.integers(mid - 4, mid + 4) | st.integers(max(plo - 2, -1), phi + 2))
+                kind = draw(st.sampled_from(["new", "new_mkt"]))
             market = kind == "new_mkt"
-            tif = draw(st.sampled_from([IOC, FOK] if market and draw(st.booleans())
+            tif = draw(st.sampled_from([IOC, FOK] if market and not stop and draw(st.booleans())
                                        else [GTC, GTC, DAY, IOC, FOK, GTD]))
             price = 0 if market else draw(st.integers(max(plo - 2, -1), phi + 2) | st.integers(mid - 3, mid + 3))
             lots = st.sampled_from([lot, 2 * lot, 3 * lot, 7 * lot, lot + 1, 0, -lot])
             qty = draw(lots if lot > 1 else st.integers(-1, 25))
-            flags = draw(st.sampled_from([0, 0, 0, FLAG_POST_ONLY]))
+            flags = draw(st.sampled_from([0, 0, 0, FLAG_POST_ONLY] if not stop else [0, 0, 0, 0, 0, FLAG_POST_ONLY]))
             expire = draw(st.sampled_from([*DAYS, 0])) if tif == GTD or draw(st.integers(0, 9)) == 0 else 0
-            disclosed = draw(st.sampled_from([0, 0, 0, lot, lot, 2 * lot, lot + 1, -lot]))
+            disclosed = draw(st.sampled_from([0, 0, 0, lot, lot, 2 * lot, lot + 1, -lot] if not stop
+                                             else [0, 0, 0, 0, 0, lot]))
             cmds.append((OP_NEW, next_oid, draw(st.integers(0, 2)), side, MARKET if market else LIMIT, tif, price, qty,
-                         draw(stp_modes), flags, expire, disclosed))
+                         draw(stp_modes), flags, expire, disclosed, stop))
             next_oid += 1
             sides.append(side)
         elif kind == "cancel":
-            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+            cmds.append((OP_CANCEL, draw(st.integers(0, next_oid)), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
         elif kind == "replace":
             oid = draw(st.integers(0, next_oid))
             across = st.nothing() if oid == next_oid else (
@@ -103,20 +118,22 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
             price = draw(st.sampled_from([NO_PRICE]) | st.integers(mid - 3, mid + 3) | st.integers(plo - 2, phi + 2)
                          | across)
             qty = draw(st.sampled_from([NO_QTY, 0, lot, 2 * lot, 5 * lot, 9 * lot, lot + 1]))
-            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes), 0, 0, 0))
+            stop = draw(st.sampled_from([NO_PRICE, NO_PRICE]) | st.integers(mid - 4, mid + 4))
+            cmds.append((OP_REPLACE, oid, 0, 0, 0, 0, price, qty, draw(stp_modes), 0, 0, 0, stop))
         else:
-            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, draw(st.sampled_from([*DAYS, 0])), 0))
+            cmds.append((OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, draw(st.sampled_from([*DAYS, 0])), 0, 0))
     return shape, cmds
 
 
 def _apply(book: OrderBook | ReferenceBook, cmd: tuple[int, ...]) -> list[tuple[int, ...]]:
-    op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed = (*cmd, 0, 0, 0, 0)[:C_NFIELDS]
+    op, oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed, stop = (
+        *cmd, 0, 0, 0, 0, 0)[:C_NFIELDS]
     if op == OP_NEW:
-        evs = book.new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed)
+        evs = book.new(oid, broker, side, otype, tif, price, qty, stp, flags, expire, disclosed, stop)
     elif op == OP_CANCEL:
         evs = book.cancel(oid)
     elif op == OP_REPLACE:
-        evs = book.replace(oid, price, qty, stp)
+        evs = book.replace(oid, price, qty, stp, NO_PRICE if len(cmd) < C_NFIELDS else stop)
     else:
         evs = book.end_of_day(expire)
     rows = book.out[:evs].tolist() if isinstance(evs, int) else evs
@@ -145,6 +162,8 @@ def _same_book(a: OrderBook, b: ReferenceBook) -> None:
     for price in prices | {p + d for p in prices for d in (-1, 1)} | {1}:
         for side in (BUY, SELL):
             assert a.level(side, price) == b.level(side, price), (side, price)
+        assert a.stop_queue(side) == b.stop_queue(side)
+    assert a.stops == b.stops
 
 
 @given(sessions())
@@ -159,6 +178,7 @@ def test_random_session_compiled_and_reference_agree(session: tuple) -> None:
     _same_book(compiled, ref)
     for oid in range(len(cmds) + 1):
         assert compiled.order(oid) == ref.order(oid)
+        assert compiled.stop(oid) == ref.stop(oid)
 
     # The batch loop over the whole session gives the same events and book.
     rows = np.array(cmds, dtype=INT).reshape(-1, C_NFIELDS)
@@ -183,6 +203,36 @@ def test_random_session_never_trades_outside_the_band(session: tuple) -> None:
                     if cmd[4] == MARKET and bp and last:  # market protection: no worse than last -/+ bp
                         worse = ev[E_PRICE] - last if cmd[3] == BUY else last - ev[E_PRICE]
                         assert worse * 10000 <= last * bp, (cmd, ev, last)
+
+
+@given(sessions())
+def test_random_session_no_stop_trades_before_a_print_through_its_trigger(session: tuple) -> None:
+    shape, cmds = session
+    compiled, _, ref = _books(shape)
+    for book in (compiled, ref):
+        waiting: dict[int, tuple[int, int]] = {}  # oid -> (side, trigger) of each stop waiting
+        for cmd in cmds:
+            prints: list[int] = []
+            for ev in _apply(book, cmd):
+                typ, oid = ev[E_TYPE], ev[E_OID]
+                if typ == EV_ACCEPTED and ev[E_OTHER]:
+                    waiting[oid] = (ev[E_SIDE], ev[E_OTHER])
+                elif typ == EV_TRIGGERED:
+                    side, trigger = waiting.pop(oid)
+                    assert ev[E_OTHER] == trigger
+                    # A trade of this command before it printed at or through its trigger.
+                    assert any(p >= trigger if side == BUY else p <= trigger for p in prints), (cmd, ev, prints)
+                elif typ == EV_TRADE:
+                    assert oid not in waiting and ev[E_OTHER] not in waiting, (cmd, ev)  # a waiting stop never trades
+                    prints.append(ev[E_PRICE])
+                elif typ in (EV_CANCELLED, EV_EXPIRED):
+                    waiting.pop(oid, None)
+                elif typ == EV_REPLACED and oid in waiting:
+                    waiting[oid] = (waiting[oid][0], ev[8])  # E_OTHER_LEAVES: the new trigger
+            # Nothing that printed has reached a stop still waiting.
+            for side, trigger in waiting.values():
+                assert not any(p >= trigger if side == BUY else p <= trigger for p in prints), (cmd, waiting)
+            assert book.stops == len(waiting)
 
 
 @given(sessions())
@@ -291,6 +341,8 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                     cmd["price"] = draw(st.sampled_from(prices))
                 if draw(st.booleans()):
                     cmd["qty"] = draw(st.sampled_from([0, 5, 10, 15, 3]))
+                if draw(st.integers(0, 3)) == 0:
+                    cmd["stop_price"] = draw(st.sampled_from(["0.95", "1.00", "1.05", "1.90", "2.10", "0.97"]))
         elif kind == "eod":
             cmd = {"op": "end_of_day", "date": draw(st.sampled_from(["2026-01-05", "2026-01-06"]))}
         else:
@@ -310,6 +362,13 @@ def replay_sessions(draw: st.DrawFn) -> list[dict]:
                     cmd["post_only"] = True
                 if draw(st.integers(0, 3)) == 0:
                     cmd["disclosed_qty"] = draw(st.sampled_from([1, 5, 10, 2]))
+            if draw(st.integers(0, 2)) == 0:  # a stop order (SL, or SL-M when market), mostly one that can wait
+                cmd["stop_price"] = draw(st.sampled_from(["0.90", "0.95", "1.00", "1.05", "1.10", "1.90", "2.00",
+                                                          "2.10", "0.97", "0"]))
+                if cmd["tif"] in ("IOC", "FOK") and draw(st.integers(0, 3)):
+                    cmd["tif"] = draw(st.sampled_from(["DAY", "GTC"]))
+                cmd.pop("post_only", None) if draw(st.integers(0, 3)) else None
+                cmd.pop("disclosed_qty", None) if draw(st.integers(0, 3)) else None
             if draw(st.booleans()):
                 cmd["stp"] = draw(st.sampled_from(STP_NAMES))
             used.append((symbol, broker, oid))
@@ -353,6 +412,69 @@ def test_random_replay_engine_compiled_and_reference_same_events(cmds: list[dict
             assert sum(ev["qty"] for ev in first) == auc["qty"], (cmd, auc)
             assert all(ev["price"] == auc["price"] for ev in first), (cmd, auc)
     assert compiled.books() == ref.books()
+
+
+@st.composite
+def stop_sessions(draw: st.DrawFn) -> list[dict]:
+    # Continuous trading in one symbol, stop orders among the others: the engine's reports of triggers.
+    cmds: list[dict] = [{"op": "instrument", "symbol": "TCS", "tick": "0.05", "lot": 1, "ref_price": "1.00",
+                         "band_pct": "20", "market_protection_pct": draw(st.sampled_from(["0", "5"]))}]
+    prices = ["0.90", "0.95", "1.00", "1.05", "1.10"]
+    for i in range(draw(st.integers(1, 60))):
+        broker = draw(st.sampled_from(["B1", "B2", "B3"]))
+        kind = draw(st.sampled_from(["new", "new", "new", "stop", "stop", "cancel", "replace", "eod"]))
+        if kind in ("cancel", "replace") and i:
+            cmd = {"op": kind, "oid": f"o{draw(st.integers(0, i - 1))}", "broker": broker, "symbol": "TCS"}
+            if kind == "replace":
+                for field, values in (("price", prices), ("qty", [1, 5, 10]), ("stop_price", prices)):
+                    if draw(st.booleans()):
+                        cmd[field] = draw(st.sampled_from(values))
+                if len(cmd) == 4:
+                    cmd["qty"] = 5
+        elif kind == "eod":
+            cmd = {"op": "end_of_day", "date": "2026-01-05"}
+        else:
+            market = draw(st.integers(0, 3)) == 0
+            cmd = {"op": "new", "oid": f"o{i}", "broker": broker, "symbol": "TCS",
+                   "side": draw(st.sampled_from(["buy", "sell"])), "qty": draw(st.sampled_from([1, 5, 10])),
+                   "type": "market" if market else "limit"}
+            if not market:
+                cmd["price"] = draw(st.sampled_from(prices))
+            if kind == "stop":
+                cmd["stop_price"] = draw(st.sampled_from(prices))
+                cmd["tif"] = draw(st.sampled_from(["DAY", "GTC", "GTC", "IOC"]))
+            else:
+                cmd["tif"] = draw(st.sampled_from(["IOC", "FOK"] if market else ["GTC", "DAY", "IOC"]))
+            if draw(st.integers(0, 4)) == 0:
+                cmd["stp"] = draw(st.sampled_from(STP_NAMES))
+        cmds.append(cmd)
+    return cmds
+
+
+@given(stop_sessions())
+def test_random_stop_session_engine_compiled_and_reference_same_reports(cmds: list[dict]) -> None:
+    from fabric.engine import MatchingEngine, reference_book
+    from tools.replay import Replayer
+
+    compiled, ref = Replayer(), Replayer(MatchingEngine(book_factory=reference_book))
+    waiting: set[str] = set()
+    for cmd in cmds:
+        events = compiled.apply(dict(cmd))
+        assert events == ref.apply(dict(cmd)), cmd
+        for ev in events:
+            if ev["event"] == "accepted" and "stop_price" in ev:
+                waiting.add(ev["oid"])
+            elif ev["event"] == "triggered":
+                waiting.remove(ev["oid"])  # once, and only a waiting stop
+            elif ev["event"] == "trade":
+                assert ev["buy_oid"] not in waiting and ev["sell_oid"] not in waiting, ev
+            elif ev["event"] in ("cancelled", "expired"):
+                waiting.discard(ev["oid"])
+    assert compiled.books() == ref.books()
+    for oid in waiting:  # a stop still waiting says so in its status
+        owner = next(c["broker"] for c in cmds if c["op"] == "new" and c["oid"] == oid)
+        status = compiled.engine.order_status("TCS", owner, oid)
+        assert status is not None and status.state == "new" and not status.triggered and status.stop_price, status
 
 
 @st.composite

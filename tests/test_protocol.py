@@ -69,6 +69,9 @@ SAMPLES: dict[str, list[Any]] = {
         New(oid="o5", symbol="TCS", side="buy", type="limit", price="3499.00", qty=5, tif="GTD", post_only=True,
             expire_date="2026-12-31"),
         New(oid="o6", symbol="TCS", side="sell", type="limit", price="3501.00", qty=30, tif="DAY", disclosed_qty=10),
+        New(oid="o7", symbol="TCS", side="sell", type="limit", price="3480.00", qty=5, tif="DAY", stop_price="3485.00"),
+        New(oid="o8", symbol="TCS", side="buy", type="market", qty=5, tif="DAY", stop_price="3520.00"),
+        Replace(oid="o7", symbol="TCS", stop_price="3482.50"),
         Cancel(oid="o1", symbol="TCS"),
         Replace(oid="o1", symbol="TCS", price="3500.10", qty=8),
         Replace(oid="o1", symbol="TCS", qty=4),
@@ -89,6 +92,13 @@ SAMPLES: dict[str, list[Any]] = {
         Accepted(oid="o2", symbol="TCS", side="sell", type="market", qty=5, tif="IOC"),
         Accepted(oid="o5", symbol="TCS", side="buy", type="limit", price="3499.00", qty=5, tif="GTD", post_only=True,
                  expire_date="2026-12-31", disclosed_qty=5),
+        Accepted(oid="o7", symbol="TCS", side="sell", type="limit", price="3480.00", qty=5, tif="DAY",
+                 stop_price="3485.00"),
+        p.Triggered(oid="o7", symbol="TCS", side="sell", type="limit", price="3480.00", qty=5, stop_price="3485.00",
+                    ts=8),
+        p.Triggered(oid="o8", symbol="TCS", side="buy", type="market", qty=5, stop_price="3520.00"),
+        Replaced(oid="o8", symbol="TCS", price=None, qty=5, leaves_qty=5, cum_qty=0, kept_priority=False,
+                 stop_price="3515.00"),
         Rejected(op="new", oid="o3", symbol="TCS", reason="price_out_of_band", text="price 9.00 is outside"),
         Rejected(op="new", oid="o4", reason="bad_field", text="field 'qty' must be an integer", field="qty"),
         Fill(oid="o1", symbol="TCS", side="buy", price="3500.05", last_qty=5, cum_qty=5, leaves_qty=5, trade_id=1,
@@ -99,6 +109,8 @@ SAMPLES: dict[str, list[Any]] = {
         OrderStatus(op="status", oid="o1", symbol="TCS", state="partially_filled", side="buy", type="limit",
                     price="3500.05", qty=10, cum_qty=5, leaves_qty=5, tif="GTC"),
         OrderStatus(op="new", oid="o9", symbol="TCS", state="unknown"),
+        OrderStatus(op="status", oid="o7", symbol="TCS", state="new", side="sell", type="limit", price="3480.00",
+                    qty=5, leaves_qty=5, tif="DAY", stop_price="3485.00", triggered=False),
         Heartbeat(),
         Logout(reason="heartbeat_timeout", text="nothing received for 6000 ms"),
         Error(reason="malformed", text="a message must be a map, got array of 2"),
@@ -127,6 +139,12 @@ SAMPLES: dict[str, list[Any]] = {
         p.SessionEvent(**SEQ, kind="phase", phase="closing", entry=True),  # the closing session opens
         p.PubBundle(msgs=[p.encode(ExAccepted(**SEQ, broker="B1", oid="o1", symbol="TCS", side="buy", type="limit",
                                               price="3500.05", qty=10, tif="GTC"))]),
+        ExAccepted(**SEQ, broker="B1", oid="o7", symbol="TCS", side="sell", type="limit", price="3480.00", qty=5,
+                   tif="DAY", stop_price="3485.00"),
+        p.ExTriggered(**SEQ, broker="B1", oid="o7", symbol="TCS", side="sell", type="limit", price="3480.00", qty=5,
+                      stop_price="3485.00"),
+        ExReplaced(**SEQ, broker="B1", oid="o8", symbol="TCS", price=None, qty=5, leaves_qty=5, cum_qty=0,
+                   kept_priority=True, stop_price="3515.00"),
     ],
     "internal": [
         OrderCommand(gateway="gw1", req=17, broker="B1", cmd=NEW),
@@ -584,12 +602,23 @@ def test_undecodable_bytes_refusal_names_the_complaint_never_an_empty_text(data:
     ({"type": "limit", "price": "1.00", "tif": "GTD"}, "missing_field", "expire_date"),
     ({"type": "limit", "price": "1.00", "tif": "DAY", "expire_date": "2026-01-05"}, "bad_field", "expire_date"),
     ({"type": "limit", "price": "1.00", "tif": "GTD", "expire_date": "5 Jan"}, "bad_field", "expire_date"),
+    ({"type": "limit", "price": "1.00", "tif": "DAY", "stop_price": "-1"}, "bad_field", "stop_price"),
+    ({"type": "market", "tif": "DAY", "stop_price": 1.5}, "bad_field", "stop_price"),
 ])
 def test_new_order_type_fields_refused_with_the_field_named(fields: dict, reason: str, field: str) -> None:
     data = msgpack.packb({"t": "new", "v": 1, "oid": "o", "symbol": "S", "side": "buy", "qty": 1, **fields})
     with pytest.raises(ProtocolError) as e:
         p.decode_client(data)
     assert (e.value.reason, e.value.field) == (reason, field), e.value.text
+
+
+def test_replace_of_only_a_stop_price_is_taken_and_nothing_at_all_refused() -> None:
+    stop = Replace(oid="o", symbol="S", stop_price="1.05")
+    assert p.decode_client(p.encode(stop)).stop() == "1.05" and p.encode_plain(stop) == p.encode(stop)
+    assert "stop_price" not in msgpack.unpackb(p.encode(Replace(oid="o", symbol="S", qty=1)))
+    with pytest.raises(ProtocolError) as e:
+        p.decode_client(msgpack.packb({"t": "replace", "v": 1, "oid": "o", "symbol": "S"}))
+    assert e.value.reason == "missing_field" and "stop_price" in e.value.text
 
 
 def test_new_without_the_added_fields_encodes_them_not_at_all() -> None:

@@ -105,3 +105,17 @@ def test_a_report_for_an_order_never_seen_is_counted_and_kept_as_an_event() -> N
 def test_trading_day_is_the_exchanges() -> None:
     ts = DAY1  # 2026-05-28 20:26 UTC, past midnight in Asia/Kolkata
     assert trading_day(ts) == "2026-05-29" and trading_day(ts, "UTC") == "2026-05-28"
+
+
+def test_a_stop_orders_trigger_is_kept_as_an_event_and_leaves_its_row_open() -> None:
+    from fabric.protocol import ExTriggered
+
+    book = OrderBook()
+    book.report(_acc(1))
+    book.report(ExTriggered(shard=0, seq=2, tseq=2, epoch=0, ts=DAY1, broker="B1", oid="o1", symbol="TCS",
+                            side="buy", type="limit", price="3500.05", qty=10, stop_price="3500.00"))
+    book.report(_fill(3, "3500.05", 4, 4, 6))
+    batch = book.take()
+    (row,) = batch.orders
+    assert [e.kind for e in batch.events] == ["accepted", "triggered", "fill"]
+    assert (row.state, row.cum_qty, row.leaves_qty, row.last_seq) == ("partially_filled", 4, 6, 3)

@@ -430,6 +430,44 @@ def test_the_band_moves_to_the_close_orders_outside_it_are_cancelled() -> None:
     assert _levels(events[-1]) == ([], [("110.00", 10)])
 
 
+def test_the_band_moves_waiting_stops_outside_it_are_cancelled() -> None:
+    # As above, the next day's band is 99-119. Of three GTC stops waiting (the day's trade at 109 reaches none), the
+    # sell stop triggering at 92 and the one whose limit is 97 are outside it and leave; the buy SL-M at 110 stays.
+    lines = [_inst("100", band_pct="10"), _session("continuous"),
+             _new("t1", "s", "sell", 91, 5, "GTC", stop_price="92"),
+             _new("t2", "s", "sell", 97, 5, "GTC", stop_price="100"),
+             _new("t3", "b", "buy", None, 5, "GTC", stop_price="110"),
+             _new("b1", "b", "buy", 109, 10), _new("s1", "s", "sell", 109, 10),
+             _session("closing", ts=10**12, vwap_from=0), _session("closed"), _session("pre_open")]
+    events = replay_lines(lines)
+    assert [(e["oid"], e["qty"], e["reason"]) for e in events if e["event"] == "cancelled"] == [
+        ("t2", 5, "outside_new_band"), ("t1", 5, "outside_new_band")]  # in trigger order: sells' descending
+    assert not [e for e in events if e["event"] in ("rejected", "triggered")]
+    from fabric.engine import MatchingEngine
+    from tools.replay import Replayer
+    r = Replayer(MatchingEngine())
+    for line in lines:
+        r.apply_line(line)
+    st = r.engine.order_status("X", "b", "t3")
+    assert st is not None and (st.state, st.stop_price, st.triggered) == ("new", "110.00", False)
+    assert r.engine.books["X"].stop_queue(0) == [2] and r.engine.books["X"].stop_queue(1) == []
+
+
+def test_a_book_refuses_a_band_that_leaves_a_waiting_stop_out() -> None:
+    from fabric.book import OrderBook
+    from fabric.constants import BUY, GTC, LIMIT, MARKET, SELL
+    from fabric.reference import ReferenceBook
+
+    for book in (OrderBook(band_lo=90, band_hi=110, slots=2), ReferenceBook(band_lo=90, band_hi=110)):
+        book.new(0, 0, SELL, LIMIT, GTC, 95, 5, stop=96)
+        book.new(1, 0, BUY, MARKET, GTC, 0, 5, stop=108)
+        for lo, hi in ((96, 108), (95, 107)):  # the sell's limit price left out; the buy's trigger left out
+            with pytest.raises(ValueError, match="outside the new band"):
+                book.set_band(lo, hi, 100)
+        book.set_band(95, 108, 100)
+        assert book.stop_queue(SELL) == [0] and book.stop_queue(BUY) == [1]
+
+
 def test_the_band_moves_in_both_books_and_the_compiled_ladder_is_laid_out_afresh() -> None:
     from fabric.book import OrderBook
     from fabric.constants import BUY, EV_ACCEPTED, EV_REJECTED, EV_TRADE, GTC, LIMIT, REJ_PRICE_OUT_OF_BAND, SELL

@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=raw, epilog=ORDER_EXIT_STATUS)
         o.add_argument("words", nargs="+", metavar="SYMBOL QTY [@ PRICE]")
         o.add_argument("--tif", choices=("GTC", "DAY", "IOC", "FOK", "GTD"), default=None,
-                       help="time in force (default GTC for a limit order, IOC at market, GTD with --expire-date)")
+                       help="time in force (default GTC for a limit order, IOC at market, GTD with --expire-date, "
+                            "DAY with --stop-price)")
         o.add_argument("--oid", default=None, help="your client order id (default: generated)")
         o.add_argument("--post-only", action="store_true",
                        help="a limit order that only adds liquidity: rejected (would_cross) if it would trade now")
@@ -282,15 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a GTD order's last trading day (makes the order GTD)")
         o.add_argument("--disclosed-qty", type=int, default=None, metavar="Q",
                        help="an iceberg: only Q shows in the depth (a lot multiple, at least 10 %% of the quantity)")
+        o.add_argument("--stop-price", default=None, metavar="P",
+                       help="a stop-loss order: it waits outside the book until a trade prints at or above P (buy) "
+                            "or at or below P (sell), then enters as the limit order (with a price) or market order")
     o = osub.add_parser("cancel", help="cancel OID", formatter_class=raw, epilog=ORDER_EXIT_STATUS)
     o.add_argument("oid", metavar="OID")
     o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")
-    o = osub.add_parser("replace", help="replace OID [--price P] [--qty Q] (qty: the new total)",
+    o = osub.add_parser("replace", help="replace OID [--price P] [--qty Q] [--stop-price S] (qty: the new total)",
                         formatter_class=raw, epilog=ORDER_EXIT_STATUS)
     o.add_argument("oid", metavar="OID")
     o.add_argument("--symbol", default=None, help="the order's symbol (default: found among your open orders)")
     o.add_argument("--price", default=None)
     o.add_argument("--qty", type=int, default=None)
+    o.add_argument("--stop-price", default=None, metavar="S", help="a stop order still waiting: its new trigger")
     for o in osub.choices.values():
         o.add_argument("--broker", required=True, help="your broker id")
         o.add_argument("--key", default=None, metavar="FILE", help="your secret key file (default: the demo key "

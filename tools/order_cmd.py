@@ -10,7 +10,7 @@ reached or stopped answering.
 
 ``--json`` prints one JSON object per line: each execution report with an
 ``event`` field named as in the replay format (``accepted``, ``rejected``,
-``trade`` for a fill, ``cancelled``, ``replaced``, ``expired``), then the
+``trade`` for a fill, ``cancelled``, ``replaced``, ``expired``, ``triggered``), then the
 order's ``status``; the other fields are those of ``docs/protocol.md``.
 """
 
@@ -24,7 +24,7 @@ from typing import IO, Any
 import msgspec
 
 from fabric.client import BrokerClient, ExchangeUnavailable, LogonRefused, OrderResult
-from fabric.protocol import Accepted, Cancelled, Expired, Fill, OrderStatus, Rejected, Replaced
+from fabric.protocol import Accepted, Cancelled, Expired, Fill, OrderStatus, Rejected, Replaced, Triggered
 from topology.keys import broker_keyring
 from topology.load import load
 
@@ -35,13 +35,13 @@ EXIT_UNREACHABLE = 3  # no gateway answered, or the exchange stopped answering b
 # tools/cli.py's ORDER_EXIT_STATUS (the epilog of `exfab order --help`) explains these codes to users.
 
 EVENT_NAMES: dict[type, str] = {Accepted: "accepted", Rejected: "rejected", Fill: "trade", Cancelled: "cancelled",
-               Replaced: "replaced", Expired: "expired", OrderStatus: "status"}
+               Replaced: "replaced", Expired: "expired", Triggered: "triggered", OrderStatus: "status"}
 
 
 def as_json(msg: Any) -> dict[str, Any]:
     """Return a report as a JSON-ready dict: ``event`` first, then the protocol's fields."""
     fields = {k: v for k, v in msgspec.structs.asdict(msg).items()
-              if k != "v" and v is not None and not (k == "post_only" and v is False)}
+              if k != "v" and v is not None and not (k in ("post_only", "triggered") and v is False)}
     out: dict[str, Any] = {"event": EVENT_NAMES.get(type(msg), type(msg).__name__.lower())}
     if isinstance(msg, Fill):
         out["qty"] = msg.last_qty  # as a replay `trade` has it
@@ -57,7 +57,12 @@ def describe(msg: Any) -> str:
         post = " post-only" if msg.post_only else ""
         if msg.disclosed_qty:
             post += f" disclosing {msg.disclosed_qty}"
+        if msg.stop_price is not None:
+            post += f", waiting for a trade at {'or above' if msg.side == 'buy' else 'or below'} {msg.stop_price}"
         return f"accepted   {msg.side} {msg.qty} {msg.symbol} {at} {tif}{post}   oid {msg.oid}"
+    if isinstance(msg, Triggered):
+        at = f"@ {msg.price}" if msg.price is not None else "at market"
+        return f"triggered  {msg.side} {msg.qty} {msg.symbol} {at}: stop {msg.stop_price} reached   oid {msg.oid}"
     if isinstance(msg, Rejected):
         return f"REJECTED   {msg.op} {msg.oid or ''}: {msg.reason} ({msg.text})"
     if isinstance(msg, Fill):
@@ -68,7 +73,8 @@ def describe(msg: Any) -> str:
         return f"cancelled  {msg.qty} {msg.symbol} ({msg.reason}), cum {msg.cum_qty}   oid {msg.oid}"
     if isinstance(msg, Replaced):
         kept = "kept its place" if msg.kept_priority else "back of the queue"
-        return (f"replaced   {msg.symbol} now {msg.qty} @ {msg.price}, leaves {msg.leaves_qty}, "
+        stop = f", stop {msg.stop_price}" if msg.stop_price is not None else ""
+        return (f"replaced   {msg.symbol} now {msg.qty} @ {msg.price or 'market'}{stop}, leaves {msg.leaves_qty}, "
                 f"cum {msg.cum_qty} ({kept})   oid {msg.oid}")
     if isinstance(msg, Expired):
         return f"expired    {msg.qty} {msg.symbol}   oid {msg.oid}"
@@ -76,7 +82,10 @@ def describe(msg: Any) -> str:
         if msg.state in ("rejected", "unknown"):
             return f"status     {msg.state}"
         price = f" @ {msg.price}" if msg.price else ""
-        return f"status     {msg.state}: {msg.side or ''} {msg.qty}{price}, cum {msg.cum_qty}, leaves {msg.leaves_qty}"
+        stop = "" if msg.stop_price is None else \
+            f", stop {msg.stop_price} ({'triggered' if msg.triggered else 'waiting for its trigger'})"
+        return (f"status     {msg.state}: {msg.side or ''} {msg.qty}{price}, cum {msg.cum_qty}, "
+                f"leaves {msg.leaves_qty}{stop}")
     return str(msg)
 
 
@@ -143,7 +152,7 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
             send = client.buy if action == "buy" else client.sell
             r = send(symbol, qty, price, args.tif, type=None if price is not None else "market", oid=args.oid,
                      post_only=getattr(args, "post_only", False), expire_date=getattr(args, "expire_date", None),
-                     disclosed_qty=getattr(args, "disclosed_qty", None))
+                     disclosed_qty=getattr(args, "disclosed_qty", None), stop_price=getattr(args, "stop_price", None))
         else:
             found = args.symbol or _find_symbol(client, args.oid)
             if found is None:
@@ -155,7 +164,7 @@ def order_command(action: str, args: Any, out: IO[str] = sys.stdout, err: IO[str
             if action == "cancel":
                 r = client.cancel(args.oid, found)
             else:
-                r = client.replace(args.oid, found, args.price, args.qty)
+                r = client.replace(args.oid, found, args.price, args.qty, getattr(args, "stop_price", None))
         _print_result(r, args.json, out)
         return EXIT_OK if r.accepted else EXIT_REJECTED
     except ExchangeUnavailable as e:

@@ -51,6 +51,7 @@ from fabric.protocol import (
     ExFill,
     ExRejected,
     ExReplaced,
+    ExTriggered,
     SessionEvent,
     Trade,
     TradingState,
@@ -142,16 +143,19 @@ def parse_command(cmd: Any) -> Command:
         post_only = _bool(cmd, "post_only")
         expire = _str(cmd, "expire_date") if cmd.get("expire_date") is not None else None
         disclosed = _int(cmd, "disclosed_qty") if cmd.get("disclosed_qty") is not None else None
+        stop = _decimal(cmd, "stop_price") if cmd.get("stop_price") is not None else None
         if otype == "limit":
             return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
                             price=_decimal(cmd, "price"), tif=_choice(cmd, "tif", TIF_CODES, default="GTC"), stp=stp,
-                            post_only=post_only, expire_date=expire, disclosed_qty=disclosed)
+                            post_only=post_only, expire_date=expire, disclosed_qty=disclosed, stop_price=stop)
         if cmd.get("price") is not None:
             raise CommandError(REJ_BAD_FIELD, "a market order takes no price")
         if post_only or disclosed is not None:
             raise CommandError(REJ_BAD_FIELD, "a market order cannot be post-only nor disclose a quantity")
+        # A stop-loss market order (SL-M) waits for its trigger: DAY unless told.
         return NewOrder(oid=oid, broker=broker, symbol=symbol, side=side, type=otype, qty=qty,
-                        tif=_choice(cmd, "tif", TIF_CODES, default="IOC"), stp=stp)
+                        tif=_choice(cmd, "tif", TIF_CODES, default="IOC" if stop is None else "DAY"), stp=stp,
+                        expire_date=expire, stop_price=stop)
     if op == "cancel":
         return CancelOrder(symbol=_str(cmd, "symbol"), broker=_str(cmd, "broker"), oid=_str(cmd, "oid"))
     if op == "replace":
@@ -159,7 +163,8 @@ def parse_command(cmd: Any) -> Command:
         return ReplaceOrder(oid=oid, broker=broker, symbol=symbol,
                             price=_decimal(cmd, "price") if cmd.get("price") is not None else None,
                             qty=_int(cmd, "qty") if cmd.get("qty") is not None else None,
-                            stp=_choice(cmd, "stp", STP_CODES, default="off"))
+                            stp=_choice(cmd, "stp", STP_CODES, default="off"),
+                            stop_price=_decimal(cmd, "stop_price") if cmd.get("stop_price") is not None else None)
     if op == "end_of_day":
         return EndOfDay(date=_str(cmd, "date") if cmd.get("date") is not None else None)
     if op == "admin":
@@ -219,7 +224,17 @@ def replay_events(outcomes: list[Outcome]) -> list[Event]:
                 ev["expire_date"] = o.expire_date
             if o.disclosed_qty is not None:
                 ev["disclosed_qty"] = o.disclosed_qty
+            if o.stop_price is not None:
+                ev["stop_price"] = o.stop_price
             events.append(ev)
+        elif type(o) is ExTriggered:
+            tev: Event = {"event": "triggered", "symbol": o.symbol, "oid": o.oid, "broker": o.broker, "side": o.side,
+                          "type": o.type}
+            if o.price is not None:
+                tev["price"] = o.price
+            tev["qty"] = o.qty
+            tev["stop_price"] = o.stop_price
+            events.append(tev)
         elif type(o) is ExRejected:
             events.append({"event": "rejected", "op": o.op, "oid": o.oid, "broker": o.broker, "symbol": o.symbol,
                            "reason": o.reason, "text": o.text})
@@ -227,9 +242,12 @@ def replay_events(outcomes: list[Outcome]) -> list[Event]:
             events.append({"event": "cancelled", "symbol": o.symbol, "oid": o.oid, "broker": o.broker, "qty": o.qty,
                            "cum_qty": o.cum_qty, "reason": o.reason})
         elif type(o) is ExReplaced:
-            events.append({"event": "replaced", "symbol": o.symbol, "oid": o.oid, "broker": o.broker,
-                           "price": o.price, "qty": o.qty, "leaves_qty": o.leaves_qty, "cum_qty": o.cum_qty,
-                           "kept_priority": o.kept_priority})
+            rev: Event = {"event": "replaced", "symbol": o.symbol, "oid": o.oid, "broker": o.broker,
+                          "price": o.price, "qty": o.qty, "leaves_qty": o.leaves_qty, "cum_qty": o.cum_qty,
+                          "kept_priority": o.kept_priority}
+            if o.stop_price is not None:
+                rev["stop_price"] = o.stop_price
+            events.append(rev)
         elif type(o) is ExExpired:
             events.append({"event": "expired", "symbol": o.symbol, "oid": o.oid, "broker": o.broker, "qty": o.qty,
                            "cum_qty": o.cum_qty})
