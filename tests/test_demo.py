@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 
 from fabric.protocol import Cancel, New
 from tools.demo import Demo
@@ -30,6 +31,11 @@ def test_in_continuous_trading_the_demo_sends_every_kind_of_order() -> None:
         assert len(cmds) == 400
         assert kinds[("New", "market", "IOC")] > 0 and kinds[("New", "limit", "IOC")] > 0
         assert kinds[("New", "limit", "GTC")] > 0 and kinds[("Cancel", None, None)] > 0
+        stops = [c for c in cmds if isinstance(c, New) and c.stop_price]
+        assert {c.type for c in stops} == {"market", "limit"}, "SL-M and SL orders"
+        for c in stops:  # a buy stop triggers above the price, a sell stop below; an SL's limit beyond its trigger
+            assert c.tif == "DAY" and (c.type == "market" or (Decimal(c.price) >= Decimal(c.stop_price))
+                                       == (c.side == "buy"))
     finally:
         demo.md.close()  # type: ignore[union-attr]
 
@@ -39,6 +45,7 @@ def test_in_the_pre_open_only_orders_that_can_wait_for_the_call() -> None:
     try:
         news = [c for c in _commands(demo, "pre_open", True) if isinstance(c, New)]
         assert news and all(c.tif in ("DAY", "GTC") for c in news), "IOC and FOK are refused in the pre-open"
+        assert not [c for c in news if c.stop_price], "stop orders are refused in the pre-open"
         assert any(c.type == "market" for c in news) and any(c.type == "limit" for c in news)
     finally:
         demo.md.close()  # type: ignore[union-attr]
@@ -48,7 +55,7 @@ def test_in_the_closing_session_orders_at_the_closing_price_and_none_without_one
     demo = Demo(LOCAL, brokers=1)
     try:
         news = [c for c in _commands(demo, "closing", True, close="1001.50") if isinstance(c, New)]
-        assert news and all(c.tif == "DAY" for c in news)
+        assert news and all(c.tif == "DAY" and not c.stop_price for c in news)
         assert {c.price for c in news if c.type == "limit"} == {"1001.50"}
         assert any(c.type == "market" for c in news)
         assert [c for c in _commands(demo, "closing", True, close=None) if isinstance(c, New)] == []

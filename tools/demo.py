@@ -5,8 +5,8 @@ the topology's gateways (``DEMO1``, ``DEMO2`` ...; when the topology lists its
 ``[[brokers]]``, as those brokers, one session each) send, at ``--rate``
 commands per second in total, mostly passive limit orders near each symbol's
 wandering mid price, some
-orders that cross the spread (IOC limits and market orders), and cancels of
-their own resting orders.  Answers are read as they come, to know which orders
+orders that cross the spread (IOC limits and market orders), a few stop-loss
+orders, and cancels of their own resting orders.  Answers are read as they come, to know which orders
 rest.  With a ticker in the topology they follow the trading day from its
 market data (``docs/sessions.md``): in the pre-open they send only orders that
 can wait for the call auction, in the closing session orders at the closing
@@ -131,6 +131,14 @@ class Demo:
         if roll < 0.20:
             return New(oid=oid, symbol=sym, side=side, type="market", qty=qty, tif="DAY" if pre_open else "IOC")
         sign = 1 if side == "buy" else -1
+        if 0.30 <= roll < 0.33 and not pre_open:  # a stop-loss order: a trigger a few ticks away, SL-M or SL
+            trigger = min(max(round(m.mid) + sign * rng.randint(3, 12), m.lo), m.hi)
+            if rng.random() < 0.5:
+                return New(oid=oid, symbol=sym, side=side, type="market", qty=qty, tif="DAY",
+                           stop_price=m.inst.to_price(trigger))
+            limit = min(max(trigger + sign * 2, m.lo), m.hi)
+            return New(oid=oid, symbol=sym, side=side, type="limit", price=m.inst.to_price(limit), qty=qty,
+                       tif="DAY", stop_price=m.inst.to_price(trigger))
         if roll < 0.30 and not pre_open:
             ticks = round(m.mid) + sign * rng.randint(1, 4)  # crosses the spread
             tif = "IOC"
