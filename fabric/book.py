@@ -90,6 +90,7 @@ from fabric.constants import (
     OP_CANCEL,
     OP_END_OF_DAY,
     OP_NEW,
+    OP_PRINT,
     OP_REPLACE,
     ST_STOP,
     STP_OFF,
@@ -299,6 +300,12 @@ class OrderBook:
         or before, waiting stops too; return the number of events."""
         n = self._apply(self.buf, OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day, 0, 0)
         return n if n >= 0 else self._again(OP_END_OF_DAY, 0, 0, 0, 0, 0, 0, 0, 0, 0, day)
+
+    def print_trade(self, price: int) -> int:
+        """A trade printed outside the book at ``price`` (ticks; the call auction's): it becomes the last price,
+        and the waiting stops it reaches trigger as a trade of the book's would trigger them; return the events."""
+        n = self._apply(self.buf, OP_PRINT, 0, 0, 0, 0, 0, price, 0, 0, 0, 0, 0, 0)
+        return n if n >= 0 else self._again(OP_PRINT, 0, 0, 0, 0, 0, price, 0, 0)
 
     def run(self, cmds: np.ndarray) -> np.ndarray:
         """Apply a batch of command rows (``C_*`` layout) in the compiled loop; return all their events.

@@ -57,6 +57,7 @@ OP_NEW = 1
 OP_CANCEL = 2
 OP_REPLACE = 3
 OP_END_OF_DAY = 4
+OP_PRINT = 5  # a print made outside the book (the call auction's) at C_PRICE: the last price; stops trigger
 
 C_OP = 0
 C_OID = 1  # engine-internal order id (dense, assigned by the engine)

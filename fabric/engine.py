@@ -184,6 +184,7 @@ class Book(Protocol):
     def resting_orders(self, side: int) -> list[int]: ...
     def stop_queue(self, side: int) -> list[int]: ...
     def set_band(self, band_lo: int | None, band_hi: int | None, ref: int) -> None: ...
+    def print_trade(self, price: int) -> Any: ...
 
 
 BookFactory = Callable[[Instrument], Book]
@@ -326,6 +327,7 @@ class MatchingEngine:
         # in `_collected` ahead of the pre-open's own). The closing session (`closing` with entry) has a book per
         # symbol of its own, banded at exactly the closing price, and `_closing_orders` are the orders in them.
         self._carried: set[int] = set()
+        self._opening: dict[str, int] = {}  # each symbol's call auction price until continuous trading begins
         self._closing_session = False
         self._closing_books: dict[str, Book] = {}
         self._closing_orders: dict[int, None] = {}
@@ -700,6 +702,7 @@ class MatchingEngine:
         if phase == CONTINUOUS:
             if self._day_trades is None:
                 self._day_trades = {}
+            out.extend(self._open_books(ts))
         elif self._day_trades is not None:
             out.extend(self._closing_prices(self._day_trades, ts, vwap_from))
             self._day_trades = None
@@ -709,9 +712,21 @@ class MatchingEngine:
             out.extend(self.end_of_day(ts))
             out.extend(self._move_bands(ts))
         if phase == "pre_open" and prev != "pre_open":
+            self._opening.clear()  # a call whose day never traded continuously opens nothing
             out.extend(self._move_bands(ts))
             for symbol in self.books:
                 out.extend(self._carry_into_call(symbol, ts))
+        return out
+
+    def _open_books(self, ts: int) -> list[Outcome]:
+        # Continuous trading begins: each symbol's call auction price becomes its book's last traded price (what a
+        # stop's trigger and market protection are measured from), and the waiting stops it reaches trigger now.
+        out: list[Outcome] = []
+        for symbol, price in self._opening.items():
+            inst, book = self._book(symbol)
+            out.extend(self._outcomes(inst, _rows(book, book.print_trade(price)), ts))
+        self._opening.clear()
+        self._archive_finished()
         return out
 
     def _move_bands(self, ts: int) -> list[Outcome]:
@@ -1071,6 +1086,8 @@ class MatchingEngine:
                 out.append(ev)
         for oid in self._collected[symbol]:
             self._stp_of.pop(oid, None)
+        if eq is not None and u.trades:  # the opening price: printed into the book when continuous trading begins
+            self._opening[symbol] = eq.price
         self._archive_finished()
         return out
 

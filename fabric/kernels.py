@@ -138,6 +138,7 @@ from fabric.constants import (
     OP_CANCEL,
     OP_END_OF_DAY,
     OP_NEW,
+    OP_PRINT,
     OP_REPLACE,
     REJ_BAD_DISCLOSED,
     REJ_BAD_STOP,
@@ -973,31 +974,40 @@ def _enter(
 
 
 @njit(cache=True, inline="always")
+def _reach(ords: np.ndarray, meta: np.ndarray, p: int, qhead: int, qtail: int) -> tuple[int, int]:
+    # A print at `p`: the buy stops with a trigger at or below it (ascending trigger), then the sell stops with a
+    # trigger at or above it (descending), leave their lists for the back of the queue (qhead..qtail, O_NEXT).
+    for head in (M_STOP_BUY, M_STOP_SELL):
+        s = meta[head]
+        while s >= 0 and (ords[s, O_STOP] <= p if head == M_STOP_BUY else ords[s, O_STOP] >= p):
+            _stop_unlink(ords, meta, s)
+            ords[s, O_NEXT] = -1
+            if qtail >= 0:
+                ords[qtail, O_NEXT] = s
+            else:
+                qhead = s
+            qtail = s
+            s = meta[head]
+    return qhead, qtail
+
+
+@njit(cache=True, inline="always")
 def _trigger(
     ords: np.ndarray, lvl: np.ndarray, bits: np.ndarray, meta: np.ndarray, o2s: np.ndarray, out: np.ndarray, i: int,
-    n: int,
+    n: int, first: int,
 ) -> int:
-    # The stops the trades in out[i:n] reach, and those the trades of the triggered orders reach in turn (the
-    # cascade): at each print in order, the buy stops with a trigger at or below it (ascending trigger), then
-    # the sell stops with a trigger at or above it (descending), join a queue; the queue's stops enter the book
-    # one after the other, each once the prints before it have been read.  The queue is chained through O_NEXT.
+    # The stops a print at `first` (> 0: the call auction's, made outside the book) and then the trades in
+    # out[i:n] reach, and those the trades of the triggered orders reach in turn (the cascade): at each print in
+    # order, the stops it reaches join a queue (_reach); the queue's stops enter the book one after the other,
+    # each once the prints before it have been read.
     qhead = -1
     qtail = -1
+    if first > 0:
+        qhead, qtail = _reach(ords, meta, first, qhead, qtail)
     while True:
         while i < n and meta[M_STOPS] > 0:
             if out[i, E_TYPE] == EV_TRADE:
-                p = out[i, E_PRICE]
-                for head in (M_STOP_BUY, M_STOP_SELL):
-                    s = meta[head]
-                    while s >= 0 and (ords[s, O_STOP] <= p if head == M_STOP_BUY else ords[s, O_STOP] >= p):
-                        _stop_unlink(ords, meta, s)
-                        ords[s, O_NEXT] = -1
-                        if qtail >= 0:
-                            ords[qtail, O_NEXT] = s
-                        else:
-                            qhead = s
-                        qtail = s
-                        s = meta[head]
+                qhead, qtail = _reach(ords, meta, out[i, E_PRICE], qhead, qtail)
             i += 1
         if qhead < 0:
             return n
@@ -1079,11 +1089,16 @@ def apply(
         r = _replace(ords, lvl, bits, meta, o2s, out, n, oid, price, qty, stp, stop)
     elif op == OP_END_OF_DAY:
         return _end_of_day(ords, lvl, bits, meta, o2s, out, n, expire)
+    elif op == OP_PRINT:
+        if price <= 0:
+            return n
+        meta[M_LAST] = price
+        return _trigger(ords, lvl, bits, meta, o2s, out, n, n, price) if meta[M_STOPS] > 0 else n
     else:
         return n
     # The waiting stops its trades reach: one comparison when there are none, two when it traded nothing.
     if meta[M_STOPS] > 0 and meta[M_TRADES] != trades and r > n:
-        r = _trigger(ords, lvl, bits, meta, o2s, out, n, r)
+        r = _trigger(ords, lvl, bits, meta, o2s, out, n, r, 0)
     return r
 
 

@@ -436,26 +436,43 @@ class ReferenceBook:
             return REJ_STOP_WOULD_TRIGGER
         return 0
 
-    def _cascade(self, events: list[Event]) -> list[Event]:
+    def print_trade(self, price: int) -> list[Event]:
+        """A trade printed outside the book at ``price`` (ticks; the call auction's): it becomes the last price,
+        and the waiting stops it reaches trigger as a trade of the book's would trigger them (then the cascade).
+
+        Returns
+        -------
+        list of Event
+            The triggered stops' events; none when it reaches no stop (or ``price`` is not positive).
+        """
+        if price <= 0:
+            return []
+        self.last = int(price)
+        return self._cascade([], first=int(price))
+
+    def _cascade(self, events: list[Event], first: int = 0) -> list[Event]:
         """Trigger the waiting stops the trades in ``events`` reach, and those their own trades reach.
 
         Read the trades in order; at each, every waiting buy stop with a trigger at or below its price and
         every sell stop with a trigger at or above it is triggered, buys before sells, buys by ascending and
         sells by descending trigger, then by when they took their trigger.  Triggered stops enter the book
-        one after the other in that order, each after every trade before it has been read.
+        one after the other in that order, each after every trade before it has been read.  ``first`` (> 0) is
+        a print made outside the book (:meth:`print_trade`), read before the events' trades.
         """
         queue: list[_Order] = []
         i = 0
+        prints = [first] if first > 0 else []  # a print made outside the book comes before the events' trades
         while True:
-            for ev in events[i:]:
-                if ev[0] == EV_TRADE and self._stops:
-                    p = ev[3]
+            prints += [ev[3] for ev in events[i:] if ev[0] == EV_TRADE]
+            for p in prints:
+                if self._stops:
                     reached = [o for o in self._stops.values()
                                if (o.stop <= p if o.side == BUY else o.stop >= p)]
                     reached.sort(key=lambda o: (o.side, o.stop if o.side == BUY else -o.stop, o.seq))
                     for o in reached:
                         del self._stops[o.oid]
                     queue.extend(reached)
+            prints = []
             i = len(events)
             if not queue:
                 return events

@@ -52,6 +52,7 @@ from fabric.constants import (
     OP_CANCEL,
     OP_END_OF_DAY,
     OP_NEW,
+    OP_PRINT,
     OP_REPLACE,
     REJ_BAD_DISCLOSED,
     REJ_WOULD_CROSS,
@@ -88,7 +89,11 @@ def sessions(draw: st.DrawFn) -> tuple[tuple, list[tuple[int, ...]]]:
     sides: list[int] = []  # of each new order: a replace may move it across the spread
     for _ in range(n):
         kind = draw(st.sampled_from(["new"] * 6 + ["cancel", "replace", "replace", "eod"] + ["new_mkt"]
-                                    + ["new_stop"] * 2))
+                                    + ["new_stop"] * 2 + ["print"]))
+        if kind == "print":  # a call auction's print, made outside the book: the last price, stops trigger
+            price = draw(st.integers(max(plo, 1), phi) | st.integers(mid - 4, mid + 4).filter(lambda p: p > 0))
+            cmds.append((OP_PRINT, 0, 0, 0, 0, 0, price, 0, 0, 0, 0, 0, 0))
+            continue
         if kind.startswith("new") or next_oid == 0:
             side = draw(st.sampled_from([BUY, SELL]))
             stop = 0
@@ -134,6 +139,8 @@ def _apply(book: OrderBook | ReferenceBook, cmd: tuple[int, ...]) -> list[tuple[
         evs = book.cancel(oid)
     elif op == OP_REPLACE:
         evs = book.replace(oid, price, qty, stp, NO_PRICE if len(cmd) < C_NFIELDS else stop)
+    elif op == OP_PRINT:
+        evs = book.print_trade(price)
     else:
         evs = book.end_of_day(expire)
     rows = book.out[:evs].tolist() if isinstance(evs, int) else evs
@@ -212,7 +219,7 @@ def test_random_session_no_stop_trades_before_a_print_through_its_trigger(sessio
     for book in (compiled, ref):
         waiting: dict[int, tuple[int, int]] = {}  # oid -> (side, trigger) of each stop waiting
         for cmd in cmds:
-            prints: list[int] = []
+            prints: list[int] = [cmd[6]] if cmd[0] == OP_PRINT else []  # a print made outside the book comes first
             for ev in _apply(book, cmd):
                 typ, oid = ev[E_TYPE], ev[E_OID]
                 if typ == EV_ACCEPTED and ev[E_OTHER]:

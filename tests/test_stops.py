@@ -313,6 +313,33 @@ def test_engine_stop_refused_outside_continuous_held_through_the_auction_expired
     assert "ExTriggered" in _names(out) and eng.order_status("TCS", "B3", "sg").triggered
 
 
+def test_engine_the_call_auction_price_is_the_last_price_and_triggers_stops_when_continuous_trading_opens() -> None:
+    from fabric.protocol import ExTriggered, Trade
+
+    eng = _engine()
+    eng.new_order("TCS", "B1", "s1", SELL, LIMIT, GTC, "100.00", 5)
+    eng.new_order("TCS", "B2", "b1", BUY, LIMIT, IOC, "100.00", 1)  # last 100.00; s1 rests with 4
+    eng.new_order("TCS", "B3", "sg", SELL, MARKET, GTC, None, 2, stop_price="98.00")
+    eng.session("closed")
+    eng.session("pre_open")
+    eng.new_order("TCS", "B5", "p2", SELL, LIMIT, DAY, "97.00", 3)
+    eng.new_order("TCS", "B4", "p1", BUY, LIMIT, DAY, "97.50", 3)
+    eng.new_order("TCS", "B6", "p3", BUY, LIMIT, DAY, "97.00", 2)  # below the price: rests after the call
+    call = eng.session("auction")
+    assert [(t.price, t.qty) for t in call if type(t) is Trade] == [("97.50", 3)]  # nearest the close, 100.00
+    assert "ExTriggered" not in _names(call), "no stop triggers before continuous trading opens"
+    assert eng.order_status("TCS", "B3", "sg").state == "new"
+    opened = eng.session("continuous")
+    trig = [e for e in opened if type(e) is ExTriggered]
+    assert [(e.oid, e.stop_price) for e in trig] == [("sg", "98.00")]  # the call's 97.50 reached 98.00
+    assert [(t.price, t.qty) for t in opened if type(t) is Trade] == [("97.00", 2)]  # the SL-M took p3
+    assert eng.order_status("TCS", "B6", "p3").state == "filled"
+    # The last price is the call's (then 97.00): a sell stop at 97.50 would trigger at once, one at 96.50 waits.
+    assert eng.new_order("TCS", "B3", "s2", SELL, MARKET, DAY, None, 1, stop_price="97.50")[0].reason == \
+        "stop_would_trigger"
+    assert _names(eng.new_order("TCS", "B3", "s3", SELL, MARKET, DAY, None, 1, stop_price="96.50")) == ["ExAccepted"]
+
+
 def test_engine_kill_switch_cancels_a_waiting_stop() -> None:
     from fabric.commands import Control
 
