@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -170,6 +171,43 @@ def test_order_stop_price_waits_is_replaced_and_triggers_through_the_whole_excha
     mine = [o for o in _json_lines(listed.stdout) if o["oid"] == oid]
     assert len(mine) == 1 and (mine[0]["state"], mine[0]["cum_qty"], mine[0]["triggered"]) == (
         "partially_filled", 4, True), listed.stdout
+
+
+def test_market_depth_shows_an_icebergs_peak_only_and_no_waiting_stop(exchange: Launcher) -> None:
+    # What the live page's depth ladder shows (the ticker's depth objects, which the page draws as they come).
+    from topology.clients import market_data_client
+
+    topo = str(exchange.path)
+    sym = exchange.topo.shards[0].symbols[4]
+    inst = exchange.topo.instrument(sym)
+    base = (inst.band_lo or 0) + 80
+
+    def px(d: int) -> str:
+        return str(inst.to_price(base + d))
+
+    def order(*args: str) -> None:
+        r = exfab("order", *args, "--json", "--topology", topo)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    order("sell", sym, "30", "@", px(0), "--disclosed-qty", "10", "--tif", "GTC", "--broker", "DEMO3")
+    order("buy", sym, "5", "@", px(-2), "--tif", "GTC", "--broker", "DEMO4")
+    order("buy", sym, "7", "@", px(3), "--stop-price", px(2), "--broker", "DEMO5")  # waits: no trade yet
+    order("sell", sym, "9", "--stop-price", px(-4), "--broker", "DEMO5")  # an SL-M waiting below
+    with market_data_client(topo, [sym], kinds=("depth",)) as md:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            md.poll(0.2)
+            depth = md.depth(sym)
+            if depth and depth["asks"] and depth["bids"]:
+                break
+        assert depth is not None
+        assert depth["asks"] == [[px(0), 10, 1]], "the iceberg shows its peak, 10 of 30"
+        assert depth["bids"] == [[px(-2), 5, 1]], "the waiting stops are not in the depth"
+        order("buy", sym, "12", "@", px(0), "--tif", "IOC", "--broker", "DEMO6")  # a peak and 2 of the next
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and md.depth(sym)["asks"] != [[px(0), 8, 1]]:  # type: ignore[index]
+            md.poll(0.2)
+        assert md.depth(sym)["asks"] == [[px(0), 8, 1]], "the next peak, less what traded"  # type: ignore[index]
 
 
 def test_order_usage_errors_exit_2_without_the_exchange(tmp_path: Path) -> None:
