@@ -379,7 +379,11 @@ class MatchingEngine:
             return self.replace(cmd.symbol, cmd.broker, cmd.oid, cmd.price, cmd.qty, cmd.ts, STP_CODES[cmd.stp],
                                 cmd.stop_price)
         if isinstance(cmd, EndOfDay):
-            return list(self.end_of_day(cmd.ts, cmd.date))
+            out: list[Outcome] = list(self.end_of_day(cmd.ts, cmd.date))
+            if out and self._collected:  # in the pre-open, orders it expired have left the call: a new indicative
+                for symbol in list(self._collected):
+                    out.extend(self._indicate(self.instruments[symbol], cmd.ts))
+            return out
         if isinstance(cmd, Control):
             return self.control(cmd)
         if isinstance(cmd, SessionChange):

@@ -532,6 +532,21 @@ def test_gtc_orders_from_an_earlier_day_join_the_call_auction_ahead_of_the_pre_o
     assert [(e["buy_oid"], e["price"], e["qty"]) for e in events if e["event"] == "trade"] == [("p1", "99.00", 5)]
 
 
+def test_an_end_of_day_in_the_pre_open_takes_expired_orders_out_of_the_call_and_says_the_new_indicative() -> None:
+    # A GTD buy from the book (its day 2026-01-05) and a GTC buy at 99 face a pre-open sell of 15 at 99: 15 would
+    # trade. An end of day for 2026-01-05 (a replay's) expires the GTD order: 10 would trade, 5 unmatched.
+    events = replay_lines([_inst("100"), _session("continuous"),
+                           _new("g1", "b", "buy", 99, 10, "GTD", expire_date="2026-01-05"),
+                           _new("g2", "b", "buy", 99, 10, "GTC"), _session("closing"), _session("pre_open"),
+                           _new("p1", "s", "sell", 99, 15), '{"op":"end_of_day","date":"2026-01-05"}',
+                           _session("auction")])
+    ind = [(e["price"], e["qty"], e["unmatched"]) for e in events if e["event"] == "indicative"]
+    assert ind == [("99.00", 15, 5), ("99.00", 10, 5)], ind
+    assert [(e["oid"], e["qty"]) for e in events if e["event"] == "expired"] == [("g1", 10)]
+    auction = next(e for e in events if e["event"] == "auction")
+    assert (auction["price"], auction["qty"], auction["unmatched"]) == ("99.00", 10, 5)
+
+
 def test_a_partly_filled_book_order_keeps_its_fills_through_the_call() -> None:
     events = replay_lines([_inst("100"), _session("continuous"), _new("g1", "b", "buy", 100, 20, "GTC"),
                            _new("s1", "s", "sell", 100, 5), _session("closing"), _session("closed"),
