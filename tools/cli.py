@@ -81,7 +81,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from tools import up
 
     return up.run(args.file or _default_topology(), demo=args.demo, duration=args.duration, rate=args.rate,
-                  fresh=args.fresh, loopback=args.loopback)
+                  fresh=args.fresh, loopback=args.loopback, trading_minutes=args.trading_minutes)
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add simulated brokers trading every symbol (without it: a quiet exchange)")
     p.add_argument("--rate", type=float, default=100.0, help="demo commands per second (default 100)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--trading-minutes", type=float, default=None, metavar="M",
+                   help="with --demo: the compressed day's continuous trading lasts M minutes (0.5 to 23.25, the "
+                        "default), e.g. 1 to see the close and the closing session two minutes after the start")
     p.add_argument("--fresh", action="store_true",
                    help="start from an empty market: delete the data_dir first (journals, price history, logs); "
                         "without it the matchers replay their journals")

@@ -106,43 +106,62 @@ def _elsewhere(topology: str, hosts: list[str]) -> str:
 
 # `exfab up --demo` on a topology without a [calendar]: a compressed day, an hour of it a minute, whose pre-open opens
 # DEMO_START_S after the command (the nodes start meanwhile), so a newcomer sees every phase (docs/sessions.md). The
-# demo's day is the BSE's phases stretched over the whole clock day, so that it trades most of the time: the
-# pre-open from 00:01, continuous trading from 00:15 to 23:30, closed from 23:50 to the next day's 00:01.
+# demo's day is the BSE's phases with continuous trading stretched over the clock day, so that it trades most of the
+# time: the pre-open from 00:01, continuous trading from 00:15 for `trading_hours` hours (23 and a quarter: to 23:30),
+# the closing price's ten minutes, the closing session's ten, then closed to the next day's 00:01.
 DEMO_DAY: Final = """
 [calendar]                              # added by exfab up --demo: a compressed day (docs/sessions.md)
 pre_open = "00:01"
 entry_close = "00:08"
 matching_end = "00:12"
 continuous = "00:15"
-continuous_end = "23:30"
-closing_session = "23:40"
-close = "23:50"
+continuous_end = "{continuous_end}"
+closing_session = "{closing_session}"
+close = "{close}"
 scale = 60
 start = "00:00"
 anchor = {anchor}
 """
 DEMO_START_S: Final = 10
+DEMO_TRADING_HOURS: Final = 23.25  # of the demo's day: 23 minutes and a quarter of continuous trading
 
 
-def with_demo_day(path: str, data_dir: Path, now: dt.datetime) -> Path:
+def _clock(minutes: float) -> str:
+    m = round(minutes * 60)  # seconds of the clock day
+    return f"{m // 3600:02d}:{m // 60 % 60:02d}:{m % 60:02d}"
+
+
+def with_demo_day(path: str, data_dir: Path, now: dt.datetime, trading_minutes: float | None = None) -> Path:
     """Write a copy of the topology at ``path`` with the demo's compressed day, under ``data_dir``; return its path.
 
     The day's 00:00 is ``DEMO_START_S`` seconds after ``now``: pre-open from a second later, the call auction
-    about 7 s later, continuous trading from 14 s later for 23 minutes and a quarter, the close, then the market
-    is closed for 11 s until the next compressed day's pre-open (24 minutes after this one's).
+    about 7 s later, continuous trading from 14 s later for ``trading_minutes`` minutes (23 and a quarter when
+    ``None``), the closing price's 10 s, the closing session's 10 s, then the market is closed until the next
+    compressed day's pre-open (24 minutes after this one's).
+
+    Raises
+    ------
+    ValueError
+        When ``trading_minutes`` is not between 0.5 and 23.25.
     """
+    hours = DEMO_TRADING_HOURS if trading_minutes is None else trading_minutes
+    if not 0.5 <= hours <= DEMO_TRADING_HOURS:
+        raise ValueError(f"the demo's continuous trading lasts 0.5 to {DEMO_TRADING_HOURS} minutes, not {hours}")
+    end = 15 + hours * 60  # clock minutes
     anchor = (now + dt.timedelta(seconds=DEMO_START_S)).replace(microsecond=0)
     dst = data_dir / f"{Path(path).stem}.demo-day.toml"
     dst.parent.mkdir(parents=True, exist_ok=True)
     # (a relative keys_dir is relative to the topology file: the copy names the source's folder)
     text = absolute_keys_dir(Path(path), Path(path).read_text(encoding="utf-8"))
-    dst.write_text(text + DEMO_DAY.format(anchor=anchor.isoformat()),
+    dst.write_text(text + DEMO_DAY.format(anchor=anchor.isoformat(), continuous_end=_clock(end),
+                                          closing_session=_clock(end + 10), close=_clock(end + 20)),
                    encoding="utf-8")
     return dst
 
 
 def run(topology: str, *, demo: bool = False, duration: float | None = None, rate: float = 100.0,
-        fresh: bool = False, loopback: bool = False, out: IO[str] = sys.stdout) -> int:
+        fresh: bool = False, loopback: bool = False, trading_minutes: float | None = None,
+        out: IO[str] = sys.stdout) -> int:
     """Run ``exfab up``; return the exit status."""
     from rich.console import Console
     from rich.live import Live
@@ -163,6 +182,14 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
     except (OSError, TopologyError) as e:
         console.print(f"[red]exfab up:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
+    if trading_minutes is not None:
+        why = ("it is for the demo's compressed day: add --demo" if not demo else
+               f"{topology} has a [calendar] of its own, which the demo follows" if topo.calendar is not None else
+               None if 0.5 <= trading_minutes <= DEMO_TRADING_HOURS else
+               f"the demo's continuous trading lasts 0.5 to {DEMO_TRADING_HOURS:g} minutes, not {trading_minutes:g}")
+        if why is not None:
+            console.print(f"[red]exfab up:[/] --trading-minutes: {escape(why)}", highlight=False, soft_wrap=True)
+            return EXIT_USAGE
     if mapped is not None:
         console.print(f"--loopback: the nodes of {topology} on this machine, each host on a loopback address of "
                       "its own, the same ports:", markup=False, highlight=False, soft_wrap=True)
@@ -183,13 +210,15 @@ def run(topology: str, *, demo: bool = False, duration: float | None = None, rat
         console.print(f"  the copy that runs: {path} (exfab status --topology {path})", markup=False,
                       highlight=False, soft_wrap=True)
     if demo and topo.calendar is None:
-        path = str(with_demo_day(path, Path(topo.data_dir), dt.datetime.now(dt.UTC)))
-        console.print(f"--demo: a compressed day, an hour a minute, pre-open in {DEMO_START_S + 1} s: {path}",
-                      markup=False, highlight=False, soft_wrap=True)
+        path = str(with_demo_day(path, Path(topo.data_dir), dt.datetime.now(dt.UTC), trading_minutes))
+        minutes = DEMO_TRADING_HOURS if trading_minutes is None else trading_minutes
+        console.print(f"--demo: a compressed day, an hour a minute, pre-open in {DEMO_START_S + 1} s, continuous "
+                      f"trading from {DEMO_START_S + 15} s for {minutes:g} min, then the close and the closing "
+                      f"session: {path}", markup=False, highlight=False, soft_wrap=True)
     launcher = Launcher(path)
     runnable = [n for n in launcher.topo.nodes() if n.kind in launcher.kinds]
     console.print(f"starting {len(runnable)} nodes of {path} "
-                  "(the first start compiles the order book: about 20 s)...")
+                  "(the first start compiles the order book: about 35 s)...")
     try:
         launcher.start(progress=sys.stderr)
     except LaunchError as e:
