@@ -88,6 +88,42 @@ def test_gateway_takes_the_snapshots_reference_then_each_close_in_the_shards_ord
         gw.ctx.destroy(linger=0)
 
 
+def test_matcher_snapshot_gives_the_last_close_and_a_replay_of_its_journal_the_same(tmp_path: Path) -> None:
+    # What a restarted matcher, and a pair's new primary (which applied the same journal records), answer a
+    # gateway that asks: the references come from the journal.
+    from fabric.commands import NewOrder, SessionChange, encode_command
+    from nodes.matcher import Matcher
+
+    topo = load(topology_on_free_ports(LOCAL, tmp_path))
+    name = topo.shard("A").replicas[0].name
+
+    def refs(m: Matcher) -> dict[str, str | None]:
+        return {b.symbol: b.ref_price for b in m.snapshot().books if b.symbol in ("TCS", "INFY")}
+
+    m = Matcher(topo, name, fsync="none")
+    try:
+        assert refs(m) == {"TCS": "3500.00", "INFY": "1580.00"}  # the topology's, before any close
+        t0 = 1_700_000_000_000_000_000
+        for cmd in (SessionChange(phase="continuous", ts=t0),
+                    NewOrder(oid="s", broker="B2", symbol="TCS", side="sell", type="limit", price="3670.00", qty=5,
+                             tif="DAY", ts=t0 + 1),
+                    NewOrder(oid="b", broker="B1", symbol="TCS", side="buy", type="limit", price="3670.00", qty=5,
+                             tif="DAY", ts=t0 + 2),
+                    SessionChange(phase="closing", vwap_from=t0, ts=t0 + 3)):
+            m.journal.append(encode_command(cmd))
+            m._apply(cmd)  # type: ignore[arg-type]
+        m.journal.commit()
+        assert refs(m) == {"TCS": "3670.00", "INFY": "1580.00"}  # the close (INFY did not trade: its reference)
+    finally:
+        m.journal.close()
+    again = Matcher(topo, name, fsync="none")
+    try:
+        again.recover()
+        assert refs(again) == {"TCS": "3670.00", "INFY": "1580.00"}
+    finally:
+        again.journal.close()
+
+
 def _refused(r: Any) -> tuple[str, str] | None:
     return None if r.rejected is None else (r.rejected.reason, r.rejected.text)
 
