@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import itertools
 import logging
@@ -186,6 +187,9 @@ EXPIRES_S = 5.0  # a matcher takes a command within this long of the gateway sen
 EXPIRES_NS = int(EXPIRES_S * 1e9)
 PENDING_GRACE_S = 1.0  # ...and the gateway waits this much longer for the answer before refusing it itself
 PENDING_TIMEOUT_S = EXPIRES_S + PENDING_GRACE_S
+# A shard that does not answer the snapshot request of a gateway's start (its matcher is down) is asked again, less
+# and less often: each request waits in the socket's queue until the matcher is back, and each is answered then.
+REFS_WAIT_MAX_S = 60.0
 
 
 @dataclass(slots=True)
@@ -206,6 +210,7 @@ class _Lane:
     sent: int = -1  # tseq of the last report sent; -1 until the first
     state: bytes = b""  # the shard's S topic: its `close` events move the risk checks' reference prices
     refs_asked: float | None = None  # when its snapshot (the reference prices) was last asked for; None: answered
+    refs_wait: float = REPLAY_TIMEOUT_S  # how long until it is asked again (doubled each time, up to REFS_WAIT_MAX_S)
 
 
 class Gateway:
@@ -757,10 +762,13 @@ class Gateway:
         if changed:
             log.info("%s: the risk checks' reference price is now %s (from %s)", symbol, price, source)
 
-    def _ask_refs(self, no: int, now: float) -> None:
+    def _ask_refs(self, no: int, now: float, again: bool = False) -> None:
         # Ask shard `no` for a snapshot: its symbols' reference prices, and where its S topic stands.
-        self.recovery[no].send(encode(SnapshotRequest(shard=no)))
-        self.lanes[no].refs_asked = now
+        lane = self.lanes[no]
+        lane.refs_wait = min(lane.refs_wait * 2, REFS_WAIT_MAX_S) if again else REPLAY_TIMEOUT_S
+        lane.refs_asked = now
+        with contextlib.suppress(zmq.Again):  # (a full queue to a matcher that is down: asked again later)
+            self.recovery[no].send(encode(SnapshotRequest(shard=no)), zmq.NOBLOCK)
 
     @staticmethod
     def _current(lane: _Lane, epoch: int, seq: int) -> bool:
@@ -836,8 +844,8 @@ class Gateway:
             r = lane.stream.due(now)
             if r is not None:
                 self.recovery[no].send(encode(ReplayRequest(shard=no, first=r.first, last=r.last)))
-            if lane.refs_asked is not None and now - lane.refs_asked >= REPLAY_TIMEOUT_S:
-                self._ask_refs(no, now)  # unanswered (the matcher is down, or restarted): again
+            if lane.refs_asked is not None and now - lane.refs_asked >= lane.refs_wait:
+                self._ask_refs(no, now, again=True)  # unanswered (the matcher is down, or restarted): again
 
     # -------------------------------------------------------------------- loop
 

@@ -10,6 +10,7 @@ the close starts from it.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from fabric.protocol import (
     ReplayReply,
     SessionEvent,
     SnapshotReply,
+    SnapshotRequest,
+    decode_internal,
     encode,
 )
 from nodes.gateway import Gateway
@@ -86,6 +89,38 @@ def test_gateway_takes_the_snapshots_reference_then_each_close_in_the_shards_ord
         gw._lookups.shutdown(wait=False)
         gw.lookup.close()
         gw.ctx.destroy(linger=0)
+
+
+def test_gateway_asks_a_silent_shard_again_less_and_less_often_until_it_answers(tmp_path: Path) -> None:
+    topo = load(topology_on_free_ports(LOCAL, tmp_path))
+    ctx = zmq.Context()
+    gw = Gateway(topo, topo.gateways[0].name, ctx=ctx)
+    matcher = ctx.socket(zmq.ROUTER)  # shard 0's recovery socket, which reads but does not answer
+    matcher.bind("inproc://recovery-0")
+    gw.recovery = [ctx.socket(zmq.DEALER) for _ in gw.lanes]
+    gw.recovery[0].connect("inproc://recovery-0")
+    try:
+        lane = gw.lanes[0]
+        gw._ask_refs(0, time.monotonic())
+        waits = []
+        for _ in range(7):
+            lane.refs_asked -= lane.refs_wait  # type: ignore[operator]  # as if that long went by unanswered
+            gw.ask_replays()
+            waits.append(lane.refs_wait)
+        assert waits == [4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+        asked = [decode_internal(matcher.recv_multipart()[-1]) for _ in range(8)]
+        assert asked == [SnapshotRequest(shard=0)] * 8
+        assert gw.risk.instruments["TCS"].ref_price == Decimal("3500.00")  # the topology's until it answers
+        book = BookSnapshot(symbol="TCS", bids=[], asks=[], trade_id=0, book_tseq=0, trade_tseq=0, ref_price="3670.00")
+        gw.on_snapshot(0, SnapshotReply(shard=0, seq=3, epoch=0, exec_tseq=0, books=[book], state_tseq=1))
+        assert gw.risk.instruments["TCS"].ref_price == Decimal("3670.00")
+        assert lane.refs_asked is None
+        gw.ask_replays()
+        assert not matcher.poll(100)  # answered: never asked again
+    finally:
+        gw._lookups.shutdown(wait=False)
+        gw.lookup.close()
+        ctx.destroy(linger=0)
 
 
 def test_matcher_snapshot_gives_the_last_close_and_a_replay_of_its_journal_the_same(tmp_path: Path) -> None:
