@@ -6,10 +6,10 @@ Sockets:
   per message (the protocol of ``docs/protocol.md``);
 - one DEALER per shard to the shard's matcher (order commands and their
   :class:`~fabric.protocol.CommandReply`);
-- one SUB to every shard's PUB, subscribed to execution reports and
-  heartbeats only: every report reaches every gateway, and each forwards those
-  of the brokers logged on to it (so a fill of a resting order reaches its
-  broker whichever gateway it uses);
+- one SUB to every shard's PUB, subscribed to execution reports, heartbeats
+  and the state topic (for its closing prices): every report reaches every
+  gateway, and each forwards those of the brokers logged on to it (so a fill
+  of a resting order reaches its broker whichever gateway it uses);
 - one DEALER per shard to the matcher's recovery socket, for gaps (and the
   shard's reference prices at start).
 
