@@ -869,7 +869,12 @@ class SnapshotRequest(_InternalMsg, tag="snapshot_request", frozen=True, kw_only
 
 
 class BookSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One symbol's book inside a :class:`SnapshotReply`; levels are best first."""
+    """One symbol's book inside a :class:`SnapshotReply`; levels are best first.
+
+    ``ref_price`` is the symbol's reference price at the snapshot's ``seq``: its last closing price (a ``close``
+    on the ``S`` topic), else the topology's ``ref_price``; nil without either (and from a matcher that predates
+    the field). The gateways' risk checks start from it.
+    """
 
     symbol: Symbol
     bids: list[Level]
@@ -877,6 +882,7 @@ class BookSnapshot(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     trade_id: Count
     book_tseq: Count
     trade_tseq: Count
+    ref_price: Price | None = None
 
 
 class SnapshotReply(_InternalMsg, tag="snapshot", frozen=True, kw_only=True):

@@ -5,13 +5,16 @@ calls :meth:`RiskChecks.check` and feeds :meth:`RiskChecks.on_report`):
 
 - the largest quantity of one order (``order_qty_too_large``);
 - the largest value, price times quantity, of one order (``order_value_too_large``); a market order is valued at
-  the instrument's reference price (``ref_price``, the previous close), and not checked when it has none;
+  the instrument's reference price (the previous close), and not checked when it has none;
 - the risk band: a limit price within ``risk_band_pct`` percent of the reference price
   (``price_outside_risk_band``); an instrument without a reference price is not checked (the matcher's
   circuit filter, ``band_pct``, still is);
 - the most open orders of a broker (``too_many_open_orders``);
 - the broker's rate of ``new`` and ``replace`` messages, a token bucket (``rate_limited``); cancels are never
   limited, so a broker can always take its orders out of the market.
+
+The reference price starts as the topology's ``ref_price`` and follows the matcher's (:meth:`RiskChecks.set_reference`:
+the gateway gives it each symbol's reference from its shard's snapshot, then each ``close`` the shard publishes).
 
 The limits come from the topology once (``[risk]`` defaults, a broker's own ``risk`` table, an instrument's
 keys: :class:`topology.model.RiskLimits`). A broker's limit is its own value, else the ``[risk]`` default;
@@ -27,6 +30,7 @@ yet accepted are not in it: the limit holds per gateway, to within the orders in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -230,6 +234,28 @@ class RiskChecks:
             bucket = TokenBucket(lim.max_orders_per_s, lim.burst or lim.max_orders_per_s, self.clock())
         b = self._broker[broker] = _Broker(bucket, NO_LIMIT if lim.max_open_orders is None else lim.max_open_orders)
         return b
+
+    def set_reference(self, symbol: str, ref_price: Decimal) -> bool:
+        """Make ``ref_price`` the reference price of ``symbol`` (the matcher's); return whether it changed.
+
+        The risk band and a market order's value are measured from it from the next order on: every broker's
+        limits for the symbol are resolved again (its token bucket and open orders are the broker's, and stay).
+
+        Raises
+        ------
+        KeyError
+            The symbol is not one of the instruments.
+        fabric.instruments.InstrumentError
+            The instrument cannot take that price (not positive, or past the largest price); its reference
+            stays as it was.
+        """
+        inst = self.instruments[symbol]
+        if inst.ref_price == ref_price:
+            return False
+        self.instruments[symbol] = dataclasses.replace(inst, ref_price=ref_price)
+        for per in self._resolved.values():
+            per.pop(symbol, None)
+        return True
 
     # ---------------------------------------------------------------- checks
 

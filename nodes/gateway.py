@@ -6,11 +6,20 @@ Sockets:
   per message (the protocol of ``docs/protocol.md``);
 - one DEALER per shard to the shard's matcher (order commands and their
   :class:`~fabric.protocol.CommandReply`);
-- one SUB to every shard's PUB, subscribed to execution reports and
-  heartbeats only: every report reaches every gateway, and each forwards those
-  of the brokers logged on to it (so a fill of a resting order reaches its
-  broker whichever gateway it uses);
-- one DEALER per shard to the matcher's recovery socket, for gaps.
+- one SUB to every shard's PUB, subscribed to execution reports, heartbeats
+  and the state topic (for its closing prices): every report reaches every
+  gateway, and each forwards those of the brokers logged on to it (so a fill
+  of a resting order reaches its broker whichever gateway it uses);
+- one DEALER per shard to the matcher's recovery socket, for gaps (and the
+  shard's reference prices at start).
+
+The risk checks (:mod:`fabric.risk`) measure the band and a market order's
+value from each symbol's reference price, the matcher's: the gateway asks
+each shard for a snapshot when it starts, takes the reference prices in it,
+then follows the shard's state topic (``S``) from that snapshot on, in order
+like the execution reports, and each ``close`` it publishes becomes the
+symbol's reference (the next day's, as in the matcher). Until a shard answers,
+its symbols keep the topology's ``ref_price``.
 
 Each turn of the loop drains every socket, then keeps the sessions alive
 (heartbeats out when idle, sessions closed after three silent intervals).
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import gc
 import itertools
 import logging
@@ -45,6 +55,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from decimal import Decimal
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -80,6 +91,9 @@ from fabric.protocol import (
     ReplayReply,
     ReplayRequest,
     ReplyBatch,
+    SessionEvent,
+    SnapshotReply,
+    SnapshotRequest,
     Status,
     decode_client,
     decode_internal,
@@ -89,11 +103,12 @@ from fabric.protocol import (
     heartbeat_topic,
     op_of,
     refused_status,
+    state_topic,
 )
 from fabric.records import OrderRow
 from fabric.risk import RiskChecks
 from fabric.sockets import readable, recv_frames, recv_routed, send_frames
-from fabric.stream import ShardStream, deposed
+from fabric.stream import REPLAY_TIMEOUT_S, ShardStream, deposed
 from topology.keys import BROKERS, admit, node_keyring, warn_if_open
 from topology.load import load
 from topology.model import GATEWAY, Topology
@@ -163,13 +178,18 @@ class _Head(msgspec.Struct, gc=False):
 
 _head = msgspec.msgpack.Decoder(_Head).decode
 _EXEC_KINDS = frozenset({"accepted", "rejected", "fill", "cancelled", "replaced", "expired", "triggered"})
+_STATE_KINDS = frozenset({"session", "trading_state"})  # the messages of a shard's S topic
 Report = tuple[int, str, bytes]  # (tseq, broker, the report's body as published)
+STATE = ""  # the broker of an S topic's message in a lane's stream (its messages name none, a report always does)
 BEFORE_LOGON = 16  # messages a connection may send before it logs on; past them it is ignored
 STRANGERS_KEPT = 100_000  # connections without a session whose count is kept (the oldest are forgotten)
 EXPIRES_S = 5.0  # a matcher takes a command within this long of the gateway sending it, or refuses it
 EXPIRES_NS = int(EXPIRES_S * 1e9)
 PENDING_GRACE_S = 1.0  # ...and the gateway waits this much longer for the answer before refusing it itself
 PENDING_TIMEOUT_S = EXPIRES_S + PENDING_GRACE_S
+# A shard that does not answer the snapshot request of a gateway's start (its matcher is down) is asked again, less
+# and less often: each request waits in the socket's queue until the matcher is back, and each is answered then.
+REFS_WAIT_MAX_S = 60.0
 
 
 @dataclass(slots=True)
@@ -188,6 +208,9 @@ class _Lane:
     ready: collections.deque[Report] = field(default_factory=collections.deque)  # in order, not yet sent
     waiting: collections.deque[tuple[int, str, list[Any]]] = field(default_factory=collections.deque)
     sent: int = -1  # tseq of the last report sent; -1 until the first
+    state: bytes = b""  # the shard's S topic: its `close` events move the risk checks' reference prices
+    refs_asked: float | None = None  # when its snapshot (the reference prices) was last asked for; None: answered
+    refs_wait: float = REPLAY_TIMEOUT_S  # how long until it is asked again (doubled each time, up to REFS_WAIT_MAX_S)
 
 
 class Gateway:
@@ -218,9 +241,10 @@ class Gateway:
         self.req = 0
         self.shard_no = {sym: no for no, shard in enumerate(topo.shards) for sym in shard.symbols}
         self.primaries = resolver(topo)
-        self.lanes = [_Lane(ShardStream(no), exec_topic(no)) for no in range(len(topo.shards))]
+        self.lanes = [_Lane(ShardStream(no), exec_topic(no), state=state_topic(no)) for no in range(len(topo.shards))]
         for no, lane in enumerate(self.lanes):
             lane.stream.follow(lane.topic)
+            lane.stream.hold(lane.state)  # from the snapshot that gives the reference prices on (on_snapshot)
             if topo.shards[no].paired:
                 p = self.primaries.primary(no)
                 lane.primary, lane.epoch = p.replica.name, p.epoch
@@ -683,7 +707,8 @@ class Gateway:
             if self._current(lane, h.epoch, h.seq):
                 hb = decode_pub(body)
                 assert isinstance(hb, PubHeartbeat)
-                stream.heartbeat(hb.seq, {topic: hb.tseqs.get(topic[:-1].decode(), 0)}, now, run=hb.run,
+                stream.heartbeat(hb.seq, {topic: hb.tseqs.get(topic[:-1].decode(), 0),
+                                          lane.state: hb.tseqs.get(lane.state[:-1].decode(), 0)}, now, run=hb.run,
                                  epoch=hb.epoch)
         elif h.msgs is not None:  # a bundle: each message in it carries its own epoch
             for b in h.msgs:
@@ -694,6 +719,56 @@ class Gateway:
         elif self._current(lane, h.epoch, h.seq):
             lane.ready.extend(stream.offer(topic, h.tseq, h.seq, (h.tseq, h.broker, body), in_order=True, now=now))
         self._pump(lane)
+
+    def on_state(self, shard_no: int, body: bytes) -> None:
+        """Handle one message of a shard's state topic (``S``: its halts and its trading day), one or a bundle."""
+        lane = self.lanes[shard_no]
+        now = time.monotonic()
+        h = _head(body)
+        for b in (body,) if h.msgs is None else h.msgs:  # a bundle: each message in it carries its own numbers
+            m = h if b is body else _head(b)
+            if self._current(lane, m.epoch, m.seq):
+                self._deliver(lane, lane.stream.offer(lane.state, m.tseq, m.seq, (m.tseq, STATE, b), in_order=True,
+                                                      now=now))
+
+    def on_snapshot(self, shard_no: int, snap: SnapshotReply) -> None:
+        """Take a shard's reference prices from its snapshot, then its ``S`` topic from there on."""
+        lane = self.lanes[shard_no]
+        if lane.refs_asked is None:
+            return  # answered already: a late answer to a request sent again
+        lane.refs_asked = None
+        for book in snap.books:
+            if book.ref_price is not None:
+                self._set_reference(book.symbol, book.ref_price, f"shard {self.topo.shards[shard_no].name}")
+        self._deliver(lane, lane.stream.jump(lane.state, snap.state_tseq, snap.seq))
+
+    def _deliver(self, lane: _Lane, items: list[Report]) -> None:
+        # What a lane's stream delivered, in order: execution reports to their brokers (in their turn: _pump), the
+        # S topic's messages to the reference prices: a `close` is its symbol's reference from now on.
+        for item in items:
+            if item[1] != STATE:
+                lane.ready.append(item)
+                continue
+            msg = decode_pub(item[2])
+            if type(msg) is SessionEvent and msg.kind == "close" and msg.symbol is not None and msg.price is not None:
+                self._set_reference(msg.symbol, msg.price, "the close")
+
+    def _set_reference(self, symbol: str, price: str, source: str) -> None:
+        try:
+            changed = self.risk.set_reference(symbol, Decimal(price))
+        except (KeyError, ValueError, ArithmeticError) as e:  # (not an instrument; InstrumentError; not a number)
+            log.warning("%s: reference price %s from %s not taken (%s)", symbol, price, source, e)
+            return
+        if changed:
+            log.info("%s: the risk checks' reference price is now %s (from %s)", symbol, price, source)
+
+    def _ask_refs(self, no: int, now: float, again: bool = False) -> None:
+        # Ask shard `no` for a snapshot: its symbols' reference prices, and where its S topic stands.
+        lane = self.lanes[no]
+        lane.refs_wait = min(lane.refs_wait * 2, REFS_WAIT_MAX_S) if again else REPLAY_TIMEOUT_S
+        lane.refs_asked = now
+        with contextlib.suppress(zmq.Again):  # (a full queue to a matcher that is down: asked again later)
+            self.recovery[no].send(encode(SnapshotRequest(shard=no)), zmq.NOBLOCK)
 
     @staticmethod
     def _current(lane: _Lane, epoch: int, seq: int) -> bool:
@@ -728,16 +803,21 @@ class Gateway:
             self.socks = (*self.orders, self.sub, *self.recovery, self.front)
             lane.stream.replay = None  # asked of the old primary: ask the new one
             now = time.monotonic()
+            if lane.refs_asked is not None:
+                self._ask_refs(no, now)  # (the new primary has the same references: they come from its journal)
             for req in lane.inflight:
                 lane.inflight[req] = now  # a new primary: the wait starts again
             self.cmdq[no].extend(lane.cmds[req] for req in lane.inflight if req in lane.cmds)
 
     def on_replay(self, shard_no: int, body: bytes) -> None:
-        """Deliver a replayed range, then what was held behind the gap."""
+        """Deliver a replayed range, then what was held behind the gap (or take a snapshot: :meth:`on_snapshot`)."""
         try:
             msg = decode_internal(body)
         except ProtocolError as e:
             log.warning("undecodable replay reply from shard %d: %s", shard_no, e)
+            return
+        if isinstance(msg, SnapshotReply):
+            self.on_snapshot(shard_no, msg)
             return
         if not isinstance(msg, ReplayReply):
             return
@@ -747,13 +827,14 @@ class Gateway:
             log.error("shard %d: replay %d..%d unavailable (%s); execution reports in it are lost to this "
                       "gateway's brokers, who can ask for their orders' status", shard_no, msg.first, msg.last,
                       msg.text)
-            lane.ready.extend(lane.stream.unavailable(now))
+            self._deliver(lane, lane.stream.unavailable(now))
             if not lane.ready:
                 lane.sent = max(lane.sent, lane.gate)  # nothing more to wait for: answers go now
         else:
-            heads = ((lane.topic, h.tseq, h.seq, (h.tseq, h.broker, b)) for b in msg.msgs
-                     if (h := _head(b)).t in _EXEC_KINDS)
-            lane.ready.extend(lane.stream.replayed(heads, msg.last, msg.done, now))
+            heads = ((lane.topic, h.tseq, h.seq, (h.tseq, h.broker, b)) if h.t in _EXEC_KINDS
+                     else (lane.state, h.tseq, h.seq, (h.tseq, STATE, b)) for b in msg.msgs
+                     if (h := _head(b)).t in _EXEC_KINDS or h.t in _STATE_KINDS)
+            self._deliver(lane, lane.stream.replayed(heads, msg.last, msg.done, now))
         self._pump(lane)
 
     def ask_replays(self) -> None:
@@ -763,6 +844,8 @@ class Gateway:
             r = lane.stream.due(now)
             if r is not None:
                 self.recovery[no].send(encode(ReplayRequest(shard=no, first=r.first, last=r.last)))
+            if lane.refs_asked is not None and now - lane.refs_asked >= lane.refs_wait:
+                self._ask_refs(no, now, again=True)  # unanswered (the matcher is down, or restarted): again
 
     # -------------------------------------------------------------------- loop
 
@@ -807,12 +890,15 @@ class Gateway:
                 connect(self.sub, replica.pub.connect, self.keys)
             self.sub.subscribe(exec_topic(no))
             self.sub.subscribe(heartbeat_topic(no))
+            self.sub.subscribe(state_topic(no))
+            self._ask_refs(no, time.monotonic())
         self.poller = poller = zmq.Poller()
         self.socks = (*self.orders, self.sub, *self.recovery, self.front)
         for s in self.socks:
             poller.register(s, zmq.POLLIN)
         shard_of_topic = {topic(no): no for no in range(len(self.topo.shards)) for topic in (exec_topic,
                                                                                               heartbeat_topic)}
+        shard_of_state = {state_topic(no): no for no in range(len(self.topo.shards))}
         gc.freeze()  # start-up's objects live for the whole run: keep them out of the cycle collector's scans
         if ready is not None:
             ready()
@@ -835,7 +921,11 @@ class Gateway:
                             topic, body = recv_frames(self.sub)
                         except zmq.Again:
                             break
-                        self._guard(self.on_report, shard_of_topic.get(topic, -1), body)
+                        state_no = shard_of_state.get(topic)
+                        if state_no is None:
+                            self._guard(self.on_report, shard_of_topic.get(topic, -1), body)
+                        else:
+                            self._guard(self.on_state, state_no, body)
                 for no, r in enumerate(self.recovery):
                     if r in events:
                         while True:

@@ -705,12 +705,21 @@ class Matcher:
             books.append(BookSnapshot(
                 symbol=sym, bids=[tuple(x) for x in lv["bids"]], asks=[tuple(x) for x in lv["asks"]],
                 trade_id=self.engine.trade_id(sym), book_tseq=self.outbox.tseq[book_topic(sym)],
-                trade_tseq=self.outbox.tseq[trade_topic(sym)]))
+                trade_tseq=self.outbox.tseq[trade_topic(sym)], ref_price=self._reference(sym)))
         return SnapshotReply(shard=self.shard_no, seq=self.outbox.seq, epoch=self.epoch,
                              exec_tseq=self.outbox.tseq[exec_topic(self.shard_no)], books=books,
                              states=list(self.engine.halts.values()), state_tseq=self.outbox.tseq[self.state_topic],
                              phase=self.engine.phase if self.engine.sessions else None,  # type: ignore[arg-type]
                              entry=self.engine.sessions and self.engine.entry)
+
+    def _reference(self, symbol: str) -> str | None:
+        # The symbol's reference price as the gateways follow it: its last `close` (published on S), else the
+        # instrument's ref_price (the topology's, or a close the bands moved to).
+        inst = self.engine.instruments[symbol]
+        close = self.engine.closes.get(symbol)
+        if close is not None:
+            return inst.to_price(close)
+        return None if inst.ref_price is None else str(inst.ref_price)
 
     def checksum(self) -> int:
         """Return a hash of every book of the shard (equal books, equal hash)."""

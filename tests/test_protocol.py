@@ -169,7 +169,9 @@ SAMPLES: dict[str, list[Any]] = {
         p.ReplRefused(reason="not_primary", text="A-1 is not the primary of shard A"),
         SnapshotReply(shard=3, seq=44, epoch=2, exec_tseq=30, books=[
             BookSnapshot(symbol="TCS", bids=[("3500.00", 15, 2), ("3499.95", 1, 1)], asks=[("3500.50", 2, 1)],
-                         trade_id=9, book_tseq=12, trade_tseq=9)]),
+                         trade_id=9, book_tseq=12, trade_tseq=9),
+            BookSnapshot(symbol="INFY", bids=[], asks=[], trade_id=0, book_tseq=0, trade_tseq=0,
+                         ref_price="1612.30")]),  # (its reference: the last close)
         SnapshotReply(shard=0, seq=45, epoch=0, exec_tseq=31, books=[], states=[
             p.TradingState(**SEQ, symbol="TCS", state="halted", reason="operator", text="news pending")]),
         p.OrderBatch(cmds=[OrderCommand(gateway="gw1", req=7, broker="B1", cmd=NEW)]),
@@ -242,6 +244,17 @@ def test_optional_field_as_nil_or_absent_decodes_the_same() -> None:
     base = {"t": "new", "v": 1, "oid": "o2", "symbol": "TCS", "side": "sell", "type": "market", "qty": 5,
             "tif": "IOC"}
     assert _both(msgpack.packb(base)) == _both(msgpack.packb(dict(base, price=None)))
+
+
+def test_snapshot_book_without_ref_price_from_an_older_matcher_decodes_as_nil() -> None:
+    snap = next(m for m in SAMPLES["internal"] if isinstance(m, SnapshotReply) and len(m.books) == 2)
+    assert snap.books[1].ref_price == "1612.30"
+    raw = msgpack.unpackb(p.encode(snap))
+    for book in raw["books"]:
+        book.pop("ref_price")
+    old = _both(msgpack.packb(raw), "internal")
+    assert [b.ref_price for b in old.books] == [None, None]
+    assert old.books[1] == msgspec.structs.replace(snap.books[1], ref_price=None)
 
 
 def test_large_uint64_qty_passes_type_check_for_the_engine_to_judge() -> None:
@@ -565,6 +578,8 @@ def test_price_memory_stays_bounded_and_holds_only_good_prices(monkeypatch: pyte
 
 def test_protocol_doc_lists_every_reason_and_message_type() -> None:
     doc = DOC.read_text()
+    for field in BookSnapshot.__struct_fields__:  # (a snapshot's books: a struct inside a message)
+        assert f"`{field}`" in doc, ("BookSnapshot", field)
     for name in [*REJECT_NAMES.values(), *p.PROTOCOL_REASONS, *CANCEL_REASON_NAMES.values()]:
         assert f"`{name}`" in doc, name
     for tag in TAGS:

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from fabric.client import BrokerClient
-from fabric.instruments import Instrument
+from fabric.instruments import Instrument, InstrumentError
 from fabric.protocol import PROTOCOL_REASONS, New, Replace, decode_server
 from fabric.risk import RISK_REASONS, RiskChecks, RiskLimits, TokenBucket, open_delta
 from tests.helpers import LOCAL, gateway_endpoints, journal_events, topology_on_free_ports
@@ -93,6 +93,38 @@ def test_an_instrument_without_reference_price_has_no_band_and_no_market_value()
     assert r.check("B1", _new(1, "99999.00", "NOREF"))[0] == "order_value_too_large"  # type: ignore[index]
     assert r.check("B1", _new(1, "50.00", "NOREF")) is None  # no band without a reference price
     assert r.check("B1", _new(10**6, None, "NOREF")) is None  # a market order with nothing to value it at
+
+
+def test_set_reference_moves_the_band_and_the_market_value_for_every_broker() -> None:
+    r = _checks(RiskLimits(risk_band_pct=Decimal("5"), max_order_value=Decimal("1000000")),
+                brokers={"B2": RiskLimits(risk_band_pct=Decimal("10"))})
+    assert r.check("B1", _new(10, "3800.00"))[0] == "price_outside_risk_band"  # type: ignore[index]  # 3325-3675
+    assert r.check("B2", _new(10, "3800.00")) is None  # B2's 10 %: 3150-3850
+    assert r.check("B1", _new(285, None)) is None  # a market order, valued at 285 x 3500 = 997,500
+    assert r.set_reference("TCS", Decimal("3670.00")) is True  # the close, a day later
+    assert r.check("B1", _new(10, "3800.00")) is None  # 5 % around 3670: 3486.50-3853.50 (resolved again)
+    reason, text, field = r.check("B1", _new(10, "3900.00"))  # type: ignore[misc]
+    assert (reason, field) == ("price_outside_risk_band", "price")
+    assert "3486.50-3853.50" in text and "reference price 3670.00" in text, text
+    assert r.check("B1", _new(10, "3480.00"))[0] == "price_outside_risk_band"  # type: ignore[index]
+    reason, text, _ = r.check("B1", _new(285, None))  # type: ignore[misc]  # 285 x 3670 = 1,045,950
+    assert reason == "order_value_too_large" and "reference price 3670.00" in text, text
+    assert r.check("B1", _new(272, None)) is None  # 998,240
+    assert r.check("B2", _new(10, "4030.00")) is None  # B2's 10 % around 3670: 3303.00-4037.00
+    assert r.check("B2", _new(10, "4040.00"))[0] == "price_outside_risk_band"  # type: ignore[index]
+    assert r.set_reference("TCS", Decimal("3670")) is False  # the same price: nothing changes
+    assert r.set_reference("NOREF", Decimal("10.00")) is True  # a reference where the topology gave none
+    assert r.check("B1", _new(1, "11.00", "NOREF"))[0] == "price_outside_risk_band"  # type: ignore[index]
+
+
+def test_set_reference_refuses_what_the_instrument_cannot_take_and_keeps_the_old() -> None:
+    r = _checks(RiskLimits(risk_band_pct=Decimal("5")))
+    with pytest.raises(KeyError):
+        r.set_reference("NOPE", Decimal("10.00"))
+    with pytest.raises(InstrumentError, match="ref_price must be positive"):
+        r.set_reference("TCS", Decimal("0"))
+    assert r.instruments["TCS"].ref_price == Decimal("3500.00")
+    assert r.check("B1", _new(10, "3675.00")) is None
 
 
 def test_broker_overrides_and_instrument_limits_the_stricter_holds() -> None:
