@@ -123,7 +123,8 @@ def test_gateway_asks_a_silent_shard_again_less_and_less_often_until_it_answers(
         ctx.destroy(linger=0)
 
 
-def test_matcher_snapshot_gives_the_last_close_and_a_replay_of_its_journal_the_same(tmp_path: Path) -> None:
+def test_matcher_snapshot_gives_the_last_close_and_a_replay_of_its_journal_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # What a restarted matcher, and a pair's new primary (which applied the same journal records), answer a
     # gateway that asks: the references come from the journal.
     from fabric.commands import NewOrder, SessionChange, encode_command
@@ -131,6 +132,7 @@ def test_matcher_snapshot_gives_the_last_close_and_a_replay_of_its_journal_the_s
 
     topo = load(topology_on_free_ports(LOCAL, tmp_path))
     name = topo.shard("A").replicas[0].name
+    monkeypatch.chdir(tmp_path)  # the topology's data_dir is relative: the journal goes under the test's folder
 
     def refs(m: Matcher) -> dict[str, str | None]:
         return {b.symbol: b.ref_price for b in m.snapshot().books if b.symbol in ("TCS", "INFY")}

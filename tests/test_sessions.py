@@ -627,7 +627,7 @@ def test_exfab_replay_closes_the_day_of_its_time_zone() -> None:
     assert [e["event"] for e in replay_lines(lines)] == ["accepted", "session", "expired"]
 
 
-def test_the_matcher_counts_days_in_its_topologys_time_zone(tmp_path: Path) -> None:
+def test_the_matcher_counts_days_in_its_topologys_time_zone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fabric.commands import EndOfDay, NewOrder
     from nodes.matcher import Matcher
     from tests.helpers import LOCAL, topology_on_free_ports
@@ -635,6 +635,7 @@ def test_the_matcher_counts_days_in_its_topologys_time_zone(tmp_path: Path) -> N
 
     path = topology_on_free_ports(LOCAL, tmp_path)
     path.write_text(path.read_text().replace('[exchange]\n', '[exchange]\ntimezone = "America/New_York"\n', 1))
+    monkeypatch.chdir(tmp_path)  # the topology's data_dir is relative: its journal goes under the test's folder
     m = Matcher(load(path), load(path).shards[0].replicas[0].name, fsync="none")
     try:
         ts = _NY_EVENING  # 5 January in New York
