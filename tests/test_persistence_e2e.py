@@ -31,7 +31,7 @@ from topology.launcher import Launcher
 
 pytestmark = pytest.mark.e2e
 
-REPORTS = ("accepted", "rejected", "cancelled", "replaced", "expired")  # and two fills per trade
+REPORTS = ("accepted", "rejected", "cancelled", "replaced", "expired", "triggered")  # and two fills per trade
 
 
 def _launch(tmp_path: Path, redis: RedisServer | None = None) -> Launcher:
