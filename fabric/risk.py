@@ -283,17 +283,26 @@ class RiskChecks:
             price = msg.price
             inst = r.inst
             assert inst is not None
+            stop = msg.stop_price  # a stop order's trigger (unset and None are false): in the band as a price is
+            stop_ticks = (inst.ticks_of(stop) or 0) if stop else 0
+            if stop_ticks and not r.band_lo <= stop_ticks <= r.band_hi:
+                return ("price_outside_risk_band", f"stop_price {stop} is outside the risk band "
+                        f"{inst.to_price(r.band_lo)}-{inst.to_price(r.band_hi)} ({r.band_pct}% around the "
+                        f"reference price {inst.ref_price})", "stop_price")
             if price is not None:
                 ticks = inst.ticks_of(price) or 0  # off the tick: the matcher refuses it with its own reason
                 if ticks and not r.band_lo <= ticks <= r.band_hi:
                     return ("price_outside_risk_band", f"price {price} is outside the risk band "
                             f"{inst.to_price(r.band_lo)}-{inst.to_price(r.band_hi)} ({r.band_pct}% around the "
                             f"reference price {inst.ref_price})", "price")
+            elif stop_ticks and type(msg) is New:
+                ticks = stop_ticks  # a stop-loss market order, valued at its trigger
             else:
                 ticks = r.ref_ticks if type(msg) is New else 0  # a market order, valued at the reference price
             if qty is not None and ticks and ticks * qty > r.max_value_ticks:
                 value = inst.tick * ticks * qty
-                at = f"{price} x {qty}" if price is not None else f"{qty} at the reference price {inst.ref_price}"
+                at = (f"{price} x {qty}" if price is not None else f"{qty} at the stop price {stop}" if stop_ticks
+                      else f"{qty} at the reference price {inst.ref_price}")
                 return ("order_value_too_large", f"order value {value} ({at}) exceeds the maximum order value "
                         f"{r.max_value} of broker {broker}", "qty")
         if b.max_open != NO_LIMIT and type(msg) is New and self.open.get(broker, 0) >= b.max_open:

@@ -88,6 +88,23 @@ def test_each_limit_refuses_with_its_reason_and_a_specific_text() -> None:
     assert v.check("B1", Replace(oid="1", symbol="TCS", qty=286, price="3500.00"))[0] == "order_value_too_large"  # type: ignore[index]
 
 
+def test_a_stop_orders_trigger_is_in_the_risk_band_and_values_a_stop_loss_market_order() -> None:
+    r = _checks(RiskLimits(risk_band_pct=Decimal("5"), max_order_value=Decimal("1000000")))  # band 3325.00-3675.00
+    sl = New(oid="s", symbol="TCS", side="sell", type="limit", qty=10, price="3330.00", tif="DAY", stop_price="3320.00")
+    reason, text, field = r.check("B1", sl)  # type: ignore[misc]
+    assert (reason, field) == ("price_outside_risk_band", "stop_price") and "stop_price 3320.00" in text
+    inside = New(oid="s", symbol="TCS", side="sell", type="limit", qty=10, price="3330.00", tif="DAY",
+                 stop_price="3335.00")
+    assert r.check("B1", inside) is None
+    assert r.check("B1", Replace(oid="s", symbol="TCS", stop_price="3680.00"))[0] == "price_outside_risk_band"  # type: ignore[index]
+    # An SL-M is valued at its trigger, not at the reference price (3500.00): 280 x 3600 = 1,008,000.
+    slm = New(oid="m", symbol="TCS", side="buy", type="market", qty=280, tif="DAY", stop_price="3600.00")
+    reason, text, field = r.check("B1", slm)  # type: ignore[misc]
+    assert (reason, field) == ("order_value_too_large", "qty") and "280 at the stop price 3600.00" in text
+    smaller = New(oid="m", symbol="TCS", side="buy", type="market", qty=277, tif="DAY", stop_price="3600.00")
+    assert r.check("B1", smaller) is None
+
+
 def test_an_instrument_without_reference_price_has_no_band_and_no_market_value() -> None:
     r = _checks(RiskLimits(max_order_value=Decimal("100"), risk_band_pct=Decimal("1")))
     assert r.check("B1", _new(1, "99999.00", "NOREF"))[0] == "order_value_too_large"  # type: ignore[index]
