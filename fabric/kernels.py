@@ -370,6 +370,45 @@ def _free(ords: np.ndarray, meta: np.ndarray, o2s: np.ndarray, slot: int) -> Non
 
 
 @njit(cache=True, inline="always")
+def _take_slot(
+    ords: np.ndarray,
+    meta: np.ndarray,
+    o2s: np.ndarray,
+    oid: int,
+    broker: int,
+    side: int,
+    tif: int,
+    price: int,
+    qty: int,
+    leaves: int,
+    cum: int,
+    state: int,
+    flags: int,
+    expire: int,
+    disclosed: int,
+) -> int:
+    # Give an order a free slot (guaranteed by the caller) with its fields set; return the slot.
+    slot = meta[M_FREE_HEAD]
+    meta[M_FREE_HEAD] = ords[slot, O_NEXT]
+    meta[M_RESTING] += 1
+    ords[slot, O_OID] = oid
+    ords[slot, O_BROKER] = broker
+    ords[slot, O_SIDE] = side
+    ords[slot, O_TIF] = tif
+    ords[slot, O_PRICE] = price
+    ords[slot, O_QTY] = qty
+    ords[slot, O_LEAVES] = leaves
+    ords[slot, O_CUM] = cum
+    ords[slot, O_STATE] = state
+    ords[slot, O_FLAGS] = flags
+    ords[slot, O_EXPIRE] = expire
+    ords[slot, O_DISCLOSED] = disclosed
+    ords[slot, O_SHOWN] = (disclosed if disclosed < leaves else leaves) if disclosed != 0 else 0
+    o2s[oid] = slot
+    return slot
+
+
+@njit(cache=True, inline="always")
 def _rest(
     ords: np.ndarray,
     lvl: np.ndarray,
@@ -389,23 +428,8 @@ def _rest(
     disclosed: int,
 ) -> None:
     # Put a new order's remainder in the book (a free slot is guaranteed by the caller).
-    slot = meta[M_FREE_HEAD]
-    meta[M_FREE_HEAD] = ords[slot, O_NEXT]
-    meta[M_RESTING] += 1
-    ords[slot, O_OID] = oid
-    ords[slot, O_BROKER] = broker
-    ords[slot, O_SIDE] = side
-    ords[slot, O_TIF] = tif
-    ords[slot, O_PRICE] = price
-    ords[slot, O_QTY] = qty
-    ords[slot, O_LEAVES] = leaves
-    ords[slot, O_CUM] = cum
-    ords[slot, O_STATE] = ST_RESTING
-    ords[slot, O_FLAGS] = flags
-    ords[slot, O_EXPIRE] = expire
-    ords[slot, O_DISCLOSED] = disclosed
-    ords[slot, O_SHOWN] = (disclosed if disclosed < leaves else leaves) if disclosed != 0 else 0
-    o2s[oid] = slot
+    slot = _take_slot(ords, meta, o2s, oid, broker, side, tif, price, qty, leaves, cum, ST_RESTING, flags, expire,
+                      disclosed)
     _push_back(ords, lvl, bits, meta, slot)
 
 
@@ -473,26 +497,10 @@ def _hold(
     price: int, qty: int, stp: int, expire: int, stop: int,
 ) -> None:
     # Keep an accepted stop order in a free slot (guaranteed by the caller) and in its stop list.
-    slot = meta[M_FREE_HEAD]
-    meta[M_FREE_HEAD] = ords[slot, O_NEXT]
-    meta[M_RESTING] += 1
-    ords[slot, O_OID] = oid
-    ords[slot, O_BROKER] = broker
-    ords[slot, O_SIDE] = side
-    ords[slot, O_TIF] = tif
-    ords[slot, O_PRICE] = price
-    ords[slot, O_QTY] = qty
-    ords[slot, O_LEAVES] = qty
-    ords[slot, O_CUM] = 0
-    ords[slot, O_STATE] = ST_STOP
-    ords[slot, O_FLAGS] = 0
-    ords[slot, O_EXPIRE] = expire
-    ords[slot, O_DISCLOSED] = 0
-    ords[slot, O_SHOWN] = 0
+    slot = _take_slot(ords, meta, o2s, oid, broker, side, tif, price, qty, qty, 0, ST_STOP, 0, expire, 0)
     ords[slot, O_TYPE] = otype
     ords[slot, O_STOP] = stop
     ords[slot, O_STP] = stp
-    o2s[oid] = slot
     _stop_link(ords, meta, slot)
 
 
