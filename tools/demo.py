@@ -80,11 +80,11 @@ class Demo:
 
     def _phase(self) -> tuple[str, bool]:
         # (phase, entry) of the market now; continuous without a calendar or before the market data says.
-        market = self.md.market() if self.md is not None else None
-        phase = (market or {}).get("phase")
+        market = (self.md.market() if self.md is not None else None) or {}
+        phase = market.get("phase")
         if phase is None:  # a market without a [calendar] trades continuously all day
             return "continuous", True
-        return phase, bool(market.get("entry")) if market is not None else True
+        return phase, bool(market.get("entry"))
 
     def _close(self, symbol: str) -> str | None:
         # The symbol's closing price of the day (decimal text), once its matcher has published it.
