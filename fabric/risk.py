@@ -158,6 +158,12 @@ def _lower(*values: int | Decimal | None) -> int | Decimal | None:
     return min(set_) if set_ else None
 
 
+def _outside_band(r: _Resolved, inst: Instrument, field: str, value: object) -> Refusal:
+    # The refusal of a price (`field`: price or stop_price) outside the risk band.
+    return ("price_outside_risk_band", f"{field} {value} is outside the risk band {inst.to_price(r.band_lo)}-"
+            f"{inst.to_price(r.band_hi)} ({r.band_pct}% around the reference price {inst.ref_price})", field)
+
+
 class RiskChecks:
     """The risk limits of a topology and the state they need (token buckets, open orders).
 
@@ -286,15 +292,11 @@ class RiskChecks:
             stop = msg.stop_price  # a stop order's trigger (unset and None are false): in the band as a price is
             stop_ticks = (inst.ticks_of(stop) or 0) if stop else 0
             if stop_ticks and not r.band_lo <= stop_ticks <= r.band_hi:
-                return ("price_outside_risk_band", f"stop_price {stop} is outside the risk band "
-                        f"{inst.to_price(r.band_lo)}-{inst.to_price(r.band_hi)} ({r.band_pct}% around the "
-                        f"reference price {inst.ref_price})", "stop_price")
+                return _outside_band(r, inst, "stop_price", stop)
             if price is not None:
                 ticks = inst.ticks_of(price) or 0  # off the tick: the matcher refuses it with its own reason
                 if ticks and not r.band_lo <= ticks <= r.band_hi:
-                    return ("price_outside_risk_band", f"price {price} is outside the risk band "
-                            f"{inst.to_price(r.band_lo)}-{inst.to_price(r.band_hi)} ({r.band_pct}% around the "
-                            f"reference price {inst.ref_price})", "price")
+                    return _outside_band(r, inst, "price", price)
             elif stop_ticks and type(msg) is New:
                 ticks = stop_ticks  # a stop-loss market order, valued at its trigger
             else:
