@@ -419,7 +419,6 @@ class MatchingEngine:
 
     def cancel_all(self, broker: str, reason: int, ts: int = 0) -> list[Outcome]:
         """Cancel every open order of ``broker``, oldest first, with cancel reason ``reason`` (a ``CXL_`` code)."""
-        name = CANCEL_REASON_NAMES[reason]
         out: list[Outcome] = []
         for oid, o in enumerate(self._orders):
             if o is None or o.broker != broker or o.state not in ("new", "partially_filled"):
@@ -430,13 +429,18 @@ class MatchingEngine:
             else:
                 book = self._closing_books[o.symbol] if oid in self._closing_orders else book
                 evs = self._outcomes(inst, _rows(book, book.cancel(oid)), ts)
-            for ev in evs:
-                if type(ev) is ExCancelled:
-                    ev.reason = name
-                    o.reason = name
-                out.append(ev)
+            out.extend(self._cancelled_for(evs, o, reason))
         self._archive_finished()
         return out
+
+    @staticmethod
+    def _cancelled_for(evs: list[Outcome], o: _Order, reason: int) -> list[Outcome]:
+        # A cancel the engine made, not the broker: the cancelled report among a book's events, and the order,
+        # say why (`reason`, a CXL_ code), where the book says `requested`.
+        for ev in evs:
+            if type(ev) is ExCancelled:
+                ev.reason = o.reason = CANCEL_REASON_NAMES[reason]
+        return evs
 
     def halt_of(self, symbol: str) -> TradingState | None:
         """Return the halt in force on ``symbol`` (its own, else the market-wide one), or ``None``."""
@@ -750,24 +754,16 @@ class MatchingEngine:
             book = self.books[symbol]
             if new.band_lo is not None and new.band_hi is not None:
                 lo, hi = new.band_lo, new.band_hi
-                for side in (BUY, SELL):
-                    for oid in book.resting_orders(side):
-                        o = cast(_Order, self._orders[oid])
-                        if lo <= o.price <= hi:
-                            continue
-                        for ev in self._outcomes(inst, _rows(book, book.cancel(oid)), ts):
-                            if type(ev) is ExCancelled:
-                                ev.reason = o.reason = CANCEL_REASON_NAMES[CXL_OUTSIDE_NEW_BAND]
-                            out.append(ev)
-                for side in (BUY, SELL):  # then the waiting stops whose trigger or limit price the band leaves out
-                    for oid in book.stop_queue(side):
-                        o = cast(_Order, self._orders[oid])
-                        if lo <= o.stop <= hi and (o.otype == MARKET or lo <= o.price <= hi):
-                            continue
-                        for ev in self._outcomes(inst, _rows(book, book.cancel(oid)), ts):
-                            if type(ev) is ExCancelled:
-                                ev.reason = o.reason = CANCEL_REASON_NAMES[CXL_OUTSIDE_NEW_BAND]
-                            out.append(ev)
+                orders = cast(list[_Order], self._orders)
+                outside = [oid for side in (BUY, SELL) for oid in book.resting_orders(side)
+                           if not lo <= orders[oid].price <= hi]
+                # then the waiting stops whose trigger or limit price the band leaves out
+                outside += [oid for side in (BUY, SELL) for oid in book.stop_queue(side)
+                            if not (lo <= orders[oid].stop <= hi
+                                    and (orders[oid].otype == MARKET or lo <= orders[oid].price <= hi))]
+                for oid in outside:
+                    out.extend(self._cancelled_for(self._outcomes(inst, _rows(book, book.cancel(oid)), ts),
+                                                   orders[oid], CXL_OUTSIDE_NEW_BAND))
             book.set_band(new.band_lo, new.band_hi, new.ref_ticks)
             self.instruments[symbol] = new
         self._archive_finished()
@@ -1036,10 +1032,8 @@ class MatchingEngine:
         out: list[Outcome] = []
         for a in u.stp_cancelled:  # self-trade prevention, before the call trades
             if a.oid in carried:
-                for ev in self._outcomes(inst, _rows(book, book.cancel(a.oid)), ts):
-                    if type(ev) is ExCancelled:
-                        ev.reason = orders[a.oid].reason = CANCEL_REASON_NAMES[CXL_SELF_TRADE]
-                    out.append(ev)
+                out.extend(self._cancelled_for(self._outcomes(inst, _rows(book, book.cancel(a.oid)), ts),
+                                               orders[a.oid], CXL_SELF_TRADE))
             else:
                 out.append(self._leave(inst, a.oid, CXL_SELF_TRADE, ts))
         filled: dict[int, int] = {}  # what each order from the book traded in the call
